@@ -1,0 +1,203 @@
+//! The lake's tables: fixed SQL names, schemas and partitioning, and how they are created, opened
+//! and registered with DataFusion (the role of dbt's `source()`/`ref()`).
+//!
+//! Every table is a Delta table in `<lake>/<name>/`. Later layers add their definitions here.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::StructType;
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+
+use crate::error::{Error, Result};
+use crate::storage::Lake;
+
+/// A table of the lake.
+#[derive(Debug)]
+pub struct TableDef {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub partition_columns: &'static [&'static str],
+    pub schema: fn() -> SchemaRef,
+}
+
+pub const RAW_EVENTS: TableDef = TableDef {
+    name: "raw_events",
+    description: "validated events as landed, one row per accepted input line",
+    partition_columns: &["event_date", "segment"],
+    schema: raw_events_schema,
+};
+
+pub const QUARANTINE: TableDef = TableDef {
+    name: "quarantine",
+    description: "rejected input lines with their reason",
+    partition_columns: &["ingest_date"],
+    schema: quarantine_schema,
+};
+
+pub const INGESTED_FILES: TableDef = TableDef {
+    name: "ingested_files",
+    description: "one row per source file ingested: the load history",
+    partition_columns: &[],
+    schema: ingested_files_schema,
+};
+
+/// Every table, in the order `tables` lists them.
+pub const ALL: &[&TableDef] = &[&RAW_EVENTS, &QUARANTINE, &INGESTED_FILES];
+
+pub fn find(name: &str) -> Option<&'static TableDef> {
+    ALL.iter().copied().find(|t| t.name == name)
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn money() -> DataType {
+    DataType::Decimal128(18, 2)
+}
+
+/// The canonical event columns, in order, as landed in `raw_events`.
+pub fn raw_events_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        s("event_id"),
+        Field::new("event_time", ts(), true),
+        Field::new("received_at", ts(), true),
+        s("event_type"),
+        s("user_id"),
+        s("anonymous_id"),
+        s("session_id"),
+        s("product_id"),
+        s("category"),
+        s("brand"),
+        Field::new("price", money(), true),
+        Field::new("quantity", DataType::Int64, true),
+        s("currency"),
+        s("order_id"),
+        Field::new("revenue", money(), true),
+        Field::new("checkout_step", DataType::Int64, true),
+        s("page_url"),
+        s("referrer"),
+        s("device"),
+        s("country"),
+        s("email"),
+        s("ip"),
+        s("properties"),
+        s("source_file"),
+        Field::new("line_number", DataType::Int64, true),
+        s("batch_id"),
+        Field::new("ingested_at", ts(), true),
+        Field::new("event_date", DataType::Date32, true),
+        s("segment"),
+    ]))
+}
+
+pub fn quarantine_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("reason", DataType::Utf8, true),
+        Field::new("detail", DataType::Utf8, true),
+        Field::new("source_file", DataType::Utf8, true),
+        Field::new("line_number", DataType::Int64, true),
+        Field::new("raw", DataType::Utf8, true),
+        Field::new("batch_id", DataType::Utf8, true),
+        Field::new("ingested_at", ts(), true),
+        Field::new("ingest_date", DataType::Date32, true),
+    ]))
+}
+
+pub fn ingested_files_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("file_key", DataType::Utf8, true),
+        Field::new("source_file", DataType::Utf8, true),
+        Field::new("size_bytes", DataType::Int64, true),
+        Field::new("version_tag", DataType::Utf8, true),
+        Field::new("lines", DataType::Int64, true),
+        Field::new("blank_lines", DataType::Int64, true),
+        Field::new("landed", DataType::Int64, true),
+        Field::new("quarantined", DataType::Int64, true),
+        Field::new("batch_id", DataType::Utf8, true),
+        Field::new("ingested_at", ts(), true),
+        Field::new("forced", DataType::Boolean, true),
+        Field::new("recovered", DataType::Boolean, true),
+    ]))
+}
+
+/// Opens a table, creating it first when it does not exist (safe under concurrent creators).
+pub async fn ensure_table(lake: &Lake, def: &TableDef) -> Result<DeltaTable> {
+    if let Some(t) = lake.open_table(def.name).await? {
+        return Ok(t);
+    }
+    let schema = (def.schema)();
+    let kernel: StructType = schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| Error::runtime(format!("schema of {}: {e}", def.name)))?;
+    let created = deltalake::operations::create::CreateBuilder::new()
+        .with_location(lake.table_url(def.name).to_string())
+        .with_storage_options(lake.storage_options())
+        .with_table_name(def.name)
+        .with_comment(def.description)
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(def.partition_columns.iter().map(|s| s.to_string()))
+        .with_save_mode(SaveMode::Ignore)
+        .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("50"))
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        Err(e) => match lake.open_table(def.name).await? {
+            // Another process created it between our open and create: use theirs.
+            Some(t) => Ok(t),
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// A DataFusion session with the run's memory budget and disk spilling.
+pub fn session(memory_limit: u64) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit as usize)))
+        .build_arc()?;
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_target_partitions(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true);
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Registers every existing table of the lake under its fixed name. Returns the names found.
+pub async fn register_all(
+    ctx: &SessionContext,
+    lake: &Lake,
+    version: Option<i64>,
+) -> Result<Vec<&'static str>> {
+    let mut found = Vec::new();
+    for def in ALL {
+        let table = match version {
+            Some(v) => lake.open_table_at(def.name, v).await?,
+            None => lake.open_table(def.name).await?,
+        };
+        if let Some(table) = table {
+            register(ctx, def.name, &table).await?;
+            found.push(def.name);
+        }
+    }
+    Ok(found)
+}
+
+/// Registers one opened table.
+pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    table.update_datafusion_session(&ctx.state())?;
+    let provider = table.table_provider().await?;
+    ctx.register_table(name, provider)?;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Command-line syntax only: clap derive structs. Validation and merging with the environment and
+//! the config file happen in `config.rs`, before any I/O.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clicklake",
+    version,
+    about = "Turns raw e-commerce clickstream into a trustworthy Delta Lake for checkout personalization",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Lake location: a local path, file:///path or s3://bucket/prefix [default: ./lake]
+    #[arg(long, global = true, env = "CLICKLAKE_LAKE", value_name = "URL")]
+    pub lake: Option<String>,
+
+    /// Config file [default: ./clicklake.toml when present]
+    #[arg(long, global = true, env = "CLICKLAKE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Memory budget for one run, e.g. 512MiB or 4GiB [default: half of RAM]
+    #[arg(long, global = true, env = "CLICKLAKE_MEMORY_LIMIT", value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Print nothing but results and errors (no progress, no info logs)
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the lake (idempotent) and write a commented clicklake.toml if none exists
+    Init(InitArgs),
+    /// Validate raw events and land them in raw_events; rejected rows go to quarantine
+    Ingest(IngestArgs),
+    /// List the lake's tables with rows, files, size, partitions and version
+    Tables(TablesArgs),
+    /// Run SQL over the lake's tables
+    Sql(SqlArgs),
+    /// Write realistic sample clickstream in the canonical format
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the config template
+    #[arg(long, default_value = "clicklake.toml")]
+    pub config_out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormat {
+    /// Decide from the file name (.ndjson/.jsonl/.json or .csv, before .gz/.zst); NDJSON otherwise
+    Auto,
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Files, directories, globs, s3:// URLs or prefixes; `-` reads stdin
+    #[arg(required = true, value_name = "PATH_OR_URL")]
+    pub inputs: Vec<String>,
+
+    /// Source format of the events
+    #[arg(long, default_value = "native")]
+    pub source: String,
+
+    /// How the input files are encoded
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+
+    /// Re-ingest files that were ingested before
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the summary as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    /// Print as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Tsv,
+    Json,
+    Ndjson,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The statement to run
+    #[arg(short = 'c', long = "command", value_name = "SQL")]
+    pub command: String,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GenerateFormat {
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of distinct events to generate (dirt and resends come on top)
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+
+    /// Random seed: the same seed gives byte-identical files
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Output directory
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Number of files to spread the events over
+    #[arg(long, default_value_t = 4)]
+    pub files: u32,
+
+    /// Add dirt: every quarantine kind, blank lines, resent duplicates, late events
+    #[arg(long)]
+    pub dirty: bool,
+
+    /// First day of the generated data (UTC)
+    #[arg(long, default_value = "2026-01-05")]
+    pub start: String,
+
+    /// Number of days the events span
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+
+    /// File format
+    #[arg(long, value_enum, default_value_t = GenerateFormat::Ndjson)]
+    pub format: GenerateFormat,
+
+    /// Compress the files
+    #[arg(long, value_enum)]
+    pub compress: Option<Compression>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}

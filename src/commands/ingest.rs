@@ -1,0 +1,74 @@
+//! `clicklake ingest`: validate raw events and land them in `raw_events`, rejected rows in
+//! `quarantine`, exactly once per source file. Prints a summary on stdout.
+
+use std::process::ExitCode;
+
+use crate::cli::IngestArgs;
+use crate::config::{format_bytes, Config};
+use crate::ingest::{self, IngestRequest, IngestSummary};
+use crate::printer::Printer;
+use crate::storage::Lake;
+
+pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let printer = Printer::new(cfg);
+    let req = IngestRequest {
+        inputs: args.inputs,
+        source: args.source,
+        format: args.format,
+        force: args.force,
+    };
+    let summary = ingest::run(lake, cfg, req, &printer).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if !cfg.quiet {
+        print!("{}", render(&summary));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn render(s: &IngestSummary) -> String {
+    let mut out = String::new();
+    if s.files_read == 0 {
+        out.push_str(&format!(
+            "nothing new to ingest: {} file(s) already ingested\n",
+            s.files_skipped
+        ));
+        return out;
+    }
+    out.push_str(&format!("ingest batch {}\n", s.batch_id));
+    out.push_str(&format!(
+        "  files        {} read, {} skipped (already ingested)\n",
+        s.files_read, s.files_skipped
+    ));
+    out.push_str(&format!(
+        "  lines        {} = {} landed + {} quarantined + {} blank{}\n",
+        s.lines,
+        s.landed,
+        s.quarantined,
+        s.blank_lines,
+        if s.balanced { "" } else { "  (UNBALANCED)" }
+    ));
+    for (reason, n) in &s.quarantined_by_reason {
+        out.push_str(&format!("    {reason:<28} {n}\n"));
+    }
+    out.push_str(&format!(
+        "  written      {} partitions, {} files, {}\n",
+        s.partitions_written,
+        s.data_files_written,
+        format_bytes(s.bytes_written)
+    ));
+    out.push_str(&format!(
+        "  read         {} in {:.2}s: {:.0} rows/s, {:.1} MB/s\n",
+        format_bytes(s.bytes_read),
+        s.seconds,
+        s.rows_per_sec,
+        s.mb_per_sec
+    ));
+    if let Some(v) = s.raw_events_version {
+        out.push_str(&format!("  raw_events   version {v}\n"));
+    }
+    if let Some(v) = s.quarantine_version {
+        out.push_str(&format!("  quarantine   version {v}\n"));
+    }
+    out
+}

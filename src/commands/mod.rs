@@ -1,0 +1,7 @@
+//! One module per subcommand. Each takes validated arguments and returns an exit code.
+
+pub mod generate;
+pub mod ingest;
+pub mod init;
+pub mod sql;
+pub mod tables;

@@ -1,0 +1,93 @@
+//! `clicklake tables`: every table of the lake with rows, files, size, partitions and version,
+//! read from the Delta log alone (no data file is opened).
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::catalog;
+use crate::cli::TablesArgs;
+use crate::config::format_bytes;
+use crate::storage::Lake;
+
+#[derive(Debug, Serialize)]
+pub struct TableInfo {
+    pub name: &'static str,
+    pub exists: bool,
+    pub version: Option<i64>,
+    pub rows: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub partitions: u64,
+    pub partition_columns: Vec<&'static str>,
+    pub location: String,
+}
+
+pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
+    let mut out = Vec::new();
+    for def in catalog::ALL {
+        let mut info = TableInfo {
+            name: def.name,
+            exists: false,
+            version: None,
+            rows: 0,
+            files: 0,
+            bytes: 0,
+            partitions: 0,
+            partition_columns: def.partition_columns.to_vec(),
+            location: lake.table_url(def.name).to_string(),
+        };
+        if let Some(table) = lake.open_table(def.name).await? {
+            info.exists = true;
+            info.version = table.version().map(|v| v as i64);
+            let state = table.snapshot()?;
+            let mut parts = BTreeSet::new();
+            for f in state.log_data().iter() {
+                info.files += 1;
+                info.bytes += f.size() as u64;
+                info.rows += f.num_records().unwrap_or(0) as u64;
+                let mut pv: Vec<(String, Option<String>)> =
+                    f.partition_values_map().into_iter().collect();
+                pv.sort();
+                parts.insert(pv);
+            }
+            info.partitions = if def.partition_columns.is_empty() {
+                0
+            } else {
+                parts.len() as u64
+            };
+        }
+        out.push(info);
+    }
+    Ok(out)
+}
+
+pub async fn run(lake: &Lake, args: &TablesArgs) -> anyhow::Result<ExitCode> {
+    let infos = collect(lake).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&infos)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:>8} {:>12} {:>7} {:>11} {:>10}  partitioned by",
+        "table", "version", "rows", "files", "size", "partitions"
+    );
+    for t in &infos {
+        if !t.exists {
+            println!("{:<16} {:>8}", t.name, "-");
+            continue;
+        }
+        println!(
+            "{:<16} {:>8} {:>12} {:>7} {:>11} {:>10}  {}",
+            t.name,
+            t.version.map(|v| v.to_string()).unwrap_or_default(),
+            t.rows,
+            t.files,
+            format_bytes(t.bytes),
+            t.partitions,
+            t.partition_columns.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

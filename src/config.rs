@@ -1,0 +1,476 @@
+//! One typed, validated [`Config`] merged from flags, environment and `clicklake.toml`.
+//!
+//! Precedence: flag > environment > config file > default. Every value is checked here, before
+//! any I/O, and a bad one is reported naming the flag, variable or key. Unknown keys in the file
+//! are errors. Secrets are wrapped in [`Secret`] so they never reach a log line or a Debug print.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{GlobalArgs, LogFormat};
+use crate::error::{Error, Result};
+
+/// A credential: printed as `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The config file as written by users. Every section rejects unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub lake: Option<String>,
+    pub memory_limit: Option<String>,
+    #[serde(default)]
+    pub storage: FileStorage,
+    #[serde(default)]
+    pub ingest: FileIngest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStorage {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub virtual_hosted_style: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIngest {
+    pub max_future_skew: Option<String>,
+    pub target_file_size: Option<String>,
+    pub row_group_rows: Option<u64>,
+    pub zstd_level: Option<i32>,
+    pub commit_every: Option<String>,
+    pub chunk_size: Option<String>,
+    pub threads: Option<u64>,
+}
+
+/// Settings for S3 and S3-compatible stores.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StorageConfig {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: bool,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub virtual_hosted_style: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// `future_event_time`: event_time later than received_at by more than this.
+    pub max_future_skew: Duration,
+    /// Data files roll over at about this size.
+    pub target_file_size: u64,
+    pub row_group_rows: usize,
+    pub zstd_level: i32,
+    /// Commit after about this many input bytes (at a file boundary), so a huge backlog makes
+    /// progress even if a run is killed.
+    pub commit_every: u64,
+    /// Bytes of input per parsed chunk (one record batch each).
+    pub chunk_bytes: usize,
+    /// Parser threads.
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The lake URL exactly as given (validated by the storage module).
+    pub lake: String,
+    pub storage: StorageConfig,
+    pub memory_limit: u64,
+    pub ingest: IngestConfig,
+    pub log_format: LogFormat,
+    pub quiet: bool,
+    pub verbose: u8,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Merge flags, environment and file into a validated config. Reads only the config file.
+    pub fn load(args: &GlobalArgs) -> Result<Config> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        let (file, path) = match &args.config {
+            Some(p) => (read_file_config(p)?, Some(p.clone())),
+            None => {
+                let default = PathBuf::from("clicklake.toml");
+                if default.is_file() {
+                    (read_file_config(&default)?, Some(default))
+                } else {
+                    (FileConfig::default(), None)
+                }
+            }
+        };
+        Self::merge(args, &env, file, path)
+    }
+
+    /// The pure merge step, testable without touching the environment.
+    pub fn merge(
+        args: &GlobalArgs,
+        env: &BTreeMap<String, String>,
+        file: FileConfig,
+        config_file: Option<PathBuf>,
+    ) -> Result<Config> {
+        let lake = args
+            .lake
+            .clone()
+            .or(file.lake.clone())
+            .unwrap_or_else(|| "./lake".to_string());
+        if lake.trim().is_empty() {
+            return Err(Error::config("--lake / CLICKLAKE_LAKE / lake is empty"));
+        }
+
+        let memory_limit = match (&args.memory_limit, &file.memory_limit) {
+            (Some(v), _) => parse_size(v).map_err(|e| Error::config(format!("--memory-limit: {e}")))?,
+            (None, Some(v)) => parse_size(v).map_err(|e| Error::config(format!("memory_limit: {e}")))?,
+            (None, None) => default_memory_limit(),
+        };
+        if memory_limit < 64 * 1024 * 1024 {
+            return Err(Error::config(format!(
+                "--memory-limit: {} is below the minimum of 64MiB",
+                format_bytes(memory_limit)
+            )));
+        }
+
+        let storage = merge_storage(env, file.storage)?;
+        let ingest = merge_ingest(file.ingest, memory_limit)?;
+
+        Ok(Config {
+            lake,
+            storage,
+            memory_limit,
+            ingest,
+            log_format: args.log_format,
+            quiet: args.quiet,
+            verbose: args.verbose,
+            config_file,
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::config(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_string();
+        let location = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        Error::config(format!("{}{location}: {msg}", path.display()))
+    })
+}
+
+fn env_nonempty<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Option<&'a String> {
+    env.get(key).filter(|v| !v.trim().is_empty())
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(Error::config(format!("{key}: expected true or false, got {other:?}"))),
+    }
+}
+
+fn merge_storage(env: &BTreeMap<String, String>, file: FileStorage) -> Result<StorageConfig> {
+    let endpoint = env_nonempty(env, "AWS_ENDPOINT_URL")
+        .or(env_nonempty(env, "AWS_ENDPOINT"))
+        .cloned()
+        .or(file.endpoint);
+    if let Some(ep) = &endpoint {
+        let url = url::Url::parse(ep)
+            .map_err(|e| Error::config(format!("storage endpoint {ep:?} is not a URL: {e}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(Error::config(format!(
+                "storage endpoint {ep:?} must start with http:// or https://"
+            )));
+        }
+    }
+    let allow_http = match env_nonempty(env, "AWS_ALLOW_HTTP") {
+        Some(v) => parse_bool("AWS_ALLOW_HTTP", v)?,
+        None => file.allow_http.unwrap_or(false),
+    };
+    if let Some(ep) = &endpoint {
+        if ep.starts_with("http://") && !allow_http {
+            return Err(Error::config(format!(
+                "storage endpoint {ep} is plain http: set AWS_ALLOW_HTTP=true or storage.allow_http = true"
+            )));
+        }
+    }
+    let secret = |var: &str, from_file: Option<Secret>| {
+        env_nonempty(env, var).map(|v| Secret(v.clone())).or(from_file)
+    };
+    let access_key_id = secret("AWS_ACCESS_KEY_ID", file.access_key_id);
+    let secret_access_key = secret("AWS_SECRET_ACCESS_KEY", file.secret_access_key);
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(Error::config(
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together",
+        ));
+    }
+    Ok(StorageConfig {
+        endpoint,
+        region: env_nonempty(env, "AWS_REGION")
+            .or(env_nonempty(env, "AWS_DEFAULT_REGION"))
+            .cloned()
+            .or(file.region),
+        allow_http,
+        access_key_id,
+        secret_access_key,
+        session_token: secret("AWS_SESSION_TOKEN", file.session_token),
+        virtual_hosted_style: match env_nonempty(env, "AWS_VIRTUAL_HOSTED_STYLE_REQUEST") {
+            Some(v) => parse_bool("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", v)?,
+            None => file.virtual_hosted_style.unwrap_or(false),
+        },
+    })
+}
+
+fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
+    let max_future_skew = match &file.max_future_skew {
+        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("ingest.max_future_skew: {e}")))?,
+        None => Duration::from_secs(24 * 3600),
+    };
+    let target_file_size = match &file.target_file_size {
+        Some(v) => parse_size(v).map_err(|e| Error::config(format!("ingest.target_file_size: {e}")))?,
+        None => 256 * 1024 * 1024,
+    };
+    let commit_every = match &file.commit_every {
+        Some(v) => parse_size(v).map_err(|e| Error::config(format!("ingest.commit_every: {e}")))?,
+        None => 4 * 1024 * 1024 * 1024,
+    };
+    let zstd_level = file.zstd_level.unwrap_or(1);
+    if !(1..=22).contains(&zstd_level) {
+        return Err(Error::config(format!(
+            "ingest.zstd_level: {zstd_level} is outside 1..=22"
+        )));
+    }
+    let row_group_rows = file.row_group_rows.unwrap_or(1 << 20);
+    if row_group_rows < 1024 {
+        return Err(Error::config("ingest.row_group_rows: must be at least 1024"));
+    }
+    let chunk_bytes = match &file.chunk_size {
+        Some(v) => parse_size(v).map_err(|e| Error::config(format!("ingest.chunk_size: {e}")))?,
+        None => 4 << 20,
+    };
+    if !(64 << 10..=256 << 20).contains(&chunk_bytes) {
+        return Err(Error::config("ingest.chunk_size: must be within 64KiB..=256MiB"));
+    }
+    let threads = match file.threads {
+        Some(0) => return Err(Error::config("ingest.threads: must be at least 1")),
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+    };
+    // Queues hold a few chunks per thread: keep them a small share of the budget.
+    let chunk_bytes = chunk_bytes.min(memory_limit / (16 * threads as u64)).max(64 << 10);
+    Ok(IngestConfig {
+        max_future_skew,
+        target_file_size,
+        row_group_rows: row_group_rows as usize,
+        zstd_level,
+        commit_every,
+        chunk_bytes: chunk_bytes as usize,
+        threads,
+    })
+}
+
+/// Half of physical memory, or 2 GiB when it cannot be read.
+pub fn default_memory_limit() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024 / 2)
+        .unwrap_or(2 * 1024 * 1024 * 1024)
+}
+
+/// Parses `512MiB`, `4GiB`, `1GB`, `100MB`, `64k`, or a plain byte count.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (try 512MiB or 4GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000 * 1000 * 1000 * 1000,
+        "tib" => 1 << 40,
+        other => return Err(format!("{text:?} has an unknown unit {other:?} (try MiB or GiB)")),
+    };
+    Ok((num * mult as f64) as u64)
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d`, `1w`, combinations like `1h30m`, or plain seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration (try 30m, 24h or 7d)"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            'w' => 7 * 86400,
+            _ => return Err(format!("{text:?} is not a duration (try 30m, 24h or 7d)")),
+        };
+    }
+    if !num.is_empty() {
+        return Err(format!("{text:?} is not a duration: a number needs a unit (s, m, h, d, w)"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// The commented template `clicklake init` writes.
+pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environment variables, which override this file.
+# Unknown keys are errors, so a typo never silently falls back to a default.
+
+# Where the lake lives: a local path, file:///abs/path, or s3://bucket/prefix.
+# (flag --lake, env CLICKLAKE_LAKE)
+# lake = "./lake"
+
+# Memory budget for one run (flag --memory-limit, env CLICKLAKE_MEMORY_LIMIT). Default: half of RAM.
+# memory_limit = "4GiB"
+
+[storage]
+# For S3-compatible stores (MinIO, Ceph, R2, s3s-fs). The standard AWS_* variables win over these:
+# AWS_ENDPOINT_URL, AWS_REGION, AWS_ALLOW_HTTP, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN.
+# Prefer the environment for credentials; this file is often committed.
+# endpoint = "http://127.0.0.1:9000"
+# region = "us-east-1"
+# allow_http = true
+# virtual_hosted_style = false   # path-style requests by default, which S3-compatible stores expect
+
+[ingest]
+# A row whose event_time is later than its received_at by more than this is quarantined (future_event_time).
+# max_future_skew = "1d"
+# Data files roll over at about this size.
+# target_file_size = "256MiB"
+# row_group_rows = 1048576
+# zstd_level = 1
+# Commit after about this much input (at a file boundary), so a large backlog makes progress.
+# commit_every = "4GiB"
+# Input bytes per parsed batch, and parser threads (default: all cores).
+# chunk_size = "4MiB"
+# threads = 2
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert_eq!(parse_duration("1d").unwrap().as_secs(), 86400);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert!(parse_duration("30").is_ok());
+        assert!(parse_duration("3x").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = toml::from_str::<FileConfig>("lake = \"x\"\n[ingest]\nzstd_levle = 3\n").unwrap_err();
+        assert!(err.to_string().contains("zstd_levle"), "{err}");
+    }
+
+    #[test]
+    fn template_parses() {
+        let uncommented: String = TEMPLATE
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|s| s.contains(" = ")).unwrap_or(l))
+            .map(|l| if l.trim_start().starts_with('#') { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: FileConfig = toml::from_str(&uncommented).expect("template parses");
+        assert_eq!(parsed.lake.as_deref(), Some("./lake"));
+        assert_eq!(parsed.ingest.zstd_level, Some(1));
+    }
+
+    #[test]
+    fn env_wins_and_secrets_are_hidden() {
+        let mut env = BTreeMap::new();
+        env.insert("AWS_ACCESS_KEY_ID".to_string(), "AKIAEXAMPLE".to_string());
+        env.insert("AWS_SECRET_ACCESS_KEY".to_string(), "supersecret".to_string());
+        env.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:9000".to_string());
+        env.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
+        let cfg = Config::merge(&GlobalArgs::default(), &env, FileConfig::default(), None).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("supersecret") && !dbg.contains("AKIAEXAMPLE"), "{dbg}");
+        assert_eq!(cfg.storage.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        env.remove("AWS_ALLOW_HTTP");
+        let err = Config::merge(&GlobalArgs::default(), &env, FileConfig::default(), None).unwrap_err();
+        assert!(err.to_string().contains("AWS_ALLOW_HTTP"), "{err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! The library's error type and the stable exit codes that cron and CI read.
+//!
+//! Every failure is classified once, here: a user mistake (bad flag, bad config, unreadable input)
+//! is a usage error; anything the environment did to us (storage, I/O) is a runtime error.
+
+use std::process::ExitCode;
+
+/// Exit codes, documented in the README. Never renumber them.
+pub mod exit {
+    /// Everything worked.
+    pub const SUCCESS: u8 = 0;
+    /// Data checks failed (the run itself worked).
+    pub const CHECKS_FAILED: u8 = 1;
+    /// Usage or configuration error: nothing was changed.
+    pub const USAGE: u8 = 2;
+    /// Runtime failure: storage, I/O, a corrupt input stream.
+    pub const RUNTIME: u8 = 3;
+    /// Another run holds the lake's lock.
+    pub const LOCKED: u8 = 75;
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag, argument or input path the user gave is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The configuration (file, environment, flags) is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Data checks failed; the message is the report's one-line summary.
+    #[error("{0}")]
+    ChecksFailed(String),
+    /// Another run holds the lake's lock.
+    #[error("{0}")]
+    Locked(String),
+    /// Something failed while running: storage, I/O, a corrupt compressed stream.
+    #[error("{0}")]
+    Runtime(String),
+    #[error("storage: {0}")]
+    ObjectStore(#[from] object_store::Error),
+    #[error("delta: {0}")]
+    Delta(#[from] deltalake::DeltaTableError),
+    #[error("query: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+    pub fn runtime(msg: impl Into<String>) -> Self {
+        Error::Runtime(msg.into())
+    }
+
+    /// The process exit code this error maps to.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::Config(_) => exit::USAGE,
+            Error::ChecksFailed(_) => exit::CHECKS_FAILED,
+            Error::Locked(_) => exit::LOCKED,
+            _ => exit::RUNTIME,
+        }
+    }
+}
+
+/// Maps any error chain to an exit code: the first [`Error`] found in the chain decides.
+pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return ExitCode::from(e.exit_code());
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return ExitCode::from(exit::SUCCESS);
+            }
+        }
+    }
+    ExitCode::from(exit::RUNTIME)
+}
+
+/// True when the chain ends in a broken pipe (stdout closed by `head`): that is success.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<Error>().is_some_and(|e| match e {
+                Error::Io(io) => io.kind() == std::io::ErrorKind::BrokenPipe,
+                _ => false,
+            })
+    })
+}

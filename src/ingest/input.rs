@@ -1,0 +1,407 @@
+//! Finds the input files a user named and opens them as plain byte streams.
+//!
+//! Inputs are local files, directories (recursively; names starting with `_` or `.` are skipped,
+//! as in Hive/Spark), globs, `s3://` objects, prefixes or globs, and `-` for stdin. gzip and zstd
+//! are recognised by their magic bytes, whatever the file is called. Every file gets an identity
+//! (path + size + mtime, or URL + size + ETag) that makes ingest exactly-once per file.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::parse::Format;
+use crate::cli::InputFormat;
+use crate::error::{Error, Result};
+use crate::storage::Lake;
+
+/// Where an input's bytes come from.
+#[derive(Clone)]
+pub enum Location {
+    Local(PathBuf),
+    Object {
+        store: Arc<dyn ObjectStore>,
+        path: ObjectPath,
+    },
+    Stdin,
+}
+
+/// One input file, identified.
+#[derive(Clone)]
+pub struct InputFile {
+    /// As recorded in `source_file`: the absolute path or the URL; `-` for stdin.
+    pub display: String,
+    pub location: Location,
+    pub size: Option<u64>,
+    /// mtime in nanoseconds for local files, the ETag (or last-modified) for objects.
+    pub version_tag: String,
+    /// Identity of this version of the file; for stdin it is known only after reading.
+    pub key: Option<String>,
+    pub format: Format,
+    pub delimiter: u8,
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+pub fn file_key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The name a format is guessed from: without `.gz`/`.zst`.
+fn format_of(name: &str, forced: InputFormat) -> (Format, u8) {
+    let lower = name.to_ascii_lowercase();
+    let base = ["gz", "gzip", "zst", "zstd"]
+        .iter()
+        .find_map(|ext| lower.strip_suffix(&format!(".{ext}")))
+        .unwrap_or(&lower);
+    let delimiter = if base.ends_with(".tsv") { b'\t' } else { b',' };
+    let format = match forced {
+        InputFormat::Ndjson => Format::Ndjson,
+        InputFormat::Csv => Format::Csv,
+        InputFormat::Auto if base.ends_with(".csv") || base.ends_with(".tsv") => Format::Csv,
+        InputFormat::Auto => Format::Ndjson,
+    };
+    (format, delimiter)
+}
+
+fn skipped_name(name: &str) -> bool {
+    name.starts_with('_') || name.starts_with('.')
+}
+
+/// Resolves every named input. Fails (usage error) on anything missing or unreadable, before any
+/// data is written.
+pub async fn discover(inputs: &[String], lake: &Lake, forced: InputFormat) -> Result<Vec<InputFile>> {
+    let mut out: Vec<InputFile> = Vec::new();
+    for input in inputs {
+        if input == "-" {
+            if out.iter().any(|f| matches!(f.location, Location::Stdin)) {
+                return Err(Error::usage("stdin (-) is named twice"));
+            }
+            out.push(InputFile {
+                display: "-".into(),
+                location: Location::Stdin,
+                size: None,
+                version_tag: String::new(),
+                key: None,
+                format: match forced {
+                    InputFormat::Csv => Format::Csv,
+                    _ => Format::Ndjson,
+                },
+                delimiter: b',',
+            });
+        } else if input.contains("://") {
+            discover_object(input, lake, forced, &mut out).await?;
+        } else {
+            discover_local(input, forced, &mut out)?;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|f| seen.insert(f.display.clone()));
+    Ok(out)
+}
+
+fn local_file(path: &Path, forced: InputFormat) -> Result<InputFile> {
+    let abs = std::path::absolute(path)
+        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(&abs)
+        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    // Opening proves readability now rather than halfway through a run.
+    std::fs::File::open(&abs)
+        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string())
+        .unwrap_or_default();
+    let display = abs.display().to_string();
+    let size = meta.len();
+    let (format, delimiter) = format_of(&display, forced);
+    Ok(InputFile {
+        key: Some(file_key(&["local", &display, &size.to_string(), &mtime])),
+        display,
+        location: Location::Local(abs),
+        size: Some(size),
+        version_tag: mtime,
+        format,
+        delimiter,
+    })
+}
+
+fn discover_local(input: &str, forced: InputFormat, out: &mut Vec<InputFile>) -> Result<()> {
+    if has_glob(input) {
+        let paths = glob::glob(input)
+            .map_err(|e| Error::usage(format!("bad glob {input:?}: {e}")))?;
+        let mut found: Vec<PathBuf> = paths.filter_map(|p| p.ok()).filter(|p| p.is_file()).collect();
+        found.sort();
+        if found.is_empty() {
+            return Err(Error::usage(format!("{input}: no file matches")));
+        }
+        for p in found {
+            out.push(local_file(&p, forced)?);
+        }
+        return Ok(());
+    }
+    let path = Path::new(input);
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::usage(format!("cannot read {input}: {e}")))?;
+    if meta.is_dir() {
+        let mut files = Vec::new();
+        walk(path, &mut files).map_err(|e| Error::usage(format!("cannot read {input}: {e}")))?;
+        files.sort();
+        for p in files {
+            out.push(local_file(&p, forced)?);
+        }
+    } else {
+        out.push(local_file(path, forced)?);
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if skipped_name(&name.to_string_lossy()) {
+            continue;
+        }
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            walk(&entry.path(), out)?;
+        } else if ty.is_file() || ty.is_symlink() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+async fn discover_object(
+    input: &str,
+    lake: &Lake,
+    forced: InputFormat,
+    out: &mut Vec<InputFile>,
+) -> Result<()> {
+    let url = Url::parse(input).map_err(|e| Error::usage(format!("{input}: not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "s3" | "s3a" | "file") {
+        return Err(Error::usage(format!(
+            "{input}: unsupported scheme {}:// (use a path, file:// or s3://)",
+            url.scheme()
+        )));
+    }
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|_| Error::usage(format!("{input}: not a local path")))?;
+        return discover_local(&path.to_string_lossy(), forced, out);
+    }
+    let (store, path) = lake.store_for(&url)?;
+    let bucket_url = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    let mut push = |meta: object_store::ObjectMeta| {
+        let display = format!("{bucket_url}/{}", meta.location);
+        let tag = meta
+            .e_tag
+            .clone()
+            .unwrap_or_else(|| meta.last_modified.timestamp_micros().to_string());
+        let (format, delimiter) = format_of(&display, forced);
+        out.push(InputFile {
+            key: Some(file_key(&["object", &display, &meta.size.to_string(), &tag])),
+            display,
+            location: Location::Object {
+                store: store.clone(),
+                path: meta.location,
+            },
+            size: Some(meta.size),
+            version_tag: tag,
+            format,
+            delimiter,
+        });
+    };
+    let key = path.as_ref();
+    if has_glob(key) {
+        let literal: String = key.chars().take_while(|c| !matches!(c, '*' | '?' | '[')).collect();
+        let prefix = literal.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        let pattern = glob::Pattern::new(key)
+            .map_err(|e| Error::usage(format!("bad glob {input:?}: {e}")))?;
+        let mut metas = list_all(&store, prefix, input).await?;
+        metas.retain(|m| pattern.matches(m.location.as_ref()));
+        if metas.is_empty() {
+            return Err(Error::usage(format!("{input}: no object matches")));
+        }
+        metas.into_iter().for_each(&mut push);
+        return Ok(());
+    }
+    match store.head(&path).await {
+        Ok(meta) => {
+            push(meta);
+            Ok(())
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            let mut metas = list_all(&store, key, input).await?;
+            metas.retain(|m| {
+                m.location
+                    .parts()
+                    .all(|p| !skipped_name(p.as_ref()))
+            });
+            if metas.is_empty() {
+                return Err(Error::usage(format!("cannot read {input}: no such object or prefix")));
+            }
+            metas.into_iter().for_each(&mut push);
+            Ok(())
+        }
+        Err(e) => Err(Error::usage(format!("cannot read {input}: {e}"))),
+    }
+}
+
+async fn list_all(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    input: &str,
+) -> Result<Vec<object_store::ObjectMeta>> {
+    let prefix = ObjectPath::from(prefix);
+    let mut metas: Vec<object_store::ObjectMeta> = Vec::new();
+    let mut listing = store.list(Some(&prefix));
+    while let Some(m) = listing.next().await {
+        metas.push(m.map_err(|e| Error::usage(format!("cannot list {input}: {e}")))?);
+    }
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(metas)
+}
+
+/// Counts the bytes read from the underlying source (before decompression).
+pub struct Counting<R> {
+    inner: R,
+    pub count: Arc<AtomicU64>,
+    hasher: Option<Sha256>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads an object store stream from a plain (non-async) thread.
+struct ObjectReader {
+    rt: tokio::runtime::Handle,
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    buf: Bytes,
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.buf.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                Some(Ok(b)) => self.buf = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf = self.buf.slice(n..);
+        Ok(n)
+    }
+}
+
+/// An opened input: decompressed bytes, plus the shared counter of raw bytes read and, for
+/// stdin, the content hash once fully read.
+pub struct Opened {
+    pub reader: Box<dyn BufRead + Send>,
+    pub raw_bytes: Arc<AtomicU64>,
+    pub hash: Option<Arc<std::sync::Mutex<Option<String>>>>,
+}
+
+/// Opens an input on the calling (non-async) thread.
+pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
+    let count = Arc::new(AtomicU64::new(0));
+    let source: Box<dyn Read + Send> = match &file.location {
+        Location::Local(p) => Box::new(
+            std::fs::File::open(p)
+                .map_err(|e| Error::usage(format!("cannot read {}: {e}", p.display())))?,
+        ),
+        Location::Object { store, path } => {
+            let get = rt
+                .block_on(store.get(path))
+                .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
+            Box::new(ObjectReader {
+                rt: rt.clone(),
+                stream: get.into_stream(),
+                buf: Bytes::new(),
+            })
+        }
+        Location::Stdin => Box::new(std::io::stdin()),
+    };
+    let hashing = matches!(file.location, Location::Stdin);
+    let counting = Counting {
+        inner: source,
+        count: count.clone(),
+        hasher: hashing.then(Sha256::new),
+    };
+    let hash_slot = hashing.then(|| Arc::new(std::sync::Mutex::new(None)));
+    let counting: Box<dyn Read + Send> = match &hash_slot {
+        Some(slot) => Box::new(HashOnEof {
+            inner: counting,
+            slot: slot.clone(),
+        }),
+        None => Box::new(counting),
+    };
+    let mut buffered = BufReader::with_capacity(256 * 1024, counting);
+    let magic = buffered
+        .fill_buf()
+        .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
+    let reader: Box<dyn BufRead + Send> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::bufread::MultiGzDecoder::new(buffered),
+        ))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let dec = zstd::stream::read::Decoder::with_buffer(buffered)
+            .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
+        Box::new(BufReader::with_capacity(1 << 20, dec))
+    } else {
+        Box::new(buffered)
+    };
+    Ok(Opened {
+        reader,
+        raw_bytes: count,
+        hash: hash_slot,
+    })
+}
+
+/// Publishes the content hash of a fully read stream.
+struct HashOnEof<R: Read> {
+    inner: Counting<R>,
+    slot: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl<R: Read> Read for HashOnEof<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            if let Some(h) = self.inner.hasher.take() {
+                *self.slot.lock().expect("hash slot") = Some(hex::encode(&h.finalize()[..16]));
+            }
+        }
+        Ok(n)
+    }
+}

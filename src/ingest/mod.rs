@@ -1,0 +1,650 @@
+//! Ingest: validate raw events and land them exactly once per source file.
+//!
+//! For each group of input files (about `commit_every` bytes), the pipeline parses and validates
+//! every line; valid rows stream into `raw_events` data files, rejected rows into `quarantine`
+//! data files. Then, in this order:
+//!
+//! ```text
+//!  1. commit quarantine   adds + txn "clicklake/file/<key>" = v   (per file)
+//!  2. commit raw_events   adds + txn "clicklake/file/<key>" = v   (per file)
+//!  3. commit ingested_files  one row per file (the load history; a cache of 1+2)
+//! ```
+//!
+//! A file is done when raw_events holds its marker at a version ≥ quarantine's. A run killed
+//! between 1 and 2 re-lands only the valid rows on the next run; one killed between 2 and 3 only
+//! re-records the history row (marked `recovered`). Data files of a killed run are never
+//! referenced by a commit. `--force` lands a file again with the next marker version.
+
+pub mod input;
+pub mod parse;
+pub mod pipeline;
+pub mod reason;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::{Add, Transaction};
+use deltalake::writer::DeltaWriter;
+use deltalake::DeltaTable;
+use serde::Serialize;
+
+use crate::catalog::{self, INGESTED_FILES, QUARANTINE, RAW_EVENTS};
+use crate::cli::InputFormat;
+use crate::config::Config;
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::printer::Printer;
+use crate::storage::Lake;
+use input::InputFile;
+use parse::{LineStats, ParseSettings, SegmentResolver};
+
+/// Sources this build understands.
+pub const SOURCES: &[&str] = &["native"];
+
+/// What a user asked `ingest` to do, validated.
+pub struct IngestRequest {
+    pub inputs: Vec<String>,
+    pub source: String,
+    pub format: InputFormat,
+    pub force: bool,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct FileSummary {
+    pub source_file: String,
+    pub status: &'static str,
+    pub lines: u64,
+    pub blank_lines: u64,
+    pub landed: u64,
+    pub quarantined: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct IngestSummary {
+    pub batch_id: String,
+    pub files_read: u64,
+    pub files_skipped: u64,
+    pub lines: u64,
+    pub blank_lines: u64,
+    pub landed: u64,
+    pub quarantined: u64,
+    pub quarantined_by_reason: BTreeMap<String, u64>,
+    /// lines == landed + quarantined + blank_lines
+    pub balanced: bool,
+    pub partitions_written: u64,
+    pub data_files_written: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+    pub rows_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub raw_events_version: Option<i64>,
+    pub quarantine_version: Option<i64>,
+    pub files: Vec<FileSummary>,
+}
+
+/// How much of a file still has to land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Rows to both tables.
+    Full,
+    /// Quarantine already committed (a run died between the two commits): valid rows only.
+    RawOnly,
+}
+
+struct Planned {
+    file: InputFile,
+    mode: Mode,
+    version: i64,
+}
+
+pub fn app_id(key: &str) -> String {
+    format!("clicklake/file/{key}")
+}
+
+/// Test hook: `CLICKLAKE_FAULT=<point>` aborts the process at that point, as a crash would.
+fn fault(point: &str) {
+    if std::env::var("CLICKLAKE_FAULT").is_ok_and(|p| p == point) {
+        eprintln!("CLICKLAKE_FAULT: aborting at {point}");
+        std::process::abort();
+    }
+}
+
+/// Loads the segment of every known user, once `user_segments` exists (built by `build`).
+async fn load_segments(_lake: &Lake) -> Result<SegmentResolver> {
+    // Until the star layer defines user_segments, every known user lands as `unsegmented`.
+    Ok(SegmentResolver::default())
+}
+
+/// The load history: file key → (batch id) for every recorded file.
+async fn load_registry(ctx: &SessionContext, table: &DeltaTable) -> Result<HashMap<String, String>> {
+    catalog::register(ctx, INGESTED_FILES.name, table).await?;
+    let batches = ctx
+        .sql("SELECT file_key, batch_id FROM ingested_files")
+        .await?
+        .collect()
+        .await?;
+    let mut out = HashMap::new();
+    for b in batches {
+        let keys = b.column(0).as_any().downcast_ref::<StringArray>().expect("utf8");
+        let ids = b.column(1).as_any().downcast_ref::<StringArray>().expect("utf8");
+        for i in 0..b.num_rows() {
+            out.insert(keys.value(i).to_string(), ids.value(i).to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[tracing::instrument(name = "ingest", skip_all, fields(inputs = req.inputs.len(), force = req.force))]
+pub async fn run(
+    lake: &Lake,
+    cfg: &Config,
+    req: IngestRequest,
+    printer: &Printer,
+) -> Result<IngestSummary> {
+    let started = Instant::now();
+    if !SOURCES.contains(&req.source.as_str()) {
+        return Err(Error::usage(format!(
+            "--source {}: unknown source (available: {})",
+            req.source,
+            SOURCES.join(", ")
+        )));
+    }
+    let files = input::discover(&req.inputs, lake, req.format).await?;
+    if files.is_empty() {
+        return Err(Error::usage("no input files found"));
+    }
+    tracing::info!(files = files.len(), "inputs discovered");
+
+    lake.ensure_root()?;
+    let mut raw = catalog::ensure_table(lake, &RAW_EVENTS).await?;
+    let mut quarantine = catalog::ensure_table(lake, &QUARANTINE).await?;
+    let mut registry = catalog::ensure_table(lake, &INGESTED_FILES).await?;
+    let ctx = catalog::session(cfg.memory_limit)?;
+    let known = load_registry(&ctx, &registry).await?;
+
+    let now = chrono::Utc::now();
+    let batch_id = format!(
+        "{}-{}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut summary = IngestSummary {
+        batch_id: batch_id.clone(),
+        ..Default::default()
+    };
+
+    // Decide, per file, what still has to land.
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut heal: Vec<(InputFile, i64)> = Vec::new();
+    for file in files {
+        let Some(key) = file.key.clone() else {
+            plan.push(Planned { file, mode: Mode::Full, version: 1 });
+            continue;
+        };
+        if known.contains_key(&key) && !req.force {
+            summary.files_skipped += 1;
+            summary.files.push(FileSummary {
+                source_file: file.display.clone(),
+                status: "skipped: already ingested",
+                bytes: file.size.unwrap_or(0),
+                ..Default::default()
+            });
+            continue;
+        }
+        let r = delta::txn_version(&raw, &app_id(&key)).await?;
+        let q = delta::txn_version(&quarantine, &app_id(&key)).await?;
+        match (r, q, req.force) {
+            (Some(rv), q, false) if rv >= q.unwrap_or(0) => {
+                heal.push((file.clone(), rv));
+                summary.files_skipped += 1;
+                summary.files.push(FileSummary {
+                    source_file: file.display.clone(),
+                    status: "skipped: already ingested (history row recovered)",
+                    bytes: file.size.unwrap_or(0),
+                    ..Default::default()
+                });
+            }
+            (r, Some(qv), false) if qv > r.unwrap_or(0) => plan.push(Planned { file, mode: Mode::RawOnly, version: qv }),
+            (r, q, _) => plan.push(Planned {
+                file,
+                mode: Mode::Full,
+                version: r.unwrap_or(0).max(q.unwrap_or(0)) + 1,
+            }),
+        }
+    }
+    if !heal.is_empty() {
+        let rows: Vec<RegistryRow> = heal
+            .iter()
+            .map(|(f, _)| RegistryRow::recovered(f, &batch_id, now.timestamp_micros()))
+            .collect();
+        append_registry(&mut registry, &rows, cfg).await?;
+    }
+
+    let settings = Arc::new(ParseSettings {
+        batch_id: Arc::from(batch_id.as_str()),
+        ingested_at_us: now.timestamp_micros(),
+        max_future_skew_us: cfg.ingest.max_future_skew.as_micros() as i64,
+        segments: Arc::new(load_segments(lake).await?),
+        raw_schema: (RAW_EVENTS.schema)(),
+        quarantine_schema: (QUARANTINE.schema)(),
+    });
+
+    // Groups of about `commit_every` input bytes; stdin always alone (its identity comes last).
+    let mut groups: Vec<Vec<Planned>> = Vec::new();
+    let mut group_bytes = 0u64;
+    for p in plan {
+        let stdin = p.file.key.is_none();
+        let size = p.file.size.unwrap_or(0);
+        let start_new = groups.is_empty()
+            || stdin
+            || groups.last().is_some_and(|g| g.iter().any(|x| x.file.key.is_none()))
+            || group_bytes + size > cfg.ingest.commit_every && group_bytes > 0;
+        if start_new {
+            groups.push(Vec::new());
+            group_bytes = 0;
+        }
+        group_bytes += size;
+        groups.last_mut().expect("a group").push(p);
+    }
+
+    let total_bytes: u64 = groups.iter().flatten().map(|p| p.file.size.unwrap_or(0)).sum();
+    let progress = printer.bytes_progress(total_bytes, "ingest");
+    let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
+    let mut stats_total = LineStats::default();
+
+    for (n, group) in groups.into_iter().enumerate() {
+        tracing::info!(group = n + 1, files = group.len(), "ingesting group");
+        let result = run_group(
+            group,
+            &settings,
+            cfg,
+            &mut raw,
+            &mut quarantine,
+            &mut registry,
+            &progress,
+            &known,
+            req.force,
+        )
+        .await?;
+        for f in result.files {
+            summary.files.push(f);
+        }
+        stats_total.merge(&result.stats);
+        summary.files_read += result.files_read;
+        summary.files_skipped += result.files_skipped;
+        summary.bytes_read += result.bytes_read;
+        summary.bytes_written += result.bytes_written;
+        summary.data_files_written += result.data_files;
+        partitions.extend(result.partitions);
+        if result.raw_version.is_some() {
+            summary.raw_events_version = result.raw_version;
+        }
+        if result.quarantine_version.is_some() {
+            summary.quarantine_version = result.quarantine_version;
+        }
+    }
+    progress.finish_and_clear();
+
+    summary.lines = stats_total.lines;
+    summary.blank_lines = stats_total.blank;
+    summary.landed = stats_total.landed;
+    summary.quarantined = stats_total.quarantined.total();
+    summary.quarantined_by_reason = stats_total
+        .quarantined
+        .nonzero()
+        .map(|(r, n)| (r.code().to_string(), n))
+        .collect();
+    summary.balanced = stats_total.balanced();
+    summary.partitions_written = partitions.len() as u64;
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.rows_per_sec = summary.lines as f64 / summary.seconds.max(1e-9);
+    summary.mb_per_sec = summary.bytes_read as f64 / 1e6 / summary.seconds.max(1e-9);
+    if !summary.balanced {
+        return Err(Error::runtime(format!(
+            "line accounting is off: {} lines != {} landed + {} quarantined + {} blank",
+            summary.lines, summary.landed, summary.quarantined, summary.blank_lines
+        )));
+    }
+    Ok(summary)
+}
+
+struct GroupResult {
+    files: Vec<FileSummary>,
+    stats: LineStats,
+    files_read: u64,
+    files_skipped: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+    data_files: u64,
+    partitions: BTreeSet<Vec<(String, Option<String>)>>,
+    raw_version: Option<i64>,
+    quarantine_version: Option<i64>,
+}
+
+#[derive(Default)]
+struct FileState {
+    stats: LineStats,
+    chunks_seen: u64,
+    raw_bytes: u64,
+    content_hash: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_group(
+    group: Vec<Planned>,
+    settings: &Arc<ParseSettings>,
+    cfg: &Config,
+    raw: &mut DeltaTable,
+    quarantine: &mut DeltaTable,
+    registry: &mut DeltaTable,
+    progress: &indicatif::ProgressBar,
+    known: &HashMap<String, String>,
+    force: bool,
+) -> Result<GroupResult> {
+    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+    let mut raw_w = delta::writer(raw, props.clone(), cfg.ingest.target_file_size)?;
+    let mut q_w = delta::writer(quarantine, props, cfg.ingest.target_file_size)?;
+    let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
+    let mut raw_adds: Vec<Add> = Vec::new();
+    let mut q_adds: Vec<Add> = Vec::new();
+
+    let modes: Vec<Mode> = group.iter().map(|p| p.mode).collect();
+    let mut state: Vec<FileState> = group.iter().map(|_| FileState::default()).collect();
+    let pb = progress.clone();
+    let opts = pipeline::PipelineOptions {
+        threads: cfg.ingest.threads,
+        chunk_bytes: cfg.ingest.chunk_bytes,
+        on_bytes: Arc::new(move |n| pb.inc(n)),
+    };
+    let files: Vec<(usize, InputFile)> = group.iter().map(|p| p.file.clone()).enumerate().collect();
+    let mut pipe = pipeline::start(files, settings.clone(), opts, tokio::runtime::Handle::current());
+
+    let mut failure: Option<Error> = None;
+    let mut rows_seen = 0u64;
+    while let Some(ev) = pipe.events.recv().await {
+        match ev {
+            pipeline::Event::Output(out) => {
+                let st = &mut state[out.file_idx];
+                st.stats.merge(&out.stats);
+                st.chunks_seen += 1;
+                rows_seen += out.stats.lines;
+                let step = async {
+                    if out.raw.num_rows() > 0 {
+                        raw_w.write(out.raw).await?;
+                    }
+                    if modes[out.file_idx] == Mode::Full && out.quarantine.num_rows() > 0 {
+                        q_w.write(out.quarantine).await?;
+                    }
+                    if raw_w.buffer_len() > flush_at {
+                        raw_adds.extend(raw_w.flush().await?);
+                    }
+                    if q_w.buffer_len() > flush_at {
+                        q_adds.extend(q_w.flush().await?);
+                    }
+                    Ok::<(), Error>(())
+                };
+                if let Err(e) = step.await {
+                    failure = Some(e);
+                    break;
+                }
+                progress.set_message(format!("{rows_seen} lines"));
+            }
+            pipeline::Event::FileDone {
+                file_idx,
+                raw_bytes,
+                content_hash,
+                ..
+            } => {
+                state[file_idx].raw_bytes = raw_bytes;
+                state[file_idx].content_hash = content_hash;
+            }
+            pipeline::Event::Failed(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    // Stop the threads (closing the channel unblocks them) without blocking the runtime.
+    let pipe_handle = tokio::task::spawn_blocking(move || pipe.join());
+    if let Some(e) = failure {
+        raw_w.reset();
+        q_w.reset();
+        let _ = pipe_handle.await;
+        return Err(e);
+    }
+    pipe_handle
+        .await
+        .map_err(|e| Error::runtime(format!("parser threads: {e}")))?;
+    raw_adds.extend(raw_w.flush().await?);
+    q_adds.extend(q_w.flush().await?);
+    fault("after-data-files");
+
+    // Resolve stdin's identity now that its content hash is known.
+    let mut planned = group;
+    for (p, st) in planned.iter_mut().zip(&state) {
+        if p.file.key.is_none() {
+            let hash = st.content_hash.clone().unwrap_or_default();
+            let key = input::file_key(&["stdin", &hash]);
+            p.file.version_tag = hash;
+            p.file.size = Some(st.raw_bytes);
+            let r = delta::txn_version(raw, &app_id(&key)).await?;
+            let q = delta::txn_version(quarantine, &app_id(&key)).await?;
+            if (known.contains_key(&key) || r.is_some()) && !force {
+                // Same bytes as an earlier stdin ingest: land nothing.
+                let bytes = st.raw_bytes;
+                return Ok(GroupResult {
+                    files: vec![FileSummary {
+                        source_file: "-".into(),
+                        status: "skipped: already ingested",
+                        bytes,
+                        ..Default::default()
+                    }],
+                    stats: LineStats::default(),
+                    files_read: 0,
+                    files_skipped: 1,
+                    bytes_read: bytes,
+                    bytes_written: 0,
+                    data_files: 0,
+                    partitions: BTreeSet::new(),
+                    raw_version: None,
+                    quarantine_version: None,
+                });
+            }
+            p.version = r.unwrap_or(0).max(q.unwrap_or(0)) + 1;
+            p.file.key = Some(key);
+        }
+    }
+
+    let keys: Vec<String> = planned.iter().map(|p| p.file.key.clone().expect("resolved")).collect();
+    let batch = settings.batch_id.to_string();
+    let meta = |table: &str| {
+        let files: Vec<serde_json::Value> = planned
+            .iter()
+            .zip(&state)
+            .take(1000)
+            .map(|(p, st)| {
+                serde_json::json!({
+                    "source_file": p.file.display,
+                    "lines": st.stats.lines,
+                    "landed": st.stats.landed,
+                    "quarantined": st.stats.quarantined.total(),
+                })
+            })
+            .collect();
+        HashMap::from([(
+            "clicklake".to_string(),
+            serde_json::json!({ "command": "ingest", "table": table, "batch_id": batch, "files": files }),
+        )])
+    };
+
+    let q_txns: Vec<Transaction> = planned
+        .iter()
+        .zip(&keys)
+        .filter(|(p, _)| p.mode == Mode::Full)
+        .map(|(p, k)| Transaction::new(app_id(k), p.version))
+        .collect();
+    let bytes_written: u64 = raw_adds.iter().chain(&q_adds).map(|a| a.size as u64).sum();
+    let data_files = (raw_adds.len() + q_adds.len()) as u64;
+    let partitions: BTreeSet<Vec<(String, Option<String>)>> = raw_adds
+        .iter()
+        .map(|a| {
+            let mut v: Vec<(String, Option<String>)> =
+                a.partition_values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            v.sort();
+            v
+        })
+        .collect();
+
+    let quarantine_version = if !q_txns.is_empty() || !q_adds.is_empty() {
+        let files = q_adds.len();
+        let v = delta::commit_append(quarantine, q_adds, q_txns, meta("quarantine")).await?;
+        tracing::info!(table = "quarantine", version = v, files, "committed");
+        Some(v)
+    } else {
+        None
+    };
+    fault("after-quarantine-commit");
+    let r_txns: Vec<Transaction> = planned
+        .iter()
+        .zip(&keys)
+        .map(|(p, k)| Transaction::new(app_id(k), p.version))
+        .collect();
+    let raw_files = raw_adds.len();
+    let raw_version = Some(delta::commit_append(raw, raw_adds, r_txns, meta("raw_events")).await?);
+    tracing::info!(table = "raw_events", version = raw_version, files = raw_files, "committed");
+    fault("after-raw-commit");
+
+    let now_us = settings.ingested_at_us;
+    let rows: Vec<RegistryRow> = planned
+        .iter()
+        .zip(&state)
+        .zip(&keys)
+        .map(|((p, st), k)| RegistryRow {
+            file_key: k.clone(),
+            source_file: p.file.display.clone(),
+            size_bytes: p.file.size.map(|s| s as i64),
+            version_tag: p.file.version_tag.clone(),
+            lines: Some(st.stats.lines as i64),
+            blank_lines: Some(st.stats.blank as i64),
+            landed: Some(st.stats.landed as i64),
+            quarantined: Some(st.stats.quarantined.total() as i64),
+            batch_id: batch.clone(),
+            ingested_at: now_us,
+            forced: p.version > 1 && p.mode == Mode::Full,
+            recovered: p.mode == Mode::RawOnly,
+        })
+        .collect();
+    append_registry(registry, &rows, cfg).await?;
+
+    let mut stats = LineStats::default();
+    let mut files = Vec::new();
+    let mut bytes_read = 0;
+    for (p, st) in planned.iter().zip(&state) {
+        stats.merge(&st.stats);
+        bytes_read += st.raw_bytes;
+        files.push(FileSummary {
+            source_file: p.file.display.clone(),
+            status: match p.mode {
+                Mode::Full => "ingested",
+                Mode::RawOnly => "ingested (completed an interrupted run)",
+            },
+            lines: st.stats.lines,
+            blank_lines: st.stats.blank,
+            landed: st.stats.landed,
+            quarantined: st.stats.quarantined.total(),
+            bytes: st.raw_bytes,
+        });
+    }
+    Ok(GroupResult {
+        files_read: planned.len() as u64,
+        files_skipped: 0,
+        files,
+        stats,
+        bytes_read,
+        bytes_written,
+        data_files,
+        partitions,
+        raw_version,
+        quarantine_version,
+    })
+}
+
+/// One row of `ingested_files`.
+struct RegistryRow {
+    file_key: String,
+    source_file: String,
+    size_bytes: Option<i64>,
+    version_tag: String,
+    lines: Option<i64>,
+    blank_lines: Option<i64>,
+    landed: Option<i64>,
+    quarantined: Option<i64>,
+    batch_id: String,
+    ingested_at: i64,
+    forced: bool,
+    recovered: bool,
+}
+
+impl RegistryRow {
+    fn recovered(f: &InputFile, batch_id: &str, now_us: i64) -> Self {
+        RegistryRow {
+            file_key: f.key.clone().unwrap_or_default(),
+            source_file: f.display.clone(),
+            size_bytes: f.size.map(|s| s as i64),
+            version_tag: f.version_tag.clone(),
+            lines: None,
+            blank_lines: None,
+            landed: None,
+            quarantined: None,
+            batch_id: batch_id.to_string(),
+            ingested_at: now_us,
+            forced: false,
+            recovered: true,
+        }
+    }
+}
+
+async fn append_registry(table: &mut DeltaTable, rows: &[RegistryRow], cfg: &Config) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let s = |f: fn(&RegistryRow) -> String| {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as Arc<dyn Array>
+    };
+    let i = |f: fn(&RegistryRow) -> Option<i64>| {
+        Arc::new(Int64Array::from_iter(rows.iter().map(f))) as Arc<dyn Array>
+    };
+    let batch = RecordBatch::try_new(
+        (INGESTED_FILES.schema)(),
+        vec![
+            s(|r| r.file_key.clone()),
+            s(|r| r.source_file.clone()),
+            i(|r| r.size_bytes),
+            s(|r| r.version_tag.clone()),
+            i(|r| r.lines),
+            i(|r| r.blank_lines),
+            i(|r| r.landed),
+            i(|r| r.quarantined),
+            s(|r| r.batch_id.clone()),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.ingested_at))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.forced)))),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.recovered)))),
+        ],
+    )?;
+    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+    let mut w = delta::writer(table, props, cfg.ingest.target_file_size)?;
+    w.write(batch).await?;
+    let adds = w.flush().await?;
+    delta::commit_append(table, adds, Vec::new(), HashMap::new()).await?;
+    Ok(())
+}

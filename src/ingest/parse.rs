@@ -1,0 +1,1087 @@
+//! Turns one chunk of input lines into a `raw_events` batch and a `quarantine` batch.
+//!
+//! Each line is parsed once (NDJSON with borrowed raw values, CSV with a small RFC 4180 splitter),
+//! checked against the rules in [`Reason`] order, and appended straight into Arrow builders; no
+//! intermediate row structs are allocated. The chunk is the unit of parallelism.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::SchemaRef;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::reason::{Reason, ReasonCounts};
+
+/// The canonical input fields, in schema order.
+pub const FIELDS: [&str; 22] = [
+    "event_id",
+    "event_time",
+    "received_at",
+    "event_type",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "product_id",
+    "category",
+    "brand",
+    "price",
+    "quantity",
+    "currency",
+    "order_id",
+    "revenue",
+    "checkout_step",
+    "page_url",
+    "referrer",
+    "device",
+    "country",
+    "email",
+    "ip",
+];
+
+const F_EVENT_ID: usize = 0;
+const F_EVENT_TIME: usize = 1;
+const F_RECEIVED_AT: usize = 2;
+const F_EVENT_TYPE: usize = 3;
+const F_USER_ID: usize = 4;
+const F_ANONYMOUS_ID: usize = 5;
+const F_PRICE: usize = 10;
+const F_QUANTITY: usize = 11;
+const F_CURRENCY: usize = 12;
+const F_ORDER_ID: usize = 13;
+const F_REVENUE: usize = 14;
+const F_CHECKOUT_STEP: usize = 15;
+/// Plain optional string columns besides the ids handled explicitly.
+const STRING_FIELDS: [usize; 13] = [6, 7, 8, 9, 12, 13, 16, 17, 18, 19, 20, 21, 4];
+
+pub const EVENT_TYPES: [&str; 10] = [
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "remove_from_cart",
+    "cart_view",
+    "checkout_started",
+    "checkout_step",
+    "payment_info",
+    "purchase",
+    "search",
+];
+
+fn field_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "event_id" => 0,
+        "event_time" => 1,
+        "received_at" => 2,
+        "event_type" => 3,
+        "user_id" => 4,
+        "anonymous_id" => 5,
+        "session_id" => 6,
+        "product_id" => 7,
+        "category" => 8,
+        "brand" => 9,
+        "price" => 10,
+        "quantity" => 11,
+        "currency" => 12,
+        "order_id" => 13,
+        "revenue" => 14,
+        "checkout_step" => 15,
+        "page_url" => 16,
+        "referrer" => 17,
+        "device" => 18,
+        "country" => 19,
+        "email" => 20,
+        "ip" => 21,
+        _ => return None,
+    })
+}
+
+/// The input encoding of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+/// A CSV file's header: which column feeds which canonical field.
+#[derive(Debug, Clone)]
+pub struct CsvHeader {
+    pub columns: Vec<String>,
+    /// Canonical field index per column, `None` for extra columns (kept in `properties`).
+    pub mapping: Vec<Option<usize>>,
+    pub delimiter: u8,
+}
+
+impl CsvHeader {
+    pub fn parse(line: &[u8], delimiter: u8) -> Result<CsvHeader, String> {
+        let text = std::str::from_utf8(line).map_err(|_| "header is not UTF-8".to_string())?;
+        let columns: Vec<String> = split_csv_record(text, delimiter)
+            .ok_or_else(|| "header has an unterminated quote".to_string())?
+            .into_iter()
+            .map(|c| c.trim().trim_start_matches('\u{feff}').to_string())
+            .collect();
+        let mapping: Vec<Option<usize>> = columns.iter().map(|c| field_index(c)).collect();
+        for required in ["event_id", "event_time", "event_type"] {
+            if !columns.iter().any(|c| c == required) {
+                return Err(format!(
+                    "header has no {required} column (columns: {})",
+                    columns.join(",")
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &columns {
+            if !seen.insert(c) {
+                return Err(format!("header names column {c} twice"));
+            }
+        }
+        Ok(CsvHeader {
+            columns,
+            mapping,
+            delimiter,
+        })
+    }
+}
+
+/// Maps a known user to the customer segment their rows land in.
+#[derive(Debug, Default)]
+pub struct SegmentResolver {
+    by_user: HashMap<String, String>,
+}
+
+impl SegmentResolver {
+    pub const ANONYMOUS: &'static str = "anonymous";
+    pub const UNSEGMENTED: &'static str = "unsegmented";
+
+    pub fn new(by_user: HashMap<String, String>) -> Self {
+        SegmentResolver { by_user }
+    }
+
+    pub fn segment<'a>(&'a self, user_id: Option<&str>) -> &'a str {
+        match user_id {
+            None => Self::ANONYMOUS,
+            Some(u) => self
+                .by_user
+                .get(u)
+                .map(String::as_str)
+                .unwrap_or(Self::UNSEGMENTED),
+        }
+    }
+}
+
+/// Run-wide, read-only settings every parser thread shares.
+#[derive(Debug)]
+pub struct ParseSettings {
+    pub batch_id: Arc<str>,
+    /// Ingest time, used as `received_at` when a row has none and as `ingested_at`.
+    pub ingested_at_us: i64,
+    pub max_future_skew_us: i64,
+    pub segments: Arc<SegmentResolver>,
+    pub raw_schema: SchemaRef,
+    pub quarantine_schema: SchemaRef,
+}
+
+/// A run of whole lines from one file.
+pub struct Chunk {
+    pub file_idx: usize,
+    pub source_file: Arc<str>,
+    /// 1-based line number of the first line in `data`.
+    pub first_line: u64,
+    pub data: Vec<u8>,
+    pub format: Format,
+    pub csv_header: Option<Arc<CsvHeader>>,
+}
+
+/// Counts from one chunk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LineStats {
+    /// Every line (or CSV record) read, blank ones included.
+    pub lines: u64,
+    pub blank: u64,
+    pub landed: u64,
+    pub quarantined: ReasonCounts,
+}
+
+impl LineStats {
+    pub fn merge(&mut self, o: &LineStats) {
+        self.lines += o.lines;
+        self.blank += o.blank;
+        self.landed += o.landed;
+        self.quarantined.merge(&o.quarantined);
+    }
+    /// The invariant: every line is landed, quarantined or blank.
+    pub fn balanced(&self) -> bool {
+        self.lines == self.landed + self.quarantined.total() + self.blank
+    }
+}
+
+pub struct ChunkOutput {
+    pub file_idx: usize,
+    pub raw: RecordBatch,
+    pub quarantine: RecordBatch,
+    pub stats: LineStats,
+}
+
+/// A field value as found in the input.
+#[derive(Debug, Clone)]
+enum Val<'a> {
+    Missing,
+    Null,
+    Str(Cow<'a, str>),
+    /// A JSON number, as its source text.
+    Num(&'a str),
+    Bool(bool),
+    /// A JSON object or array, as its source text.
+    Composite(&'a str),
+}
+
+impl Val<'_> {
+    fn is_absent(&self) -> bool {
+        match self {
+            Val::Missing | Val::Null => true,
+            Val::Str(s) => s.trim().is_empty(),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Val<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Val::Missing => f.write_str("(missing)"),
+            Val::Null => f.write_str("null"),
+            Val::Str(s) => write!(f, "{:?}", truncate(s, 120)),
+            Val::Num(n) => f.write_str(truncate(n, 120)),
+            Val::Bool(b) => write!(f, "{b}"),
+            Val::Composite(c) => f.write_str(truncate(c, 120)),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Extra (non-canonical) fields: key plus either raw JSON text or a CSV string.
+enum Extra<'a> {
+    Json(&'a str),
+    Text(Cow<'a, str>),
+}
+
+struct Fields<'a> {
+    v: [Val<'a>; 22],
+    extras: Vec<(Cow<'a, str>, Extra<'a>)>,
+}
+
+impl<'a> Fields<'a> {
+    fn new() -> Self {
+        Fields {
+            v: std::array::from_fn(|_| Val::Missing),
+            extras: Vec::new(),
+        }
+    }
+}
+
+// ---------- NDJSON ----------
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct ObjectVisitor<'a, 'b>(&'b mut Fields<'a>);
+
+impl<'de> Visitor<'de> for ObjectVisitor<'de, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            match field_index(&key) {
+                Some(i) => self.0.v[i] = classify(raw.get()).map_err(de::Error::custom)?,
+                None => self.0.extras.push((key, Extra::Json(raw.get()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn classify(raw: &str) -> Result<Val<'_>, serde_json::Error> {
+    Ok(match raw.as_bytes()[0] {
+        b'n' => Val::Null,
+        b't' => Val::Bool(true),
+        b'f' => Val::Bool(false),
+        b'"' => {
+            let inner = &raw[1..raw.len() - 1];
+            if inner.contains('\\') {
+                Val::Str(Cow::Owned(serde_json::from_str::<String>(raw)?))
+            } else {
+                Val::Str(Cow::Borrowed(inner))
+            }
+        }
+        b'{' | b'[' => Val::Composite(raw),
+        _ => Val::Num(raw),
+    })
+}
+
+fn parse_json_line<'a>(line: &'a [u8], fields: &mut Fields<'a>) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    de.deserialize_map(ObjectVisitor(fields))
+        .and_then(|_| de.end())
+        .map_err(|e| {
+            let msg = e.to_string();
+            // serde says "invalid type: ..., expected a JSON object" for arrays and scalars.
+            if msg.contains("expected a JSON object") {
+                "line is not a JSON object".to_string()
+            } else {
+                format!("line is not valid JSON: {msg}")
+            }
+        })
+}
+
+// ---------- CSV ----------
+
+/// Splits one CSV record (RFC 4180: quotes, doubled quotes, delimiters and newlines inside quotes).
+/// `None` when a quote is left open.
+pub fn split_csv_record(rec: &str, delim: u8) -> Option<Vec<Cow<'_, str>>> {
+    let b = rec.as_bytes();
+    let mut out = Vec::with_capacity(24);
+    let mut i = 0;
+    loop {
+        if i < b.len() && b[i] == b'"' {
+            // Quoted field.
+            let mut j = i + 1;
+            let mut owned: Option<String> = None;
+            let mut seg_start = j;
+            loop {
+                let q = memchr::memchr(b'"', &b[j..])? + j;
+                if q + 1 < b.len() && b[q + 1] == b'"' {
+                    let s = owned.get_or_insert_with(String::new);
+                    s.push_str(&rec[seg_start..=q]);
+                    j = q + 2;
+                    seg_start = j;
+                    continue;
+                }
+                let field = match owned {
+                    Some(mut s) => {
+                        s.push_str(&rec[seg_start..q]);
+                        Cow::Owned(s)
+                    }
+                    None => Cow::Borrowed(&rec[seg_start..q]),
+                };
+                out.push(field);
+                // Skip to the delimiter (anything between the quote and it is dropped).
+                match memchr::memchr(delim, &b[q + 1..]) {
+                    Some(d) => i = q + 1 + d + 1,
+                    None => return Some(out),
+                }
+                break;
+            }
+        } else {
+            match memchr::memchr(delim, &b[i..]) {
+                Some(d) => {
+                    out.push(Cow::Borrowed(&rec[i..i + d]));
+                    i += d + 1;
+                }
+                None => {
+                    out.push(Cow::Borrowed(&rec[i..]));
+                    return Some(out);
+                }
+            }
+        }
+        if i == b.len() {
+            out.push(Cow::Borrowed(""));
+            return Some(out);
+        }
+    }
+}
+
+fn parse_csv_record<'a>(
+    rec: &'a str,
+    header: &'a CsvHeader,
+    fields: &mut Fields<'a>,
+) -> Result<(), String> {
+    let values = split_csv_record(rec, header.delimiter)
+        .ok_or_else(|| "CSV row has an unterminated quote".to_string())?;
+    if values.len() != header.columns.len() {
+        return Err(format!(
+            "CSV row has {} fields, the header has {}",
+            values.len(),
+            header.columns.len()
+        ));
+    }
+    for (i, value) in values.into_iter().enumerate() {
+        if value.is_empty() {
+            if let Some(f) = header.mapping[i] {
+                fields.v[f] = Val::Null;
+            }
+            continue;
+        }
+        match header.mapping[i] {
+            Some(f) => fields.v[f] = Val::Str(value),
+            None => fields
+                .extras
+                .push((Cow::Borrowed(header.columns[i].as_str()), Extra::Text(value))),
+        }
+    }
+    Ok(())
+}
+
+// ---------- values ----------
+
+/// Parses a decimal number text into hundredths, rounding half away from zero.
+/// `None` if it is not a plain number or exceeds decimal(18,2).
+pub fn parse_decimal_2(text: &str) -> Option<i128> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if t.contains(['e', 'E']) {
+        let f: f64 = t.parse().ok()?;
+        if !f.is_finite() {
+            return None;
+        }
+        let v = (f * 100.0).round();
+        return (v.abs() < 1e18).then_some(v as i128);
+    }
+    let (neg, body) = match t.as_bytes()[0] {
+        b'-' => (true, &t[1..]),
+        _ => (false, t),
+    };
+    let (int, frac) = match body.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (body, ""),
+    };
+    if int.is_empty() || !int.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|c| c.is_ascii_digit()) || (body.contains('.') && frac.is_empty()) {
+        return None;
+    }
+    if int.len() > 16 {
+        return None;
+    }
+    let mut v: i128 = int.parse().ok()?;
+    let fb = frac.as_bytes();
+    let d1 = fb.first().map(|c| (c - b'0') as i128).unwrap_or(0);
+    let d2 = fb.get(1).map(|c| (c - b'0') as i128).unwrap_or(0);
+    v = v * 100 + d1 * 10 + d2;
+    if fb.get(2).is_some_and(|c| *c >= b'5') {
+        v += 1;
+    }
+    if v >= 10i128.pow(18) {
+        return None;
+    }
+    Some(if neg { -v } else { v })
+}
+
+fn parse_int(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// Parses an RFC 3339 instant into UTC microseconds.
+pub fn parse_rfc3339_us(text: &str) -> Option<i64> {
+    let dt = chrono::DateTime::parse_from_rfc3339(text.trim()).ok()?;
+    Some(dt.timestamp_micros())
+}
+
+enum TsError {
+    Missing,
+    Bad(String),
+}
+
+fn timestamp(v: &Val, name: &str, format: Format) -> Result<i64, TsError> {
+    match v {
+        Val::Missing | Val::Null => Err(TsError::Missing),
+        Val::Str(s) if s.trim().is_empty() => Err(TsError::Missing),
+        Val::Str(s) => {
+            let t = s.trim();
+            if format == Format::Csv && !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) {
+                // CSV carries epoch milliseconds as plain digits.
+                return t
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|ms| ms.checked_mul(1000))
+                    .ok_or_else(|| TsError::Bad(format!("{name} {v} is out of range")));
+            }
+            parse_rfc3339_us(t).ok_or_else(|| {
+                TsError::Bad(format!("{name} {v} is not an RFC 3339 instant"))
+            })
+        }
+        Val::Num(_) => Err(TsError::Bad(format!(
+            "{name} {v} is a bare number, not an RFC 3339 instant"
+        ))),
+        other => Err(TsError::Bad(format!(
+            "{name} {other} is not an RFC 3339 instant"
+        ))),
+    }
+}
+
+/// A string column's value: strings as given, numbers and booleans as text.
+fn text<'a>(v: &'a Val<'a>, name: &str) -> Result<Option<Cow<'a, str>>, String> {
+    match v {
+        Val::Missing | Val::Null => Ok(None),
+        Val::Str(s) => Ok(Some(Cow::Borrowed(s.as_ref()))),
+        Val::Num(n) => Ok(Some(Cow::Borrowed(n))),
+        Val::Bool(b) => Ok(Some(Cow::Borrowed(if *b { "true" } else { "false" }))),
+        Val::Composite(_) => Err(format!("field {name}: {v} is not a string")),
+    }
+}
+
+fn non_blank<'a>(v: &'a Val<'a>) -> Option<&'a str> {
+    match v {
+        Val::Str(s) if !s.trim().is_empty() => Some(s.as_ref()),
+        Val::Num(n) => Some(n),
+        _ => None,
+    }
+}
+
+// ---------- builders ----------
+
+struct RawBuilders {
+    strings: Vec<StringBuilder>, // one per FIELDS entry that is a string column
+    event_time: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    price: Decimal128Builder,
+    quantity: Int64Builder,
+    revenue: Decimal128Builder,
+    checkout_step: Int64Builder,
+    event_type: StringBuilder,
+    properties: StringBuilder,
+    source_file: StringBuilder,
+    line_number: Int64Builder,
+    batch_id: StringBuilder,
+    ingested_at: TimestampMicrosecondBuilder,
+    event_date: Date32Builder,
+    segment: StringBuilder,
+}
+
+/// Columns of the string fields in `strings`, by FIELDS index.
+fn string_slot(field: usize) -> Option<usize> {
+    match field {
+        0 => Some(0),
+        4..=9 => Some(field - 3),
+        12 | 13 => Some(field - 5),
+        16..=21 => Some(field - 7),
+        _ => None,
+    }
+}
+const N_STRING_SLOTS: usize = 15;
+
+impl RawBuilders {
+    fn new(cap: usize) -> Self {
+        let ts = || TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC");
+        let money = || {
+            Decimal128Builder::with_capacity(cap)
+                .with_precision_and_scale(18, 2)
+                .expect("valid decimal type")
+        };
+        RawBuilders {
+            strings: (0..N_STRING_SLOTS)
+                .map(|_| StringBuilder::with_capacity(cap, cap * 16))
+                .collect(),
+            event_time: ts(),
+            received_at: ts(),
+            price: money(),
+            quantity: Int64Builder::with_capacity(cap),
+            revenue: money(),
+            checkout_step: Int64Builder::with_capacity(cap),
+            event_type: StringBuilder::with_capacity(cap, cap * 12),
+            properties: StringBuilder::new(),
+            source_file: StringBuilder::new(),
+            line_number: Int64Builder::with_capacity(cap),
+            batch_id: StringBuilder::new(),
+            ingested_at: ts(),
+            event_date: Date32Builder::with_capacity(cap),
+            segment: StringBuilder::new(),
+        }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> RecordBatch {
+        let mut s: Vec<ArrayRef> = self
+            .strings
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let mut take = |slot: usize| std::mem::replace(&mut s[slot], Arc::new(arrow::array::NullArray::new(0)));
+        let cols: Vec<ArrayRef> = vec![
+            take(0),
+            Arc::new(self.event_time.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.event_type.finish()),
+            take(1),
+            take(2),
+            take(3),
+            take(4),
+            take(5),
+            take(6),
+            Arc::new(self.price.finish()),
+            Arc::new(self.quantity.finish()),
+            take(7),
+            take(8),
+            Arc::new(self.revenue.finish()),
+            Arc::new(self.checkout_step.finish()),
+            take(9),
+            take(10),
+            take(11),
+            take(12),
+            take(13),
+            take(14),
+            Arc::new(self.properties.finish()),
+            Arc::new(self.source_file.finish()),
+            Arc::new(self.line_number.finish()),
+            Arc::new(self.batch_id.finish()),
+            Arc::new(self.ingested_at.finish()),
+            Arc::new(self.event_date.finish()),
+            Arc::new(self.segment.finish()),
+        ];
+        RecordBatch::try_new(schema.clone(), cols).expect("raw_events columns match the schema")
+    }
+}
+
+struct QuarantineBuilders {
+    reason: StringBuilder,
+    detail: StringBuilder,
+    source_file: StringBuilder,
+    line_number: Int64Builder,
+    raw: StringBuilder,
+    batch_id: StringBuilder,
+    ingested_at: TimestampMicrosecondBuilder,
+    ingest_date: Date32Builder,
+}
+
+impl QuarantineBuilders {
+    fn new() -> Self {
+        QuarantineBuilders {
+            reason: StringBuilder::new(),
+            detail: StringBuilder::new(),
+            source_file: StringBuilder::new(),
+            line_number: Int64Builder::new(),
+            raw: StringBuilder::new(),
+            batch_id: StringBuilder::new(),
+            ingested_at: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            ingest_date: Date32Builder::new(),
+        }
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(self.reason.finish()),
+                Arc::new(self.detail.finish()),
+                Arc::new(self.source_file.finish()),
+                Arc::new(self.line_number.finish()),
+                Arc::new(self.raw.finish()),
+                Arc::new(self.batch_id.finish()),
+                Arc::new(self.ingested_at.finish()),
+                Arc::new(self.ingest_date.finish()),
+            ],
+        )
+        .expect("quarantine columns match the schema")
+    }
+}
+
+const US_PER_DAY: i64 = 86_400_000_000;
+
+fn date_of(us: i64) -> i32 {
+    us.div_euclid(US_PER_DAY) as i32
+}
+
+/// A row that passed every rule, ready to append.
+struct Valid<'a> {
+    event_id: &'a str,
+    event_time: i64,
+    received_at: i64,
+    event_type: &'static str,
+    price: Option<i128>,
+    quantity: Option<i64>,
+    revenue: Option<i128>,
+    checkout_step: Option<i64>,
+    user_id: Option<&'a str>,
+}
+
+/// Checks one row's fields against the rules, in order. `Err` is the first failing rule.
+fn validate<'a>(
+    f: &'a Fields<'a>,
+    format: Format,
+    s: &ParseSettings,
+) -> Result<Valid<'a>, (Reason, String)> {
+    use Reason::*;
+    let event_id = match non_blank(&f.v[F_EVENT_ID]) {
+        Some(id) => id,
+        None => {
+            return Err(match &f.v[F_EVENT_ID] {
+                Val::Composite(_) | Val::Bool(_) => (
+                    MissingEventId,
+                    format!("field event_id: {} is not a string", f.v[F_EVENT_ID]),
+                ),
+                v => (MissingEventId, format!("field event_id is {v}")),
+            })
+        }
+    };
+    let event_time = match timestamp(&f.v[F_EVENT_TIME], "event_time", format) {
+        Ok(t) => t,
+        Err(TsError::Missing) => {
+            return Err((
+                MissingEventTime,
+                format!("field event_time is {}", f.v[F_EVENT_TIME]),
+            ))
+        }
+        Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
+    };
+    let received_at = match timestamp(&f.v[F_RECEIVED_AT], "received_at", format) {
+        Ok(t) => t,
+        Err(TsError::Missing) => s.ingested_at_us,
+        Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
+    };
+    let event_type = match &f.v[F_EVENT_TYPE] {
+        Val::Str(t) => {
+            let norm = t.trim_matches([' ', '\t']).to_ascii_lowercase();
+            match EVENT_TYPES.iter().find(|e| **e == norm) {
+                Some(e) => *e,
+                None => {
+                    return Err((
+                        UnknownEventType,
+                        format!("field event_type: {} is not a known event type", f.v[F_EVENT_TYPE]),
+                    ))
+                }
+            }
+        }
+        v => {
+            return Err((
+                UnknownEventType,
+                format!("field event_type is {v}"),
+            ))
+        }
+    };
+    let price = match &f.v[F_PRICE] {
+        Val::Missing | Val::Null => None,
+        Val::Num(n) => Some(parse_decimal_2(n).ok_or_else(|| {
+            (InvalidField, format!("field price: {n} does not fit decimal(18,2)"))
+        })?),
+        Val::Str(t) if format == Format::Csv => Some(parse_decimal_2(t).ok_or_else(|| {
+            (PriceNotNumber, format!("field price: {:?} is not a number", t.as_ref()))
+        })?),
+        v => {
+            return Err((
+                PriceNotNumber,
+                format!("field price: {v} is not a JSON number"),
+            ))
+        }
+    };
+    if let Some(p) = price {
+        if p < 0 {
+            return Err((
+                NegativePrice,
+                format!("field price: {} is negative", f.v[F_PRICE]),
+            ));
+        }
+    }
+    if event_type == "purchase" && f.v[F_ORDER_ID].is_absent() {
+        return Err((
+            PurchaseWithoutOrderId,
+            format!("field order_id is {} on a purchase", f.v[F_ORDER_ID]),
+        ));
+    }
+    if event_time > received_at.saturating_add(s.max_future_skew_us) {
+        let fmt = |us: i64| {
+            chrono::DateTime::from_timestamp_micros(us)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+                .unwrap_or_default()
+        };
+        return Err((
+            FutureEventTime,
+            format!(
+                "field event_time: {} is more than {}s after received_at {}",
+                fmt(event_time),
+                s.max_future_skew_us / 1_000_000,
+                fmt(received_at)
+            ),
+        ));
+    }
+    let user_id = non_blank(&f.v[F_USER_ID]);
+    if user_id.is_none() && f.v[F_ANONYMOUS_ID].is_absent() {
+        return Err((
+            MissingAnonymousId,
+            "fields user_id and anonymous_id are both missing: one is required".to_string(),
+        ));
+    }
+    let int_field = |i: usize| -> Result<Option<i64>, (Reason, String)> {
+        let bad = |v: &Val| (InvalidField, format!("field {}: {v} is not an integer", FIELDS[i]));
+        match &f.v[i] {
+            Val::Missing | Val::Null => Ok(None),
+            Val::Num(n) => parse_int(n).map(Some).ok_or_else(|| bad(&f.v[i])),
+            Val::Str(t) if format == Format::Csv => {
+                parse_int(t).map(Some).ok_or_else(|| bad(&f.v[i]))
+            }
+            v => Err(bad(v)),
+        }
+    };
+    let quantity = int_field(F_QUANTITY)?;
+    let checkout_step = int_field(F_CHECKOUT_STEP)?;
+    let revenue = match &f.v[F_REVENUE] {
+        Val::Missing | Val::Null => None,
+        Val::Num(n) => Some(parse_decimal_2(n)),
+        Val::Str(t) if format == Format::Csv => Some(parse_decimal_2(t)),
+        _ => Some(None),
+    };
+    let revenue = match revenue {
+        Some(None) => {
+            return Err((
+                InvalidField,
+                format!("field revenue: {} is not a number", f.v[F_REVENUE]),
+            ))
+        }
+        Some(Some(r)) => Some(r),
+        None => None,
+    };
+    if let Val::Str(c) = &f.v[F_CURRENCY] {
+        let c = c.trim();
+        if !c.is_empty() && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic())) {
+            return Err((
+                InvalidField,
+                format!("field currency: {} is not a 3-letter code", f.v[F_CURRENCY]),
+            ));
+        }
+    } else if !f.v[F_CURRENCY].is_absent() {
+        return Err((
+            InvalidField,
+            format!("field currency: {} is not a 3-letter code", f.v[F_CURRENCY]),
+        ));
+    }
+    for &i in STRING_FIELDS.iter() {
+        if let Err(m) = text(&f.v[i], FIELDS[i]) {
+            return Err((InvalidField, m));
+        }
+    }
+    Ok(Valid {
+        event_id,
+        event_time,
+        received_at,
+        event_type,
+        price,
+        quantity,
+        revenue,
+        checkout_step,
+        user_id,
+    })
+}
+
+fn properties_json(extras: &[(Cow<'_, str>, Extra<'_>)]) -> Option<String> {
+    if extras.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(64);
+    out.push('{');
+    for (i, (k, v)) in extras.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k.as_ref()).expect("string serializes"));
+        out.push(':');
+        match v {
+            Extra::Json(raw) => out.push_str(raw),
+            Extra::Text(t) => {
+                out.push_str(&serde_json::to_string(t.as_ref()).expect("string serializes"))
+            }
+        }
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// Iterates the records of a chunk: `(line_number, bytes)`, without the line terminator.
+/// For CSV a record may span several physical lines inside quotes.
+fn records(data: &[u8], format: Format, first_line: u64, mut f: impl FnMut(u64, &[u8])) {
+    let mut line = first_line;
+    let mut start = 0;
+    let n = data.len();
+    while start < n {
+        let end = match format {
+            Format::Ndjson => memchr::memchr(b'\n', &data[start..]).map(|i| start + i),
+            Format::Csv => csv_record_end(&data[start..]).map(|i| start + i),
+        };
+        let (rec_end, next) = match end {
+            Some(e) => (e, e + 1),
+            None => (n, n),
+        };
+        let mut rec = &data[start..rec_end];
+        if rec.last() == Some(&b'\r') {
+            rec = &rec[..rec.len() - 1];
+        }
+        let physical = if format == Format::Csv {
+            1 + memchr::memchr_iter(b'\n', rec).count() as u64
+        } else {
+            1
+        };
+        f(line, rec);
+        line += physical;
+        start = next;
+    }
+}
+
+/// Position of the newline ending the first CSV record (quote-aware).
+pub fn csv_record_end(data: &[u8]) -> Option<usize> {
+    let mut in_quotes = false;
+    for i in memchr::memchr2_iter(b'"', b'\n', data) {
+        match data[i] {
+            b'"' => in_quotes = !in_quotes,
+            _ if !in_quotes => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parses and validates one chunk.
+pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> ChunkOutput {
+    let est = (chunk.data.len() / 400).max(16);
+    let mut rb = RawBuilders::new(est);
+    let mut qb = QuarantineBuilders::new();
+    let mut stats = LineStats::default();
+    let ingest_date = date_of(s.ingested_at_us);
+    let source: &str = &chunk.source_file;
+
+    records(&chunk.data, chunk.format, chunk.first_line, |line_no, rec| {
+        stats.lines += 1;
+        if rec.iter().all(|b| b.is_ascii_whitespace()) {
+            stats.blank += 1;
+            return;
+        }
+        let mut fields = Fields::new();
+        let parsed = match chunk.format {
+            Format::Ndjson => parse_json_line(rec, &mut fields),
+            Format::Csv => match std::str::from_utf8(rec) {
+                Ok(text) => parse_csv_record(
+                    text,
+                    chunk.csv_header.as_ref().expect("CSV chunks carry their header"),
+                    &mut fields,
+                ),
+                Err(_) => Err("CSV row is not valid UTF-8".to_string()),
+            },
+        };
+        let outcome = match parsed {
+            Err(msg) => Err((Reason::BrokenJson, msg)),
+            Ok(()) => validate(&fields, chunk.format, s),
+        };
+        match outcome {
+            Err((reason, detail)) => {
+                stats.quarantined.add(reason);
+                qb.reason.append_value(reason.code());
+                qb.detail.append_value(detail);
+                qb.source_file.append_value(source);
+                qb.line_number.append_value(line_no as i64);
+                qb.raw.append_value(String::from_utf8_lossy(rec));
+                qb.batch_id.append_value(&*s.batch_id);
+                qb.ingested_at.append_value(s.ingested_at_us);
+                qb.ingest_date.append_value(ingest_date);
+            }
+            Ok(v) => {
+                stats.landed += 1;
+                for (field, val) in fields.v.iter().enumerate() {
+                    if let Some(slot) = string_slot(field) {
+                        let b = &mut rb.strings[slot];
+                        match (field, text(val, FIELDS[field])) {
+                            (F_EVENT_ID, _) => b.append_value(v.event_id),
+                            (_, Ok(Some(t))) => b.append_value(t),
+                            _ => b.append_null(),
+                        }
+                    }
+                }
+                rb.event_time.append_value(v.event_time);
+                rb.received_at.append_value(v.received_at);
+                rb.event_type.append_value(v.event_type);
+                rb.price.append_option(v.price);
+                rb.quantity.append_option(v.quantity);
+                rb.revenue.append_option(v.revenue);
+                rb.checkout_step.append_option(v.checkout_step);
+                rb.properties.append_option(properties_json(&fields.extras));
+                rb.source_file.append_value(source);
+                rb.line_number.append_value(line_no as i64);
+                rb.batch_id.append_value(&*s.batch_id);
+                rb.ingested_at.append_value(s.ingested_at_us);
+                rb.event_date.append_value(date_of(v.event_time));
+                rb.segment.append_value(s.segments.segment(v.user_id));
+            }
+        }
+    });
+
+    ChunkOutput {
+        file_idx: chunk.file_idx,
+        raw: rb.finish(&s.raw_schema),
+        quarantine: qb.finish(&s.quarantine_schema),
+        stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_round_and_reject() {
+        assert_eq!(parse_decimal_2("12.5"), Some(1250));
+        assert_eq!(parse_decimal_2("12.345"), Some(1235));
+        assert_eq!(parse_decimal_2("-0.004"), Some(0));
+        assert_eq!(parse_decimal_2("7"), Some(700));
+        assert_eq!(parse_decimal_2("1e2"), Some(10000));
+        assert_eq!(parse_decimal_2("12,50"), None);
+        assert_eq!(parse_decimal_2("12."), None);
+        assert_eq!(parse_decimal_2("99999999999999999"), None);
+    }
+
+    #[test]
+    fn csv_records_split_like_rfc4180() {
+        let r = split_csv_record(r#"a,"b,c","d""e",,"#, b',').unwrap();
+        assert_eq!(r, vec!["a", "b,c", "d\"e", "", ""]);
+        assert!(split_csv_record(r#"a,"open"#, b',').is_none());
+        assert_eq!(csv_record_end(b"a,\"x\ny\"\nb"), Some(7));
+    }
+
+    #[test]
+    fn timestamps_with_offsets_are_utc() {
+        let z = parse_rfc3339_us("2026-01-05T10:00:00Z").unwrap();
+        let off = parse_rfc3339_us("2026-01-05T12:00:00+02:00").unwrap();
+        assert_eq!(z, off);
+        assert!(parse_rfc3339_us("2026-02-30T10:00:00Z").is_none());
+    }
+}

@@ -1,0 +1,223 @@
+//! The streaming pipeline of one ingest group:
+//!
+//! ```text
+//!  reader thread ──chunks──▶ N parser threads ──batches──▶ async writer (caller)
+//!  (open, decompress,        (parse + validate,            (Delta writers,
+//!   cut at line ends)         Arrow builders)               bounded buffers)
+//! ```
+//!
+//! Both queues are bounded, so memory is roughly `(queue depth) × chunk size` plus what the
+//! Delta writers buffer, whatever the input size.
+
+use std::io::{BufRead, Read};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::input::{self, InputFile};
+use super::parse::{parse_chunk, Chunk, ChunkOutput, CsvHeader, Format, ParseSettings};
+use crate::error::{Error, Result};
+
+/// What the writer side receives.
+pub enum Event {
+    Output(ChunkOutput),
+    /// All chunks of a file have been sent: `chunks` of them.
+    FileDone {
+        file_idx: usize,
+        chunks: u64,
+        raw_bytes: u64,
+        content_hash: Option<String>,
+    },
+    Failed(Error),
+}
+
+pub struct Pipeline {
+    pub events: tokio::sync::mpsc::Receiver<Event>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Waits for the threads (after the channel has been drained).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct PipelineOptions {
+    pub threads: usize,
+    pub chunk_bytes: usize,
+    /// Called with the number of raw bytes read, for progress.
+    pub on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+pub fn start(
+    files: Vec<(usize, InputFile)>,
+    settings: Arc<ParseSettings>,
+    opts: PipelineOptions,
+    rt: tokio::runtime::Handle,
+) -> Pipeline {
+    let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<Chunk>(opts.threads * 2);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Event>(opts.threads * 2);
+    let mut threads = Vec::new();
+
+    for _ in 0..opts.threads {
+        let rx = chunk_rx.clone();
+        let tx = out_tx.clone();
+        let settings = settings.clone();
+        threads.push(std::thread::spawn(move || {
+            for chunk in rx {
+                let out = parse_chunk(&chunk, &settings);
+                if tx.blocking_send(Event::Output(out)).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(chunk_rx);
+
+    let reader_tx = out_tx;
+    threads.push(std::thread::spawn(move || {
+        for (idx, file) in files {
+            match read_file(idx, &file, &chunk_tx, &opts, &rt) {
+                Ok((chunks, raw_bytes, content_hash)) => {
+                    if reader_tx
+                        .blocking_send(Event::FileDone {
+                            file_idx: idx,
+                            chunks,
+                            raw_bytes,
+                            content_hash,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = reader_tx.blocking_send(Event::Failed(e));
+                    return;
+                }
+            }
+        }
+    }));
+
+    Pipeline {
+        events: out_rx,
+        threads,
+    }
+}
+
+/// Reads one file and sends its chunks. Returns (chunks sent, raw bytes, stdin content hash).
+fn read_file(
+    idx: usize,
+    file: &InputFile,
+    tx: &crossbeam_channel::Sender<Chunk>,
+    opts: &PipelineOptions,
+    rt: &tokio::runtime::Handle,
+) -> Result<(u64, u64, Option<String>)> {
+    let opened = input::open(file, rt)?;
+    let mut reader = opened.reader;
+    let source: Arc<str> = Arc::from(file.display.as_str());
+    let io_err = |e: std::io::Error| Error::runtime(format!("cannot read {}: {e}", file.display));
+
+    let mut next_line: u64 = 1;
+    let mut csv_header = None;
+    let mut format = file.format;
+    if matches!(file.location, input::Location::Stdin) && format == Format::Ndjson {
+        // stdin has no name: a first byte other than `{` means CSV (unless --format says).
+        let head = reader.fill_buf().map_err(io_err)?;
+        if head.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b != b'{' && *b != b'[') {
+            format = Format::Csv;
+        }
+    }
+    if format == Format::Csv {
+        let mut header = Vec::new();
+        reader.read_until(b'\n', &mut header).map_err(io_err)?;
+        if header.is_empty() {
+            return Ok((0, opened.raw_bytes.load(Ordering::Relaxed), hash_of(&opened.hash)));
+        }
+        while header.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            header.pop();
+        }
+        let h = CsvHeader::parse(&header, file.delimiter)
+            .map_err(|e| Error::usage(format!("{}:1: {e}", file.display)))?;
+        csv_header = Some(Arc::new(h));
+        next_line = 2;
+    }
+
+    let mut chunks = 0u64;
+    let mut carry: Vec<u8> = Vec::new();
+    let mut last_bytes = 0u64;
+    loop {
+        let mut buf = std::mem::take(&mut carry);
+        buf.reserve(opts.chunk_bytes);
+        let n = (&mut reader)
+            .take(opts.chunk_bytes as u64)
+            .read_to_end(&mut buf)
+            .map_err(io_err)?;
+        let eof = n == 0;
+        let now = opened.raw_bytes.load(Ordering::Relaxed);
+        (opts.on_bytes)(now - last_bytes);
+        last_bytes = now;
+        if eof && buf.is_empty() {
+            break;
+        }
+        // Cut at the last record end; the tail waits for the next read (or is the last line).
+        let cut = if eof {
+            buf.len()
+        } else {
+            match format {
+                Format::Ndjson => memchr::memrchr(b'\n', &buf).map(|i| i + 1),
+                Format::Csv => last_csv_record_end(&buf).map(|i| i + 1),
+            }
+            .unwrap_or(0)
+        };
+        if cut == 0 {
+            // One record longer than a chunk: keep reading into the same buffer.
+            carry = buf;
+            continue;
+        }
+        carry = buf.split_off(cut);
+        let physical = memchr::memchr_iter(b'\n', &buf).count() as u64
+            + u64::from(buf.last() != Some(&b'\n'));
+        let chunk = Chunk {
+            file_idx: idx,
+            source_file: source.clone(),
+            first_line: next_line,
+            data: buf,
+            format,
+            csv_header: csv_header.clone(),
+        };
+        next_line += physical;
+        chunks += 1;
+        if tx.send(chunk).is_err() {
+            break;
+        }
+        if eof {
+            break;
+        }
+    }
+    // Drain to EOF so the content hash (stdin) is complete.
+    let mut sink = [0u8; 1];
+    let _ = reader.read(&mut sink).map_err(io_err)?;
+    Ok((chunks, opened.raw_bytes.load(Ordering::Relaxed), hash_of(&opened.hash)))
+}
+
+fn hash_of(slot: &Option<Arc<std::sync::Mutex<Option<String>>>>) -> Option<String> {
+    slot.as_ref().and_then(|s| s.lock().expect("hash slot").clone())
+}
+
+/// The end of the last complete CSV record in `buf` (quote-aware), if any.
+fn last_csv_record_end(buf: &[u8]) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut last = None;
+    for i in memchr::memchr2_iter(b'"', b'\n', buf) {
+        if buf[i] == b'"' {
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            last = Some(i);
+        }
+    }
+    last
+}

@@ -1,0 +1,82 @@
+//! Quarantine reason codes: the first rule a row fails, in the documented order.
+
+/// Why a row was rejected. The order of the variants is the order the rules are checked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    BrokenJson,
+    MissingEventId,
+    MissingEventTime,
+    BadTimestamp,
+    UnknownEventType,
+    PriceNotNumber,
+    NegativePrice,
+    PurchaseWithoutOrderId,
+    FutureEventTime,
+    MissingAnonymousId,
+    InvalidField,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::BrokenJson,
+        Reason::MissingEventId,
+        Reason::MissingEventTime,
+        Reason::BadTimestamp,
+        Reason::UnknownEventType,
+        Reason::PriceNotNumber,
+        Reason::NegativePrice,
+        Reason::PurchaseWithoutOrderId,
+        Reason::FutureEventTime,
+        Reason::MissingAnonymousId,
+        Reason::InvalidField,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::BrokenJson => "broken_json",
+            Reason::MissingEventId => "missing_event_id",
+            Reason::MissingEventTime => "missing_event_time",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::UnknownEventType => "unknown_event_type",
+            Reason::PriceNotNumber => "price_not_number",
+            Reason::NegativePrice => "negative_price",
+            Reason::PurchaseWithoutOrderId => "purchase_without_order_id",
+            Reason::FutureEventTime => "future_event_time",
+            Reason::MissingAnonymousId => "missing_anonymous_id",
+            Reason::InvalidField => "invalid_field",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+/// Counts per reason, indexed by [`Reason::index`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasonCounts(pub [u64; 11]);
+
+impl ReasonCounts {
+    pub fn add(&mut self, r: Reason) {
+        self.0[r.index()] += 1;
+    }
+    pub fn merge(&mut self, other: &ReasonCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += b;
+        }
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// Non-zero counts, in rule order.
+    pub fn nonzero(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
+        Reason::ALL
+            .into_iter()
+            .map(|r| (r, self.0[r.index()]))
+            .filter(|(_, n)| *n > 0)
+    }
+}

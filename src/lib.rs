@@ -1,0 +1,64 @@
+//! clicklake: turns raw e-commerce clickstream into a trustworthy Delta Lake.
+//!
+//! The binary is a thin shell over [`run`]; integration tests drive the same code.
+
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod delta;
+pub mod error;
+pub mod generate;
+pub mod ingest;
+pub mod printer;
+pub mod storage;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command, LogFormat};
+use config::Config;
+use storage::Lake;
+
+/// Runs one command line to completion and returns its exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&cli.global)?;
+    init_logging(&cfg);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Generate(args) => commands::generate::run(&args),
+            command => {
+                let lake = Lake::from_config(&cfg)?;
+                tracing::debug!(lake = %lake.root(), "lake");
+                match command {
+                    Command::Init(args) => commands::init::run(&cfg, &lake, &args).await,
+                    Command::Ingest(args) => commands::ingest::run(&cfg, &lake, args).await,
+                    Command::Tables(args) => commands::tables::run(&lake, &args).await,
+                    Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
+                    Command::Generate(_) => unreachable!("handled above"),
+                }
+            }
+        }
+    })
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cfg.quiet, cfg.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "clicklake=info,warn",
+        (false, 2) => "clicklake=debug,info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}

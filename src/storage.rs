@@ -1,0 +1,241 @@
+//! The storage seam: the one place that turns a lake URL into object stores and Delta tables.
+//!
+//! Accepts a local path, `file:///abs/path` and `s3://bucket/prefix`. S3 and S3-compatible stores
+//! (MinIO, Ceph, R2, s3s-fs) are configured from [`StorageConfig`]; requests are path-style unless
+//! configured otherwise. Delta commits on S3 use conditional puts (`If-None-Match: *`), so two
+//! writers can never both create the same log entry and no DynamoDB lock is needed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use url::Url;
+
+use crate::config::{Config, StorageConfig};
+use crate::error::{Error, Result};
+
+/// A validated lake location plus the options every store client is built with.
+#[derive(Clone)]
+pub struct Lake {
+    root: Url,
+    options: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Options hold credentials: never print them.
+        f.debug_struct("Lake").field("root", &self.root.as_str()).finish()
+    }
+}
+
+impl Lake {
+    /// Validates the lake URL from the config. No I/O.
+    pub fn from_config(cfg: &Config) -> Result<Lake> {
+        let root = parse_location(&cfg.lake, true)
+            .map_err(|e| Error::config(format!("--lake {:?}: {e}", cfg.lake)))?;
+        Ok(Lake {
+            options: storage_options(&root, &cfg.storage),
+            root,
+        })
+    }
+
+    /// The lake root, always ending in `/`.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.root.scheme() == "file"
+    }
+
+    /// The URL of a table's directory under the root.
+    pub fn table_url(&self, name: &str) -> Url {
+        self.root.join(&format!("{name}/")).expect("table names are URL-safe")
+    }
+
+    /// The options handed to deltalake and object_store (contains credentials).
+    pub fn storage_options(&self) -> HashMap<String, String> {
+        self.options.clone()
+    }
+
+    /// Creates the root directory of a local lake. Object stores need nothing.
+    pub fn ensure_root(&self) -> Result<()> {
+        if self.is_local() {
+            let path = self
+                .root
+                .to_file_path()
+                .map_err(|_| Error::config(format!("lake {} is not a local path", self.root)))?;
+            std::fs::create_dir_all(&path).map_err(|e| {
+                Error::runtime(format!("cannot create lake directory {}: {e}", path.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// An object store client for any URL with this lake's settings (inputs on S3 use it too),
+    /// and the path of the URL inside that store.
+    pub fn store_for(&self, url: &Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+        let options = if url.scheme() == "s3" || url.scheme() == "s3a" {
+            self.options.clone()
+        } else {
+            HashMap::new()
+        };
+        let (store, path) = object_store::parse_url_opts(url, options)
+            .map_err(|e| Error::config(format!("{}: {e}", redact(url))))?;
+        Ok((Arc::from(store), path))
+    }
+
+    /// Opens a table, or `None` when it has not been created yet.
+    pub async fn open_table(&self, name: &str) -> Result<Option<DeltaTable>> {
+        let url = self.table_url(name);
+        if self.is_local() && !url.to_file_path().is_ok_and(|p| p.join("_delta_log").is_dir()) {
+            return Ok(None);
+        }
+        match deltalake::DeltaTableBuilder::from_url(url)?
+            .with_storage_options(self.storage_options())
+            .load()
+            .await
+        {
+            Ok(t) => Ok(Some(t)),
+            Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            Err(deltalake::DeltaTableError::InvalidTableLocation(_)) => Ok(None),
+            Err(e) => Err(Error::Delta(e)),
+        }
+    }
+
+    /// Opens a table at an older version (time travel).
+    pub async fn open_table_at(&self, name: &str, version: i64) -> Result<Option<DeltaTable>> {
+        let url = self.table_url(name);
+        match deltalake::DeltaTableBuilder::from_url(url)?
+            .with_storage_options(self.storage_options())
+            .with_version(version as _)
+            .load()
+            .await
+        {
+            Ok(t) => Ok(Some(t)),
+            Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(Error::Delta(e)),
+        }
+    }
+}
+
+/// Parses a user-given location. `dir` makes the URL end in `/`.
+pub fn parse_location(text: &str, dir: bool) -> std::result::Result<Url, String> {
+    let text = text.trim();
+    if let Some((scheme, _)) = text.split_once("://") {
+        let mut url = Url::parse(text).map_err(|e| format!("not a valid URL: {e}"))?;
+        match scheme {
+            "s3" | "s3a" => {
+                if url.host_str().is_none_or(|h| h.is_empty()) {
+                    return Err("an s3:// URL needs a bucket: s3://bucket/prefix".into());
+                }
+            }
+            "file" => {
+                if url.to_file_path().is_err() {
+                    return Err("a file:// URL needs an absolute path: file:///path".into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unsupported scheme {other}:// (use a local path, file:// or s3://)"
+                ))
+            }
+        }
+        if dir && !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        Ok(url)
+    } else {
+        if text.contains(':') && text.split(':').next().is_some_and(|s| s.len() > 1) {
+            return Err("looks like a URL without :// (use s3://bucket/prefix or a path)".into());
+        }
+        let path = std::path::Path::new(text);
+        let abs = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| format!("cannot read the current directory: {e}"))?
+                .join(path)
+        };
+        let normalized = normalize_path(&abs);
+        let url = if dir {
+            Url::from_directory_path(&normalized)
+        } else {
+            Url::from_file_path(&normalized)
+        };
+        url.map_err(|_| "not a valid path".to_string())
+    }
+}
+
+/// Removes `.` and `..` components without touching the file system.
+fn normalize_path(p: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn storage_options(root: &Url, s: &StorageConfig) -> HashMap<String, String> {
+    let mut o = HashMap::new();
+    if root.scheme() != "s3" && root.scheme() != "s3a" {
+        // Inputs may still live on S3 while the lake is local.
+    }
+    if let Some(ep) = &s.endpoint {
+        o.insert("aws_endpoint".into(), ep.clone());
+    }
+    let region = s
+        .region
+        .clone()
+        .unwrap_or_else(|| "us-east-1".to_string());
+    o.insert("aws_region".into(), region);
+    o.insert("aws_allow_http".into(), s.allow_http.to_string());
+    o.insert(
+        "aws_virtual_hosted_style_request".into(),
+        s.virtual_hosted_style.to_string(),
+    );
+    // Commits rely on put-if-absent; S3 and the S3-compatible stores honour If-None-Match.
+    o.insert("aws_conditional_put".into(), "etag".into());
+    if let (Some(k), Some(sk)) = (&s.access_key_id, &s.secret_access_key) {
+        o.insert("aws_access_key_id".into(), k.expose().to_string());
+        o.insert("aws_secret_access_key".into(), sk.expose().to_string());
+    }
+    if let Some(t) = &s.session_token {
+        o.insert("aws_session_token".into(), t.expose().to_string());
+    }
+    o
+}
+
+/// A URL with any userinfo removed, safe for messages.
+pub fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_or_explain() {
+        assert_eq!(parse_location("s3://b/p", true).unwrap().as_str(), "s3://b/p/");
+        assert!(parse_location("s3:///p", true).unwrap_err().contains("bucket"));
+        assert!(parse_location("gs://b/p", true).unwrap_err().contains("unsupported scheme"));
+        assert!(parse_location("file://relative", true).is_err());
+        let local = parse_location("/tmp/x/../lake", true).unwrap();
+        assert_eq!(local.as_str(), "file:///tmp/lake/");
+        assert!(parse_location("s3:bucket", true).unwrap_err().contains("://"));
+    }
+}

@@ -1,0 +1,257 @@
+//! TestContext: a temp lake (local directory or a real s3s-fs server on loopback), pinned
+//! environment, and helpers to run the `clicklake` binary the way a user does.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+pub const ACCESS_KEY: &str = "clicklake-test";
+pub const SECRET_KEY: &str = "clicklake-test-secret";
+pub const BUCKET: &str = "lake";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// A running s3s-fs on a free loopback port, stopped on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub root: PathBuf,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("S3S_FS_BIN") {
+        return PathBuf::from(p);
+    }
+    let candidates = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"));
+    candidates
+        .into_iter()
+        .chain(home_bin)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "s3s-fs is not installed: the storage tests need it. Install it with \
+                 `cargo install --locked s3s-fs@0.14.1 --features binary` (scripts/test.sh does this)"
+            )
+        })
+}
+
+impl S3Server {
+    pub fn start(root: &Path) -> S3Server {
+        std::fs::create_dir_all(root.join(BUCKET)).expect("bucket dir");
+        std::fs::create_dir_all(root.join("inbox")).expect("inbox bucket dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = StdCommand::new(s3s_fs_binary())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root: root.to_path_buf(),
+        }
+    }
+}
+
+pub struct TestContext {
+    pub dir: tempfile::TempDir,
+    pub lake: String,
+    pub s3: Option<S3Server>,
+}
+
+impl TestContext {
+    pub fn new(backend: Backend) -> TestContext {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (lake, s3) = match backend {
+            Backend::Local => (dir.path().join("lake").display().to_string(), None),
+            Backend::S3 => {
+                let server = S3Server::start(&dir.path().join("s3"));
+                (format!("s3://{BUCKET}/prod"), Some(server))
+            }
+        };
+        TestContext { dir, lake, s3 }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The binary with a pinned environment, run in the temp dir.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("clicklake").expect("binary built");
+        self.pin(c.env_clear());
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    /// The same as a std Command (for kill and rusage tests).
+    pub fn std_cmd(&self) -> StdCommand {
+        let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("clicklake"));
+        c.env_clear();
+        c.envs(self.env());
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".to_string(), self.dir.path().display().to_string()),
+            ("CLICKLAKE_LAKE".to_string(), self.lake.clone()),
+            ("TZ".to_string(), "Europe/Berlin".to_string()),
+        ];
+        if let Some(s3) = &self.s3 {
+            env.extend([
+                ("AWS_ENDPOINT_URL".to_string(), s3.endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()),
+                ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
+                ("AWS_REGION".to_string(), "us-east-1".to_string()),
+                ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+            ]);
+        }
+        env
+    }
+
+    fn pin<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.envs(self.env())
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run");
+        assert!(
+            out.status.success(),
+            "clicklake {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run")
+    }
+
+    /// Ingest with `--json`, parsed.
+    pub fn ingest_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["ingest", "--json"];
+        all.extend_from_slice(args);
+        let out = self.ok(&all);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ingest json: {e}: {out}"))
+    }
+
+    /// Runs a query and returns its rows as CSV lines (header dropped).
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let out = self.ok(&["sql", "--format", "csv", "-c", sql]);
+        out.lines().skip(1).map(str::to_string).collect()
+    }
+
+    /// A single number from a query.
+    pub fn count(&self, sql: &str) -> u64 {
+        let rows = self.query(sql);
+        assert_eq!(rows.len(), 1, "{sql} returned {rows:?}");
+        rows[0].parse().unwrap_or_else(|_| panic!("{sql} returned {rows:?}"))
+    }
+
+    /// Runs `generate` into `rel` and returns the manifest.
+    pub fn generate(&self, rel: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.path(rel);
+        let mut all = vec!["generate", "--out", out.to_str().expect("utf8 path")];
+        all.extend_from_slice(args);
+        self.ok(&all);
+        let text = std::fs::read_to_string(out.join("_manifest.json")).expect("manifest");
+        serde_json::from_str(&text).expect("manifest json")
+    }
+
+    /// Copies a fixture into the temp dir.
+    pub fn fixture(&self, name: &str) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+        let dst = self.path(&format!("fixtures/{name}"));
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        dst
+    }
+
+    /// Puts a local file into the s3s-fs `inbox` bucket under `key` (s3s-fs stores objects as
+    /// files); returns its s3:// URL.
+    pub fn upload_to_inbox(&self, local: &Path, key: &str) -> String {
+        let s3 = self.s3.as_ref().expect("an s3 context");
+        let dst = s3.root.join("inbox").join(key);
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(local, &dst).expect("copy into bucket");
+        format!("s3://inbox/{key}")
+    }
+}
+
+pub fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Runs both backends of a test body.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn local() {
+                ($body)($crate::context::Backend::Local)
+            }
+            #[test]
+            fn s3() {
+                ($body)($crate::context::Backend::S3)
+            }
+        }
+    };
+}
+
+/// Runs a command to completion and returns (status, stdout, peak RSS in KiB of that child).
+pub fn run_with_rusage(
+    mut cmd: StdCommand,
+) -> (std::process::ExitStatus, Vec<u8>, i64) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdout = Vec::new();
+    child.stdout.take().expect("stdout").read_to_end(&mut stdout).expect("read stdout");
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child, with valid pointers to locals.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    std::mem::forget(child);
+    (std::process::ExitStatus::from_raw(status), stdout, usage.ru_maxrss)
+}

@@ -1,0 +1,85 @@
+//! Bad input gets one clear line on stderr and a documented exit code; never a panic.
+
+use crate::context::{stderr_of, Backend, TestContext};
+
+fn assert_usage_error(out: &std::process::Output, words: &[&str]) {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    for w in words {
+        assert!(err.contains(w), "stderr should mention {w:?}: {err}");
+    }
+}
+
+fn one_line(out: &std::process::Output) {
+    let err = stderr_of(out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn bad_lake_url() {
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    for (lake, word) in [("gs://bucket/x", "unsupported scheme"), ("s3:///x", "bucket"), ("file://relative", "absolute")] {
+        let out = ctx.run(&["--lake", lake, "ingest", f.to_str().unwrap()]);
+        assert_usage_error(&out, &[word, "--lake"]);
+        one_line(&out);
+    }
+}
+
+#[test]
+fn unreadable_input() {
+    let ctx = TestContext::new(Backend::Local);
+    let out = ctx.run(&["ingest", "/definitely/not/here.ndjson"]);
+    assert_usage_error(&out, &["cannot read /definitely/not/here.ndjson"]);
+    one_line(&out);
+    let out = ctx.run(&["ingest", "nothing-*.ndjson"]);
+    assert_usage_error(&out, &["no file matches"]);
+    assert!(!ctx.path("lake").exists(), "nothing is written for a usage error");
+}
+
+#[test]
+fn corrupt_gzip_names_the_file() {
+    let ctx = TestContext::new(Backend::Local);
+    let mut bytes = vec![0x1f, 0x8b, 0x08, 0x00];
+    bytes.extend_from_slice(b"this is not deflate data at all");
+    std::fs::write(ctx.path("broken.ndjson.gz"), bytes).unwrap();
+    let out = ctx.run(&["ingest", "broken.ndjson.gz"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("broken.ndjson.gz"));
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 0);
+}
+
+#[test]
+fn bad_flags_and_config() {
+    let ctx = TestContext::new(Backend::Local);
+    assert_usage_error(&ctx.run(&["ingest", "--bogus", "x"]), &["--bogus"]);
+    assert_usage_error(&ctx.run(&["--memory-limit", "lots", "tables"]), &["--memory-limit", "lots"]);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    assert_usage_error(&ctx.run(&["ingest", "--source", "nope", f.to_str().unwrap()]), &["--source nope", "native"]);
+    std::fs::write(ctx.path("clicklake.toml"), "lake = \"./l\"\n[ingest]\nzstd_levle = 3\n").unwrap();
+    let out = ctx.run(&["tables"]);
+    assert_usage_error(&out, &["zstd_levle", "clicklake.toml", "line 3"]);
+    one_line(&out);
+}
+
+#[test]
+fn bad_sql_names_the_statement() {
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    let out = ctx.run(&["sql", "-c", "SELECT nope FROM raw_events"]);
+    assert_usage_error(&out, &["SELECT nope FROM raw_events", "nope"]);
+    let out = ctx.run(&["sql", "-c", "SELEKT 1"]);
+    assert_usage_error(&out, &["SELEKT 1"]);
+}
+
+#[test]
+fn credentials_never_printed() {
+    let ctx = TestContext::new(Backend::S3);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    let out = ctx.cmd().args(["-vvv", "ingest", f.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr_of(&out));
+    assert!(!all.contains(crate::context::SECRET_KEY), "the secret key leaked into output");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: drive the `clicklake` binary through a TestContext, on a local lake and on
+//! s3s-fs (a real S3-compatible server on loopback).
+
+mod context;
+mod errors;
+mod ingest;
+mod recovery;
+mod tables_sql;
