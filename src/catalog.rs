@@ -201,3 +201,16 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
     ctx.register_table(name, provider)?;
     Ok(())
 }
+
+/// The values of a string column, whatever string layout the engine chose (Utf8, Utf8View, …).
+pub fn strings(array: &arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
+    use arrow::array::Array;
+    let utf8 = arrow::compute::cast(array, &DataType::Utf8)?;
+    let utf8 = utf8
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .expect("cast to Utf8 yields a StringArray");
+    Ok((0..utf8.len())
+        .map(|i| (!utf8.is_null(i)).then(|| utf8.value(i).to_string()))
+        .collect())
+}

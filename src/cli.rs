@@ -30,7 +30,12 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
 
     /// Memory budget for one run, e.g. 512MiB or 4GiB [default: half of RAM]
-    #[arg(long, global = true, env = "CLICKLAKE_MEMORY_LIMIT", value_name = "SIZE")]
+    #[arg(
+        long,
+        global = true,
+        env = "CLICKLAKE_MEMORY_LIMIT",
+        value_name = "SIZE"
+    )]
     pub memory_limit: Option<String>,
 
     /// Log format on stderr

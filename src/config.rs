@@ -144,8 +144,12 @@ impl Config {
         }
 
         let memory_limit = match (&args.memory_limit, &file.memory_limit) {
-            (Some(v), _) => parse_size(v).map_err(|e| Error::config(format!("--memory-limit: {e}")))?,
-            (None, Some(v)) => parse_size(v).map_err(|e| Error::config(format!("memory_limit: {e}")))?,
+            (Some(v), _) => {
+                parse_size(v).map_err(|e| Error::config(format!("--memory-limit: {e}")))?
+            }
+            (None, Some(v)) => {
+                parse_size(v).map_err(|e| Error::config(format!("memory_limit: {e}")))?
+            }
             (None, None) => default_memory_limit(),
         };
         if memory_limit < 64 * 1024 * 1024 {
@@ -172,9 +176,8 @@ impl Config {
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::config(format!("cannot read config file {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
         let msg = e.message().to_string();
         let location = e
@@ -196,7 +199,9 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(Error::config(format!("{key}: expected true or false, got {other:?}"))),
+        other => Err(Error::config(format!(
+            "{key}: expected true or false, got {other:?}"
+        ))),
     }
 }
 
@@ -226,7 +231,9 @@ fn merge_storage(env: &BTreeMap<String, String>, file: FileStorage) -> Result<St
         }
     }
     let secret = |var: &str, from_file: Option<Secret>| {
-        env_nonempty(env, var).map(|v| Secret(v.clone())).or(from_file)
+        env_nonempty(env, var)
+            .map(|v| Secret(v.clone()))
+            .or(from_file)
     };
     let access_key_id = secret("AWS_ACCESS_KEY_ID", file.access_key_id);
     let secret_access_key = secret("AWS_SECRET_ACCESS_KEY", file.secret_access_key);
@@ -254,11 +261,15 @@ fn merge_storage(env: &BTreeMap<String, String>, file: FileStorage) -> Result<St
 
 fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
     let max_future_skew = match &file.max_future_skew {
-        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("ingest.max_future_skew: {e}")))?,
+        Some(v) => {
+            parse_duration(v).map_err(|e| Error::config(format!("ingest.max_future_skew: {e}")))?
+        }
         None => Duration::from_secs(24 * 3600),
     };
     let target_file_size = match &file.target_file_size {
-        Some(v) => parse_size(v).map_err(|e| Error::config(format!("ingest.target_file_size: {e}")))?,
+        Some(v) => {
+            parse_size(v).map_err(|e| Error::config(format!("ingest.target_file_size: {e}")))?
+        }
         None => 256 * 1024 * 1024,
     };
     let commit_every = match &file.commit_every {
@@ -273,22 +284,30 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
     }
     let row_group_rows = file.row_group_rows.unwrap_or(1 << 20);
     if row_group_rows < 1024 {
-        return Err(Error::config("ingest.row_group_rows: must be at least 1024"));
+        return Err(Error::config(
+            "ingest.row_group_rows: must be at least 1024",
+        ));
     }
     let chunk_bytes = match &file.chunk_size {
         Some(v) => parse_size(v).map_err(|e| Error::config(format!("ingest.chunk_size: {e}")))?,
         None => 4 << 20,
     };
     if !(64 << 10..=256 << 20).contains(&chunk_bytes) {
-        return Err(Error::config("ingest.chunk_size: must be within 64KiB..=256MiB"));
+        return Err(Error::config(
+            "ingest.chunk_size: must be within 64KiB..=256MiB",
+        ));
     }
     let threads = match file.threads {
         Some(0) => return Err(Error::config("ingest.threads: must be at least 1")),
         Some(n) => n as usize,
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     };
     // Queues hold a few chunks per thread: keep them a small share of the budget.
-    let chunk_bytes = chunk_bytes.min(memory_limit / (16 * threads as u64)).max(64 << 10);
+    let chunk_bytes = chunk_bytes
+        .min(memory_limit / (16 * threads as u64))
+        .max(64 << 10);
     Ok(IngestConfig {
         max_future_skew,
         target_file_size,
@@ -317,7 +336,9 @@ pub fn default_memory_limit() -> u64 {
 /// Parses `512MiB`, `4GiB`, `1GB`, `100MB`, `64k`, or a plain byte count.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num
         .parse()
@@ -332,7 +353,11 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         "gib" => 1 << 30,
         "t" | "tb" => 1000 * 1000 * 1000 * 1000,
         "tib" => 1 << 40,
-        other => return Err(format!("{text:?} has an unknown unit {other:?} (try MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "{text:?} has an unknown unit {other:?} (try MiB or GiB)"
+            ))
+        }
     };
     Ok((num * mult as f64) as u64)
 }
@@ -367,7 +392,9 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         };
     }
     if !num.is_empty() {
-        return Err(format!("{text:?} is not a duration: a number needs a unit (s, m, h, d, w)"));
+        return Err(format!(
+            "{text:?} is not a duration: a number needs a unit (s, m, h, d, w)"
+        ));
     }
     Ok(Duration::from_secs(total))
 }
@@ -441,7 +468,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = toml::from_str::<FileConfig>("lake = \"x\"\n[ingest]\nzstd_levle = 3\n").unwrap_err();
+        let err =
+            toml::from_str::<FileConfig>("lake = \"x\"\n[ingest]\nzstd_levle = 3\n").unwrap_err();
         assert!(err.to_string().contains("zstd_levle"), "{err}");
     }
 
@@ -449,8 +477,18 @@ mod tests {
     fn template_parses() {
         let uncommented: String = TEMPLATE
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|s| s.contains(" = ")).unwrap_or(l))
-            .map(|l| if l.trim_start().starts_with('#') { "" } else { l })
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|s| s.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .map(|l| {
+                if l.trim_start().starts_with('#') {
+                    ""
+                } else {
+                    l
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let parsed: FileConfig = toml::from_str(&uncommented).expect("template parses");
@@ -462,15 +500,28 @@ mod tests {
     fn env_wins_and_secrets_are_hidden() {
         let mut env = BTreeMap::new();
         env.insert("AWS_ACCESS_KEY_ID".to_string(), "AKIAEXAMPLE".to_string());
-        env.insert("AWS_SECRET_ACCESS_KEY".to_string(), "supersecret".to_string());
-        env.insert("AWS_ENDPOINT_URL".to_string(), "http://127.0.0.1:9000".to_string());
+        env.insert(
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "supersecret".to_string(),
+        );
+        env.insert(
+            "AWS_ENDPOINT_URL".to_string(),
+            "http://127.0.0.1:9000".to_string(),
+        );
         env.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
         let cfg = Config::merge(&GlobalArgs::default(), &env, FileConfig::default(), None).unwrap();
         let dbg = format!("{cfg:?}");
-        assert!(!dbg.contains("supersecret") && !dbg.contains("AKIAEXAMPLE"), "{dbg}");
-        assert_eq!(cfg.storage.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(
+            !dbg.contains("supersecret") && !dbg.contains("AKIAEXAMPLE"),
+            "{dbg}"
+        );
+        assert_eq!(
+            cfg.storage.endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
         env.remove("AWS_ALLOW_HTTP");
-        let err = Config::merge(&GlobalArgs::default(), &env, FileConfig::default(), None).unwrap_err();
+        let err =
+            Config::merge(&GlobalArgs::default(), &env, FileConfig::default(), None).unwrap_err();
         assert!(err.to_string().contains("AWS_ALLOW_HTTP"), "{err}");
     }
 }

@@ -47,7 +47,9 @@ pub fn writer(
 /// The version recorded for an application id, if any.
 pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
     let state = table.snapshot()?;
-    Ok(state.transaction_version(table.log_store().as_ref(), app_id).await?)
+    Ok(state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?)
 }
 
 /// Commits `adds` (possibly none) plus `txns` as one append to `table`, and refreshes it.

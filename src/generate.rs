@@ -86,7 +86,16 @@ const CATEGORIES: &[&str] = &[
     "books/fiction/thrillers",
 ];
 const BRANDS: &[&str] = &[
-    "acme", "northwind", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "", "wayne",
+    "acme",
+    "northwind",
+    "globex",
+    "initech",
+    "umbrella",
+    "hooli",
+    "vandelay",
+    "stark",
+    "",
+    "wayne",
 ];
 const COUNTRIES: &[(&str, &str)] = &[
     ("DE", "EUR"),
@@ -103,7 +112,13 @@ const REFERRERS: &[&str] = &[
     "https://newsletter.example.com/weekly",
     "https://www.instagram.com/",
 ];
-const SEARCHES: &[&str] = &["headphones", "running shoes", "coffee grinder", "tent", "gift ideas"];
+const SEARCHES: &[&str] = &[
+    "headphones",
+    "running shoes",
+    "coffee grinder",
+    "tent",
+    "gift ideas",
+];
 const AGENTS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
@@ -231,8 +246,13 @@ pub fn generate(opts: Options) -> Result<Manifest> {
         let f = std::io::BufWriter::with_capacity(1 << 20, f);
         let mut w: Box<dyn Write> = match opts.compress {
             None => Box::new(f),
-            Some(Compression::Gzip) => Box::new(flate2::write::GzEncoder::new(f, flate2::Compression::fast())),
-            Some(Compression::Zstd) => Box::new(zstd::stream::write::Encoder::new(f, 1)?.auto_finish()),
+            Some(Compression::Gzip) => Box::new(flate2::write::GzEncoder::new(
+                f,
+                flate2::Compression::fast(),
+            )),
+            Some(Compression::Zstd) => {
+                Box::new(zstd::stream::write::Encoder::new(f, 1)?.auto_finish())
+            }
         };
         if opts.format == GenerateFormat::Csv {
             writeln!(w, "{}", csv_header())?;
@@ -261,7 +281,15 @@ pub fn generate(opts: Options) -> Result<Manifest> {
         buyers: HashMap::new(),
     };
     g.run()?;
-    let Gen { mut m, sinks, opts, users_seen, anons_seen, buyers, .. } = g;
+    let Gen {
+        mut m,
+        sinks,
+        opts,
+        users_seen,
+        anons_seen,
+        buyers,
+        ..
+    } = g;
     for s in sinks {
         let mut w = s.w;
         w.flush()?;
@@ -273,7 +301,11 @@ pub fn generate(opts: Options) -> Result<Manifest> {
     m.input_bytes = m
         .files
         .iter()
-        .map(|f| std::fs::metadata(opts.out.join(f)).map(|m| m.len()).unwrap_or(0))
+        .map(|f| {
+            std::fs::metadata(opts.out.join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .sum();
     let manifest = serde_json::to_string_pretty(&m).expect("manifest serializes");
     std::fs::write(opts.out.join("_manifest.json"), manifest)?;
@@ -320,7 +352,9 @@ impl Gen {
             let file = ((((session_start - start_us).max(0) as f64) / range_us as f64)
                 * self.opts.files as f64) as usize;
             let file = file.min(self.opts.files as usize - 1);
-            let Some(v) = self.pick_visitor(session_start) else { continue };
+            let Some(v) = self.pick_visitor(session_start) else {
+                continue;
+            };
             session_no += 1;
             let evs = self.session(v, session_start, session_no, self.opts.events - emitted);
             if evs.is_empty() {
@@ -356,7 +390,8 @@ impl Gen {
 
     fn session(&mut self, v: usize, start: i64, session_no: u64, budget: u64) -> Vec<Ev> {
         let with_client_id = self.rng.gen_bool(0.8);
-        let session_id = with_client_id.then(|| format!("s-{session_no:08}-{:04x}", self.rng.gen::<u16>()));
+        let session_id =
+            with_client_id.then(|| format!("s-{session_no:08}-{:04x}", self.rng.gen::<u16>()));
         let visitor = &self.visitors[v];
         let login_mode = match visitor.user {
             None => 0,
@@ -411,7 +446,10 @@ impl Gen {
         };
         let mut landing = base.clone();
         landing.page_url = "https://shop.example.com/".to_string();
-        landing.referrer = self.rng.gen_bool(0.6).then(|| REFERRERS[self.rng.gen_range(0..REFERRERS.len())]);
+        landing.referrer = self
+            .rng
+            .gen_bool(0.6)
+            .then(|| REFERRERS[self.rng.gen_range(0..REFERRERS.len())]);
         if !push(self, landing, &mut evs) {
             return evs;
         }
@@ -532,7 +570,11 @@ impl Gen {
         let prod = &self.products[p];
         e.product = Some(p);
         e.price_cents = Some(prod.price_cents);
-        e.page_url = format!("https://shop.example.com/p/{}/{}", prod.category.replace('/', "-"), prod.id);
+        e.page_url = format!(
+            "https://shop.example.com/p/{}/{}",
+            prod.category.replace('/', "-"),
+            prod.id
+        );
     }
 
     fn account_session(&mut self, evs: &[Ev]) {
@@ -550,8 +592,9 @@ impl Gen {
         if let Some(p) = evs.iter().find(|e| e.event_type == "purchase") {
             m.sessions_with_purchase += 1;
             m.orders += 1;
-            *m.revenue_cents_by_currency.entry(p.currency.to_string()).or_default() +=
-                p.revenue_cents.unwrap_or(0);
+            *m.revenue_cents_by_currency
+                .entry(p.currency.to_string())
+                .or_default() += p.revenue_cents.unwrap_or(0);
             if let Some(u) = evs.iter().find_map(|e| e.user) {
                 *self.buyers.entry(u).or_default() += 1;
             } else {
@@ -661,7 +704,9 @@ impl Gen {
                 self.render(&ev, false, None)
             }
             Reason::MissingEventTime => self.render(&ev, false, Some(("event_time", ""))),
-            Reason::BadTimestamp => self.render(&ev, false, Some(("event_time", "2026-13-45T25:61:00Z"))),
+            Reason::BadTimestamp => {
+                self.render(&ev, false, Some(("event_time", "2026-13-45T25:61:00Z")))
+            }
             Reason::UnknownEventType => self.render(&ev, false, Some(("event_type", "hover"))),
             Reason::PriceNotNumber => self.render(&ev, false, Some(("price", "12,50"))),
             Reason::NegativePrice => {
@@ -684,7 +729,11 @@ impl Gen {
             Reason::InvalidField => self.render(&ev, false, Some(("currency", "EURO"))),
         };
         self.write_line(file, &line)?;
-        *self.m.quarantine_by_reason.entry(reason.code().to_string()).or_default() += 1;
+        *self
+            .m
+            .quarantine_by_reason
+            .entry(reason.code().to_string())
+            .or_default() += 1;
         Ok(())
     }
 
@@ -717,29 +766,59 @@ impl Gen {
         };
         let prod = e.product.map(|p| &self.products[p]);
         let money = |c: i64| format!("{}.{:02}", c / 100, (c % 100).abs()).replace("0.-", "-0.");
-        let money = |c: i64| if c < 0 { format!("-{}", money(-c)) } else { money(c) };
+        let money = |c: i64| {
+            if c < 0 {
+                format!("-{}", money(-c))
+            } else {
+                money(c)
+            }
+        };
         let mut fields: Vec<(&str, Option<String>, bool)> = vec![
-            ("event_id", (!e.event_id.is_empty()).then(|| e.event_id.clone()), true),
+            (
+                "event_id",
+                (!e.event_id.is_empty()).then(|| e.event_id.clone()),
+                true,
+            ),
             ("event_time", Some(ts(e.event_time_us, offset)), true),
             ("received_at", Some(ts(e.received_us, false)), true),
             ("event_type", Some(event_type), true),
             ("user_id", e.user.map(|u| format!("u{u:07}")), true),
-            ("anonymous_id", (!e.anon.is_empty()).then(|| e.anon.clone()), true),
+            (
+                "anonymous_id",
+                (!e.anon.is_empty()).then(|| e.anon.clone()),
+                true,
+            ),
             ("session_id", e.session_id.clone(), true),
             ("product_id", prod.map(|p| p.id.clone()), true),
             ("category", prod.map(|p| p.category.to_string()), true),
             ("brand", prod.map(|p| p.brand.to_string()), true),
             ("price", e.price_cents.map(money), false),
             ("quantity", e.quantity.map(|q| q.to_string()), false),
-            ("currency", Some(if messy { e.currency.to_ascii_lowercase() } else { e.currency.to_string() }), true),
+            (
+                "currency",
+                Some(if messy {
+                    e.currency.to_ascii_lowercase()
+                } else {
+                    e.currency.to_string()
+                }),
+                true,
+            ),
             ("order_id", e.order_id.clone(), true),
             ("revenue", e.revenue_cents.map(money), false),
-            ("checkout_step", e.checkout_step.map(|s| s.to_string()), false),
+            (
+                "checkout_step",
+                e.checkout_step.map(|s| s.to_string()),
+                false,
+            ),
             ("page_url", Some(e.page_url.clone()), true),
             ("referrer", e.referrer.map(str::to_string), true),
             ("device", Some(e.device.to_string()), true),
             ("country", Some(e.country.to_string()), true),
-            ("email", e.user.map(|u| format!("shopper{u}@example.com")), true),
+            (
+                "email",
+                e.user.map(|u| format!("shopper{u}@example.com")),
+                true,
+            ),
             ("ip", Some(e.ip.clone()), true),
             ("user_agent", Some(e.agent.to_string()), true),
         ];
@@ -770,7 +849,12 @@ impl Gen {
                     out.push_str("\":");
                     if quoted {
                         out.push('"');
-                        out.push_str(&value.replace('\\', "\\\\").replace('"', "\\\"").replace('\t', "\\t"));
+                        out.push_str(
+                            &value
+                                .replace('\\', "\\\\")
+                                .replace('"', "\\\"")
+                                .replace('\t', "\\t"),
+                        );
                         out.push('"');
                     } else {
                         out.push_str(&value);
@@ -785,7 +869,9 @@ impl Gen {
                     .filter(|f| f.0 != "search_query")
                     .map(|(_, v, _)| match v {
                         None => String::new(),
-                        Some(v) if v.contains([',', '"', '\n']) => format!("\"{}\"", v.replace('"', "\"\"")),
+                        Some(v) if v.contains([',', '"', '\n']) => {
+                            format!("\"{}\"", v.replace('"', "\"\""))
+                        }
                         Some(v) => v,
                     })
                     .collect();

@@ -26,7 +26,9 @@ pub struct Lake {
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Options hold credentials: never print them.
-        f.debug_struct("Lake").field("root", &self.root.as_str()).finish()
+        f.debug_struct("Lake")
+            .field("root", &self.root.as_str())
+            .finish()
     }
 }
 
@@ -52,7 +54,9 @@ impl Lake {
 
     /// The URL of a table's directory under the root.
     pub fn table_url(&self, name: &str) -> Url {
-        self.root.join(&format!("{name}/")).expect("table names are URL-safe")
+        self.root
+            .join(&format!("{name}/"))
+            .expect("table names are URL-safe")
     }
 
     /// The options handed to deltalake and object_store (contains credentials).
@@ -68,7 +72,10 @@ impl Lake {
                 .to_file_path()
                 .map_err(|_| Error::config(format!("lake {} is not a local path", self.root)))?;
             std::fs::create_dir_all(&path).map_err(|e| {
-                Error::runtime(format!("cannot create lake directory {}: {e}", path.display()))
+                Error::runtime(format!(
+                    "cannot create lake directory {}: {e}",
+                    path.display()
+                ))
             })?;
         }
         Ok(())
@@ -90,7 +97,11 @@ impl Lake {
     /// Opens a table, or `None` when it has not been created yet.
     pub async fn open_table(&self, name: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(name);
-        if self.is_local() && !url.to_file_path().is_ok_and(|p| p.join("_delta_log").is_dir()) {
+        if self.is_local()
+            && !url
+                .to_file_path()
+                .is_ok_and(|p| p.join("_delta_log").is_dir())
+        {
             return Ok(None);
         }
         match deltalake::DeltaTableBuilder::from_url(url)?
@@ -194,10 +205,7 @@ fn storage_options(root: &Url, s: &StorageConfig) -> HashMap<String, String> {
     if let Some(ep) = &s.endpoint {
         o.insert("aws_endpoint".into(), ep.clone());
     }
-    let region = s
-        .region
-        .clone()
-        .unwrap_or_else(|| "us-east-1".to_string());
+    let region = s.region.clone().unwrap_or_else(|| "us-east-1".to_string());
     o.insert("aws_region".into(), region);
     o.insert("aws_allow_http".into(), s.allow_http.to_string());
     o.insert(
@@ -230,12 +238,21 @@ mod tests {
 
     #[test]
     fn locations_parse_or_explain() {
-        assert_eq!(parse_location("s3://b/p", true).unwrap().as_str(), "s3://b/p/");
-        assert!(parse_location("s3:///p", true).unwrap_err().contains("bucket"));
-        assert!(parse_location("gs://b/p", true).unwrap_err().contains("unsupported scheme"));
+        assert_eq!(
+            parse_location("s3://b/p", true).unwrap().as_str(),
+            "s3://b/p/"
+        );
+        assert!(parse_location("s3:///p", true)
+            .unwrap_err()
+            .contains("bucket"));
+        assert!(parse_location("gs://b/p", true)
+            .unwrap_err()
+            .contains("unsupported scheme"));
         assert!(parse_location("file://relative", true).is_err());
         let local = parse_location("/tmp/x/../lake", true).unwrap();
         assert_eq!(local.as_str(), "file:///tmp/lake/");
-        assert!(parse_location("s3:bucket", true).unwrap_err().contains("://"));
+        assert!(parse_location("s3:bucket", true)
+            .unwrap_err()
+            .contains("://"));
     }
 }

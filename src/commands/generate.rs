@@ -11,7 +11,10 @@ use crate::generate::{generate, Options};
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let start = chrono::NaiveDate::parse_from_str(&args.start, "%Y-%m-%d").map_err(|_| {
-        Error::usage(format!("--start {:?}: expected a date like 2026-01-05", args.start))
+        Error::usage(format!(
+            "--start {:?}: expected a date like 2026-01-05",
+            args.start
+        ))
     })?;
     let m = generate(Options {
         events: args.events,

@@ -16,7 +16,10 @@ use crate::storage::Lake;
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
     let ctx = catalog::session(cfg.memory_limit)?;
     catalog::register_all(&ctx, lake, None).await?;
-    let df = ctx.sql(&args.command).await.map_err(|e| user_error(&args.command, e))?;
+    let df = ctx
+        .sql(&args.command)
+        .await
+        .map_err(|e| user_error(&args.command, e))?;
     let mut stream = df
         .execute_stream()
         .await
@@ -37,7 +40,11 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             }
         }
         OutputFormat::Csv | OutputFormat::Tsv => {
-            let delim = if args.format == OutputFormat::Csv { b',' } else { b'\t' };
+            let delim = if args.format == OutputFormat::Csv {
+                b','
+            } else {
+                b'\t'
+            };
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .with_delimiter(delim)
@@ -67,14 +74,22 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// Planning errors are the user's (exit 2); the statement is named in the message.
+/// Planning errors are the user's (exit 2); the statement is named in the one-line message.
 fn user_error(sql: &str, e: DataFusionError) -> anyhow::Error {
     let short: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    let short = if short.len() > 80 { format!("{}…", &short[..short.char_indices().nth(80).map(|(i, _)| i).unwrap_or(short.len())]) } else { short };
-    match e {
-        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
-            Error::usage(format!("in statement `{short}`: {}", e.strip_backtrace())).into()
+    let short = match short.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &short[..i]),
+        None => short,
+    };
+    let root = e.find_root();
+    let message = root.strip_backtrace().replace('\n', " ");
+    match root {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_) => {
+            Error::usage(format!("in statement `{short}`: {message}")).into()
         }
-        other => Error::from(other).into(),
+        _ => Error::from(e).into(),
     }
 }

@@ -85,7 +85,11 @@ fn skipped_name(name: &str) -> bool {
 
 /// Resolves every named input. Fails (usage error) on anything missing or unreadable, before any
 /// data is written.
-pub async fn discover(inputs: &[String], lake: &Lake, forced: InputFormat) -> Result<Vec<InputFile>> {
+pub async fn discover(
+    inputs: &[String],
+    lake: &Lake,
+    forced: InputFormat,
+) -> Result<Vec<InputFile>> {
     let mut out: Vec<InputFile> = Vec::new();
     for input in inputs {
         if input == "-" {
@@ -145,9 +149,12 @@ fn local_file(path: &Path, forced: InputFormat) -> Result<InputFile> {
 
 fn discover_local(input: &str, forced: InputFormat, out: &mut Vec<InputFile>) -> Result<()> {
     if has_glob(input) {
-        let paths = glob::glob(input)
-            .map_err(|e| Error::usage(format!("bad glob {input:?}: {e}")))?;
-        let mut found: Vec<PathBuf> = paths.filter_map(|p| p.ok()).filter(|p| p.is_file()).collect();
+        let paths =
+            glob::glob(input).map_err(|e| Error::usage(format!("bad glob {input:?}: {e}")))?;
+        let mut found: Vec<PathBuf> = paths
+            .filter_map(|p| p.ok())
+            .filter(|p| p.is_file())
+            .collect();
         found.sort();
         if found.is_empty() {
             return Err(Error::usage(format!("{input}: no file matches")));
@@ -158,8 +165,8 @@ fn discover_local(input: &str, forced: InputFormat, out: &mut Vec<InputFile>) ->
         return Ok(());
     }
     let path = Path::new(input);
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::usage(format!("cannot read {input}: {e}")))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| Error::usage(format!("cannot read {input}: {e}")))?;
     if meta.is_dir() {
         let mut files = Vec::new();
         walk(path, &mut files).map_err(|e| Error::usage(format!("cannot read {input}: {e}")))?;
@@ -196,7 +203,8 @@ async fn discover_object(
     forced: InputFormat,
     out: &mut Vec<InputFile>,
 ) -> Result<()> {
-    let url = Url::parse(input).map_err(|e| Error::usage(format!("{input}: not a valid URL: {e}")))?;
+    let url =
+        Url::parse(input).map_err(|e| Error::usage(format!("{input}: not a valid URL: {e}")))?;
     if !matches!(url.scheme(), "s3" | "s3a" | "file") {
         return Err(Error::usage(format!(
             "{input}: unsupported scheme {}:// (use a path, file:// or s3://)",
@@ -219,7 +227,12 @@ async fn discover_object(
             .unwrap_or_else(|| meta.last_modified.timestamp_micros().to_string());
         let (format, delimiter) = format_of(&display, forced);
         out.push(InputFile {
-            key: Some(file_key(&["object", &display, &meta.size.to_string(), &tag])),
+            key: Some(file_key(&[
+                "object",
+                &display,
+                &meta.size.to_string(),
+                &tag,
+            ])),
             display,
             location: Location::Object {
                 store: store.clone(),
@@ -233,7 +246,10 @@ async fn discover_object(
     };
     let key = path.as_ref();
     if has_glob(key) {
-        let literal: String = key.chars().take_while(|c| !matches!(c, '*' | '?' | '[')).collect();
+        let literal: String = key
+            .chars()
+            .take_while(|c| !matches!(c, '*' | '?' | '['))
+            .collect();
         let prefix = literal.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
         let pattern = glob::Pattern::new(key)
             .map_err(|e| Error::usage(format!("bad glob {input:?}: {e}")))?;
@@ -245,26 +261,35 @@ async fn discover_object(
         metas.into_iter().for_each(&mut push);
         return Ok(());
     }
-    match store.head(&path).await {
-        Ok(meta) => {
-            push(meta);
-            Ok(())
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            let mut metas = list_all(&store, key, input).await?;
-            metas.retain(|m| {
-                m.location
-                    .parts()
-                    .all(|p| !skipped_name(p.as_ref()))
-            });
-            if metas.is_empty() {
-                return Err(Error::usage(format!("cannot read {input}: no such object or prefix")));
+    let as_prefix = |metas: Vec<object_store::ObjectMeta>| -> Vec<object_store::ObjectMeta> {
+        metas
+            .into_iter()
+            .filter(|m| m.location.parts().all(|p| !skipped_name(p.as_ref())))
+            .collect()
+    };
+    // A trailing slash names a prefix; otherwise try the object first, then the prefix.
+    let head_error = if input.ends_with('/') || key.is_empty() {
+        None
+    } else {
+        match store.head(&path).await {
+            Ok(meta) => {
+                push(meta);
+                return Ok(());
             }
-            metas.into_iter().for_each(&mut push);
-            Ok(())
+            Err(e) => Some(e),
         }
-        Err(e) => Err(Error::usage(format!("cannot read {input}: {e}"))),
+    };
+    let metas = as_prefix(list_all(&store, key, input).await?);
+    if metas.is_empty() {
+        return Err(Error::usage(match head_error {
+            Some(object_store::Error::NotFound { .. }) | None => {
+                format!("cannot read {input}: no such object or prefix")
+            }
+            Some(e) => format!("cannot read {input}: {e}"),
+        }));
     }
+    metas.into_iter().for_each(&mut push);
+    Ok(())
 }
 
 async fn list_all(

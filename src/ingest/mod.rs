@@ -123,7 +123,10 @@ async fn load_segments(_lake: &Lake) -> Result<SegmentResolver> {
 }
 
 /// The load history: file key → (batch id) for every recorded file.
-async fn load_registry(ctx: &SessionContext, table: &DeltaTable) -> Result<HashMap<String, String>> {
+async fn load_registry(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+) -> Result<HashMap<String, String>> {
     catalog::register(ctx, INGESTED_FILES.name, table).await?;
     let batches = ctx
         .sql("SELECT file_key, batch_id FROM ingested_files")
@@ -132,10 +135,12 @@ async fn load_registry(ctx: &SessionContext, table: &DeltaTable) -> Result<HashM
         .await?;
     let mut out = HashMap::new();
     for b in batches {
-        let keys = b.column(0).as_any().downcast_ref::<StringArray>().expect("utf8");
-        let ids = b.column(1).as_any().downcast_ref::<StringArray>().expect("utf8");
-        for i in 0..b.num_rows() {
-            out.insert(keys.value(i).to_string(), ids.value(i).to_string());
+        let keys = crate::catalog::strings(b.column(0))?;
+        let ids = crate::catalog::strings(b.column(1))?;
+        for (k, id) in keys.into_iter().zip(ids) {
+            if let Some(k) = k {
+                out.insert(k, id.unwrap_or_default());
+            }
         }
     }
     Ok(out)
@@ -185,7 +190,11 @@ pub async fn run(
     let mut heal: Vec<(InputFile, i64)> = Vec::new();
     for file in files {
         let Some(key) = file.key.clone() else {
-            plan.push(Planned { file, mode: Mode::Full, version: 1 });
+            plan.push(Planned {
+                file,
+                mode: Mode::Full,
+                version: 1,
+            });
             continue;
         };
         if known.contains_key(&key) && !req.force {
@@ -211,7 +220,11 @@ pub async fn run(
                     ..Default::default()
                 });
             }
-            (r, Some(qv), false) if qv > r.unwrap_or(0) => plan.push(Planned { file, mode: Mode::RawOnly, version: qv }),
+            (r, Some(qv), false) if qv > r.unwrap_or(0) => plan.push(Planned {
+                file,
+                mode: Mode::RawOnly,
+                version: qv,
+            }),
             (r, q, _) => plan.push(Planned {
                 file,
                 mode: Mode::Full,
@@ -244,7 +257,9 @@ pub async fn run(
         let size = p.file.size.unwrap_or(0);
         let start_new = groups.is_empty()
             || stdin
-            || groups.last().is_some_and(|g| g.iter().any(|x| x.file.key.is_none()))
+            || groups
+                .last()
+                .is_some_and(|g| g.iter().any(|x| x.file.key.is_none()))
             || group_bytes + size > cfg.ingest.commit_every && group_bytes > 0;
         if start_new {
             groups.push(Vec::new());
@@ -254,7 +269,11 @@ pub async fn run(
         groups.last_mut().expect("a group").push(p);
     }
 
-    let total_bytes: u64 = groups.iter().flatten().map(|p| p.file.size.unwrap_or(0)).sum();
+    let total_bytes: u64 = groups
+        .iter()
+        .flatten()
+        .map(|p| p.file.size.unwrap_or(0))
+        .sum();
     let progress = printer.bytes_progress(total_bytes, "ingest");
     let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
     let mut stats_total = LineStats::default();
@@ -364,7 +383,12 @@ async fn run_group(
         on_bytes: Arc::new(move |n| pb.inc(n)),
     };
     let files: Vec<(usize, InputFile)> = group.iter().map(|p| p.file.clone()).enumerate().collect();
-    let mut pipe = pipeline::start(files, settings.clone(), opts, tokio::runtime::Handle::current());
+    let mut pipe = pipeline::start(
+        files,
+        settings.clone(),
+        opts,
+        tokio::runtime::Handle::current(),
+    );
 
     let mut failure: Option<Error> = None;
     let mut rows_seen = 0u64;
@@ -462,7 +486,10 @@ async fn run_group(
         }
     }
 
-    let keys: Vec<String> = planned.iter().map(|p| p.file.key.clone().expect("resolved")).collect();
+    let keys: Vec<String> = planned
+        .iter()
+        .map(|p| p.file.key.clone().expect("resolved"))
+        .collect();
     let batch = settings.batch_id.to_string();
     let meta = |table: &str| {
         let files: Vec<serde_json::Value> = planned
@@ -495,8 +522,11 @@ async fn run_group(
     let partitions: BTreeSet<Vec<(String, Option<String>)>> = raw_adds
         .iter()
         .map(|a| {
-            let mut v: Vec<(String, Option<String>)> =
-                a.partition_values.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut v: Vec<(String, Option<String>)> = a
+                .partition_values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             v.sort();
             v
         })
@@ -518,7 +548,12 @@ async fn run_group(
         .collect();
     let raw_files = raw_adds.len();
     let raw_version = Some(delta::commit_append(raw, raw_adds, r_txns, meta("raw_events")).await?);
-    tracing::info!(table = "raw_events", version = raw_version, files = raw_files, "committed");
+    tracing::info!(
+        table = "raw_events",
+        version = raw_version,
+        files = raw_files,
+        "committed"
+    );
     fault("after-raw-commit");
 
     let now_us = settings.ingested_at_us;
@@ -638,7 +673,9 @@ async fn append_registry(table: &mut DeltaTable, rows: &[RegistryRow], cfg: &Con
                     .with_timezone("UTC"),
             ),
             Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.forced)))),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.recovered)))),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.recovered)),
+            )),
         ],
     )?;
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;

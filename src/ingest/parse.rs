@@ -452,9 +452,10 @@ fn parse_csv_record<'a>(
         }
         match header.mapping[i] {
             Some(f) => fields.v[f] = Val::Str(value),
-            None => fields
-                .extras
-                .push((Cow::Borrowed(header.columns[i].as_str()), Extra::Text(value))),
+            None => fields.extras.push((
+                Cow::Borrowed(header.columns[i].as_str()),
+                Extra::Text(value),
+            )),
         }
     }
     Ok(())
@@ -542,9 +543,8 @@ fn timestamp(v: &Val, name: &str, format: Format) -> Result<i64, TsError> {
                     .and_then(|ms| ms.checked_mul(1000))
                     .ok_or_else(|| TsError::Bad(format!("{name} {v} is out of range")));
             }
-            parse_rfc3339_us(t).ok_or_else(|| {
-                TsError::Bad(format!("{name} {v} is not an RFC 3339 instant"))
-            })
+            parse_rfc3339_us(t)
+                .ok_or_else(|| TsError::Bad(format!("{name} {v} is not an RFC 3339 instant")))
         }
         Val::Num(_) => Err(TsError::Bad(format!(
             "{name} {v} is a bare number, not an RFC 3339 instant"
@@ -641,7 +641,9 @@ impl RawBuilders {
             .iter_mut()
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
-        let mut take = |slot: usize| std::mem::replace(&mut s[slot], Arc::new(arrow::array::NullArray::new(0)));
+        let mut take = |slot: usize| {
+            std::mem::replace(&mut s[slot], Arc::new(arrow::array::NullArray::new(0)))
+        };
         let cols: Vec<ArrayRef> = vec![
             take(0),
             Arc::new(self.event_time.finish()),
@@ -781,25 +783,29 @@ fn validate<'a>(
                 None => {
                     return Err((
                         UnknownEventType,
-                        format!("field event_type: {} is not a known event type", f.v[F_EVENT_TYPE]),
+                        format!(
+                            "field event_type: {} is not a known event type",
+                            f.v[F_EVENT_TYPE]
+                        ),
                     ))
                 }
             }
         }
-        v => {
-            return Err((
-                UnknownEventType,
-                format!("field event_type is {v}"),
-            ))
-        }
+        v => return Err((UnknownEventType, format!("field event_type is {v}"))),
     };
     let price = match &f.v[F_PRICE] {
         Val::Missing | Val::Null => None,
         Val::Num(n) => Some(parse_decimal_2(n).ok_or_else(|| {
-            (InvalidField, format!("field price: {n} does not fit decimal(18,2)"))
+            (
+                InvalidField,
+                format!("field price: {n} does not fit decimal(18,2)"),
+            )
         })?),
         Val::Str(t) if format == Format::Csv => Some(parse_decimal_2(t).ok_or_else(|| {
-            (PriceNotNumber, format!("field price: {:?} is not a number", t.as_ref()))
+            (
+                PriceNotNumber,
+                format!("field price: {:?} is not a number", t.as_ref()),
+            )
         })?),
         v => {
             return Err((
@@ -846,7 +852,12 @@ fn validate<'a>(
         ));
     }
     let int_field = |i: usize| -> Result<Option<i64>, (Reason, String)> {
-        let bad = |v: &Val| (InvalidField, format!("field {}: {v} is not an integer", FIELDS[i]));
+        let bad = |v: &Val| {
+            (
+                InvalidField,
+                format!("field {}: {v} is not an integer", FIELDS[i]),
+            )
+        };
         match &f.v[i] {
             Val::Missing | Val::Null => Ok(None),
             Val::Num(n) => parse_int(n).map(Some).ok_or_else(|| bad(&f.v[i])),
@@ -981,69 +992,77 @@ pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> ChunkOutput {
     let ingest_date = date_of(s.ingested_at_us);
     let source: &str = &chunk.source_file;
 
-    records(&chunk.data, chunk.format, chunk.first_line, |line_no, rec| {
-        stats.lines += 1;
-        if rec.iter().all(|b| b.is_ascii_whitespace()) {
-            stats.blank += 1;
-            return;
-        }
-        let mut fields = Fields::new();
-        let parsed = match chunk.format {
-            Format::Ndjson => parse_json_line(rec, &mut fields),
-            Format::Csv => match std::str::from_utf8(rec) {
-                Ok(text) => parse_csv_record(
-                    text,
-                    chunk.csv_header.as_ref().expect("CSV chunks carry their header"),
-                    &mut fields,
-                ),
-                Err(_) => Err("CSV row is not valid UTF-8".to_string()),
-            },
-        };
-        let outcome = match parsed {
-            Err(msg) => Err((Reason::BrokenJson, msg)),
-            Ok(()) => validate(&fields, chunk.format, s),
-        };
-        match outcome {
-            Err((reason, detail)) => {
-                stats.quarantined.add(reason);
-                qb.reason.append_value(reason.code());
-                qb.detail.append_value(detail);
-                qb.source_file.append_value(source);
-                qb.line_number.append_value(line_no as i64);
-                qb.raw.append_value(String::from_utf8_lossy(rec));
-                qb.batch_id.append_value(&*s.batch_id);
-                qb.ingested_at.append_value(s.ingested_at_us);
-                qb.ingest_date.append_value(ingest_date);
+    records(
+        &chunk.data,
+        chunk.format,
+        chunk.first_line,
+        |line_no, rec| {
+            stats.lines += 1;
+            if rec.iter().all(|b| b.is_ascii_whitespace()) {
+                stats.blank += 1;
+                return;
             }
-            Ok(v) => {
-                stats.landed += 1;
-                for (field, val) in fields.v.iter().enumerate() {
-                    if let Some(slot) = string_slot(field) {
-                        let b = &mut rb.strings[slot];
-                        match (field, text(val, FIELDS[field])) {
-                            (F_EVENT_ID, _) => b.append_value(v.event_id),
-                            (_, Ok(Some(t))) => b.append_value(t),
-                            _ => b.append_null(),
+            let mut fields = Fields::new();
+            let parsed = match chunk.format {
+                Format::Ndjson => parse_json_line(rec, &mut fields),
+                Format::Csv => match std::str::from_utf8(rec) {
+                    Ok(text) => parse_csv_record(
+                        text,
+                        chunk
+                            .csv_header
+                            .as_ref()
+                            .expect("CSV chunks carry their header"),
+                        &mut fields,
+                    ),
+                    Err(_) => Err("CSV row is not valid UTF-8".to_string()),
+                },
+            };
+            let outcome = match parsed {
+                Err(msg) => Err((Reason::BrokenJson, msg)),
+                Ok(()) => validate(&fields, chunk.format, s),
+            };
+            match outcome {
+                Err((reason, detail)) => {
+                    stats.quarantined.add(reason);
+                    qb.reason.append_value(reason.code());
+                    qb.detail.append_value(detail);
+                    qb.source_file.append_value(source);
+                    qb.line_number.append_value(line_no as i64);
+                    qb.raw.append_value(String::from_utf8_lossy(rec));
+                    qb.batch_id.append_value(&*s.batch_id);
+                    qb.ingested_at.append_value(s.ingested_at_us);
+                    qb.ingest_date.append_value(ingest_date);
+                }
+                Ok(v) => {
+                    stats.landed += 1;
+                    for (field, val) in fields.v.iter().enumerate() {
+                        if let Some(slot) = string_slot(field) {
+                            let b = &mut rb.strings[slot];
+                            match (field, text(val, FIELDS[field])) {
+                                (F_EVENT_ID, _) => b.append_value(v.event_id),
+                                (_, Ok(Some(t))) => b.append_value(t),
+                                _ => b.append_null(),
+                            }
                         }
                     }
+                    rb.event_time.append_value(v.event_time);
+                    rb.received_at.append_value(v.received_at);
+                    rb.event_type.append_value(v.event_type);
+                    rb.price.append_option(v.price);
+                    rb.quantity.append_option(v.quantity);
+                    rb.revenue.append_option(v.revenue);
+                    rb.checkout_step.append_option(v.checkout_step);
+                    rb.properties.append_option(properties_json(&fields.extras));
+                    rb.source_file.append_value(source);
+                    rb.line_number.append_value(line_no as i64);
+                    rb.batch_id.append_value(&*s.batch_id);
+                    rb.ingested_at.append_value(s.ingested_at_us);
+                    rb.event_date.append_value(date_of(v.event_time));
+                    rb.segment.append_value(s.segments.segment(v.user_id));
                 }
-                rb.event_time.append_value(v.event_time);
-                rb.received_at.append_value(v.received_at);
-                rb.event_type.append_value(v.event_type);
-                rb.price.append_option(v.price);
-                rb.quantity.append_option(v.quantity);
-                rb.revenue.append_option(v.revenue);
-                rb.checkout_step.append_option(v.checkout_step);
-                rb.properties.append_option(properties_json(&fields.extras));
-                rb.source_file.append_value(source);
-                rb.line_number.append_value(line_no as i64);
-                rb.batch_id.append_value(&*s.batch_id);
-                rb.ingested_at.append_value(s.ingested_at_us);
-                rb.event_date.append_value(date_of(v.event_time));
-                rb.segment.append_value(s.segments.segment(v.user_id));
             }
-        }
-    });
+        },
+    );
 
     ChunkOutput {
         file_idx: chunk.file_idx,

@@ -127,7 +127,11 @@ fn read_file(
     if matches!(file.location, input::Location::Stdin) && format == Format::Ndjson {
         // stdin has no name: a first byte other than `{` means CSV (unless --format says).
         let head = reader.fill_buf().map_err(io_err)?;
-        if head.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b != b'{' && *b != b'[') {
+        if head
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b != b'{' && *b != b'[')
+        {
             format = Format::Csv;
         }
     }
@@ -135,7 +139,11 @@ fn read_file(
         let mut header = Vec::new();
         reader.read_until(b'\n', &mut header).map_err(io_err)?;
         if header.is_empty() {
-            return Ok((0, opened.raw_bytes.load(Ordering::Relaxed), hash_of(&opened.hash)));
+            return Ok((
+                0,
+                opened.raw_bytes.load(Ordering::Relaxed),
+                hash_of(&opened.hash),
+            ));
         }
         while header.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             header.pop();
@@ -179,8 +187,8 @@ fn read_file(
             continue;
         }
         carry = buf.split_off(cut);
-        let physical = memchr::memchr_iter(b'\n', &buf).count() as u64
-            + u64::from(buf.last() != Some(&b'\n'));
+        let physical =
+            memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
         let chunk = Chunk {
             file_idx: idx,
             source_file: source.clone(),
@@ -201,11 +209,16 @@ fn read_file(
     // Drain to EOF so the content hash (stdin) is complete.
     let mut sink = [0u8; 1];
     let _ = reader.read(&mut sink).map_err(io_err)?;
-    Ok((chunks, opened.raw_bytes.load(Ordering::Relaxed), hash_of(&opened.hash)))
+    Ok((
+        chunks,
+        opened.raw_bytes.load(Ordering::Relaxed),
+        hash_of(&opened.hash),
+    ))
 }
 
 fn hash_of(slot: &Option<Arc<std::sync::Mutex<Option<String>>>>) -> Option<String> {
-    slot.as_ref().and_then(|s| s.lock().expect("hash slot").clone())
+    slot.as_ref()
+        .and_then(|s| s.lock().expect("hash slot").clone())
 }
 
 /// The end of the last complete CSV record in `buf` (quote-aware), if any.

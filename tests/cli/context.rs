@@ -37,7 +37,11 @@ fn s3s_fs_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let candidates = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("s3s-fs")).collect::<Vec<_>>())
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("s3s-fs"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     let home_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"));
     candidates
@@ -71,7 +75,10 @@ impl S3Server {
             .expect("start s3s-fs");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         S3Server {
@@ -124,7 +131,10 @@ impl TestContext {
 
     fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("PATH".to_string(), std::env::var("PATH").unwrap_or_default()),
+            (
+                "PATH".to_string(),
+                std::env::var("PATH").unwrap_or_default(),
+            ),
             ("HOME".to_string(), self.dir.path().display().to_string()),
             ("CLICKLAKE_LAKE".to_string(), self.lake.clone()),
             ("TZ".to_string(), "Europe/Berlin".to_string()),
@@ -180,7 +190,9 @@ impl TestContext {
     pub fn count(&self, sql: &str) -> u64 {
         let rows = self.query(sql);
         assert_eq!(rows.len(), 1, "{sql} returned {rows:?}");
-        rows[0].parse().unwrap_or_else(|_| panic!("{sql} returned {rows:?}"))
+        rows[0]
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql} returned {rows:?}"))
     }
 
     /// Runs `generate` into `rel` and returns the manifest.
@@ -195,7 +207,9 @@ impl TestContext {
 
     /// Copies a fixture into the temp dir.
     pub fn fixture(&self, name: &str) -> PathBuf {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name);
         let dst = self.path(&format!("fixtures/{name}"));
         std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
         std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
@@ -237,15 +251,18 @@ macro_rules! both_backends {
 }
 
 /// Runs a command to completion and returns (status, stdout, peak RSS in KiB of that child).
-pub fn run_with_rusage(
-    mut cmd: StdCommand,
-) -> (std::process::ExitStatus, Vec<u8>, i64) {
+pub fn run_with_rusage(mut cmd: StdCommand) -> (std::process::ExitStatus, Vec<u8>, i64) {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("spawn");
     let mut stdout = Vec::new();
-    child.stdout.take().expect("stdout").read_to_end(&mut stdout).expect("read stdout");
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut stdout)
+        .expect("read stdout");
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -253,5 +270,9 @@ pub fn run_with_rusage(
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4");
     std::mem::forget(child);
-    (std::process::ExitStatus::from_raw(status), stdout, usage.ru_maxrss)
+    (
+        std::process::ExitStatus::from_raw(status),
+        stdout,
+        usage.ru_maxrss,
+    )
 }

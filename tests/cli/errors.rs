@@ -5,7 +5,10 @@ use crate::context::{stderr_of, Backend, TestContext};
 fn assert_usage_error(out: &std::process::Output, words: &[&str]) {
     let err = stderr_of(out);
     assert_eq!(out.status.code(), Some(2), "exit code; stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
     for w in words {
         assert!(err.contains(w), "stderr should mention {w:?}: {err}");
     }
@@ -20,7 +23,11 @@ fn one_line(out: &std::process::Output) {
 fn bad_lake_url() {
     let ctx = TestContext::new(Backend::Local);
     let f = ctx.fixture("native/every_reason.ndjson");
-    for (lake, word) in [("gs://bucket/x", "unsupported scheme"), ("s3:///x", "bucket"), ("file://relative", "absolute")] {
+    for (lake, word) in [
+        ("gs://bucket/x", "unsupported scheme"),
+        ("s3:///x", "bucket"),
+        ("file://relative", "absolute"),
+    ] {
         let out = ctx.run(&["--lake", lake, "ingest", f.to_str().unwrap()]);
         assert_usage_error(&out, &[word, "--lake"]);
         one_line(&out);
@@ -35,7 +42,10 @@ fn unreadable_input() {
     one_line(&out);
     let out = ctx.run(&["ingest", "nothing-*.ndjson"]);
     assert_usage_error(&out, &["no file matches"]);
-    assert!(!ctx.path("lake").exists(), "nothing is written for a usage error");
+    assert!(
+        !ctx.path("lake").exists(),
+        "nothing is written for a usage error"
+    );
 }
 
 #[test]
@@ -54,10 +64,20 @@ fn corrupt_gzip_names_the_file() {
 fn bad_flags_and_config() {
     let ctx = TestContext::new(Backend::Local);
     assert_usage_error(&ctx.run(&["ingest", "--bogus", "x"]), &["--bogus"]);
-    assert_usage_error(&ctx.run(&["--memory-limit", "lots", "tables"]), &["--memory-limit", "lots"]);
+    assert_usage_error(
+        &ctx.run(&["--memory-limit", "lots", "tables"]),
+        &["--memory-limit", "lots"],
+    );
     let f = ctx.fixture("native/every_reason.ndjson");
-    assert_usage_error(&ctx.run(&["ingest", "--source", "nope", f.to_str().unwrap()]), &["--source nope", "native"]);
-    std::fs::write(ctx.path("clicklake.toml"), "lake = \"./l\"\n[ingest]\nzstd_levle = 3\n").unwrap();
+    assert_usage_error(
+        &ctx.run(&["ingest", "--source", "nope", f.to_str().unwrap()]),
+        &["--source nope", "native"],
+    );
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "lake = \"./l\"\n[ingest]\nzstd_levle = 3\n",
+    )
+    .unwrap();
     let out = ctx.run(&["tables"]);
     assert_usage_error(&out, &["zstd_levle", "clicklake.toml", "line 3"]);
     one_line(&out);
@@ -78,8 +98,19 @@ fn bad_sql_names_the_statement() {
 fn credentials_never_printed() {
     let ctx = TestContext::new(Backend::S3);
     let f = ctx.fixture("native/every_reason.ndjson");
-    let out = ctx.cmd().args(["-vvv", "ingest", f.to_str().unwrap()]).output().unwrap();
+    let out = ctx
+        .cmd()
+        .args(["-vvv", "ingest", f.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr_of(&out));
-    assert!(!all.contains(crate::context::SECRET_KEY), "the secret key leaked into output");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_of(&out)
+    );
+    assert!(
+        !all.contains(crate::context::SECRET_KEY),
+        "the secret key leaked into output"
+    );
 }

@@ -10,14 +10,22 @@ const EXPECTED_QUARANTINE: &[(u64, &str, &[&str])] = &[
     (4, "missing_event_id", &["event_id"]),
     (5, "missing_event_time", &["event_time"]),
     (6, "bad_timestamp", &["event_time", "2026-01-05 25:00"]),
-    (7, "bad_timestamp", &["event_time", "1767607200000", "bare number"]),
+    (
+        7,
+        "bad_timestamp",
+        &["event_time", "1767607200000", "bare number"],
+    ),
     (8, "bad_timestamp", &["received_at", "yesterday"]),
     (9, "unknown_event_type", &["event_type", "hover"]),
     (10, "price_not_number", &["price", "12,50"]),
     (11, "price_not_number", &["price", "12.50"]),
     (12, "negative_price", &["price", "-1.5"]),
     (13, "purchase_without_order_id", &["order_id"]),
-    (14, "future_event_time", &["event_time", "2026-01-09T10:00:00Z", "received_at"]),
+    (
+        14,
+        "future_event_time",
+        &["event_time", "2026-01-09T10:00:00Z", "received_at"],
+    ),
     (15, "missing_anonymous_id", &["anonymous_id"]),
     (16, "invalid_field", &["quantity", "two"]),
 ];
@@ -36,14 +44,27 @@ both_backends!(every_quarantine_reason_with_detail, |backend: Backend| {
         "SELECT line_number, reason, detail, raw, source_file FROM quarantine ORDER BY line_number",
     );
     assert_eq!(rows.len(), EXPECTED_QUARANTINE.len(), "{rows:#?}");
-    let raw_lines: Vec<&str> = std::fs::read_to_string(&file).unwrap().leak().lines().collect();
+    let raw_lines: Vec<&str> = std::fs::read_to_string(&file)
+        .unwrap()
+        .leak()
+        .lines()
+        .collect();
     for (row, (line, reason, words)) in rows.iter().zip(EXPECTED_QUARANTINE) {
-        assert!(row.starts_with(&format!("{line},{reason},")), "line {line}: {row}");
+        assert!(
+            row.starts_with(&format!("{line},{reason},")),
+            "line {line}: {row}"
+        );
         for w in *words {
-            assert!(row.contains(w), "line {line}: detail should mention {w}: {row}");
+            assert!(
+                row.contains(w),
+                "line {line}: detail should mention {w}: {row}"
+            );
         }
         let original = raw_lines[*line as usize - 1].replace('"', "\"\"");
-        assert!(row.contains(&original), "line {line}: raw must be the untouched line: {row}");
+        assert!(
+            row.contains(&original),
+            "line {line}: raw must be the untouched line: {row}"
+        );
         assert!(row.contains("every_reason.ndjson"), "{row}");
     }
 
@@ -54,12 +75,18 @@ both_backends!(every_quarantine_reason_with_detail, |backend: Backend| {
     );
     assert_eq!(
         e18,
-        vec![r#"add_to_cart,2026-01-05T10:00:00Z,2026-01-05,unsegmented,19.99,"{""utm_source"":""mail"",""nested"":{""a"":[1,2]}}""#]
+        vec![
+            r#"add_to_cart,2026-01-05T10:00:00Z,2026-01-05,unsegmented,19.99,"{""utm_source"":""mail"",""nested"":{""a"":[1,2]}}""#
+        ]
     );
     let e20 = ctx.query(
         "SELECT CAST(event_date AS VARCHAR), segment, received_at = ingested_at FROM raw_events WHERE event_id = 'e20'",
     );
-    assert_eq!(e20, vec!["2026-01-04,anonymous,true"], "no received_at → ingest time");
+    assert_eq!(
+        e20,
+        vec!["2026-01-04,anonymous,true"],
+        "no received_at → ingest time"
+    );
 });
 
 #[test]
@@ -67,7 +94,11 @@ fn native_csv_with_quotes_epoch_millis_and_multiline_fields() {
     let ctx = TestContext::new(Backend::Local);
     let file = ctx.fixture("native/events.csv");
     let s = ctx.ingest_json(&[file.to_str().unwrap()]);
-    assert_eq!((s["lines"].as_u64(), s["landed"].as_u64()), (Some(7), Some(4)), "{s}");
+    assert_eq!(
+        (s["lines"].as_u64(), s["landed"].as_u64()),
+        (Some(7), Some(4)),
+        "{s}"
+    );
     assert_eq!(s["blank_lines"], 1);
     assert_eq!(s["quarantined_by_reason"]["price_not_number"], 1);
     assert_eq!(s["quarantined_by_reason"]["broken_json"], 1);
@@ -92,54 +123,126 @@ fn assert_matches_manifest(ctx: &TestContext, s: &serde_json::Value, m: &serde_j
     assert_eq!(s["blank_lines"], m["blank_lines"], "blank");
     assert_eq!(s["landed"], m["valid_lines"], "landed");
     assert_eq!(s["quarantined"], m["quarantined"], "quarantined");
-    assert_eq!(s["quarantined_by_reason"], m["quarantine_by_reason"], "by reason");
+    assert_eq!(
+        s["quarantined_by_reason"], m["quarantine_by_reason"],
+        "by reason"
+    );
     assert_eq!(s["balanced"], true);
-    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), m["valid_lines"].as_u64().unwrap());
-    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), m["quarantined"].as_u64().unwrap());
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events"),
+        m["valid_lines"].as_u64().unwrap()
+    );
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM quarantine"),
+        m["quarantined"].as_u64().unwrap()
+    );
 }
 
-both_backends!(line_count_invariant_and_idempotent_reingest, |backend: Backend| {
-    let ctx = TestContext::new(backend);
-    let m = ctx.generate("gen", &["--events", "20000", "--files", "5", "--dirty", "--seed", "7"]);
-    // Every quarantine kind is present in the generated dirt.
-    assert_eq!(m["quarantine_by_reason"].as_object().unwrap().len(), 11, "{m}");
-    assert!(m["exact_duplicates"].as_u64().unwrap() > 0 && m["late_events"].as_u64().unwrap() > 0);
-    let s = ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
-    assert_eq!(s["files_read"], 5);
-    assert_matches_manifest(&ctx, &s, &m);
-    assert!(s["partitions_written"].as_u64().unwrap() >= 7, "{s}");
+both_backends!(
+    line_count_invariant_and_idempotent_reingest,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let m = ctx.generate(
+            "gen",
+            &[
+                "--events", "20000", "--files", "5", "--dirty", "--seed", "7",
+            ],
+        );
+        // Every quarantine kind is present in the generated dirt.
+        assert_eq!(
+            m["quarantine_by_reason"].as_object().unwrap().len(),
+            11,
+            "{m}"
+        );
+        assert!(
+            m["exact_duplicates"].as_u64().unwrap() > 0 && m["late_events"].as_u64().unwrap() > 0
+        );
+        let s = ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+        assert_eq!(s["files_read"], 5);
+        assert_matches_manifest(&ctx, &s, &m);
+        assert!(s["partitions_written"].as_u64().unwrap() >= 7, "{s}");
 
-    // Again: nothing new lands, and it says so.
-    let again = ctx.ok(&["ingest", ctx.path("gen").to_str().unwrap()]);
-    assert!(again.contains("nothing new to ingest: 5 file(s) already ingested"), "{again}");
-    assert_matches_manifest(&ctx, &s, &m);
+        // Again: nothing new lands, and it says so.
+        let again = ctx.ok(&["ingest", ctx.path("gen").to_str().unwrap()]);
+        assert!(
+            again.contains("nothing new to ingest: 5 file(s) already ingested"),
+            "{again}"
+        );
+        assert_matches_manifest(&ctx, &s, &m);
 
-    // --force lands a file deliberately again.
-    let one = ctx.path("gen/events-0001.ndjson");
-    let forced = ctx.ingest_json(&["--force", one.to_str().unwrap()]);
-    assert_eq!(forced["files_read"], 1);
-    let total = ctx.count("SELECT count(*) FROM raw_events");
-    assert_eq!(total, m["valid_lines"].as_u64().unwrap() + forced["landed"].as_u64().unwrap());
-    assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 6);
-});
+        // --force lands a file deliberately again.
+        let one = ctx.path("gen/events-0001.ndjson");
+        let forced = ctx.ingest_json(&["--force", one.to_str().unwrap()]);
+        assert_eq!(forced["files_read"], 1);
+        let total = ctx.count("SELECT count(*) FROM raw_events");
+        assert_eq!(
+            total,
+            m["valid_lines"].as_u64().unwrap() + forced["landed"].as_u64().unwrap()
+        );
+        assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 6);
+    }
+);
 
 both_backends!(gzip_and_zstd_inputs, |backend: Backend| {
     let ctx = TestContext::new(backend);
-    let gz = ctx.generate("gz", &["--events", "3000", "--files", "2", "--dirty", "--compress", "gzip"]);
-    let zst = ctx.generate("zst", &["--events", "3000", "--files", "2", "--dirty", "--compress", "zstd", "--seed", "9"]);
+    let gz = ctx.generate(
+        "gz",
+        &[
+            "--events",
+            "3000",
+            "--files",
+            "2",
+            "--dirty",
+            "--compress",
+            "gzip",
+        ],
+    );
+    let zst = ctx.generate(
+        "zst",
+        &[
+            "--events",
+            "3000",
+            "--files",
+            "2",
+            "--dirty",
+            "--compress",
+            "zstd",
+            "--seed",
+            "9",
+        ],
+    );
     assert!(gz["files"][0].as_str().unwrap().ends_with(".ndjson.gz"));
-    let s = ctx.ingest_json(&[ctx.path("gz").to_str().unwrap(), ctx.path("zst").to_str().unwrap()]);
+    let s = ctx.ingest_json(&[
+        ctx.path("gz").to_str().unwrap(),
+        ctx.path("zst").to_str().unwrap(),
+    ]);
     let want = |k: &str| gz[k].as_u64().unwrap() + zst[k].as_u64().unwrap();
     assert_eq!(s["lines"].as_u64().unwrap(), want("lines_total"));
     assert_eq!(s["landed"].as_u64().unwrap(), want("valid_lines"));
     assert_eq!(s["quarantined"].as_u64().unwrap(), want("quarantined"));
-    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), want("valid_lines"));
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events"),
+        want("valid_lines")
+    );
 });
 
 #[test]
 fn csv_generated_data_lands_like_ndjson() {
     let ctx = TestContext::new(Backend::Local);
-    let m = ctx.generate("csv", &["--events", "5000", "--files", "2", "--dirty", "--format", "csv", "--compress", "zstd"]);
+    let m = ctx.generate(
+        "csv",
+        &[
+            "--events",
+            "5000",
+            "--files",
+            "2",
+            "--dirty",
+            "--format",
+            "csv",
+            "--compress",
+            "zstd",
+        ],
+    );
     let s = ctx.ingest_json(&[ctx.path("csv").to_str().unwrap()]);
     assert_matches_manifest(&ctx, &s, &m);
 }
@@ -148,32 +251,78 @@ both_backends!(stdin_is_ingested_once_per_content, |backend: Backend| {
     let ctx = TestContext::new(backend);
     let m = ctx.generate("gen", &["--events", "2000", "--files", "1", "--dirty"]);
     let data = std::fs::read(ctx.path("gen/events-0001.ndjson")).unwrap();
-    let out = ctx.cmd().args(["ingest", "--json", "-"]).write_stdin(data.clone()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctx
+        .cmd()
+        .args(["ingest", "--json", "-"])
+        .write_stdin(data.clone())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["landed"], m["valid_lines"]);
-    assert_eq!(ctx.count("SELECT count(DISTINCT source_file) FROM raw_events"), 1);
-    assert_eq!(ctx.query("SELECT DISTINCT source_file FROM raw_events"), vec!["-"]);
+    assert_eq!(
+        ctx.count("SELECT count(DISTINCT source_file) FROM raw_events"),
+        1
+    );
+    assert_eq!(
+        ctx.query("SELECT DISTINCT source_file FROM raw_events"),
+        vec!["-"]
+    );
     // The same bytes again: skipped.
-    let out = ctx.cmd().args(["ingest", "-"]).write_stdin(data).output().unwrap();
+    let out = ctx
+        .cmd()
+        .args(["ingest", "-"])
+        .write_stdin(data)
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing new"), "{out:?}");
-    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), m["valid_lines"].as_u64().unwrap());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing new"),
+        "{out:?}"
+    );
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events"),
+        m["valid_lines"].as_u64().unwrap()
+    );
 });
 
 #[test]
 fn s3_inbox_prefix_and_glob() {
     let ctx = TestContext::new(Backend::S3);
-    let m = ctx.generate("gen", &["--events", "4000", "--files", "3", "--dirty", "--compress", "gzip"]);
+    let m = ctx.generate(
+        "gen",
+        &[
+            "--events",
+            "4000",
+            "--files",
+            "3",
+            "--dirty",
+            "--compress",
+            "gzip",
+        ],
+    );
     for f in m["files"].as_array().unwrap() {
         let name = f.as_str().unwrap();
-        ctx.upload_to_inbox(&ctx.path(&format!("gen/{name}")), &format!("incoming/2026/{name}"));
+        ctx.upload_to_inbox(
+            &ctx.path(&format!("gen/{name}")),
+            &format!("incoming/2026/{name}"),
+        );
     }
     let s = ctx.ingest_json(&["s3://inbox/incoming/2026/events-0001*"]);
     assert_eq!(s["files_read"], 1);
     let s2 = ctx.ingest_json(&["s3://inbox/incoming/"]);
-    assert_eq!((s2["files_read"].as_u64(), s2["files_skipped"].as_u64()), (Some(2), Some(1)));
-    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), m["valid_lines"].as_u64().unwrap());
+    assert_eq!(
+        (s2["files_read"].as_u64(), s2["files_skipped"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events"),
+        m["valid_lines"].as_u64().unwrap()
+    );
     let files = ctx.query("SELECT DISTINCT source_file FROM ingested_files ORDER BY 1");
     assert_eq!(files[0], "s3://inbox/incoming/2026/events-0001.ndjson.gz");
 }
@@ -200,13 +349,26 @@ fn a_million_rows_under_a_small_memory_limit() {
         }
     }
     let mut cmd = ctx.std_cmd();
-    cmd.args(["--memory-limit", "128MiB", "ingest", "--json", path.to_str().unwrap()]);
+    cmd.args([
+        "--memory-limit",
+        "128MiB",
+        "ingest",
+        "--json",
+        path.to_str().unwrap(),
+    ]);
     let (status, stdout, max_rss_kb) = crate::context::run_with_rusage(cmd);
     assert!(status.success(), "ingest failed");
     let s: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(s["landed"], 1_000_000);
     assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 1_000_000);
-    assert_eq!(ctx.count("SELECT count(DISTINCT event_id) FROM raw_events"), 1_000_000);
+    assert_eq!(
+        ctx.count("SELECT count(DISTINCT event_id) FROM raw_events"),
+        1_000_000
+    );
     // The input alone is ~150 MB; streaming keeps the process well under it plus the runtime.
-    assert!(max_rss_kb < 400 * 1024, "peak RSS {} MiB", max_rss_kb / 1024);
+    assert!(
+        max_rss_kb < 400 * 1024,
+        "peak RSS {} MiB",
+        max_rss_kb / 1024
+    );
 }

@@ -6,52 +6,84 @@ use crate::both_backends;
 use crate::context::{Backend, TestContext};
 
 fn check_exact(ctx: &TestContext, m: &serde_json::Value, files: u64) {
-    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), m["valid_lines"].as_u64().unwrap());
     assert_eq!(
-        ctx.count("SELECT count(*) FROM (SELECT DISTINCT source_file, line_number FROM raw_events)"),
+        ctx.count("SELECT count(*) FROM raw_events"),
+        m["valid_lines"].as_u64().unwrap()
+    );
+    assert_eq!(
+        ctx.count(
+            "SELECT count(*) FROM (SELECT DISTINCT source_file, line_number FROM raw_events)"
+        ),
         m["valid_lines"].as_u64().unwrap(),
         "each input line lands once"
     );
-    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), m["quarantined"].as_u64().unwrap());
-    assert_eq!(ctx.count("SELECT count(DISTINCT file_key) FROM ingested_files"), files);
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM quarantine"),
+        m["quarantined"].as_u64().unwrap()
+    );
+    assert_eq!(
+        ctx.count("SELECT count(DISTINCT file_key) FROM ingested_files"),
+        files
+    );
 }
 
-both_backends!(crash_at_each_commit_boundary_then_rerun, |backend: Backend| {
-    for point in ["after-data-files", "after-quarantine-commit", "after-raw-commit"] {
-        let ctx = TestContext::new(backend);
-        let m = ctx.generate("gen", &["--events", "6000", "--files", "3", "--dirty"]);
-        let dir = ctx.path("gen");
-        let crashed = ctx
-            .cmd()
-            .env("CLICKLAKE_FAULT", point)
-            .args(["ingest", dir.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(!crashed.status.success(), "{point}: the fault must stop the run");
-        let s = ctx.ingest_json(&[dir.to_str().unwrap()]);
-        match point {
-            "after-raw-commit" => {
-                assert_eq!(s["files_read"], 0, "{point}: data was complete: {s}");
-                let recovered = ctx.count("SELECT count(*) FROM ingested_files WHERE recovered");
-                assert_eq!(recovered, 3, "{point}: history rows are recovered");
+both_backends!(
+    crash_at_each_commit_boundary_then_rerun,
+    |backend: Backend| {
+        for point in [
+            "after-data-files",
+            "after-quarantine-commit",
+            "after-raw-commit",
+        ] {
+            let ctx = TestContext::new(backend);
+            let m = ctx.generate("gen", &["--events", "6000", "--files", "3", "--dirty"]);
+            let dir = ctx.path("gen");
+            let crashed = ctx
+                .cmd()
+                .env("CLICKLAKE_FAULT", point)
+                .args(["ingest", dir.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(
+                !crashed.status.success(),
+                "{point}: the fault must stop the run"
+            );
+            let s = ctx.ingest_json(&[dir.to_str().unwrap()]);
+            match point {
+                "after-raw-commit" => {
+                    assert_eq!(s["files_read"], 0, "{point}: data was complete: {s}");
+                    let recovered =
+                        ctx.count("SELECT count(*) FROM ingested_files WHERE recovered");
+                    assert_eq!(recovered, 3, "{point}: history rows are recovered");
+                }
+                "after-quarantine-commit" => {
+                    assert_eq!(s["files_read"], 3, "{point}: {s}");
+                    assert_eq!(
+                        s["quarantine_version"],
+                        serde_json::Value::Null,
+                        "{point}: quarantine is not written twice: {s}"
+                    );
+                }
+                _ => assert_eq!(s["files_read"], 3, "{point}: {s}"),
             }
-            "after-quarantine-commit" => {
-                assert_eq!(s["files_read"], 3, "{point}: {s}");
-                assert_eq!(s["quarantine_version"], serde_json::Value::Null, "{point}: quarantine is not written twice: {s}");
-            }
-            _ => assert_eq!(s["files_read"], 3, "{point}: {s}"),
+            check_exact(&ctx, &m, 3);
         }
-        check_exact(&ctx, &m, 3);
     }
-});
+);
 
 both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     let ctx = TestContext::new(backend);
-    let m = ctx.generate("gen", &["--events", "120000", "--files", "12", "--dirty"]);
+    let m = ctx.generate("gen", &["--events", "150000", "--files", "12", "--dirty"]);
     let dir = ctx.path("gen");
-    // Small commit groups so kills land before, between and after commits.
-    std::fs::write(ctx.path("clicklake.toml"), "[ingest]\ncommit_every = \"8MiB\"\n").unwrap();
-    for delay_ms in [150u64, 600, 1100, 1700, 2600, 3900] {
+    // Small commit groups so kills land before, between and after commits; a single parser
+    // thread so a run lasts long enough to be interrupted.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\ncommit_every = \"8MiB\"\nthreads = 1\nchunk_size = \"256KiB\"\n",
+    )
+    .unwrap();
+    let mut interrupted = 0;
+    for delay_ms in [40u64, 120, 250, 400, 600, 850] {
         let mut child = ctx
             .std_cmd()
             .args(["ingest", dir.to_str().unwrap()])
@@ -60,10 +92,22 @@ both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
         // SAFETY: sending SIGKILL to our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let _ = child.wait();
     }
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} kills hit a running ingest"
+    );
+    let rows_before_final = ctx.count("SELECT count(*) FROM raw_events");
+    assert!(
+        rows_before_final < m["valid_lines"].as_u64().unwrap(),
+        "the kills left work undone"
+    );
     ctx.ok(&["ingest", dir.to_str().unwrap()]);
     check_exact(&ctx, &m, 12);
 });
