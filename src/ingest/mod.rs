@@ -280,6 +280,7 @@ pub async fn run(
 
     for (n, group) in groups.into_iter().enumerate() {
         tracing::info!(group = n + 1, files = group.len(), "ingesting group");
+        progress.set_prefix(format!("{} file(s)", group.len()));
         let result = run_group(
             group,
             &settings,
@@ -418,7 +419,11 @@ async fn run_group(
                     failure = Some(e);
                     break;
                 }
-                progress.set_message(format!("{rows_seen} lines"));
+                let secs = progress.elapsed().as_secs_f64().max(1e-3);
+                progress.set_message(format!(
+                    "{rows_seen} lines, {:.0} lines/s",
+                    rows_seen as f64 / secs
+                ));
             }
             pipeline::Event::FileDone {
                 file_idx,

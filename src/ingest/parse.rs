@@ -887,7 +887,8 @@ fn validate<'a>(
     };
     if let Val::Str(c) = &f.v[F_CURRENCY] {
         let c = c.trim();
-        if !c.is_empty() && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic())) {
+        let three_letters = c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic());
+        if !c.is_empty() && !three_letters {
             return Err((
                 InvalidField,
                 format!("field currency: {} is not a 3-letter code", f.v[F_CURRENCY]),

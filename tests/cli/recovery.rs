@@ -111,3 +111,49 @@ both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     ctx.ok(&["ingest", dir.to_str().unwrap()]);
     check_exact(&ctx, &m, 12);
 });
+
+both_backends!(concurrent_ingests_lose_nothing, |backend: Backend| {
+    // Several writers race for the same Delta log versions. Commits are put-if-absent, so each
+    // version has exactly one winner and the losers retry on top of it: every row lands once.
+    let ctx = TestContext::new(backend);
+    ctx.ok(&["init"]);
+    let mut expected = 0;
+    let mut children = Vec::new();
+    for i in 0..4 {
+        let m = ctx.generate(
+            &format!("gen{i}"),
+            &[
+                "--events",
+                "3000",
+                "--files",
+                "2",
+                "--dirty",
+                "--seed",
+                &i.to_string(),
+            ],
+        );
+        expected += m["valid_lines"].as_u64().unwrap();
+    }
+    for i in 0..4 {
+        children.push(
+            ctx.std_cmd()
+                .args(["ingest", ctx.path(&format!("gen{i}")).to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), expected);
+    assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 8);
+    let t: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+    assert_eq!(t[0]["version"], 4, "one raw_events commit per writer: {t}");
+});
