@@ -47,8 +47,15 @@ pub const INGESTED_FILES: TableDef = TableDef {
     schema: ingested_files_schema,
 };
 
+pub const EVENTS: TableDef = TableDef {
+    name: "events",
+    description: "clean events: normalised, one row per event_id, sessionized, identities stitched",
+    partition_columns: &["event_date", "segment"],
+    schema: events_schema,
+};
+
 /// Every table, in the order `tables` lists them.
-pub const ALL: &[&TableDef] = &[&RAW_EVENTS, &QUARANTINE, &INGESTED_FILES];
+pub const ALL: &[&TableDef] = &[&RAW_EVENTS, &QUARANTINE, &INGESTED_FILES, &EVENTS];
 
 pub fn find(name: &str) -> Option<&'static TableDef> {
     ALL.iter().copied().find(|t| t.name == name)
@@ -75,6 +82,48 @@ pub fn raw_events_schema() -> SchemaRef {
         s("session_id"),
         s("product_id"),
         s("category"),
+        s("brand"),
+        Field::new("price", money(), true),
+        Field::new("quantity", DataType::Int64, true),
+        s("currency"),
+        s("order_id"),
+        Field::new("revenue", money(), true),
+        Field::new("checkout_step", DataType::Int64, true),
+        s("page_url"),
+        s("referrer"),
+        s("device"),
+        s("country"),
+        s("email"),
+        s("ip"),
+        s("properties"),
+        s("source_file"),
+        Field::new("line_number", DataType::Int64, true),
+        s("batch_id"),
+        Field::new("ingested_at", ts(), true),
+        Field::new("event_date", DataType::Date32, true),
+        s("segment"),
+    ]))
+}
+
+/// `events`: the canonical columns normalised, plus session, identity and category levels.
+pub fn events_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        s("event_id"),
+        Field::new("event_time", ts(), true),
+        Field::new("received_at", ts(), true),
+        s("event_type"),
+        s("user_id"),
+        s("stitched_user_id"),
+        s("anonymous_id"),
+        s("session_id"),
+        s("session_key"),
+        s("session_source"),
+        s("product_id"),
+        s("category"),
+        s("category_l1"),
+        s("category_l2"),
+        s("category_l3"),
         s("brand"),
         Field::new("price", money(), true),
         Field::new("quantity", DataType::Int64, true),

@@ -64,6 +64,9 @@ pub enum Command {
     Init(InitArgs),
     /// Validate raw events and land them in raw_events; rejected rows go to quarantine
     Ingest(IngestArgs),
+    /// Build `events` from `raw_events`: normalise, deduplicate by event_id, sessionize and
+    /// stitch identities, incrementally (only visitors the new raw rows touch) in one commit.
+    Clean(CleanArgs),
     /// List the lake's tables with rows, files, size, partitions and version
     Tables(TablesArgs),
     /// Run SQL over the lake's tables
@@ -106,6 +109,22 @@ pub struct IngestArgs {
     pub force: bool,
 
     /// Print the summary as one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Rebuild `events` from all of `raw_events` instead of only what changed.
+    #[arg(long)]
+    pub full_refresh: bool,
+
+    /// Directory with SQL model overrides: `<DIR>/clean/NN_name.sql` replaces the embedded model
+    /// of the same file name (config: clean.sql_dir).
+    #[arg(long, value_name = "DIR")]
+    pub sql_dir: Option<PathBuf>,
+
+    /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

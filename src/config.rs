@@ -40,6 +40,15 @@ pub struct FileConfig {
     pub storage: FileStorage,
     #[serde(default)]
     pub ingest: FileIngest,
+    #[serde(default)]
+    pub clean: FileClean,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClean {
+    pub session_gap: Option<String>,
+    pub sql_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,12 +105,21 @@ pub struct IngestConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct CleanConfig {
+    /// A session-less event more than this after the previous one starts a new derived session.
+    pub session_gap: Duration,
+    /// Model overrides: `<sql_dir>/clean/*.sql` replace the embedded models of the same name.
+    pub sql_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The lake URL exactly as given (validated by the storage module).
     pub lake: String,
     pub storage: StorageConfig,
     pub memory_limit: u64,
     pub ingest: IngestConfig,
+    pub clean: CleanConfig,
     pub log_format: LogFormat,
     pub quiet: bool,
     pub verbose: u8,
@@ -161,18 +179,34 @@ impl Config {
 
         let storage = merge_storage(env, file.storage)?;
         let ingest = merge_ingest(file.ingest, memory_limit)?;
+        let clean = merge_clean(file.clean)?;
 
         Ok(Config {
             lake,
             storage,
             memory_limit,
             ingest,
+            clean,
             log_format: args.log_format,
             quiet: args.quiet,
             verbose: args.verbose,
             config_file,
         })
     }
+}
+
+fn merge_clean(file: FileClean) -> Result<CleanConfig> {
+    let session_gap = match &file.session_gap {
+        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("clean.session_gap: {e}")))?,
+        None => Duration::from_secs(30 * 60),
+    };
+    if session_gap.is_zero() {
+        return Err(Error::config("clean.session_gap must be greater than zero"));
+    }
+    Ok(CleanConfig {
+        session_gap,
+        sql_dir: file.sql_dir,
+    })
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig> {
@@ -446,6 +480,13 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Input bytes per parsed batch, and parser threads (default: all cores).
 # chunk_size = "4MiB"
 # threads = 2
+
+[clean]
+# A session-less event more than this after the previous one of the same anonymous_id starts a new
+# derived session.
+# session_gap = "30m"
+# Directory of SQL model overrides (<sql_dir>/clean/NN_name.sql replace the embedded models).
+# sql_dir = "./sql"
 "#;
 
 #[cfg(test)]

@@ -59,16 +59,28 @@ pub async fn commit_append(
     txns: Vec<Transaction>,
     metadata: HashMap<String, serde_json::Value>,
 ) -> Result<i64> {
+    let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
+    commit(table, actions, txns, metadata, SaveMode::Append).await
+}
+
+/// Commits any actions (adds and removes) plus `txns` as one Delta commit, and refreshes the
+/// table. `Overwrite` commits conflict with any concurrent commit to the same table.
+pub async fn commit(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    txns: Vec<Transaction>,
+    metadata: HashMap<String, serde_json::Value>,
+    mode: SaveMode,
+) -> Result<i64> {
     let partition_cols: Vec<String> = table.snapshot()?.metadata().partition_columns().to_vec();
     let operation = DeltaOperation::Write {
-        mode: SaveMode::Append,
+        mode,
         partition_by: (!partition_cols.is_empty()).then_some(partition_cols),
         predicate: None,
     };
     let props = CommitProperties::default()
         .with_application_transactions(txns)
         .with_metadata(metadata);
-    let actions: Vec<Action> = adds.into_iter().map(Action::Add).collect();
     let finalized = CommitBuilder::from(props)
         .with_actions(actions)
         .build(Some(table.snapshot()?), table.log_store(), operation)

@@ -3,6 +3,7 @@
 //! The binary is a thin shell over [`run`]; integration tests drive the same code.
 
 pub mod catalog;
+pub mod clean;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod delta;
 pub mod error;
 pub mod generate;
 pub mod ingest;
+pub mod models;
 pub mod printer;
 pub mod storage;
 
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 match command {
                     Command::Init(args) => commands::init::run(&cfg, &lake, &args).await,
                     Command::Ingest(args) => commands::ingest::run(&cfg, &lake, args).await,
+                    Command::Clean(args) => commands::clean::run(&cfg, &lake, args).await,
                     Command::Tables(args) => commands::tables::run(&lake, &args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
                     Command::Generate(_) => unreachable!("handled above"),
@@ -61,4 +64,12 @@ fn init_logging(cfg: &Config) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+}
+
+/// Test hook: `CLICKLAKE_FAULT=<point>` aborts the process at that point, as a crash would.
+pub fn fault(point: &str) {
+    if std::env::var("CLICKLAKE_FAULT").is_ok_and(|p| p == point) {
+        eprintln!("CLICKLAKE_FAULT: aborting at {point}");
+        std::process::abort();
+    }
 }

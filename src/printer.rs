@@ -40,4 +40,19 @@ impl Printer {
         pb.enable_steady_tick(Duration::from_millis(200));
         pb
     }
+
+    /// A spinner with a message, for work whose size is not known up front.
+    pub fn spinner(&self, label: &str) -> ProgressBar {
+        if !self.show_progress {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template("{prefix:>8} {spinner} {msg} ({elapsed})")
+                .expect("valid template"),
+        );
+        pb.set_prefix(label.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each takes validated arguments and returns an exit code.
 
+pub mod clean;
 pub mod generate;
 pub mod ingest;
 pub mod init;

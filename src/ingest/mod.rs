@@ -37,6 +37,7 @@ use crate::catalog::{self, INGESTED_FILES, QUARANTINE, RAW_EVENTS};
 use crate::cli::InputFormat;
 use crate::config::Config;
 use crate::delta;
+use crate::fault;
 use crate::error::{Error, Result};
 use crate::printer::Printer;
 use crate::storage::Lake;
@@ -106,14 +107,6 @@ struct Planned {
 
 pub fn app_id(key: &str) -> String {
     format!("clicklake/file/{key}")
-}
-
-/// Test hook: `CLICKLAKE_FAULT=<point>` aborts the process at that point, as a crash would.
-fn fault(point: &str) {
-    if std::env::var("CLICKLAKE_FAULT").is_ok_and(|p| p == point) {
-        eprintln!("CLICKLAKE_FAULT: aborting at {point}");
-        std::process::abort();
-    }
 }
 
 /// Loads the segment of every known user, once `user_segments` exists (built by `build`).

@@ -1,0 +1,544 @@
+//! Clean: build `events` from `raw_events` with the SQL models of `sql/clean/`, incrementally and
+//! in one atomic commit per run.
+//!
+//! ```text
+//!  raw_events v0 ──(consumed, recorded as txn "clicklake/clean/raw_events" on events)
+//!  raw_events v1 ──▶ new files = adds of commits v0+1..=v1
+//!
+//!  normalized   = model 1 over the new raw rows
+//!  touched      = their anonymous_ids ∪ anonymous_ids of current events rows sharing an event_id
+//!  carried      = events files holding any touched visitor (read whole)
+//!  candidates   = normalized ∪ carried rows of touched visitors
+//!  output       = models 3.. over candidates (dedup, sessions, stitching)  ∪  carried rows of
+//!                 untouched visitors (rewritten unchanged)
+//!  commit       = remove carried files + add output files + txn marker = v1   (one commit)
+//! ```
+//!
+//! Dedup, sessions and identity stitching are all functions of one visitor's history (plus the
+//! current winner of each event_id), so recomputing every touched visitor from their full history
+//! gives exactly the rows a full refresh would. A crash before the commit leaves unreferenced
+//! files only; the next run starts again from the recorded version.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::writer::DeltaWriter;
+use deltalake::DeltaTable;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::catalog::{self, EVENTS, RAW_EVENTS};
+use crate::config::Config;
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::models::{self, Model};
+use crate::printer::Printer;
+use crate::storage::Lake;
+
+/// The Delta application id under which `events` records the raw_events version it reflects.
+pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
+const FILE_COLUMN: &str = "__clicklake_file";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CleanRequest {
+    pub full_refresh: bool,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct CleanSummary {
+    /// `full`, `incremental` or `up_to_date`.
+    pub mode: &'static str,
+    /// Why a full refresh ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub full_refresh_reason: Option<String>,
+    pub raw_version_from: Option<i64>,
+    pub raw_version_to: Option<i64>,
+    pub raw_rows_consumed: u64,
+    pub visitors_touched: u64,
+    /// Rows the models produced: every event of a touched visitor.
+    pub events_recomputed: u64,
+    /// Rows of untouched visitors copied unchanged because they shared a rewritten file.
+    pub events_copied: u64,
+    /// recomputed + copied.
+    pub events_written: u64,
+    pub events_total: Option<u64>,
+    pub exact_duplicates: u64,
+    pub conflicting_duplicates: u64,
+    pub sessions_touched: u64,
+    pub partitions_rewritten: u64,
+    pub files_removed: u64,
+    pub files_added: u64,
+    pub bytes_written: u64,
+    pub events_version: Option<i64>,
+    pub seconds: f64,
+    pub rows_per_sec: f64,
+}
+
+enum Plan {
+    Full(String),
+    /// The raw_events data files added since the consumed version.
+    Incremental(Vec<String>),
+}
+
+pub async fn run(
+    lake: &Lake,
+    cfg: &Config,
+    req: CleanRequest,
+    printer: &Printer,
+) -> Result<CleanSummary> {
+    let started = Instant::now();
+    let models = models::load("clean", cfg.clean.sql_dir.as_deref())?;
+    if models.len() < 3 {
+        return Err(Error::config(
+            "the clean layer needs at least three models: normalized, candidates, and the final one",
+        ));
+    }
+    let mut summary = CleanSummary {
+        mode: "up_to_date",
+        ..Default::default()
+    };
+    let Some(raw) = lake.open_table(RAW_EVENTS.name).await? else {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    };
+    let raw_version = raw.version().unwrap_or(0) as i64;
+    summary.raw_version_to = Some(raw_version);
+    let mut events = catalog::ensure_table(lake, &EVENTS).await?;
+    let consumed = delta::txn_version(&events, CONSUMED_APP_ID).await?;
+    summary.raw_version_from = consumed;
+
+    if !req.full_refresh && consumed == Some(raw_version) {
+        summary.events_version = events.version().map(|v| v as i64);
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+    let plan = match (req.full_refresh, consumed) {
+        (true, _) => Plan::Full("--full-refresh".into()),
+        (false, None) => Plan::Full("first clean of this lake".into()),
+        (false, Some(v)) if v > raw_version => Plan::Full(format!(
+            "events reflects raw_events version {v}, newer than its current version {raw_version}"
+        )),
+        (false, Some(v)) => match added_files(&raw, v, raw_version).await? {
+            Ok(paths) => Plan::Incremental(paths),
+            Err(reason) => Plan::Full(reason),
+        },
+    };
+
+    let progress = printer.spinner("clean");
+    let ctx = catalog::session(cfg.memory_limit)?;
+    raw.update_datafusion_session(&ctx.state())?;
+    events.update_datafusion_session(&ctx.state())?;
+    let params = datafusion::common::ParamValues::from(vec![(
+        "session_gap_us",
+        ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
+    )]);
+
+    let marker = Transaction::new(CONSUMED_APP_ID, raw_version);
+    let mut removes: Vec<Action> = Vec::new();
+    let mut kept: Option<DataFrame> = None;
+    match &plan {
+        Plan::Full(reason) => {
+            summary.mode = "full";
+            summary.full_refresh_reason = Some(reason.clone());
+            ctx.register_table("raw_input", raw.table_provider().await?)?;
+            register_first(&ctx, &models[0], &params).await?;
+            ctx.register_table("events_carried", empty_events()?)?;
+            removes.extend(
+                events
+                    .snapshot()?
+                    .log_data()
+                    .iter()
+                    .map(|f| Action::Remove(f.remove_action(true))),
+            );
+        }
+        Plan::Incremental(paths) if paths.is_empty() => {
+            // Only markers (e.g. files whose every line was quarantined): record the version.
+            summary.mode = "incremental";
+            let version = delta::commit(
+                &mut events,
+                Vec::new(),
+                vec![marker],
+                commit_info(&summary),
+                SaveMode::Append,
+            )
+            .await?;
+            summary.events_version = Some(version);
+            summary.seconds = started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
+        Plan::Incremental(paths) => {
+            summary.mode = "incremental";
+            ctx.register_table(
+                "raw_input",
+                raw.table_provider().with_file_paths(paths.clone()).await?,
+            )?;
+            register_first(&ctx, &models[0], &params).await?;
+            ctx.register_table(
+                "events_current",
+                events.table_provider().with_file_column(FILE_COLUMN).await?,
+            )?;
+            let touched = collect_strings(
+                &ctx,
+                "SELECT DISTINCT anonymous_id FROM normalized \
+                 UNION SELECT anonymous_id FROM events_current \
+                 WHERE event_id IN (SELECT event_id FROM normalized)",
+            )
+            .await?;
+            summary.visitors_touched = touched.len() as u64;
+            let touched_table = string_table("anonymous_id", touched)?;
+            ctx.register_table("touched_visitors", Arc::new(touched_table))?;
+            let files = collect_strings(
+                &ctx,
+                &format!(
+                    "SELECT DISTINCT CAST({FILE_COLUMN} AS VARCHAR) FROM events_current \
+                     WHERE anonymous_id IN (SELECT anonymous_id FROM touched_visitors)"
+                ),
+            )
+            .await?;
+            if files.is_empty() {
+                ctx.register_table("events_carried", empty_events()?)?;
+            } else {
+                let reread = events.table_provider().with_file_paths(files.clone()).await?;
+                ctx.register_table("events_reread", reread)?;
+                let carried = ctx
+                    .sql(
+                        "SELECT * FROM events_reread \
+                         WHERE anonymous_id IN (SELECT anonymous_id FROM touched_visitors)",
+                    )
+                    .await?;
+                ctx.register_table("events_carried", carried.into_view())?;
+                kept = Some(
+                    ctx.sql(
+                        "SELECT * FROM events_reread \
+                         WHERE anonymous_id NOT IN (SELECT anonymous_id FROM touched_visitors)",
+                    )
+                    .await?,
+                );
+                let wanted: HashSet<String> = files.iter().map(|f| file_id_suffix(f)).collect();
+                for f in events.snapshot()?.log_data().iter() {
+                    if wanted.contains(&f.path().to_string()) {
+                        removes.push(Action::Remove(f.remove_action(true)));
+                    }
+                }
+                if removes.len() != files.len() {
+                    return Err(Error::runtime(format!(
+                        "events: matched {} of the {} files to rewrite in the table log",
+                        removes.len(),
+                        files.len()
+                    )));
+                }
+            }
+        }
+    }
+    summary.files_removed = removes.len() as u64;
+    let _ = ctx.deregister_table("events_current");
+
+    let output = models::plan_chain(&ctx, &models[1..], &params).await?;
+    let target = (EVENTS.schema)();
+    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+    let mut writer = delta::writer(&events, props, cfg.ingest.target_file_size)?;
+    let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
+    let mut adds: Vec<Add> = Vec::new();
+    let mut sessions: HashSet<u64> = HashSet::new();
+
+    let mut write = WriteState {
+        writer: &mut writer,
+        adds: &mut adds,
+        flush_at,
+        target: target.clone(),
+    };
+    let mut stream = output.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
+        summary.conflicting_duplicates += sum_column(&batch, "_conflicting_resends")?;
+        if let Some(keys) = batch.column_by_name("session_key") {
+            for k in catalog::strings(keys)?.into_iter().flatten() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut h);
+                sessions.insert(h.finish());
+            }
+        }
+        summary.events_recomputed += batch.num_rows() as u64;
+        write.write(&batch).await?;
+        progress.set_message(format!("{} events recomputed", summary.events_recomputed));
+    }
+    if let Some(kept) = kept {
+        let mut stream = kept.execute_stream().await?;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            summary.events_copied += batch.num_rows() as u64;
+            write.write(&batch).await?;
+        }
+    }
+    adds.extend(writer.flush().await?);
+    fault("clean-after-data-files");
+
+    // Raw rows consumed: a count over the same files (answered from file statistics).
+    summary.raw_rows_consumed = count_of(ctx.sql("SELECT count(*) FROM raw_input").await?).await?;
+    summary.events_written = summary.events_recomputed + summary.events_copied;
+    summary.sessions_touched = sessions.len() as u64;
+    summary.files_added = adds.len() as u64;
+    summary.bytes_written = adds.iter().map(|a| a.size as u64).sum();
+    let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
+    for a in &adds {
+        partitions.insert(sorted_partition(&a.partition_values));
+    }
+    for r in &removes {
+        if let Action::Remove(r) = r {
+            if let Some(pv) = &r.partition_values {
+                partitions.insert(sorted_partition(pv));
+            }
+        }
+    }
+    summary.partitions_rewritten = partitions.len() as u64;
+
+    let mut actions = removes;
+    actions.extend(adds.into_iter().map(Action::Add));
+    let version = delta::commit(
+        &mut events,
+        actions,
+        vec![marker],
+        commit_info(&summary),
+        SaveMode::Overwrite,
+    )
+    .await?;
+    fault("clean-after-commit");
+    summary.events_version = Some(version);
+    summary.events_total = Some(table_rows(&events)?);
+    progress.finish_and_clear();
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.rows_per_sec = summary.raw_rows_consumed as f64 / summary.seconds.max(1e-9);
+    Ok(summary)
+}
+
+/// The data files added to raw_events by commits `from+1..=to`, or why they cannot be known
+/// (a commit file was cleaned up, or rows were removed), which calls for a full refresh.
+async fn added_files(
+    raw: &DeltaTable,
+    from: i64,
+    to: i64,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    let store = raw.log_store();
+    let mut paths = Vec::new();
+    for v in (from + 1)..=to {
+        let Some(bytes) = store.read_commit_entry(v as _).await? else {
+            return Ok(Err(format!(
+                "raw_events commit {v} is no longer in the log (log retention)"
+            )));
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line)
+                .map_err(|e| Error::runtime(format!("raw_events commit {v}: {e}")))?;
+            let data_change = |a: &serde_json::Value| a["dataChange"].as_bool().unwrap_or(true);
+            if let Some(add) = action.get("add") {
+                if data_change(add) {
+                    let path = add["path"].as_str().unwrap_or_default();
+                    paths.push(path.to_string());
+                }
+            } else if let Some(remove) = action.get("remove") {
+                if data_change(remove) {
+                    return Ok(Err(format!(
+                        "raw_events commit {v} removed rows (erasure or a rewrite)"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Ok(paths))
+}
+
+/// Plans and registers the first model (normalisation of `raw_input`).
+async fn register_first(
+    ctx: &SessionContext,
+    model: &Model,
+    params: &datafusion::common::ParamValues,
+) -> Result<()> {
+    models::plan_chain(ctx, std::slice::from_ref(model), params)
+        .await
+        .and_then(|df| {
+            ctx.register_table(model.name.as_str(), df.into_view())
+                .map(|_| ())
+                .map_err(|e| models::model_error(model, e))
+        })
+}
+
+/// A one-column in-memory table of strings.
+fn string_table(column: &str, values: Vec<String>) -> Result<MemTable> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![Field::new(column, DataType::Utf8, true)]));
+    let array = arrow::array::StringArray::from_iter_values(values);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(array)])?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+fn empty_events() -> Result<Arc<MemTable>> {
+    Ok(Arc::new(MemTable::try_new((EVENTS.schema)(), vec![vec![]])?))
+}
+
+async fn collect_strings(ctx: &SessionContext, sql: &str) -> Result<Vec<String>> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
+    }
+    Ok(out)
+}
+
+async fn count_of(df: DataFrame) -> Result<u64> {
+    let batches = df.collect().await?;
+    let mut n = 0u64;
+    for b in batches {
+        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64)?;
+        let c = c.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        n += c.iter().flatten().sum::<i64>() as u64;
+    }
+    Ok(n)
+}
+
+fn sum_column(batch: &RecordBatch, name: &str) -> Result<u64> {
+    let Some(col) = batch.column_by_name(name) else {
+        return Ok(0);
+    };
+    let c = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64)?;
+    let c = c.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+    Ok(c.iter().flatten().sum::<i64>().max(0) as u64)
+}
+
+/// The table-relative path of a scan's file id (a URL under the table root).
+fn file_id_suffix(file_id: &str) -> String {
+    let path = url::Url::parse(file_id)
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| file_id.to_string());
+    let decoded = percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .to_string();
+    // Table layout: <root>/events/<partition dirs>/<file>.parquet
+    match decoded.find(&format!("/{}/", EVENTS.name)) {
+        Some(i) => decoded[i + EVENTS.name.len() + 2..].to_string(),
+        None => decoded,
+    }
+}
+
+fn sorted_partition(pv: &HashMap<String, Option<String>>) -> Vec<(String, Option<String>)> {
+    let mut v: Vec<_> = pv.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort();
+    v
+}
+
+fn table_rows(table: &DeltaTable) -> Result<u64> {
+    let snapshot = table.snapshot()?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .filter_map(|f| f.num_records())
+        .map(|n| n as u64)
+        .sum())
+}
+
+fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
+    let mut m = HashMap::new();
+    m.insert(
+        "clicklake".to_string(),
+        serde_json::json!({
+            "command": "clean",
+            "mode": s.mode,
+            "raw_version_from": s.raw_version_from,
+            "raw_version_to": s.raw_version_to,
+            "events_written": s.events_written,
+            "visitors_touched": s.visitors_touched,
+        }),
+    );
+    m
+}
+
+struct WriteState<'a> {
+    writer: &'a mut deltalake::writer::RecordBatchWriter,
+    adds: &'a mut Vec<Add>,
+    flush_at: usize,
+    target: SchemaRef,
+}
+
+impl WriteState<'_> {
+    /// Conforms a batch to the events schema (by name; engine string layouts cast back to Utf8)
+    /// and writes it, flushing files when the buffer passes its budget.
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.target.fields().len());
+        for field in self.target.fields() {
+            let col = batch.column_by_name(field.name()).ok_or_else(|| {
+                Error::config(format!(
+                    "the final clean model does not produce column {}",
+                    field.name()
+                ))
+            })?;
+            let col = if col.data_type() == field.data_type() {
+                col.clone()
+            } else {
+                arrow::compute::cast(col, field.data_type())?
+            };
+            columns.push(col);
+        }
+        let conformed = RecordBatch::try_new(self.target.clone(), columns)?;
+        if conformed.num_rows() > 0 {
+            self.writer.write(conformed).await?;
+        }
+        if self.writer.buffer_len() > self.flush_at {
+            self.adds.extend(self.writer.flush().await?);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every embedded model plans against the real table schemas, and the chain produces every
+    /// column of `events`: a broken model fails here, not in a cron run.
+    #[tokio::test]
+    async fn embedded_models_plan_against_the_real_schemas() {
+        let models = models::load("clean", None).unwrap();
+        let ctx = catalog::session(256 << 20).unwrap();
+        let raw = MemTable::try_new((RAW_EVENTS.schema)(), vec![vec![]]).unwrap();
+        ctx.register_table("raw_input", Arc::new(raw)).unwrap();
+        ctx.register_table("events_carried", empty_events().unwrap())
+            .unwrap();
+        let params = datafusion::common::ParamValues::from(vec![(
+            "session_gap_us",
+            ScalarValue::Int64(Some(1_800_000_000)),
+        )]);
+        let df = models::plan_chain(&ctx, &models, &params).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        let schema = plan.schema();
+        for field in (EVENTS.schema)().fields() {
+            assert!(
+                schema.column_with_name(field.name()).is_some(),
+                "the clean chain does not produce {}",
+                field.name()
+            );
+        }
+        assert!(df.collect().await.unwrap().iter().all(|b| b.num_rows() == 0));
+    }
+
+    #[test]
+    fn file_ids_map_to_table_relative_paths() {
+        assert_eq!(
+            file_id_suffix("s3://lake/prod/events/event_date=2026-01-05/segment=a%20b/part-1.parquet"),
+            "event_date=2026-01-05/segment=a b/part-1.parquet"
+        );
+        assert_eq!(
+            file_id_suffix("file:///tmp/l/events/event_date=2026-01-05/x.parquet"),
+            "event_date=2026-01-05/x.parquet"
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! SQL models: the transformation logic of `clean` (and later layers) lives in `.sql` files under
+//! `sql/<layer>/`, embedded in the binary and overridable from a directory (`--sql-dir`).
+//!
+//! A layer is a chain run in file-name order (`01_normalized.sql`, `02_candidates.sql`, …). Each
+//! model is one SELECT (CTEs welcome) and is registered as a view named after its file without the
+//! numeric prefix, so later models read earlier ones by name, like dbt's `ref()`. The last model is
+//! the one materialised. Values such as the session gap are bound parameters (`$session_gap_us`),
+//! never spliced into the text.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use datafusion::common::ParamValues;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::error::{Error, Result};
+
+/// One SQL model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The view name other models use (`normalized` for `01_normalized.sql`).
+    pub name: String,
+    /// Where it came from, for messages: `embedded:sql/clean/01_normalized.sql` or a path.
+    pub origin: String,
+    pub sql: String,
+}
+
+const CLEAN: &[(&str, &str)] = &[
+    (
+        "01_normalized.sql",
+        include_str!("../sql/clean/01_normalized.sql"),
+    ),
+    (
+        "02_candidates.sql",
+        include_str!("../sql/clean/02_candidates.sql"),
+    ),
+    (
+        "03_deduplicated.sql",
+        include_str!("../sql/clean/03_deduplicated.sql"),
+    ),
+    (
+        "04_sessionized.sql",
+        include_str!("../sql/clean/04_sessionized.sql"),
+    ),
+];
+
+/// The embedded models of a layer.
+pub fn embedded(layer: &str) -> &'static [(&'static str, &'static str)] {
+    match layer {
+        "clean" => CLEAN,
+        _ => &[],
+    }
+}
+
+/// The model chain of `layer`: the embedded files, with any same-named file in
+/// `<sql_dir>/<layer>/` replacing its embedded twin and any new file joining the chain.
+pub fn load(layer: &str, sql_dir: Option<&Path>) -> Result<Vec<Model>> {
+    let mut files: BTreeMap<String, (String, String)> = embedded(layer)
+        .iter()
+        .map(|(file, sql)| {
+            (
+                file.to_string(),
+                (format!("embedded:sql/{layer}/{file}"), sql.to_string()),
+            )
+        })
+        .collect();
+    if let Some(dir) = sql_dir {
+        let dir: PathBuf = dir.join(layer);
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            Error::config(format!(
+                "--sql-dir: cannot read {} ({e}); it must hold a {layer}/ directory of .sql models",
+                dir.display()
+            ))
+        })?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("sql") {
+                continue;
+            }
+            let file = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| Error::config(format!("{}: not a UTF-8 name", path.display())))?
+                .to_string();
+            let sql = std::fs::read_to_string(&path)
+                .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+            files.insert(file, (path.display().to_string(), sql));
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::config(format!("no SQL models for layer {layer}")));
+    }
+    Ok(files
+        .into_iter()
+        .map(|(file, (origin, sql))| Model {
+            name: view_name(&file),
+            origin,
+            sql,
+        })
+        .collect())
+}
+
+/// `03_deduplicated.sql` → `deduplicated`.
+fn view_name(file: &str) -> String {
+    let stem = file.strip_suffix(".sql").unwrap_or(file);
+    let stem = stem.trim_start_matches(|c: char| c.is_ascii_digit());
+    stem.strip_prefix('_').unwrap_or(stem).to_string()
+}
+
+/// Plans the chain: every model but the last is registered as a view, the last is returned.
+/// A model that does not plan is a configuration error naming its file and the SQL problem.
+pub async fn plan_chain(
+    ctx: &SessionContext,
+    models: &[Model],
+    params: &ParamValues,
+) -> Result<DataFrame> {
+    let mut last = None;
+    for (i, model) in models.iter().enumerate() {
+        let df = ctx
+            .sql(&model.sql)
+            .await
+            .and_then(|df| df.with_param_values(params.clone()))
+            .map_err(|e| model_error(model, e))?;
+        if i + 1 == models.len() {
+            last = Some(df);
+        } else {
+            ctx.register_table(model.name.as_str(), df.into_view())
+                .map_err(|e| model_error(model, e))?;
+        }
+    }
+    Ok(last.expect("load() never returns an empty chain"))
+}
+
+/// Removes the chain's views so it can be planned again in the same session.
+pub fn deregister_chain(ctx: &SessionContext, models: &[Model]) -> Result<()> {
+    for model in models {
+        ctx.deregister_table(model.name.as_str())?;
+    }
+    Ok(())
+}
+
+pub fn model_error(model: &Model, e: DataFusionError) -> Error {
+    let root = e.find_root();
+    let message = root.strip_backtrace().replace('\n', " ");
+    Error::config(format!("SQL model {}: {message}", model.origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_names_drop_the_order_prefix() {
+        assert_eq!(view_name("03_deduplicated.sql"), "deduplicated");
+        assert_eq!(view_name("normalized.sql"), "normalized");
+    }
+
+    #[test]
+    fn overrides_replace_and_extend_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("clean")).unwrap();
+        std::fs::write(dir.path().join("clean/03_deduplicated.sql"), "SELECT 1").unwrap();
+        std::fs::write(dir.path().join("clean/05_extra.sql"), "SELECT 2").unwrap();
+        let chain = load("clean", Some(dir.path())).unwrap();
+        let names: Vec<&str> = chain.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["normalized", "candidates", "deduplicated", "sessionized", "extra"]
+        );
+        assert_eq!(chain[2].sql, "SELECT 1");
+        assert!(load("clean", Some(&dir.path().join("nope"))).is_err());
+    }
+}

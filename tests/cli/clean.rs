@@ -1,0 +1,231 @@
+//! `clicklake clean`: counts against the generator's own bookkeeping, incremental == full refresh,
+//! crash recovery, model overrides.
+
+use crate::both_backends;
+use crate::context::{stderr_of, Backend, TestContext};
+
+fn clean_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["clean", "--json"];
+    all.extend_from_slice(args);
+    let out = ctx.ok(&all);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("clean json: {e}: {out}"))
+}
+
+/// Every column of `events`, in a stable order, as CSV lines.
+fn dump_events(ctx: &TestContext) -> Vec<String> {
+    ctx.query("SELECT * FROM events ORDER BY event_id")
+}
+
+fn data_files(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn counts_match_the_generators_bookkeeping() {
+    let ctx = TestContext::new(Backend::Local);
+    let m = ctx.generate(
+        "gen",
+        &["--events", "20000", "--files", "4", "--dirty", "--seed", "7"],
+    );
+    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+    let s = clean_json(&ctx, &[]);
+    assert_eq!(s["mode"], "full");
+    assert_eq!(s["raw_rows_consumed"], m["valid_lines"]);
+    assert_eq!(s["events_written"], m["unique_events"]);
+    assert_eq!(s["exact_duplicates"], m["exact_duplicates"]);
+    assert_eq!(s["conflicting_duplicates"], m["conflicting_duplicates"]);
+    assert_eq!(s["sessions_touched"], m["sessions"]);
+
+    let n = |sql: &str| ctx.count(sql);
+    assert_eq!(n("SELECT count(*) FROM events"), m["unique_events"]);
+    assert_eq!(n("SELECT count(DISTINCT event_id) FROM events"), m["unique_events"]);
+    assert_eq!(n("SELECT count(DISTINCT session_key) FROM events"), m["sessions"]);
+    assert_eq!(
+        n("SELECT count(DISTINCT session_key) FROM events WHERE session_source = 'client'"),
+        m["sessions_with_client_id"]
+    );
+    assert_eq!(
+        n("SELECT count(DISTINCT session_key) FROM events WHERE session_source = 'derived'"),
+        m["sessions_without_client_id"]
+    );
+    assert_eq!(n("SELECT count(DISTINCT user_id) FROM events"), m["registered_users"]);
+    assert_eq!(n("SELECT count(DISTINCT anonymous_id) FROM events"), m["anonymous_ids"]);
+    // Every event of a visitor who ever logged in carries the stitched id.
+    assert_eq!(
+        n("SELECT count(*) FROM events WHERE user_id IS NOT NULL AND stitched_user_id IS NULL"),
+        0
+    );
+    assert_eq!(
+        n("SELECT count(DISTINCT anonymous_id) FROM events WHERE stitched_user_id IS NOT NULL \
+           AND anonymous_id IN (SELECT anonymous_id FROM events WHERE user_id IS NULL)"),
+        n("SELECT count(DISTINCT anonymous_id) FROM events WHERE user_id IS NOT NULL \
+           AND anonymous_id IN (SELECT anonymous_id FROM events WHERE user_id IS NULL)")
+    );
+    // Orders: one purchase event per generated order.
+    assert_eq!(
+        n("SELECT count(DISTINCT order_id) FROM events WHERE event_type = 'purchase'"),
+        m["orders"]
+    );
+
+    let per_day = ctx.query(
+        "SELECT CAST(event_date AS VARCHAR), count(*) FROM events GROUP BY 1 ORDER BY 1",
+    );
+    let expected: Vec<String> = m["events_per_day"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(d, c)| format!("{d},{c}"))
+        .collect();
+    assert_eq!(per_day, expected);
+
+    // Normalisation rules.
+    assert_eq!(
+        n("SELECT count(*) FROM events WHERE event_type <> lower(trim(event_type)) \
+           OR currency <> upper(currency) OR brand = '' OR category_l1 IS NULL AND category IS NOT NULL"),
+        0
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT DISTINCT category, category_l1, category_l2, category_l3 FROM events \
+             WHERE category = 'electronics/audio/headphones'"
+        ),
+        ["electronics/audio/headphones,electronics,audio,headphones"]
+    );
+
+    // Nothing new: no rewrite, and it says so.
+    let again = ctx.ok(&["clean"]);
+    assert!(again.contains("nothing new to clean"), "{again}");
+    let s2 = clean_json(&ctx, &[]);
+    assert_eq!(s2["mode"], "up_to_date");
+    assert_eq!(s2["events_version"], s["events_version"]);
+}
+
+both_backends!(incremental_equals_full_refresh, |backend: Backend| {
+    let ctx = TestContext::new(backend);
+    let m = ctx.generate(
+        "gen",
+        &["--events", "6000", "--files", "10", "--dirty", "--seed", "11", "--days", "3"],
+    );
+    let files = data_files(&ctx.path("gen"));
+    // Shuffled delivery in small batches: late files first, so resends and late events arrive
+    // before (and after) the rows they duplicate.
+    let order = [7usize, 2, 9, 0, 5, 3, 8, 1, 6, 4];
+    let mut exact = 0u64;
+    let mut conflicting = 0u64;
+    for pair in order.chunks(2) {
+        let batch: Vec<&str> = pair.iter().map(|i| files[*i].as_str()).collect();
+        ctx.ingest_json(&batch);
+        let s = clean_json(&ctx, &[]);
+        let expected_mode = if pair[0] == order[0] { "full" } else { "incremental" };
+        assert_eq!(s["mode"], expected_mode, "{s}");
+        exact += s["exact_duplicates"].as_u64().unwrap();
+        conflicting += s["conflicting_duplicates"].as_u64().unwrap();
+    }
+    assert_eq!(exact, m["exact_duplicates"].as_u64().unwrap());
+    assert_eq!(conflicting, m["conflicting_duplicates"].as_u64().unwrap());
+    let incremental = dump_events(&ctx);
+    assert_eq!(incremental.len() as u64, m["unique_events"].as_u64().unwrap());
+
+    let full = clean_json(&ctx, &["--full-refresh"]);
+    assert_eq!(full["mode"], "full");
+    assert_eq!(full["exact_duplicates"], m["exact_duplicates"]);
+    let refreshed = dump_events(&ctx);
+    assert_eq!(incremental.len(), refreshed.len());
+    for (a, b) in incremental.iter().zip(&refreshed) {
+        assert_eq!(a, b, "incremental and full refresh differ");
+    }
+});
+
+#[test]
+fn a_crash_before_the_commit_changes_nothing_and_the_rerun_completes() {
+    let ctx = TestContext::new(Backend::Local);
+    let m = ctx.generate(
+        "gen",
+        &["--events", "4000", "--files", "4", "--dirty", "--seed", "3"],
+    );
+    let files = data_files(&ctx.path("gen"));
+    ctx.ingest_json(&[files[0].as_str(), files[1].as_str()]);
+    clean_json(&ctx, &[]);
+    let before = dump_events(&ctx);
+    ctx.ingest_json(&[files[2].as_str(), files[3].as_str()]);
+
+    for point in ["clean-after-data-files"] {
+        let out = ctx
+            .cmd()
+            .env("CLICKLAKE_FAULT", point)
+            .args(["clean"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the fault point {point} must abort");
+        assert_eq!(dump_events(&ctx), before, "a crashed clean must not be visible");
+    }
+    let s = clean_json(&ctx, &[]);
+    assert_eq!(s["mode"], "incremental");
+    assert_eq!(ctx.count("SELECT count(*) FROM events"), m["unique_events"]);
+    let incremental = dump_events(&ctx);
+    clean_json(&ctx, &["--full-refresh"]);
+    assert_eq!(dump_events(&ctx), incremental);
+}
+
+#[test]
+fn a_crash_after_the_commit_is_a_finished_run() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "2000", "--files", "2", "--seed", "5"]);
+    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+    let out = ctx
+        .cmd()
+        .env("CLICKLAKE_FAULT", "clean-after-commit")
+        .args(["clean"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let s = clean_json(&ctx, &[]);
+    assert_eq!(s["mode"], "up_to_date", "{s}");
+}
+
+#[test]
+fn a_broken_model_override_is_a_config_error_naming_the_file() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "200", "--files", "1"]);
+    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+    let dir = ctx.path("models/clean");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("03_deduplicated.sql"),
+        "SELECT * FROM candidates WHERE no_such_column = 1",
+    )
+    .unwrap();
+    let out = ctx.run(&["clean", "--sql-dir", ctx.path("models").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("03_deduplicated.sql"), "{err}");
+    assert!(err.contains("no_such_column"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A working override changes the result: a user-defined rule without recompiling.
+    std::fs::write(
+        dir.join("03_deduplicated.sql"),
+        "SELECT *, 0 AS _exact_resends, 0 AS _conflicting_resends FROM candidates \
+         WHERE event_type <> 'page_view'",
+    )
+    .unwrap();
+    ctx.ok(&["clean", "--sql-dir", ctx.path("models").to_str().unwrap()]);
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM events WHERE event_type = 'page_view'"),
+        0
+    );
+}
+
+#[test]
+fn clean_before_any_ingest_says_there_is_nothing() {
+    let ctx = TestContext::new(Backend::Local);
+    let out = ctx.ok(&["clean"]);
+    assert!(out.contains("raw_events does not exist yet"), "{out}");
+}
