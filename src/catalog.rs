@@ -219,7 +219,9 @@ pub fn session(memory_limit: u64) -> Result<SessionContext> {
                 .map(|n| n.get())
                 .unwrap_or(2),
         )
-        .set_bool("datafusion.execution.parquet.pushdown_filters", true);
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        // Long generated predicates (and analysts' long CASE chains) nest deeper than 50.
+        .set_usize("datafusion.sql_parser.recursion_limit", 1024);
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 

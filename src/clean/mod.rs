@@ -24,7 +24,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
@@ -67,9 +67,11 @@ pub struct CleanSummary {
     pub visitors_touched: u64,
     /// Rows the models produced: every event of a touched visitor.
     pub events_recomputed: u64,
-    /// Rows of untouched visitors copied unchanged because they shared a rewritten file.
+    /// Recomputed rows that are new or differ from their current version (all on a full refresh).
+    pub events_changed: u64,
+    /// Unchanged rows copied because they shared a file with a superseded row.
     pub events_copied: u64,
-    /// recomputed + copied.
+    /// changed + copied.
     pub events_written: u64,
     pub events_total: Option<u64>,
     pub exact_duplicates: u64,
@@ -145,7 +147,7 @@ pub async fn run(
 
     let marker = Transaction::new(CONSUMED_APP_ID, raw_version);
     let mut removes: Vec<Action> = Vec::new();
-    let mut kept: Option<DataFrame> = None;
+    let mut compare = false;
     match &plan {
         Plan::Full(reason) => {
             summary.mode = "full";
@@ -208,42 +210,50 @@ pub async fn run(
             if files.is_empty() {
                 ctx.register_table("events_carried", empty_events()?)?;
             } else {
-                let reread = events.table_provider().with_file_paths(files.clone()).await?;
+                let reread = events
+                    .table_provider()
+                    .with_file_paths(files)
+                    .with_file_column(FILE_COLUMN)
+                    .await?;
                 ctx.register_table("events_reread", reread)?;
-                let carried = ctx
+                let current = ctx
                     .sql(
                         "SELECT * FROM events_reread \
                          WHERE anonymous_id IN (SELECT anonymous_id FROM touched_visitors)",
                     )
                     .await?;
+                ctx.register_table("current_touched", current.into_view())?;
+                let carried = ctx
+                    .sql(&format!(
+                        "SELECT * EXCEPT ({FILE_COLUMN}) FROM current_touched"
+                    ))
+                    .await?;
                 ctx.register_table("events_carried", carried.into_view())?;
-                kept = Some(
-                    ctx.sql(
-                        "SELECT * FROM events_reread \
-                         WHERE anonymous_id NOT IN (SELECT anonymous_id FROM touched_visitors)",
-                    )
-                    .await?,
-                );
-                let wanted: HashSet<String> = files.iter().map(|f| file_id_suffix(f)).collect();
-                for f in events.snapshot()?.log_data().iter() {
-                    if wanted.contains(&f.path().to_string()) {
-                        removes.push(Action::Remove(f.remove_action(true)));
-                    }
-                }
-                if removes.len() != files.len() {
-                    return Err(Error::runtime(format!(
-                        "events: matched {} of the {} files to rewrite in the table log",
-                        removes.len(),
-                        files.len()
-                    )));
-                }
+                compare = true;
             }
         }
     }
-    summary.files_removed = removes.len() as u64;
     let _ = ctx.deregister_table("events_current");
 
-    let output = models::plan_chain(&ctx, &models[1..], &params).await?;
+    let mut output = models::plan_chain(&ctx, &models[1..], &params).await?;
+    if compare {
+        // Only rows that are new or differ from their current version are written; the files
+        // holding a superseded version are rewritten without it.
+        ctx.register_table("recomputed", output.into_view())?;
+        let same: Vec<String> = (EVENTS.schema)()
+            .fields()
+            .iter()
+            .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
+            .collect();
+        output = ctx
+            .sql(&format!(
+                "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, \
+                 (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({})) AS __changed \
+                 FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
+                same.join(" AND ")
+            ))
+            .await?;
+    }
     let target = (EVENTS.schema)();
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let mut writer = delta::writer(&events, props, cfg.ingest.target_file_size)?;
@@ -257,11 +267,14 @@ pub async fn run(
         flush_at,
         target: target.clone(),
     };
+    let mut superseded: HashSet<String> = HashSet::new();
+    let mut changed_ids: Vec<String> = Vec::new();
     let mut stream = output.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
         summary.conflicting_duplicates += sum_column(&batch, "_conflicting_resends")?;
+        let ids = catalog::strings(batch.column_by_name("event_id").expect("event_id"))?;
         if let Some(keys) = batch.column_by_name("session_key") {
             for k in catalog::strings(keys)?.into_iter().flatten() {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -269,24 +282,78 @@ pub async fn run(
                 sessions.insert(h.finish());
             }
         }
-        summary.events_recomputed += batch.num_rows() as u64;
+        summary.events_recomputed += ids.iter().filter(|i| i.is_some()).count() as u64;
+        let batch = match batch.column_by_name("__changed") {
+            None => batch,
+            Some(changed) => {
+                let changed = changed
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .expect("__changed is boolean")
+                    .clone();
+                let old_files =
+                    catalog::strings(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
+                let mut write_mask = Vec::with_capacity(batch.num_rows());
+                for (i, id) in ids.iter().enumerate() {
+                    let is_changed = changed.is_valid(i) && changed.value(i);
+                    if is_changed {
+                        if let Some(f) = &old_files[i] {
+                            superseded.insert(f.clone());
+                            if let Some(id) = id {
+                                changed_ids.push(id.clone());
+                            }
+                        }
+                    }
+                    write_mask.push(is_changed && id.is_some());
+                }
+                arrow::compute::filter_record_batch(&batch, &BooleanArray::from(write_mask))?
+            }
+        };
+        summary.events_changed += batch.num_rows() as u64;
         write.write(&batch).await?;
         progress.set_message(format!("{} events recomputed", summary.events_recomputed));
     }
-    if let Some(kept) = kept {
+    if !superseded.is_empty() {
+        let files: Vec<String> = superseded.iter().cloned().collect();
+        let rewrite = events.table_provider().with_file_paths(files).await?;
+        ctx.register_table("events_rewrite", rewrite)?;
+        ctx.register_table(
+            "changed_events",
+            Arc::new(string_table("event_id", std::mem::take(&mut changed_ids))?),
+        )?;
+        let kept = ctx
+            .sql(
+                "SELECT * FROM events_rewrite \
+                 WHERE event_id NOT IN (SELECT event_id FROM changed_events)",
+            )
+            .await?;
         let mut stream = kept.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             summary.events_copied += batch.num_rows() as u64;
             write.write(&batch).await?;
         }
+        let wanted: HashSet<String> = superseded.iter().map(|f| file_id_suffix(f)).collect();
+        for f in events.snapshot()?.log_data().iter() {
+            if wanted.contains(&f.path().to_string()) {
+                removes.push(Action::Remove(f.remove_action(true)));
+            }
+        }
+        if removes.len() != superseded.len() {
+            return Err(Error::runtime(format!(
+                "events: matched {} of the {} files to rewrite in the table log",
+                removes.len(),
+                superseded.len()
+            )));
+        }
     }
+    summary.files_removed = removes.len() as u64;
     adds.extend(writer.flush().await?);
     fault("clean-after-data-files");
 
     // Raw rows consumed: a count over the same files (answered from file statistics).
     summary.raw_rows_consumed = count_of(ctx.sql("SELECT count(*) FROM raw_input").await?).await?;
-    summary.events_written = summary.events_recomputed + summary.events_copied;
+    summary.events_written = summary.events_changed + summary.events_copied;
     summary.sessions_touched = sessions.len() as u64;
     summary.files_added = adds.len() as u64;
     summary.bytes_written = adds.iter().map(|a| a.size as u64).sum();

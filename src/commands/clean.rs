@@ -58,9 +58,10 @@ pub fn render(s: &CleanSummary) -> String {
         ));
     }
     out.push_str(&format!(
-        "  events        {} written ({} recomputed, {} copied unchanged){}\n",
-        s.events_written,
+        "  events        {} recomputed, {} written ({} new or changed, {} copied unchanged){}\n",
         s.events_recomputed,
+        s.events_written,
+        s.events_changed,
         s.events_copied,
         s.events_total
             .map(|t| format!("; {t} in the table"))
