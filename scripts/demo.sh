@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The main job on a local lake with generated sample data: generate dirty clickstream, ingest it,
-# show the tables, and run a query. Safe to re-run (ingest is exactly-once per file).
+# clean it into events, show the tables, and run queries. Safe to re-run (ingest is exactly-once per file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clicklake-target}"
-cargo build --locked --quiet
+# Build the way the tests do (same feature set), so the demo and the tests share one build.
+cargo test --locked --no-run --quiet
 bin="$CARGO_TARGET_DIR/debug/clicklake"
 lake="${CLICKLAKE_LAKE:-./demo/lake}"
 data=./demo/inbox
 
 "$bin" generate --events 100000 --files 4 --dirty --seed 42 --out "$data"
 "$bin" --lake "$lake" ingest "$data"
+"$bin" --lake "$lake" clean
 "$bin" --lake "$lake" tables
 echo
 echo "The tables are Delta tables under $lake. Try:"
@@ -18,3 +20,4 @@ query="SELECT event_date, segment, count(*) AS events FROM raw_events GROUP BY 1
 echo "  $bin --lake $lake sql -c \"$query\""
 "$bin" --lake "$lake" sql -c "$query"
 "$bin" --lake "$lake" sql -c "SELECT reason, count(*) AS lines FROM quarantine GROUP BY 1 ORDER BY 2 DESC"
+"$bin" --lake "$lake" sql -c "SELECT session_source, count(DISTINCT session_key) AS sessions, count(*) AS events FROM events GROUP BY 1"

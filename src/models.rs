@@ -6,6 +6,10 @@
 //! numeric prefix, so later models read earlier ones by name, like dbt's `ref()`. The last model is
 //! the one materialised. Values such as the session gap are bound parameters (`$session_gap_us`),
 //! never spliced into the text.
+//!
+//! A model whose text starts with the line `-- materialized: memory` is computed once and kept in
+//! memory instead of being inlined wherever it is referenced (dbt's `materialized='table'`, for
+//! small intermediate results such as the list of duplicated events).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,23 +30,25 @@ pub struct Model {
     pub sql: String,
 }
 
+impl Model {
+    /// True when the model asks to be computed once and kept in memory.
+    pub fn in_memory(&self) -> bool {
+        self.sql
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .is_some_and(|l| l.replace(' ', "") == "--materialized:memory")
+    }
+}
+
 const CLEAN: &[(&str, &str)] = &[
-    (
-        "01_normalized.sql",
-        include_str!("../sql/clean/01_normalized.sql"),
-    ),
-    (
-        "02_candidates.sql",
-        include_str!("../sql/clean/02_candidates.sql"),
-    ),
-    (
-        "03_deduplicated.sql",
-        include_str!("../sql/clean/03_deduplicated.sql"),
-    ),
-    (
-        "04_sessionized.sql",
-        include_str!("../sql/clean/04_sessionized.sql"),
-    ),
+    ("01_normalized.sql", include_str!("../sql/clean/01_normalized.sql")),
+    ("02_candidates.sql", include_str!("../sql/clean/02_candidates.sql")),
+    ("03_duplicates.sql", include_str!("../sql/clean/03_duplicates.sql")),
+    ("04_deduplicated.sql", include_str!("../sql/clean/04_deduplicated.sql")),
+    ("05_derived_sessions.sql", include_str!("../sql/clean/05_derived_sessions.sql")),
+    ("06_identities.sql", include_str!("../sql/clean/06_identities.sql")),
+    ("07_sessionized.sql", include_str!("../sql/clean/07_sessionized.sql")),
 ];
 
 /// The embedded models of a layer.
@@ -124,6 +130,16 @@ pub async fn plan_chain(
             .map_err(|e| model_error(model, e))?;
         if i + 1 == models.len() {
             last = Some(df);
+        } else if model.in_memory() {
+            let schema = df.schema().inner().clone();
+            let batches = df.collect().await.map_err(|e| {
+                let root = e.find_root().strip_backtrace().replace('\n', " ");
+                Error::runtime(format!("SQL model {}: {root}", model.origin))
+            })?;
+            let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+                .map_err(|e| model_error(model, e))?;
+            ctx.register_table(model.name.as_str(), std::sync::Arc::new(table))
+                .map_err(|e| model_error(model, e))?;
         } else {
             ctx.register_table(model.name.as_str(), df.into_view())
                 .map_err(|e| model_error(model, e))?;
@@ -160,15 +176,25 @@ mod tests {
     fn overrides_replace_and_extend_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("clean")).unwrap();
-        std::fs::write(dir.path().join("clean/03_deduplicated.sql"), "SELECT 1").unwrap();
-        std::fs::write(dir.path().join("clean/05_extra.sql"), "SELECT 2").unwrap();
+        std::fs::write(dir.path().join("clean/04_deduplicated.sql"), "SELECT 1").unwrap();
+        std::fs::write(dir.path().join("clean/08_extra.sql"), "SELECT 2").unwrap();
         let chain = load("clean", Some(dir.path())).unwrap();
         let names: Vec<&str> = chain.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["normalized", "candidates", "deduplicated", "sessionized", "extra"]
+            [
+                "normalized",
+                "candidates",
+                "duplicates",
+                "deduplicated",
+                "derived_sessions",
+                "identities",
+                "sessionized",
+                "extra"
+            ]
         );
-        assert_eq!(chain[2].sql, "SELECT 1");
+        assert_eq!(chain[3].sql, "SELECT 1");
+        assert!(chain[2].in_memory() && !chain[3].in_memory());
         assert!(load("clean", Some(&dir.path().join("nope"))).is_err());
     }
 }

@@ -198,20 +198,20 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
     let dir = ctx.path("models/clean");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
-        dir.join("03_deduplicated.sql"),
+        dir.join("04_deduplicated.sql"),
         "SELECT * FROM candidates WHERE no_such_column = 1",
     )
     .unwrap();
     let out = ctx.run(&["clean", "--sql-dir", ctx.path("models").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     let err = stderr_of(&out);
-    assert!(err.contains("03_deduplicated.sql"), "{err}");
+    assert!(err.contains("04_deduplicated.sql"), "{err}");
     assert!(err.contains("no_such_column"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // A working override changes the result: a user-defined rule without recompiling.
     std::fs::write(
-        dir.join("03_deduplicated.sql"),
+        dir.join("04_deduplicated.sql"),
         "SELECT *, 0 AS _exact_resends, 0 AS _conflicting_resends FROM candidates \
          WHERE event_type <> 'page_view'",
     )
