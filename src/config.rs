@@ -197,7 +197,9 @@ impl Config {
 
 fn merge_clean(file: FileClean) -> Result<CleanConfig> {
     let session_gap = match &file.session_gap {
-        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("clean.session_gap: {e}")))?,
+        Some(v) => {
+            parse_duration(v).map_err(|e| Error::config(format!("clean.session_gap: {e}")))?
+        }
         None => Duration::from_secs(30 * 60),
     };
     if session_gap.is_zero() {

@@ -22,15 +22,31 @@ use deltalake::DeltaTable;
 
 use crate::error::{Error, Result};
 
+/// Columns that are (nearly) unique per row in every table that has them.
+const HIGH_CARDINALITY: &[&str] = &[
+    "event_id",
+    "event_time",
+    "received_at",
+    "line_number",
+    "properties",
+    "page_url",
+    "raw",
+    "detail",
+];
+
 /// Parquet settings for every file clicklake writes: zstd, large row groups, statistics on.
 pub fn writer_properties(zstd_level: i32, row_group_rows: usize) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(zstd_level)
         .map_err(|e| Error::config(format!("zstd level {zstd_level}: {e}")))?;
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(row_group_rows))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .build())
+        .set_statistics_enabled(EnabledStatistics::Page);
+    // Near-unique columns gain nothing from a dictionary and cost a hash per value to try one.
+    for column in HIGH_CARDINALITY {
+        builder = builder.set_column_dictionary_enabled((*column).into(), false);
+    }
+    Ok(builder.build())
 }
 
 /// A streaming writer for `table`, rolling files at `target_file_size`.

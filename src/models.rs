@@ -42,13 +42,34 @@ impl Model {
 }
 
 const CLEAN: &[(&str, &str)] = &[
-    ("01_normalized.sql", include_str!("../sql/clean/01_normalized.sql")),
-    ("02_candidates.sql", include_str!("../sql/clean/02_candidates.sql")),
-    ("03_duplicates.sql", include_str!("../sql/clean/03_duplicates.sql")),
-    ("04_deduplicated.sql", include_str!("../sql/clean/04_deduplicated.sql")),
-    ("05_derived_sessions.sql", include_str!("../sql/clean/05_derived_sessions.sql")),
-    ("06_identities.sql", include_str!("../sql/clean/06_identities.sql")),
-    ("07_sessionized.sql", include_str!("../sql/clean/07_sessionized.sql")),
+    (
+        "01_normalized.sql",
+        include_str!("../sql/clean/01_normalized.sql"),
+    ),
+    (
+        "02_candidates.sql",
+        include_str!("../sql/clean/02_candidates.sql"),
+    ),
+    (
+        "03_duplicates.sql",
+        include_str!("../sql/clean/03_duplicates.sql"),
+    ),
+    (
+        "04_deduplicated.sql",
+        include_str!("../sql/clean/04_deduplicated.sql"),
+    ),
+    (
+        "05_derived_sessions.sql",
+        include_str!("../sql/clean/05_derived_sessions.sql"),
+    ),
+    (
+        "06_identities.sql",
+        include_str!("../sql/clean/06_identities.sql"),
+    ),
+    (
+        "07_sessionized.sql",
+        include_str!("../sql/clean/07_sessionized.sql"),
+    ),
 ];
 
 /// The embedded models of a layer.

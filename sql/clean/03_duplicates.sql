@@ -18,11 +18,11 @@ WITH repeated AS (
 
 copies AS (
     SELECT
-        event_id,
-        received_at,
-        source_file,
-        line_number,
-        batch_id,
+        c.event_id,
+        c.received_at,
+        c.source_file,
+        c.line_number,
+        c.batch_id,
         md5(concat_ws(chr(31),
             coalesce(CAST(event_time AS VARCHAR), chr(0)),
             coalesce(event_type, chr(0)),
@@ -46,8 +46,9 @@ copies AS (
             coalesce(ip, chr(0)),
             coalesce(properties, chr(0))
         )) AS payload_sig
-    FROM candidates
-    WHERE event_id IN (SELECT event_id FROM repeated)
+    -- The small side first: hash joins build on their left input and stream the right one.
+    FROM repeated r
+    JOIN candidates c USING (event_id)
 ),
 
 ranked AS (

@@ -6,8 +6,9 @@ SELECT
     c.*,
     coalesce(d.exact_resends, 0) AS _exact_resends,
     coalesce(d.conflicting_resends, 0) AS _conflicting_resends
-FROM candidates c
-LEFT JOIN duplicates d
+-- The small side first: hash joins build on their left input and stream the right one.
+FROM duplicates d
+RIGHT JOIN candidates c
     ON c.event_id = d.event_id
     AND c.source_file = d.source_file
     AND c.line_number = d.line_number

@@ -49,6 +49,10 @@ SELECT
     d.segment,
     d._exact_resends,
     d._conflicting_resends
-FROM deduplicated d
-LEFT JOIN derived_sessions s ON d.event_id = s.event_id
-LEFT JOIN identities i ON d.anonymous_id = i.anonymous_id
+-- The small sides first: hash joins build on their left input and stream the right one, so the
+-- wide event stream is never held in memory.
+FROM identities i
+RIGHT JOIN (
+    derived_sessions s
+    RIGHT JOIN deduplicated d ON d.event_id = s.event_id
+) ON d.anonymous_id = i.anonymous_id

@@ -187,13 +187,17 @@ pub async fn run(
             register_first(&ctx, &models[0], &params).await?;
             ctx.register_table(
                 "events_current",
-                events.table_provider().with_file_column(FILE_COLUMN).await?,
+                events
+                    .table_provider()
+                    .with_file_column(FILE_COLUMN)
+                    .await?,
             )?;
             let touched = collect_strings(
                 &ctx,
                 "SELECT DISTINCT anonymous_id FROM normalized \
-                 UNION SELECT anonymous_id FROM events_current \
-                 WHERE event_id IN (SELECT event_id FROM normalized)",
+                 UNION SELECT e.anonymous_id \
+                 FROM (SELECT DISTINCT event_id FROM normalized) n \
+                 JOIN events_current e ON e.event_id = n.event_id",
             )
             .await?;
             summary.visitors_touched = touched.len() as u64;
@@ -202,8 +206,8 @@ pub async fn run(
             let files = collect_strings(
                 &ctx,
                 &format!(
-                    "SELECT DISTINCT CAST({FILE_COLUMN} AS VARCHAR) FROM events_current \
-                     WHERE anonymous_id IN (SELECT anonymous_id FROM touched_visitors)"
+                    "SELECT DISTINCT CAST(e.{FILE_COLUMN} AS VARCHAR) \
+                     FROM touched_visitors t JOIN events_current e ON e.anonymous_id = t.anonymous_id"
                 ),
             )
             .await?;
@@ -218,8 +222,8 @@ pub async fn run(
                 ctx.register_table("events_reread", reread)?;
                 let current = ctx
                     .sql(
-                        "SELECT * FROM events_reread \
-                         WHERE anonymous_id IN (SELECT anonymous_id FROM touched_visitors)",
+                        "SELECT e.* FROM touched_visitors t \
+                         JOIN events_reread e ON e.anonymous_id = t.anonymous_id",
                     )
                     .await?;
                 ctx.register_table("current_touched", current.into_view())?;
@@ -317,19 +321,18 @@ pub async fn run(
         let files: Vec<String> = superseded.iter().cloned().collect();
         let rewrite = events.table_provider().with_file_paths(files).await?;
         ctx.register_table("events_rewrite", rewrite)?;
-        ctx.register_table(
-            "changed_events",
-            Arc::new(string_table("event_id", std::mem::take(&mut changed_ids))?),
-        )?;
-        let kept = ctx
-            .sql(
-                "SELECT * FROM events_rewrite \
-                 WHERE event_id NOT IN (SELECT event_id FROM changed_events)",
-            )
-            .await?;
-        let mut stream = kept.execute_stream().await?;
+        // Copy every row of those files except the superseded versions (a small set, checked
+        // here rather than with an anti join, which would hold the files' rows in memory).
+        let changed: HashSet<String> = std::mem::take(&mut changed_ids).into_iter().collect();
+        let mut stream = ctx.table("events_rewrite").await?.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
+            let ids = catalog::strings(batch.column_by_name("event_id").expect("event_id"))?;
+            let keep: BooleanArray = ids
+                .iter()
+                .map(|id| Some(!id.as_ref().is_some_and(|id| changed.contains(id))))
+                .collect();
+            let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
             summary.events_copied += batch.num_rows() as u64;
             write.write(&batch).await?;
         }
@@ -450,7 +453,10 @@ fn string_table(column: &str, values: Vec<String>) -> Result<MemTable> {
 }
 
 fn empty_events() -> Result<Arc<MemTable>> {
-    Ok(Arc::new(MemTable::try_new((EVENTS.schema)(), vec![vec![]])?))
+    Ok(Arc::new(MemTable::try_new(
+        (EVENTS.schema)(),
+        vec![vec![]],
+    )?))
 }
 
 async fn collect_strings(ctx: &SessionContext, sql: &str) -> Result<Vec<String>> {
@@ -467,7 +473,10 @@ async fn count_of(df: DataFrame) -> Result<u64> {
     let mut n = 0u64;
     for b in batches {
         let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64)?;
-        let c = c.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+        let c = c
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64");
         n += c.iter().flatten().sum::<i64>() as u64;
     }
     Ok(n)
@@ -478,7 +487,10 @@ fn sum_column(batch: &RecordBatch, name: &str) -> Result<u64> {
         return Ok(0);
     };
     let c = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64)?;
-    let c = c.as_any().downcast_ref::<Int64Array>().expect("cast to Int64");
+    let c = c
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("cast to Int64");
     Ok(c.iter().flatten().sum::<i64>().max(0) as u64)
 }
 
@@ -594,13 +606,20 @@ mod tests {
                 field.name()
             );
         }
-        assert!(df.collect().await.unwrap().iter().all(|b| b.num_rows() == 0));
+        assert!(df
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.num_rows() == 0));
     }
 
     #[test]
     fn file_ids_map_to_table_relative_paths() {
         assert_eq!(
-            file_id_suffix("s3://lake/prod/events/event_date=2026-01-05/segment=a%20b/part-1.parquet"),
+            file_id_suffix(
+                "s3://lake/prod/events/event_date=2026-01-05/segment=a%20b/part-1.parquet"
+            ),
             "event_date=2026-01-05/segment=a b/part-1.parquet"
         );
         assert_eq!(

@@ -50,7 +50,10 @@ pub fn render(s: &CleanSummary) -> String {
     if let Some(reason) = &s.full_refresh_reason {
         out.push_str(&format!("  full refresh  {reason}\n"));
     }
-    out.push_str(&format!("  raw rows      {} consumed\n", s.raw_rows_consumed));
+    out.push_str(&format!(
+        "  raw rows      {} consumed\n",
+        s.raw_rows_consumed
+    ));
     if s.mode == "incremental" {
         out.push_str(&format!(
             "  visitors      {} touched (their whole history recomputed)\n",

@@ -32,7 +32,9 @@ fn counts_match_the_generators_bookkeeping() {
     let ctx = TestContext::new(Backend::Local);
     let m = ctx.generate(
         "gen",
-        &["--events", "20000", "--files", "4", "--dirty", "--seed", "7"],
+        &[
+            "--events", "20000", "--files", "4", "--dirty", "--seed", "7",
+        ],
     );
     ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
     let s = clean_json(&ctx, &[]);
@@ -45,8 +47,14 @@ fn counts_match_the_generators_bookkeeping() {
 
     let n = |sql: &str| ctx.count(sql);
     assert_eq!(n("SELECT count(*) FROM events"), m["unique_events"]);
-    assert_eq!(n("SELECT count(DISTINCT event_id) FROM events"), m["unique_events"]);
-    assert_eq!(n("SELECT count(DISTINCT session_key) FROM events"), m["sessions"]);
+    assert_eq!(
+        n("SELECT count(DISTINCT event_id) FROM events"),
+        m["unique_events"]
+    );
+    assert_eq!(
+        n("SELECT count(DISTINCT session_key) FROM events"),
+        m["sessions"]
+    );
     assert_eq!(
         n("SELECT count(DISTINCT session_key) FROM events WHERE session_source = 'client'"),
         m["sessions_with_client_id"]
@@ -55,18 +63,28 @@ fn counts_match_the_generators_bookkeeping() {
         n("SELECT count(DISTINCT session_key) FROM events WHERE session_source = 'derived'"),
         m["sessions_without_client_id"]
     );
-    assert_eq!(n("SELECT count(DISTINCT user_id) FROM events"), m["registered_users"]);
-    assert_eq!(n("SELECT count(DISTINCT anonymous_id) FROM events"), m["anonymous_ids"]);
+    assert_eq!(
+        n("SELECT count(DISTINCT user_id) FROM events"),
+        m["registered_users"]
+    );
+    assert_eq!(
+        n("SELECT count(DISTINCT anonymous_id) FROM events"),
+        m["anonymous_ids"]
+    );
     // Every event of a visitor who ever logged in carries the stitched id.
     assert_eq!(
         n("SELECT count(*) FROM events WHERE user_id IS NOT NULL AND stitched_user_id IS NULL"),
         0
     );
     assert_eq!(
-        n("SELECT count(DISTINCT anonymous_id) FROM events WHERE stitched_user_id IS NOT NULL \
-           AND anonymous_id IN (SELECT anonymous_id FROM events WHERE user_id IS NULL)"),
-        n("SELECT count(DISTINCT anonymous_id) FROM events WHERE user_id IS NOT NULL \
-           AND anonymous_id IN (SELECT anonymous_id FROM events WHERE user_id IS NULL)")
+        n(
+            "SELECT count(DISTINCT anonymous_id) FROM events WHERE stitched_user_id IS NOT NULL \
+           AND anonymous_id IN (SELECT anonymous_id FROM events WHERE user_id IS NULL)"
+        ),
+        n(
+            "SELECT count(DISTINCT anonymous_id) FROM events WHERE user_id IS NOT NULL \
+           AND anonymous_id IN (SELECT anonymous_id FROM events WHERE user_id IS NULL)"
+        )
     );
     // Orders: one purchase event per generated order.
     assert_eq!(
@@ -74,9 +92,8 @@ fn counts_match_the_generators_bookkeeping() {
         m["orders"]
     );
 
-    let per_day = ctx.query(
-        "SELECT CAST(event_date AS VARCHAR), count(*) FROM events GROUP BY 1 ORDER BY 1",
-    );
+    let per_day =
+        ctx.query("SELECT CAST(event_date AS VARCHAR), count(*) FROM events GROUP BY 1 ORDER BY 1");
     let expected: Vec<String> = m["events_per_day"]
         .as_object()
         .unwrap()
@@ -111,7 +128,9 @@ both_backends!(incremental_equals_full_refresh, |backend: Backend| {
     let ctx = TestContext::new(backend);
     let m = ctx.generate(
         "gen",
-        &["--events", "6000", "--files", "10", "--dirty", "--seed", "11", "--days", "3"],
+        &[
+            "--events", "6000", "--files", "10", "--dirty", "--seed", "11", "--days", "3",
+        ],
     );
     let files = data_files(&ctx.path("gen"));
     // Shuffled delivery in small batches: late files first, so resends and late events arrive
@@ -123,7 +142,11 @@ both_backends!(incremental_equals_full_refresh, |backend: Backend| {
         let batch: Vec<&str> = pair.iter().map(|i| files[*i].as_str()).collect();
         ctx.ingest_json(&batch);
         let s = clean_json(&ctx, &[]);
-        let expected_mode = if pair[0] == order[0] { "full" } else { "incremental" };
+        let expected_mode = if pair[0] == order[0] {
+            "full"
+        } else {
+            "incremental"
+        };
         assert_eq!(s["mode"], expected_mode, "{s}");
         exact += s["exact_duplicates"].as_u64().unwrap();
         conflicting += s["conflicting_duplicates"].as_u64().unwrap();
@@ -131,7 +154,10 @@ both_backends!(incremental_equals_full_refresh, |backend: Backend| {
     assert_eq!(exact, m["exact_duplicates"].as_u64().unwrap());
     assert_eq!(conflicting, m["conflicting_duplicates"].as_u64().unwrap());
     let incremental = dump_events(&ctx);
-    assert_eq!(incremental.len() as u64, m["unique_events"].as_u64().unwrap());
+    assert_eq!(
+        incremental.len() as u64,
+        m["unique_events"].as_u64().unwrap()
+    );
 
     let full = clean_json(&ctx, &["--full-refresh"]);
     assert_eq!(full["mode"], "full");
@@ -164,7 +190,11 @@ fn a_crash_before_the_commit_changes_nothing_and_the_rerun_completes() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "the fault point {point} must abort");
-        assert_eq!(dump_events(&ctx), before, "a crashed clean must not be visible");
+        assert_eq!(
+            dump_events(&ctx),
+            before,
+            "a crashed clean must not be visible"
+        );
     }
     let s = clean_json(&ctx, &[]);
     assert_eq!(s["mode"], "incremental");
