@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks on a release build. Per size: generates dirty events once (cached under bench/data,
 # 100 files ordered by time), then per run on a fresh local lake:
-#   ingest      all files but the last                          (the backlog)
+#   ingest      all files but the newest ~1% of lines           (the backlog)
 #   clean-full  first clean of that backlog                     (= a full refresh)
-#   ingest-topup / clean-incr   the last file: new and late events plus resends (the cron tick)
+#   ingest-topup / clean-incr   the newest ~1%: new and late events plus resends (the cron tick)
 #   clean-refresh               clean --full-refresh of everything, for the incremental ratio
 # Each stage appends one JSON line to bench/results.jsonl (wall and CPU seconds, peak RSS,
 # rows/s, MB/s) and a table is printed at the end.
@@ -45,16 +45,25 @@ for n in $SIZES; do
   if [ ! -f "$data/_manifest.json" ]; then
     "$bin" generate --events "$n" --files 100 --dirty --seed 1 --out "$data" >&2
   fi
+  # The top-up is the newest files, about 1% of all lines: new sessions plus the late events and
+  # resends the generator routes to later files.
   mapfile -t files < <(ls "$data"/*.ndjson | sort)
-  backlog=("${files[@]:0:${#files[@]}-1}")
-  topup="${files[-1]}"
+  keep=$(wc -l "${files[@]}" | python3 -c '
+import sys
+counts = [int(l.split()[0]) for l in sys.stdin if not l.strip().endswith(" total")]
+total, acc, k = sum(counts), 0, len(counts)
+while k > 1 and acc < total / 100:
+    k -= 1; acc += counts[k]
+print(k)')
+  backlog=("${files[@]:0:keep}")
+  topup=("${files[@]:keep}")
   for run in $(seq 1 "$RUNS"); do
     lake=$(mktemp -d -p "${BENCH_TMP:-/tmp}")
     flags=(--lake "$lake/lake")
     [ -n "$MEMORY_LIMIT" ] && flags+=(--memory-limit "$MEMORY_LIMIT")
     stage ingest "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${backlog[@]}"
     stage clean-full "$n" "$run" -- "$bin" "${flags[@]}" clean --json
-    stage ingest-topup "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "$topup"
+    stage ingest-topup "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${topup[@]}"
     stage clean-incr "$n" "$run" -- "$bin" "${flags[@]}" clean --json
     stage clean-refresh "$n" "$run" -- "$bin" "${flags[@]}" clean --json --full-refresh
     rm -rf "$lake"

@@ -192,6 +192,9 @@ pub async fn run(
                     .with_file_column(FILE_COLUMN)
                     .await?,
             )?;
+            let (exact, conflicting) = settle_losing_resends(&ctx).await?;
+            summary.exact_duplicates += exact;
+            summary.conflicting_duplicates += conflicting;
             let touched = collect_strings(
                 &ctx,
                 "SELECT DISTINCT anonymous_id FROM normalized \
@@ -426,6 +429,88 @@ async fn added_files(
         }
     }
     Ok(Ok(paths))
+}
+
+/// Event fields that make up an event's payload (everything but received_at and lineage): two
+/// copies with equal payloads are an exact resend, otherwise a conflicting one.
+const PAYLOAD_COLUMNS: &[&str] = &[
+    "event_time",
+    "event_type",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "product_id",
+    "category",
+    "brand",
+    "price",
+    "quantity",
+    "currency",
+    "order_id",
+    "revenue",
+    "checkout_step",
+    "page_url",
+    "referrer",
+    "device",
+    "country",
+    "email",
+    "ip",
+    "properties",
+];
+
+/// Most new rows of a cron tick that repeat a known event_id are resends that lose to the row
+/// already in `events` (it arrived earlier). They change nothing but the duplicate counts, so
+/// they are counted here (exact or conflicting, against that row) and removed from `normalized`,
+/// and their visitors are not recomputed. An event_id is settled only when every new copy loses.
+async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
+    let earlier = "(c.received_at < n.received_at OR (c.received_at = n.received_at AND \
+        (c.source_file < n.source_file OR (c.source_file = n.source_file AND \
+        (c.line_number < n.line_number OR (c.line_number = n.line_number AND \
+        c.batch_id < n.batch_id))))))";
+    let same: Vec<String> = PAYLOAD_COLUMNS
+        .iter()
+        .map(|c| format!("(n.{c} IS NOT DISTINCT FROM c.{c})"))
+        .collect();
+    let sql = format!(
+        "WITH ids AS (SELECT DISTINCT event_id FROM normalized), \
+         current AS (SELECT e.* FROM ids k JOIN events_current e ON e.event_id = k.event_id), \
+         judged AS ( \
+             SELECT n.event_id, {earlier} AS loses, {same} AS exact \
+             FROM current c JOIN normalized n ON n.event_id = c.event_id), \
+         settled AS (SELECT event_id FROM judged GROUP BY event_id HAVING bool_and(loses)) \
+         SELECT j.event_id, j.exact FROM settled s JOIN judged j ON j.event_id = s.event_id",
+        same = same.join(" AND ")
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let (mut exact, mut conflicting) = (0u64, 0u64);
+    let mut ids: HashSet<String> = HashSet::new();
+    for b in &batches {
+        let flags = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .expect("boolean")
+            .clone();
+        for (i, id) in catalog::strings(b.column(0))?.into_iter().enumerate() {
+            if flags.is_valid(i) && flags.value(i) {
+                exact += 1;
+            } else {
+                conflicting += 1;
+            }
+            ids.extend(id);
+        }
+    }
+    if !ids.is_empty() {
+        ctx.register_table(
+            "settled_events",
+            Arc::new(string_table("event_id", ids.into_iter().collect())?),
+        )?;
+        let rest = ctx
+            .sql("SELECT * FROM normalized WHERE event_id NOT IN (SELECT event_id FROM settled_events)")
+            .await?;
+        ctx.deregister_table("normalized")?;
+        ctx.register_table("normalized", rest.into_view())?;
+    }
+    Ok((exact, conflicting))
 }
 
 /// Plans and registers the first model (normalisation of `raw_input`).
