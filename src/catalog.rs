@@ -207,6 +207,20 @@ pub async fn ensure_table(lake: &Lake, def: &TableDef) -> Result<DeltaTable> {
     }
 }
 
+/// A session for SQL models: joins keep the sides the model wrote (small side first, where hash
+/// joins build), instead of being swapped on statistics a Delta scan cannot always provide —
+/// a swap would hold the whole event stream in memory.
+pub fn model_session(memory_limit: u64) -> Result<SessionContext> {
+    let ctx = session(memory_limit)?;
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .join_reordering = false;
+    Ok(ctx)
+}
+
 /// A DataFusion session with the run's memory budget and disk spilling.
 pub fn session(memory_limit: u64) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()

@@ -152,11 +152,21 @@ pub async fn plan_chain(
         if i + 1 == models.len() {
             last = Some(df);
         } else if model.in_memory() {
-            let schema = df.schema().inner().clone();
-            let batches = df.collect().await.map_err(|e| {
+            let df_schema = df.schema().inner().clone();
+            let runtime_error = |e: DataFusionError| {
                 let root = e.find_root().strip_backtrace().replace('\n', " ");
                 Error::runtime(format!("SQL model {}: {root}", model.origin))
-            })?;
+            };
+            let plan = df.create_physical_plan().await.map_err(runtime_error)?;
+            tracing::debug!(
+                "materializing {} in memory:\n{}",
+                model.origin,
+                datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+            );
+            let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+                .await
+                .map_err(runtime_error)?;
+            let (schema, batches) = compact(df_schema, batches)?;
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
                 .map_err(|e| model_error(model, e))?;
             ctx.register_table(model.name.as_str(), std::sync::Arc::new(table))
@@ -167,6 +177,44 @@ pub async fn plan_chain(
         }
     }
     Ok(last.expect("load() never returns an empty chain"))
+}
+
+/// Copies string views into plain strings: a view array read from Parquet points into whole
+/// decoded pages, so a small in-memory result would otherwise keep gigabytes of pages alive.
+fn compact(
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<arrow::array::RecordBatch>,
+) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let plain = |t: &DataType| match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        other => other.clone(),
+    };
+    let target = std::sync::Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), plain(f.data_type()), f.is_nullable()))
+            .collect::<Vec<_>>(),
+    ));
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(target.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    arrow::compute::cast(c, f.data_type())
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        out.push(arrow::array::RecordBatch::try_new(target.clone(), columns)?);
+    }
+    Ok((target, out))
 }
 
 /// Removes the chain's views so it can be planned again in the same session.

@@ -137,7 +137,7 @@ pub async fn run(
     };
 
     let progress = printer.spinner("clean");
-    let ctx = catalog::session(cfg.memory_limit)?;
+    let ctx = catalog::model_session(cfg.memory_limit)?;
     raw.update_datafusion_session(&ctx.state())?;
     events.update_datafusion_session(&ctx.state())?;
     let params = datafusion::common::ParamValues::from(vec![(
@@ -276,7 +276,12 @@ pub async fn run(
     };
     let mut superseded: HashSet<String> = HashSet::new();
     let mut changed_ids: Vec<String> = Vec::new();
-    let mut stream = output.execute_stream().await?;
+    let plan = output.create_physical_plan().await?;
+    tracing::debug!(
+        "clean plan:\n{}",
+        datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+    );
+    let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
@@ -672,7 +677,7 @@ mod tests {
     #[tokio::test]
     async fn embedded_models_plan_against_the_real_schemas() {
         let models = models::load("clean", None).unwrap();
-        let ctx = catalog::session(256 << 20).unwrap();
+        let ctx = catalog::model_session(256 << 20).unwrap();
         let raw = MemTable::try_new((RAW_EVENTS.schema)(), vec![vec![]]).unwrap();
         ctx.register_table("raw_input", Arc::new(raw)).unwrap();
         ctx.register_table("events_carried", empty_events().unwrap())
