@@ -267,15 +267,18 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
     Ok(())
 }
 
-/// The values of a string column, whatever string layout the engine chose (Utf8, Utf8View, …).
-pub fn strings(array: &arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
-    use arrow::array::Array;
+/// A string column as a plain `StringArray`, whatever layout the engine chose (Utf8, Utf8View,
+/// dictionary…): one cast per batch, no per-row allocation.
+pub fn utf8(array: &arrow::array::ArrayRef) -> Result<arrow::array::StringArray> {
     let utf8 = arrow::compute::cast(array, &DataType::Utf8)?;
-    let utf8 = utf8
+    Ok(utf8
         .as_any()
         .downcast_ref::<arrow::array::StringArray>()
-        .expect("cast to Utf8 yields a StringArray");
-    Ok((0..utf8.len())
-        .map(|i| (!utf8.is_null(i)).then(|| utf8.value(i).to_string()))
-        .collect())
+        .expect("cast to Utf8 yields a StringArray")
+        .clone())
+}
+
+/// The values of a string column as owned strings (for small results).
+pub fn strings(array: &arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
+    Ok(utf8(array)?.iter().map(|v| v.map(str::to_string)).collect())
 }

@@ -286,15 +286,15 @@ pub async fn run(
         let batch = batch?;
         summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
         summary.conflicting_duplicates += sum_column(&batch, "_conflicting_resends")?;
-        let ids = catalog::strings(batch.column_by_name("event_id").expect("event_id"))?;
+        let ids = batch.column_by_name("event_id").expect("event_id");
+        summary.events_recomputed += (ids.len() - ids.null_count()) as u64;
         if let Some(keys) = batch.column_by_name("session_key") {
-            for k in catalog::strings(keys)?.into_iter().flatten() {
+            for k in catalog::utf8(keys)?.iter().flatten() {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 k.hash(&mut h);
                 sessions.insert(h.finish());
             }
         }
-        summary.events_recomputed += ids.iter().filter(|i| i.is_some()).count() as u64;
         let batch = match batch.column_by_name("__changed") {
             None => batch,
             Some(changed) => {
@@ -303,20 +303,21 @@ pub async fn run(
                     .downcast_ref::<BooleanArray>()
                     .expect("__changed is boolean")
                     .clone();
+                let ids = catalog::utf8(ids)?;
                 let old_files =
-                    catalog::strings(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
+                    catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
                 let mut write_mask = Vec::with_capacity(batch.num_rows());
-                for (i, id) in ids.iter().enumerate() {
+                for i in 0..batch.num_rows() {
                     let is_changed = changed.is_valid(i) && changed.value(i);
-                    if is_changed {
-                        if let Some(f) = &old_files[i] {
-                            superseded.insert(f.clone());
-                            if let Some(id) = id {
-                                changed_ids.push(id.clone());
-                            }
+                    if is_changed && old_files.is_valid(i) {
+                        if !superseded.contains(old_files.value(i)) {
+                            superseded.insert(old_files.value(i).to_string());
+                        }
+                        if ids.is_valid(i) {
+                            changed_ids.push(ids.value(i).to_string());
                         }
                     }
-                    write_mask.push(is_changed && id.is_some());
+                    write_mask.push(is_changed && ids.is_valid(i));
                 }
                 arrow::compute::filter_record_batch(&batch, &BooleanArray::from(write_mask))?
             }
@@ -335,10 +336,10 @@ pub async fn run(
         let mut stream = ctx.table("events_rewrite").await?.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
-            let ids = catalog::strings(batch.column_by_name("event_id").expect("event_id"))?;
+            let ids = catalog::utf8(batch.column_by_name("event_id").expect("event_id"))?;
             let keep: BooleanArray = ids
                 .iter()
-                .map(|id| Some(!id.as_ref().is_some_and(|id| changed.contains(id))))
+                .map(|id| Some(!id.is_some_and(|id| changed.contains(id))))
                 .collect();
             let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
             summary.events_copied += batch.num_rows() as u64;

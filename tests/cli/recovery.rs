@@ -73,7 +73,8 @@ both_backends!(
 
 both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     let ctx = TestContext::new(backend);
-    let m = ctx.generate("gen", &["--events", "150000", "--files", "12", "--dirty"]);
+    // Enough input that six interrupted runs cannot finish it between them.
+    let m = ctx.generate("gen", &["--events", "500000", "--files", "12", "--dirty"]);
     let dir = ctx.path("gen");
     // Small commit groups so kills land before, between and after commits; a single parser
     // thread so a run lasts long enough to be interrupted.
