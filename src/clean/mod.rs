@@ -437,31 +437,16 @@ async fn added_files(
     Ok(Ok(paths))
 }
 
-/// Event fields that make up an event's payload (everything but received_at and lineage): two
-/// copies with equal payloads are an exact resend, otherwise a conflicting one.
-const PAYLOAD_COLUMNS: &[&str] = &[
-    "event_time",
-    "event_type",
-    "user_id",
-    "anonymous_id",
-    "session_id",
-    "product_id",
-    "category",
-    "brand",
-    "price",
-    "quantity",
-    "currency",
-    "order_id",
-    "revenue",
-    "checkout_step",
-    "page_url",
-    "referrer",
-    "device",
-    "country",
-    "email",
-    "ip",
-    "properties",
-];
+/// Event fields that make up an event's payload (every canonical field but event_id,
+/// received_at and lineage, plus `properties`): two copies with equal payloads are an exact
+/// resend, otherwise a conflicting one.
+fn payload_columns() -> impl Iterator<Item = &'static str> {
+    crate::ingest::parse::FIELDS
+        .iter()
+        .copied()
+        .filter(|f| *f != "event_id" && *f != "received_at")
+        .chain(["properties"])
+}
 
 /// Most new rows of a cron tick that repeat a known event_id are resends that lose to the row
 /// already in `events` (it arrived earlier). They change nothing but the duplicate counts, so
@@ -472,8 +457,7 @@ async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
         (c.source_file < n.source_file OR (c.source_file = n.source_file AND \
         (c.line_number < n.line_number OR (c.line_number = n.line_number AND \
         c.batch_id < n.batch_id))))))";
-    let same: Vec<String> = PAYLOAD_COLUMNS
-        .iter()
+    let same: Vec<String> = payload_columns()
         .map(|c| format!("(n.{c} IS NOT DISTINCT FROM c.{c})"))
         .collect();
     let sql = format!(

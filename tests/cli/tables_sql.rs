@@ -24,7 +24,10 @@ both_backends!(
             .iter()
             .map(|x| x["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["raw_events", "quarantine", "ingested_files", "events"]);
+        assert_eq!(
+            names,
+            ["raw_events", "quarantine", "ingested_files", "events"]
+        );
         assert!(t
             .as_array()
             .unwrap()
