@@ -74,7 +74,7 @@ both_backends!(
 both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     let ctx = TestContext::new(backend);
     // Enough input that six interrupted runs cannot finish it between them.
-    let m = ctx.generate("gen", &["--events", "500000", "--files", "12", "--dirty"]);
+    let m = ctx.generate("gen", &["--events", "1000000", "--files", "12", "--dirty"]);
     let dir = ctx.path("gen");
     // Small commit groups so kills land before, between and after commits; a single parser
     // thread so a run lasts long enough to be interrupted.
@@ -84,7 +84,7 @@ both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     )
     .unwrap();
     let mut interrupted = 0;
-    for delay_ms in [40u64, 120, 250, 400, 600, 850] {
+    for delay_ms in [30u64, 90, 180, 300, 450, 600] {
         let mut child = ctx
             .std_cmd()
             .args(["ingest", dir.to_str().unwrap()])
