@@ -105,46 +105,20 @@ pub fn raw_events_schema() -> SchemaRef {
     ]))
 }
 
-/// `events`: the canonical columns normalised, plus session, identity and category levels.
+/// `events`: the raw_events columns, normalised, plus identity, session and category levels.
 pub fn events_schema() -> SchemaRef {
-    let s = |n: &str| Field::new(n, DataType::Utf8, true);
-    Arc::new(Schema::new(vec![
-        s("event_id"),
-        Field::new("event_time", ts(), true),
-        Field::new("received_at", ts(), true),
-        s("event_type"),
-        s("user_id"),
-        s("stitched_user_id"),
-        s("anonymous_id"),
-        s("session_id"),
-        s("session_key"),
-        s("session_source"),
-        s("product_id"),
-        s("category"),
-        s("category_l1"),
-        s("category_l2"),
-        s("category_l3"),
-        s("brand"),
-        Field::new("price", money(), true),
-        Field::new("quantity", DataType::Int64, true),
-        s("currency"),
-        s("order_id"),
-        Field::new("revenue", money(), true),
-        Field::new("checkout_step", DataType::Int64, true),
-        s("page_url"),
-        s("referrer"),
-        s("device"),
-        s("country"),
-        s("email"),
-        s("ip"),
-        s("properties"),
-        s("source_file"),
-        Field::new("line_number", DataType::Int64, true),
-        s("batch_id"),
-        Field::new("ingested_at", ts(), true),
-        Field::new("event_date", DataType::Date32, true),
-        s("segment"),
-    ]))
+    let s = |n: &str| Arc::new(Field::new(n, DataType::Utf8, true));
+    let mut fields = Vec::new();
+    for f in raw_events_schema().fields() {
+        fields.push(f.clone());
+        match f.name().as_str() {
+            "user_id" => fields.push(s("stitched_user_id")),
+            "session_id" => fields.extend([s("session_key"), s("session_source")]),
+            "category" => fields.extend([s("category_l1"), s("category_l2"), s("category_l3")]),
+            _ => {}
+        }
+    }
+    Arc::new(Schema::new(fields))
 }
 
 pub fn quarantine_schema() -> SchemaRef {
