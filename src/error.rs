@@ -74,6 +74,21 @@ impl Error {
     }
 }
 
+/// One line for a DataFusion error: its root cause, without backtrace or line breaks.
+pub fn root_message(e: &datafusion::error::DataFusionError) -> String {
+    e.find_root().strip_backtrace().replace('\n', " ")
+}
+
+/// True when the root cause is the SQL itself (syntax, unknown name, type mismatch): the user's
+/// mistake, exit 2, as opposed to a failure while running it.
+pub fn is_sql_mistake(e: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    matches!(
+        e.find_root(),
+        E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_)
+    )
+}
+
 /// Maps any error chain to an exit code: the first [`Error`] found in the chain decides.
 pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {

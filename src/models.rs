@@ -18,7 +18,7 @@ use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::error::{Error, Result};
+use crate::error::{is_sql_mistake, root_message, Error, Result};
 
 /// One SQL model.
 #[derive(Debug, Clone)]
@@ -153,11 +153,10 @@ pub async fn plan_chain(
             last = Some(df);
         } else if model.in_memory() {
             let df_schema = df.schema().inner().clone();
-            let runtime_error = |e: DataFusionError| {
-                let root = e.find_root().strip_backtrace().replace('\n', " ");
-                Error::runtime(format!("SQL model {}: {root}", model.origin))
-            };
-            let plan = df.create_physical_plan().await.map_err(runtime_error)?;
+            let plan = df
+                .create_physical_plan()
+                .await
+                .map_err(|e| model_error(model, e))?;
             tracing::debug!(
                 "materializing {} in memory:\n{}",
                 model.origin,
@@ -165,7 +164,7 @@ pub async fn plan_chain(
             );
             let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
                 .await
-                .map_err(runtime_error)?;
+                .map_err(|e| model_error(model, e))?;
             let (schema, batches) = compact(df_schema, batches)?;
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
                 .map_err(|e| model_error(model, e))?;
@@ -225,10 +224,15 @@ pub fn deregister_chain(ctx: &SessionContext, models: &[Model]) -> Result<()> {
     Ok(())
 }
 
+/// A model that does not plan is a configuration error (exit 2); one that fails while running is
+/// a runtime error (exit 3). Both name the model's file.
 pub fn model_error(model: &Model, e: DataFusionError) -> Error {
-    let root = e.find_root();
-    let message = root.strip_backtrace().replace('\n', " ");
-    Error::config(format!("SQL model {}: {message}", model.origin))
+    let message = format!("SQL model {}: {}", model.origin, root_message(&e));
+    if is_sql_mistake(&e) {
+        Error::config(message)
+    } else {
+        Error::runtime(message)
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use crate::catalog;
 use crate::cli::{OutputFormat, SqlArgs};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{is_sql_mistake, root_message, Error};
 use crate::storage::Lake;
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
@@ -81,15 +81,9 @@ fn user_error(sql: &str, e: DataFusionError) -> anyhow::Error {
         Some((i, _)) => format!("{}…", &short[..i]),
         None => short,
     };
-    let root = e.find_root();
-    let message = root.strip_backtrace().replace('\n', " ");
-    match root {
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => {
-            Error::usage(format!("in statement `{short}`: {message}")).into()
-        }
-        _ => Error::from(e).into(),
+    if is_sql_mistake(&e) {
+        Error::usage(format!("in statement `{short}`: {}", root_message(&e))).into()
+    } else {
+        Error::from(e).into()
     }
 }
