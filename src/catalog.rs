@@ -54,11 +54,49 @@ pub const EVENTS: TableDef = TableDef {
     schema: events_schema,
 };
 
-/// Every table, in the order `tables` lists them.
-pub const ALL: &[&TableDef] = &[&RAW_EVENTS, &QUARANTINE, &INGESTED_FILES, &EVENTS];
+pub const EVENTS_CHANGES: TableDef = TableDef {
+    name: "events_changes",
+    description: "keys of the events rows each incremental clean changed, for incremental builds",
+    partition_columns: &[],
+    schema: events_changes_schema,
+};
+
+pub const USER_SEGMENT_HISTORY: TableDef = TableDef {
+    name: "user_segment_history",
+    description: "type-2 history of customer segment membership",
+    partition_columns: &[],
+    schema: user_segment_history_schema,
+};
+
+/// Every table with a fixed definition, in the order `tables` lists them (the star tables
+/// defined by SQL models follow, see [`star_tables`]).
+pub const ALL: &[&TableDef] = &[
+    &RAW_EVENTS,
+    &QUARANTINE,
+    &INGESTED_FILES,
+    &EVENTS,
+    &EVENTS_CHANGES,
+];
+
+/// The tables `build` writes: one per embedded star model, named after its file.
+pub fn star_tables() -> Vec<String> {
+    crate::models::embedded("star")
+        .iter()
+        .map(|(file, _)| crate::models::view_name(file))
+        .collect()
+}
+
+/// The key columns of `events` whose changed values clean records in `events_changes`.
+pub const CHANGE_KEYS: &[&str] = &["session_key", "order_id", "product_id", "event_date"];
+
+/// Star tables whose schema is fixed here because their model reads its own previous state.
+pub const FIXED_STAR: &[&TableDef] = &[&USER_SEGMENT_HISTORY];
 
 pub fn find(name: &str) -> Option<&'static TableDef> {
-    ALL.iter().copied().find(|t| t.name == name)
+    ALL.iter()
+        .chain(FIXED_STAR)
+        .copied()
+        .find(|t| t.name == name)
 }
 
 fn ts() -> DataType {
@@ -119,6 +157,23 @@ pub fn events_schema() -> SchemaRef {
         }
     }
     Arc::new(Schema::new(fields))
+}
+
+pub fn events_changes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("change_id", DataType::Utf8, true),
+        Field::new("key_column", DataType::Utf8, true),
+        Field::new("key", DataType::Utf8, true),
+    ]))
+}
+
+pub fn user_segment_history_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_key", DataType::Utf8, true),
+        Field::new("segment", DataType::Utf8, true),
+        Field::new("valid_from", ts(), true),
+        Field::new("valid_to", ts(), true),
+    ]))
 }
 
 pub fn quarantine_schema() -> SchemaRef {
@@ -218,16 +273,21 @@ pub async fn register_all(
     ctx: &SessionContext,
     lake: &Lake,
     version: Option<i64>,
-) -> Result<Vec<&'static str>> {
+) -> Result<Vec<String>> {
     let mut found = Vec::new();
-    for def in ALL {
+    let star = star_tables();
+    let names = ALL
+        .iter()
+        .map(|d| d.name.to_string())
+        .chain(star.iter().cloned());
+    for name in names {
         let table = match version {
-            Some(v) => lake.open_table_at(def.name, v).await?,
-            None => lake.open_table(def.name).await?,
+            Some(v) => lake.open_table_at(&name, v).await?,
+            None => lake.open_table(&name).await?,
         };
         if let Some(table) = table {
-            register(ctx, def.name, &table).await?;
-            found.push(def.name);
+            register(ctx, &name, &table).await?;
+            found.push(name);
         }
     }
     Ok(found)

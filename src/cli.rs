@@ -67,6 +67,12 @@ pub enum Command {
     /// Build `events` from `raw_events`: normalise, deduplicate by event_id, sessionize and
     /// stitch identities, incrementally (only visitors the new raw rows touch) in one commit.
     Clean(CleanArgs),
+    /// Build the star schema (dimensions, facts, user features, segments) from `events` with the
+    /// SQL models of `sql/star/`, incrementally from what clean changed.
+    Build(BuildArgs),
+    /// Run data tests (keys unique and not null, references, accepted values, reconciliations
+    /// and your own SQL checks); exit 1 when any fails.
+    Check(CheckArgs),
     /// List the lake's tables with rows, files, size, partitions and version
     Tables(TablesArgs),
     /// Run SQL over the lake's tables
@@ -125,6 +131,43 @@ pub struct CleanArgs {
     pub sql_dir: Option<PathBuf>,
 
     /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Rebuild every star table from all of `events` instead of only what changed.
+    #[arg(long)]
+    pub full_refresh: bool,
+
+    /// The time features and dynamic segments are computed at: an RFC 3339 timestamp, a date,
+    /// or `now` [default: the latest event_time in the lake]
+    #[arg(long, value_name = "TIME")]
+    pub as_of: Option<String>,
+
+    /// Directory with SQL model overrides: `<DIR>/star/NN_table.sql` replaces the embedded model
+    /// of the same file name; new files add tables (config: build.sql_dir).
+    #[arg(long, value_name = "DIR")]
+    pub sql_dir: Option<PathBuf>,
+
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A directory of your own checks: each `.sql` file is a query returning offending rows
+    /// (config: check.dir).
+    #[arg(long, value_name = "DIR")]
+    pub checks_dir: Option<PathBuf>,
+
+    /// Only run checks whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    pub select: Option<String>,
+
+    /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
 }

@@ -42,6 +42,35 @@ pub struct FileConfig {
     pub ingest: FileIngest,
     #[serde(default)]
     pub clean: FileClean,
+    #[serde(default)]
+    pub build: FileBuild,
+    #[serde(default)]
+    pub check: FileCheck,
+    /// `[[segments]]`: customer segments as SQL rules over agg_user_features.
+    pub segments: Option<Vec<FileSegment>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBuild {
+    pub sql_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheck {
+    /// A directory of `.sql` checks, each returning offending rows.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSegment {
+    pub name: String,
+    pub kind: Option<String>,
+    pub rule: String,
+    pub priority: Option<i64>,
+    pub refresh: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +142,95 @@ pub struct CleanConfig {
 }
 
 #[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// Model overrides: `<sql_dir>/star/*.sql` replace the embedded models of the same name.
+    pub sql_dir: Option<PathBuf>,
+    /// User checks: every `.sql` file here is a check returning offending rows.
+    pub checks_dir: Option<PathBuf>,
+    /// The segments, in priority order (best first).
+    pub segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentKind {
+    /// Re-evaluated on every build.
+    Dynamic,
+    /// Re-evaluated when its last evaluation is older than `refresh`.
+    Static,
+}
+
+impl SegmentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentKind::Dynamic => "dynamic",
+            SegmentKind::Static => "static",
+        }
+    }
+}
+
+/// A customer segment: a SQL boolean expression over `agg_user_features`.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub name: String,
+    pub kind: SegmentKind,
+    pub rule: String,
+    /// Lower is more important: a customer's primary segment is their lowest-priority one.
+    pub priority: i64,
+    pub refresh: Option<Duration>,
+}
+
+/// The segments a lake gets when clicklake.toml defines none.
+pub fn default_segments() -> Vec<FileSegment> {
+    let seg = |name: &str, kind: &str, rule: &str, priority: i64, refresh: Option<&str>| {
+        FileSegment {
+            name: name.into(),
+            kind: Some(kind.into()),
+            rule: rule.into(),
+            priority: Some(priority),
+            refresh: refresh.map(str::to_string),
+        }
+    };
+    vec![
+        seg(
+            "cart_abandoner_24h",
+            "dynamic",
+            "last_cart_abandoned_at >= as_of - INTERVAL '24 hours' \
+             AND (last_purchase_at IS NULL OR last_purchase_at < last_cart_abandoned_at)",
+            10,
+            None,
+        ),
+        seg(
+            "big_spender",
+            "static",
+            "revenue_365d >= 1000",
+            20,
+            Some("7d"),
+        ),
+        seg(
+            "loyal",
+            "static",
+            "orders_lifetime >= 2 AND days_since_last_purchase <= 30",
+            30,
+            Some("7d"),
+        ),
+        seg(
+            "at_risk",
+            "dynamic",
+            "orders_lifetime >= 1 AND days_since_last_purchase > 30",
+            40,
+            None,
+        ),
+        seg(
+            "new_visitor",
+            "dynamic",
+            "orders_lifetime = 0 AND sessions_lifetime = 1",
+            50,
+            None,
+        ),
+    ]
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The lake URL exactly as given (validated by the storage module).
     pub lake: String,
@@ -120,6 +238,7 @@ pub struct Config {
     pub memory_limit: u64,
     pub ingest: IngestConfig,
     pub clean: CleanConfig,
+    pub build: BuildConfig,
     pub log_format: LogFormat,
     pub quiet: bool,
     pub verbose: u8,
@@ -180,6 +299,7 @@ impl Config {
         let storage = merge_storage(env, file.storage)?;
         let ingest = merge_ingest(file.ingest, memory_limit)?;
         let clean = merge_clean(file.clean)?;
+        let build = merge_build(file.build, file.check, file.segments)?;
 
         Ok(Config {
             lake,
@@ -187,6 +307,7 @@ impl Config {
             memory_limit,
             ingest,
             clean,
+            build,
             log_format: args.log_format,
             quiet: args.quiet,
             verbose: args.verbose,
@@ -208,6 +329,77 @@ fn merge_clean(file: FileClean) -> Result<CleanConfig> {
     Ok(CleanConfig {
         session_gap,
         sql_dir: file.sql_dir,
+    })
+}
+
+fn merge_build(
+    file: FileBuild,
+    check: FileCheck,
+    segments: Option<Vec<FileSegment>>,
+) -> Result<BuildConfig> {
+    let mut out: Vec<Segment> = Vec::new();
+    for (i, s) in segments
+        .unwrap_or_else(default_segments)
+        .into_iter()
+        .enumerate()
+    {
+        let at = format!("segments[{i}] ({})", s.name);
+        let valid_name = s.name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_name {
+            return Err(Error::config(format!(
+                "{at}: name must be lower-case letters, digits and _ (starting with a letter)"
+            )));
+        }
+        if s.name == "anonymous" || s.name == "unsegmented" {
+            return Err(Error::config(format!(
+                "{at}: {} is reserved for landing rows without a segment",
+                s.name
+            )));
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(Error::config(format!("{at}: duplicate segment name")));
+        }
+        if s.rule.trim().is_empty() {
+            return Err(Error::config(format!("{at}: rule is empty")));
+        }
+        let kind = match s.kind.as_deref().unwrap_or("dynamic") {
+            "dynamic" => SegmentKind::Dynamic,
+            "static" => SegmentKind::Static,
+            other => {
+                return Err(Error::config(format!(
+                    "{at}: kind must be static or dynamic, got {other:?}"
+                )))
+            }
+        };
+        let refresh = match (kind, &s.refresh) {
+            (SegmentKind::Dynamic, Some(_)) => {
+                return Err(Error::config(format!(
+                    "{at}: refresh applies to static segments only (dynamic ones are evaluated every build)"
+                )))
+            }
+            (SegmentKind::Dynamic, None) => None,
+            (SegmentKind::Static, None) => Some(Duration::from_secs(7 * 86_400)),
+            (SegmentKind::Static, Some(r)) => Some(
+                parse_duration(r).map_err(|e| Error::config(format!("{at}: refresh: {e}")))?,
+            ),
+        };
+        out.push(Segment {
+            priority: s.priority.unwrap_or((i as i64 + 1) * 10),
+            name: s.name,
+            kind,
+            rule: s.rule,
+            refresh,
+        });
+    }
+    out.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
+    Ok(BuildConfig {
+        sql_dir: file.sql_dir,
+        checks_dir: check.dir,
+        segments: out,
     })
 }
 

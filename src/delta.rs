@@ -17,7 +17,7 @@ use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::RecordBatchWriter;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 
 use crate::error::{Error, Result};
@@ -104,4 +104,90 @@ pub async fn commit(
     let version = finalized.version();
     table.update_state().await?;
     Ok(version as i64)
+}
+
+/// Streams record batches into a table's writer: conforms each batch to the table schema (by
+/// column name; engine layouts such as string views are cast back), and flushes files whenever
+/// the buffered rows pass `flush_at` bytes, so memory stays bounded.
+pub struct TableSink {
+    writer: RecordBatchWriter,
+    adds: Vec<Add>,
+    flush_at: usize,
+    target: arrow::datatypes::SchemaRef,
+    what: String,
+    rows: u64,
+}
+
+impl TableSink {
+    /// `what` names the producer in errors ("the final clean model").
+    pub fn new(
+        table: &DeltaTable,
+        props: WriterProperties,
+        target_file_size: u64,
+        flush_at: usize,
+        what: impl Into<String>,
+    ) -> Result<TableSink> {
+        let target = table.snapshot()?.snapshot().arrow_schema();
+        Ok(TableSink {
+            writer: writer(table, props, target_file_size)?,
+            adds: Vec::new(),
+            flush_at,
+            target,
+            what: what.into(),
+            rows: 0,
+        })
+    }
+
+    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut columns = Vec::with_capacity(self.target.fields().len());
+        for field in self.target.fields() {
+            let col = batch.column_by_name(field.name()).ok_or_else(|| {
+                Error::config(format!(
+                    "{} does not produce column {}",
+                    self.what,
+                    field.name()
+                ))
+            })?;
+            columns.push(if col.data_type() == field.data_type() {
+                col.clone()
+            } else {
+                arrow::compute::cast(col, field.data_type())?
+            });
+        }
+        let conformed = arrow::array::RecordBatch::try_new(self.target.clone(), columns)?;
+        self.rows += conformed.num_rows() as u64;
+        self.writer.write(conformed).await?;
+        if self.writer.buffer_len() > self.flush_at {
+            self.adds.extend(self.writer.flush().await?);
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Flushes what is buffered and returns every file written (not yet committed).
+    pub async fn finish(mut self) -> Result<Vec<Add>> {
+        self.adds.extend(self.writer.flush().await?);
+        Ok(self.adds)
+    }
+}
+
+/// The table-relative path of a scan's file id (a URL under the table root), as the table log
+/// names the file: `<root>/<table>/<partition dirs>/<file>.parquet` → `<partition dirs>/<file>`.
+pub fn table_relative_path(file_id: &str, table: &str) -> String {
+    let path = url::Url::parse(file_id)
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| file_id.to_string());
+    let decoded = percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .to_string();
+    match decoded.find(&format!("/{table}/")) {
+        Some(i) => decoded[i + table.len() + 2..].to_string(),
+        None => decoded,
+    }
 }

@@ -2,7 +2,9 @@
 //!
 //! The binary is a thin shell over [`run`]; integration tests drive the same code.
 
+pub mod build;
 pub mod catalog;
+pub mod check;
 pub mod clean;
 pub mod cli;
 pub mod commands;
@@ -38,6 +40,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Init(args) => commands::init::run(&cfg, &lake, &args).await,
                     Command::Ingest(args) => commands::ingest::run(&cfg, &lake, args).await,
                     Command::Clean(args) => commands::clean::run(&cfg, &lake, args).await,
+                    Command::Build(args) => commands::build::run(&cfg, &lake, args).await,
+                    Command::Check(args) => commands::check::run(&cfg, &lake, args).await,
                     Command::Tables(args) => commands::tables::run(&lake, &args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
                     Command::Generate(_) => unreachable!("handled above"),

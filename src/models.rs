@@ -33,11 +33,32 @@ pub struct Model {
 impl Model {
     /// True when the model asks to be computed once and kept in memory.
     pub fn in_memory(&self) -> bool {
+        self.directive("materialized").as_deref() == Some("memory")
+    }
+
+    /// The value of a `-- key: value` line in the model's leading comment block (dbt's
+    /// `config()`), e.g. `materialized`, `unique_key`, `partition_by`, `not_null`.
+    pub fn directive(&self, key: &str) -> Option<String> {
         self.sql
             .lines()
             .map(str::trim)
-            .find(|l| !l.is_empty())
-            .is_some_and(|l| l.replace(' ', "") == "--materialized:memory")
+            .take_while(|l| l.is_empty() || l.starts_with("--"))
+            .filter_map(|l| l.strip_prefix("--"))
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_string())
+    }
+
+    /// A comma-separated directive as a list (empty when absent).
+    pub fn directive_list(&self, key: &str) -> Vec<String> {
+        self.directive(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -72,10 +93,66 @@ const CLEAN: &[(&str, &str)] = &[
     ),
 ];
 
+const STAR: &[(&str, &str)] = &[
+    (
+        "01_dim_date.sql",
+        include_str!("../sql/star/01_dim_date.sql"),
+    ),
+    (
+        "02_dim_segment.sql",
+        include_str!("../sql/star/02_dim_segment.sql"),
+    ),
+    (
+        "03_dim_product.sql",
+        include_str!("../sql/star/03_dim_product.sql"),
+    ),
+    (
+        "04_fact_sessions.sql",
+        include_str!("../sql/star/04_fact_sessions.sql"),
+    ),
+    (
+        "05_fact_cart_lines.sql",
+        include_str!("../sql/star/05_fact_cart_lines.sql"),
+    ),
+    (
+        "06_fact_checkout_funnel.sql",
+        include_str!("../sql/star/06_fact_checkout_funnel.sql"),
+    ),
+    (
+        "07_fact_orders.sql",
+        include_str!("../sql/star/07_fact_orders.sql"),
+    ),
+    (
+        "08_agg_product_daily.sql",
+        include_str!("../sql/star/08_agg_product_daily.sql"),
+    ),
+    (
+        "09_agg_funnel_daily.sql",
+        include_str!("../sql/star/09_agg_funnel_daily.sql"),
+    ),
+    (
+        "10_agg_user_features.sql",
+        include_str!("../sql/star/10_agg_user_features.sql"),
+    ),
+    (
+        "11_user_segments.sql",
+        include_str!("../sql/star/11_user_segments.sql"),
+    ),
+    (
+        "12_dim_user.sql",
+        include_str!("../sql/star/12_dim_user.sql"),
+    ),
+    (
+        "13_user_segment_history.sql",
+        include_str!("../sql/star/13_user_segment_history.sql"),
+    ),
+];
+
 /// The embedded models of a layer.
 pub fn embedded(layer: &str) -> &'static [(&'static str, &'static str)] {
     match layer {
         "clean" => CLEAN,
+        "star" => STAR,
         _ => &[],
     }
 }
@@ -92,7 +169,8 @@ pub fn load(layer: &str, sql_dir: Option<&Path>) -> Result<Vec<Model>> {
             )
         })
         .collect();
-    if let Some(dir) = sql_dir {
+    // A models directory need not override every layer: `<dir>/<layer>/` may be absent.
+    if let Some(dir) = sql_dir.filter(|d| !(d.is_dir() && !d.join(layer).exists())) {
         let dir: PathBuf = dir.join(layer);
         let entries = std::fs::read_dir(&dir).map_err(|e| {
             Error::config(format!(
@@ -129,7 +207,7 @@ pub fn load(layer: &str, sql_dir: Option<&Path>) -> Result<Vec<Model>> {
 }
 
 /// `03_deduplicated.sql` → `deduplicated`.
-fn view_name(file: &str) -> String {
+pub fn view_name(file: &str) -> String {
     let stem = file.strip_suffix(".sql").unwrap_or(file);
     let stem = stem.trim_start_matches(|c: char| c.is_ascii_digit());
     stem.strip_prefix('_').unwrap_or(stem).to_string()

@@ -24,14 +24,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{DataFrame, SessionContext};
-use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::SaveMode;
-use deltalake::writer::DeltaWriter;
 use deltalake::DeltaTable;
 use futures::StreamExt;
 use serde::Serialize;
@@ -82,6 +80,9 @@ pub struct CleanSummary {
     pub files_added: u64,
     pub bytes_written: u64,
     pub events_version: Option<i64>,
+    /// Where the keys of the changed rows are recorded in `events_changes` (incremental runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_id: Option<String>,
     pub seconds: f64,
     pub rows_per_sec: f64,
 }
@@ -254,26 +255,29 @@ pub async fn run(
             .collect();
         output = ctx
             .sql(&format!(
-                "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, \
-                 (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({})) AS __changed \
+                "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {old_keys}, \
+                 (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed \
                  FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
-                same.join(" AND ")
+                same = same.join(" AND "),
+                old_keys = catalog::CHANGE_KEYS
+                    .iter()
+                    .map(|k| format!("CAST(c.{k} AS VARCHAR) AS __old_{k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .await?;
     }
-    let target = (EVENTS.schema)();
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
-    let mut writer = delta::writer(&events, props, cfg.ingest.target_file_size)?;
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
-    let mut adds: Vec<Add> = Vec::new();
-    let mut sessions: HashSet<u64> = HashSet::new();
-
-    let mut write = WriteState {
-        writer: &mut writer,
-        adds: &mut adds,
+    let mut write = delta::TableSink::new(
+        &events,
+        props,
+        cfg.ingest.target_file_size,
         flush_at,
-        target: target.clone(),
-    };
+        "the final clean model",
+    )?;
+    let mut sessions: HashSet<u64> = HashSet::new();
+    let mut changes = ChangeKeys::default();
     let mut superseded: HashSet<String> = HashSet::new();
     let mut changed_ids: Vec<String> = Vec::new();
     let plan = output.create_physical_plan().await?;
@@ -306,6 +310,7 @@ pub async fn run(
                 let ids = catalog::utf8(ids)?;
                 let old_files =
                     catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
+                changes.record(&batch, &changed)?;
                 let mut write_mask = Vec::with_capacity(batch.num_rows());
                 for i in 0..batch.num_rows() {
                     let is_changed = changed.is_valid(i) && changed.value(i);
@@ -345,7 +350,7 @@ pub async fn run(
             summary.events_copied += batch.num_rows() as u64;
             write.write(&batch).await?;
         }
-        let wanted: HashSet<String> = superseded.iter().map(|f| file_id_suffix(f)).collect();
+        let wanted: HashSet<String> = superseded.iter().map(|f| delta::table_relative_path(f, EVENTS.name)).collect();
         for f in events.snapshot()?.log_data().iter() {
             if wanted.contains(&f.path().to_string()) {
                 removes.push(Action::Remove(f.remove_action(true)));
@@ -360,7 +365,7 @@ pub async fn run(
         }
     }
     summary.files_removed = removes.len() as u64;
-    adds.extend(writer.flush().await?);
+    let adds = write.finish().await?;
     fault("clean-after-data-files");
 
     // Raw rows consumed: a count over the same files (answered from file statistics).
@@ -382,6 +387,11 @@ pub async fn run(
     }
     summary.partitions_rewritten = partitions.len() as u64;
 
+    if compare {
+        // The changed keys are committed before the rows they describe: a build never sees an
+        // events version whose changes it cannot find (a crash in between leaves a superset).
+        summary.change_id = Some(changes.commit(lake, cfg).await?);
+    }
     let mut actions = removes;
     actions.extend(adds.into_iter().map(Action::Add));
     let version = delta::commit(
@@ -569,21 +579,6 @@ fn sum_column(batch: &RecordBatch, name: &str) -> Result<u64> {
     Ok(c.iter().flatten().sum::<i64>().max(0) as u64)
 }
 
-/// The table-relative path of a scan's file id (a URL under the table root).
-fn file_id_suffix(file_id: &str) -> String {
-    let path = url::Url::parse(file_id)
-        .map(|u| u.path().to_string())
-        .unwrap_or_else(|_| file_id.to_string());
-    let decoded = percent_encoding::percent_decode_str(&path)
-        .decode_utf8_lossy()
-        .to_string();
-    // Table layout: <root>/events/<partition dirs>/<file>.parquet
-    match decoded.find(&format!("/{}/", EVENTS.name)) {
-        Some(i) => decoded[i + EVENTS.name.len() + 2..].to_string(),
-        None => decoded,
-    }
-}
-
 fn sorted_partition(pv: &HashMap<String, Option<String>>) -> Vec<(String, Option<String>)> {
     let mut v: Vec<_> = pv.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort();
@@ -611,45 +606,72 @@ fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
             "raw_version_to": s.raw_version_to,
             "events_written": s.events_written,
             "visitors_touched": s.visitors_touched,
+            "changes": s.change_id,
         }),
     );
     m
 }
 
-struct WriteState<'a> {
-    writer: &'a mut deltalake::writer::RecordBatchWriter,
-    adds: &'a mut Vec<Add>,
-    flush_at: usize,
-    target: SchemaRef,
+/// The keys (session, order, product, date) of every events row an incremental clean adds,
+/// changes or removes, old and new values alike: what an incremental build recomputes.
+#[derive(Default)]
+struct ChangeKeys {
+    keys: Vec<HashSet<String>>,
 }
 
-impl WriteState<'_> {
-    /// Conforms a batch to the events schema (by name; engine string layouts cast back to Utf8)
-    /// and writes it, flushing files when the buffer passes its budget.
-    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.target.fields().len());
-        for field in self.target.fields() {
-            let col = batch.column_by_name(field.name()).ok_or_else(|| {
-                Error::config(format!(
-                    "the final clean model does not produce column {}",
-                    field.name()
-                ))
-            })?;
-            let col = if col.data_type() == field.data_type() {
-                col.clone()
-            } else {
-                arrow::compute::cast(col, field.data_type())?
-            };
-            columns.push(col);
+impl ChangeKeys {
+    fn record(&mut self, batch: &RecordBatch, changed: &BooleanArray) -> Result<()> {
+        if self.keys.is_empty() {
+            self.keys = vec![HashSet::new(); catalog::CHANGE_KEYS.len()];
         }
-        let conformed = RecordBatch::try_new(self.target.clone(), columns)?;
-        if conformed.num_rows() > 0 {
-            self.writer.write(conformed).await?;
-        }
-        if self.writer.buffer_len() > self.flush_at {
-            self.adds.extend(self.writer.flush().await?);
+        for (set, key) in self.keys.iter_mut().zip(catalog::CHANGE_KEYS) {
+            for column in [key.to_string(), format!("__old_{key}")] {
+                let Some(values) = batch.column_by_name(&column) else {
+                    continue;
+                };
+                let values = catalog::utf8(values)?;
+                for i in 0..batch.num_rows() {
+                    if changed.is_valid(i) && changed.value(i) && values.is_valid(i) {
+                        let v = values.value(i);
+                        if !set.contains(v) {
+                            set.insert(v.to_string());
+                        }
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Appends the keys to `events_changes` under a new change id, and returns the id.
+    async fn commit(self, lake: &Lake, cfg: &Config) -> Result<String> {
+        use arrow::array::StringArray;
+        let change_id = uuid::Uuid::new_v4().to_string();
+        let mut table = catalog::ensure_table(lake, &catalog::EVENTS_CHANGES).await?;
+        let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+        let mut sink = delta::TableSink::new(
+            &table,
+            props,
+            cfg.ingest.target_file_size,
+            64 << 20,
+            "events_changes",
+        )?;
+        let schema = (catalog::EVENTS_CHANGES.schema)();
+        for (set, key) in self.keys.into_iter().zip(catalog::CHANGE_KEYS) {
+            let n = set.len();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec![change_id.as_str(); n])),
+                    Arc::new(StringArray::from(vec![*key; n])),
+                    Arc::new(StringArray::from_iter_values(set)),
+                ],
+            )?;
+            sink.write(&batch).await?;
+        }
+        let adds = sink.finish().await?;
+        delta::commit_append(&mut table, adds, Vec::new(), HashMap::new()).await?;
+        Ok(change_id)
     }
 }
 
@@ -692,13 +714,17 @@ mod tests {
     #[test]
     fn file_ids_map_to_table_relative_paths() {
         assert_eq!(
-            file_id_suffix(
-                "s3://lake/prod/events/event_date=2026-01-05/segment=a%20b/part-1.parquet"
+            delta::table_relative_path(
+                "s3://lake/prod/events/event_date=2026-01-05/segment=a%20b/part-1.parquet",
+                "events"
             ),
             "event_date=2026-01-05/segment=a b/part-1.parquet"
         );
         assert_eq!(
-            file_id_suffix("file:///tmp/l/events/event_date=2026-01-05/x.parquet"),
+            delta::table_relative_path(
+                "file:///tmp/l/events/event_date=2026-01-05/x.parquet",
+                "events"
+            ),
             "event_date=2026-01-05/x.parquet"
         );
     }

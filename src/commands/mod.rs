@@ -1,5 +1,7 @@
 //! One module per subcommand. Each takes validated arguments and returns an exit code.
 
+pub mod build;
+pub mod check;
 pub mod clean;
 pub mod generate;
 pub mod ingest;

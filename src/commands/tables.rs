@@ -13,35 +13,43 @@ use crate::storage::Lake;
 
 #[derive(Debug, Serialize)]
 pub struct TableInfo {
-    pub name: &'static str,
+    pub name: String,
     pub exists: bool,
     pub version: Option<i64>,
     pub rows: u64,
     pub files: u64,
     pub bytes: u64,
     pub partitions: u64,
-    pub partition_columns: Vec<&'static str>,
+    pub partition_columns: Vec<String>,
     pub location: String,
 }
 
 pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
     let mut out = Vec::new();
-    for def in catalog::ALL {
+    let names = catalog::ALL
+        .iter()
+        .map(|d| d.name.to_string())
+        .chain(catalog::star_tables());
+    for name in names {
+        let declared: Vec<String> = catalog::find(&name)
+            .map(|d| d.partition_columns.iter().map(|c| c.to_string()).collect())
+            .unwrap_or_default();
         let mut info = TableInfo {
-            name: def.name,
+            name: name.clone(),
             exists: false,
             version: None,
             rows: 0,
             files: 0,
             bytes: 0,
             partitions: 0,
-            partition_columns: def.partition_columns.to_vec(),
-            location: lake.table_url(def.name).to_string(),
+            partition_columns: declared,
+            location: lake.table_url(&name).to_string(),
         };
-        if let Some(table) = lake.open_table(def.name).await? {
+        if let Some(table) = lake.open_table(&name).await? {
             info.exists = true;
             info.version = table.version().map(|v| v as i64);
             let state = table.snapshot()?;
+            info.partition_columns = state.metadata().partition_columns().to_vec();
             let mut parts = BTreeSet::new();
             for f in state.log_data().iter() {
                 info.files += 1;
@@ -52,7 +60,7 @@ pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
                 pv.sort();
                 parts.insert(pv);
             }
-            info.partitions = if def.partition_columns.is_empty() {
+            info.partitions = if info.partition_columns.is_empty() {
                 0
             } else {
                 parts.len() as u64
@@ -70,16 +78,16 @@ pub async fn run(lake: &Lake, args: &TablesArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:>8} {:>12} {:>7} {:>11} {:>10}  partitioned by",
+        "{:<22} {:>8} {:>12} {:>7} {:>11} {:>10}  partitioned by",
         "table", "version", "rows", "files", "size", "partitions"
     );
     for t in &infos {
         if !t.exists {
-            println!("{:<16} {:>8}", t.name, "-");
+            println!("{:<22} {:>8}", t.name, "-");
             continue;
         }
         println!(
-            "{:<16} {:>8} {:>12} {:>7} {:>11} {:>10}  {}",
+            "{:<22} {:>8} {:>12} {:>7} {:>11} {:>10}  {}",
             t.name,
             t.version.map(|v| v.to_string()).unwrap_or_default(),
             t.rows,

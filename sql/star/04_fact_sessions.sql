@@ -1,0 +1,96 @@
+-- fact_sessions: one row per session (events.session_key), partitioned by its start date.
+--
+-- A session's device, country, landing page, referrer and landing segment are those of its first
+-- event. Checkout counts as started by checkout_started, any checkout step, payment info or a
+-- purchase; a purchase also counts as payment info and as the last checkout step (3).
+-- Revenue is the sum over the session's orders of each order's revenue as sent on its first
+-- purchase event, in `currency` (the currency of the session's first order).
+--
+-- Incremental: `events` holds every event of the sessions that changed since the last build.
+-- materialized: incremental
+-- unique_key: session_key
+-- partition_by: session_date
+-- not_null: session_key, user_key, date_key, started_at
+-- references: user_key -> dim_user.user_key, date_key -> dim_date.date_key
+WITH e AS (
+    SELECT
+        session_key, event_id, event_time, event_type, checkout_step, order_id, revenue,
+        currency, device, country, page_url, referrer, segment, anonymous_id,
+        coalesce(stitched_user_id, user_id) AS user_id,
+        row_number() OVER (PARTITION BY session_key ORDER BY event_time, event_id) AS pos
+    FROM events
+),
+first_event AS (
+    SELECT * FROM e WHERE pos = 1
+),
+orders AS (
+    SELECT session_key, order_id, revenue, currency, event_time,
+           row_number() OVER (PARTITION BY session_key, order_id ORDER BY event_time, event_id) AS rn
+    FROM e
+    WHERE event_type = 'purchase' AND order_id IS NOT NULL
+),
+session_orders AS (
+    SELECT
+        session_key,
+        count(*)                                              AS orders,
+        sum(revenue)                                          AS revenue,
+        first_value(currency ORDER BY event_time, order_id)   AS currency
+    FROM orders
+    WHERE rn = 1
+    GROUP BY session_key
+),
+agg AS (
+    SELECT
+        session_key,
+        min(event_time)                                                         AS started_at,
+        max(event_time)                                                         AS ended_at,
+        count(*)                                                                AS events,
+        count(*) FILTER (WHERE event_type = 'page_view')                        AS page_views,
+        count(*) FILTER (WHERE event_type = 'product_view')                     AS product_views,
+        count(*) FILTER (WHERE event_type = 'search')                           AS searches,
+        count(*) FILTER (WHERE event_type = 'add_to_cart')                      AS adds,
+        count(*) FILTER (WHERE event_type = 'remove_from_cart')                 AS removes,
+        bool_or(event_type IN ('checkout_started', 'checkout_step', 'payment_info', 'purchase'))
+                                                                                AS checkout_started,
+        max(checkout_step) FILTER (WHERE event_type = 'checkout_step')          AS max_step_seen,
+        bool_or(event_type IN ('payment_info', 'purchase'))                     AS payment_info,
+        bool_or(event_type = 'purchase')                                        AS purchased,
+        max(user_id)                                                            AS user_id
+    FROM e
+    GROUP BY session_key
+)
+SELECT
+    a.session_key,
+    CASE WHEN a.user_id IS NOT NULL THEN md5(concat('user', chr(31), a.user_id))
+         ELSE md5(concat('anonymous', chr(31), f.anonymous_id)) END           AS user_key,
+    a.user_id,
+    f.anonymous_id,
+    CAST(to_char(a.started_at, '%Y%m%d') AS INT)                              AS date_key,
+    a.started_at,
+    a.ended_at,
+    CAST(date_part('epoch', a.ended_at) - date_part('epoch', a.started_at) AS DOUBLE)
+                                                                              AS duration_s,
+    a.events,
+    a.page_views,
+    a.product_views,
+    a.searches,
+    a.adds,
+    a.removes,
+    a.checkout_started,
+    CASE WHEN a.purchased THEN greatest(coalesce(a.max_step_seen, 0), 3)
+         ELSE a.max_step_seen END                                             AS max_checkout_step,
+    a.payment_info,
+    a.purchased,
+    coalesce(o.orders, 0)                                                     AS orders,
+    o.revenue,
+    o.currency,
+    a.adds > 0 AND NOT a.purchased                                            AS cart_abandoned,
+    f.device,
+    f.country,
+    f.page_url                                                                AS landing_page,
+    f.referrer,
+    f.segment,
+    CAST(a.started_at AS DATE)                                                AS session_date
+FROM agg a
+JOIN first_event f ON f.session_key = a.session_key
+LEFT JOIN session_orders o ON o.session_key = a.session_key

@@ -1,0 +1,21 @@
+-- agg_funnel_daily: sessions per start date, landing segment and device, and how many reached
+-- each funnel stage.
+--
+-- grain: date_key, segment, device
+-- not_null: date_key, sessions
+-- references: date_key -> dim_date.date_key
+SELECT
+    date_key,
+    session_date,
+    segment,
+    device,
+    count(*)                                        AS sessions,
+    count(*) FILTER (WHERE adds > 0)                AS sessions_with_cart,
+    count(*) FILTER (WHERE checkout_started)        AS sessions_checkout,
+    count(*) FILTER (WHERE max_checkout_step >= 1)  AS sessions_step_1,
+    count(*) FILTER (WHERE max_checkout_step >= 2)  AS sessions_step_2,
+    count(*) FILTER (WHERE max_checkout_step >= 3)  AS sessions_step_3,
+    count(*) FILTER (WHERE payment_info)            AS sessions_payment,
+    count(*) FILTER (WHERE purchased)               AS sessions_purchased
+FROM fact_sessions
+GROUP BY date_key, session_date, segment, device

@@ -1,0 +1,118 @@
+-- agg_user_features: the personalization feature table, one row per customer (user_key),
+-- relative to the build's as-of time `$as_of` (only what happened at or before it counts).
+--
+-- Money: `currency` is the currency of the customer's latest order; revenue_* and
+-- average_order_value sum only orders in that currency (orders_* count every order).
+-- favourite_category / favourite_brand: the most interacted-with top-level category and brand
+-- (product view 1, add to cart 3, purchase 5 points; ties by name). preferred_device: the device
+-- of most sessions (ties by name).
+--
+-- grain: user_key
+-- unique_key: user_key
+-- not_null: user_key, as_of, sessions_lifetime
+-- references: user_key -> dim_user.user_key
+WITH sessions AS (
+    SELECT * FROM fact_sessions WHERE started_at <= $as_of
+),
+orders AS (
+    SELECT * FROM fact_orders WHERE ordered_at <= $as_of
+),
+last_currency AS (
+    SELECT user_key, first_value(currency ORDER BY ordered_at DESC, order_id DESC) AS currency
+    FROM orders
+    GROUP BY user_key
+),
+order_features AS (
+    SELECT
+        o.user_key,
+        c.currency,
+        count(*) FILTER (WHERE o.ordered_at > $as_of - INTERVAL '30 days')                       AS orders_30d,
+        count(*) FILTER (WHERE o.ordered_at > $as_of - INTERVAL '90 days')                       AS orders_90d,
+        count(*) FILTER (WHERE o.ordered_at > $as_of - INTERVAL '365 days')                      AS orders_365d,
+        count(*)                                                                                  AS orders_lifetime,
+        sum(o.revenue) FILTER (WHERE o.currency = c.currency AND o.ordered_at > $as_of - INTERVAL '30 days')  AS revenue_30d,
+        sum(o.revenue) FILTER (WHERE o.currency = c.currency AND o.ordered_at > $as_of - INTERVAL '90 days')  AS revenue_90d,
+        sum(o.revenue) FILTER (WHERE o.currency = c.currency AND o.ordered_at > $as_of - INTERVAL '365 days') AS revenue_365d,
+        sum(o.revenue) FILTER (WHERE o.currency = c.currency)                                     AS revenue_lifetime,
+        count(*) FILTER (WHERE o.currency = c.currency)                                           AS orders_in_currency,
+        max(o.ordered_at)                                                                         AS last_purchase_at
+    FROM orders o
+    JOIN last_currency c ON c.user_key = o.user_key
+    GROUP BY o.user_key, c.currency
+),
+session_features AS (
+    SELECT
+        user_key,
+        count(*)                                                                            AS sessions_lifetime,
+        count(*) FILTER (WHERE started_at > $as_of - INTERVAL '30 days')                    AS sessions_30d,
+        coalesce(sum(product_views) FILTER (WHERE started_at > $as_of - INTERVAL '30 days'), 0) AS product_views_30d,
+        count(*) FILTER (WHERE cart_abandoned AND started_at > $as_of - INTERVAL '30 days') AS carts_abandoned_30d,
+        max(ended_at) FILTER (WHERE cart_abandoned)                                         AS last_cart_abandoned_at,
+        count(*) FILTER (WHERE adds > 0)                                                    AS sessions_with_cart,
+        count(*) FILTER (WHERE cart_abandoned)                                              AS carts_abandoned
+    FROM sessions
+    GROUP BY user_key
+),
+devices AS (
+    SELECT user_key, device,
+           row_number() OVER (PARTITION BY user_key ORDER BY count(*) DESC, device) AS rn
+    FROM sessions
+    WHERE device IS NOT NULL
+    GROUP BY user_key, device
+),
+interest AS (
+    SELECT
+        CASE WHEN coalesce(stitched_user_id, user_id) IS NOT NULL
+             THEN md5(concat('user', chr(31), coalesce(stitched_user_id, user_id)))
+             ELSE md5(concat('anonymous', chr(31), anonymous_id)) END AS user_key,
+        category_l1,
+        brand,
+        CASE event_type WHEN 'purchase' THEN 5 WHEN 'add_to_cart' THEN 3 ELSE 1 END AS points
+    FROM events
+    WHERE event_type IN ('product_view', 'add_to_cart', 'purchase') AND event_time <= $as_of
+),
+categories AS (
+    SELECT user_key, category_l1,
+           row_number() OVER (PARTITION BY user_key ORDER BY sum(points) DESC, category_l1) AS rn
+    FROM interest
+    WHERE category_l1 IS NOT NULL
+    GROUP BY user_key, category_l1
+),
+brands AS (
+    SELECT user_key, brand,
+           row_number() OVER (PARTITION BY user_key ORDER BY sum(points) DESC, brand) AS rn
+    FROM interest
+    WHERE brand IS NOT NULL
+    GROUP BY user_key, brand
+)
+SELECT
+    s.user_key,
+    $as_of                                                                   AS as_of,
+    coalesce(o.orders_30d, 0)                                                AS orders_30d,
+    coalesce(o.orders_90d, 0)                                                AS orders_90d,
+    coalesce(o.orders_365d, 0)                                               AS orders_365d,
+    coalesce(o.orders_lifetime, 0)                                           AS orders_lifetime,
+    o.currency,
+    coalesce(o.revenue_30d, 0)                                               AS revenue_30d,
+    coalesce(o.revenue_90d, 0)                                               AS revenue_90d,
+    coalesce(o.revenue_365d, 0)                                              AS revenue_365d,
+    coalesce(o.revenue_lifetime, 0)                                          AS revenue_lifetime,
+    CAST(o.revenue_lifetime / o.orders_in_currency AS DECIMAL(18, 2))        AS average_order_value,
+    o.last_purchase_at,
+    CAST(floor((date_part('epoch', $as_of) - date_part('epoch', o.last_purchase_at)) / 86400) AS BIGINT)
+                                                                             AS days_since_last_purchase,
+    s.sessions_lifetime,
+    s.sessions_30d,
+    s.product_views_30d,
+    s.carts_abandoned_30d,
+    s.last_cart_abandoned_at,
+    CASE WHEN s.sessions_with_cart > 0
+         THEN CAST(s.carts_abandoned AS DOUBLE) / s.sessions_with_cart END   AS cart_abandonment_rate,
+    c.category_l1                                                            AS favourite_category,
+    b.brand                                                                  AS favourite_brand,
+    d.device                                                                 AS preferred_device
+FROM session_features s
+LEFT JOIN order_features o ON o.user_key = s.user_key
+LEFT JOIN categories c ON c.user_key = s.user_key AND c.rn = 1
+LEFT JOIN brands b ON b.user_key = s.user_key AND b.rn = 1
+LEFT JOIN devices d ON d.user_key = s.user_key AND d.rn = 1

@@ -1,0 +1,834 @@
+//! Build: the star schema for checkout personalization, one Delta table per SQL model of
+//! `sql/star/`, rebuilt from what `clean` changed.
+//!
+//! ```text
+//!  events vN ──▶ for each model, in file order:
+//!    materialized: incremental (unique_key K)      materialized: table
+//!      keys = K of the rows clean changed since      the whole model, over `events` and the
+//!             the version the table reflects           tables built before it
+//!             (events_changes, see clean)
+//!      events := events rows with K in keys
+//!      rows   = model; files holding a key are
+//!               rewritten without those rows
+//!    commit: removes + adds + txn markers (events version, inputs fingerprint)   — one per table
+//! ```
+//!
+//! Every model and every segment rule is planned before anything is written, so a broken model or
+//! rule is a configuration error (exit 2) that changes nothing. Each table's commit records the
+//! events version it reflects and a fingerprint of its inputs (events version, as-of time when the
+//! model uses it, model text, segment rules): a re-run after a crash skips the tables already
+//! built and finishes the rest. Features and dynamic segments are relative to the as-of time
+//! (`--as-of`, default: the latest event_time in `events`), so a re-run on the same data gives
+//! the same tables.
+
+mod segments;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{DataFrame, SessionContext};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::catalog::{self, EVENTS};
+use crate::config::Config;
+use crate::delta;
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::models::{self, Model};
+use crate::printer::Printer;
+use crate::storage::Lake;
+
+/// The Delta application id under which a star table records the events version it reflects.
+pub const EVENTS_APP_ID: &str = "clicklake/build/events";
+/// The application id of the fingerprint of everything a table was built from.
+pub const INPUTS_APP_ID: &str = "clicklake/build/inputs";
+const FILE_COLUMN: &str = "__clicklake_file";
+
+#[derive(Debug, Clone, Copy)]
+pub enum AsOf {
+    Now,
+    /// Microseconds since the epoch, UTC.
+    At(i64),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildRequest {
+    pub full_refresh: bool,
+    pub as_of: Option<AsOf>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct BuildSummary {
+    /// `built` or `up_to_date`.
+    pub mode: &'static str,
+    pub events_version: Option<i64>,
+    /// RFC 3339, UTC.
+    pub as_of: Option<String>,
+    pub tables: Vec<TableBuild>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize, Default, Clone)]
+pub struct TableBuild {
+    pub table: String,
+    /// `full`, `incremental` or `up_to_date`.
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Incremental: the changed keys recomputed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_changed: Option<u64>,
+    /// Rows the model produced (all of them on a full build).
+    pub rows_computed: u64,
+    /// Unchanged rows copied out of rewritten files.
+    pub rows_copied: u64,
+    pub files_added: u64,
+    pub files_removed: u64,
+    pub version: Option<i64>,
+    pub seconds: f64,
+}
+
+/// One model's incremental plan: which `events` key column it recomputes by, and which values.
+enum Work {
+    UpToDate,
+    Full(String),
+    Incremental { column: String, keys: Vec<String> },
+}
+
+pub async fn run(
+    lake: &Lake,
+    cfg: &Config,
+    req: BuildRequest,
+    printer: &Printer,
+) -> Result<BuildSummary> {
+    let started = Instant::now();
+    let models = models::load("star", cfg.build.sql_dir.as_deref())?;
+    for m in &models {
+        validate_directives(m)?;
+    }
+    let mut summary = BuildSummary {
+        mode: "up_to_date",
+        ..Default::default()
+    };
+    let Some(events) = lake.open_table(EVENTS.name).await? else {
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    };
+    let events_version = events.version().unwrap_or(0) as i64;
+    summary.events_version = Some(events_version);
+
+    let ctx = catalog::model_session(cfg.memory_limit)?;
+    events.update_datafusion_session(&ctx.state())?;
+    let events_provider = events.table_provider().await?;
+    ctx.register_table("events_all", events_provider.clone())?;
+    ctx.register_table("events", events_provider)?;
+    let as_of = match req.as_of {
+        Some(AsOf::At(us)) => us,
+        Some(AsOf::Now) => chrono::Utc::now().timestamp_micros(),
+        None => latest_event_time(&ctx)
+            .await?
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
+    };
+    summary.as_of = chrono::DateTime::from_timestamp_micros(as_of)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    let params = ParamValues::from(vec![(
+        "as_of",
+        ScalarValue::TimestampMicrosecond(Some(as_of), Some("UTC".into())),
+    )]);
+    ctx.register_table("segment_rules", Arc::new(segments::rules_table(cfg)?))?;
+
+    // Nothing is written until every model and every segment rule plans.
+    validate_plans(lake, cfg, &ctx, &models, &params).await?;
+
+    let progress = printer.spinner("build");
+    let mut any_built = false;
+    let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
+    for model in &models {
+        let t0 = Instant::now();
+        progress.set_message(model.name.clone());
+        let existing = lake.open_table(&model.name).await?;
+        let fingerprint = inputs_fingerprint(model, events_version, as_of, cfg);
+        let work = plan_work(
+            lake,
+            &events,
+            existing.as_ref(),
+            model,
+            req.full_refresh,
+            events_version,
+            fingerprint,
+            &mut changes_cache,
+        )
+        .await?;
+        let mut built = match work {
+            Work::UpToDate => {
+                // Still readable by the models after it, as committed.
+                if let Some(t) = &existing {
+                    reregister(&ctx, &model.name, t).await?;
+                }
+                TableBuild {
+                    table: model.name.clone(),
+                    mode: "up_to_date",
+                    version: existing.as_ref().and_then(|t| t.version()).map(|v| v as i64),
+                    ..Default::default()
+                }
+            }
+            work => {
+                any_built = true;
+                build_table(
+                    lake,
+                    cfg,
+                    &ctx,
+                    model,
+                    existing,
+                    work,
+                    &params,
+                    as_of,
+                    vec![
+                        Transaction::new(EVENTS_APP_ID, events_version),
+                        Transaction::new(INPUTS_APP_ID, fingerprint),
+                    ],
+                )
+                .await?
+            }
+        };
+        built.seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(
+            table = %built.table,
+            mode = built.mode,
+            rows = built.rows_computed,
+            seconds = built.seconds,
+            "built"
+        );
+        summary.tables.push(built);
+    }
+    progress.finish_and_clear();
+    if any_built {
+        summary.mode = "built";
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The latest event_time in `events` (answered from file statistics where possible).
+async fn latest_event_time(ctx: &SessionContext) -> Result<Option<i64>> {
+    let batches = ctx
+        .sql("SELECT CAST(max(event_time) AS BIGINT) FROM events_all")
+        .await?
+        .collect()
+        .await?;
+    for b in batches {
+        let c = arrow::compute::cast(b.column(0), &DataType::Int64)?;
+        let c = c
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        if c.len() > 0 && c.is_valid(0) {
+            // A timestamp cast to BIGINT is in its own unit: microseconds.
+            return Ok(Some(c.value(0)));
+        }
+    }
+    Ok(None)
+}
+
+fn validate_directives(model: &Model) -> Result<()> {
+    let materialized = model
+        .directive("materialized")
+        .unwrap_or_else(|| "table".into());
+    match materialized.as_str() {
+        "table" => Ok(()),
+        "incremental" => match model.directive("unique_key") {
+            Some(k) if catalog::CHANGE_KEYS.contains(&k.as_str()) => Ok(()),
+            other => Err(Error::config(format!(
+                "SQL model {}: an incremental model needs `-- unique_key:` one of {} (the events \
+                 column it is recomputed by), got {:?}",
+                model.origin,
+                catalog::CHANGE_KEYS.join(", "),
+                other.unwrap_or_default()
+            ))),
+        },
+        other => Err(Error::config(format!(
+            "SQL model {}: materialized must be table or incremental, got {other:?}",
+            model.origin
+        ))),
+    }
+}
+
+/// Plans every model in order (each registered as a view for the ones after it) and every
+/// segment rule, in a scratch session: a mistake is reported before anything is written.
+async fn validate_plans(
+    lake: &Lake,
+    cfg: &Config,
+    ctx: &SessionContext,
+    models: &[Model],
+    params: &ParamValues,
+) -> Result<()> {
+    let scratch = catalog::model_session(cfg.memory_limit)?;
+    for name in ["events_all", "events", "segment_rules"] {
+        scratch.register_table(name, ctx.table_provider(name).await?)?;
+    }
+    for model in models {
+        let _ = scratch.deregister_table("this");
+        scratch.register_table("this", this_provider(lake, model).await?)?;
+        if model.name == "user_segments" {
+            segments::validate_rules(&scratch, cfg).await?;
+            segments::register_members(&scratch, cfg, None, params, 0).await?;
+        }
+        let df = scratch
+            .sql(&model.sql)
+            .await
+            .and_then(|df| df.with_param_values(params.clone()))
+            .map_err(|e| models::model_error(model, e))?;
+        // Physical planning catches type errors the logical plan lets through.
+        df.clone()
+            .create_physical_plan()
+            .await
+            .map_err(|e| models::model_error(model, e))?;
+        delta_schema(df.schema().inner(), model)?;
+        let _ = scratch.deregister_table(model.name.as_str());
+        scratch
+            .register_table(model.name.as_str(), df.into_view())
+            .map_err(|e| models::model_error(model, e))?;
+    }
+    Ok(())
+}
+
+/// `this` for a model: its table as last committed, or an empty table of its fixed schema.
+async fn this_provider(
+    lake: &Lake,
+    model: &Model,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    if let Some(t) = lake.open_table(&model.name).await? {
+        return Ok(t.table_provider().await?);
+    }
+    let schema = catalog::find(&model.name)
+        .map(|d| (d.schema)())
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
+}
+
+/// A stable 63-bit FNV-1a fingerprint of what a table is computed from.
+fn inputs_fingerprint(model: &Model, events_version: i64, as_of: i64, cfg: &Config) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    feed(model.sql.as_bytes());
+    feed(&events_version.to_le_bytes());
+    if model.sql.contains("$as_of") {
+        feed(&as_of.to_le_bytes());
+    }
+    if model.name == "dim_segment" || model.name == "user_segments" || model.sql.contains("segment_rules")
+    {
+        for s in &cfg.build.segments {
+            feed(s.name.as_bytes());
+            feed(s.kind.as_str().as_bytes());
+            feed(s.rule.as_bytes());
+            feed(&s.priority.to_le_bytes());
+            feed(&s.refresh.map(|d| d.as_secs()).unwrap_or(0).to_le_bytes());
+        }
+    }
+    (h >> 1) as i64
+}
+
+type ChangeSet = HashMap<String, Vec<String>>;
+
+#[allow(clippy::too_many_arguments)]
+async fn plan_work(
+    lake: &Lake,
+    events: &DeltaTable,
+    existing: Option<&DeltaTable>,
+    model: &Model,
+    full_refresh: bool,
+    events_version: i64,
+    fingerprint: i64,
+    cache: &mut HashMap<i64, Result<ChangeSet, String>>,
+) -> Result<Work> {
+    if full_refresh {
+        return Ok(Work::Full("--full-refresh".into()));
+    }
+    let Some(table) = existing else {
+        return Ok(Work::Full("first build".into()));
+    };
+    if delta::txn_version(table, INPUTS_APP_ID).await? == Some(fingerprint) {
+        return Ok(Work::UpToDate);
+    }
+    let Some(column) = model
+        .directive("materialized")
+        .filter(|m| m == "incremental")
+        .and(model.directive("unique_key"))
+    else {
+        return Ok(Work::Full("materialized as a table".into()));
+    };
+    let Some(reflected) = delta::txn_version(table, EVENTS_APP_ID).await? else {
+        return Ok(Work::Full("no record of the events version it reflects".into()));
+    };
+    if reflected > events_version {
+        return Ok(Work::Full(format!(
+            "reflects events version {reflected}, newer than {events_version}"
+        )));
+    }
+    if reflected == events_version {
+        // Only an input other than events changed (the model text): recompute it all.
+        return Ok(Work::Full("the model changed".into()));
+    }
+    if !cache.contains_key(&reflected) {
+        let changes = changed_keys(lake, events, reflected, events_version).await?;
+        cache.insert(reflected, changes);
+    }
+    match &cache[&reflected] {
+        Err(reason) => Ok(Work::Full(reason.clone())),
+        Ok(set) => Ok(Work::Incremental {
+            keys: set.get(&column).cloned().unwrap_or_default(),
+            column,
+        }),
+    }
+}
+
+/// The keys of the events rows changed by commits `from+1..=to`, from the change records clean
+/// leaves in `events_changes`; or why they cannot be known (a full clean, an unknown writer, a
+/// commit no longer in the log), which calls for a full build.
+async fn changed_keys(
+    lake: &Lake,
+    events: &DeltaTable,
+    from: i64,
+    to: i64,
+) -> Result<std::result::Result<ChangeSet, String>> {
+    let store = events.log_store();
+    let mut change_ids: Vec<String> = Vec::new();
+    for v in (from + 1)..=to {
+        let Some(bytes) = store.read_commit_entry(v as _).await? else {
+            return Ok(Err(format!("events commit {v} is no longer in the log")));
+        };
+        let mut data_change = false;
+        let mut info: Option<serde_json::Value> = None;
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line)
+                .map_err(|e| Error::runtime(format!("events commit {v}: {e}")))?;
+            for kind in ["add", "remove"] {
+                if let Some(a) = action.get(kind) {
+                    data_change |= a["dataChange"].as_bool().unwrap_or(true);
+                }
+            }
+            if let Some(ci) = action.get("commitInfo") {
+                info = ci.get("clicklake").cloned();
+            }
+        }
+        if !data_change {
+            continue;
+        }
+        let Some(info) = info else {
+            return Ok(Err(format!("events commit {v} was not written by clean")));
+        };
+        match info["changes"].as_str() {
+            Some(id) => change_ids.push(id.to_string()),
+            None => {
+                return Ok(Err(format!(
+                    "events commit {v} was a full clean ({})",
+                    info["mode"].as_str().unwrap_or("?")
+                )))
+            }
+        }
+    }
+    let mut out: ChangeSet = HashMap::new();
+    if change_ids.is_empty() {
+        return Ok(Ok(out));
+    }
+    let Some(table) = lake.open_table(catalog::EVENTS_CHANGES.name).await? else {
+        return Ok(Err("events_changes is missing".into()));
+    };
+    let ctx = catalog::session(256 << 20)?;
+    catalog::register(&ctx, "events_changes", &table).await?;
+    let ids = MemTable::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
+        vec![vec![RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)])),
+            vec![Arc::new(arrow::array::StringArray::from(change_ids))],
+        )?]],
+    )?;
+    ctx.register_table("ids", Arc::new(ids))?;
+    let batches = ctx
+        .sql(
+            "SELECT DISTINCT c.key_column, c.key FROM ids i \
+             JOIN events_changes c ON c.change_id = i.id",
+        )
+        .await?
+        .collect()
+        .await?;
+    for b in batches {
+        let cols = catalog::strings(b.column(0))?;
+        let keys = catalog::strings(b.column(1))?;
+        for (c, k) in cols.into_iter().zip(keys) {
+            if let (Some(c), Some(k)) = (c, k) {
+                out.entry(c).or_default().push(k);
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+async fn reregister(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    let _ = ctx.deregister_table(name);
+    catalog::register(ctx, name, table).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_table(
+    lake: &Lake,
+    cfg: &Config,
+    ctx: &SessionContext,
+    model: &Model,
+    existing: Option<DeltaTable>,
+    work: Work,
+    params: &ParamValues,
+    as_of: i64,
+    markers: Vec<Transaction>,
+) -> Result<TableBuild> {
+    let mut out = TableBuild {
+        table: model.name.clone(),
+        ..Default::default()
+    };
+    // What `events` means for this model.
+    let _ = ctx.deregister_table("events");
+    let incremental = match &work {
+        Work::Incremental { column, keys } => {
+            out.mode = "incremental";
+            out.keys_changed = Some(keys.len() as u64);
+            ctx.register_table("changed_keys", Arc::new(key_table(keys)?))?;
+            let join = if column == "event_date" {
+                format!("e.{column} = CAST(k.key AS DATE)")
+            } else {
+                format!("e.{column} = k.key")
+            };
+            let view = ctx
+                .sql(&format!(
+                    "SELECT e.* FROM changed_keys k JOIN events_all e ON {join}"
+                ))
+                .await?;
+            ctx.register_table("events", view.into_view())?;
+            Some((column.clone(), keys.iter().cloned().collect::<HashSet<String>>()))
+        }
+        Work::Full(reason) => {
+            out.mode = "full";
+            out.reason = Some(reason.clone());
+            ctx.register_table("events", ctx.table_provider("events_all").await?)?;
+            None
+        }
+        Work::UpToDate => unreachable!("handled by the caller"),
+    };
+    let _ = ctx.deregister_table("this");
+    ctx.register_table("this", this_provider(lake, model).await?)?;
+    if model.name == "user_segments" {
+        segments::register_members(ctx, cfg, existing.as_ref(), params, as_of).await?;
+    }
+    let df: DataFrame = ctx
+        .sql(&model.sql)
+        .await
+        .and_then(|df| df.with_param_values(params.clone()))
+        .map_err(|e| models::model_error(model, e))?;
+    let schema = delta_schema(df.schema().inner(), model)?;
+    let partitions = model.directive_list("partition_by");
+
+    // The table, created or re-created when the model's columns changed.
+    let same_schema = existing
+        .as_ref()
+        .and_then(|t| t.snapshot().ok())
+        .map(|s| same_columns(&s.snapshot().arrow_schema(), &schema));
+    let mut table = match (existing, same_schema) {
+        (Some(t), Some(true)) => t,
+        (Some(_), _) if incremental.is_some() => {
+            return Err(Error::config(format!(
+                "SQL model {}: its columns differ from table {}; run `clicklake build --full-refresh`",
+                model.origin, model.name
+            )))
+        }
+        (existing, _) => create_table(lake, model, &schema, &partitions, existing.is_some()).await?,
+    };
+
+    let mut removes: Vec<Action> = Vec::new();
+    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+    let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
+    let mut sink = delta::TableSink::new(
+        &table,
+        props,
+        cfg.ingest.target_file_size,
+        flush_at,
+        format!("SQL model {}", model.origin),
+    )?;
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| models::model_error(model, e))?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| models::model_error(model, e))?;
+        sink.write(&batch).await?;
+    }
+    out.rows_computed = sink.rows();
+    match &incremental {
+        None => {
+            removes.extend(
+                table
+                    .snapshot()?
+                    .log_data()
+                    .iter()
+                    .map(|f| Action::Remove(f.remove_action(true))),
+            );
+        }
+        Some((column, keys)) if !keys.is_empty() => {
+            let files = files_holding(ctx, &table, column).await?;
+            if !files.is_empty() {
+                let provider = table
+                    .table_provider()
+                    .with_file_paths(files.clone())
+                    .await?;
+                let _ = ctx.deregister_table("rewrite");
+                ctx.register_table("rewrite", provider)?;
+                let mut stream = ctx.table("rewrite").await?.execute_stream().await?;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let values = catalog::utf8(
+                        batch.column_by_name(column).expect("the unique key column"),
+                    )?;
+                    let keep: BooleanArray = values
+                        .iter()
+                        .map(|v| Some(!v.is_some_and(|v| keys.contains(v))))
+                        .collect();
+                    let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
+                    out.rows_copied += kept.num_rows() as u64;
+                    sink.write(&kept).await?;
+                }
+                let wanted: HashSet<String> = files
+                    .iter()
+                    .map(|f| delta::table_relative_path(f, &model.name))
+                    .collect();
+                for f in table.snapshot()?.log_data().iter() {
+                    if wanted.contains(&f.path().to_string()) {
+                        removes.push(Action::Remove(f.remove_action(true)));
+                    }
+                }
+                if removes.len() != files.len() {
+                    return Err(Error::runtime(format!(
+                        "{}: matched {} of the {} files to rewrite in the table log",
+                        model.name,
+                        removes.len(),
+                        files.len()
+                    )));
+                }
+            }
+        }
+        Some(_) => {}
+    }
+    let adds = sink.finish().await?;
+    fault("build-after-data-files");
+    out.files_added = adds.len() as u64;
+    out.files_removed = removes.len() as u64;
+    let mode = if removes.is_empty() {
+        SaveMode::Append
+    } else {
+        SaveMode::Overwrite
+    };
+    let mut actions = removes;
+    actions.extend(adds.into_iter().map(Action::Add));
+    let mut meta = HashMap::new();
+    meta.insert(
+        "clicklake".to_string(),
+        serde_json::json!({
+            "command": "build",
+            "model": model.origin,
+            "mode": out.mode,
+            "keys_changed": out.keys_changed,
+            "as_of": as_of,
+        }),
+    );
+    let version = delta::commit(&mut table, actions, markers, meta, mode).await?;
+    out.version = Some(version);
+    reregister(ctx, &model.name, &table).await?;
+    let _ = ctx.deregister_table("changed_keys");
+    Ok(out)
+}
+
+/// The data files of `table` holding a row whose `column` is in `changed_keys`.
+async fn files_holding(ctx: &SessionContext, table: &DeltaTable, column: &str) -> Result<Vec<String>> {
+    let provider = table
+        .table_provider()
+        .with_file_column(FILE_COLUMN)
+        .await?;
+    let _ = ctx.deregister_table("current_files");
+    ctx.register_table("current_files", provider)?;
+    let join = if column == "event_date" {
+        format!("t.{column} = CAST(k.key AS DATE)")
+    } else {
+        format!("t.{column} = k.key")
+    };
+    let batches = ctx
+        .sql(&format!(
+            "SELECT DISTINCT CAST(t.{FILE_COLUMN} AS VARCHAR) FROM changed_keys k \
+             JOIN current_files t ON {join}"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let _ = ctx.deregister_table("current_files");
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
+    }
+    Ok(out)
+}
+
+fn key_table(keys: &[String]) -> Result<MemTable> {
+    let schema = Arc::new(Schema::new(vec![Field::new("key", DataType::Utf8, true)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(arrow::array::StringArray::from_iter_values(
+            keys.iter(),
+        ))],
+    )?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+/// The model's output columns as Delta can store them: string views as strings, every
+/// timestamp as UTC microseconds, unsigned integers widened.
+fn delta_schema(schema: &SchemaRef, model: &Model) -> Result<SchemaRef> {
+    let mut fields = Vec::new();
+    for f in schema.fields() {
+        let t = match f.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+            DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+            DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+            DataType::Null => {
+                return Err(Error::config(format!(
+                    "SQL model {}: column {} has no type (a bare NULL); CAST it",
+                    model.origin,
+                    f.name()
+                )))
+            }
+            other => other.clone(),
+        };
+        fields.push(Field::new(f.name(), t, true));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let _: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
+        Error::config(format!(
+            "SQL model {}: a column type Delta cannot store: {e}",
+            model.origin
+        ))
+    })?;
+    for p in model.directive_list("partition_by") {
+        if schema.field_with_name(&p).is_err() {
+            return Err(Error::config(format!(
+                "SQL model {}: partition_by column {p} is not in its output",
+                model.origin
+            )));
+        }
+    }
+    Ok(schema)
+}
+
+fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().all(|f| {
+            b.field_with_name(f.name())
+                .is_ok_and(|g| g.data_type() == f.data_type())
+        })
+}
+
+async fn create_table(
+    lake: &Lake,
+    model: &Model,
+    schema: &SchemaRef,
+    partitions: &[String],
+    replace: bool,
+) -> Result<DeltaTable> {
+    if let Some(def) = catalog::find(&model.name) {
+        if !replace {
+            return catalog::ensure_table(lake, def).await;
+        }
+    }
+    let kernel: StructType = schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| Error::runtime(format!("schema of {}: {e}", model.name)))?;
+    let description = model
+        .sql
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("--"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    let created = deltalake::operations::create::CreateBuilder::new()
+        .with_location(lake.table_url(&model.name).to_string())
+        .with_storage_options(lake.storage_options())
+        .with_table_name(model.name.as_str())
+        .with_comment(description)
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(partitions.iter().cloned())
+        .with_save_mode(if replace {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::Ignore
+        })
+        .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("50"))
+        .await?;
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every embedded star model plans against the real schemas (and every default segment
+    /// rule against agg_user_features): a broken model fails here, not in a cron run.
+    #[tokio::test]
+    async fn embedded_star_models_plan_against_the_real_schemas() {
+        let cfg = crate::config::Config::merge(
+            &Default::default(),
+            &Default::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cfg;
+        cfg.lake = dir.path().display().to_string();
+        let lake = Lake::from_config(&cfg).unwrap();
+        let models = models::load("star", None).unwrap();
+        assert_eq!(models.len(), catalog::star_tables().len());
+        for m in &models {
+            validate_directives(m).unwrap();
+        }
+        let ctx = catalog::model_session(256 << 20).unwrap();
+        let empty = Arc::new(MemTable::try_new((EVENTS.schema)(), vec![vec![]]).unwrap());
+        ctx.register_table("events_all", empty.clone()).unwrap();
+        ctx.register_table("events", empty).unwrap();
+        ctx.register_table(
+            "segment_rules",
+            Arc::new(segments::rules_table(&cfg).unwrap()),
+        )
+        .unwrap();
+        let params = ParamValues::from(vec![(
+            "as_of",
+            ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into())),
+        )]);
+        validate_plans(&lake, &cfg, &ctx, &models, &params)
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! `clicklake check`: data tests over the lake. Prints a report (`--json`: one object) and exits
+//! 1 when any check fails, so CI can gate on it.
+
+use std::process::ExitCode;
+
+use crate::check;
+use crate::cli::CheckArgs;
+use crate::config::Config;
+use crate::error::exit;
+use crate::storage::Lake;
+
+pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.checks_dir.as_deref().or(cfg.build.checks_dir.as_deref());
+    let report = check::run(lake, cfg, dir, args.select.as_deref()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if !(cfg.quiet && report.failed == 0) {
+        print!("{}", check::render(&report));
+    }
+    Ok(if report.failed > 0 {
+        ExitCode::from(exit::CHECKS_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
