@@ -121,7 +121,10 @@ fn tables_named_in(sql: &str) -> Vec<String> {
     let words: std::collections::HashSet<&str> = sql
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .collect();
-    known.into_iter().filter(|t| words.contains(t.as_str())).collect()
+    known
+        .into_iter()
+        .filter(|t| words.contains(t.as_str()))
+        .collect()
 }
 
 /// The tests a model's header declares.
@@ -151,7 +154,9 @@ fn model_checks(model: &Model) -> Result<Vec<Check>> {
         push(
             "unique",
             &grain.join("+"),
-            format!("SELECT {cols}, count(*) AS copies FROM {t} GROUP BY {cols} HAVING count(*) > 1"),
+            format!(
+                "SELECT {cols}, count(*) AS copies FROM {t} GROUP BY {cols} HAVING count(*) > 1"
+            ),
             None,
         );
     } else if let Some(k) = model.directive("unique_key") {
@@ -303,7 +308,12 @@ async fn register_raw_cleaned(
 /// Counts the offending rows (streaming) and keeps the first few for the report.
 async fn run_one(ctx: &SessionContext, check: &Check) -> Result<(u64, Option<String>)> {
     let fail = |e: datafusion::error::DataFusionError| {
-        let message = format!("check {} ({}): {}", check.name, check.origin, root_message(&e));
+        let message = format!(
+            "check {} ({}): {}",
+            check.name,
+            check.origin,
+            root_message(&e)
+        );
         if is_sql_mistake(&e) {
             Error::config(message)
         } else {

@@ -181,15 +181,14 @@ pub struct Segment {
 
 /// The segments a lake gets when clicklake.toml defines none.
 pub fn default_segments() -> Vec<FileSegment> {
-    let seg = |name: &str, kind: &str, rule: &str, priority: i64, refresh: Option<&str>| {
-        FileSegment {
+    let seg =
+        |name: &str, kind: &str, rule: &str, priority: i64, refresh: Option<&str>| FileSegment {
             name: name.into(),
             kind: Some(kind.into()),
             rule: rule.into(),
             priority: Some(priority),
             refresh: refresh.map(str::to_string),
-        }
-    };
+        };
     vec![
         seg(
             "cart_abandoner_24h",
@@ -344,9 +343,12 @@ fn merge_build(
         .enumerate()
     {
         let at = format!("segments[{i}] ({})", s.name);
-        let valid_name = s.name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-            && s
-                .name
+        let valid_name = s
+            .name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
+            && s.name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid_name {

@@ -65,6 +65,7 @@ pub struct Manifest {
     pub revenue_cents_by_currency: BTreeMap<String, i64>,
     pub registered_users: u64,
     pub anonymous_ids: u64,
+    /// Customers (one per visitor) with two or more orders.
     pub repeat_buyers: u64,
     /// Unique valid events per UTC date of event_time.
     pub events_per_day: BTreeMap<String, u64>,
@@ -140,7 +141,6 @@ struct Visitor {
     agent: &'static str,
     ip: String,
     last_end_us: i64,
-    purchases: u32,
 }
 
 /// One event as generated.
@@ -186,7 +186,8 @@ struct Gen {
     dirt_counter: u64,
     users_seen: HashSet<u64>,
     anons_seen: HashSet<String>,
-    buyers: HashMap<u64, u32>,
+    /// Orders per customer (anonymous_id: one visitor is one customer).
+    buyers: HashMap<String, u32>,
 }
 
 pub fn generate(opts: Options) -> Result<Manifest> {
@@ -224,7 +225,6 @@ pub fn generate(opts: Options) -> Result<Manifest> {
                 rng.gen_range(1..255)
             ),
             last_end_us: i64::MIN / 2,
-            purchases: 0,
         })
         .collect();
     let ext = match opts.format {
@@ -595,14 +595,8 @@ impl Gen {
             *m.revenue_cents_by_currency
                 .entry(p.currency.to_string())
                 .or_default() += p.revenue_cents.unwrap_or(0);
-            if let Some(u) = evs.iter().find_map(|e| e.user) {
-                *self.buyers.entry(u).or_default() += 1;
-            } else {
-                let v = self.visitors.iter_mut().find(|v| v.anon == p.anon);
-                if let Some(v) = v {
-                    v.purchases += 1;
-                }
-            }
+            // One visitor is one customer (their user_id, once seen, else their anonymous_id).
+            *self.buyers.entry(p.anon.clone()).or_default() += 1;
         }
         for e in evs {
             if let Some(u) = e.user {

@@ -153,11 +153,18 @@ pub async fn run(
     let progress = printer.spinner("build");
     let mut any_built = false;
     let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
+    let mut fingerprints: Vec<(String, i64)> = Vec::new();
     for model in &models {
         let t0 = Instant::now();
         progress.set_message(model.name.clone());
         let existing = lake.open_table(&model.name).await?;
-        let fingerprint = inputs_fingerprint(model, events_version, as_of, cfg);
+        let upstream: Vec<i64> = fingerprints
+            .iter()
+            .filter(|(name, _)| reads(model, name))
+            .map(|(_, f)| *f)
+            .collect();
+        let fingerprint = inputs_fingerprint(model, events_version, as_of, cfg, &upstream);
+        fingerprints.push((model.name.clone(), fingerprint));
         let work = plan_work(
             lake,
             &events,
@@ -178,7 +185,10 @@ pub async fn run(
                 TableBuild {
                     table: model.name.clone(),
                     mode: "up_to_date",
-                    version: existing.as_ref().and_then(|t| t.version()).map(|v| v as i64),
+                    version: existing
+                        .as_ref()
+                        .and_then(|t| t.version())
+                        .map(|v| v as i64),
                     ..Default::default()
                 }
             }
@@ -316,8 +326,27 @@ async fn this_provider(
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
 }
 
-/// A stable 63-bit FNV-1a fingerprint of what a table is computed from.
-fn inputs_fingerprint(model: &Model, events_version: i64, as_of: i64, cfg: &Config) -> i64 {
+/// True when `model` reads the table built by the model `name` (`user_segments` reads
+/// agg_user_features through the segment rules).
+fn reads(model: &Model, name: &str) -> bool {
+    let mentioned = model
+        .sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .any(|w| w == name);
+    mentioned || (name == "agg_user_features" && model.sql.contains("segment_members"))
+}
+
+/// A stable 63-bit FNV-1a fingerprint of what a table is computed from, including the
+/// fingerprints of the tables it reads.
+fn inputs_fingerprint(
+    model: &Model,
+    events_version: i64,
+    as_of: i64,
+    cfg: &Config,
+    upstream: &[i64],
+) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
@@ -329,10 +358,15 @@ fn inputs_fingerprint(model: &Model, events_version: i64, as_of: i64, cfg: &Conf
     };
     feed(model.sql.as_bytes());
     feed(&events_version.to_le_bytes());
+    for f in upstream {
+        feed(&f.to_le_bytes());
+    }
     if model.sql.contains("$as_of") {
         feed(&as_of.to_le_bytes());
     }
-    if model.name == "dim_segment" || model.name == "user_segments" || model.sql.contains("segment_rules")
+    if model.name == "dim_segment"
+        || model.name == "user_segments"
+        || model.sql.contains("segment_rules")
     {
         for s in &cfg.build.segments {
             feed(s.name.as_bytes());
@@ -375,7 +409,9 @@ async fn plan_work(
         return Ok(Work::Full("materialized as a table".into()));
     };
     let Some(reflected) = delta::txn_version(table, EVENTS_APP_ID).await? else {
-        return Ok(Work::Full("no record of the events version it reflects".into()));
+        return Ok(Work::Full(
+            "no record of the events version it reflects".into(),
+        ));
     };
     if reflected > events_version {
         return Ok(Work::Full(format!(
@@ -520,7 +556,10 @@ async fn build_table(
                 ))
                 .await?;
             ctx.register_table("events", view.into_view())?;
-            Some((column.clone(), keys.iter().cloned().collect::<HashSet<String>>()))
+            Some((
+                column.clone(),
+                keys.iter().cloned().collect::<HashSet<String>>(),
+            ))
         }
         Work::Full(reason) => {
             out.mode = "full";
@@ -550,13 +589,13 @@ async fn build_table(
         .map(|s| same_columns(&s.snapshot().arrow_schema(), &schema));
     let mut table = match (existing, same_schema) {
         (Some(t), Some(true)) => t,
-        (Some(_), _) if incremental.is_some() => {
-            return Err(Error::config(format!(
-                "SQL model {}: its columns differ from table {}; run `clicklake build --full-refresh`",
-                model.origin, model.name
-            )))
+        (Some(_), _) if incremental.is_some() => return Err(Error::config(format!(
+            "SQL model {}: its columns differ from table {}; run `clicklake build --full-refresh`",
+            model.origin, model.name
+        ))),
+        (existing, _) => {
+            create_table(lake, model, &schema, &partitions, existing.is_some()).await?
         }
-        (existing, _) => create_table(lake, model, &schema, &partitions, existing.is_some()).await?,
     };
 
     let mut removes: Vec<Action> = Vec::new();
@@ -662,11 +701,12 @@ async fn build_table(
 }
 
 /// The data files of `table` holding a row whose `column` is in `changed_keys`.
-async fn files_holding(ctx: &SessionContext, table: &DeltaTable, column: &str) -> Result<Vec<String>> {
-    let provider = table
-        .table_provider()
-        .with_file_column(FILE_COLUMN)
-        .await?;
+async fn files_holding(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    column: &str,
+) -> Result<Vec<String>> {
+    let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
     let _ = ctx.deregister_table("current_files");
     ctx.register_table("current_files", provider)?;
     let join = if column == "event_date" {
@@ -706,10 +746,17 @@ fn key_table(keys: &[String]) -> Result<MemTable> {
 fn delta_schema(schema: &SchemaRef, model: &Model) -> Result<SchemaRef> {
     let mut fields = Vec::new();
     for f in schema.fields() {
+        // Partition columns scan as dictionaries: store their values.
         let t = match f.data_type() {
+            DataType::Dictionary(_, value) => value.as_ref(),
+            other => other,
+        };
+        let t = match t {
             DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
             DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
-            DataType::Timestamp(_, _) => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            DataType::Timestamp(_, _) => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
             DataType::UInt8 | DataType::UInt16 => DataType::Int32,
             DataType::UInt32 | DataType::UInt64 => DataType::Int64,
             DataType::Null => {

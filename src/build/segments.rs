@@ -39,11 +39,13 @@ pub fn rules_table(cfg: &Config) -> Result<MemTable> {
                 segs.iter().map(|s| s.kind.as_str()),
             )),
             Arc::new(StringArray::from_iter_values(segs.iter().map(|s| &s.rule))),
-            Arc::new(Int64Array::from_iter_values(segs.iter().map(|s| s.priority))),
-            Arc::new(StringArray::from_iter(segs.iter().map(|s| {
-                s.refresh
-                    .map(|d| humantime_secs(d.as_secs()))
-            }))),
+            Arc::new(Int64Array::from_iter_values(
+                segs.iter().map(|s| s.priority),
+            )),
+            Arc::new(StringArray::from_iter(
+                segs.iter()
+                    .map(|s| s.refresh.map(|d| humantime_secs(d.as_secs()))),
+            )),
         ],
     )?;
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)
@@ -141,8 +143,10 @@ pub async fn register_members(
         };
         if carried {
             parts.push(format!(
-                "SELECT user_key, segment, evaluated_at FROM user_segments_previous \
-                 WHERE segment = '{}'",
+                // Only customers that still exist (stitching can retire an anonymous key).
+                "SELECT p.user_key, p.segment, p.evaluated_at FROM user_segments_previous p \
+                 JOIN (SELECT user_key FROM agg_user_features) f ON f.user_key = p.user_key \
+                 WHERE p.segment = '{}'",
                 s.name
             ));
         } else {
@@ -154,12 +158,10 @@ pub async fn register_members(
         }
     }
     if parts.is_empty() {
-        parts.push(
-            format!(
-                "SELECT CAST(NULL AS VARCHAR) AS user_key, CAST(NULL AS VARCHAR) AS segment, \
+        parts.push(format!(
+            "SELECT CAST(NULL AS VARCHAR) AS user_key, CAST(NULL AS VARCHAR) AS segment, \
                  {at} AS evaluated_at WHERE false"
-            ),
-        );
+        ));
     }
     let sql = parts.join("\nUNION ALL\n");
     let df = ctx

@@ -350,7 +350,10 @@ pub async fn run(
             summary.events_copied += batch.num_rows() as u64;
             write.write(&batch).await?;
         }
-        let wanted: HashSet<String> = superseded.iter().map(|f| delta::table_relative_path(f, EVENTS.name)).collect();
+        let wanted: HashSet<String> = superseded
+            .iter()
+            .map(|f| delta::table_relative_path(f, EVENTS.name))
+            .collect();
         for f in events.snapshot()?.log_data().iter() {
             if wanted.contains(&f.path().to_string()) {
                 removes.push(Action::Remove(f.remove_action(true)));

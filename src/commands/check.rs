@@ -10,7 +10,10 @@ use crate::error::exit;
 use crate::storage::Lake;
 
 pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.checks_dir.as_deref().or(cfg.build.checks_dir.as_deref());
+    let dir = args
+        .checks_dir
+        .as_deref()
+        .or(cfg.build.checks_dir.as_deref());
     let report = check::run(lake, cfg, dir, args.select.as_deref()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -109,10 +109,34 @@ pub fn app_id(key: &str) -> String {
     format!("clicklake/file/{key}")
 }
 
-/// Loads the segment of every known user, once `user_segments` exists (built by `build`).
-async fn load_segments(_lake: &Lake) -> Result<SegmentResolver> {
-    // Until the star layer defines user_segments, every known user lands as `unsegmented`.
-    Ok(SegmentResolver::default())
+/// The primary segment of every registered customer, from `dim_user` as last built: the
+/// `segment` partition their new rows land in (`unsegmented` before any build, or for a user in
+/// no segment; `anonymous` for rows without a user_id).
+async fn load_segments(lake: &Lake) -> Result<SegmentResolver> {
+    let Some(dim_user) = lake.open_table("dim_user").await? else {
+        return Ok(SegmentResolver::default());
+    };
+    let ctx = catalog::session(256 << 20)?;
+    catalog::register(&ctx, "dim_user", &dim_user).await?;
+    let batches = ctx
+        .sql(
+            "SELECT user_id, primary_segment FROM dim_user \
+             WHERE user_id IS NOT NULL AND primary_segment IS NOT NULL",
+        )
+        .await?
+        .collect()
+        .await?;
+    let mut by_user = HashMap::new();
+    for b in batches {
+        let users = catalog::utf8(b.column(0))?;
+        let segments = catalog::utf8(b.column(1))?;
+        for (u, s) in users.iter().zip(segments.iter()) {
+            if let (Some(u), Some(s)) = (u, s) {
+                by_user.insert(u.to_string(), s.to_string());
+            }
+        }
+    }
+    Ok(SegmentResolver::new(by_user))
 }
 
 /// The load history: file key → (batch id) for every recorded file.

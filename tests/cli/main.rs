@@ -1,6 +1,7 @@
 //! Integration tests: drive the `clicklake` binary through a TestContext, on a local lake and on
 //! s3s-fs (a real S3-compatible server on loopback).
 
+mod build;
 mod clean;
 mod context;
 mod errors;

@@ -1,0 +1,437 @@
+//! `clicklake build` and `clicklake check`: star counts against the generator's bookkeeping,
+//! incremental == full rebuild, segment history, golden fact rows, configuration errors.
+
+use std::path::Path;
+
+use crate::both_backends;
+use crate::context::{stderr_of, Backend, TestContext};
+
+fn build_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["build", "--json"];
+    all.extend_from_slice(args);
+    let out = ctx.ok(&all);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("build json: {e}: {out}"))
+}
+
+fn table_mode<'a>(summary: &'a serde_json::Value, table: &str) -> &'a str {
+    summary["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap_or_else(|| panic!("{table} not in {summary}"))["mode"]
+        .as_str()
+        .unwrap()
+}
+
+fn pipeline(ctx: &TestContext, input: &str) {
+    ctx.ingest_json(&[input]);
+    ctx.ok(&["clean", "-q"]);
+}
+
+#[test]
+fn star_counts_match_the_generators_bookkeeping() {
+    let ctx = TestContext::new(Backend::Local);
+    let m = ctx.generate(
+        "gen",
+        &[
+            "--events", "20000", "--files", "4", "--dirty", "--seed", "7",
+        ],
+    );
+    pipeline(&ctx, ctx.path("gen").to_str().unwrap());
+    let s = build_json(&ctx, &[]);
+    assert_eq!(s["mode"], "built");
+    assert_eq!(table_mode(&s, "fact_sessions"), "full");
+
+    let n = |sql: &str| ctx.count(sql);
+    assert_eq!(n("SELECT count(*) FROM fact_sessions"), m["sessions"]);
+    assert_eq!(
+        n("SELECT count(*) FROM fact_sessions WHERE adds > 0"),
+        m["sessions_with_add_to_cart"]
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM fact_checkout_funnel"),
+        m["sessions_with_add_to_cart"]
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM fact_sessions WHERE cart_abandoned"),
+        m["sessions_with_add_to_cart"].as_u64().unwrap()
+            - m["sessions_with_purchase"].as_u64().unwrap()
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM fact_sessions WHERE checkout_started"),
+        m["sessions_reaching_checkout"]
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM fact_sessions WHERE payment_info"),
+        m["sessions_with_payment_info"]
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM fact_sessions WHERE purchased"),
+        m["sessions_with_purchase"]
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM fact_checkout_funnel WHERE furthest_stage = 'purchase'"),
+        m["sessions_with_purchase"]
+    );
+    assert_eq!(n("SELECT count(*) FROM fact_orders"), m["orders"]);
+    assert_eq!(
+        n("SELECT coalesce(sum(orders), 0) FROM fact_sessions"),
+        m["orders"]
+    );
+    assert_eq!(
+        n("SELECT sum(sessions) FROM agg_funnel_daily"),
+        m["sessions"]
+    );
+    let revenue = ctx.query(
+        "SELECT currency, CAST(sum(revenue) * 100 AS BIGINT) FROM fact_orders \
+         GROUP BY currency ORDER BY currency",
+    );
+    let expected: Vec<String> = m["revenue_cents_by_currency"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(c, v)| format!("{c},{v}"))
+        .collect();
+    assert_eq!(revenue, expected);
+    assert_eq!(
+        n("SELECT count(*) FROM agg_user_features WHERE orders_lifetime >= 2"),
+        m["repeat_buyers"]
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM dim_user WHERE is_registered"),
+        m["registered_users"]
+    );
+    // Every customer with features is in dim_user and has a primary segment only if in one.
+    assert_eq!(
+        n(
+            "SELECT count(*) FROM dim_user d LEFT JOIN user_segments s ON s.user_key = d.user_key \
+           WHERE d.primary_segment IS NOT NULL AND s.user_key IS NULL"
+        ),
+        0
+    );
+
+    let out = ctx.run(&["check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_of(&out)
+    );
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("PASS  fact_orders_revenue_matches_events"),
+        "{report}"
+    );
+    assert!(report.contains(" 0 failed, 0 skipped"), "{report}");
+
+    // Nothing changed: nothing to do.
+    let again = build_json(&ctx, &[]);
+    assert_eq!(again["mode"], "up_to_date", "{again}");
+
+    // The segments of the build decide where a registered user's next rows land.
+    let segmented = n(
+        "SELECT count(*) FROM dim_user WHERE user_id IS NOT NULL AND primary_segment IS NOT NULL",
+    );
+    assert!(segmented > 0);
+    let late = ctx.path("late.ndjson");
+    let user: String = ctx.query(
+        "SELECT user_id || '|' || primary_segment FROM dim_user \
+         WHERE user_id IS NOT NULL AND primary_segment IS NOT NULL ORDER BY user_id LIMIT 1",
+    )[0]
+    .clone();
+    let (user_id, segment) = user.split_once('|').unwrap();
+    std::fs::write(
+        &late,
+        format!(
+            "{{\"event_id\":\"late-1\",\"event_time\":\"2026-01-05T10:00:00Z\",\"event_type\":\"page_view\",\
+             \"anonymous_id\":\"a-late\",\"user_id\":\"{user_id}\"}}\n"
+        ),
+    )
+    .unwrap();
+    ctx.ingest_json(&[late.to_str().unwrap()]);
+    assert_eq!(
+        ctx.query("SELECT segment FROM raw_events WHERE event_id = 'late-1'"),
+        [segment.to_string()]
+    );
+}
+
+/// Every star table whose rows do not depend on the history of builds, rendered sorted.
+fn dump_star(ctx: &TestContext) -> Vec<(String, Vec<String>)> {
+    [
+        ("dim_date", "date_key"),
+        ("dim_product", "product_id"),
+        ("fact_sessions", "session_key"),
+        ("fact_cart_lines", "session_key, product_key"),
+        ("fact_checkout_funnel", "session_key"),
+        ("fact_orders", "order_id"),
+        ("agg_product_daily", "event_date, product_key, currency"),
+        ("agg_funnel_daily", "date_key, segment, device"),
+        ("agg_user_features", "user_key"),
+    ]
+    .iter()
+    .map(|(t, order)| {
+        (
+            t.to_string(),
+            ctx.query(&format!("SELECT * FROM {t} ORDER BY {order}")),
+        )
+    })
+    .collect()
+}
+
+both_backends!(incremental_build_equals_full_rebuild, |backend: Backend| {
+    let ctx = TestContext::new(backend);
+    ctx.generate(
+        "gen",
+        &[
+            "--events", "3000", "--files", "8", "--dirty", "--seed", "11", "--days", "3",
+        ],
+    );
+    let mut files: Vec<String> = std::fs::read_dir(ctx.path("gen"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    // Late files first, so resends and late events arrive before and after what they repeat.
+    let order = [5usize, 1, 7, 0, 3, 6, 2, 4];
+    let mut incremental_runs = 0;
+    for pair in order.chunks(3) {
+        let batch: Vec<&str> = pair.iter().map(|i| files[*i].as_str()).collect();
+        ctx.ingest_json(&batch);
+        ctx.ok(&["clean", "-q"]);
+        let s = build_json(&ctx, &[]);
+        if table_mode(&s, "fact_sessions") == "incremental" {
+            incremental_runs += 1;
+        }
+    }
+    assert_eq!(
+        incremental_runs, 2,
+        "every build after the first is incremental"
+    );
+    let incremental = dump_star(&ctx);
+    let s = build_json(&ctx, &["--full-refresh"]);
+    assert_eq!(table_mode(&s, "fact_sessions"), "full");
+    let full = dump_star(&ctx);
+    for ((table, a), (_, b)) in incremental.iter().zip(&full) {
+        assert!(!b.is_empty(), "{table} is empty");
+        assert_eq!(a.len(), b.len(), "{table}: row counts differ");
+        assert!(
+            a == b,
+            "{table}: incremental rows differ from a full rebuild"
+        );
+    }
+    assert_eq!(ctx.run(&["check", "-q"]).status.code(), Some(0));
+});
+
+#[test]
+fn a_segment_change_closes_a_history_row_and_opens_another() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        r#"
+[[segments]]
+name = "active"
+kind = "dynamic"
+rule = "sessions_30d >= 1"
+priority = 1
+[[segments]]
+name = "lapsed"
+kind = "dynamic"
+rule = "sessions_30d = 0"
+priority = 2
+"#,
+    )
+    .unwrap();
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    pipeline(&ctx, fixture.to_str().unwrap());
+    build_json(&ctx, &["--as-of", "2026-03-05T00:00:00Z"]);
+    let history = "SELECT user_key IS NOT NULL, segment, valid_from, valid_to \
+                   FROM user_segment_history ORDER BY segment, valid_from, user_key";
+    assert_eq!(
+        ctx.query(history),
+        [
+            "true,active,2026-03-05T00:00:00Z,",
+            "true,active,2026-03-05T00:00:00Z,",
+            "true,active,2026-03-05T00:00:00Z,",
+        ]
+    );
+    // Sixty days on, nobody has a session in the last 30 days: all three lapse.
+    build_json(&ctx, &["--as-of", "2026-05-04T00:00:00Z"]);
+    assert_eq!(
+        ctx.query(history),
+        [
+            "true,active,2026-03-05T00:00:00Z,2026-05-04T00:00:00Z",
+            "true,active,2026-03-05T00:00:00Z,2026-05-04T00:00:00Z",
+            "true,active,2026-03-05T00:00:00Z,2026-05-04T00:00:00Z",
+            "true,lapsed,2026-05-04T00:00:00Z,",
+            "true,lapsed,2026-05-04T00:00:00Z,",
+            "true,lapsed,2026-05-04T00:00:00Z,",
+        ]
+    );
+    // Who was active on 1 April: one query.
+    assert_eq!(
+        ctx.count(
+            "SELECT count(*) FROM user_segment_history WHERE segment = 'active' \
+             AND valid_from <= TIMESTAMP '2026-04-01T00:00:00Z' \
+             AND (valid_to IS NULL OR valid_to > TIMESTAMP '2026-04-01T00:00:00Z')"
+        ),
+        3
+    );
+    assert_eq!(
+        ctx.query("SELECT DISTINCT primary_segment FROM dim_user"),
+        ["lapsed"]
+    );
+}
+
+/// The golden rows of every fact table for the hand-made sessions of `fixtures/star/`.
+/// `CLICKLAKE_BLESS=1` rewrites the golden files (review the diff before committing).
+#[test]
+fn golden_fact_rows_for_hand_made_sessions() {
+    let ctx = TestContext::new(Backend::Local);
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    pipeline(&ctx, fixture.to_str().unwrap());
+    build_json(&ctx, &[]);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/star");
+    let tables = [
+        (
+            "fact_sessions",
+            "SELECT anonymous_id, user_id, date_key, started_at, ended_at, duration_s, events, \
+             page_views, product_views, searches, adds, removes, checkout_started, \
+             max_checkout_step, payment_info, purchased, orders, revenue, currency, \
+             cart_abandoned, device, country, landing_page, referrer, segment \
+             FROM fact_sessions ORDER BY started_at",
+        ),
+        (
+            "fact_cart_lines",
+            "SELECT s.anonymous_id, c.product_id, qty_added, qty_removed, net_qty, value_added, \
+             c.currency, first_added_at, last_changed_at, c.purchased \
+             FROM fact_cart_lines c JOIN fact_sessions s ON s.session_key = c.session_key \
+             ORDER BY s.started_at, c.product_id",
+        ),
+        (
+            "fact_checkout_funnel",
+            "SELECT s.anonymous_id, reached_cart_at, checkout_started_at, step_1_at, step_2_at, \
+             step_3_at, payment_info_at, purchased_at, furthest_stage, abandoned_stage \
+             FROM fact_checkout_funnel f JOIN fact_sessions s ON s.session_key = f.session_key \
+             ORDER BY s.started_at",
+        ),
+        (
+            "fact_orders",
+            "SELECT order_id, o.date_key, ordered_at, o.revenue, o.currency, lines, items, \
+             s.anonymous_id, o.user_key = s.user_key AS same_customer \
+             FROM fact_orders o JOIN fact_sessions s ON s.session_key = o.session_key \
+             ORDER BY order_id",
+        ),
+        (
+            "dim_product",
+            "SELECT product_id, category, category_l1, category_l2, category_l3, brand, \
+             first_seen_at, last_price, last_currency FROM dim_product ORDER BY product_id",
+        ),
+        (
+            "dim_user",
+            "SELECT user_id, anonymous_id, first_seen_at, last_seen_at, first_country, \
+             last_device, is_registered, primary_segment FROM dim_user \
+             ORDER BY first_seen_at",
+        ),
+        (
+            "agg_user_features",
+            "SELECT d.anonymous_id, d.user_id, orders_lifetime, currency, revenue_lifetime, \
+             average_order_value, last_purchase_at, days_since_last_purchase, \
+             sessions_lifetime, sessions_30d, product_views_30d, carts_abandoned_30d, \
+             last_cart_abandoned_at, cart_abandonment_rate, favourite_category, \
+             favourite_brand, preferred_device \
+             FROM agg_user_features f JOIN dim_user d ON d.user_key = f.user_key \
+             ORDER BY d.first_seen_at",
+        ),
+    ];
+    let bless = std::env::var("CLICKLAKE_BLESS").is_ok();
+    for (table, sql) in tables {
+        let out = ctx.ok(&["sql", "--format", "csv", "-c", sql]);
+        let path = golden.join(format!("{table}.csv"));
+        if bless {
+            std::fs::create_dir_all(&golden).unwrap();
+            std::fs::write(&path, &out).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (CLICKLAKE_BLESS=1 writes it)", path.display()));
+        assert_eq!(out, expected, "{table} differs from {}", path.display());
+    }
+}
+
+#[test]
+fn a_bad_segment_rule_is_a_config_error_before_anything_is_written() {
+    let ctx = TestContext::new(Backend::Local);
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    pipeline(&ctx, fixture.to_str().unwrap());
+    for (rule, expect) in [
+        ("no_such_feature > 1", "no_such_feature"),
+        ("orders_lifetime >= 1) OR (1 = 1", "unexpected"),
+    ] {
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            format!("[[segments]]\nname = \"broken\"\nrule = \"{rule}\"\n"),
+        )
+        .unwrap();
+        let out = ctx.run(&["build"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("segment broken") && err.contains(expect),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let tables: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+    for t in tables.as_array().unwrap() {
+        if t["name"] == "dim_date" || t["name"] == "fact_sessions" {
+            assert_eq!(t["exists"], false, "{t}");
+        }
+    }
+}
+
+#[test]
+fn a_failing_user_check_exits_1_with_its_rows() {
+    let ctx = TestContext::new(Backend::Local);
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    pipeline(&ctx, fixture.to_str().unwrap());
+    // Before build: the star checks are skipped, the events checks pass.
+    let out = ctx.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SKIP  unique(fact_sessions.session_key)")
+    );
+    ctx.ok(&["build", "-q"]);
+    let checks = ctx.path("checks");
+    std::fs::create_dir_all(&checks).unwrap();
+    std::fs::write(
+        checks.join("no_gbp_orders.sql"),
+        "SELECT session_key FROM fact_sessions WHERE currency = 'GBP' OR cart_abandoned",
+    )
+    .unwrap();
+    std::fs::write(
+        checks.join("orders_have_items.sql"),
+        "SELECT order_id FROM fact_orders WHERE items < 1",
+    )
+    .unwrap();
+    let out = ctx.run(&["check", "--checks-dir", "checks"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("FAIL  no_gbp_orders: 1 offending row(s)"),
+        "{report}"
+    );
+    assert!(report.contains("PASS  orders_have_items"), "{report}");
+    let out = ctx.run(&["check", "--checks-dir", "checks", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["failed"], 1);
+    // A check that does not plan is a configuration error naming its file.
+    std::fs::write(checks.join("typo.sql"), "SELEC 1").unwrap();
+    let out = ctx.run(&["check", "--checks-dir", "checks"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("typo.sql"), "{}", stderr_of(&out));
+}
