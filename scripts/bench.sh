@@ -5,6 +5,8 @@
 #   clean-full  first clean of that backlog                     (= a full refresh)
 #   ingest-topup / clean-incr   the newest ~1%: new and late events plus resends (the cron tick)
 #   clean-refresh               clean --full-refresh of everything, for the incremental ratio
+#   build-full / build-incr / build-refresh   the star schema after each clean
+#   q-*                         three typical ad-hoc queries
 # Each stage appends one JSON line to bench/results.jsonl (wall and CPU seconds, peak RSS,
 # rows/s, MB/s) and a table is printed at the end.
 #   SIZES="1000000 10000000" RUNS=3 MEMORY_LIMIT=2GiB scripts/bench.sh
@@ -63,9 +65,19 @@ print(k)')
     [ -n "$MEMORY_LIMIT" ] && flags+=(--memory-limit "$MEMORY_LIMIT")
     stage ingest "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${backlog[@]}"
     stage clean-full "$n" "$run" -- "$bin" "${flags[@]}" clean --json
+    stage build-full "$n" "$run" -- "$bin" "${flags[@]}" build --json
     stage ingest-topup "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${topup[@]}"
     stage clean-incr "$n" "$run" -- "$bin" "${flags[@]}" clean --json
+    stage build-incr "$n" "$run" -- "$bin" "${flags[@]}" build --json
     stage clean-refresh "$n" "$run" -- "$bin" "${flags[@]}" clean --json --full-refresh
+    stage build-refresh "$n" "$run" -- "$bin" "${flags[@]}" build --json --full-refresh
+    # Typical ad-hoc queries: one day of one segment; one customer's features; a week's funnel.
+    stage q-day-segment "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
+      "SELECT event_type, count(*) FROM events WHERE event_date = DATE '2026-01-03' AND segment = 'anonymous' GROUP BY 1"
+    stage q-user-features "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
+      "SELECT * FROM agg_user_features WHERE user_key = (SELECT max(user_key) FROM dim_user WHERE is_registered)"
+    stage q-funnel-week "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
+      "SELECT device, sum(sessions), sum(sessions_with_cart), sum(sessions_checkout), sum(sessions_purchased) FROM agg_funnel_daily WHERE session_date BETWEEN DATE '2026-01-01' AND DATE '2026-01-07' GROUP BY 1"
     rm -rf "$lake"
   done
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a local lake with generated sample data: generate dirty clickstream, ingest it,
-# clean it into events, show the tables, and run queries. Safe to re-run (ingest is exactly-once per file).
+# clean it into events, build the star schema, check it, show the tables, and run queries. Safe to re-run (ingest is exactly-once per file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clicklake-target}"
@@ -13,6 +13,8 @@ data=./demo/inbox
 "$bin" generate --events 100000 --files 4 --dirty --seed 42 --out "$data"
 "$bin" --lake "$lake" ingest "$data"
 "$bin" --lake "$lake" clean
+"$bin" --lake "$lake" build
+"$bin" --lake "$lake" check --quiet
 "$bin" --lake "$lake" tables
 echo
 echo "The tables are Delta tables under $lake. Try:"
@@ -21,3 +23,5 @@ echo "  $bin --lake $lake sql -c \"$query\""
 "$bin" --lake "$lake" sql -c "$query"
 "$bin" --lake "$lake" sql -c "SELECT reason, count(*) AS lines FROM quarantine GROUP BY 1 ORDER BY 2 DESC"
 "$bin" --lake "$lake" sql -c "SELECT session_source, count(DISTINCT session_key) AS sessions, count(*) AS events FROM events GROUP BY 1"
+"$bin" --lake "$lake" sql -c "SELECT segment, device, sum(sessions) AS sessions, sum(sessions_with_cart) AS carts, sum(sessions_purchased) AS purchases FROM agg_funnel_daily GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 8"
+"$bin" --lake "$lake" sql -c "SELECT primary_segment, count(*) AS customers FROM dim_user GROUP BY 1 ORDER BY 2 DESC"

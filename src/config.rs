@@ -683,6 +683,31 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # session_gap = "30m"
 # Directory of SQL model overrides (<sql_dir>/clean/NN_name.sql replace the embedded models).
 # sql_dir = "./sql"
+
+[build]
+# Star model overrides: <sql_dir>/star/NN_table.sql replace the embedded models, new files add
+# tables (flag build --sql-dir).
+# sql_dir = "./sql"
+
+[check]
+# Your own data tests: every .sql file here is a query returning offending rows (check --checks-dir).
+# dir = "./checks"
+
+# Customer segments: SQL boolean expressions over agg_user_features (its columns and as_of).
+# Lower priority wins: a customer's best segment is their primary_segment and the `segment`
+# partition their next rows land in. Static segments are re-evaluated every `refresh`, dynamic
+# ones every build. Without any [[segments]], five defaults apply (see the README).
+#[[segments]]
+#name = "cart_abandoner_24h"
+#kind = "dynamic"
+#rule = "last_cart_abandoned_at >= as_of - INTERVAL '24 hours'"
+#priority = 10
+#[[segments]]
+#name = "loyal"
+#kind = "static"
+#refresh = "7d"
+#rule = "days_since_last_purchase <= 30 AND revenue_lifetime > 500"
+#priority = 30
 "#;
 
 #[cfg(test)]

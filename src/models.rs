@@ -170,7 +170,7 @@ pub fn load(layer: &str, sql_dir: Option<&Path>) -> Result<Vec<Model>> {
         })
         .collect();
     // A models directory need not override every layer: `<dir>/<layer>/` may be absent.
-    if let Some(dir) = sql_dir.filter(|d| !(d.is_dir() && !d.join(layer).exists())) {
+    if let Some(dir) = sql_dir.filter(|d| !d.is_dir() || d.join(layer).exists()) {
         let dir: PathBuf = dir.join(layer);
         let entries = std::fs::read_dir(&dir).map_err(|e| {
             Error::config(format!(

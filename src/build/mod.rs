@@ -242,7 +242,7 @@ async fn latest_event_time(ctx: &SessionContext) -> Result<Option<i64>> {
             .as_any()
             .downcast_ref::<arrow::array::Int64Array>()
             .expect("cast to Int64");
-        if c.len() > 0 && c.is_valid(0) {
+        if !c.is_empty() && c.is_valid(0) {
             // A timestamp cast to BIGINT is in its own unit: microseconds.
             return Ok(Some(c.value(0)));
         }
@@ -422,9 +422,8 @@ async fn plan_work(
         // Only an input other than events changed (the model text): recompute it all.
         return Ok(Work::Full("the model changed".into()));
     }
-    if !cache.contains_key(&reflected) {
-        let changes = changed_keys(lake, events, reflected, events_version).await?;
-        cache.insert(reflected, changes);
+    if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(reflected) {
+        slot.insert(changed_keys(lake, events, reflected, events_version).await?);
     }
     match &cache[&reflected] {
         Err(reason) => Ok(Work::Full(reason.clone())),
@@ -589,10 +588,12 @@ async fn build_table(
         .map(|s| same_columns(&s.snapshot().arrow_schema(), &schema));
     let mut table = match (existing, same_schema) {
         (Some(t), Some(true)) => t,
-        (Some(_), _) if incremental.is_some() => return Err(Error::config(format!(
+        (Some(_), _) if incremental.is_some() => {
+            return Err(Error::config(format!(
             "SQL model {}: its columns differ from table {}; run `clicklake build --full-refresh`",
             model.origin, model.name
-        ))),
+        )))
+        }
         (existing, _) => {
             create_table(lake, model, &schema, &partitions, existing.is_some()).await?
         }
