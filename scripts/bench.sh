@@ -73,11 +73,11 @@ print(k)')
     stage build-refresh "$n" "$run" -- "$bin" "${flags[@]}" build --json --full-refresh
     # Typical ad-hoc queries: one day of one segment; one customer's features; a week's funnel.
     stage q-day-segment "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
-      "SELECT event_type, count(*) FROM events WHERE event_date = DATE '2026-01-03' AND segment = 'anonymous' GROUP BY 1"
+      "SELECT event_type, count(*) FROM events WHERE event_date = DATE '2026-01-07' AND segment = 'anonymous' GROUP BY 1"
     stage q-user-features "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
       "SELECT * FROM agg_user_features WHERE user_key = (SELECT max(user_key) FROM dim_user WHERE is_registered)"
     stage q-funnel-week "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
-      "SELECT device, sum(sessions), sum(sessions_with_cart), sum(sessions_checkout), sum(sessions_purchased) FROM agg_funnel_daily WHERE session_date BETWEEN DATE '2026-01-01' AND DATE '2026-01-07' GROUP BY 1"
+      "SELECT device, sum(sessions), sum(sessions_with_cart), sum(sessions_checkout), sum(sessions_purchased) FROM agg_funnel_daily WHERE session_date BETWEEN DATE '2026-01-05' AND DATE '2026-01-11' GROUP BY 1"
     rm -rf "$lake"
   done
 done

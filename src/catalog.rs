@@ -280,11 +280,16 @@ pub async fn register_all(
         .iter()
         .map(|d| d.name.to_string())
         .chain(star.iter().cloned());
-    for name in names {
+    // Opened concurrently: on an object store each open is a few round trips.
+    let opened = futures::future::try_join_all(names.map(|name| async move {
         let table = match version {
             Some(v) => lake.open_table_at(&name, v).await?,
             None => lake.open_table(&name).await?,
         };
+        Ok::<_, Error>((name, table))
+    }))
+    .await?;
+    for (name, table) in opened {
         if let Some(table) = table {
             register(ctx, &name, &table).await?;
             found.push(name);

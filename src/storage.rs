@@ -21,6 +21,8 @@ use crate::error::{Error, Result};
 pub struct Lake {
     root: Url,
     options: HashMap<String, String>,
+    /// One client (and connection pool) for the lake's own store, built on first use.
+    root_store: Arc<std::sync::OnceLock<(Arc<dyn ObjectStore>, ObjectPath)>>,
 }
 
 impl std::fmt::Debug for Lake {
@@ -40,6 +42,7 @@ impl Lake {
         Ok(Lake {
             options: storage_options(&root, &cfg.storage),
             root,
+            root_store: Default::default(),
         })
     }
 
@@ -97,11 +100,7 @@ impl Lake {
     /// Opens a table, or `None` when it has not been created yet.
     pub async fn open_table(&self, name: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(name);
-        if self.is_local()
-            && !url
-                .to_file_path()
-                .is_ok_and(|p| p.join("_delta_log").is_dir())
-        {
+        if !self.table_exists(name).await? {
             return Ok(None);
         }
         match deltalake::DeltaTableBuilder::from_url(url)?
@@ -116,8 +115,33 @@ impl Lake {
         }
     }
 
+    /// True when the table has a transaction log: one directory check locally, one LIST request
+    /// on an object store (cheaper, and quieter, than letting a Delta load fail).
+    pub async fn table_exists(&self, name: &str) -> Result<bool> {
+        let url = self.table_url(name);
+        if self.is_local() {
+            return Ok(url
+                .to_file_path()
+                .is_ok_and(|p| p.join("_delta_log").is_dir()));
+        }
+        let (store, root) = match self.root_store.get() {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.store_for(&self.root)?;
+                let _ = self.root_store.set(s.clone());
+                s
+            }
+        };
+        let prefix = root.clone().join(name).join("_delta_log");
+        let listed = store.list_with_delimiter(Some(&prefix)).await?;
+        Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())
+    }
+
     /// Opens a table at an older version (time travel).
     pub async fn open_table_at(&self, name: &str, version: i64) -> Result<Option<DeltaTable>> {
+        if !self.table_exists(name).await? {
+            return Ok(None);
+        }
         let url = self.table_url(name);
         match deltalake::DeltaTableBuilder::from_url(url)?
             .with_storage_options(self.storage_options())

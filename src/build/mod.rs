@@ -288,7 +288,11 @@ async fn validate_plans(
     }
     for model in models {
         let _ = scratch.deregister_table("this");
-        scratch.register_table("this", this_provider(lake, model).await?)?;
+        let existing = match model.sql.contains("this") {
+            true => lake.open_table(&model.name).await?,
+            false => None,
+        };
+        scratch.register_table("this", this_provider(existing.as_ref(), model).await?)?;
         if model.name == "user_segments" {
             segments::validate_rules(&scratch, cfg).await?;
             segments::register_members(&scratch, cfg, None, params, 0).await?;
@@ -314,10 +318,10 @@ async fn validate_plans(
 
 /// `this` for a model: its table as last committed, or an empty table of its fixed schema.
 async fn this_provider(
-    lake: &Lake,
+    existing: Option<&DeltaTable>,
     model: &Model,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    if let Some(t) = lake.open_table(&model.name).await? {
+    if let Some(t) = existing {
         return Ok(t.table_provider().await?);
     }
     let schema = catalog::find(&model.name)
@@ -569,7 +573,7 @@ async fn build_table(
         Work::UpToDate => unreachable!("handled by the caller"),
     };
     let _ = ctx.deregister_table("this");
-    ctx.register_table("this", this_provider(lake, model).await?)?;
+    ctx.register_table("this", this_provider(existing.as_ref(), model).await?)?;
     if model.name == "user_segments" {
         segments::register_members(ctx, cfg, existing.as_ref(), params, as_of).await?;
     }
