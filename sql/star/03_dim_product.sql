@@ -11,17 +11,30 @@ WITH product_events AS (
     FROM events
     WHERE product_id IS NOT NULL
 ),
-latest AS (
-    SELECT
-        *,
-        row_number() OVER (PARTITION BY product_id ORDER BY event_time DESC, event_id DESC) AS rn
-    FROM product_events
-    WHERE price IS NOT NULL
-),
 seen AS (
-    SELECT product_id, min(event_time) AS first_seen_at
+    SELECT
+        product_id,
+        min(event_time)                                   AS first_seen_at,
+        max(event_time) FILTER (WHERE price IS NOT NULL)  AS priced_at
     FROM product_events
     GROUP BY product_id
+),
+-- The latest priced event (latest event_time, then largest event_id): a join on (product, time)
+-- instead of sorting every product event.
+latest AS (
+    SELECT
+        p.product_id,
+        first_value(p.category ORDER BY p.event_id DESC)     AS category,
+        first_value(p.category_l1 ORDER BY p.event_id DESC)  AS category_l1,
+        first_value(p.category_l2 ORDER BY p.event_id DESC)  AS category_l2,
+        first_value(p.category_l3 ORDER BY p.event_id DESC)  AS category_l3,
+        first_value(p.brand ORDER BY p.event_id DESC)        AS brand,
+        first_value(p.price ORDER BY p.event_id DESC)        AS price,
+        first_value(p.currency ORDER BY p.event_id DESC)     AS currency
+    FROM seen s
+    JOIN product_events p
+      ON p.product_id = s.product_id AND p.event_time = s.priced_at AND p.price IS NOT NULL
+    GROUP BY p.product_id
 )
 SELECT
     md5(s.product_id)   AS product_key,
@@ -34,5 +47,5 @@ SELECT
     s.first_seen_at,
     l.price             AS last_price,
     l.currency          AS last_currency
-FROM seen s
-LEFT JOIN latest l ON l.product_id = s.product_id AND l.rn = 1
+FROM latest l
+RIGHT JOIN seen s ON l.product_id = s.product_id

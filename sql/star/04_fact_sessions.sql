@@ -15,28 +15,31 @@
 WITH e AS (
     SELECT
         session_key, event_id, event_time, event_type, checkout_step, order_id, revenue,
-        currency, device, country, page_url, referrer, segment, anonymous_id,
-        coalesce(stitched_user_id, user_id) AS user_id,
-        row_number() OVER (PARTITION BY session_key ORDER BY event_time, event_id) AS pos
+        currency, device, country, page_url, referrer, anonymous_id,
+        -- A partition column scans as a dictionary; plain strings aggregate safely.
+        CAST(segment AS VARCHAR) AS segment,
+        coalesce(stitched_user_id, user_id) AS user_id
     FROM events
 ),
-first_event AS (
-    SELECT * FROM e WHERE pos = 1
-),
+-- One row per (session, order): its first purchase event's revenue and currency.
 orders AS (
-    SELECT session_key, order_id, revenue, currency, event_time,
-           row_number() OVER (PARTITION BY session_key, order_id ORDER BY event_time, event_id) AS rn
+    SELECT
+        session_key,
+        order_id,
+        first_value(revenue ORDER BY event_time, event_id)   AS revenue,
+        first_value(currency ORDER BY event_time, event_id)  AS currency,
+        min(event_time)                                       AS ordered_at
     FROM e
     WHERE event_type = 'purchase' AND order_id IS NOT NULL
+    GROUP BY session_key, order_id
 ),
 session_orders AS (
     SELECT
         session_key,
         count(*)                                              AS orders,
         sum(revenue)                                          AS revenue,
-        first_value(currency ORDER BY event_time, order_id)   AS currency
+        first_value(currency ORDER BY ordered_at, order_id)   AS currency
     FROM orders
-    WHERE rn = 1
     GROUP BY session_key
 ),
 agg AS (
@@ -58,6 +61,24 @@ agg AS (
         max(user_id)                                                            AS user_id
     FROM e
     GROUP BY session_key
+),
+-- The first event (earliest event_time, then smallest event_id): the events at the session's
+-- start time, found with a hash join on (session, time) rather than by sorting every event;
+-- ties at the start time (rare) go to the smallest event_id.
+starts AS (
+    SELECT session_key, min(event_time) AS started_at FROM events GROUP BY session_key
+),
+candidates AS (
+    SELECT s.session_key, s.event_id, s.anonymous_id, s.device, s.country, s.page_url,
+           s.referrer, s.segment
+    FROM starts a
+    JOIN e s ON s.session_key = a.session_key AND s.event_time = a.started_at
+),
+first_event AS (
+    SELECT c.session_key, c.anonymous_id, c.device, c.country, c.page_url AS landing_page,
+           c.referrer, c.segment
+    FROM (SELECT session_key, min(event_id) AS event_id FROM candidates GROUP BY session_key) f
+    JOIN candidates c ON c.session_key = f.session_key AND c.event_id = f.event_id
 )
 SELECT
     a.session_key,
@@ -87,10 +108,11 @@ SELECT
     a.adds > 0 AND NOT a.purchased                                            AS cart_abandoned,
     f.device,
     f.country,
-    f.page_url                                                                AS landing_page,
+    f.landing_page,
     f.referrer,
     f.segment,
     CAST(a.started_at AS DATE)                                                AS session_date
-FROM agg a
-JOIN first_event f ON f.session_key = a.session_key
-LEFT JOIN session_orders o ON o.session_key = a.session_key
+-- The small side first: hash joins build on their left input.
+FROM session_orders o
+RIGHT JOIN (first_event f JOIN agg a ON a.session_key = f.session_key)
+    ON o.session_key = a.session_key

@@ -54,36 +54,40 @@ session_features AS (
     GROUP BY user_key
 ),
 devices AS (
-    SELECT user_key, device,
-           row_number() OVER (PARTITION BY user_key ORDER BY count(*) DESC, device) AS rn
-    FROM sessions
-    WHERE device IS NOT NULL
-    GROUP BY user_key, device
+    SELECT user_key, first_value(device ORDER BY sessions DESC, device) AS device
+    FROM (SELECT user_key, device, count(*) AS sessions FROM sessions
+          WHERE device IS NOT NULL GROUP BY user_key, device)
+    GROUP BY user_key
 ),
+-- Interest points per customer, aggregated on the raw identity columns first and hashed into
+-- user_key only per group (not per event).
 interest AS (
     SELECT
-        CASE WHEN coalesce(stitched_user_id, user_id) IS NOT NULL
-             THEN md5(concat('user', chr(31), coalesce(stitched_user_id, user_id)))
-             ELSE md5(concat('anonymous', chr(31), anonymous_id)) END AS user_key,
+        coalesce(stitched_user_id, user_id)                                          AS uid,
+        CASE WHEN coalesce(stitched_user_id, user_id) IS NULL THEN anonymous_id END AS anon,
         category_l1,
         brand,
-        CASE event_type WHEN 'purchase' THEN 5 WHEN 'add_to_cart' THEN 3 ELSE 1 END AS points
+        CASE event_type WHEN 'purchase' THEN 5 WHEN 'add_to_cart' THEN 3 ELSE 1 END  AS points
     FROM events
     WHERE event_type IN ('product_view', 'add_to_cart', 'purchase') AND event_time <= $as_of
 ),
 categories AS (
-    SELECT user_key, category_l1,
-           row_number() OVER (PARTITION BY user_key ORDER BY sum(points) DESC, category_l1) AS rn
-    FROM interest
-    WHERE category_l1 IS NOT NULL
-    GROUP BY user_key, category_l1
+    SELECT
+        CASE WHEN uid IS NOT NULL THEN md5(concat('user', chr(31), uid))
+             ELSE md5(concat('anonymous', chr(31), anon)) END                  AS user_key,
+        first_value(category_l1 ORDER BY points DESC, category_l1)             AS category_l1
+    FROM (SELECT uid, anon, category_l1, sum(points) AS points FROM interest
+          WHERE category_l1 IS NOT NULL GROUP BY uid, anon, category_l1)
+    GROUP BY uid, anon
 ),
 brands AS (
-    SELECT user_key, brand,
-           row_number() OVER (PARTITION BY user_key ORDER BY sum(points) DESC, brand) AS rn
-    FROM interest
-    WHERE brand IS NOT NULL
-    GROUP BY user_key, brand
+    SELECT
+        CASE WHEN uid IS NOT NULL THEN md5(concat('user', chr(31), uid))
+             ELSE md5(concat('anonymous', chr(31), anon)) END                  AS user_key,
+        first_value(brand ORDER BY points DESC, brand)                         AS brand
+    FROM (SELECT uid, anon, brand, sum(points) AS points FROM interest
+          WHERE brand IS NOT NULL GROUP BY uid, anon, brand)
+    GROUP BY uid, anon
 )
 SELECT
     s.user_key,
@@ -111,8 +115,16 @@ SELECT
     c.category_l1                                                            AS favourite_category,
     b.brand                                                                  AS favourite_brand,
     d.device                                                                 AS preferred_device
-FROM session_features s
-LEFT JOIN order_features o ON o.user_key = s.user_key
-LEFT JOIN categories c ON c.user_key = s.user_key AND c.rn = 1
-LEFT JOIN brands b ON b.user_key = s.user_key AND b.rn = 1
-LEFT JOIN devices d ON d.user_key = s.user_key AND d.rn = 1
+-- Every customer with a session, plus what is known of them. The narrow sides come first: hash
+-- joins build on their left input and stream the right one.
+FROM devices d
+RIGHT JOIN (
+    brands b
+    RIGHT JOIN (
+        categories c
+        RIGHT JOIN (
+            order_features o
+            RIGHT JOIN session_features s ON o.user_key = s.user_key
+        ) ON c.user_key = s.user_key
+    ) ON b.user_key = s.user_key
+) ON d.user_key = s.user_key

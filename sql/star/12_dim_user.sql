@@ -8,29 +8,22 @@
 -- unique_key: user_key
 -- not_null: user_key, first_seen_at, last_seen_at
 -- references: primary_segment -> dim_segment.name
-WITH sessions AS (
-    SELECT
-        user_key, user_id, anonymous_id, started_at, ended_at, country, device,
-        row_number() OVER (PARTITION BY user_key ORDER BY started_at, session_key)           AS first_pos,
-        row_number() OVER (PARTITION BY user_key ORDER BY started_at DESC, session_key DESC) AS last_pos
-    FROM fact_sessions
-),
-customers AS (
+WITH customers AS (
     SELECT
         user_key,
-        max(user_id)                                  AS user_id,
-        CASE WHEN max(user_id) IS NULL THEN max(anonymous_id) END AS anonymous_id,
-        min(started_at)                               AS first_seen_at,
-        max(ended_at)                                 AS last_seen_at,
-        max(country) FILTER (WHERE first_pos = 1)     AS first_country,
-        max(device) FILTER (WHERE last_pos = 1)       AS last_device
-    FROM sessions
+        max(user_id)                                                      AS user_id,
+        CASE WHEN max(user_id) IS NULL THEN max(anonymous_id) END         AS anonymous_id,
+        min(started_at)                                                   AS first_seen_at,
+        max(ended_at)                                                     AS last_seen_at,
+        first_value(country ORDER BY started_at, session_key)             AS first_country,
+        first_value(device ORDER BY started_at DESC, session_key DESC)    AS last_device
+    FROM fact_sessions
     GROUP BY user_key
 ),
 primary_segment AS (
-    SELECT user_key, segment,
-           row_number() OVER (PARTITION BY user_key ORDER BY priority, segment) AS rn
+    SELECT user_key, first_value(segment ORDER BY priority, segment) AS segment
     FROM user_segments
+    GROUP BY user_key
 )
 SELECT
     c.user_key,
@@ -42,5 +35,5 @@ SELECT
     c.last_device,
     c.user_id IS NOT NULL       AS is_registered,
     p.segment                   AS primary_segment
-FROM customers c
-LEFT JOIN primary_segment p ON p.user_key = c.user_key AND p.rn = 1
+FROM primary_segment p
+RIGHT JOIN customers c ON p.user_key = c.user_key

@@ -127,9 +127,8 @@ pub async fn run(
     let events_version = events.version().unwrap_or(0) as i64;
     summary.events_version = Some(events_version);
 
-    let ctx = catalog::model_session(cfg.memory_limit)?;
-    events.update_datafusion_session(&ctx.state())?;
-    let events_provider = events.table_provider().await?;
+    let ctx = catalog::star_session(cfg.memory_limit)?;
+    let events_provider = catalog::provider(&ctx, &events).await?;
     ctx.register_table("events_all", events_provider.clone())?;
     ctx.register_table("events", events_provider)?;
     let as_of = match req.as_of {
@@ -282,7 +281,7 @@ async fn validate_plans(
     models: &[Model],
     params: &ParamValues,
 ) -> Result<()> {
-    let scratch = catalog::model_session(cfg.memory_limit)?;
+    let scratch = catalog::star_session(cfg.memory_limit)?;
     for name in ["events_all", "events", "segment_rules"] {
         scratch.register_table(name, ctx.table_provider(name).await?)?;
     }
@@ -613,14 +612,23 @@ async fn build_table(
         flush_at,
         format!("SQL model {}", model.origin),
     )?;
-    let mut stream = df
-        .execute_stream()
+    let plan = df
+        .create_physical_plan()
         .await
+        .map_err(|e| models::model_error(model, e))?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
         .map_err(|e| models::model_error(model, e))?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| models::model_error(model, e))?;
         sink.write(&batch).await?;
     }
+    // `-vv` shows where a model spent its time.
+    tracing::debug!(
+        "{} plan with metrics:\n{}",
+        model.name,
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+    );
     out.rows_computed = sink.rows();
     match &incremental {
         None => {
