@@ -126,6 +126,8 @@ pub async fn run(
     };
     let events_version = events.version().unwrap_or(0) as i64;
     summary.events_version = Some(events_version);
+    // Commits that changed no rows (a clean of resends only) leave every table current.
+    let data_version = last_data_version(&events, events_version).await?;
 
     let ctx = catalog::star_session(cfg.memory_limit)?;
     let events_provider = catalog::provider(&ctx, &events).await?;
@@ -162,7 +164,7 @@ pub async fn run(
             .filter(|(name, _)| reads(model, name))
             .map(|(_, f)| *f)
             .collect();
-        let fingerprint = inputs_fingerprint(model, events_version, as_of, cfg, &upstream);
+        let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream);
         fingerprints.push((model.name.clone(), fingerprint));
         let work = plan_work(
             lake,
@@ -226,6 +228,38 @@ pub async fn run(
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The latest events version whose commit added or removed rows (reading the log backwards from
+/// `current`, usually one or two commits).
+async fn last_data_version(events: &DeltaTable, current: i64) -> Result<i64> {
+    let store = events.log_store();
+    for v in (0..=current).rev() {
+        let Some(bytes) = store.read_commit_entry(v as _).await? else {
+            // Cleaned up by log retention: assume it changed data.
+            return Ok(v);
+        };
+        if commit_changes_data(&bytes, v)? {
+            return Ok(v);
+        }
+    }
+    Ok(0)
+}
+
+/// True when a commit adds or removes rows (dataChange), not only markers or a compaction.
+fn commit_changes_data(bytes: &[u8], version: i64) -> Result<bool> {
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let action: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| Error::runtime(format!("events commit {version}: {e}")))?;
+        for kind in ["add", "remove"] {
+            if let Some(a) = action.get(kind) {
+                if a["dataChange"].as_bool().unwrap_or(true) {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The latest event_time in `events` (answered from file statistics where possible).
@@ -345,7 +379,7 @@ fn reads(model: &Model, name: &str) -> bool {
 /// fingerprints of the tables it reads.
 fn inputs_fingerprint(
     model: &Model,
-    events_version: i64,
+    data_version: i64,
     as_of: i64,
     cfg: &Config,
     upstream: &[i64],
@@ -360,7 +394,7 @@ fn inputs_fingerprint(
         h = h.wrapping_mul(0x0100_0000_01b3);
     };
     feed(model.sql.as_bytes());
-    feed(&events_version.to_le_bytes());
+    feed(&data_version.to_le_bytes());
     for f in upstream {
         feed(&f.to_le_bytes());
     }
@@ -452,22 +486,16 @@ async fn changed_keys(
         let Some(bytes) = store.read_commit_entry(v as _).await? else {
             return Ok(Err(format!("events commit {v} is no longer in the log")));
         };
-        let mut data_change = false;
+        if !commit_changes_data(&bytes, v)? {
+            continue;
+        }
         let mut info: Option<serde_json::Value> = None;
         for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let action: serde_json::Value = serde_json::from_slice(line)
                 .map_err(|e| Error::runtime(format!("events commit {v}: {e}")))?;
-            for kind in ["add", "remove"] {
-                if let Some(a) = action.get(kind) {
-                    data_change |= a["dataChange"].as_bool().unwrap_or(true);
-                }
-            }
             if let Some(ci) = action.get("commitInfo") {
                 info = ci.get("clicklake").cloned();
             }
-        }
-        if !data_change {
-            continue;
         }
         let Some(info) = info else {
             return Ok(Err(format!("events commit {v} was not written by clean")));
