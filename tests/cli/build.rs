@@ -134,7 +134,11 @@ fn star_counts_match_the_generators_bookkeeping() {
     // tables are still current.
     let first = std::fs::read_to_string(ctx.path("gen/events-0001.ndjson")).unwrap();
     let resend = ctx.path("resend.ndjson");
-    std::fs::write(&resend, first.lines().take(20).collect::<Vec<_>>().join("\n")).unwrap();
+    std::fs::write(
+        &resend,
+        first.lines().take(20).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
     ctx.ingest_json(&[resend.to_str().unwrap()]);
     ctx.ok(&["clean", "-q"]);
     let after_resends = build_json(&ctx, &[]);
