@@ -113,10 +113,16 @@ both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     check_exact(&ctx, &m, 12);
 });
 
-both_backends!(concurrent_ingests_lose_nothing, |backend: Backend| {
-    // Several writers race for the same Delta log versions. Commits are put-if-absent, so each
-    // version has exactly one winner and the losers retry on top of it: every row lands once.
-    let ctx = TestContext::new(backend);
+/// Several writers race for the same Delta log versions. Commits are put-if-absent, so each
+/// version has exactly one winner and the losers retry on top of it: every row lands once.
+///
+/// Local disk only: that guarantee is the store's, and s3s-fs 0.14.1 checks `If-None-Match: *`
+/// before it writes the object (`put_object` in its s3.rs), so two commits racing for one version
+/// can both be accepted there and one is overwritten — a race in the test server, not an atomic
+/// store such as S3, MinIO or local disk. CI saw it once under load.
+#[test]
+fn concurrent_ingests_lose_nothing() {
+    let ctx = TestContext::new(Backend::Local);
     ctx.ok(&["init"]);
     let mut expected = 0;
     let mut children = Vec::new();
@@ -157,4 +163,4 @@ both_backends!(concurrent_ingests_lose_nothing, |backend: Backend| {
     assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 8);
     let t: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
     assert_eq!(t[0]["version"], 4, "one raw_events commit per writer: {t}");
-});
+}
