@@ -8,7 +8,7 @@
 -- unique_key: session_key
 -- grain: session_key, product_key
 -- not_null: session_key, product_key
--- references: product_key -> dim_product.product_key
+-- references: product_key -> dim_product.product_key, session_key -> fact_sessions.session_key
 SELECT
     session_key,
     md5(product_id)                                                               AS product_key,

@@ -575,14 +575,10 @@ async fn build_table(
             out.mode = "incremental";
             out.keys_changed = Some(keys.len() as u64);
             ctx.register_table("changed_keys", Arc::new(key_table(keys)?))?;
-            let join = if column == "event_date" {
-                format!("e.{column} = CAST(k.key AS DATE)")
-            } else {
-                format!("e.{column} = k.key")
-            };
             let view = ctx
                 .sql(&format!(
-                    "SELECT e.* FROM changed_keys k JOIN events_all e ON {join}"
+                    "SELECT e.* FROM changed_keys k JOIN events_all e ON {}",
+                    key_join("e", column)
                 ))
                 .await?;
             ctx.register_table("events", view.into_view())?;
@@ -750,15 +746,11 @@ async fn files_holding(
     let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
     let _ = ctx.deregister_table("current_files");
     ctx.register_table("current_files", provider)?;
-    let join = if column == "event_date" {
-        format!("t.{column} = CAST(k.key AS DATE)")
-    } else {
-        format!("t.{column} = k.key")
-    };
     let batches = ctx
         .sql(&format!(
             "SELECT DISTINCT CAST(t.{FILE_COLUMN} AS VARCHAR) FROM changed_keys k \
-             JOIN current_files t ON {join}"
+             JOIN current_files t ON {}",
+            key_join("t", column)
         ))
         .await?
         .collect()
@@ -769,6 +761,15 @@ async fn files_holding(
         out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
     }
     Ok(out)
+}
+
+/// The join of `changed_keys k` (keys recorded as text) to `<alias>.<column>`.
+fn key_join(alias: &str, column: &str) -> String {
+    if column == "event_date" {
+        format!("{alias}.{column} = CAST(k.key AS DATE)")
+    } else {
+        format!("{alias}.{column} = k.key")
+    }
 }
 
 fn key_table(keys: &[String]) -> Result<MemTable> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::both_backends;
-use crate::context::{stderr_of, Backend, TestContext};
+use crate::context::{manifest_lines, stderr_of, Backend, TestContext};
 
 fn build_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["build", "--json"];
@@ -87,13 +87,7 @@ fn star_counts_match_the_generators_bookkeeping() {
         "SELECT currency, CAST(sum(revenue) * 100 AS BIGINT) FROM fact_orders \
          GROUP BY currency ORDER BY currency",
     );
-    let expected: Vec<String> = m["revenue_cents_by_currency"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(c, v)| format!("{c},{v}"))
-        .collect();
-    assert_eq!(revenue, expected);
+    assert_eq!(revenue, manifest_lines(&m, "revenue_cents_by_currency"));
     assert_eq!(
         n("SELECT count(*) FROM agg_user_features WHERE orders_lifetime >= 2"),
         m["repeat_buyers"]

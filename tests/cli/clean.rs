@@ -2,7 +2,7 @@
 //! crash recovery, model overrides.
 
 use crate::both_backends;
-use crate::context::{stderr_of, Backend, TestContext};
+use crate::context::{manifest_lines, stderr_of, Backend, TestContext};
 
 fn clean_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["clean", "--json"];
@@ -94,13 +94,7 @@ fn counts_match_the_generators_bookkeeping() {
 
     let per_day =
         ctx.query("SELECT CAST(event_date AS VARCHAR), count(*) FROM events GROUP BY 1 ORDER BY 1");
-    let expected: Vec<String> = m["events_per_day"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(d, c)| format!("{d},{c}"))
-        .collect();
-    assert_eq!(per_day, expected);
+    assert_eq!(per_day, manifest_lines(&m, "events_per_day"));
 
     // Normalisation rules.
     assert_eq!(

@@ -227,6 +227,16 @@ impl TestContext {
     }
 }
 
+/// A map of the generator's manifest (`{"a": 1}`) as the CSV lines a `key, value` query prints.
+pub fn manifest_lines(manifest: &serde_json::Value, key: &str) -> Vec<String> {
+    manifest[key]
+        .as_object()
+        .unwrap_or_else(|| panic!("manifest has no map {key}"))
+        .iter()
+        .map(|(k, v)| format!("{k},{v}"))
+        .collect()
+}
+
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
