@@ -75,6 +75,9 @@ pub enum Command {
     Check(CheckArgs),
     /// List the lake's tables with rows, files, size, partitions and version
     Tables(TablesArgs),
+    /// Freshness of every table for alerting: latest commit and event time, lag, small files;
+    /// `--max-lag` exits 1 naming the stale tables
+    Status(StatusArgs),
     /// Run SQL over the lake's tables
     Sql(SqlArgs),
     /// Write realistic sample clickstream in the canonical format
@@ -168,6 +171,18 @@ pub struct CheckArgs {
     pub select: Option<String>,
 
     /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Exit 1 when a table's lag (to its latest event_time, or its latest commit for tables
+    /// without one) exceeds this, e.g. 15m or 2h
+    #[arg(long, value_name = "DURATION")]
+    pub max_lag: Option<String>,
+
+    /// Print one JSON object
     #[arg(long)]
     pub json: bool,
 }

@@ -629,6 +629,22 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// A duration the way [`parse_duration`] reads them, largest units first: `2d3h`, `5m`, `42s`.
+pub fn format_duration(d: Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
 pub fn format_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -726,6 +742,10 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
         assert!(parse_duration("30").is_ok());
         assert!(parse_duration("3x").is_err());
+        for text in ["7d", "1h30m", "42s", "2d3h4m5s"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(format_duration(d), text);
+        }
     }
 
     #[test]

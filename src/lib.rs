@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Build(args) => commands::build::run(&cfg, &lake, args).await,
                     Command::Check(args) => commands::check::run(&cfg, &lake, args).await,
                     Command::Tables(args) => commands::tables::run(&lake, &args).await,
+                    Command::Status(args) => commands::status::run(&cfg, &lake, args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
                     Command::Generate(_) => unreachable!("handled above"),
                 }

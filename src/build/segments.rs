@@ -44,20 +44,11 @@ pub fn rules_table(cfg: &Config) -> Result<MemTable> {
             )),
             Arc::new(StringArray::from_iter(
                 segs.iter()
-                    .map(|s| s.refresh.map(|d| humantime_secs(d.as_secs()))),
+                    .map(|s| s.refresh.map(crate::config::format_duration)),
             )),
         ],
     )?;
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)
-}
-
-fn humantime_secs(secs: u64) -> String {
-    match secs {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 fn rule_error(s: &Segment, msg: impl std::fmt::Display) -> Error {

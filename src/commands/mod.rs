@@ -7,4 +7,5 @@ pub mod generate;
 pub mod ingest;
 pub mod init;
 pub mod sql;
+pub mod status;
 pub mod tables;

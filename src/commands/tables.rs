@@ -22,7 +22,14 @@ pub struct TableInfo {
     pub partitions: u64,
     pub partition_columns: Vec<String>,
     pub location: String,
+    /// Data files under [`SMALL_FILE_BYTES`]: candidates for compaction.
+    pub small_files: u64,
+    /// When the latest commit was written, milliseconds since the epoch.
+    pub last_commit_ms: Option<i64>,
 }
+
+/// A data file below this size counts as small.
+pub const SMALL_FILE_BYTES: u64 = 16 << 20;
 
 pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
     let mut out = Vec::new();
@@ -44,6 +51,8 @@ pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
             partitions: 0,
             partition_columns: declared,
             location: lake.table_url(&name).to_string(),
+            small_files: 0,
+            last_commit_ms: None,
         };
         if let Some(table) = lake.open_table(&name).await? {
             info.exists = true;
@@ -51,8 +60,10 @@ pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
             let state = table.snapshot()?;
             info.partition_columns = state.metadata().partition_columns().to_vec();
             let mut parts = BTreeSet::new();
+            info.last_commit_ms = table.version().and_then(|v| state.version_timestamp(v));
             for f in state.log_data().iter() {
                 info.files += 1;
+                info.small_files += ((f.size() as u64) < SMALL_FILE_BYTES) as u64;
                 info.bytes += f.size() as u64;
                 info.rows += f.num_records().unwrap_or(0) as u64;
                 let mut pv: Vec<(String, Option<String>)> =

@@ -7,4 +7,5 @@ mod context;
 mod errors;
 mod ingest;
 mod recovery;
+mod status;
 mod tables_sql;

@@ -1,0 +1,188 @@
+//! `clicklake status`: freshness of every table, for alerting. Per table: version, rows, files,
+//! small files, latest commit time, latest event_time (tables that have one) and the lag to now.
+//! `--max-lag` exits 1 naming every table staler than allowed; `--json` for monitoring systems.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::catalog;
+use crate::cli::StatusArgs;
+use crate::commands::tables;
+use crate::config::{format_duration, parse_duration, Config};
+use crate::error::{exit, Error};
+use crate::storage::Lake;
+
+/// Tables whose freshness is their own latest `event_time`. A star table's is the latest
+/// event_time of the `events` version it reflects (it is not recommitted while nothing changes);
+/// the load bookkeeping's is its latest commit.
+const EVENT_TIME_TABLES: &[&str] = &["raw_events", "events"];
+
+#[derive(Debug, Serialize)]
+pub struct TableStatus {
+    pub table: String,
+    pub version: Option<i64>,
+    pub rows: u64,
+    pub files: u64,
+    pub small_files: u64,
+    /// RFC 3339, UTC.
+    pub last_commit_at: Option<String>,
+    pub latest_event_time: Option<String>,
+    /// Seconds from the latest event_time (or, without one, the latest commit) to now.
+    pub lag_seconds: Option<i64>,
+    /// True when `--max-lag` is given and the lag exceeds it.
+    pub stale: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub now: String,
+    pub max_lag_seconds: Option<u64>,
+    pub stale: Vec<String>,
+    pub tables: Vec<TableStatus>,
+}
+
+pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    // Validated before any I/O.
+    let max_lag: Option<Duration> = args
+        .max_lag
+        .as_deref()
+        .map(|v| parse_duration(v).map_err(|e| Error::usage(format!("--max-lag: {e}"))))
+        .transpose()?;
+    let now = chrono::Utc::now();
+    let infos = tables::collect(lake).await?;
+    let ctx = catalog::session(cfg.memory_limit)?;
+    let mut report = StatusReport {
+        now: rfc3339(now.timestamp_millis()),
+        max_lag_seconds: max_lag.map(|d| d.as_secs()),
+        stale: Vec::new(),
+        tables: Vec::new(),
+    };
+    let star = catalog::star_tables();
+    let mut reflected: std::collections::HashMap<i64, Option<i64>> = Default::default();
+    for info in infos.into_iter().filter(|t| t.exists) {
+        let latest_event_ms = if EVENT_TIME_TABLES.contains(&info.name.as_str()) {
+            latest_event_time_ms(&ctx, lake, &info.name, None).await?
+        } else if star.contains(&info.name) {
+            let version = match lake.open_table(&info.name).await? {
+                Some(t) => crate::delta::txn_version(&t, crate::build::EVENTS_APP_ID).await?,
+                None => None,
+            };
+            match version {
+                Some(v) => match reflected.get(&v) {
+                    Some(ms) => *ms,
+                    None => {
+                        let ms = latest_event_time_ms(&ctx, lake, "events", Some(v)).await?;
+                        reflected.insert(v, ms);
+                        ms
+                    }
+                },
+                None => None,
+            }
+        } else {
+            None
+        };
+        let freshest = latest_event_ms.or(info.last_commit_ms);
+        let lag_seconds = freshest.map(|ms| (now.timestamp_millis() - ms).max(0) / 1000);
+        let stale = match (max_lag, lag_seconds) {
+            (Some(max), Some(lag)) => lag as u64 > max.as_secs(),
+            _ => false,
+        };
+        if stale {
+            report.stale.push(info.name.clone());
+        }
+        report.tables.push(TableStatus {
+            table: info.name,
+            version: info.version,
+            rows: info.rows,
+            files: info.files,
+            small_files: info.small_files,
+            last_commit_at: info.last_commit_ms.map(rfc3339),
+            latest_event_time: latest_event_ms.map(rfc3339),
+            lag_seconds,
+            stale,
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if !(cfg.quiet && report.stale.is_empty()) {
+        print!("{}", render(&report));
+    }
+    if report.stale.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !args.json {
+            eprintln!(
+                "stale: {} (lag over {})",
+                report.stale.join(", "),
+                max_lag.map(format_duration).unwrap_or_default()
+            );
+        }
+        Ok(ExitCode::from(exit::CHECKS_FAILED))
+    }
+}
+
+/// The latest event_time of a table (at `version`, or its current one).
+async fn latest_event_time_ms(
+    ctx: &datafusion::prelude::SessionContext,
+    lake: &Lake,
+    name: &str,
+    version: Option<i64>,
+) -> anyhow::Result<Option<i64>> {
+    let table = match version {
+        Some(v) => lake.open_table_at(name, v).await?,
+        None => lake.open_table(name).await?,
+    };
+    let Some(table) = table else {
+        return Ok(None);
+    };
+    let _ = ctx.deregister_table("freshness");
+    catalog::register(ctx, "freshness", &table).await?;
+    let batches = ctx
+        .sql("SELECT CAST(max(event_time) AS BIGINT) AS us FROM freshness")
+        .await?
+        .collect()
+        .await?;
+    for b in batches {
+        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64)?;
+        let c = c
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        if let Some(us) = c.iter().flatten().next() {
+            return Ok(Some(us / 1000));
+        }
+    }
+    Ok(None)
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn render(r: &StatusReport) -> String {
+    let mut out = format!(
+        "{:<22} {:>7} {:>11} {:>6} {:>6} {:<21} {:<21} {:>10}\n",
+        "table", "version", "rows", "files", "small", "last commit", "latest event", "lag"
+    );
+    for t in &r.tables {
+        out.push_str(&format!(
+            "{:<22} {:>7} {:>11} {:>6} {:>6} {:<21} {:<21} {:>10}{}\n",
+            t.table,
+            t.version.map(|v| v.to_string()).unwrap_or_default(),
+            t.rows,
+            t.files,
+            t.small_files,
+            t.last_commit_at.as_deref().unwrap_or("-"),
+            t.latest_event_time.as_deref().unwrap_or("-"),
+            t.lag_seconds
+                .map(|s| format_duration(Duration::from_secs(s as u64)))
+                .unwrap_or_else(|| "-".into()),
+            if t.stale { "  STALE" } else { "" }
+        ));
+    }
+    out
+}
