@@ -301,7 +301,7 @@ pub fn session(memory_limit: u64) -> Result<SessionContext> {
 pub async fn register_all(
     ctx: &SessionContext,
     lake: &Lake,
-    version: Option<i64>,
+    as_of: Option<crate::storage::TableAsOf>,
 ) -> Result<Vec<String>> {
     let mut found = Vec::new();
     let star = star_tables();
@@ -311,8 +311,8 @@ pub async fn register_all(
         .chain(star.iter().cloned());
     // Opened concurrently: on an object store each open is a few round trips.
     let opened = futures::future::try_join_all(names.map(|name| async move {
-        let table = match version {
-            Some(v) => lake.open_table_at(&name, v).await?,
+        let table = match as_of {
+            Some(a) => lake.open_table_as_of(&name, a).await?,
             None => lake.open_table(&name).await?,
         };
         Ok::<_, Error>((name, table))

@@ -205,9 +205,27 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
-    /// The statement to run
-    #[arg(short = 'c', long = "command", value_name = "SQL")]
-    pub command: String,
+    /// SQL to run: one statement, or several separated by `;`
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SQL",
+        conflicts_with = "file"
+    )]
+    pub command: Option<String>,
+
+    /// A file of statements separated by `;`, run in order; the first failing one stops the run
+    /// (exit 2 naming it)
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// Query every table as of this version of it (time travel)
+    #[arg(long, value_name = "N", conflicts_with = "as_of_time")]
+    pub as_of_version: Option<i64>,
+
+    /// Query every table as it was at this time (RFC 3339, e.g. 2026-03-01T12:00:00Z)
+    #[arg(long, value_name = "TIME")]
+    pub as_of_time: Option<String>,
 
     /// Output format
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

@@ -139,21 +139,48 @@ impl Lake {
 
     /// Opens a table at an older version (time travel).
     pub async fn open_table_at(&self, name: &str, version: i64) -> Result<Option<DeltaTable>> {
-        if !self.table_exists(name).await? {
+        self.open_table_as_of(name, TableAsOf::Version(version))
+            .await
+    }
+
+    /// Opens a table as it was at a version or a time, or `None` when it did not exist then.
+    pub async fn open_table_as_of(
+        &self,
+        name: &str,
+        as_of: TableAsOf,
+    ) -> Result<Option<DeltaTable>> {
+        // The current table first: a version it does not have yet is reported as absent here
+        // rather than as a failed load.
+        let Some(current) = self.open_table(name).await? else {
             return Ok(None);
+        };
+        if let TableAsOf::Version(v) = as_of {
+            if current.version().is_none_or(|latest| v > latest as i64) {
+                return Ok(None);
+            }
         }
         let url = self.table_url(name);
-        match deltalake::DeltaTableBuilder::from_url(url)?
-            .with_storage_options(self.storage_options())
-            .with_version(version as _)
-            .load()
-            .await
-        {
+        let builder = deltalake::DeltaTableBuilder::from_url(url)?
+            .with_storage_options(self.storage_options());
+        let builder = match as_of {
+            TableAsOf::Version(v) => builder.with_version(v as _),
+            TableAsOf::Time(t) => builder.with_timestamp(t),
+        };
+        match builder.load().await {
             Ok(t) => Ok(Some(t)),
             Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
+            // No commit that early (or that version was cleaned up): it did not exist then.
+            Err(deltalake::DeltaTableError::InvalidVersion(_)) => Ok(None),
             Err(e) => Err(Error::Delta(e)),
         }
     }
+}
+
+/// A point in a table's history.
+#[derive(Debug, Clone, Copy)]
+pub enum TableAsOf {
+    Version(i64),
+    Time(chrono::DateTime<chrono::Utc>),
 }
 
 /// Parses a user-given location. `dir` makes the URL end in `/`.

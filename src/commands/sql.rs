@@ -1,32 +1,121 @@
-//! `clicklake sql -c "..."`: run one statement over the lake's registered tables and stream the
-//! result to stdout as a table, CSV, TSV, JSON or NDJSON.
+//! `clicklake sql`: run SQL over the lake's registered tables (`-c` for statements on the command
+//! line, `-f` for a file), optionally as of an earlier version or time, and stream each result to
+//! stdout as a table, CSV, TSV, JSON or NDJSON. Statements run in order; the first that fails
+//! stops the run and is named in the error.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use datafusion::error::DataFusionError;
+use datafusion::sql::parser::{DFParser, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
 use crate::catalog;
 use crate::cli::{OutputFormat, SqlArgs};
 use crate::config::Config;
 use crate::error::{is_sql_mistake, root_message, Error};
-use crate::storage::Lake;
+use crate::storage::{Lake, TableAsOf};
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
+    // Arguments first, before any I/O on the lake.
+    let (text, origin) = match (&args.command, &args.file) {
+        (Some(c), _) => (c.clone(), Some(format!("SQL `{}`", shorten(c)))),
+        (None, Some(path)) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::usage(format!("-f {}: {e}", path.display())))?,
+            Some(path.display().to_string()),
+        ),
+        (None, None) => {
+            return Err(
+                Error::usage("sql: give statements with -c SQL or a file with -f PATH").into(),
+            )
+        }
+    };
+    let as_of = match (args.as_of_version, &args.as_of_time) {
+        (Some(v), _) if v < 0 => {
+            return Err(Error::usage("--as-of-version: a version is 0 or more").into())
+        }
+        (Some(v), _) => Some(TableAsOf::Version(v)),
+        (None, Some(t)) => Some(TableAsOf::Time(
+            chrono::DateTime::parse_from_rfc3339(t.trim())
+                .map_err(|e| Error::usage(format!("--as-of-time {t:?}: {e} (use RFC 3339)")))?
+                .with_timezone(&chrono::Utc),
+        )),
+        (None, None) => None,
+    };
+    let statements = DFParser::parse_sql_with_dialect(&text, &GenericDialect {})
+        .map_err(|e| Error::usage(format!("{}: {e}", origin.as_deref().unwrap_or("SQL"))))?;
+    if statements.is_empty() {
+        return Err(Error::usage(format!(
+            "{}: no statement",
+            origin.as_deref().unwrap_or("SQL")
+        ))
+        .into());
+    }
     let ctx = catalog::session(cfg.memory_limit)?;
-    catalog::register_all(&ctx, lake, None).await?;
+    let registered = catalog::register_all(&ctx, lake, as_of).await?;
+    if as_of.is_some() && !cfg.quiet {
+        let now = catalog::register_all(&catalog::session(cfg.memory_limit)?, lake, None).await?;
+        let missing: Vec<&String> = now.iter().filter(|t| !registered.contains(t)).collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "note: not registered (no such version, or not created yet then): {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let many = statements.len() > 1;
+    for (i, statement) in statements.into_iter().enumerate() {
+        let name = statement_name(&statement, i, many);
+        run_statement(cfg, &ctx, statement, &name, args.format).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The text on one line, cut at 80 characters.
+fn shorten(text: &str) -> String {
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match text.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
+    }
+}
+
+/// `statement 3 (SELECT …)` when there are several, else the statement's text, shortened.
+fn statement_name(statement: &Statement, index: usize, many: bool) -> String {
+    let short = shorten(&statement.to_string());
+    if many {
+        format!("statement {} `{short}`", index + 1)
+    } else {
+        format!("statement `{short}`")
+    }
+}
+
+async fn run_statement(
+    cfg: &Config,
+    ctx: &datafusion::prelude::SessionContext,
+    statement: Statement,
+    name: &str,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let state = ctx.state();
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| user_error(name, e))?;
     let df = ctx
-        .sql(&args.command)
+        .execute_logical_plan(plan)
         .await
-        .map_err(|e| user_error(&args.command, e))?;
-    let mut stream = df
-        .execute_stream()
-        .await
-        .map_err(|e| user_error(&args.command, e))?;
+        .map_err(|e| user_error(name, e))?;
+    let mut stream = df.execute_stream().await.map_err(|e| user_error(name, e))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match args.format {
+    match format {
         OutputFormat::Table => {
             let mut batches = Vec::new();
             while let Some(b) = stream.next().await {
@@ -40,7 +129,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             }
         }
         OutputFormat::Csv | OutputFormat::Tsv => {
-            let delim = if args.format == OutputFormat::Csv {
+            let delim = if format == OutputFormat::Csv {
                 b','
             } else {
                 b'\t'
@@ -71,18 +160,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         }
     }
     out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Planning errors are the user's (exit 2); the statement is named in the one-line message.
-fn user_error(sql: &str, e: DataFusionError) -> anyhow::Error {
-    let short: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    let short = match short.char_indices().nth(80) {
-        Some((i, _)) => format!("{}…", &short[..i]),
-        None => short,
-    };
+fn user_error(name: &str, e: DataFusionError) -> anyhow::Error {
     if is_sql_mistake(&e) {
-        Error::usage(format!("in statement `{short}`: {}", root_message(&e))).into()
+        Error::usage(format!("in {name}: {}", root_message(&e))).into()
     } else {
         Error::from(e).into()
     }

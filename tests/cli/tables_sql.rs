@@ -90,3 +90,82 @@ fn sql_output_formats() {
     let table = ctx.ok(&["sql", "-c", q]);
     assert!(table.contains("| e18      | 19.99 |"), "{table}");
 }
+
+#[test]
+fn sql_files_run_statement_by_statement_and_stop_at_the_first_error() {
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    std::fs::write(
+        ctx.path("ok.sql"),
+        "-- two statements\nSELECT count(*) AS n FROM raw_events;\n\nSELECT 'second' AS s;\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ctx.ok(&["sql", "--format", "csv", "-f", "ok.sql"]),
+        "n\n3\ns\nsecond\n"
+    );
+    std::fs::write(
+        ctx.path("bad.sql"),
+        "SELECT 1 AS a;\nSELECT nope FROM raw_events;\nSELECT 3 AS c;\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["sql", "--format", "csv", "-f", "bad.sql"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a\n1\n",
+        "stops at the error"
+    );
+    let err = crate::context::stderr_of(&out);
+    assert!(
+        err.contains("statement 2 `SELECT nope FROM raw_events`"),
+        "{err}"
+    );
+    let out = ctx.run(&["sql", "-f", "missing.sql"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(crate::context::stderr_of(&out).contains("missing.sql"));
+}
+
+#[test]
+fn time_travel_by_version_and_time() {
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["init"]);
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    let between = chrono::Utc::now();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ctx.ok(&["ingest", "--force", f.to_str().unwrap()]);
+    let count = |extra: &[&str]| {
+        let mut args = vec![
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) FROM raw_events",
+        ];
+        args.extend_from_slice(extra);
+        ctx.ok(&args).lines().nth(1).unwrap().to_string()
+    };
+    assert_eq!(count(&[]), "6");
+    assert_eq!(count(&["--as-of-version", "1"]), "3");
+    assert_eq!(count(&["--as-of-version", "0"]), "0");
+    let at = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(count(&["--as-of-time", &at]), "3");
+    // A version a table does not have yet: the table is left out, and the note says so.
+    let out = ctx.run(&[
+        "sql",
+        "--as-of-version",
+        "7",
+        "-c",
+        "SELECT count(*) FROM raw_events",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = crate::context::stderr_of(&out);
+    assert!(
+        err.contains("not registered") && err.contains("raw_events"),
+        "{err}"
+    );
+    let out = ctx.run(&["sql", "--as-of-time", "yesterday", "-c", "SELECT 1"]);
+    assert_eq!(out.status.code(), Some(2));
+}
