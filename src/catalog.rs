@@ -86,6 +86,32 @@ pub fn star_tables() -> Vec<String> {
         .collect()
 }
 
+/// The tables named, checked against the lake's catalog, or every existing one.
+pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String>> {
+    let mut all: Vec<String> = ALL.iter().map(|d| d.name.to_string()).collect();
+    all.extend(star_tables());
+    for n in names {
+        if !all.contains(n) {
+            return Err(Error::usage(format!(
+                "unknown table {n:?}; the lake's tables are: {}",
+                all.join(", ")
+            )));
+        }
+    }
+    let wanted = if names.is_empty() {
+        all
+    } else {
+        names.to_vec()
+    };
+    let mut out = Vec::new();
+    for n in wanted {
+        if lake.table_exists(&n).await? {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
 /// The key columns of `events` whose changed values clean records in `events_changes`.
 pub const CHANGE_KEYS: &[&str] = &["session_key", "order_id", "product_id", "event_date"];
 

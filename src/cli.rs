@@ -75,6 +75,10 @@ pub enum Command {
     Check(CheckArgs),
     /// List the lake's tables with rows, files, size, partitions and version
     Tables(TablesArgs),
+    /// Rewrite small files into files of about the target size (Delta OPTIMIZE); no rows change
+    Compact(CompactArgs),
+    /// Delete data files no version within the retention period references
+    Vacuum(VacuumArgs),
     /// Freshness of every table for alerting: latest commit and event time, lag, small files;
     /// `--max-lag` exits 1 naming the stale tables
     Status(StatusArgs),
@@ -171,6 +175,42 @@ pub struct CheckArgs {
     pub select: Option<String>,
 
     /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Tables to compact [default: all]
+    pub tables: Vec<String>,
+
+    /// File size to aim for [default: ingest.target_file_size]
+    #[arg(long, value_name = "SIZE")]
+    pub target_size: Option<String>,
+
+    /// Print one JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    /// Tables to vacuum [default: all]
+    pub tables: Vec<String>,
+
+    /// Keep files any version of the last DURATION references (time travel reaches that far)
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    pub retain: String,
+
+    /// Allow a retention under 7 days (only when no run or query can be in flight)
+    #[arg(long)]
+    pub allow_short_retention: bool,
+
+    /// List what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print one JSON array
     #[arg(long)]
     pub json: bool,
 }

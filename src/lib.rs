@@ -44,6 +44,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Check(args) => commands::check::run(&cfg, &lake, args).await,
                     Command::Tables(args) => commands::tables::run(&lake, &args).await,
                     Command::Status(args) => commands::status::run(&cfg, &lake, args).await,
+                    Command::Compact(args) => commands::compact::run(&cfg, &lake, args).await,
+                    Command::Vacuum(args) => commands::vacuum::run(&cfg, &lake, args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
                     Command::Generate(_) => unreachable!("handled above"),
                 }

@@ -132,7 +132,20 @@ pub async fn run(
             "events reflects raw_events version {v}, newer than its current version {raw_version}"
         )),
         (false, Some(v)) => match added_files(&raw, v, raw_version).await? {
-            Ok(paths) => Plan::Incremental(paths),
+            Ok(paths) => {
+                // A compaction since may have folded new files into others.
+                let live: HashSet<String> = raw
+                    .snapshot()?
+                    .log_data()
+                    .iter()
+                    .map(|f| f.path().to_string())
+                    .collect();
+                if paths.iter().all(|p| live.contains(p)) {
+                    Plan::Incremental(paths)
+                } else {
+                    Plan::Full("raw_events was compacted since the last clean".into())
+                }
+            }
             Err(reason) => Plan::Full(reason),
         },
     };

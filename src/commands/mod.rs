@@ -3,9 +3,11 @@
 pub mod build;
 pub mod check;
 pub mod clean;
+pub mod compact;
 pub mod generate;
 pub mod ingest;
 pub mod init;
 pub mod sql;
 pub mod status;
 pub mod tables;
+pub mod vacuum;

@@ -6,6 +6,7 @@ mod clean;
 mod context;
 mod errors;
 mod ingest;
+mod maintain;
 mod recovery;
 mod status;
 mod tables_sql;
