@@ -731,6 +731,7 @@ async fn build_table(
         }),
     );
     let version = delta::commit(&mut table, actions, markers, meta, mode).await?;
+    fault(&format!("build-after-commit-{}", model.name));
     out.version = Some(version);
     reregister(ctx, &model.name, &table).await?;
     let _ = ctx.deregister_table("changed_keys");

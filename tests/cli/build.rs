@@ -443,3 +443,40 @@ fn a_failing_user_check_exits_1_with_its_rows() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("typo.sql"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn a_build_killed_between_tables_finishes_on_the_next_run() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate(
+        "gen",
+        &[
+            "--events", "3000", "--files", "2", "--dirty", "--seed", "21", "--days", "2",
+        ],
+    );
+    pipeline(&ctx, ctx.path("gen/events-0001.ndjson").to_str().unwrap());
+    build_json(&ctx, &[]);
+    pipeline(&ctx, ctx.path("gen/events-0002.ndjson").to_str().unwrap());
+    let before = dump_star(&ctx);
+
+    // Killed after fact_orders committed: the tables before it are new, the ones after old.
+    for point in ["build-after-data-files", "build-after-commit-fact_orders"] {
+        let out = ctx
+            .cmd()
+            .env("CLICKLAKE_FAULT", point)
+            .args(["build"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point} must abort");
+    }
+    assert_ne!(dump_star(&ctx), before, "the first tables were committed");
+    let s = build_json(&ctx, &[]);
+    assert_eq!(table_mode(&s, "fact_sessions"), "up_to_date", "{s}");
+    assert_ne!(table_mode(&s, "agg_user_features"), "up_to_date", "{s}");
+    let resumed = dump_star(&ctx);
+    build_json(&ctx, &["--full-refresh"]);
+    assert!(
+        resumed == dump_star(&ctx),
+        "a resumed build equals a full rebuild"
+    );
+    assert_eq!(ctx.run(&["check", "-q"]).status.code(), Some(0));
+}
