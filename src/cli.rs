@@ -241,6 +241,8 @@ pub enum OutputFormat {
     Tsv,
     Json,
     Ndjson,
+    /// zstd-compressed Parquet (with --output, or to a pipe)
+    Parquet,
 }
 
 #[derive(Debug, Args)]
@@ -258,6 +260,11 @@ pub struct SqlArgs {
     /// (exit 2 naming it)
     #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub file: Option<PathBuf>,
+
+    /// Write the result to this local path or object store URL (s3://bucket/key) instead of
+    /// stdout, streaming
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<String>,
 
     /// Query every table as of this version of it (time travel)
     #[arg(long, value_name = "N", conflicts_with = "as_of_time")]

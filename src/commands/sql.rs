@@ -46,6 +46,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     };
     let statements = DFParser::parse_sql_with_dialect(&text, &GenericDialect {})
         .map_err(|e| Error::usage(format!("{}: {e}", origin.as_deref().unwrap_or("SQL"))))?;
+    if args.output.is_some() && statements.len() > 1 {
+        return Err(Error::usage("--output takes the result of one statement").into());
+    }
     if statements.is_empty() {
         return Err(Error::usage(format!(
             "{}: no statement",
@@ -72,7 +75,16 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     let many = statements.len() > 1;
     for (i, statement) in statements.into_iter().enumerate() {
         let name = statement_name(&statement, i, many);
-        run_statement(cfg, &ctx, statement, &name, args.format).await?;
+        run_statement(
+            cfg,
+            lake,
+            &ctx,
+            statement,
+            &name,
+            args.format,
+            args.output.as_deref(),
+        )
+        .await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -96,13 +108,67 @@ fn statement_name(statement: &Statement, index: usize, many: bool) -> String {
     }
 }
 
+/// Where results go: stdout, a local file or an object (multipart upload), written as they
+/// stream.
+type Sink = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+async fn open_sink(lake: &Lake, output: Option<&str>) -> anyhow::Result<Sink> {
+    let Some(target) = output else {
+        return Ok(Box::new(tokio::io::stdout()));
+    };
+    let url = crate::storage::parse_location(target, false)
+        .map_err(|e| Error::usage(format!("--output {target:?}: {e}")))?;
+    if url.scheme() == "file" {
+        let path = url
+            .to_file_path()
+            .map_err(|_| Error::usage(format!("--output {target:?}: not a local path")))?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Error::usage(format!("--output {}: {e}", path.display())))?;
+        return Ok(Box::new(tokio::io::BufWriter::new(file)));
+    }
+    let (store, path) = lake.store_for(&url)?;
+    Ok(Box::new(object_store::buffered::BufWriter::new(
+        store, path,
+    )))
+}
+
+/// A `Write` whose bytes are taken out after each batch and sent to the async sink.
+#[derive(Clone, Default)]
+struct Chunk(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Chunk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Chunk {
+    async fn drain_to(&self, sink: &mut Sink) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let bytes = std::mem::take(&mut *self.0.lock().expect("not poisoned"));
+        if !bytes.is_empty() {
+            sink.write_all(&bytes).await?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_statement(
     cfg: &Config,
+    lake: &Lake,
     ctx: &datafusion::prelude::SessionContext,
     statement: Statement,
     name: &str,
     format: OutputFormat,
+    output: Option<&str>,
 ) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
     let state = ctx.state();
     let plan = state
         .statement_to_plan(statement)
@@ -112,9 +178,11 @@ async fn run_statement(
         .execute_logical_plan(plan)
         .await
         .map_err(|e| user_error(name, e))?;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(|e| user_error(name, e))?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut sink = open_sink(lake, output).await?;
+    let chunk = Chunk::default();
+    let mut rows = 0usize;
     match format {
         OutputFormat::Table => {
             let mut batches = Vec::new();
@@ -122,11 +190,8 @@ async fn run_statement(
                 batches.push(b.map_err(Error::from)?);
             }
             let shown = arrow::util::pretty::pretty_format_batches(&batches)?;
-            writeln!(out, "{shown}")?;
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            if !cfg.quiet {
-                eprintln!("{rows} row(s)");
-            }
+            sink.write_all(format!("{shown}\n").as_bytes()).await?;
+            rows = batches.iter().map(|b| b.num_rows()).sum();
         }
         OutputFormat::Csv | OutputFormat::Tsv => {
             let delim = if format == OutputFormat::Csv {
@@ -137,29 +202,62 @@ async fn run_statement(
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .with_delimiter(delim)
-                .build(&mut out);
+                .build(chunk.clone());
             while let Some(b) = stream.next().await {
-                w.write(&b.map_err(Error::from)?)?;
+                let b = b.map_err(Error::from)?;
+                rows += b.num_rows();
+                w.write(&b)?;
+                chunk.drain_to(&mut sink).await?;
             }
         }
         OutputFormat::Json => {
-            let mut w = arrow::json::ArrayWriter::new(&mut out);
+            let mut w = arrow::json::ArrayWriter::new(chunk.clone());
             while let Some(b) = stream.next().await {
-                w.write(&b.map_err(Error::from)?)?;
+                let b = b.map_err(Error::from)?;
+                rows += b.num_rows();
+                w.write(&b)?;
+                chunk.drain_to(&mut sink).await?;
             }
             w.finish()?;
             drop(w);
-            writeln!(out)?;
+            let mut tail = chunk.clone();
+            tail.write_all(b"\n")?;
+            chunk.drain_to(&mut sink).await?;
         }
         OutputFormat::Ndjson => {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+            let mut w = arrow::json::LineDelimitedWriter::new(chunk.clone());
             while let Some(b) = stream.next().await {
-                w.write(&b.map_err(Error::from)?)?;
+                let b = b.map_err(Error::from)?;
+                rows += b.num_rows();
+                w.write(&b)?;
+                chunk.drain_to(&mut sink).await?;
             }
             w.finish()?;
+            chunk.drain_to(&mut sink).await?;
+        }
+        OutputFormat::Parquet => {
+            let props =
+                crate::delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+            let mut w = parquet::arrow::AsyncArrowWriter::try_new(&mut sink, schema, Some(props))?;
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(Error::from)?;
+                rows += b.num_rows();
+                w.write(&b).await?;
+            }
+            // Closing the writer completes the sink (the upload, for an object).
+            w.close().await?;
         }
     }
-    out.flush()?;
+    if format != OutputFormat::Parquet {
+        sink.flush().await?;
+        sink.shutdown().await?;
+    }
+    if !cfg.quiet && (format == OutputFormat::Table || output.is_some()) {
+        match output {
+            Some(o) => eprintln!("{rows} row(s) written to {o}"),
+            None => eprintln!("{rows} row(s)"),
+        }
+    }
     Ok(())
 }
 

@@ -169,3 +169,58 @@ fn time_travel_by_version_and_time() {
     let out = ctx.run(&["sql", "--as-of-time", "yesterday", "-c", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+both_backends!(results_stream_to_a_file_or_an_object, |backend: Backend| {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let ctx = TestContext::new(backend);
+    ctx.generate("gen", &["--events", "3000", "--files", "1", "--seed", "4"]);
+    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+    let q = "SELECT event_id, event_time, price FROM raw_events";
+    let (target, on_disk) = match &ctx.s3 {
+        None => (
+            ctx.path("out.parquet").display().to_string(),
+            ctx.path("out.parquet"),
+        ),
+        Some(s3) => (
+            "s3://inbox/exports/out.parquet".to_string(),
+            s3.root.join("inbox/exports/out.parquet"),
+        ),
+    };
+    let out = ctx.run(&["sql", "--format", "parquet", "-o", &target, "-c", q]);
+    assert!(out.status.success(), "{}", crate::context::stderr_of(&out));
+    assert!(
+        out.stdout.is_empty(),
+        "results went to the file, not stdout"
+    );
+    let reader = SerializedFileReader::new(std::fs::File::open(&on_disk).unwrap()).unwrap();
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 3000);
+    assert_eq!(
+        reader
+            .metadata()
+            .file_metadata()
+            .schema_descr()
+            .num_columns(),
+        3
+    );
+    // Text formats too.
+    let csv = ctx.path("out.csv");
+    ctx.ok(&[
+        "sql",
+        "--format",
+        "csv",
+        "-o",
+        csv.to_str().unwrap(),
+        "-c",
+        q,
+    ]);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3001);
+    // One result per output.
+    let out = ctx.run(&[
+        "sql",
+        "-o",
+        csv.to_str().unwrap(),
+        "-c",
+        "SELECT 1; SELECT 2",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+});
