@@ -370,6 +370,22 @@ pub fn utf8(array: &arrow::array::ArrayRef) -> Result<arrow::array::StringArray>
         .clone())
 }
 
+/// The first non-null value of the first column of a query, as an integer (counts, and
+/// timestamps cast to BIGINT, which gives their microseconds).
+pub async fn query_i64(ctx: &SessionContext, sql: &str) -> Result<Option<i64>> {
+    for batch in ctx.sql(sql).await?.collect().await? {
+        let column = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+        let column = column
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("cast to Int64");
+        if let Some(v) = column.iter().flatten().next() {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
 /// The values of a string column as owned strings (for small results).
 pub fn strings(array: &arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
     Ok(utf8(array)?.iter().map(|v| v.map(str::to_string)).collect())

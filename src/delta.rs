@@ -191,3 +191,97 @@ pub fn table_relative_path(file_id: &str, table: &str) -> String {
         None => decoded,
     }
 }
+
+/// The actions of commit `version` of `table` as JSON objects, or `None` when the log no longer
+/// holds that commit (log retention).
+pub async fn commit_actions(
+    table: &DeltaTable,
+    version: i64,
+) -> Result<Option<Vec<serde_json::Value>>> {
+    let Some(bytes) = table.log_store().read_commit_entry(version as _).await? else {
+        return Ok(None);
+    };
+    let mut actions = Vec::new();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        actions.push(
+            serde_json::from_slice(line).map_err(|e| {
+                Error::runtime(format!("{} commit {version}: {e}", table_name(table)))
+            })?,
+        );
+    }
+    Ok(Some(actions))
+}
+
+/// True for an `add` or `remove` action that changes rows (not a compaction's rewrite).
+pub fn is_data_change(action: &serde_json::Value) -> bool {
+    ["add", "remove"].iter().any(|kind| {
+        action
+            .get(kind)
+            .is_some_and(|a| a["dataChange"].as_bool().unwrap_or(true))
+    })
+}
+
+fn table_name(table: &DeltaTable) -> String {
+    let uri = table.table_url().to_string();
+    uri.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Streams every row of `files` (scan file ids of `table`) whose `column` is not in `drop` into
+/// `sink`, and returns how many rows were copied. The small `drop` set is checked per batch
+/// rather than with an anti join, which would hold the files' rows in memory.
+pub async fn copy_rows_except(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &DeltaTable,
+    files: &[String],
+    column: &str,
+    drop: &std::collections::HashSet<String>,
+    sink: &mut TableSink,
+) -> Result<u64> {
+    use futures::StreamExt;
+    let provider = table
+        .table_provider()
+        .with_file_paths(files.to_vec())
+        .await?;
+    let mut stream = ctx.read_table(provider)?.execute_stream().await?;
+    let mut copied = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let values = crate::catalog::utf8(batch.column_by_name(column).ok_or_else(|| {
+            Error::runtime(format!("{}: no column {column}", table_name(table)))
+        })?)?;
+        let keep: arrow::array::BooleanArray = values
+            .iter()
+            .map(|v| Some(!v.is_some_and(|v| drop.contains(v))))
+            .collect();
+        let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
+        copied += kept.num_rows() as u64;
+        sink.write(&kept).await?;
+    }
+    Ok(copied)
+}
+
+/// Remove actions for the data files a scan named `files` (file ids, as from a file column).
+/// Every one must be in the table's current snapshot.
+pub fn remove_actions(table: &DeltaTable, files: &[String], name: &str) -> Result<Vec<Action>> {
+    let wanted: std::collections::HashSet<String> =
+        files.iter().map(|f| table_relative_path(f, name)).collect();
+    let removes: Vec<Action> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| wanted.contains(&f.path().to_string()))
+        .map(|f| Action::Remove(f.remove_action(true)))
+        .collect();
+    if removes.len() != wanted.len() {
+        return Err(Error::runtime(format!(
+            "{name}: matched {} of the {} files to rewrite in the table log",
+            removes.len(),
+            wanted.len()
+        )));
+    }
+    Ok(removes)
+}

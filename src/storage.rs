@@ -149,14 +149,17 @@ impl Lake {
         name: &str,
         as_of: TableAsOf,
     ) -> Result<Option<DeltaTable>> {
-        // The current table first: a version it does not have yet is reported as absent here
-        // rather than as a failed load.
-        let Some(current) = self.open_table(name).await? else {
-            return Ok(None);
-        };
-        if let TableAsOf::Version(v) = as_of {
-            if current.version().is_none_or(|latest| v > latest as i64) {
-                return Ok(None);
+        match as_of {
+            // A version the table does not have yet is absent, not a failed load: check the
+            // current version first.
+            TableAsOf::Version(v) => match self.open_table(name).await? {
+                Some(current) if current.version().is_some_and(|latest| v <= latest as i64) => {}
+                _ => return Ok(None),
+            },
+            TableAsOf::Time(_) => {
+                if !self.table_exists(name).await? {
+                    return Ok(None);
+                }
             }
         }
         let url = self.table_url(name);

@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::MemTable;
@@ -233,54 +233,25 @@ pub async fn run(
 /// The latest events version whose commit added or removed rows (reading the log backwards from
 /// `current`, usually one or two commits).
 async fn last_data_version(events: &DeltaTable, current: i64) -> Result<i64> {
-    let store = events.log_store();
     for v in (0..=current).rev() {
-        let Some(bytes) = store.read_commit_entry(v as _).await? else {
+        match delta::commit_actions(events, v).await? {
             // Cleaned up by log retention: assume it changed data.
-            return Ok(v);
-        };
-        if commit_changes_data(&bytes, v)? {
-            return Ok(v);
+            None => return Ok(v),
+            Some(actions) if actions.iter().any(delta::is_data_change) => return Ok(v),
+            Some(_) => {}
         }
     }
     Ok(0)
 }
 
-/// True when a commit adds or removes rows (dataChange), not only markers or a compaction.
-fn commit_changes_data(bytes: &[u8], version: i64) -> Result<bool> {
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let action: serde_json::Value = serde_json::from_slice(line)
-            .map_err(|e| Error::runtime(format!("events commit {version}: {e}")))?;
-        for kind in ["add", "remove"] {
-            if let Some(a) = action.get(kind) {
-                if a["dataChange"].as_bool().unwrap_or(true) {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-    Ok(false)
-}
-
-/// The latest event_time in `events` (answered from file statistics where possible).
+/// The latest event_time in `events`, in microseconds (answered from file statistics where
+/// possible).
 async fn latest_event_time(ctx: &SessionContext) -> Result<Option<i64>> {
-    let batches = ctx
-        .sql("SELECT CAST(max(event_time) AS BIGINT) FROM events_all")
-        .await?
-        .collect()
-        .await?;
-    for b in batches {
-        let c = arrow::compute::cast(b.column(0), &DataType::Int64)?;
-        let c = c
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .expect("cast to Int64");
-        if !c.is_empty() && c.is_valid(0) {
-            // A timestamp cast to BIGINT is in its own unit: microseconds.
-            return Ok(Some(c.value(0)));
-        }
-    }
-    Ok(None)
+    catalog::query_i64(
+        ctx,
+        "SELECT CAST(max(event_time) AS BIGINT) FROM events_all",
+    )
+    .await
 }
 
 fn validate_directives(model: &Model) -> Result<()> {
@@ -480,23 +451,19 @@ async fn changed_keys(
     from: i64,
     to: i64,
 ) -> Result<std::result::Result<ChangeSet, String>> {
-    let store = events.log_store();
     let mut change_ids: Vec<String> = Vec::new();
     for v in (from + 1)..=to {
-        let Some(bytes) = store.read_commit_entry(v as _).await? else {
+        let Some(actions) = delta::commit_actions(events, v).await? else {
             return Ok(Err(format!("events commit {v} is no longer in the log")));
         };
-        if !commit_changes_data(&bytes, v)? {
+        if !actions.iter().any(delta::is_data_change) {
             continue;
         }
-        let mut info: Option<serde_json::Value> = None;
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value = serde_json::from_slice(line)
-                .map_err(|e| Error::runtime(format!("events commit {v}: {e}")))?;
-            if let Some(ci) = action.get("commitInfo") {
-                info = ci.get("clicklake").cloned();
-            }
-        }
+        let info = actions.iter().find_map(|a| {
+            a.get("commitInfo")
+                .and_then(|ci| ci.get("clicklake"))
+                .cloned()
+        });
         let Some(info) = info else {
             return Ok(Err(format!("events commit {v} was not written by clean")));
         };
@@ -667,43 +634,9 @@ async fn build_table(
         Some((column, keys)) if !keys.is_empty() => {
             let files = files_holding(ctx, &table, column).await?;
             if !files.is_empty() {
-                let provider = table
-                    .table_provider()
-                    .with_file_paths(files.clone())
-                    .await?;
-                let _ = ctx.deregister_table("rewrite");
-                ctx.register_table("rewrite", provider)?;
-                let mut stream = ctx.table("rewrite").await?.execute_stream().await?;
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    let values = catalog::utf8(
-                        batch.column_by_name(column).expect("the unique key column"),
-                    )?;
-                    let keep: BooleanArray = values
-                        .iter()
-                        .map(|v| Some(!v.is_some_and(|v| keys.contains(v))))
-                        .collect();
-                    let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
-                    out.rows_copied += kept.num_rows() as u64;
-                    sink.write(&kept).await?;
-                }
-                let wanted: HashSet<String> = files
-                    .iter()
-                    .map(|f| delta::table_relative_path(f, &model.name))
-                    .collect();
-                for f in table.snapshot()?.log_data().iter() {
-                    if wanted.contains(&f.path().to_string()) {
-                        removes.push(Action::Remove(f.remove_action(true)));
-                    }
-                }
-                if removes.len() != files.len() {
-                    return Err(Error::runtime(format!(
-                        "{}: matched {} of the {} files to rewrite in the table log",
-                        model.name,
-                        removes.len(),
-                        files.len()
-                    )));
-                }
+                out.rows_copied +=
+                    delta::copy_rows_except(ctx, &table, &files, column, keys, &mut sink).await?;
+                removes.extend(delta::remove_actions(&table, &files, &model.name)?);
             }
         }
         Some(_) => {}

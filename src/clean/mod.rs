@@ -27,7 +27,7 @@ use std::time::Instant;
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::SessionContext;
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
@@ -346,46 +346,21 @@ pub async fn run(
     }
     if !superseded.is_empty() {
         let files: Vec<String> = superseded.iter().cloned().collect();
-        let rewrite = events.table_provider().with_file_paths(files).await?;
-        ctx.register_table("events_rewrite", rewrite)?;
-        // Copy every row of those files except the superseded versions (a small set, checked
-        // here rather than with an anti join, which would hold the files' rows in memory).
+        // Every row of those files except the superseded versions.
         let changed: HashSet<String> = std::mem::take(&mut changed_ids).into_iter().collect();
-        let mut stream = ctx.table("events_rewrite").await?.execute_stream().await?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let ids = catalog::utf8(batch.column_by_name("event_id").expect("event_id"))?;
-            let keep: BooleanArray = ids
-                .iter()
-                .map(|id| Some(!id.is_some_and(|id| changed.contains(id))))
-                .collect();
-            let batch = arrow::compute::filter_record_batch(&batch, &keep)?;
-            summary.events_copied += batch.num_rows() as u64;
-            write.write(&batch).await?;
-        }
-        let wanted: HashSet<String> = superseded
-            .iter()
-            .map(|f| delta::table_relative_path(f, EVENTS.name))
-            .collect();
-        for f in events.snapshot()?.log_data().iter() {
-            if wanted.contains(&f.path().to_string()) {
-                removes.push(Action::Remove(f.remove_action(true)));
-            }
-        }
-        if removes.len() != superseded.len() {
-            return Err(Error::runtime(format!(
-                "events: matched {} of the {} files to rewrite in the table log",
-                removes.len(),
-                superseded.len()
-            )));
-        }
+        summary.events_copied +=
+            delta::copy_rows_except(&ctx, &events, &files, "event_id", &changed, &mut write)
+                .await?;
+        removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
     }
     summary.files_removed = removes.len() as u64;
     let adds = write.finish().await?;
     fault("clean-after-data-files");
 
     // Raw rows consumed: a count over the same files (answered from file statistics).
-    summary.raw_rows_consumed = count_of(ctx.sql("SELECT count(*) FROM raw_input").await?).await?;
+    summary.raw_rows_consumed = catalog::query_i64(&ctx, "SELECT count(*) FROM raw_input")
+        .await?
+        .unwrap_or(0) as u64;
     summary.events_written = summary.events_changed + summary.events_copied;
     summary.sessions_touched = sessions.len() as u64;
     summary.files_added = adds.len() as u64;
@@ -434,29 +409,20 @@ async fn added_files(
     from: i64,
     to: i64,
 ) -> Result<std::result::Result<Vec<String>, String>> {
-    let store = raw.log_store();
     let mut paths = Vec::new();
     for v in (from + 1)..=to {
-        let Some(bytes) = store.read_commit_entry(v as _).await? else {
+        let Some(actions) = delta::commit_actions(raw, v).await? else {
             return Ok(Err(format!(
                 "raw_events commit {v} is no longer in the log (log retention)"
             )));
         };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let action: serde_json::Value = serde_json::from_slice(line)
-                .map_err(|e| Error::runtime(format!("raw_events commit {v}: {e}")))?;
-            let data_change = |a: &serde_json::Value| a["dataChange"].as_bool().unwrap_or(true);
+        for action in actions.iter().filter(|a| delta::is_data_change(a)) {
             if let Some(add) = action.get("add") {
-                if data_change(add) {
-                    let path = add["path"].as_str().unwrap_or_default();
-                    paths.push(path.to_string());
-                }
-            } else if let Some(remove) = action.get("remove") {
-                if data_change(remove) {
-                    return Ok(Err(format!(
-                        "raw_events commit {v} removed rows (erasure or a rewrite)"
-                    )));
-                }
+                paths.push(add["path"].as_str().unwrap_or_default().to_string());
+            } else {
+                return Ok(Err(format!(
+                    "raw_events commit {v} removed rows (erasure or a rewrite)"
+                )));
             }
         }
     }
@@ -567,20 +533,6 @@ async fn collect_strings(ctx: &SessionContext, sql: &str) -> Result<Vec<String>>
         out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
     }
     Ok(out)
-}
-
-async fn count_of(df: DataFrame) -> Result<u64> {
-    let batches = df.collect().await?;
-    let mut n = 0u64;
-    for b in batches {
-        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64)?;
-        let c = c
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("cast to Int64");
-        n += c.iter().flatten().sum::<i64>() as u64;
-    }
-    Ok(n)
 }
 
 fn sum_column(batch: &RecordBatch, name: &str) -> Result<u64> {

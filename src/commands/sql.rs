@@ -59,7 +59,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     let ctx = catalog::session(cfg.memory_limit)?;
     let registered = catalog::register_all(&ctx, lake, as_of).await?;
     if as_of.is_some() && !cfg.quiet {
-        let now = catalog::register_all(&catalog::session(cfg.memory_limit)?, lake, None).await?;
+        let now = catalog::existing_tables(lake, &[]).await?;
         let missing: Vec<&String> = now.iter().filter(|t| !registered.contains(t)).collect();
         if !missing.is_empty() {
             eprintln!(

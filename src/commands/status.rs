@@ -139,22 +139,9 @@ async fn latest_event_time_ms(
     };
     let _ = ctx.deregister_table("freshness");
     catalog::register(ctx, "freshness", &table).await?;
-    let batches = ctx
-        .sql("SELECT CAST(max(event_time) AS BIGINT) AS us FROM freshness")
-        .await?
-        .collect()
-        .await?;
-    for b in batches {
-        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Int64)?;
-        let c = c
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .expect("cast to Int64");
-        if let Some(us) = c.iter().flatten().next() {
-            return Ok(Some(us / 1000));
-        }
-    }
-    Ok(None)
+    let us =
+        catalog::query_i64(ctx, "SELECT CAST(max(event_time) AS BIGINT) FROM freshness").await?;
+    Ok(us.map(|us| us / 1000))
 }
 
 fn rfc3339(ms: i64) -> String {
