@@ -68,6 +68,13 @@ pub const USER_SEGMENT_HISTORY: TableDef = TableDef {
     schema: user_segment_history_schema,
 };
 
+pub const RUNS: TableDef = TableDef {
+    name: "_runs",
+    description: "one row per `clicklake run`: timings, rows per stage, outcome",
+    partition_columns: &[],
+    schema: runs_schema,
+};
+
 /// Every table with a fixed definition, in the order `tables` lists them (the star tables
 /// defined by SQL models follow, see [`star_tables`]).
 pub const ALL: &[&TableDef] = &[
@@ -76,6 +83,7 @@ pub const ALL: &[&TableDef] = &[
     &INGESTED_FILES,
     &EVENTS,
     &EVENTS_CHANGES,
+    &RUNS,
 ];
 
 /// The tables `build` writes: one per embedded star model, named after its file.
@@ -229,6 +237,40 @@ pub fn ingested_files_schema() -> SchemaRef {
         Field::new("ingested_at", ts(), true),
         Field::new("forced", DataType::Boolean, true),
         Field::new("recovered", DataType::Boolean, true),
+    ]))
+}
+
+pub fn runs_schema() -> SchemaRef {
+    let i = |n: &str| Field::new(n, DataType::Int64, true);
+    let f = |n: &str| Field::new(n, DataType::Float64, true);
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("started_at", ts(), false),
+        Field::new("finished_at", ts(), false),
+        f("seconds"),
+        // success | checks_failed | failed
+        Field::new("outcome", DataType::Utf8, false),
+        s("error"),
+        s("holder"),
+        s("inbox"),
+        i("files_ingested"),
+        i("lines_read"),
+        i("rows_landed"),
+        i("rows_quarantined"),
+        f("ingest_seconds"),
+        s("clean_mode"),
+        i("raw_rows_consumed"),
+        i("events_written"),
+        f("clean_seconds"),
+        s("build_mode"),
+        i("tables_built"),
+        f("build_seconds"),
+        i("checks_passed"),
+        i("checks_failed"),
+        f("check_seconds"),
+        // The whole summary as `run --json` prints it.
+        s("summary"),
     ]))
 }
 

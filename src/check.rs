@@ -234,26 +234,38 @@ pub async fn run(
         skipped: 0,
         checks: Vec::new(),
     };
-    for check in checks {
-        if select.is_some_and(|s| !check.name.contains(s)) {
-            continue;
-        }
-        let missing: Vec<&String> = check
-            .tables
-            .iter()
-            .filter(|t| !present.contains(t))
-            .collect();
-        if !missing.is_empty() {
+    let checks: Vec<Check> = checks
+        .into_iter()
+        .filter(|c| select.is_none_or(|s| c.name.contains(s)))
+        .collect();
+    // Checks run a few at a time: on an object store each spends most of its time waiting for
+    // requests. `buffered` keeps the report in the checks' order.
+    let outcomes: Vec<Result<Option<(u64, Option<String>)>>> =
+        futures::stream::iter(checks.iter().map(|check| {
+            let runnable = check.tables.iter().all(|t| present.contains(t));
+            let ctx = &ctx;
+            async move {
+                if runnable {
+                    run_one(ctx, check).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+        }))
+        .buffered(CONCURRENT_CHECKS)
+        .collect()
+        .await;
+    for (check, outcome) in checks.into_iter().zip(outcomes) {
+        let Some((rows, sample)) = outcome? else {
+            let missing: Vec<&str> = check
+                .tables
+                .iter()
+                .filter(|t| !present.contains(t))
+                .map(String::as_str)
+                .collect();
             report.skipped += 1;
             report.checks.push(CheckResult {
-                reason: Some(format!(
-                    "table {} does not exist yet",
-                    missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+                reason: Some(format!("table {} does not exist yet", missing.join(", "))),
                 name: check.name,
                 origin: check.origin,
                 status: "skip",
@@ -262,8 +274,7 @@ pub async fn run(
                 sql: check.sql,
             });
             continue;
-        }
-        let (rows, sample) = run_one(&ctx, &check).await?;
+        };
         let status = if rows == 0 { "pass" } else { "fail" };
         if rows == 0 {
             report.passed += 1;
@@ -282,6 +293,9 @@ pub async fn run(
     }
     Ok(report)
 }
+
+/// How many checks run at once.
+const CONCURRENT_CHECKS: usize = 4;
 
 /// `raw_events_cleaned`: raw_events at the version `events` reflects.
 async fn register_raw_cleaned(

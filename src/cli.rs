@@ -82,8 +82,12 @@ pub enum Command {
     /// Freshness of every table for alerting: latest commit and event time, lag, small files;
     /// `--max-lag` exits 1 naming the stale tables
     Status(StatusArgs),
-    /// Run SQL over the lake's tables
+    /// Run SQL over the lake's tables: `-c`, `-f`, or a REPL (statements on stdin when piped)
     Sql(SqlArgs),
+    /// The cron entry point: under the lake's lock, ingest new files from the inbox, then clean,
+    /// build and check incrementally; record the run in `_runs`. Exit 75 when another run holds
+    /// the lock.
+    Run(RunArgs),
     /// Write realistic sample clickstream in the canonical format
     Generate(GenerateArgs),
 }
@@ -223,6 +227,31 @@ pub struct StatusArgs {
     pub max_lag: Option<String>,
 
     /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where new raw files arrive: a local directory or an s3:// prefix (config: run.inbox).
+    /// Without one, the run starts at clean.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    pub inbox: Option<String>,
+
+    /// Source format of the inbox's files (config: run.source) [default: native]
+    #[arg(long)]
+    pub source: Option<String>,
+
+    /// When another run holds the lock, wait up to this long for it (e.g. 10m) instead of
+    /// exiting 75 at once
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+
+    /// Skip the data checks (config: run.check = false)
+    #[arg(long)]
+    pub no_check: bool,
+
+    /// Print one JSON summary object
     #[arg(long)]
     pub json: bool,
 }

@@ -48,6 +48,49 @@ pub struct FileConfig {
     pub check: FileCheck,
     /// `[[segments]]`: customer segments as SQL rules over agg_user_features.
     pub segments: Option<Vec<FileSegment>>,
+    #[serde(default)]
+    pub run: FileRun,
+    #[serde(default)]
+    pub status: FileStatus,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRun {
+    /// Where new raw files arrive: a local directory or an s3:// prefix.
+    pub inbox: Option<String>,
+    /// The source format of the inbox's files.
+    pub source: Option<String>,
+    /// How long a run's lease lasts without renewal.
+    pub lease_ttl: Option<String>,
+    /// Run the data checks after the build (default true).
+    pub check: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStatus {
+    /// Default for `status --max-lag`.
+    pub max_lag: Option<String>,
+    /// Per-table limits, overriding `max_lag` / `--max-lag` for those tables.
+    #[serde(default)]
+    pub max_lag_tables: BTreeMap<String, String>,
+}
+
+/// `[run]`: what `clicklake run` does on each tick.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub inbox: Option<String>,
+    pub source: String,
+    pub lease_ttl: Duration,
+    pub check: bool,
+}
+
+/// `[status]`: freshness limits.
+#[derive(Debug, Clone, Default)]
+pub struct StatusConfig {
+    pub max_lag: Option<Duration>,
+    pub max_lag_tables: BTreeMap<String, Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +281,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub clean: CleanConfig,
     pub build: BuildConfig,
+    pub run: RunConfig,
+    pub status: StatusConfig,
     pub log_format: LogFormat,
     pub quiet: bool,
     pub verbose: u8,
@@ -299,6 +344,8 @@ impl Config {
         let ingest = merge_ingest(file.ingest, memory_limit)?;
         let clean = merge_clean(file.clean)?;
         let build = merge_build(file.build, file.check, file.segments)?;
+        let run = merge_run(file.run)?;
+        let status = merge_status(file.status)?;
 
         Ok(Config {
             lake,
@@ -307,12 +354,53 @@ impl Config {
             ingest,
             clean,
             build,
+            run,
+            status,
             log_format: args.log_format,
             quiet: args.quiet,
             verbose: args.verbose,
             config_file,
         })
     }
+}
+
+fn merge_run(file: FileRun) -> Result<RunConfig> {
+    if let Some(inbox) = &file.inbox {
+        if inbox.trim().is_empty() {
+            return Err(Error::config("run.inbox is empty"));
+        }
+    }
+    let lease_ttl = match &file.lease_ttl {
+        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("run.lease_ttl: {e}")))?,
+        None => Duration::from_secs(600),
+    };
+    if lease_ttl < Duration::from_secs(1) {
+        return Err(Error::config("run.lease_ttl must be at least 1s"));
+    }
+    Ok(RunConfig {
+        inbox: file.inbox,
+        source: file.source.unwrap_or_else(|| "native".into()),
+        lease_ttl,
+        check: file.check.unwrap_or(true),
+    })
+}
+
+fn merge_status(file: FileStatus) -> Result<StatusConfig> {
+    let max_lag = file
+        .max_lag
+        .as_deref()
+        .map(|v| parse_duration(v).map_err(|e| Error::config(format!("status.max_lag: {e}"))))
+        .transpose()?;
+    let mut max_lag_tables = BTreeMap::new();
+    for (table, v) in file.max_lag_tables {
+        let d = parse_duration(&v)
+            .map_err(|e| Error::config(format!("status.max_lag_tables.{table}: {e}")))?;
+        max_lag_tables.insert(table, d);
+    }
+    Ok(StatusConfig {
+        max_lag,
+        max_lag_tables,
+    })
 }
 
 fn merge_clean(file: FileClean) -> Result<CleanConfig> {

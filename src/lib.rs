@@ -13,8 +13,11 @@ pub mod delta;
 pub mod error;
 pub mod generate;
 pub mod ingest;
+pub mod lease;
 pub mod models;
 pub mod printer;
+pub mod repl;
+pub mod runner;
 pub mod storage;
 
 use std::process::ExitCode;
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Compact(args) => commands::compact::run(&cfg, &lake, args).await,
                     Command::Vacuum(args) => commands::vacuum::run(&cfg, &lake, args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
+                    Command::Run(args) => commands::run::run(&cfg, &lake, args).await,
                     Command::Generate(_) => unreachable!("handled above"),
                 }
             }
@@ -71,6 +75,19 @@ fn init_logging(cfg: &Config) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
+}
+
+/// Test hook: `CLICKLAKE_PAUSE=<point>:<seconds>` sleeps that long at that point, so a test can
+/// hold a run in the middle (to see its lease renewed, for example).
+pub async fn pause(point: &str) {
+    if let Ok(v) = std::env::var("CLICKLAKE_PAUSE") {
+        if let Some((p, secs)) = v.split_once(':') {
+            if p == point {
+                let secs: f64 = secs.parse().unwrap_or(0.0);
+                tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+            }
+        }
+    }
 }
 
 /// Test hook: `CLICKLAKE_FAULT=<point>` aborts the process at that point, as a crash would.

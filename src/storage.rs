@@ -97,6 +97,16 @@ impl Lake {
         Ok((Arc::from(store), path))
     }
 
+    /// The client of the lake's own store (shared, built on first use) and the root's path in it.
+    pub fn root_store(&self) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+        if let Some(s) = self.root_store.get() {
+            return Ok(s.clone());
+        }
+        let s = self.store_for(&self.root)?;
+        let _ = self.root_store.set(s.clone());
+        Ok(s)
+    }
+
     /// Opens a table, or `None` when it has not been created yet.
     pub async fn open_table(&self, name: &str) -> Result<Option<DeltaTable>> {
         let url = self.table_url(name);
@@ -124,14 +134,7 @@ impl Lake {
                 .to_file_path()
                 .is_ok_and(|p| p.join("_delta_log").is_dir()));
         }
-        let (store, root) = match self.root_store.get() {
-            Some(s) => s.clone(),
-            None => {
-                let s = self.store_for(&self.root)?;
-                let _ = self.root_store.set(s.clone());
-                s
-            }
-        };
+        let (store, root) = self.root_store()?;
         let prefix = root.clone().join(name).join("_delta_log");
         let listed = store.list_with_delimiter(Some(&prefix)).await?;
         Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())

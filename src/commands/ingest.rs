@@ -16,6 +16,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         source: args.source,
         format: args.format,
         force: args.force,
+        inbox: false,
     };
     let summary = ingest::run(lake, cfg, req, &printer).await?;
     if args.json {

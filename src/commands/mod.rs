@@ -7,6 +7,7 @@ pub mod compact;
 pub mod generate;
 pub mod ingest;
 pub mod init;
+pub mod run;
 pub mod sql;
 pub mod status;
 pub mod tables;

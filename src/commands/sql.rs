@@ -26,11 +26,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
                 .map_err(|e| Error::usage(format!("-f {}: {e}", path.display())))?,
             Some(path.display().to_string()),
         ),
-        (None, None) => {
-            return Err(
-                Error::usage("sql: give statements with -c SQL or a file with -f PATH").into(),
-            )
-        }
+        (None, None) => (String::new(), None),
     };
     let as_of = match (args.as_of_version, &args.as_of_time) {
         (Some(v), _) if v < 0 => {
@@ -44,6 +40,15 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         )),
         (None, None) => None,
     };
+    if origin.is_none() {
+        // No -c and no -f: the REPL (a terminal) or statements piped on stdin.
+        if args.output.is_some() {
+            return Err(Error::usage("--output needs -c SQL or -f PATH").into());
+        }
+        let ctx = catalog::session(cfg.memory_limit)?;
+        catalog::register_all(&ctx, lake, as_of).await?;
+        return crate::repl::run(cfg, lake, &ctx, args.format).await;
+    }
     let statements = DFParser::parse_sql_with_dialect(&text, &GenericDialect {})
         .map_err(|e| Error::usage(format!("{}: {e}", origin.as_deref().unwrap_or("SQL"))))?;
     if args.output.is_some() && statements.len() > 1 {
@@ -75,16 +80,12 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     let many = statements.len() > 1;
     for (i, statement) in statements.into_iter().enumerate() {
         let name = statement_name(&statement, i, many);
-        run_statement(
-            cfg,
-            lake,
-            &ctx,
-            statement,
-            &name,
-            args.format,
-            args.output.as_deref(),
-        )
-        .await?;
+        let out = Output {
+            format: args.format,
+            path: args.output.as_deref(),
+            max_rows: None,
+        };
+        run_statement(cfg, lake, &ctx, statement, &name, &out).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -99,7 +100,7 @@ fn shorten(text: &str) -> String {
 }
 
 /// `statement 3 (SELECT …)` when there are several, else the statement's text, shortened.
-fn statement_name(statement: &Statement, index: usize, many: bool) -> String {
+pub(crate) fn statement_name(statement: &Statement, index: usize, many: bool) -> String {
     let short = shorten(&statement.to_string());
     if many {
         format!("statement {} `{short}`", index + 1)
@@ -158,17 +159,26 @@ impl Chunk {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_statement(
+/// Where and how one statement's result is written.
+pub(crate) struct Output<'a> {
+    pub format: OutputFormat,
+    /// A local path or object URL; stdout when `None`.
+    pub path: Option<&'a str>,
+    /// Table format only: show at most this many rows (the rest are counted, not held).
+    pub max_rows: Option<usize>,
+}
+
+/// Plans and runs one statement, streaming its result to the output.
+pub(crate) async fn run_statement(
     cfg: &Config,
     lake: &Lake,
     ctx: &datafusion::prelude::SessionContext,
     statement: Statement,
     name: &str,
-    format: OutputFormat,
-    output: Option<&str>,
+    out: &Output<'_>,
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
+    let (format, output) = (out.format, out.path);
     let state = ctx.state();
     let plan = state
         .statement_to_plan(statement)
@@ -185,13 +195,24 @@ async fn run_statement(
     let mut rows = 0usize;
     match format {
         OutputFormat::Table => {
+            let limit = out.max_rows.unwrap_or(usize::MAX);
             let mut batches = Vec::new();
+            let mut kept = 0usize;
             while let Some(b) = stream.next().await {
-                batches.push(b.map_err(Error::from)?);
+                let b = b.map_err(Error::from)?;
+                rows += b.num_rows();
+                if kept < limit {
+                    let take = b.num_rows().min(limit - kept);
+                    kept += take;
+                    batches.push(b.slice(0, take));
+                }
             }
             let shown = arrow::util::pretty::pretty_format_batches(&batches)?;
             sink.write_all(format!("{shown}\n").as_bytes()).await?;
-            rows = batches.iter().map(|b| b.num_rows()).sum();
+            if rows > kept {
+                sink.write_all(format!("({kept} of {rows} rows shown)\n").as_bytes())
+                    .await?;
+            }
         }
         OutputFormat::Csv | OutputFormat::Tsv => {
             let delim = if format == OutputFormat::Csv {

@@ -31,7 +31,9 @@ pub struct TableStatus {
     pub latest_event_time: Option<String>,
     /// Seconds from the latest event_time (or, without one, the latest commit) to now.
     pub lag_seconds: Option<i64>,
-    /// True when `--max-lag` is given and the lag exceeds it.
+    /// The limit that applies to this table (`status.max_lag_tables`, else `--max-lag`).
+    pub max_lag_seconds: Option<u64>,
+    /// True when a limit applies and the lag exceeds it.
     pub stale: bool,
 }
 
@@ -41,6 +43,8 @@ pub struct StatusReport {
     pub max_lag_seconds: Option<u64>,
     pub stale: Vec<String>,
     pub tables: Vec<TableStatus>,
+    /// The latest `clicklake run` recorded in `_runs`.
+    pub last_run: Option<crate::runner::LastRun>,
 }
 
 pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -49,7 +53,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         .max_lag
         .as_deref()
         .map(|v| parse_duration(v).map_err(|e| Error::usage(format!("--max-lag: {e}"))))
-        .transpose()?;
+        .transpose()?
+        .or(cfg.status.max_lag);
+    let limit_of = |table: &str| cfg.status.max_lag_tables.get(table).copied().or(max_lag);
     let now = chrono::Utc::now();
     let infos = tables::collect(lake).await?;
     let ctx = catalog::session(cfg.memory_limit)?;
@@ -58,6 +64,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         max_lag_seconds: max_lag.map(|d| d.as_secs()),
         stale: Vec::new(),
         tables: Vec::new(),
+        last_run: crate::runner::last_run(lake, cfg.memory_limit).await?,
     };
     let star = catalog::star_tables();
     let mut reflected: std::collections::HashMap<i64, Option<i64>> = Default::default();
@@ -85,7 +92,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         };
         let freshest = latest_event_ms.or(info.last_commit_ms);
         let lag_seconds = freshest.map(|ms| (now.timestamp_millis() - ms).max(0) / 1000);
-        let stale = match (max_lag, lag_seconds) {
+        let limit = limit_of(&info.name);
+        let stale = match (limit, lag_seconds) {
             (Some(max), Some(lag)) => lag as u64 > max.as_secs(),
             _ => false,
         };
@@ -101,6 +109,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
             last_commit_at: info.last_commit_ms.map(rfc3339),
             latest_event_time: latest_event_ms.map(rfc3339),
             lag_seconds,
+            max_lag_seconds: limit.map(|d| d.as_secs()),
             stale,
         });
     }
@@ -113,11 +122,20 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         Ok(ExitCode::SUCCESS)
     } else {
         if !args.json {
-            eprintln!(
-                "stale: {} (lag over {})",
-                report.stale.join(", "),
-                max_lag.map(format_duration).unwrap_or_default()
-            );
+            let named: Vec<String> = report
+                .tables
+                .iter()
+                .filter(|t| t.stale)
+                .map(|t| {
+                    format!(
+                        "{} (lag {} over {})",
+                        t.table,
+                        format_duration(Duration::from_secs(t.lag_seconds.unwrap_or(0) as u64)),
+                        format_duration(Duration::from_secs(t.max_lag_seconds.unwrap_or(0)))
+                    )
+                })
+                .collect();
+            eprintln!("stale: {}", named.join(", "));
         }
         Ok(ExitCode::from(exit::CHECKS_FAILED))
     }
@@ -169,6 +187,20 @@ fn render(r: &StatusReport) -> String {
                 .map(|s| format_duration(Duration::from_secs(s as u64)))
                 .unwrap_or_else(|| "-".into()),
             if t.stale { "  STALE" } else { "" }
+        ));
+    }
+    if let Some(run) = &r.last_run {
+        out.push_str(&format!(
+            "last run {} {} at {} ({:.1}s){}; last success {}\n",
+            run.run_id,
+            run.outcome,
+            run.finished_at,
+            run.seconds,
+            run.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default(),
+            run.last_success_at.as_deref().unwrap_or("never")
         ));
     }
     out

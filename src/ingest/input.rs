@@ -84,11 +84,12 @@ fn skipped_name(name: &str) -> bool {
 }
 
 /// Resolves every named input. Fails (usage error) on anything missing or unreadable, before any
-/// data is written.
+/// data is written. An `inbox` (polled by `run`) may be an empty directory or prefix.
 pub async fn discover(
     inputs: &[String],
     lake: &Lake,
     forced: InputFormat,
+    inbox: bool,
 ) -> Result<Vec<InputFile>> {
     let mut out: Vec<InputFile> = Vec::new();
     for input in inputs {
@@ -109,7 +110,7 @@ pub async fn discover(
                 delimiter: b',',
             });
         } else if input.contains("://") {
-            discover_object(input, lake, forced, &mut out).await?;
+            discover_object(input, lake, forced, inbox, &mut out).await?;
         } else {
             discover_local(input, forced, &mut out)?;
         }
@@ -201,6 +202,7 @@ async fn discover_object(
     input: &str,
     lake: &Lake,
     forced: InputFormat,
+    inbox: bool,
     out: &mut Vec<InputFile>,
 ) -> Result<()> {
     let url =
@@ -280,6 +282,9 @@ async fn discover_object(
         }
     };
     let metas = as_prefix(list_all(&store, key, input).await?);
+    if metas.is_empty() && inbox {
+        return Ok(());
+    }
     if metas.is_empty() {
         return Err(Error::usage(match head_error {
             Some(object_store::Error::NotFound { .. }) | None => {

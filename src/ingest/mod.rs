@@ -53,6 +53,8 @@ pub struct IngestRequest {
     pub source: String,
     pub format: InputFormat,
     pub force: bool,
+    /// The inputs are an inbox polled by `run`: finding no file there is normal, not an error.
+    pub inbox: bool,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -178,7 +180,10 @@ pub async fn run(
             SOURCES.join(", ")
         )));
     }
-    let files = input::discover(&req.inputs, lake, req.format).await?;
+    let files = input::discover(&req.inputs, lake, req.format, req.inbox).await?;
+    if files.is_empty() && req.inbox {
+        return Ok(IngestSummary::default());
+    }
     if files.is_empty() {
         return Err(Error::usage("no input files found"));
     }

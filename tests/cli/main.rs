@@ -8,5 +8,6 @@ mod errors;
 mod ingest;
 mod maintain;
 mod recovery;
+mod run;
 mod status;
 mod tables_sql;

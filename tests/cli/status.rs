@@ -45,7 +45,7 @@ fn max_lag_names_stale_tables_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr_of(&out);
     assert!(
-        err.contains("stale: raw_events, ") && err.contains("fact_sessions"),
+        err.contains("stale: raw_events (lag ") && err.contains("fact_sessions (lag"),
         "{err}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("STALE"));
@@ -54,6 +54,36 @@ fn max_lag_names_stale_tables_and_exits_1() {
     let out = ctx.run(&["--quiet", "status", "--max-lag", "5d"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty() && out.stderr.is_empty());
+
+    // Per-table limits in the config override --max-lag for those tables.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[status]\nmax_lag = \"5d\"\n[status.max_lag_tables]\nevents = \"1h\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["stale"], serde_json::json!(["events"]), "{report}");
+    let out = ctx.run(&["status", "--max-lag", "1h"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("raw_events (lag") && err.contains("events (lag"),
+        "{err}"
+    );
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[status.max_lag_tables]\nevents = \"soon\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("status.max_lag_tables.events"),
+        "{}",
+        stderr_of(&out)
+    );
+    std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
 
     let out = ctx.run(&["status", "--max-lag", "5 parsecs"]);
     assert_eq!(out.status.code(), Some(2));

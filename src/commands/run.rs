@@ -1,0 +1,104 @@
+//! `clicklake run`: the cron entry point. Prints a few lines per run (nothing with `--quiet`
+//! unless something failed), or one JSON object with `--json`. Exit 0, 1 when checks failed,
+//! 2 for configuration, 3 for a failed stage, 75 when another run holds the lake's lock.
+
+use std::process::ExitCode;
+
+use crate::check;
+use crate::cli::RunArgs;
+use crate::config::{format_bytes, parse_duration, Config};
+use crate::error::{exit, Error};
+use crate::printer::Printer;
+use crate::runner::{self, RunRequest, RunSummary};
+use crate::storage::Lake;
+
+pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let wait = args
+        .wait
+        .as_deref()
+        .map(|w| parse_duration(w).map_err(|e| Error::usage(format!("--wait: {e}"))))
+        .transpose()?;
+    let req = RunRequest {
+        inbox: args.inbox.or_else(|| cfg.run.inbox.clone()),
+        source: args.source.unwrap_or_else(|| cfg.run.source.clone()),
+        wait,
+        check: cfg.run.check && !args.no_check,
+    };
+    runner::validate(&req)?;
+    let printer = Printer::new(cfg);
+    let summary = runner::run(lake, cfg, req, &printer).await?;
+    let failed_checks = summary.check.as_ref().is_some_and(|c| c.failed > 0);
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if !cfg.quiet {
+        print!("{}", render(&summary));
+    } else if failed_checks {
+        // Quiet is for when all is well: failures still speak.
+        if let Some(report) = &summary.check {
+            print!("{}", check::render(report));
+        }
+    }
+    Ok(if failed_checks {
+        ExitCode::from(exit::CHECKS_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn render(s: &RunSummary) -> String {
+    let secs = |name: &str| {
+        s.stage_seconds
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| format!("{t:.2}s"))
+            .unwrap_or_default()
+    };
+    let mut out = format!(
+        "run {} {} in {:.2}s ({})\n",
+        s.run_id, s.outcome, s.seconds, s.lake
+    );
+    if let Some(i) = &s.ingest {
+        let line = if i.files_read == 0 {
+            format!("no new files ({} already ingested)", i.files_skipped)
+        } else {
+            format!(
+                "{} file(s), {} lines: {} landed, {} quarantined, {}",
+                i.files_read,
+                i.lines,
+                i.landed,
+                i.quarantined,
+                format_bytes(i.bytes_read)
+            )
+        };
+        out.push_str(&format!("  ingest  {line:<64} {}\n", secs("ingest")));
+    }
+    if let Some(c) = &s.clean {
+        let line = match c.mode {
+            "up_to_date" => "nothing new".to_string(),
+            mode => format!(
+                "{mode}: {} raw rows, {} events written",
+                c.raw_rows_consumed, c.events_written
+            ),
+        };
+        out.push_str(&format!("  clean   {line:<64} {}\n", secs("clean")));
+    }
+    if let Some(b) = &s.build {
+        let rebuilt = b.tables.iter().filter(|t| t.mode != "up_to_date").count();
+        let line = match b.mode {
+            "up_to_date" => "nothing new".to_string(),
+            _ => format!("{rebuilt} of {} tables updated", b.tables.len()),
+        };
+        out.push_str(&format!("  build   {line:<64} {}\n", secs("build")));
+    }
+    if let Some(c) = &s.check {
+        let line = format!(
+            "{} passed, {} failed, {} skipped",
+            c.passed, c.failed, c.skipped
+        );
+        out.push_str(&format!("  check   {line:<64} {}\n", secs("check")));
+        if c.failed > 0 {
+            out.push_str(&check::render(c));
+        }
+    }
+    out
+}

@@ -1,0 +1,285 @@
+//! The lake's run lock: a lease object in the lake itself, so it works wherever the lake lives
+//! (local disk, S3, MinIO…) without a lock service.
+//!
+//! Leases are numbered objects `<lake>/_clicklake/lease/<n>.json`. Taking the lock means creating
+//! the next number with a conditional put (create-if-absent): of two runs racing for the same
+//! number exactly one succeeds. The newest lease holds the lock until it is released or its
+//! expiry passes; its holder renews it (rewrites the expiry) every third of the time to live, so
+//! a crashed run's lease lapses and the next run takes over. A holder that finds a newer lease
+//! than its own has lost the lock and stops before its next commit.
+//!
+//! Expiry compares wall clocks of different machines: keep the time to live well above the
+//! clock skew you have (the default, 10 minutes, is).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::storage::Lake;
+
+/// What a lease object says about its holder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub run_id: String,
+    /// `user@host pid N`.
+    pub holder: String,
+    pub started_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+impl LeaseInfo {
+    fn active(&self, now: DateTime<Utc>) -> bool {
+        self.released_at.is_none() && self.expires_at > now
+    }
+}
+
+/// A held lease. Renewed in the background until [`Lease::release`].
+pub struct Lease {
+    store: Arc<dyn ObjectStore>,
+    dir: ObjectPath,
+    seq: u64,
+    info: LeaseInfo,
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+/// `user@host pid N`, for messages and audit records.
+pub fn holder_name() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{user}@{host} pid {}", std::process::id())
+}
+
+fn object_name(seq: u64) -> String {
+    format!("{seq:020}.json")
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Lease {
+    /// Takes the lake's lease for `ttl`. When another run holds it: fails at once with
+    /// [`Error::Locked`] naming the holder, or with `wait`, polls until it is free or the wait is
+    /// over.
+    pub async fn acquire(
+        lake: &Lake,
+        run_id: &str,
+        ttl: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Lease> {
+        let (store, root) = lake.root_store()?;
+        let dir = root.clone().join("_clicklake").join("lease");
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        let holder = holder_name();
+        loop {
+            let latest = latest(&store, &dir).await?;
+            let now = Utc::now();
+            if let Some((_, current)) = &latest {
+                if current.active(now) {
+                    match deadline {
+                        Some(d) if tokio::time::Instant::now() < d => {
+                            let left = d - tokio::time::Instant::now();
+                            tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+                            continue;
+                        }
+                        _ => {
+                            return Err(Error::Locked(format!(
+                                "the lake is locked by run {} of {} since {} (lease expires {} unless renewed){}",
+                                current.run_id,
+                                current.holder,
+                                ts(current.started_at),
+                                ts(current.expires_at),
+                                if wait.is_some() { "; gave up waiting" } else { "; use --wait DURATION to wait for it" }
+                            )));
+                        }
+                    }
+                }
+                if current.released_at.is_none() {
+                    tracing::warn!(
+                        "taking over the lease of run {} of {} (started {}, expired {}): it ended without releasing it",
+                        current.run_id,
+                        current.holder,
+                        ts(current.started_at),
+                        ts(current.expires_at)
+                    );
+                }
+            }
+            let seq = latest.as_ref().map(|(s, _)| s + 1).unwrap_or(1);
+            let info = LeaseInfo {
+                run_id: run_id.to_string(),
+                holder: holder.clone(),
+                started_at: now,
+                renewed_at: now,
+                expires_at: now + ttl,
+                released_at: None,
+            };
+            let path = dir.clone().join(object_name(seq));
+            let put = store
+                .put_opts(&path, payload(&info)?, PutMode::Create.into())
+                .await;
+            match put {
+                Ok(_) => {
+                    // Older leases are history now; keep only the one before ours.
+                    if seq > 2 {
+                        let old = dir.clone().join(object_name(seq - 2));
+                        let _ = store.delete(&old).await;
+                    }
+                    let lost = Arc::new(AtomicBool::new(false));
+                    let renewer = tokio::spawn(renew_loop(
+                        store.clone(),
+                        dir.clone(),
+                        seq,
+                        info.clone(),
+                        ttl,
+                        lost.clone(),
+                    ));
+                    return Ok(Lease {
+                        store,
+                        dir,
+                        seq,
+                        info,
+                        lost,
+                        renewer,
+                    });
+                }
+                // Another run created this number first: look again.
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub fn info(&self) -> &LeaseInfo {
+        &self.info
+    }
+
+    /// Fails when the lease was lost (it lapsed, or another run took it over): call before each
+    /// stage that commits.
+    pub fn ensure_held(&self) -> Result<()> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::runtime(format!(
+                "run {} lost the lake's lease (it was not renewed in time and another run took it over); stopping",
+                self.info.run_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Marks the lease released so the next run need not wait for it to lapse.
+    pub async fn release(self) -> Result<()> {
+        self.renewer.abort();
+        let _ = self.renewer.await;
+        if self.lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut info = self.info.clone();
+        info.released_at = Some(Utc::now());
+        let path = self.dir.clone().join(object_name(self.seq));
+        self.store
+            .put_opts(&path, payload(&info)?, PutMode::Overwrite.into())
+            .await?;
+        Ok(())
+    }
+}
+
+fn payload(info: &LeaseInfo) -> Result<PutPayload> {
+    let bytes =
+        serde_json::to_vec_pretty(info).map_err(|e| Error::runtime(format!("lease: {e}")))?;
+    Ok(PutPayload::from(bytes))
+}
+
+/// The newest lease and what it says, if any.
+async fn latest(
+    store: &Arc<dyn ObjectStore>,
+    dir: &ObjectPath,
+) -> Result<Option<(u64, LeaseInfo)>> {
+    let listed = store.list_with_delimiter(Some(dir)).await?;
+    let newest = listed
+        .objects
+        .iter()
+        .filter_map(|o| {
+            let name = o.location.filename()?;
+            let seq = name.strip_suffix(".json")?.parse::<u64>().ok()?;
+            Some((seq, o.location.clone()))
+        })
+        .max_by_key(|(seq, _)| *seq);
+    let Some((seq, path)) = newest else {
+        return Ok(None);
+    };
+    let bytes = match store.get(&path).await {
+        Ok(r) => r.bytes().await?,
+        // Deleted between the listing and the read: a newer lease exists, look again.
+        Err(object_store::Error::NotFound { .. }) => return Box::pin(latest(store, dir)).await,
+        Err(e) => return Err(e.into()),
+    };
+    let info: LeaseInfo = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::runtime(format!(
+            "lease object {path} is not a lease ({e}); delete it if no run is active"
+        ))
+    })?;
+    Ok(Some((seq, info)))
+}
+
+/// Rewrites the lease's expiry every third of its time to live; flags the lease lost when a
+/// newer one appears or the expiry passed without a successful renewal.
+async fn renew_loop(
+    store: Arc<dyn ObjectStore>,
+    dir: ObjectPath,
+    seq: u64,
+    mut info: LeaseInfo,
+    ttl: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    let path = dir.clone().join(object_name(seq));
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match latest(&store, &dir).await {
+            Ok(Some((newest, _))) if newest != seq => {
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("lease renewal: cannot read the lease: {e}"),
+        }
+        let now = Utc::now();
+        let renewed = LeaseInfo {
+            renewed_at: now,
+            expires_at: now + ttl,
+            ..info.clone()
+        };
+        let written = match payload(&renewed) {
+            Ok(p) => store
+                .put_opts(&path, p, PutOptions::from(PutMode::Overwrite))
+                .await
+                .map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(_) => info = renewed,
+            Err(e) => {
+                tracing::warn!("lease renewal failed: {e}");
+                if Utc::now() >= info.expires_at {
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The interactive side of `clicklake sql`: a read-eval-print loop over the lake's tables, in the
+//! manner of datafusion-cli and the DuckDB shell.
+//!
+//! On a terminal it reads with line editing and a history file; with stdin piped it reads the
+//! same input without prompts, so `echo '\d events' | clicklake sql` works in scripts. Statements
+//! may span lines and end with `;`. Meta-commands start a line:
+//!
+//! | command | does |
+//! |---|---|
+//! | `\d`, `.tables` | list the tables |
+//! | `\d TABLE`, `.schema TABLE` | describe a table: columns, types, nullability, partitions |
+//! | `\format FORMAT` | switch the output format (table, csv, tsv, json, ndjson) |
+//! | `\maxrows N` | rows shown by the table format (the rest are counted); 0 for all |
+//! | `\?`, `.help` | this list |
+//! | `\q`, `.quit`, `exit` | leave (Ctrl-D too) |
+//!
+//! A failing statement prints its error and the loop goes on. Ctrl-C clears the statement being
+//! typed, or cancels the one running. Piped input exits 2 when any statement failed.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::ValueEnum;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParser;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use rustyline::error::ReadlineError;
+
+use crate::cli::OutputFormat;
+use crate::commands::sql::{run_statement, statement_name, Output};
+use crate::config::Config;
+use crate::error::exit;
+use crate::storage::Lake;
+
+const PROMPT: &str = "clicklake> ";
+const CONTINUE: &str = "        -> ";
+/// Rows the table format shows in the REPL unless `\maxrows` says otherwise.
+const DEFAULT_MAX_ROWS: usize = 40;
+
+const HELP: &str = "\
+  \\d, .tables            list the tables
+  \\d TABLE, .schema T    describe a table
+  \\format FORMAT         table, csv, tsv, json or ndjson
+  \\maxrows N             rows the table format shows (0: all)
+  \\q, .quit, exit        leave (or Ctrl-D)
+  SQL ending with ;      run it (statements may span lines)";
+
+/// Where lines come from.
+enum Lines {
+    /// A terminal: line editing, history kept in a file.
+    Editor {
+        editor: Box<rustyline::DefaultEditor>,
+        history: Option<PathBuf>,
+    },
+    /// Piped stdin: no prompts, no history.
+    Piped(std::io::StdinLock<'static>),
+}
+
+enum Line {
+    Text(String),
+    /// Ctrl-C at the prompt.
+    Interrupted,
+    End,
+}
+
+impl Lines {
+    fn open() -> anyhow::Result<Lines> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Ok(Lines::Piped(std::io::stdin().lock()));
+        }
+        let mut editor = rustyline::DefaultEditor::new()?;
+        let history = history_path();
+        if let Some(path) = &history {
+            // A missing history file is the first session, not an error.
+            let _ = editor.load_history(path);
+        }
+        Ok(Lines::Editor {
+            editor: Box::new(editor),
+            history,
+        })
+    }
+
+    fn interactive(&self) -> bool {
+        matches!(self, Lines::Editor { .. })
+    }
+
+    fn read(&mut self, prompt: &str) -> anyhow::Result<Line> {
+        match self {
+            Lines::Editor { editor, .. } => {
+                match tokio::task::block_in_place(|| editor.readline(prompt)) {
+                    Ok(line) => Ok(Line::Text(line)),
+                    Err(ReadlineError::Interrupted) => Ok(Line::Interrupted),
+                    Err(ReadlineError::Eof) => Ok(Line::End),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Lines::Piped(stdin) => {
+                let mut line = String::new();
+                if stdin.read_line(&mut line)? == 0 {
+                    return Ok(Line::End);
+                }
+                Ok(Line::Text(line.trim_end_matches(['\n', '\r']).to_string()))
+            }
+        }
+    }
+
+    fn remember(&mut self, entry: &str) {
+        if let Lines::Editor { editor, .. } = self {
+            let _ = editor.add_history_entry(entry.trim());
+        }
+    }
+
+    fn save(&mut self) {
+        if let Lines::Editor {
+            editor,
+            history: Some(path),
+        } = self
+        {
+            if let Err(e) = editor.save_history(path) {
+                tracing::warn!("cannot save history to {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+/// `$CLICKLAKE_HISTORY`, else `~/.clicklake_history`.
+fn history_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CLICKLAKE_HISTORY").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".clicklake_history"))
+}
+
+/// What a meta-command asks for.
+#[derive(Debug, PartialEq)]
+enum Meta {
+    Quit,
+    Help,
+    ListTables,
+    Describe(String),
+    Format(OutputFormat),
+    MaxRows(Option<usize>),
+}
+
+/// Parses a line that starts with `\` or `.` (or is `exit`/`quit`); `Err` is a message for the
+/// user; `Ok(None)` means the line is SQL.
+fn parse_meta(line: &str) -> Result<Option<Meta>, String> {
+    let line = line.trim().trim_end_matches(';').trim();
+    let mut words = line.split_whitespace();
+    let Some(cmd) = words.next() else {
+        return Ok(None);
+    };
+    let is_meta = cmd.starts_with('\\')
+        || (cmd.starts_with('.') && cmd.len() > 1)
+        || (matches!(cmd, "exit" | "quit") && line == cmd);
+    if !is_meta {
+        return Ok(None);
+    }
+    let arg = words.next();
+    if words.next().is_some() {
+        return Err(format!(
+            "{cmd}: too many arguments (\\? lists the commands)"
+        ));
+    }
+    let meta = match (cmd, arg) {
+        ("\\q" | ".quit" | ".exit" | "exit" | "quit", None) => Meta::Quit,
+        ("\\?" | "\\h" | ".help", None) => Meta::Help,
+        ("\\d" | "\\dt" | ".tables", None) => Meta::ListTables,
+        ("\\d" | ".schema" | ".describe", Some(t)) => Meta::Describe(t.to_string()),
+        ("\\format" | ".mode", Some(f)) => match OutputFormat::from_str(f, true) {
+            Ok(OutputFormat::Parquet) | Err(_) => {
+                return Err(format!(
+                    "{cmd}: {f:?} is not one of table, csv, tsv, json, ndjson"
+                ))
+            }
+            Ok(f) => Meta::Format(f),
+        },
+        ("\\maxrows" | ".maxrows", Some(n)) => match n.parse::<usize>() {
+            Ok(0) => Meta::MaxRows(None),
+            Ok(n) => Meta::MaxRows(Some(n)),
+            Err(_) => return Err(format!("{cmd}: {n:?} is not a number of rows")),
+        },
+        _ => return Err(format!("unknown command `{line}` (\\? lists the commands)")),
+    };
+    Ok(Some(meta))
+}
+
+/// True when the buffered text ends a statement: its last non-blank character, outside a
+/// `--` comment, is `;`.
+fn statement_complete(buffer: &str) -> bool {
+    buffer
+        .lines()
+        .rev()
+        .map(|l| match l.find("--") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l.ends_with(';'))
+}
+
+/// Runs the loop until `\q` or end of input.
+pub async fn run(
+    cfg: &Config,
+    lake: &Lake,
+    ctx: &SessionContext,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let mut lines = Lines::open()?;
+    let interactive = lines.interactive();
+    if interactive && !cfg.quiet {
+        eprintln!(
+            "clicklake {} on {}: SQL ending with ; runs, \\? for help, \\q to quit",
+            env!("CARGO_PKG_VERSION"),
+            lake.root()
+        );
+    }
+    let mut format = format;
+    let mut max_rows = interactive.then_some(DEFAULT_MAX_ROWS);
+    let mut buffer = String::new();
+    let mut failures = 0usize;
+    loop {
+        let prompt = if buffer.is_empty() { PROMPT } else { CONTINUE };
+        let line = match lines.read(prompt)? {
+            Line::Text(l) => l,
+            Line::Interrupted => {
+                buffer.clear();
+                continue;
+            }
+            Line::End => break,
+        };
+        if buffer.is_empty() {
+            match parse_meta(&line) {
+                Ok(None) => {}
+                Ok(Some(meta)) => {
+                    lines.remember(&line);
+                    match meta {
+                        Meta::Quit => break,
+                        Meta::Help => println!("{HELP}"),
+                        Meta::ListTables => list_tables(ctx),
+                        Meta::Describe(t) => {
+                            if let Err(e) = describe(lake, ctx, &t).await {
+                                failures += 1;
+                                eprintln!("error: {e:#}");
+                            }
+                        }
+                        Meta::Format(f) => format = f,
+                        Meta::MaxRows(n) => max_rows = n,
+                    }
+                    continue;
+                }
+                Err(msg) => {
+                    failures += 1;
+                    eprintln!("error: {msg}");
+                    continue;
+                }
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if statement_complete(&buffer) {
+            lines.remember(&buffer);
+            let text = std::mem::take(&mut buffer);
+            failures += execute(cfg, lake, ctx, &text, format, max_rows, interactive).await;
+        }
+    }
+    // Piped input may end without a final `;`.
+    if !buffer.trim().is_empty() {
+        failures += execute(cfg, lake, ctx, &buffer, format, max_rows, interactive).await;
+    }
+    lines.save();
+    if failures > 0 && !interactive {
+        return Ok(ExitCode::from(exit::USAGE));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the statements of one input; prints errors and returns how many failed. On a terminal,
+/// Ctrl-C cancels the statement running.
+async fn execute(
+    cfg: &Config,
+    lake: &Lake,
+    ctx: &SessionContext,
+    text: &str,
+    format: OutputFormat,
+    max_rows: Option<usize>,
+    interactive: bool,
+) -> usize {
+    let statements = match DFParser::parse_sql_with_dialect(text, &GenericDialect {}) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let many = statements.len() > 1;
+    let out = Output {
+        format,
+        path: None,
+        max_rows,
+    };
+    for (i, statement) in statements.into_iter().enumerate() {
+        let name = statement_name(&statement, i, many);
+        let started = std::time::Instant::now();
+        let work = run_statement(cfg, lake, ctx, statement, &name, &out);
+        let result = if interactive {
+            tokio::select! {
+                r = work => r,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("cancelled");
+                    return 1;
+                }
+            }
+        } else {
+            work.await
+        };
+        match result {
+            Ok(()) => {
+                if interactive && !cfg.quiet {
+                    eprintln!("({:.3}s)", started.elapsed().as_secs_f64());
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+fn list_tables(ctx: &SessionContext) {
+    let mut names: Vec<String> = ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .map(|s| s.table_names())
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        println!("(no tables yet: run ingest)");
+    }
+    for n in names {
+        println!("{n}");
+    }
+}
+
+/// Columns, types and nullability of one table, and its partition columns.
+async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Result<()> {
+    let provider = ctx.table_provider(table).await.map_err(|_| {
+        crate::error::Error::usage(format!("no table {table:?} (\\d lists the tables)"))
+    })?;
+    let schema = provider.schema();
+    let width = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().len())
+        .max()
+        .unwrap_or(0);
+    println!("{table}");
+    for f in schema.fields() {
+        println!(
+            "  {:<width$}  {}{}",
+            f.name(),
+            f.data_type(),
+            if f.is_nullable() { "" } else { " NOT NULL" }
+        );
+    }
+    if let Some(t) = lake.open_table(table).await? {
+        let parts = t.snapshot()?.metadata().partition_columns().to_vec();
+        if !parts.is_empty() {
+            println!("  partitioned by {}", parts.join(", "));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_commands_parse() {
+        assert_eq!(parse_meta("\\q").unwrap(), Some(Meta::Quit));
+        assert_eq!(parse_meta("  .tables ").unwrap(), Some(Meta::ListTables));
+        assert_eq!(
+            parse_meta("\\d events;").unwrap(),
+            Some(Meta::Describe("events".into()))
+        );
+        assert_eq!(
+            parse_meta("\\format CSV").unwrap(),
+            Some(Meta::Format(OutputFormat::Csv))
+        );
+        assert_eq!(
+            parse_meta("\\maxrows 0").unwrap(),
+            Some(Meta::MaxRows(None))
+        );
+        assert_eq!(parse_meta("select 1;").unwrap(), None);
+        assert_eq!(parse_meta("exit_rows > 1").unwrap(), None);
+        assert!(parse_meta("\\format parquet").is_err());
+        assert!(parse_meta("\\bogus").is_err());
+    }
+
+    #[test]
+    fn statements_end_with_a_semicolon_outside_comments() {
+        assert!(statement_complete("select 1;\n"));
+        assert!(statement_complete("select\n1; -- done\n"));
+        assert!(!statement_complete("select 1 -- ;\n"));
+        assert!(!statement_complete("select\n"));
+    }
+}

@@ -1,0 +1,282 @@
+//! `clicklake run`, the cron entry point: inbox → ingest → clean → build → check under the lake's
+//! lease, the `_runs` record, exit codes 0 / 1 / 2 / 75, quiet when all is well.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::both_backends;
+use crate::context::{stderr_of, Backend, TestContext};
+
+fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Puts a file into the context's inbox (a local directory, or the s3s-fs `inbox` bucket) and
+/// returns the inbox location.
+fn deliver(ctx: &TestContext, file: &Path) -> String {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    if ctx.s3.is_some() {
+        ctx.upload_to_inbox(file, &format!("incoming/{name}"));
+        "s3://inbox/incoming/".to_string()
+    } else {
+        let inbox = ctx.path("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        std::fs::copy(file, inbox.join(name)).unwrap();
+        inbox.display().to_string()
+    }
+}
+
+fn run_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["run", "--json"];
+    all.extend_from_slice(args);
+    let out = ctx.ok(&all);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("run json: {e}: {out}"))
+}
+
+both_backends!(
+    run_takes_new_inbox_files_through_every_stage_and_records_each_run,
+    |backend| {
+        let ctx = TestContext::new(backend);
+        let m = ctx.generate(
+            "gen",
+            &[
+                "--events", "3000", "--files", "3", "--dirty", "--seed", "11",
+            ],
+        );
+        let files = data_files(&ctx.path("gen"));
+        // An empty inbox is a quiet, successful tick.
+        let inbox = if ctx.s3.is_some() {
+            "s3://inbox/incoming/".to_string()
+        } else {
+            std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+            ctx.path("inbox").display().to_string()
+        };
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            format!("[run]\ninbox = \"{inbox}\"\n"),
+        )
+        .unwrap();
+        let out = ctx.run(&["--quiet", "run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        assert!(out.stdout.is_empty() && out.stderr.is_empty());
+
+        deliver(&ctx, &files[0]);
+        deliver(&ctx, &files[1]);
+        let first = run_json(&ctx, &[]);
+        assert_eq!(first["outcome"], "success", "{first}");
+        assert_eq!(first["ingest"]["files_read"], 2);
+        assert_eq!(first["clean"]["mode"], "full");
+        assert_eq!(first["check"]["failed"], 0);
+        assert!(first["check"]["passed"].as_u64().unwrap() > 50, "{first}");
+
+        deliver(&ctx, &files[2]);
+        let second = run_json(&ctx, &[]);
+        assert_eq!(second["ingest"]["files_read"], 1, "{second}");
+        assert_eq!(second["ingest"]["files_skipped"], 2);
+        assert_eq!(second["clean"]["mode"], "incremental");
+
+        // Quiet and idle once everything is in.
+        let out = ctx.run(&["--quiet", "run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{}",
+            stderr_of(&out)
+        );
+
+        // Every line of every file is accounted for, and events are complete.
+        let lines = first["ingest"]["lines"].as_u64().unwrap()
+            + second["ingest"]["lines"].as_u64().unwrap();
+        let landed_plus_quarantined = ctx.count("SELECT count(*) FROM raw_events")
+            + ctx.count("SELECT count(*) FROM quarantine");
+        let blank = first["ingest"]["blank_lines"].as_u64().unwrap()
+            + second["ingest"]["blank_lines"].as_u64().unwrap();
+        assert_eq!(lines, landed_plus_quarantined + blank);
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM events"),
+            m["unique_events"].as_u64().unwrap()
+        );
+
+        // One _runs row per run, in order, with its figures.
+        let rows = ctx.query(
+            "SELECT outcome, coalesce(files_ingested, -1), coalesce(clean_mode, '-'), \
+                    checks_failed, finished_at >= started_at \
+             FROM _runs ORDER BY started_at",
+        );
+        assert_eq!(
+            rows,
+            vec![
+                "success,0,up_to_date,0,true",
+                "success,2,full,0,true",
+                "success,1,incremental,0,true",
+                "success,0,up_to_date,0,true",
+            ]
+        );
+        let status: serde_json::Value =
+            serde_json::from_str(&ctx.ok(&["status", "--json"])).unwrap();
+        assert_eq!(status["last_run"]["outcome"], "success", "{status}");
+        assert!(status["last_run"]["last_success_at"].is_string());
+    }
+);
+
+both_backends!(
+    a_held_lease_exits_75_naming_its_holder_and_a_lapsed_one_is_taken_over,
+    |backend| {
+        let ctx = TestContext::new(backend);
+        std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"3s\"\n").unwrap();
+        // A run that dies right after taking the lease leaves it held.
+        let out = ctx
+            .cmd()
+            .env("CLICKLAKE_FAULT", "run-after-lease")
+            .args(["run"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the fault point must abort");
+
+        let out = ctx.run(&["run"]);
+        assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("the lake is locked by run ")
+                && err.contains(" pid ")
+                && err.contains(" since 20"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+        // With --wait the next run takes the lease over once it lapses.
+        let started = Instant::now();
+        let out = ctx.run(&["run", "--wait", "30s"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("taking over the lease"),
+            "{}",
+            stderr_of(&out)
+        );
+        assert!(started.elapsed() < Duration::from_secs(25));
+        // Released at the end: the next run need not wait.
+        let out = ctx.run(&["run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    }
+);
+
+#[test]
+fn a_running_run_renews_its_lease_past_its_time_to_live() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"1s\"\n").unwrap();
+    let mut holder = ctx
+        .std_cmd()
+        .env("CLICKLAKE_PAUSE", "run-after-lease:5")
+        .args(["run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lease_dir = ctx.path("lake/_clicklake/lease");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lease_dir.is_dir() || std::fs::read_dir(&lease_dir).unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "no lease appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Well past the 1s time to live: only renewal keeps the lease.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
+    assert!(holder.wait().unwrap().success());
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+}
+
+#[test]
+fn failed_checks_exit_1_and_speak_even_when_quiet() {
+    let ctx = TestContext::new(Backend::Local);
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    std::fs::create_dir_all(ctx.path("checks")).unwrap();
+    std::fs::write(
+        ctx.path("checks/no_orders_over_30.sql"),
+        "SELECT order_id, revenue FROM fact_orders WHERE revenue > 30",
+    )
+    .unwrap();
+    std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+    std::fs::copy(&fixture, ctx.path("inbox/sessions.ndjson")).unwrap();
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[run]\ninbox = \"inbox\"\n[check]\ndir = \"checks\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["--quiet", "run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("FAIL") && shown.contains("no_orders_over_30"),
+        "{shown}"
+    );
+    assert_eq!(
+        ctx.query("SELECT outcome, checks_failed FROM _runs"),
+        vec!["checks_failed,1"]
+    );
+}
+
+#[test]
+fn a_failing_stage_is_recorded_and_releases_the_lease() {
+    let ctx = TestContext::new(Backend::Local);
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+    std::fs::copy(&fixture, ctx.path("inbox/sessions.ndjson")).unwrap();
+    std::fs::create_dir_all(ctx.path("models/star")).unwrap();
+    std::fs::write(
+        ctx.path("models/star/04_fact_sessions.sql"),
+        "SELECT no_such_column FROM events",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[run]\ninbox = \"inbox\"\n[build]\nsql_dir = \"models\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["--quiet", "run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("fact_sessions"),
+        "{}",
+        stderr_of(&out)
+    );
+    let rows = ctx.query("SELECT outcome, rows_landed, clean_mode, error IS NOT NULL FROM _runs");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].starts_with("failed,") && rows[0].ends_with(",full,true"),
+        "{rows:?}"
+    );
+
+    // The lease was released: fixing the model lets the very next run through.
+    std::fs::remove_file(ctx.path("models/star/04_fact_sessions.sql")).unwrap();
+    let s = run_json(&ctx, &[]);
+    assert_eq!(s["outcome"], "success", "{s}");
+    assert_eq!(s["ingest"]["files_read"], 0);
+}
+
+#[test]
+fn run_rejects_bad_arguments_before_any_io() {
+    let ctx = TestContext::new(Backend::Local);
+    let out = ctx.run(&["run", "--wait", "a while"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--wait"), "{}", stderr_of(&out));
+    let out = ctx.run(&["run", "--source", "klingon"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("klingon"), "{}", stderr_of(&out));
+    std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"0s\"\n").unwrap();
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("run.lease_ttl"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!ctx.path("lake").exists(), "nothing written");
+}
