@@ -298,3 +298,71 @@ fn a_query_on_one_day_reads_only_that_days_files() {
         assert!(part.contains(&format!("event_date={day}/")), "a file of another day in {plan}");
     }
 }
+
+/// The Python with pyarrow that scripts/test.sh prepares (or `CLICKLAKE_PYTHON`).
+fn python_with_pyarrow() -> std::path::PathBuf {
+    let python = std::env::var_os("CLICKLAKE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/clicklake-py/bin/python"))
+        })
+        .filter(|p| p.exists())
+        .expect(
+            "no Python with pyarrow for the external-reader test: run scripts/test.sh, or \
+             `python3 -m venv ~/.cache/clicklake-py && ~/.cache/clicklake-py/bin/pip install pyarrow`",
+        );
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import pyarrow.parquet"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "{} cannot import pyarrow: pip install pyarrow", python.display());
+    python
+}
+
+#[test]
+fn another_engine_reads_the_lake_from_the_delta_log_and_parquet_alone() {
+    let python = python_with_pyarrow();
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate(
+        "gen",
+        &["--events", "3000", "--files", "3", "--dirty", "--days", "4", "--seed", "9"],
+    );
+    // Two ingests and two incremental cleans, so the log holds removes as well as adds.
+    let gen = ctx.path("gen");
+    ctx.ingest_json(&[gen.join("events-0001.ndjson").to_str().unwrap()]);
+    ctx.ok(&["clean", "-q"]);
+    ctx.ok(&["build", "-q"]);
+    ctx.ingest_json(&[gen.to_str().unwrap()]);
+    ctx.ok(&["clean", "-q"]);
+    ctx.ok(&["build", "-q"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/read_delta.py");
+    let read = |table: &str, partition: Option<&str>| -> serde_json::Value {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(&script).arg(ctx.path(&format!("lake/{table}")));
+        if let Some(p) = partition {
+            cmd.arg(p);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    let events = read("events", Some("event_date"));
+    let ours = ctx.query("SELECT event_date, count(*) FROM events GROUP BY 1 ORDER BY 1");
+    let theirs: Vec<String> = events["by_partition"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k},{v}"))
+        .collect();
+    assert_eq!(theirs, ours);
+    assert_eq!(events["rows"], ctx.count("SELECT count(*) FROM events"));
+    for table in ["raw_events", "quarantine", "fact_sessions", "fact_orders", "agg_user_features"] {
+        assert_eq!(
+            read(table, None)["rows"],
+            ctx.count(&format!("SELECT count(*) FROM {table}")),
+            "{table}"
+        );
+    }
+}
