@@ -797,6 +797,23 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Your own data tests: every .sql file here is a query returning offending rows (check --checks-dir).
 # dir = "./checks"
 
+[run]
+# `clicklake run` (the cron entry point) ingests new files from here: a local directory or an
+# s3:// prefix (flag run --inbox). Files already ingested are skipped.
+# inbox = "s3://my-bucket/incoming/"
+# source = "native"
+# The lake's lock lasts this long without renewal; a crashed run's lock is taken over after it.
+# lease_ttl = "10m"
+# Run the data checks after the build.
+# check = true
+
+[status]
+# `status` exits 1 when a table's lag exceeds this (flag --max-lag).
+# max_lag = "30m"
+# Per-table limits override it.
+[status.max_lag_tables]
+# user_segment_history = "2d"
+
 # Customer segments: SQL boolean expressions over agg_user_features (its columns and as_of).
 # Lower priority wins: a customer's best segment is their primary_segment and the `segment`
 # partition their next rows land in. Static segments are re-evaluated every `refresh`, dynamic

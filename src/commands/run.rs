@@ -26,7 +26,12 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
     };
     runner::validate(&req)?;
     let printer = Printer::new(cfg);
-    let summary = runner::run(lake, cfg, req, &printer).await?;
+    let summary = match runner::run(lake, cfg, req, &printer).await {
+        Ok(s) => s,
+        // An overlapping tick is expected under cron: with --quiet, only the exit code says it.
+        Err(Error::Locked(_)) if cfg.quiet => return Ok(ExitCode::from(exit::LOCKED)),
+        Err(e) => return Err(e.into()),
+    };
     let failed_checks = summary.check.as_ref().is_some_and(|c| c.failed > 0);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);

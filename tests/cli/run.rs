@@ -149,6 +149,14 @@ both_backends!(
             "{err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        // Quiet: an overlapping cron tick says nothing, the exit code says it.
+        let out = ctx.run(&["--quiet", "run"]);
+        assert_eq!(out.status.code(), Some(75));
+        assert!(
+            out.stdout.is_empty() && out.stderr.is_empty(),
+            "{}",
+            stderr_of(&out)
+        );
 
         // With --wait the next run takes the lease over once it lapses.
         let started = Instant::now();

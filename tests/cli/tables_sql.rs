@@ -232,13 +232,17 @@ fn the_repl_reads_piped_statements_and_meta_commands() {
     ctx.generate("gen", &["--events", "500", "--files", "1", "--seed", "4"]);
     ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
     ctx.ok(&["clean", "-q"]);
-    let script = "\\d\n\\d events\nSELECT count(*) AS n\n  FROM events -- a comment; not the end\n  ;\n\
+    let script =
+        "\\d\n\\d events\nSELECT count(*) AS n\n  FROM events -- a comment; not the end\n  ;\n\
                   \\format csv\nSELECT 41 + 1 AS answer;\n\\q\nSELECT 'after quit' AS late;\n";
     let out = ctx.cmd().arg("sql").write_stdin(script).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines.contains(&"raw_events") && lines.contains(&"events"), "{stdout}");
+    assert!(
+        lines.contains(&"raw_events") && lines.contains(&"events"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("  event_id ") && stdout.contains("partitioned by event_date, segment"),
         "{stdout}"
@@ -257,7 +261,10 @@ fn the_repl_reads_piped_statements_and_meta_commands() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr_of(&out);
-    assert!(err.contains("nope") && err.contains("unknown command `\\bogus`"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("unknown command `\\bogus`"),
+        "{err}"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("seven\n7\n"));
 }
 
@@ -266,13 +273,21 @@ fn a_query_on_one_day_reads_only_that_days_files() {
     let ctx = TestContext::new(Backend::Local);
     ctx.generate(
         "gen",
-        &["--events", "3000", "--files", "3", "--days", "6", "--seed", "8"],
+        &[
+            "--events", "3000", "--files", "3", "--days", "6", "--seed", "8",
+        ],
     );
     ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
     ctx.ok(&["clean", "-q"]);
     let day = ctx.query("SELECT min(event_date) + INTERVAL '2 days' FROM events")[0].clone();
     let files_scanned = |sql: &str| -> (u64, String) {
-        let out = ctx.ok(&["sql", "--format", "csv", "-c", &format!("EXPLAIN ANALYZE {sql}")]);
+        let out = ctx.ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            &format!("EXPLAIN ANALYZE {sql}"),
+        ]);
         let n = out
             .split("count_files_scanned=")
             .nth(1)
@@ -288,14 +303,26 @@ fn a_query_on_one_day_reads_only_that_days_files() {
     let on_disk = std::fs::read_dir(ctx.path(&format!("lake/events/event_date={day}")))
         .unwrap()
         .flat_map(|seg| std::fs::read_dir(seg.unwrap().path()).unwrap())
-        .filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "parquet"))
+        .filter(|f| {
+            f.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|e| e == "parquet")
+        })
         .count() as u64;
     assert_eq!(one_day, on_disk, "{plan}");
-    assert!(all > one_day * 3, "{all} files in all vs {one_day} for one day");
+    assert!(
+        all > one_day * 3,
+        "{all} files in all vs {one_day} for one day"
+    );
     let listed: Vec<&str> = plan.split(".parquet").collect();
     assert!(listed.len() > 1, "{plan}");
     for part in &listed[..listed.len() - 1] {
-        assert!(part.contains(&format!("event_date={day}/")), "a file of another day in {plan}");
+        assert!(
+            part.contains(&format!("event_date={day}/")),
+            "a file of another day in {plan}"
+        );
     }
 }
 
@@ -316,7 +343,11 @@ fn python_with_pyarrow() -> std::path::PathBuf {
         .args(["-c", "import pyarrow.parquet"])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "{} cannot import pyarrow: pip install pyarrow", python.display());
+    assert!(
+        ok,
+        "{} cannot import pyarrow: pip install pyarrow",
+        python.display()
+    );
     python
 }
 
@@ -326,7 +357,9 @@ fn another_engine_reads_the_lake_from_the_delta_log_and_parquet_alone() {
     let ctx = TestContext::new(Backend::Local);
     ctx.generate(
         "gen",
-        &["--events", "3000", "--files", "3", "--dirty", "--days", "4", "--seed", "9"],
+        &[
+            "--events", "3000", "--files", "3", "--dirty", "--days", "4", "--seed", "9",
+        ],
     );
     // Two ingests and two incremental cleans, so the log holds removes as well as adds.
     let gen = ctx.path("gen");
@@ -344,7 +377,11 @@ fn another_engine_reads_the_lake_from_the_delta_log_and_parquet_alone() {
             cmd.arg(p);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
 
@@ -358,7 +395,13 @@ fn another_engine_reads_the_lake_from_the_delta_log_and_parquet_alone() {
         .collect();
     assert_eq!(theirs, ours);
     assert_eq!(events["rows"], ctx.count("SELECT count(*) FROM events"));
-    for table in ["raw_events", "quarantine", "fact_sessions", "fact_orders", "agg_user_features"] {
+    for table in [
+        "raw_events",
+        "quarantine",
+        "fact_sessions",
+        "fact_orders",
+        "agg_user_features",
+    ] {
         assert_eq!(
             read(table, None)["rows"],
             ctx.count(&format!("SELECT count(*) FROM {table}")),
