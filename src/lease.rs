@@ -135,6 +135,10 @@ impl Lease {
                 .put_opts(&path, payload(&info)?, PutMode::Create.into())
                 .await;
             match put {
+                // Read it back: a store that ignores the create-if-absent condition (or checks
+                // it racily) would let two runs both "create" the same lease; only the one whose
+                // content is there holds it.
+                Ok(_) if !holds(&store, &path, run_id).await? => continue,
                 Ok(_) => {
                     // Older leases are history now; keep only the one before ours.
                     if seq > 2 {
@@ -203,6 +207,16 @@ fn payload(info: &LeaseInfo) -> Result<PutPayload> {
     let bytes =
         serde_json::to_vec_pretty(info).map_err(|e| Error::runtime(format!("lease: {e}")))?;
     Ok(PutPayload::from(bytes))
+}
+
+/// True when the lease object at `path` names `run_id`.
+async fn holds(store: &Arc<dyn ObjectStore>, path: &ObjectPath, run_id: &str) -> Result<bool> {
+    let bytes = match store.get(path).await {
+        Ok(r) => r.bytes().await?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(serde_json::from_slice::<LeaseInfo>(&bytes).is_ok_and(|info| info.run_id == run_id))
 }
 
 /// The newest lease and what it says, if any.

@@ -205,6 +205,15 @@ impl TestContext {
         serde_json::from_str(&text).expect("manifest json")
     }
 
+    /// The local directory holding a table's files: the lake directory, or where s3s-fs stores
+    /// the table's objects.
+    pub fn table_dir(&self, table: &str) -> PathBuf {
+        match &self.s3 {
+            None => self.path("lake").join(table),
+            Some(s3) => s3.root.join(BUCKET).join("prod").join(table),
+        }
+    }
+
     /// Copies a fixture into the temp dir.
     pub fn fixture(&self, name: &str) -> PathBuf {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,150 +1,155 @@
 //! `clicklake compact` and `clicklake vacuum`: fewer files, the same rows, and incremental runs
 //! that stay right across a compaction.
 
+use crate::both_backends;
 use crate::context::{stderr_of, Backend, TestContext};
 
-#[test]
-fn compaction_keeps_every_row_and_incremental_runs_stay_right() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate(
-        "gen",
-        &[
-            "--events", "4000", "--files", "4", "--dirty", "--seed", "5", "--days", "2",
-        ],
-    );
-    let file = |i: u32| {
-        ctx.path(&format!("gen/events-000{i}.ndjson"))
-            .display()
-            .to_string()
-    };
-    for i in 1..=2 {
-        ctx.ingest_json(&[&file(i)]);
-    }
-    ctx.ok(&["clean", "-q"]);
-    ctx.ok(&["build", "-q"]);
-    let files = |t: &str| {
-        let tables: serde_json::Value =
-            serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
-        tables
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == t)
-            .unwrap()["files"]
-            .as_u64()
-            .unwrap()
-    };
-    let raw_before =
-        ctx.query("SELECT * FROM raw_events ORDER BY event_id, source_file, line_number");
+both_backends!(
+    compaction_keeps_every_row_and_incremental_runs_stay_right,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        ctx.generate(
+            "gen",
+            &[
+                "--events", "4000", "--files", "4", "--dirty", "--seed", "5", "--days", "2",
+            ],
+        );
+        let file = |i: u32| {
+            ctx.path(&format!("gen/events-000{i}.ndjson"))
+                .display()
+                .to_string()
+        };
+        for i in 1..=2 {
+            ctx.ingest_json(&[&file(i)]);
+        }
+        ctx.ok(&["clean", "-q"]);
+        ctx.ok(&["build", "-q"]);
+        let files = |t: &str| {
+            let tables: serde_json::Value =
+                serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+            tables
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == t)
+                .unwrap()["files"]
+                .as_u64()
+                .unwrap()
+        };
+        let raw_before =
+            ctx.query("SELECT * FROM raw_events ORDER BY event_id, source_file, line_number");
 
-    // A new file lands, then a compaction folds it in before clean sees it.
-    ctx.ingest_json(&[&file(3)]);
-    let files_before = files("raw_events");
-    let out: serde_json::Value =
-        serde_json::from_str(&ctx.ok(&["compact", "--json", "raw_events"])).unwrap();
-    assert!(out[0]["files_removed"].as_u64().unwrap() > 0, "{out}");
-    assert!(
-        files("raw_events") < files_before + 2,
-        "compaction merged files"
-    );
-    let clean: serde_json::Value = serde_json::from_str(&ctx.ok(&["clean", "--json"])).unwrap();
-    assert_eq!(clean["mode"], "full", "{clean}");
-    assert_eq!(
-        clean["full_refresh_reason"],
-        "raw_events was compacted since the last clean"
-    );
-    // A file landed after the compaction is cleaned incrementally again.
-    ctx.ingest_json(&[&file(4)]);
-    let clean: serde_json::Value = serde_json::from_str(&ctx.ok(&["clean", "--json"])).unwrap();
-    assert_eq!(clean["mode"], "incremental", "{clean}");
-    ctx.ok(&["build", "-q"]);
-    ctx.ok(&["compact", "-q"]);
-    let out = ctx.run(&["check", "-q"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-
-    // Compaction changed files, not rows.
-    let rows_now =
-        ctx.query("SELECT * FROM raw_events ORDER BY event_id, source_file, line_number");
-    assert!(rows_now.len() > raw_before.len());
-    assert!(raw_before.iter().all(|r| rows_now.contains(r)));
-    let events = ctx.query("SELECT * FROM events ORDER BY event_id");
-    ctx.ok(&["clean", "-q", "--full-refresh"]);
-    assert_eq!(events, ctx.query("SELECT * FROM events ORDER BY event_id"));
-}
-
-#[test]
-fn vacuum_refuses_short_retention_and_deletes_only_unreferenced_files() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "2000", "--files", "2", "--seed", "8"]);
-    for i in 1..=2 {
-        ctx.ingest_json(&[ctx
-            .path(&format!("gen/events-000{i}.ndjson"))
-            .to_str()
-            .unwrap()]);
-    }
-    ctx.ok(&["compact", "-q", "raw_events"]);
-    let count = || ctx.count("SELECT count(*) FROM raw_events");
-    let rows = count();
-
-    let out = ctx.run(&["vacuum", "--retain", "1h"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("--allow-short-retention"),
-        "{}",
-        stderr_of(&out)
-    );
-
-    let dry: serde_json::Value = serde_json::from_str(&ctx.ok(&[
-        "vacuum",
-        "--retain",
-        "0s",
-        "--allow-short-retention",
-        "--dry-run",
-        "--json",
-        "raw_events",
-    ]))
-    .unwrap();
-    let would = dry[0]["files_deleted"].as_u64().unwrap();
-    assert!(
-        would > 0,
-        "the compacted-away files are unreferenced: {dry}"
-    );
-    assert_eq!(count(), rows);
-    let done: serde_json::Value = serde_json::from_str(&ctx.ok(&[
-        "vacuum",
-        "--retain",
-        "0s",
-        "--allow-short-retention",
-        "--json",
-        "raw_events",
-    ]))
-    .unwrap();
-    assert_eq!(done[0]["files_deleted"].as_u64().unwrap(), would);
-    assert_eq!(
-        count(),
-        rows,
-        "the current version reads only files vacuum kept"
-    );
-    // The files it named are gone from disk; the table still reads whole.
-    for f in done[0]["examples"].as_array().unwrap() {
-        let f = f.as_str().unwrap();
+        // A new file lands, then a compaction folds it in before clean sees it.
+        ctx.ingest_json(&[&file(3)]);
+        let files_before = files("raw_events");
+        let out: serde_json::Value =
+            serde_json::from_str(&ctx.ok(&["compact", "--json", "raw_events"])).unwrap();
+        assert!(out[0]["files_removed"].as_u64().unwrap() > 0, "{out}");
         assert!(
-            !ctx.path("lake/raw_events").join(f).exists(),
-            "{f} still on disk"
+            files("raw_events") < files_before + 2,
+            "compaction merged files"
+        );
+        let clean: serde_json::Value = serde_json::from_str(&ctx.ok(&["clean", "--json"])).unwrap();
+        assert_eq!(clean["mode"], "full", "{clean}");
+        assert_eq!(
+            clean["full_refresh_reason"],
+            "raw_events was compacted since the last clean"
+        );
+        // A file landed after the compaction is cleaned incrementally again.
+        ctx.ingest_json(&[&file(4)]);
+        let clean: serde_json::Value = serde_json::from_str(&ctx.ok(&["clean", "--json"])).unwrap();
+        assert_eq!(clean["mode"], "incremental", "{clean}");
+        ctx.ok(&["build", "-q"]);
+        ctx.ok(&["compact", "-q"]);
+        let out = ctx.run(&["check", "-q"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        // Compaction changed files, not rows.
+        let rows_now =
+            ctx.query("SELECT * FROM raw_events ORDER BY event_id, source_file, line_number");
+        assert!(rows_now.len() > raw_before.len());
+        assert!(raw_before.iter().all(|r| rows_now.contains(r)));
+        let events = ctx.query("SELECT * FROM events ORDER BY event_id");
+        ctx.ok(&["clean", "-q", "--full-refresh"]);
+        assert_eq!(events, ctx.query("SELECT * FROM events ORDER BY event_id"));
+    }
+);
+
+both_backends!(
+    vacuum_refuses_short_retention_and_deletes_only_unreferenced_files,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        ctx.generate("gen", &["--events", "2000", "--files", "2", "--seed", "8"]);
+        for i in 1..=2 {
+            ctx.ingest_json(&[ctx
+                .path(&format!("gen/events-000{i}.ndjson"))
+                .to_str()
+                .unwrap()]);
+        }
+        ctx.ok(&["compact", "-q", "raw_events"]);
+        let count = || ctx.count("SELECT count(*) FROM raw_events");
+        let rows = count();
+
+        let out = ctx.run(&["vacuum", "--retain", "1h"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr_of(&out).contains("--allow-short-retention"),
+            "{}",
+            stderr_of(&out)
+        );
+
+        let dry: serde_json::Value = serde_json::from_str(&ctx.ok(&[
+            "vacuum",
+            "--retain",
+            "0s",
+            "--allow-short-retention",
+            "--dry-run",
+            "--json",
+            "raw_events",
+        ]))
+        .unwrap();
+        let would = dry[0]["files_deleted"].as_u64().unwrap();
+        assert!(
+            would > 0,
+            "the compacted-away files are unreferenced: {dry}"
+        );
+        assert_eq!(count(), rows);
+        let done: serde_json::Value = serde_json::from_str(&ctx.ok(&[
+            "vacuum",
+            "--retain",
+            "0s",
+            "--allow-short-retention",
+            "--json",
+            "raw_events",
+        ]))
+        .unwrap();
+        assert_eq!(done[0]["files_deleted"].as_u64().unwrap(), would);
+        assert_eq!(
+            count(),
+            rows,
+            "the current version reads only files vacuum kept"
+        );
+        // The files it named are gone from disk; the table still reads whole.
+        for f in done[0]["examples"].as_array().unwrap() {
+            let f = f.as_str().unwrap();
+            assert!(
+                !ctx.table_dir("raw_events").join(f).exists(),
+                "{f} still on disk"
+            );
+        }
+        let parquet_files = walk(&ctx.table_dir("raw_events"));
+        assert_eq!(
+            parquet_files,
+            files_in_table(&ctx),
+            "only referenced files remain"
         );
     }
-    let parquet_files = walk(&ctx.path("lake/raw_events"));
-    assert_eq!(
-        parquet_files,
-        files_in_table(&ctx),
-        "only referenced files remain"
-    );
-}
+);
 
 fn walk(dir: &std::path::Path) -> usize {
     let mut n = 0;

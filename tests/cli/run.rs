@@ -288,3 +288,63 @@ fn run_rejects_bad_arguments_before_any_io() {
     );
     assert!(!ctx.path("lake").exists(), "nothing written");
 }
+
+both_backends!(
+    two_runs_racing_for_the_lake_one_wins_the_other_exits_75_and_nothing_is_lost,
+    |backend| {
+        let ctx = TestContext::new(backend);
+        let m = ctx.generate("gen", &["--events", "1500", "--files", "2", "--seed", "21"]);
+        let files = data_files(&ctx.path("gen"));
+        let mut inbox = String::new();
+        for f in &files {
+            inbox = deliver(&ctx, f);
+        }
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            format!("[run]\ninbox = \"{inbox}\"\ncheck = false\n"),
+        )
+        .unwrap();
+        // Both start together; whoever takes the lease holds it for 3 s before working.
+        let spawn = || {
+            ctx.std_cmd()
+                .env("CLICKLAKE_PAUSE", "run-after-lease:3")
+                .args(["run", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let mut codes = vec![a.status.code(), b.status.code()];
+        codes.sort();
+        assert_eq!(
+            codes,
+            vec![Some(0), Some(75)],
+            "a: {}\nb: {}",
+            stderr_of(&a),
+            stderr_of(&b)
+        );
+        let loser = if a.status.code() == Some(75) { &a } else { &b };
+        assert!(
+            stderr_of(loser).contains("locked by run"),
+            "{}",
+            stderr_of(loser)
+        );
+
+        // Nothing lost, nothing twice: the next tick has nothing to do.
+        let next = run_json(&ctx, &[]);
+        assert_eq!(next["ingest"]["files_read"], 0, "{next}");
+        assert_eq!(next["clean"]["mode"], "up_to_date");
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM events"),
+            m["unique_events"].as_u64().unwrap()
+        );
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM raw_events")
+                + ctx.count("SELECT count(*) FROM quarantine"),
+            ctx.count("SELECT sum(lines - blank_lines) FROM ingested_files")
+        );
+        assert_eq!(ctx.count("SELECT count(*) FROM _runs"), 2);
+    }
+);

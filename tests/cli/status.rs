@@ -1,91 +1,94 @@
 //! `clicklake status`: freshness per table and `--max-lag` exit codes for alerting.
 
+use crate::both_backends;
 use crate::context::{stderr_of, Backend, TestContext};
 
-#[test]
-fn max_lag_names_stale_tables_and_exits_1() {
-    let ctx = TestContext::new(Backend::Local);
-    let start = (chrono::Utc::now() - chrono::Duration::days(3))
-        .format("%Y-%m-%d")
-        .to_string();
-    ctx.generate(
-        "gen",
-        &[
-            "--events", "2000", "--files", "2", "--start", &start, "--days", "1",
-        ],
-    );
-    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
-    ctx.ok(&["clean", "-q"]);
-    ctx.ok(&["build", "-q"]);
+both_backends!(
+    max_lag_names_stale_tables_and_exits_1,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let start = (chrono::Utc::now() - chrono::Duration::days(3))
+            .format("%Y-%m-%d")
+            .to_string();
+        ctx.generate(
+            "gen",
+            &[
+                "--events", "2000", "--files", "2", "--start", &start, "--days", "1",
+            ],
+        );
+        ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        ctx.ok(&["build", "-q"]);
 
-    // Events are two to three days old: within 5 days, not within an hour.
-    let out = ctx.run(&["status", "--max-lag", "5d", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let table = |name: &str| {
-        report["tables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["table"] == name)
-            .unwrap_or_else(|| panic!("{name} missing from {report}"))
-            .clone()
-    };
-    let events = table("events");
-    let lag = events["lag_seconds"].as_i64().unwrap();
-    assert!((2 * 86_400..=3 * 86_400).contains(&lag), "{events}");
-    // A star table is as fresh as the events it reflects.
-    assert_eq!(
-        table("fact_sessions")["latest_event_time"],
-        events["latest_event_time"]
-    );
-    assert_eq!(table("raw_events")["rows"], 2000);
+        // Events are two to three days old: within 5 days, not within an hour.
+        let out = ctx.run(&["status", "--max-lag", "5d", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let table = |name: &str| {
+            report["tables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["table"] == name)
+                .unwrap_or_else(|| panic!("{name} missing from {report}"))
+                .clone()
+        };
+        let events = table("events");
+        let lag = events["lag_seconds"].as_i64().unwrap();
+        assert!((2 * 86_400..=3 * 86_400).contains(&lag), "{events}");
+        // A star table is as fresh as the events it reflects.
+        assert_eq!(
+            table("fact_sessions")["latest_event_time"],
+            events["latest_event_time"]
+        );
+        assert_eq!(table("raw_events")["rows"], 2000);
 
-    let out = ctx.run(&["status", "--max-lag", "1h"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("stale: raw_events (lag ") && err.contains("fact_sessions (lag"),
-        "{err}"
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("STALE"));
+        let out = ctx.run(&["status", "--max-lag", "1h"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("stale: raw_events (lag ") && err.contains("fact_sessions (lag"),
+            "{err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("STALE"));
 
-    // Quiet when all is well: nothing on stdout or stderr.
-    let out = ctx.run(&["--quiet", "status", "--max-lag", "5d"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+        // Quiet when all is well: nothing on stdout or stderr.
+        let out = ctx.run(&["--quiet", "status", "--max-lag", "5d"]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(out.stdout.is_empty() && out.stderr.is_empty());
 
-    // Per-table limits in the config override --max-lag for those tables.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[status]\nmax_lag = \"5d\"\n[status.max_lag_tables]\nevents = \"1h\"\n",
-    )
-    .unwrap();
-    let out = ctx.run(&["status", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["stale"], serde_json::json!(["events"]), "{report}");
-    let out = ctx.run(&["status", "--max-lag", "1h"]);
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("raw_events (lag") && err.contains("events (lag"),
-        "{err}"
-    );
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[status.max_lag_tables]\nevents = \"soon\"\n",
-    )
-    .unwrap();
-    let out = ctx.run(&["status"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr_of(&out).contains("status.max_lag_tables.events"),
-        "{}",
-        stderr_of(&out)
-    );
-    std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
+        // Per-table limits in the config override --max-lag for those tables.
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            "[status]\nmax_lag = \"5d\"\n[status.max_lag_tables]\nevents = \"1h\"\n",
+        )
+        .unwrap();
+        let out = ctx.run(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["stale"], serde_json::json!(["events"]), "{report}");
+        let out = ctx.run(&["status", "--max-lag", "1h"]);
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("raw_events (lag") && err.contains("events (lag"),
+            "{err}"
+        );
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            "[status.max_lag_tables]\nevents = \"soon\"\n",
+        )
+        .unwrap();
+        let out = ctx.run(&["status"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr_of(&out).contains("status.max_lag_tables.events"),
+            "{}",
+            stderr_of(&out)
+        );
+        std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
 
-    let out = ctx.run(&["status", "--max-lag", "5 parsecs"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr_of(&out).contains("--max-lag"), "{}", stderr_of(&out));
-}
+        let out = ctx.run(&["status", "--max-lag", "5 parsecs"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr_of(&out).contains("--max-lag"), "{}", stderr_of(&out));
+    }
+);

@@ -128,9 +128,8 @@ fn sql_files_run_statement_by_statement_and_stop_at_the_first_error() {
     assert!(crate::context::stderr_of(&out).contains("missing.sql"));
 }
 
-#[test]
-fn time_travel_by_version_and_time() {
-    let ctx = TestContext::new(Backend::Local);
+both_backends!(time_travel_by_version_and_time, |backend: Backend| {
+    let ctx = TestContext::new(backend);
     let f = ctx.fixture("native/every_reason.ndjson");
     ctx.ok(&["init"]);
     ctx.ok(&["ingest", f.to_str().unwrap()]);
@@ -169,7 +168,7 @@ fn time_travel_by_version_and_time() {
     );
     let out = ctx.run(&["sql", "--as-of-time", "yesterday", "-c", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(2));
-}
+});
 
 both_backends!(results_stream_to_a_file_or_an_object, |backend: Backend| {
     use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -226,105 +225,109 @@ both_backends!(results_stream_to_a_file_or_an_object, |backend: Backend| {
     assert_eq!(out.status.code(), Some(2));
 });
 
-#[test]
-fn the_repl_reads_piped_statements_and_meta_commands() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "500", "--files", "1", "--seed", "4"]);
-    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
-    ctx.ok(&["clean", "-q"]);
-    let script =
-        "\\d\n\\d events\nSELECT count(*) AS n\n  FROM events -- a comment; not the end\n  ;\n\
+both_backends!(
+    the_repl_reads_piped_statements_and_meta_commands,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        ctx.generate("gen", &["--events", "500", "--files", "1", "--seed", "4"]);
+        ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        let script =
+            "\\d\n\\d events\nSELECT count(*) AS n\n  FROM events -- a comment; not the end\n  ;\n\
                   \\format csv\nSELECT 41 + 1 AS answer;\n\\q\nSELECT 'after quit' AS late;\n";
-    let out = ctx.cmd().arg("sql").write_stdin(script).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert!(
-        lines.contains(&"raw_events") && lines.contains(&"events"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("  event_id ") && stdout.contains("partitioned by event_date, segment"),
-        "{stdout}"
-    );
-    let events = ctx.count("SELECT count(*) FROM events");
-    assert!(stdout.contains(&format!("| {events} ")), "{stdout}");
-    assert!(stdout.contains("answer\n42\n"), "{stdout}");
-    assert!(!stdout.contains("after quit"), "{stdout}");
-
-    // A failing statement is reported and the rest still runs; piped input then exits 2.
-    let out = ctx
-        .cmd()
-        .args(["sql", "--format", "csv"])
-        .write_stdin("SELECT nope FROM events;\n\\bogus\nSELECT 7 AS seven")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
-    assert!(
-        err.contains("nope") && err.contains("unknown command `\\bogus`"),
-        "{err}"
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("seven\n7\n"));
-}
-
-#[test]
-fn a_query_on_one_day_reads_only_that_days_files() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate(
-        "gen",
-        &[
-            "--events", "3000", "--files", "3", "--days", "6", "--seed", "8",
-        ],
-    );
-    ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
-    ctx.ok(&["clean", "-q"]);
-    let day = ctx.query("SELECT min(event_date) + INTERVAL '2 days' FROM events")[0].clone();
-    let files_scanned = |sql: &str| -> (u64, String) {
-        let out = ctx.ok(&[
-            "sql",
-            "--format",
-            "csv",
-            "-c",
-            &format!("EXPLAIN ANALYZE {sql}"),
-        ]);
-        let n = out
-            .split("count_files_scanned=")
-            .nth(1)
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no count_files_scanned in {out}"));
-        (n, out)
-    };
-    let (all, _) = files_scanned("SELECT count(*), sum(price) FROM events");
-    let (one_day, plan) = files_scanned(&format!(
-        "SELECT count(*), sum(price) FROM events WHERE event_date = DATE '{day}'"
-    ));
-    let on_disk = std::fs::read_dir(ctx.path(&format!("lake/events/event_date={day}")))
-        .unwrap()
-        .flat_map(|seg| std::fs::read_dir(seg.unwrap().path()).unwrap())
-        .filter(|f| {
-            f.as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|e| e == "parquet")
-        })
-        .count() as u64;
-    assert_eq!(one_day, on_disk, "{plan}");
-    assert!(
-        all > one_day * 3,
-        "{all} files in all vs {one_day} for one day"
-    );
-    let listed: Vec<&str> = plan.split(".parquet").collect();
-    assert!(listed.len() > 1, "{plan}");
-    for part in &listed[..listed.len() - 1] {
+        let out = ctx.cmd().arg("sql").write_stdin(script).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let lines: Vec<&str> = stdout.lines().collect();
         assert!(
-            part.contains(&format!("event_date={day}/")),
-            "a file of another day in {plan}"
+            lines.contains(&"raw_events") && lines.contains(&"events"),
+            "{stdout}"
         );
+        assert!(
+            stdout.contains("  event_id ") && stdout.contains("partitioned by event_date, segment"),
+            "{stdout}"
+        );
+        let events = ctx.count("SELECT count(*) FROM events");
+        assert!(stdout.contains(&format!("| {events} ")), "{stdout}");
+        assert!(stdout.contains("answer\n42\n"), "{stdout}");
+        assert!(!stdout.contains("after quit"), "{stdout}");
+
+        // A failing statement is reported and the rest still runs; piped input then exits 2.
+        let out = ctx
+            .cmd()
+            .args(["sql", "--format", "csv"])
+            .write_stdin("SELECT nope FROM events;\n\\bogus\nSELECT 7 AS seven")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("nope") && err.contains("unknown command `\\bogus`"),
+            "{err}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("seven\n7\n"));
     }
-}
+);
+
+both_backends!(
+    a_query_on_one_day_reads_only_that_days_files,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        ctx.generate(
+            "gen",
+            &[
+                "--events", "3000", "--files", "3", "--days", "6", "--seed", "8",
+            ],
+        );
+        ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        let day = ctx.query("SELECT min(event_date) + INTERVAL '2 days' FROM events")[0].clone();
+        let files_scanned = |sql: &str| -> (u64, String) {
+            let out = ctx.ok(&[
+                "sql",
+                "--format",
+                "csv",
+                "-c",
+                &format!("EXPLAIN ANALYZE {sql}"),
+            ]);
+            let n = out
+                .split("count_files_scanned=")
+                .nth(1)
+                .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no count_files_scanned in {out}"));
+            (n, out)
+        };
+        let (all, _) = files_scanned("SELECT count(*), sum(price) FROM events");
+        let (one_day, plan) = files_scanned(&format!(
+            "SELECT count(*), sum(price) FROM events WHERE event_date = DATE '{day}'"
+        ));
+        let on_disk = std::fs::read_dir(ctx.table_dir("events").join(format!("event_date={day}")))
+            .unwrap()
+            .flat_map(|seg| std::fs::read_dir(seg.unwrap().path()).unwrap())
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "parquet")
+            })
+            .count() as u64;
+        assert_eq!(one_day, on_disk, "{plan}");
+        assert!(
+            all > one_day * 3,
+            "{all} files in all vs {one_day} for one day"
+        );
+        let listed: Vec<&str> = plan.split(".parquet").collect();
+        assert!(listed.len() > 1, "{plan}");
+        for part in &listed[..listed.len() - 1] {
+            assert!(
+                part.contains(&format!("event_date={day}/")),
+                "a file of another day in {plan}"
+            );
+        }
+    }
+);
 
 /// The Python with pyarrow that scripts/test.sh prepares (or `CLICKLAKE_PYTHON`).
 fn python_with_pyarrow() -> std::path::PathBuf {
