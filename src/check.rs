@@ -240,7 +240,7 @@ pub async fn run(
         .collect();
     // Checks run a few at a time: on an object store each spends most of its time waiting for
     // requests. `buffered` keeps the report in the checks' order.
-    let outcomes: Vec<Result<Option<(u64, Option<String>)>>> =
+    let outcomes: Vec<Result<Option<Outcome>>> =
         futures::stream::iter(checks.iter().map(|check| {
             let runnable = check.tables.iter().all(|t| present.contains(t));
             let ctx = &ctx;
@@ -294,6 +294,9 @@ pub async fn run(
     Ok(report)
 }
 
+/// Offending rows and a sample of them.
+type Outcome = (u64, Option<String>);
+
 /// How many checks run at once.
 const CONCURRENT_CHECKS: usize = 4;
 
@@ -320,7 +323,7 @@ async fn register_raw_cleaned(
 }
 
 /// Counts the offending rows (streaming) and keeps the first few for the report.
-async fn run_one(ctx: &SessionContext, check: &Check) -> Result<(u64, Option<String>)> {
+async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
     let fail = |e: datafusion::error::DataFusionError| {
         let message = format!(
             "check {} ({}): {}",
