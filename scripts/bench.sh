@@ -7,15 +7,41 @@
 #   clean-refresh               clean --full-refresh of everything, for the incremental ratio
 #   build-full / build-incr / build-refresh   the star schema after each clean
 #   q-*                         three typical ad-hoc queries
+#   duck-ingest / duck-build    the DuckDB reference (scripts/duckdb_reference.py, threads=2) on
+#                               the same backlog files, with the same semantics; its counts must
+#                               equal clicklake's (lines, landed, quarantined per reason, events,
+#                               sessions, orders, customers, product-days, revenue per currency)
 # Each stage appends one JSON line to bench/results.jsonl (wall and CPU seconds, peak RSS,
-# rows/s, MB/s) and a table is printed at the end.
-#   SIZES="1000000 10000000" RUNS=3 MEMORY_LIMIT=2GiB scripts/bench.sh
+# rows/s, MB/s) and tables of medians and clicklake/DuckDB ratios are printed at the end.
+#   SIZES="1000000 10000000" RUNS=3 MEMORY_LIMIT=1GiB scripts/bench.sh
+#   STORE=s3 scripts/bench.sh      the lake on s3s-fs on loopback (DuckDB stays on local disk)
+#   DUCKDB=0 scripts/bench.sh      skip the reference
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clicklake-target}"
 SIZES="${SIZES:-1000000}"
 RUNS="${RUNS:-3}"
 MEMORY_LIMIT="${MEMORY_LIMIT:-}"
+STORE="${STORE:-local}"
+DUCKDB="${DUCKDB:-1}"
+PY="$HOME/.cache/clicklake-py/bin/python"
+if [ "$DUCKDB" = 1 ] && ! "$PY" -c "import duckdb" >/dev/null 2>&1; then
+  echo "installing the duckdb Python package into $HOME/.cache/clicklake-py..." >&2
+  python3 -m venv "$HOME/.cache/clicklake-py"
+  "$HOME/.cache/clicklake-py/bin/pip" install --quiet "duckdb==2.0.0" "pyarrow==26.0.1"
+fi
+if [ "$STORE" = s3 ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  s3root=$(mktemp -d -p "${BENCH_TMP:-/tmp}")
+  mkdir -p "$s3root/bench"
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  s3s-fs --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret "$s3root" >/dev/null 2>&1 &
+  s3pid=$!
+  trap 'kill $s3pid 2>/dev/null; rm -rf "$s3root"' EXIT
+  export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret \
+    AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+  sleep 1
+fi
 cargo build --release --locked --quiet
 bin="$CARGO_TARGET_DIR/release/clicklake"
 mkdir -p bench/data
@@ -31,7 +57,7 @@ import json, sys
 r = json.loads(sys.stdin.read()); s = r.pop("summary", {}) or {}
 rows = s.get("lines") or s.get("raw_rows_consumed") or 0
 r.update(events=int(sys.argv[1]), run=int(sys.argv[2]), commit=sys.argv[3], machine=sys.argv[4],
-         memory_limit=sys.argv[5] or None, started_at=sys.argv[6], rows=rows,
+         memory_limit=sys.argv[5] or None, started_at=sys.argv[6], rows=rows, store=sys.argv[7],
          rows_per_s=round(rows / r["wall_s"]) if r["wall_s"] else None)
 if s.get("bytes_read"):
     r.update(bytes_read=s["bytes_read"], mb_per_s=round(s["bytes_read"] / 1e6 / r["wall_s"], 1))
@@ -39,7 +65,11 @@ for k in ("mode", "events_written", "events_changed", "events_copied", "visitors
           "files_added", "files_removed", "bytes_written", "exact_duplicates", "conflicting_duplicates"):
     if k in s:
         r[k] = s[k]
-print(json.dumps(r))' "$n" "$run" "$commit" "$machine" "$MEMORY_LIMIT" "$started_at" | tee -a "$results"
+for k in ("landed", "quarantined", "quarantined_by_reason", "events_rows", "sessions", "orders",
+          "user_features", "product_daily", "revenue_by_currency"):
+    if k in s:
+        r[k] = s[k]
+print(json.dumps(r))' "$n" "$run" "$commit" "$machine" "$MEMORY_LIMIT" "$started_at" "$STORE" | tee -a "$results"
 }
 
 for n in $SIZES; do
@@ -61,11 +91,24 @@ print(k)')
   topup=("${files[@]:keep}")
   for run in $(seq 1 "$RUNS"); do
     lake=$(mktemp -d -p "${BENCH_TMP:-/tmp}")
-    flags=(--lake "$lake/lake")
+    if [ "$STORE" = s3 ]; then
+      flags=(--lake "s3://bench/run-$n-$run-$$")
+    else
+      flags=(--lake "$lake/lake")
+    fi
     [ -n "$MEMORY_LIMIT" ] && flags+=(--memory-limit "$MEMORY_LIMIT")
     stage ingest "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${backlog[@]}"
     stage clean-full "$n" "$run" -- "$bin" "${flags[@]}" clean --json
     stage build-full "$n" "$run" -- "$bin" "${flags[@]}" build --json
+    # The counts the DuckDB reference must reproduce on the same backlog.
+    "$bin" "${flags[@]}" sql --format json -o "$lake/counts.json" -c "
+      SELECT (SELECT count(*) FROM raw_events) AS landed,
+             (SELECT count(*) FROM quarantine) AS quarantined,
+             (SELECT count(*) FROM events) AS events_rows,
+             (SELECT count(*) FROM fact_sessions) AS sessions,
+             (SELECT count(*) FROM fact_orders) AS orders,
+             (SELECT count(*) FROM agg_user_features) AS user_features,
+             (SELECT count(*) FROM agg_product_daily) AS product_daily" 2>/dev/null
     stage ingest-topup "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${topup[@]}"
     stage clean-incr "$n" "$run" -- "$bin" "${flags[@]}" clean --json
     stage build-incr "$n" "$run" -- "$bin" "${flags[@]}" build --json
@@ -78,6 +121,27 @@ print(k)')
       "SELECT * FROM agg_user_features WHERE user_key = (SELECT max(user_key) FROM dim_user WHERE is_registered)"
     stage q-funnel-week "$n" "$run" -- "$bin" "${flags[@]}" sql --format csv -c \
       "SELECT device, sum(sessions), sum(sessions_with_cart), sum(sessions_checkout), sum(sessions_purchased) FROM agg_funnel_daily WHERE session_date BETWEEN DATE '2026-01-05' AND DATE '2026-01-11' GROUP BY 1"
+    if [ "$DUCKDB" = 1 ]; then
+      # The reference on the backlog; its counts against clicklake's after build-full.
+      duck="$lake/duck"
+      export DUCKDB_MEMORY_LIMIT=""
+      [ -n "$MEMORY_LIMIT" ] && export DUCKDB_MEMORY_LIMIT="${MEMORY_LIMIT/iB/B}"
+      stage duck-ingest "$n" "$run" -- "$PY" scripts/duckdb_reference.py ingest "$duck" "${backlog[@]}"
+      stage duck-build "$n" "$run" -- "$PY" scripts/duckdb_reference.py build "$duck"
+      python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[0]))' "$lake/counts.json" \
+        | python3 -c '
+import json, sys
+ours = json.loads(sys.stdin.read())
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+mine = [r for r in rows if r.get("started_at") == sys.argv[2] and r["events"] == int(sys.argv[3]) and r["run"] == int(sys.argv[4])]
+duck = {}
+for r in mine:
+    if r["label"] in ("duck-ingest", "duck-build"):
+        duck.update({k: r[k] for k in ours if k in r})
+bad = {k: (ours[k], duck.get(k)) for k in ours if ours[k] != duck.get(k)}
+print("same counts as DuckDB:" if not bad else "COUNTS DIFFER (clicklake, duckdb):", bad or ours, file=sys.stderr)
+sys.exit(1 if bad else 0)' "$results" "$started_at" "$n" "$run"
+    fi
     rm -rf "$lake"
   done
 done
@@ -94,4 +158,25 @@ for (n, label), rs in groups.items():
     med = lambda k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [0])
     print(f"{n:>10} {label:<14} {len(rs):>4} {med('wall_s'):>8.2f} {med('cpu_s'):>8.2f} "
           f"{med('rows_per_s'):>10.0f} {med('mb_per_s'):>7.1f} {med('peak_rss_mb'):>12.0f}")
+sizes = sorted({n for n, _ in groups})
+def med(n, label, k="wall_s"):
+    rs = groups.get((n, label), [])
+    return statistics.median([r[k] for r in rs]) if rs else None
+pairs = [("ingest + clean-full", ["ingest", "clean-full"], ["duck-ingest"]),
+         ("build-full", ["build-full"], ["duck-build"])]
+if any((n, "duck-ingest") in groups for n in sizes):
+    print(f"\n{'events':>10} {'clicklake vs DuckDB':<22} {'clicklake s':>11} {'DuckDB s':>9} {'ratio':>6} {'RSS MB':>7} {'DuckDB RSS':>10}")
+    for n in sizes:
+        for name, ours, theirs in pairs:
+            a = [med(n, l) for l in ours]; b = [med(n, l) for l in theirs]
+            if None in a or None in b:
+                continue
+            ra = max(med(n, l, "peak_rss_mb") for l in ours); rb = max(med(n, l, "peak_rss_mb") for l in theirs)
+            print(f"{n:>10} {name:<22} {sum(a):>11.2f} {sum(b):>9.2f} {sum(a)/sum(b):>6.2f} {ra:>7.0f} {rb:>10.0f}")
+for n in sizes:
+    inc, full = med(n, "clean-incr"), med(n, "clean-refresh")
+    binc, bfull = med(n, "build-incr"), med(n, "build-refresh")
+    if inc and full:
+        print(f"{n:>10} incremental after a 1% top-up: clean {inc:.2f}s = {100*inc/full:.0f}% of a full refresh"
+              + (f", build {binc:.2f}s = {100*binc/bfull:.0f}%" if binc and bfull else ""))
 EOF

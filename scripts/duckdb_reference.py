@@ -67,9 +67,10 @@ def ingest(out, files):
         CREATE TEMP TABLE parsed AS
         SELECT source_file, line_number, line,
                coalesce(trim(line), '') = '' AS blank,
-               json_valid(line) AND json_type(line::JSON) = 'OBJECT' AS is_object,
+               coalesce(json_type(j) = 'OBJECT', false) AS is_object,
                {extract}
-        FROM (SELECT *, CASE WHEN json_valid(line) THEN line::JSON END AS j FROM lines)
+        FROM (SELECT *, CASE WHEN coalesce(trim(line), '') <> '' AND json_valid(line)
+                             THEN line::JSON END AS j FROM lines)
     """)
     num = "('UBIGINT','BIGINT','DOUBLE','HUGEINT')"
     con.execute(f"""
@@ -77,7 +78,7 @@ def ingest(out, files):
         SELECT *,
           CASE
             WHEN NOT is_object THEN 'broken_json'
-            WHEN NOT ((t_event_id = 'VARCHAR' AND trim(event_id) <> '') OR t_event_id IN {num})
+            WHEN NOT coalesce((t_event_id = 'VARCHAR' AND trim(event_id) <> '') OR t_event_id IN {num}, false)
               THEN 'missing_event_id'
             WHEN t_event_time IS NULL OR t_event_time = 'NULL'
                  OR (t_event_time = 'VARCHAR' AND trim(event_time) = '') THEN 'missing_event_time'
@@ -86,8 +87,8 @@ def ingest(out, files):
               THEN 'bad_timestamp'
             WHEN t_received_at IS NOT NULL AND t_received_at NOT IN ('VARCHAR', 'NULL')
               THEN 'bad_timestamp'
-            WHEN t_event_type <> 'VARCHAR'
-                 OR lower(trim(event_type, E' \\t')) NOT IN ({types}) THEN 'unknown_event_type'
+            WHEN NOT coalesce(t_event_type = 'VARCHAR'
+                              AND lower(trim(event_type, E' \\t')) IN ({types}), false) THEN 'unknown_event_type'
             WHEN t_price IS NOT NULL AND t_price <> 'NULL' AND t_price NOT IN {num}
               THEN 'price_not_number'
             WHEN t_price IN {num} AND TRY_CAST(price AS DECIMAL(18,2)) < 0 THEN 'negative_price'
@@ -160,7 +161,7 @@ def ingest(out, files):
     ).fetchone()[0]
     print(json.dumps({
         "lines": counts[0] + counts[1], "blank_lines": counts[1], "landed": counts[2],
-        "quarantined": counts[3], "quarantined_by_reason": by_reason, "events": events,
+        "quarantined": counts[3], "quarantined_by_reason": by_reason, "events_rows": events,
     }))
 
 
@@ -192,20 +193,33 @@ def build(out):
                bool_or(event_type = 'purchase') AS purchased
         FROM keyed GROUP BY 1, 2
     """)
+    # A customer: the latest user_id an anonymous_id is seen with, else the anonymous_id.
+    con.execute("""
+        CREATE TEMP TABLE customer AS
+        SELECT anonymous_id,
+               coalesce(arg_max(user_id, event_time) FILTER (WHERE user_id IS NOT NULL), anonymous_id) AS user_key
+        FROM events GROUP BY 1
+    """)
     con.execute("""
         CREATE TEMP TABLE orders AS
-        SELECT order_id, user_id, anonymous_id, event_time AS ordered_at, revenue, currency
-        FROM events WHERE event_type = 'purchase'
-        QUALIFY row_number() OVER (PARTITION BY order_id ORDER BY event_time, event_id) = 1
+        SELECT e.order_id, c.user_key, e.event_time AS ordered_at, e.revenue, e.currency
+        FROM events e JOIN customer c USING (anonymous_id)
+        WHERE e.event_type = 'purchase'
+        QUALIFY row_number() OVER (PARTITION BY e.order_id ORDER BY e.event_time, e.event_id) = 1
     """)
     con.execute("""
         CREATE TEMP TABLE user_features AS
-        SELECT coalesce(s.user_id, s.anonymous_id) AS user_key,
-               count(*) AS sessions_lifetime, sum(s.events) AS events_lifetime,
-               count(*) FILTER (WHERE s.with_cart AND NOT s.purchased) AS carts_abandoned,
-               max(s.ended_at) AS last_seen_at,
-               (SELECT count(*) FROM orders o WHERE coalesce(o.user_id, o.anonymous_id) = coalesce(s.user_id, s.anonymous_id)) AS orders_lifetime
-        FROM sessions s GROUP BY 1
+        WITH s AS (
+          SELECT c.user_key, count(*) AS sessions_lifetime, sum(s.events) AS events_lifetime,
+                 count(*) FILTER (WHERE s.with_cart AND NOT s.purchased) AS carts_abandoned,
+                 max(s.ended_at) AS last_seen_at
+          FROM sessions s JOIN customer c USING (anonymous_id) GROUP BY 1
+        ), o AS (
+          SELECT user_key, count(*) AS orders_lifetime, max(ordered_at) AS last_purchase_at
+          FROM orders GROUP BY 1
+        )
+        SELECT s.*, coalesce(o.orders_lifetime, 0) AS orders_lifetime, o.last_purchase_at
+        FROM s LEFT JOIN o USING (user_key)
     """)
     con.execute("""
         CREATE TEMP TABLE product_daily AS
