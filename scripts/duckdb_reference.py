@@ -50,7 +50,8 @@ def ingest(out, files):
     con.execute(f"""
         CREATE TEMP TABLE lines AS
         SELECT filename AS source_file,
-               row_number() OVER (PARTITION BY filename) AS line_number,
+               -- Files are read in order, so one running ordinal orders by (file, line) too.
+               row_number() OVER () AS ordinal,
                line
         FROM read_csv({file_list}, columns={{'line': 'VARCHAR'}}, header=false, delim='\\x1f',
                       quote='', escape='', filename=true, strict_mode=false,
@@ -61,16 +62,23 @@ def ingest(out, files):
               "session_id", "product_id", "category", "brand", "price", "quantity", "currency",
               "order_id", "revenue", "checkout_step", "page_url", "referrer", "device", "country",
               "email", "ip"]
+    # Each line is parsed once: every field's JSON value comes out of one multi-path extract, then
+    # its type and text are read from that small value.
+    paths = "[" + ", ".join(q(f"$.{f}") for f in fields) + "]"
     extract = ",\n".join(
-        f"j->>'$.{f}' AS {f}, json_type(j, '$.{f}') AS t_{f}" for f in fields)
+        f"v[{i + 1}]->>'$' AS {f}, json_type(v[{i + 1}]) AS t_{f}" for i, f in enumerate(fields))
     con.execute(f"""
-        CREATE TEMP TABLE parsed AS
-        SELECT source_file, line_number, line,
-               coalesce(trim(line), '') = '' AS blank,
-               coalesce(json_type(j) = 'OBJECT', false) AS is_object,
+        CREATE TEMP VIEW parsed AS
+        SELECT source_file, ordinal, line, blank, is_object,
                {extract}
-        FROM (SELECT *, CASE WHEN coalesce(trim(line), '') <> '' AND json_valid(line)
-                             THEN line::JSON END AS j FROM lines)
+        FROM (
+          SELECT source_file, ordinal, line, blank,
+                 coalesce(json_type(j) = 'OBJECT', false) AS is_object,
+                 CASE WHEN json_type(j) = 'OBJECT' THEN json_extract(j, {paths}) END AS v
+          FROM (SELECT *, coalesce(trim(line), '') = '' AS blank,
+                       CASE WHEN coalesce(trim(line), '') <> '' AND json_valid(line)
+                            THEN line::JSON END AS j FROM lines)
+        )
     """)
     num = "('UBIGINT','BIGINT','DOUBLE','HUGEINT')"
     con.execute(f"""
@@ -115,8 +123,11 @@ def ingest(out, files):
     """)
     os.makedirs(out, exist_ok=True)
     con.execute(f"""
-        COPY (SELECT reason, source_file, line_number, line AS raw, current_date AS ingest_date
-              FROM classified WHERE reason IS NOT NULL)
+        COPY (SELECT reason, source_file,
+                     ordinal - (SELECT min(ordinal) FROM lines l WHERE l.source_file = c.source_file) + 1
+                       AS line_number,
+                     line AS raw, current_date AS ingest_date
+              FROM classified c WHERE reason IS NOT NULL)
         TO {q(os.path.join(out, 'quarantine'))}
         (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (ingest_date), OVERWRITE_OR_IGNORE)
     """)
@@ -138,20 +149,19 @@ def ingest(out, files):
                  TRY_CAST(checkout_step AS BIGINT) AS checkout_step,
                  {nul('page_url')} AS page_url, {nul('referrer')} AS referrer,
                  {nul('device')} AS device, {nul('country')} AS country,
-                 source_file, line_number,
+                 source_file, ordinal,
                  CAST(et AT TIME ZONE 'UTC' AS DATE) AS event_date,
                  CASE WHEN {nul('user_id')} IS NULL THEN 'anonymous' ELSE 'unsegmented' END AS segment
           FROM classified WHERE reason IS NULL
           QUALIFY row_number() OVER (PARTITION BY trim(event_id)
-                                     ORDER BY coalesce(ra_given, now()), source_file, line_number) = 1
+                                     ORDER BY coalesce(ra_given, now()), ordinal) = 1
         ) TO {q(os.path.join(out, 'events'))}
         (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (event_date, segment), OVERWRITE_OR_IGNORE)
     """)
     counts = con.execute("""
-        SELECT count(*) FILTER (WHERE NOT blank), count(*) FILTER (WHERE blank),
+        SELECT (SELECT count(*) FROM classified), (SELECT count(*) FROM lines) - (SELECT count(*) FROM classified),
                (SELECT count(*) FROM classified WHERE reason IS NULL),
                (SELECT count(*) FROM classified WHERE reason IS NOT NULL)
-        FROM parsed
     """).fetchone()
     by_reason = dict(con.execute(
         "SELECT reason, count(*) FROM classified WHERE reason IS NOT NULL GROUP BY 1 ORDER BY 1"

@@ -36,7 +36,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::catalog::{self, EVENTS};
@@ -150,10 +150,11 @@ pub async fn run(
 
     // Every star table's current state, opened concurrently (a few requests each on an object
     // store). Each table is written only by its own model, so these stay valid during the build.
-    let mut opened: HashMap<String, DeltaTable> =
-        futures::future::try_join_all(models.iter().map(|m| async move {
-            Ok::<_, Error>((m.name.clone(), lake.open_table(&m.name).await?))
-        }))
+    // Four at a time: each load replays a log, and all at once raised the peak memory.
+    let mut opened: HashMap<String, DeltaTable> = futures::stream::iter(models.iter())
+        .map(|m| async move { Ok::<_, Error>((m.name.clone(), lake.open_table(&m.name).await?)) })
+        .buffered(4)
+        .try_collect::<Vec<_>>()
         .await?
         .into_iter()
         .filter_map(|(name, t)| t.map(|t| (name, t)))
