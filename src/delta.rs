@@ -79,6 +79,22 @@ pub async fn commit_append(
     commit(table, actions, txns, metadata, SaveMode::Append).await
 }
 
+/// Writes one small batch to `table` with the lake's Parquet settings and commits it as an
+/// append: the load history and the run log grow this way.
+pub async fn append_batch(
+    table: &mut DeltaTable,
+    batch: arrow::array::RecordBatch,
+    cfg: &crate::config::Config,
+    metadata: HashMap<String, serde_json::Value>,
+) -> Result<i64> {
+    use deltalake::writer::DeltaWriter;
+    let props = writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+    let mut w = writer(table, props, cfg.ingest.target_file_size)?;
+    w.write(batch).await?;
+    let adds = w.flush().await?;
+    commit_append(table, adds, Vec::new(), metadata).await
+}
+
 /// Commits any actions (adds and removes) plus `txns` as one Delta commit, and refreshes the
 /// table. `Overwrite` commits conflict with any concurrent commit to the same table.
 pub async fn commit(

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
-use deltalake::writer::DeltaWriter;
-
 use crate::build::{self, BuildRequest, BuildSummary};
 use crate::catalog::{self, RUNS};
 use crate::check::{self, CheckReport};
@@ -297,15 +295,11 @@ async fn append_record(
         .flush()?
         .ok_or_else(|| Error::runtime("_runs: no row was produced"))?;
     let mut table = catalog::ensure_table(lake, &RUNS).await?;
-    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
-    let mut w = delta::writer(&table, props, cfg.ingest.target_file_size)?;
-    w.write(batch).await?;
-    let adds = w.flush().await?;
     let metadata = HashMap::from([(
         "clicklake.run_id".to_string(),
         serde_json::Value::String(s.run_id.clone()),
     )]);
-    delta::commit_append(&mut table, adds, Vec::new(), metadata).await?;
+    delta::append_batch(&mut table, batch, cfg, metadata).await?;
     Ok(())
 }
 

@@ -705,10 +705,6 @@ async fn append_registry(table: &mut DeltaTable, rows: &[RegistryRow], cfg: &Con
             )),
         ],
     )?;
-    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
-    let mut w = delta::writer(table, props, cfg.ingest.target_file_size)?;
-    w.write(batch).await?;
-    let adds = w.flush().await?;
-    delta::commit_append(table, adds, Vec::new(), HashMap::new()).await?;
+    delta::append_batch(table, batch, cfg, HashMap::new()).await?;
     Ok(())
 }
