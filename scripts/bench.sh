@@ -17,6 +17,8 @@
 #   STORE=s3 scripts/bench.sh      the lake on s3s-fs on loopback (DuckDB stays on local disk)
 #   DUCKDB=0 scripts/bench.sh      skip the reference
 set -euo pipefail
+# The generated events carry e-mails and IPs, pseudonymised at landing (as in production).
+export CLICKLAKE_PII_KEY="${CLICKLAKE_PII_KEY:-bench-only-pseudonymisation-key}"
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/clicklake-target}"
 SIZES="${SIZES:-1000000}"

@@ -9,6 +9,9 @@ cargo test --locked --no-run --quiet
 bin="$CARGO_TARGET_DIR/debug/clicklake"
 lake="${CLICKLAKE_LAKE:-./demo/lake}"
 data=./demo/inbox
+# The generated events carry e-mails and IPs: ingest pseudonymises them with this key (a real
+# lake keeps its key in a secret store, never in the lake or a script).
+export CLICKLAKE_PII_KEY="${CLICKLAKE_PII_KEY:-demo-only-pseudonymisation-key}"
 
 "$bin" generate --events 100000 --files 4 --dirty --seed 42 --out "$data"
 "$bin" --lake "$lake" ingest "$data"

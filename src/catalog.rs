@@ -75,6 +75,20 @@ pub const RUNS: TableDef = TableDef {
     schema: runs_schema,
 };
 
+pub const ERASURES: TableDef = TableDef {
+    name: "erasures",
+    description: "one row per `clicklake erase`: the pseudonymised person, rows removed per table",
+    partition_columns: &[],
+    schema: erasures_schema,
+};
+
+pub const AUDIT: TableDef = TableDef {
+    name: "_audit",
+    description: "who ran run, erase and vacuum, when, and the outcome",
+    partition_columns: &[],
+    schema: audit_schema,
+};
+
 /// Every table with a fixed definition, in the order `tables` lists them (the star tables
 /// defined by SQL models follow, see [`star_tables`]).
 pub const ALL: &[&TableDef] = &[
@@ -84,6 +98,8 @@ pub const ALL: &[&TableDef] = &[
     &EVENTS,
     &EVENTS_CHANGES,
     &RUNS,
+    &ERASURES,
+    &AUDIT,
 ];
 
 /// The tables `build` writes: one per embedded star model, named after its file.
@@ -240,6 +256,41 @@ pub fn ingested_files_schema() -> SchemaRef {
     ]))
 }
 
+pub fn erasures_schema() -> SchemaRef {
+    let i = |n: &str| Field::new(n, DataType::Int64, true);
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        Field::new("erasure_id", DataType::Utf8, false),
+        Field::new("requested_at", ts(), false),
+        // user_id | anonymous_id | email
+        Field::new("subject_kind", DataType::Utf8, false),
+        // HMAC pseudonym of the id given
+        Field::new("subject", DataType::Utf8, false),
+        // JSON array of the pseudonyms of every identity found (applied at landing)
+        Field::new("identities", DataType::Utf8, false),
+        // JSON object: table -> rows removed
+        s("rows_removed"),
+        i("rows_removed_total"),
+        i("tables_touched"),
+        i("files_rewritten"),
+        i("files_deleted"),
+        s("holder"),
+    ]))
+}
+
+pub fn audit_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("at", ts(), false),
+        // run | erase | vacuum
+        Field::new("command", DataType::Utf8, false),
+        // OS user@host pid
+        Field::new("holder", DataType::Utf8, false),
+        // success | failed | dry_run | checks_failed
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, true),
+    ]))
+}
+
 pub fn runs_schema() -> SchemaRef {
     let i = |n: &str| Field::new(n, DataType::Int64, true);
     let f = |n: &str| Field::new(n, DataType::Float64, true);
@@ -362,7 +413,9 @@ pub fn session(memory_limit: u64) -> Result<SessionContext> {
         .set_bool("datafusion.execution.parquet.pushdown_filters", true)
         // Long generated predicates (and analysts' long CASE chains) nest deeper than 50.
         .set_usize("datafusion.sql_parser.recursion_limit", 1024);
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    crate::sqlfn::register(&ctx);
+    Ok(ctx)
 }
 
 /// Registers every existing table of the lake under its fixed name. Returns the names found.

@@ -79,6 +79,9 @@ pub enum Command {
     Compact(CompactArgs),
     /// Delete data files no version within the retention period references
     Vacuum(VacuumArgs),
+    /// GDPR erasure: remove every row of one person (through their stitched identities) from
+    /// every table and the files that held them; record it so later ingests refuse their rows
+    Erase(EraseArgs),
     /// Freshness of every table for alerting: latest commit and event time, lag, small files;
     /// `--max-lag` exits 1 naming the stale tables
     Status(StatusArgs),
@@ -113,13 +116,18 @@ pub struct IngestArgs {
     #[arg(required = true, value_name = "PATH_OR_URL")]
     pub inputs: Vec<String>,
 
-    /// Source format of the events
-    #[arg(long, default_value = "native")]
+    /// The events' source: native (the canonical format), snowplow, segment, rees46, diginetica,
+    /// or a mapping of your own in [ingest] sources_dir (NAME.sql)
+    #[arg(long, default_value = "native", value_name = "NAME")]
     pub source: String,
 
     /// How the input files are encoded
     #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
     pub format: InputFormat,
+
+    /// Store personal e-mail and ip values as NULL instead of pseudonymising them (no key needed)
+    #[arg(long)]
+    pub drop_pii: bool,
 
     /// Re-ingest files that were ingested before
     #[arg(long)]
@@ -193,6 +201,29 @@ pub struct CompactArgs {
     pub target_size: Option<String>,
 
     /// Print one JSON array
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The person's user_id
+    #[arg(long, value_name = "ID")]
+    pub user_id: Option<String>,
+
+    /// The person's anonymous_id (their user_id and its other anonymous ids go too)
+    #[arg(long, value_name = "ID")]
+    pub anonymous_id: Option<String>,
+
+    /// The person's e-mail address (pseudonymised the same way as at landing before matching)
+    #[arg(long, value_name = "ADDRESS")]
+    pub email: Option<String>,
+
+    /// Report what would be removed; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Print the receipt as one JSON object
     #[arg(long)]
     pub json: bool,
 }

@@ -24,6 +24,12 @@ impl Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
@@ -52,6 +58,39 @@ pub struct FileConfig {
     pub run: FileRun,
     #[serde(default)]
     pub status: FileStatus,
+    /// `[sources.<name>]`: parameters of a source mapping (e.g. `app_ids` of snowplow).
+    #[serde(default)]
+    pub sources: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    #[serde(default)]
+    pub privacy: FilePrivacy,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePrivacy {
+    /// Personal columns, never stored in clear: any of email, ip, user_id.
+    pub pii_columns: Option<Vec<String>>,
+    /// What happens to `ip`: pseudonymize (truncate, then HMAC), truncate, drop.
+    pub ip: Option<String>,
+    /// A file holding the pseudonymisation key (CLICKLAKE_PII_KEY wins).
+    pub key_file: Option<PathBuf>,
+    /// If set, only these columns (and properties keys) land; the required ones always do.
+    pub allowed_columns: Option<Vec<String>>,
+    /// Personalise only customers whose latest `personalization` consent is a grant (default:
+    /// everyone but those who withdrew it).
+    pub require_consent: Option<bool>,
+}
+
+/// `[privacy]`, validated. The key is read here (from the environment or the key file).
+#[derive(Debug, Clone)]
+pub struct PrivacyConfig {
+    pub email: bool,
+    pub ip: bool,
+    pub user_id: bool,
+    pub ip_mode: crate::privacy::IpMode,
+    pub key: Option<crate::privacy::PiiKey>,
+    pub allowed_columns: Option<Vec<String>>,
+    pub require_consent: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +172,10 @@ pub struct FileStorage {
     pub secret_access_key: Option<Secret>,
     pub session_token: Option<Secret>,
     pub virtual_hosted_style: Option<bool>,
+    /// Server-side encryption of every object written: AES256 (SSE-S3) or aws:kms (SSE-KMS).
+    pub server_side_encryption: Option<String>,
+    /// The KMS key for aws:kms.
+    pub sse_kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,6 +188,8 @@ pub struct FileIngest {
     pub commit_every: Option<String>,
     pub chunk_size: Option<String>,
     pub threads: Option<u64>,
+    /// A directory of the user's source mappings (`<name>.sql`), read at run time.
+    pub sources_dir: Option<PathBuf>,
 }
 
 /// Settings for S3 and S3-compatible stores.
@@ -157,6 +202,8 @@ pub struct StorageConfig {
     pub secret_access_key: Option<Secret>,
     pub session_token: Option<Secret>,
     pub virtual_hosted_style: bool,
+    pub server_side_encryption: Option<String>,
+    pub sse_kms_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +221,10 @@ pub struct IngestConfig {
     pub chunk_bytes: usize,
     /// Parser threads.
     pub threads: usize,
+    /// The user's source mappings: `<sources_dir>/<name>.sql`.
+    pub sources_dir: Option<PathBuf>,
+    /// `[sources.<name>]` parameters, checked against the mapping when it is loaded.
+    pub sources: BTreeMap<String, BTreeMap<String, toml::Value>>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +334,7 @@ pub struct Config {
     pub build: BuildConfig,
     pub run: RunConfig,
     pub status: StatusConfig,
+    pub privacy: PrivacyConfig,
     pub log_format: LogFormat,
     pub quiet: bool,
     pub verbose: u8,
@@ -341,11 +393,13 @@ impl Config {
         }
 
         let storage = merge_storage(env, file.storage)?;
-        let ingest = merge_ingest(file.ingest, memory_limit)?;
+        let mut ingest = merge_ingest(file.ingest, memory_limit)?;
+        ingest.sources = file.sources;
         let clean = merge_clean(file.clean)?;
         let build = merge_build(file.build, file.check, file.segments)?;
         let run = merge_run(file.run)?;
         let status = merge_status(file.status)?;
+        let privacy = merge_privacy(env, file.privacy)?;
 
         Ok(Config {
             lake,
@@ -356,12 +410,76 @@ impl Config {
             build,
             run,
             status,
+            privacy,
             log_format: args.log_format,
             quiet: args.quiet,
             verbose: args.verbose,
             config_file,
         })
     }
+}
+
+fn merge_privacy(env: &BTreeMap<String, String>, file: FilePrivacy) -> Result<PrivacyConfig> {
+    use crate::privacy::{IpMode, PiiKey};
+    let columns = file
+        .pii_columns
+        .unwrap_or_else(|| vec!["email".into(), "ip".into()]);
+    for c in &columns {
+        if !["email", "ip", "user_id"].contains(&c.as_str()) {
+            return Err(Error::config(format!(
+                "privacy.pii_columns: {c:?} is not one of email, ip, user_id"
+            )));
+        }
+    }
+    let ip_mode = match file.ip.as_deref() {
+        None | Some("pseudonymize") | Some("pseudonymise") => IpMode::Pseudonymize,
+        Some("truncate") => IpMode::Truncate,
+        Some("drop") => IpMode::Drop,
+        Some(other) => {
+            return Err(Error::config(format!(
+                "privacy.ip: {other:?} is not one of pseudonymize, truncate, drop"
+            )))
+        }
+    };
+    let key = match env.get("CLICKLAKE_PII_KEY").filter(|k| !k.is_empty()) {
+        Some(k) => Some(k.clone()),
+        None => match &file.key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::config(format!("privacy.key_file {}: {e}", path.display()))
+                })?;
+                Some(text.trim().to_string())
+            }
+            None => None,
+        },
+    };
+    if let Some(k) = &key {
+        if k.len() < 16 {
+            return Err(Error::config(
+                "the PII key (CLICKLAKE_PII_KEY or privacy.key_file) must be at least 16 characters",
+            ));
+        }
+    }
+    let allowed_columns = match file.allowed_columns {
+        Some(cols) => {
+            for c in &cols {
+                if c.trim().is_empty() {
+                    return Err(Error::config("privacy.allowed_columns: an empty name"));
+                }
+            }
+            Some(cols)
+        }
+        None => None,
+    };
+    Ok(PrivacyConfig {
+        email: columns.iter().any(|c| c == "email"),
+        ip: columns.iter().any(|c| c == "ip"),
+        user_id: columns.iter().any(|c| c == "user_id"),
+        ip_mode,
+        key: key.map(|k| PiiKey::new(Secret(k))),
+        allowed_columns,
+        require_consent: file.require_consent.unwrap_or(false),
+    })
 }
 
 fn merge_run(file: FileRun) -> Result<RunConfig> {
@@ -560,7 +678,31 @@ fn merge_storage(env: &BTreeMap<String, String>, file: FileStorage) -> Result<St
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together",
         ));
     }
+    let server_side_encryption = env_nonempty(env, "AWS_SERVER_SIDE_ENCRYPTION")
+        .cloned()
+        .or(file.server_side_encryption);
+    if let Some(sse) = &server_side_encryption {
+        if !["AES256", "aws:kms", "aws:kms:dsse"].contains(&sse.as_str()) {
+            return Err(Error::config(format!(
+                "storage.server_side_encryption {sse:?}: expected AES256, aws:kms or aws:kms:dsse"
+            )));
+        }
+    }
+    let sse_kms_key_id = env_nonempty(env, "AWS_SSE_KMS_KEY_ID")
+        .cloned()
+        .or(file.sse_kms_key_id);
+    if sse_kms_key_id.is_some()
+        && !server_side_encryption
+            .as_deref()
+            .is_some_and(|s| s.starts_with("aws:kms"))
+    {
+        return Err(Error::config(
+            "storage.sse_kms_key_id needs server_side_encryption = \"aws:kms\"",
+        ));
+    }
     Ok(StorageConfig {
+        server_side_encryption,
+        sse_kms_key_id,
         endpoint,
         region: env_nonempty(env, "AWS_REGION")
             .or(env_nonempty(env, "AWS_DEFAULT_REGION"))
@@ -634,6 +776,8 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         commit_every,
         chunk_bytes: chunk_bytes as usize,
         threads,
+        sources_dir: file.sources_dir,
+        sources: BTreeMap::new(),
     })
 }
 
@@ -767,6 +911,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # region = "us-east-1"
 # allow_http = true
 # virtual_hosted_style = false   # path-style requests by default, which S3-compatible stores expect
+# Server-side encryption of every object clicklake writes (env AWS_SERVER_SIDE_ENCRYPTION,
+# AWS_SSE_KMS_KEY_ID): "AES256" (SSE-S3) or "aws:kms" (SSE-KMS) with a key id.
+# server_side_encryption = "aws:kms"
+# sse_kms_key_id = "arn:aws:kms:eu-central-1:111122223333:key/…"
 
 [ingest]
 # A row whose event_time is later than its received_at by more than this is quarantined (future_event_time).
@@ -780,6 +928,9 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Input bytes per parsed batch, and parser threads (default: all cores).
 # chunk_size = "4MiB"
 # threads = 2
+# Your own source mappings (<sources_dir>/<name>.sql, used with `ingest --source <name>`); a file
+# named like an embedded source (snowplow, segment, rees46, diginetica) replaces it.
+# sources_dir = "./sources"
 
 [clean]
 # A session-less event more than this after the previous one of the same anonymous_id starts a new
@@ -806,6 +957,22 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # lease_ttl = "10m"
 # Run the data checks after the build.
 # check = true
+
+[privacy]
+# Personal columns never stored in clear (any of email, ip, user_id). email and user_id become
+# HMAC-SHA256 pseudonyms keyed by CLICKLAKE_PII_KEY (or key_file); ip is truncated (/24, /48)
+# and then pseudonymised, kept truncated, or dropped.
+# pii_columns = ["email", "ip"]
+# ip = "pseudonymize"     # truncate | drop
+# key_file = "/etc/clicklake/pii.key"
+# Data minimisation: only these columns (and properties keys) land; event_id, event_time,
+# received_at, event_type, user_id, anonymous_id and session_id always do.
+# allowed_columns = ["product_id", "category", "price", "currency", "order_id", "revenue"]
+
+# Parameters of source mappings, declared in the mapping's header (`-- param.app_ids: []`).
+[sources.snowplow]
+# Only events of these app_ids land; others are quarantined as rejected_by_source. Empty: all.
+# app_ids = ["my-shop"]
 
 [status]
 # `status` exits 1 when a table's lag exceeds this (flag --max-lag).

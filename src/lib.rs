@@ -2,6 +2,7 @@
 //!
 //! The binary is a thin shell over [`run`]; integration tests drive the same code.
 
+pub mod audit;
 pub mod build;
 pub mod catalog;
 pub mod check;
@@ -10,14 +11,17 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod delta;
+pub mod erase;
 pub mod error;
 pub mod generate;
 pub mod ingest;
 pub mod lease;
 pub mod models;
 pub mod printer;
+pub mod privacy;
 pub mod repl;
 pub mod runner;
+pub mod sqlfn;
 pub mod storage;
 
 use std::process::ExitCode;
@@ -49,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Status(args) => commands::status::run(&cfg, &lake, args).await,
                     Command::Compact(args) => commands::compact::run(&cfg, &lake, args).await,
                     Command::Vacuum(args) => commands::vacuum::run(&cfg, &lake, args).await,
+                    Command::Erase(args) => commands::erase::run(&cfg, &lake, args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
                     Command::Run(args) => commands::run::run(&cfg, &lake, args).await,
                     Command::Generate(_) => unreachable!("handled above"),

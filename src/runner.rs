@@ -53,13 +53,14 @@ pub struct RunSummary {
     pub stage_seconds: Vec<(&'static str, f64)>,
 }
 
-/// Validates the request without I/O.
-pub fn validate(req: &RunRequest) -> Result<()> {
-    if !ingest::SOURCES.contains(&req.source.as_str()) {
+/// Validates the request before touching the lake.
+pub fn validate(req: &RunRequest, cfg: &Config) -> Result<()> {
+    let available = ingest::source::available(cfg.ingest.sources_dir.as_deref());
+    if !available.contains(&req.source) {
         return Err(Error::config(format!(
             "run source {:?} is unknown (available: {})",
             req.source,
-            ingest::SOURCES.join(", ")
+            available.join(", ")
         )));
     }
     if let Some(inbox) = &req.inbox {
@@ -78,7 +79,7 @@ pub async fn run(
     req: RunRequest,
     printer: &Printer,
 ) -> Result<RunSummary> {
-    validate(&req)?;
+    validate(&req, cfg)?;
     lake.ensure_root()?;
     let run_id = format!(
         "{}-{}",
@@ -132,6 +133,13 @@ pub async fn run(
         }
         tracing::error!("cannot record the run in _runs: {e}");
     }
+    let detail = match &summary.error {
+        Some(e) => format!("run {}: {e}", summary.run_id),
+        None => format!("run {}", summary.run_id),
+    };
+    if let Err(e) = crate::audit::record(lake, cfg, "run", summary.outcome, &detail).await {
+        tracing::error!("cannot write the audit record: {e}");
+    }
     if let Err(e) = lease.release().await {
         tracing::warn!("cannot release the lease (it lapses on its own): {e}");
     }
@@ -158,6 +166,7 @@ async fn stages(
                 format: InputFormat::Auto,
                 force: false,
                 inbox: true,
+                drop_pii: false,
             },
             printer,
         )

@@ -278,6 +278,13 @@ fn storage_options(root: &Url, s: &StorageConfig) -> HashMap<String, String> {
     if let Some(t) = &s.session_token {
         o.insert("aws_session_token".into(), t.expose().to_string());
     }
+    // Server-side encryption applies to every PUT and multipart upload of every client.
+    if let Some(sse) = &s.server_side_encryption {
+        o.insert("aws_server_side_encryption".into(), sse.clone());
+    }
+    if let Some(k) = &s.sse_kms_key_id {
+        o.insert("aws_sse_kms_key_id".into(), k.clone());
+    }
     o
 }
 

@@ -17,6 +17,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         format: args.format,
         force: args.force,
         inbox: false,
+        drop_pii: args.drop_pii,
     };
     let summary = ingest::run(lake, cfg, req, &printer).await?;
     if args.json {
@@ -36,21 +37,53 @@ pub fn render(s: &IngestSummary) -> String {
         ));
         return out;
     }
-    out.push_str(&format!("ingest batch {}\n", s.batch_id));
+    out.push_str(&format!(
+        "ingest batch {} (source {})\n",
+        s.batch_id, s.source
+    ));
     out.push_str(&format!(
         "  files        {} read, {} skipped (already ingested)\n",
         s.files_read, s.files_skipped
     ));
-    out.push_str(&format!(
-        "  lines        {} = {} landed + {} quarantined + {} blank{}\n",
-        s.lines,
-        s.landed,
-        s.quarantined,
-        s.blank_lines,
-        if s.balanced { "" } else { "  (UNBALANCED)" }
-    ));
+    if s.extra_rows > 0 {
+        out.push_str(&format!(
+            "  lines        {} + {} extra rows (lines mapped to one row per product) = {} landed + {} quarantined + {} blank{}\n",
+            s.lines,
+            s.extra_rows,
+            s.landed,
+            s.quarantined,
+            s.blank_lines,
+            if s.balanced { "" } else { "  (UNBALANCED)" }
+        ));
+    } else {
+        out.push_str(&format!(
+            "  lines        {} = {} landed + {} quarantined + {} blank{}{}\n",
+            s.lines,
+            s.landed,
+            s.quarantined,
+            s.blank_lines,
+            if s.erased > 0 {
+                format!(" + {} erased", s.erased)
+            } else {
+                String::new()
+            },
+            if s.balanced { "" } else { "  (UNBALANCED)" }
+        ));
+    }
     for (reason, n) in &s.quarantined_by_reason {
         out.push_str(&format!("    {reason:<28} {n}\n"));
+    }
+    if s.erased > 0 {
+        out.push_str(&format!(
+            "  erased       {} rows of erased people were not stored\n",
+            s.erased
+        ));
+    }
+    if s.dropped_values > 0 {
+        out.push_str(&format!(
+            "  minimised    {} values outside [privacy] allowed_columns dropped\n",
+            s.dropped_values
+        ));
     }
     out.push_str(&format!(
         "  written      {} partitions, {} files, {}\n",

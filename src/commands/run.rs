@@ -24,7 +24,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         wait,
         check: cfg.run.check && !args.no_check,
     };
-    runner::validate(&req)?;
+    runner::validate(&req, cfg)?;
     let printer = Printer::new(cfg);
     let summary = match runner::run(lake, cfg, req, &printer).await {
         Ok(s) => s,

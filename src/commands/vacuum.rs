@@ -52,6 +52,19 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
             examples: metrics.files_deleted.into_iter().take(10).collect(),
         });
     }
+    let deleted: u64 = results.iter().map(|r| r.files_deleted).sum();
+    crate::audit::record(
+        lake,
+        cfg,
+        "vacuum",
+        if args.dry_run { "dry_run" } else { "success" },
+        &format!(
+            "retain {}: {deleted} files in {} tables",
+            args.retain,
+            results.len()
+        ),
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string(&results)?);
     } else if !cfg.quiet {

@@ -19,6 +19,7 @@ pub mod input;
 pub mod parse;
 pub mod pipeline;
 pub mod reason;
+pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -44,9 +45,6 @@ use crate::storage::Lake;
 use input::InputFile;
 use parse::{LineStats, ParseSettings, SegmentResolver};
 
-/// Sources this build understands.
-pub const SOURCES: &[&str] = &["native"];
-
 /// What a user asked `ingest` to do, validated.
 pub struct IngestRequest {
     pub inputs: Vec<String>,
@@ -55,6 +53,8 @@ pub struct IngestRequest {
     pub force: bool,
     /// The inputs are an inbox polled by `run`: finding no file there is normal, not an error.
     pub inbox: bool,
+    /// Store personal e-mail and ip values as NULL instead of pseudonymising them.
+    pub drop_pii: bool,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -65,12 +65,16 @@ pub struct FileSummary {
     pub blank_lines: u64,
     pub landed: u64,
     pub quarantined: u64,
+    /// Rows beyond one per line (a source mapping's one row per product).
+    pub extra_rows: u64,
     pub bytes: u64,
 }
 
 #[derive(Debug, Serialize, Default)]
 pub struct IngestSummary {
     pub batch_id: String,
+    /// The source mapping the files were read with (`native` for the canonical format).
+    pub source: String,
     pub files_read: u64,
     pub files_skipped: u64,
     pub lines: u64,
@@ -78,7 +82,13 @@ pub struct IngestSummary {
     pub landed: u64,
     pub quarantined: u64,
     pub quarantined_by_reason: BTreeMap<String, u64>,
-    /// lines == landed + quarantined + blank_lines
+    /// Rows beyond one per line (a source mapping's one row per product).
+    pub extra_rows: u64,
+    /// Rows of people erased earlier: counted, never stored.
+    pub erased: u64,
+    /// Values removed by `[privacy] allowed_columns`.
+    pub dropped_values: u64,
+    /// lines + extra_rows == landed + quarantined + blank_lines + erased
     pub balanced: bool,
     pub partitions_written: u64,
     pub data_files_written: u64,
@@ -165,6 +175,49 @@ async fn load_registry(
     Ok(out)
 }
 
+/// The privacy treatment of this run: the configured personal columns, the key, the allow-list
+/// and the pseudonyms of everyone erased so far.
+async fn landing(lake: &Lake, cfg: &Config, drop_pii: bool) -> Result<crate::privacy::Landing> {
+    let p = &cfg.privacy;
+    let mut erased = std::collections::HashSet::new();
+    if let Some(table) = lake.open_table(catalog::ERASURES.name).await? {
+        let ctx = catalog::session(256 << 20)?;
+        catalog::register(&ctx, catalog::ERASURES.name, &table).await?;
+        let batches = ctx
+            .sql("SELECT identities FROM erasures")
+            .await?
+            .collect()
+            .await?;
+        for b in &batches {
+            for ids in catalog::strings(b.column(0))?.into_iter().flatten() {
+                let list: Vec<String> = serde_json::from_str(&ids).map_err(|e| {
+                    Error::runtime(format!("erasures.identities is not a JSON list: {e}"))
+                })?;
+                erased.extend(list);
+            }
+        }
+        if !erased.is_empty() && p.key.is_none() {
+            return Err(Error::usage(
+                "this lake has erasures, applied at landing with the pseudonymisation key: set \
+                 CLICKLAKE_PII_KEY (or [privacy] key_file)",
+            ));
+        }
+    }
+    Ok(crate::privacy::Landing {
+        key: p.key.clone(),
+        drop_pii,
+        email: p.email,
+        ip: p.ip,
+        user_id: p.user_id,
+        ip_mode: Some(p.ip_mode),
+        allowed: p
+            .allowed_columns
+            .as_ref()
+            .map(|c| c.iter().cloned().collect()),
+        erased,
+    })
+}
+
 #[tracing::instrument(name = "ingest", skip_all, fields(inputs = req.inputs.len(), force = req.force))]
 pub async fn run(
     lake: &Lake,
@@ -173,13 +226,12 @@ pub async fn run(
     printer: &Printer,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
-    if !SOURCES.contains(&req.source.as_str()) {
-        return Err(Error::usage(format!(
-            "--source {}: unknown source (available: {})",
-            req.source,
-            SOURCES.join(", ")
-        )));
-    }
+    let source = source::load(
+        &req.source,
+        cfg.ingest.sources_dir.as_deref(),
+        &cfg.ingest.sources,
+    )
+    .await?;
     let files = input::discover(&req.inputs, lake, req.format, req.inbox).await?;
     if files.is_empty() && req.inbox {
         return Ok(IngestSummary::default());
@@ -204,6 +256,7 @@ pub async fn run(
     );
     let mut summary = IngestSummary {
         batch_id: batch_id.clone(),
+        source: req.source.clone(),
         ..Default::default()
     };
 
@@ -269,6 +322,8 @@ pub async fn run(
         segments: Arc::new(load_segments(lake).await?),
         raw_schema: (RAW_EVENTS.schema)(),
         quarantine_schema: (QUARANTINE.schema)(),
+        source,
+        privacy: Arc::new(landing(lake, cfg, req.drop_pii).await?),
     });
 
     // Groups of about `commit_every` input bytes; stdin always alone (its identity comes last).
@@ -343,6 +398,9 @@ pub async fn run(
         .nonzero()
         .map(|(r, n)| (r.code().to_string(), n))
         .collect();
+    summary.extra_rows = stats_total.extra_rows;
+    summary.erased = stats_total.erased;
+    summary.dropped_values = stats_total.dropped_values;
     summary.balanced = stats_total.balanced();
     summary.partitions_written = partitions.len() as u64;
     summary.seconds = started.elapsed().as_secs_f64();
@@ -350,8 +408,8 @@ pub async fn run(
     summary.mb_per_sec = summary.bytes_read as f64 / 1e6 / summary.seconds.max(1e-9);
     if !summary.balanced {
         return Err(Error::runtime(format!(
-            "line accounting is off: {} lines != {} landed + {} quarantined + {} blank",
-            summary.lines, summary.landed, summary.quarantined, summary.blank_lines
+            "line accounting is off: {} lines + {} extra rows != {} landed + {} quarantined + {} blank + {} erased",
+            summary.lines, summary.extra_rows, summary.landed, summary.quarantined, summary.blank_lines, summary.erased
         )));
     }
     Ok(summary)
@@ -529,6 +587,7 @@ async fn run_group(
                     "lines": st.stats.lines,
                     "landed": st.stats.landed,
                     "quarantined": st.stats.quarantined.total(),
+                    "extra_rows": st.stats.extra_rows,
                 })
             })
             .collect();
@@ -621,6 +680,7 @@ async fn run_group(
             blank_lines: st.stats.blank,
             landed: st.stats.landed,
             quarantined: st.stats.quarantined.total(),
+            extra_rows: st.stats.extra_rows,
             bytes: st.raw_bytes,
         });
     }

@@ -10,14 +10,17 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Date32Builder, Decimal128Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, Date32Builder, Decimal128Builder, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::reason::{Reason, ReasonCounts};
+use super::source::{Source, SourceRows};
+use crate::error::Result as CResult;
+use crate::privacy::Protected;
 
 /// The canonical input fields, in schema order.
 pub const FIELDS: [&str; 22] = [
@@ -51,6 +54,9 @@ const F_RECEIVED_AT: usize = 2;
 const F_EVENT_TYPE: usize = 3;
 const F_USER_ID: usize = 4;
 const F_ANONYMOUS_ID: usize = 5;
+const F_SESSION_ID: usize = 6;
+const F_EMAIL: usize = 20;
+const F_IP: usize = 21;
 const F_PRICE: usize = 10;
 const F_QUANTITY: usize = 11;
 const F_CURRENCY: usize = 12;
@@ -60,7 +66,9 @@ const F_CHECKOUT_STEP: usize = 15;
 /// Plain optional string columns besides the ids handled explicitly.
 const STRING_FIELDS: [usize; 13] = [6, 7, 8, 9, 12, 13, 16, 17, 18, 19, 20, 21, 4];
 
-pub const EVENT_TYPES: [&str; 10] = [
+/// The canonical event types: the commerce funnel first, then engagement types that trackers such
+/// as Snowplow and Segment send (kept with their own names, never counted as commerce).
+pub const EVENT_TYPES: [&str; 16] = [
     "page_view",
     "product_view",
     "add_to_cart",
@@ -71,6 +79,12 @@ pub const EVENT_TYPES: [&str; 10] = [
     "payment_info",
     "purchase",
     "search",
+    "identify",
+    "list_view",
+    "list_click",
+    "promo_view",
+    "promo_click",
+    "refund",
 ];
 
 fn field_index(name: &str) -> Option<usize> {
@@ -115,16 +129,13 @@ pub struct CsvHeader {
     /// Canonical field index per column, `None` for extra columns (kept in `properties`).
     pub mapping: Vec<Option<usize>>,
     pub delimiter: u8,
+    /// For a source mapping: the record field feeding each declared column.
+    pub positions: Vec<usize>,
 }
 
 impl CsvHeader {
     pub fn parse(line: &[u8], delimiter: u8) -> Result<CsvHeader, String> {
-        let text = std::str::from_utf8(line).map_err(|_| "header is not UTF-8".to_string())?;
-        let columns: Vec<String> = split_csv_record(text, delimiter)
-            .ok_or_else(|| "header has an unterminated quote".to_string())?
-            .into_iter()
-            .map(|c| c.trim().trim_start_matches('\u{feff}').to_string())
-            .collect();
+        let columns = Self::names(line, delimiter)?;
         let mapping: Vec<Option<usize>> = columns.iter().map(|c| field_index(c)).collect();
         for required in ["event_id", "event_time", "event_type"] {
             if !columns.iter().any(|c| c == required) {
@@ -144,6 +155,32 @@ impl CsvHeader {
             columns,
             mapping,
             delimiter,
+            positions: Vec::new(),
+        })
+    }
+
+    /// Splits a header line into trimmed column names.
+    pub fn names(line: &[u8], delimiter: u8) -> Result<Vec<String>, String> {
+        let text = std::str::from_utf8(line).map_err(|_| "header is not UTF-8".to_string())?;
+        Ok(split_csv_record(text, delimiter)
+            .ok_or_else(|| "header has an unterminated quote".to_string())?
+            .into_iter()
+            .map(|c| c.trim().trim_start_matches('\u{feff}').to_string())
+            .collect())
+    }
+
+    /// The header of a source-mapped CSV file: every column is read through the mapping.
+    pub fn for_source(
+        source: &Source,
+        columns: Vec<String>,
+        delimiter: u8,
+    ) -> Result<CsvHeader, String> {
+        let positions = super::source::column_positions(source, &columns)?;
+        Ok(CsvHeader {
+            mapping: vec![None; columns.len()],
+            columns,
+            delimiter,
+            positions,
         })
     }
 }
@@ -184,6 +221,10 @@ pub struct ParseSettings {
     pub segments: Arc<SegmentResolver>,
     pub raw_schema: SchemaRef,
     pub quarantine_schema: SchemaRef,
+    /// The source mapping every chunk goes through (`None`: the native format).
+    pub source: Option<Arc<Source>>,
+    /// Pseudonyms, truncation, minimisation and the erasure list.
+    pub privacy: Arc<crate::privacy::Landing>,
 }
 
 /// A run of whole lines from one file.
@@ -205,6 +246,12 @@ pub struct LineStats {
     pub blank: u64,
     pub landed: u64,
     pub quarantined: ReasonCounts,
+    /// Rows beyond one per line: a source mapping that turns a line into one row per product.
+    pub extra_rows: u64,
+    /// Rows of erased people: counted, never stored.
+    pub erased: u64,
+    /// Values removed by the column allow-list (data minimisation).
+    pub dropped_values: u64,
 }
 
 impl LineStats {
@@ -213,10 +260,15 @@ impl LineStats {
         self.blank += o.blank;
         self.landed += o.landed;
         self.quarantined.merge(&o.quarantined);
+        self.extra_rows += o.extra_rows;
+        self.erased += o.erased;
+        self.dropped_values += o.dropped_values;
     }
-    /// The invariant: every line is landed, quarantined or blank.
+    /// The invariant: every line is landed, quarantined or blank (a line mapped to several rows
+    /// counts each of them).
     pub fn balanced(&self) -> bool {
-        self.lines == self.landed + self.quarantined.total() + self.blank
+        self.lines + self.extra_rows
+            == self.landed + self.quarantined.total() + self.blank + self.erased
     }
 }
 
@@ -278,6 +330,8 @@ fn truncate(s: &str, max: usize) -> &str {
 enum Extra<'a> {
     Json(&'a str),
     Text(Cow<'a, str>),
+    /// JSON text produced while parsing (a source mapping's `properties`).
+    OwnedJson(String),
 }
 
 struct Fields<'a> {
@@ -529,7 +583,53 @@ enum TsError {
     Bad(String),
 }
 
-fn timestamp(v: &Val, name: &str, format: Format) -> Result<i64, TsError> {
+/// Formats every source mapping accepts besides RFC 3339: ISO-like text with a space or `T`, an
+/// optional fraction and an optional offset (no offset = UTC).
+const SOURCE_TIMESTAMP_FORMATS: [&str; 2] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"];
+
+/// Parses `text` with a chrono format: with an offset if the format or text carries one, else as
+/// UTC.
+fn parse_with_format(text: &str, format: &str) -> Option<i64> {
+    if let Ok(dt) = chrono::DateTime::parse_from_str(text, format) {
+        return Some(dt.timestamp_micros());
+    }
+    if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(text, format) {
+        return Some(dt.and_utc().timestamp_micros());
+    }
+    // The same format followed by an offset (`+00:00`, `+0000`, `Z`).
+    for suffix in ["%#z", "Z"] {
+        let with = format!("{format}{suffix}");
+        if suffix == "Z" {
+            if let Ok(dt) = chrono::NaiveDateTime::parse_from_str(text, &with) {
+                return Some(dt.and_utc().timestamp_micros());
+            }
+        } else if let Ok(dt) = chrono::DateTime::parse_from_str(text, &with) {
+            return Some(dt.timestamp_micros());
+        }
+    }
+    None
+}
+
+/// Parses a timestamp text: RFC 3339, then (for source mappings, `formats` is `Some`) the ISO-like
+/// defaults and the source's declared formats.
+fn parse_instant(text: &str, formats: Option<&[String]>) -> Option<i64> {
+    if let Some(us) = parse_rfc3339_us(text) {
+        return Some(us);
+    }
+    let formats = formats?;
+    SOURCE_TIMESTAMP_FORMATS
+        .iter()
+        .copied()
+        .chain(formats.iter().map(String::as_str))
+        .find_map(|f| parse_with_format(text, f))
+}
+
+fn timestamp(
+    v: &Val,
+    name: &str,
+    format: Format,
+    formats: Option<&[String]>,
+) -> Result<i64, TsError> {
     match v {
         Val::Missing | Val::Null => Err(TsError::Missing),
         Val::Str(s) if s.trim().is_empty() => Err(TsError::Missing),
@@ -543,8 +643,12 @@ fn timestamp(v: &Val, name: &str, format: Format) -> Result<i64, TsError> {
                     .and_then(|ms| ms.checked_mul(1000))
                     .ok_or_else(|| TsError::Bad(format!("{name} {v} is out of range")));
             }
-            parse_rfc3339_us(t)
-                .ok_or_else(|| TsError::Bad(format!("{name} {v} is not an RFC 3339 instant")))
+            parse_instant(t, formats).ok_or_else(|| {
+                TsError::Bad(match formats {
+                    None => format!("{name} {v} is not an RFC 3339 instant"),
+                    Some(_) => format!("{name} {v} matches no timestamp format of the source"),
+                })
+            })
         }
         Val::Num(_) => Err(TsError::Bad(format!(
             "{name} {v} is a bare number, not an RFC 3339 instant"
@@ -746,6 +850,7 @@ fn validate<'a>(
     f: &'a Fields<'a>,
     format: Format,
     s: &ParseSettings,
+    ts_formats: Option<&[String]>,
 ) -> Result<Valid<'a>, (Reason, String)> {
     use Reason::*;
     let event_id = match non_blank(&f.v[F_EVENT_ID]) {
@@ -760,7 +865,7 @@ fn validate<'a>(
             })
         }
     };
-    let event_time = match timestamp(&f.v[F_EVENT_TIME], "event_time", format) {
+    let event_time = match timestamp(&f.v[F_EVENT_TIME], "event_time", format, ts_formats) {
         Ok(t) => t,
         Err(TsError::Missing) => {
             return Err((
@@ -770,7 +875,7 @@ fn validate<'a>(
         }
         Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
     };
-    let received_at = match timestamp(&f.v[F_RECEIVED_AT], "received_at", format) {
+    let received_at = match timestamp(&f.v[F_RECEIVED_AT], "received_at", format, ts_formats) {
         Ok(t) => t,
         Err(TsError::Missing) => s.ingested_at_us,
         Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
@@ -919,12 +1024,30 @@ fn validate<'a>(
 }
 
 fn properties_json(extras: &[(Cow<'_, str>, Extra<'_>)]) -> Option<String> {
+    properties_json_of(&extras.iter().collect::<Vec<_>>())
+}
+
+/// The optional canonical fields an allow-list may drop; the identity and time fields always land.
+fn kept(field: usize, allowed: &std::collections::HashSet<String>) -> bool {
+    matches!(
+        field,
+        F_EVENT_ID
+            | F_EVENT_TIME
+            | F_RECEIVED_AT
+            | F_EVENT_TYPE
+            | F_USER_ID
+            | F_ANONYMOUS_ID
+            | F_SESSION_ID
+    ) || allowed.contains(FIELDS[field])
+}
+
+fn properties_json_of(extras: &[&(Cow<'_, str>, Extra<'_>)]) -> Option<String> {
     if extras.is_empty() {
         return None;
     }
     let mut out = String::with_capacity(64);
     out.push('{');
-    for (i, (k, v)) in extras.iter().enumerate() {
+    for (i, (k, v)) in extras.iter().map(|e| (&e.0, &e.1)).enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -932,6 +1055,7 @@ fn properties_json(extras: &[(Cow<'_, str>, Extra<'_>)]) -> Option<String> {
         out.push(':');
         match v {
             Extra::Json(raw) => out.push_str(raw),
+            Extra::OwnedJson(raw) => out.push_str(raw),
             Extra::Text(t) => {
                 out.push_str(&serde_json::to_string(t.as_ref()).expect("string serializes"))
             }
@@ -943,7 +1067,7 @@ fn properties_json(extras: &[(Cow<'_, str>, Extra<'_>)]) -> Option<String> {
 
 /// Iterates the records of a chunk: `(line_number, bytes)`, without the line terminator.
 /// For CSV a record may span several physical lines inside quotes.
-fn records(data: &[u8], format: Format, first_line: u64, mut f: impl FnMut(u64, &[u8])) {
+fn records<'d>(data: &'d [u8], format: Format, first_line: u64, mut f: impl FnMut(u64, &'d [u8])) {
     let mut line = first_line;
     let mut start = 0;
     let n = data.len();
@@ -984,23 +1108,204 @@ pub fn csv_record_end(data: &[u8]) -> Option<usize> {
     None
 }
 
-/// Parses and validates one chunk.
-pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> ChunkOutput {
-    let est = (chunk.data.len() / 400).max(16);
-    let mut rb = RawBuilders::new(est);
-    let mut qb = QuarantineBuilders::new();
-    let mut stats = LineStats::default();
-    let ingest_date = date_of(s.ingested_at_us);
-    let source: &str = &chunk.source_file;
+/// Appends rows to a chunk's two output batches.
+struct Out<'s> {
+    rb: RawBuilders,
+    qb: QuarantineBuilders,
+    stats: LineStats,
+    s: &'s ParseSettings,
+    source: &'s str,
+    ingest_date: i32,
+    /// The first row that cannot land safely (personal data without a key).
+    error: Option<crate::error::Error>,
+}
 
+impl<'s> Out<'s> {
+    fn new(chunk: &'s Chunk, s: &'s ParseSettings) -> Self {
+        Out {
+            rb: RawBuilders::new((chunk.data.len() / 400).max(16)),
+            qb: QuarantineBuilders::new(),
+            stats: LineStats::default(),
+            s,
+            source: &chunk.source_file,
+            ingest_date: date_of(s.ingested_at_us),
+            error: None,
+        }
+    }
+
+    fn quarantine(&mut self, line_no: u64, rec: &[u8], reason: Reason, detail: &str) {
+        let (qb, s) = (&mut self.qb, self.s);
+        if s.privacy.mentions_erased(&String::from_utf8_lossy(rec)) {
+            // A rejected line of an erased person is not kept for debugging either.
+            self.stats.erased += 1;
+            return;
+        }
+        self.stats.quarantined.add(reason);
+        qb.reason.append_value(reason.code());
+        qb.detail.append_value(s.privacy.mask(detail));
+        qb.source_file.append_value(self.source);
+        qb.line_number.append_value(line_no as i64);
+        qb.raw
+            .append_value(s.privacy.mask(&String::from_utf8_lossy(rec)));
+        qb.batch_id.append_value(&*s.batch_id);
+        qb.ingested_at.append_value(s.ingested_at_us);
+        qb.ingest_date.append_value(self.ingest_date);
+    }
+
+    fn land(&mut self, line_no: u64, fields: &Fields<'_>, v: &Valid<'_>, p: &Protected) {
+        let (rb, s) = (&mut self.rb, self.s);
+        let allowed = s.privacy.allowed.as_ref();
+        self.stats.landed += 1;
+        for (field, val) in fields.v.iter().enumerate() {
+            if let Some(slot) = string_slot(field) {
+                let b = &mut rb.strings[slot];
+                let replaced = match field {
+                    F_USER_ID => p.user_id.as_ref(),
+                    F_EMAIL => p.email.as_ref(),
+                    F_IP => p.ip.as_ref(),
+                    _ => None,
+                };
+                let value = match (field, text(val, FIELDS[field])) {
+                    (F_EVENT_ID, _) => Some(Cow::Borrowed(v.event_id)),
+                    (_, Ok(t)) => t,
+                    _ => None,
+                };
+                let value = match replaced {
+                    Some(r) => r.as_deref().map(Cow::Borrowed),
+                    None => value,
+                };
+                match value {
+                    Some(_) if allowed.is_some_and(|a| !kept(field, a)) => {
+                        self.stats.dropped_values += 1;
+                        b.append_null();
+                    }
+                    Some(t) => b.append_value(t),
+                    None => b.append_null(),
+                }
+            }
+        }
+        let mut typed = |field: usize, present: bool| -> bool {
+            let keep = !present || allowed.is_none_or(|a| kept(field, a));
+            if !keep {
+                self.stats.dropped_values += 1;
+            }
+            keep
+        };
+        let price = v.price.filter(|_| typed(F_PRICE, v.price.is_some()));
+        let quantity = v
+            .quantity
+            .filter(|_| typed(F_QUANTITY, v.quantity.is_some()));
+        let revenue = v.revenue.filter(|_| typed(F_REVENUE, v.revenue.is_some()));
+        let step = v
+            .checkout_step
+            .filter(|_| typed(F_CHECKOUT_STEP, v.checkout_step.is_some()));
+        rb.event_time.append_value(v.event_time);
+        rb.received_at.append_value(v.received_at);
+        rb.event_type.append_value(v.event_type);
+        rb.price.append_option(price);
+        rb.quantity.append_option(quantity);
+        rb.revenue.append_option(revenue);
+        rb.checkout_step.append_option(step);
+        let properties = match allowed {
+            None => properties_json(&fields.extras),
+            Some(a) => {
+                let kept_extras: Vec<&(Cow<'_, str>, Extra<'_>)> = fields
+                    .extras
+                    .iter()
+                    .filter(|(k, _)| a.contains(k.as_ref()))
+                    .collect();
+                self.stats.dropped_values += (fields.extras.len() - kept_extras.len()) as u64;
+                properties_json_of(&kept_extras)
+            }
+        };
+        rb.properties.append_option(properties);
+        rb.source_file.append_value(self.source);
+        rb.line_number.append_value(line_no as i64);
+        rb.batch_id.append_value(&*s.batch_id);
+        rb.ingested_at.append_value(s.ingested_at_us);
+        rb.event_date.append_value(date_of(v.event_time));
+        let user = match &p.user_id {
+            Some(u) => u.as_deref(),
+            None => v.user_id,
+        };
+        rb.segment.append_value(s.segments.segment(user));
+    }
+
+    /// Validates one row's fields and lands or quarantines it.
+    fn row(
+        &mut self,
+        line_no: u64,
+        rec: &[u8],
+        fields: &Fields<'_>,
+        format: Format,
+        ts: Option<&[String]>,
+    ) {
+        match validate(fields, format, self.s, ts) {
+            Ok(v) => {
+                let privacy = &self.s.privacy;
+                let p = if privacy.is_noop() {
+                    Protected::default()
+                } else {
+                    let field = |i: usize| non_blank(&fields.v[i]);
+                    match privacy.protect(
+                        v.user_id,
+                        field(F_ANONYMOUS_ID),
+                        field(F_EMAIL),
+                        field(F_IP),
+                    ) {
+                        Ok(p) => p,
+                        Err(msg) => {
+                            if self.error.is_none() {
+                                self.error = Some(crate::error::Error::usage(format!(
+                                    "{}:{line_no}: {msg}",
+                                    self.source
+                                )));
+                            }
+                            return;
+                        }
+                    }
+                };
+                if p.erased {
+                    self.stats.erased += 1;
+                } else {
+                    self.land(line_no, fields, &v, &p);
+                }
+            }
+            Err((reason, detail)) => self.quarantine(line_no, rec, reason, &detail),
+        }
+    }
+
+    fn finish(mut self, file_idx: usize) -> CResult<ChunkOutput> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        Ok(ChunkOutput {
+            file_idx,
+            raw: self.rb.finish(&self.s.raw_schema),
+            quarantine: self.qb.finish(&self.s.quarantine_schema),
+            stats: self.stats,
+        })
+    }
+}
+
+fn is_blank(rec: &[u8]) -> bool {
+    rec.iter().all(|b| b.is_ascii_whitespace())
+}
+
+/// Parses and validates one chunk.
+pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> CResult<ChunkOutput> {
+    if let Some(source) = &s.source {
+        return parse_source_chunk(chunk, s, source);
+    }
+    let mut out = Out::new(chunk, s);
     records(
         &chunk.data,
         chunk.format,
         chunk.first_line,
         |line_no, rec| {
-            stats.lines += 1;
-            if rec.iter().all(|b| b.is_ascii_whitespace()) {
-                stats.blank += 1;
+            out.stats.lines += 1;
+            if is_blank(rec) {
+                out.stats.blank += 1;
                 return;
             }
             let mut fields = Fields::new();
@@ -1018,59 +1323,267 @@ pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> ChunkOutput {
                     Err(_) => Err("CSV row is not valid UTF-8".to_string()),
                 },
             };
-            let outcome = match parsed {
-                Err(msg) => Err((Reason::BrokenJson, msg)),
-                Ok(()) => validate(&fields, chunk.format, s),
-            };
-            match outcome {
-                Err((reason, detail)) => {
-                    stats.quarantined.add(reason);
-                    qb.reason.append_value(reason.code());
-                    qb.detail.append_value(detail);
-                    qb.source_file.append_value(source);
-                    qb.line_number.append_value(line_no as i64);
-                    qb.raw.append_value(String::from_utf8_lossy(rec));
-                    qb.batch_id.append_value(&*s.batch_id);
-                    qb.ingested_at.append_value(s.ingested_at_us);
-                    qb.ingest_date.append_value(ingest_date);
-                }
-                Ok(v) => {
-                    stats.landed += 1;
-                    for (field, val) in fields.v.iter().enumerate() {
-                        if let Some(slot) = string_slot(field) {
-                            let b = &mut rb.strings[slot];
-                            match (field, text(val, FIELDS[field])) {
-                                (F_EVENT_ID, _) => b.append_value(v.event_id),
-                                (_, Ok(Some(t))) => b.append_value(t),
-                                _ => b.append_null(),
-                            }
-                        }
-                    }
-                    rb.event_time.append_value(v.event_time);
-                    rb.received_at.append_value(v.received_at);
-                    rb.event_type.append_value(v.event_type);
-                    rb.price.append_option(v.price);
-                    rb.quantity.append_option(v.quantity);
-                    rb.revenue.append_option(v.revenue);
-                    rb.checkout_step.append_option(v.checkout_step);
-                    rb.properties.append_option(properties_json(&fields.extras));
-                    rb.source_file.append_value(source);
-                    rb.line_number.append_value(line_no as i64);
-                    rb.batch_id.append_value(&*s.batch_id);
-                    rb.ingested_at.append_value(s.ingested_at_us);
-                    rb.event_date.append_value(date_of(v.event_time));
-                    rb.segment.append_value(s.segments.segment(v.user_id));
-                }
+            match parsed {
+                Err(msg) => out.quarantine(line_no, rec, Reason::BrokenJson, &msg),
+                Ok(()) => out.row(line_no, rec, &fields, chunk.format, None),
             }
         },
     );
+    out.finish(chunk.file_idx)
+}
 
-    ChunkOutput {
-        file_idx: chunk.file_idx,
-        raw: rb.finish(&s.raw_schema),
-        quarantine: qb.finish(&s.quarantine_schema),
-        stats,
+/// A line as read, before the mapping: its text, or why it cannot be mapped at all.
+struct SourceLine<'d> {
+    line_no: u64,
+    rec: &'d [u8],
+    state: LineState,
+}
+
+enum LineState {
+    Blank,
+    Broken(String),
+    Mapped,
+}
+
+/// Parses a chunk of a mapped source: split the records, run the mapping over them in one batch,
+/// then validate each returned row like a native one.
+fn parse_source_chunk(chunk: &Chunk, s: &ParseSettings, source: &Source) -> CResult<ChunkOutput> {
+    let mut lines: Vec<SourceLine<'_>> = Vec::new();
+    let mut rows = SourceRows::new(source);
+    let header = chunk.csv_header.as_deref();
+    records(
+        &chunk.data,
+        chunk.format,
+        chunk.first_line,
+        |line_no, rec| {
+            let state = if is_blank(rec) {
+                LineState::Blank
+            } else {
+                match std::str::from_utf8(rec) {
+                    Err(_) => LineState::Broken("line is not valid UTF-8".to_string()),
+                    Ok(text) => match chunk.format {
+                        Format::Ndjson => match serde_json::from_str::<serde::de::IgnoredAny>(text)
+                        {
+                            Err(e) => LineState::Broken(format!("line is not valid JSON: {e}")),
+                            Ok(_) if !text.trim_start().starts_with('{') => {
+                                LineState::Broken("line is not a JSON object".to_string())
+                            }
+                            Ok(_) => {
+                                rows.push(line_no, text, std::iter::empty());
+                                LineState::Mapped
+                            }
+                        },
+                        Format::Csv => {
+                            let h = header.expect("CSV chunks carry their header");
+                            match split_csv_record(text, h.delimiter) {
+                                None => {
+                                    LineState::Broken("CSV row has an unterminated quote".into())
+                                }
+                                Some(v) if v.len() != h.columns.len() => {
+                                    LineState::Broken(format!(
+                                        "CSV row has {} fields, the header has {}",
+                                        v.len(),
+                                        h.columns.len()
+                                    ))
+                                }
+                                Some(v) => {
+                                    rows.push(
+                                        line_no,
+                                        text,
+                                        h.positions.iter().map(|&i| v[i].as_ref()),
+                                    );
+                                    LineState::Mapped
+                                }
+                            }
+                        }
+                    },
+                }
+            };
+            lines.push(SourceLine {
+                line_no,
+                rec,
+                state,
+            });
+        },
+    );
+
+    let input = rows.finish(source.source_schema())?;
+    let mapped = if input.num_rows() > 0 {
+        source.map(input)?
+    } else {
+        Vec::new()
+    };
+    let outputs: Vec<MappedBatch> = mapped
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| MappedBatch::new(b, source))
+        .collect::<CResult<_>>()?;
+
+    // Output rows by line number, in their output order.
+    let mut by_line: HashMap<u64, Vec<(usize, usize)>> = HashMap::new();
+    for (bi, b) in outputs.iter().enumerate() {
+        for r in 0..b.rows {
+            if b.line.is_null(r) {
+                return Err(source_error(
+                    source,
+                    chunk,
+                    "returned a row whose _line is NULL",
+                ));
+            }
+            by_line
+                .entry(b.line.value(r) as u64)
+                .or_default()
+                .push((bi, r));
+        }
     }
+    let mut out = Out::new(chunk, s);
+    let ts = Some(source.timestamp_formats.as_slice());
+    for l in &lines {
+        out.stats.lines += 1;
+        match &l.state {
+            LineState::Blank => out.stats.blank += 1,
+            LineState::Broken(msg) => out.quarantine(l.line_no, l.rec, Reason::BrokenJson, msg),
+            LineState::Mapped => {
+                let Some(found) = by_line.remove(&l.line_no) else {
+                    out.quarantine(
+                        l.line_no,
+                        l.rec,
+                        Reason::UnmappedLine,
+                        &format!(
+                            "source mapping {} returned no row for this line",
+                            source.name
+                        ),
+                    );
+                    continue;
+                };
+                out.stats.extra_rows += found.len() as u64 - 1;
+                for (bi, r) in found {
+                    let b = &outputs[bi];
+                    if let Some(reject) = b.reject.filter(|a| !a.is_null(r)) {
+                        out.quarantine(l.line_no, l.rec, Reason::RejectedBySource, reject.value(r));
+                        continue;
+                    }
+                    let fields = b.fields(r);
+                    out.row(l.line_no, l.rec, &fields, Format::Csv, ts);
+                }
+            }
+        }
+    }
+    if let Some(line) = by_line.keys().min() {
+        return Err(source_error(
+            source,
+            chunk,
+            &format!("returned _line {line}, which is not a line of this input"),
+        ));
+    }
+    out.finish(chunk.file_idx)
+}
+
+fn source_error(source: &Source, chunk: &Chunk, msg: &str) -> crate::error::Error {
+    crate::error::Error::runtime(format!(
+        "source mapping {} {msg} ({} from line {})",
+        source.origin, chunk.source_file, chunk.first_line
+    ))
+}
+
+/// One output batch of a mapping, its columns cast to text and sorted by role.
+struct MappedBatch<'b> {
+    rows: usize,
+    line: Int64Array,
+    reject: Option<&'b StringArray>,
+    /// Canonical field index → column.
+    canonical: Vec<(usize, StringArray)>,
+    properties: Option<StringArray>,
+    /// Other output columns: kept in `properties`.
+    extras: Vec<(&'b str, StringArray)>,
+}
+
+impl<'b> MappedBatch<'b> {
+    fn new(batch: &'b RecordBatch, source: &Source) -> CResult<Self> {
+        let schema = batch.schema_ref().clone();
+        let text = |i: usize| -> CResult<StringArray> {
+            let c = arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)?;
+            Ok(c.as_string::<i32>().clone())
+        };
+        let mut line = None;
+        let mut reject = None;
+        let mut canonical = Vec::new();
+        let mut properties = None;
+        let mut extras = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            let name = f.name().as_str();
+            match name {
+                "_line" => {
+                    let c =
+                        arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Int64)?;
+                    line = Some(c.as_primitive::<arrow::datatypes::Int64Type>().clone());
+                }
+                "_reject" => {
+                    if batch.column(i).data_type() != &arrow::datatypes::DataType::Utf8 {
+                        return Err(crate::error::Error::config(format!(
+                            "source mapping {}: _reject must be text (NULL to keep the row), not {}",
+                            source.origin,
+                            batch.column(i).data_type()
+                        )));
+                    }
+                    reject = Some(batch.column(i).as_string::<i32>());
+                }
+                "_raw" => {}
+                "properties" => properties = Some(text(i)?),
+                _ => match field_index(name) {
+                    Some(fi) => canonical.push((fi, text(i)?)),
+                    None => extras.push((name_of(batch, i), text(i)?)),
+                },
+            }
+        }
+        Ok(MappedBatch {
+            rows: batch.num_rows(),
+            line: line.expect("planned with a _line column"),
+            reject,
+            canonical,
+            properties,
+            extras,
+        })
+    }
+
+    /// Row `r` as the fields the validator reads (every value as text, like a CSV cell).
+    fn fields(&self, r: usize) -> Fields<'_> {
+        let mut f = Fields::new();
+        for (fi, col) in &self.canonical {
+            f.v[*fi] = if col.is_null(r) {
+                Val::Null
+            } else {
+                Val::Str(Cow::Borrowed(col.value(r)))
+            };
+        }
+        if let Some(p) = self.properties.as_ref().filter(|p| !p.is_null(r)) {
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(p.value(r)) {
+                Ok(map) => {
+                    for (k, v) in map {
+                        f.extras
+                            .push((Cow::Owned(k), Extra::OwnedJson(v.to_string())));
+                    }
+                }
+                Err(_) => f.extras.push((
+                    Cow::Borrowed("properties"),
+                    Extra::Text(Cow::Borrowed(p.value(r))),
+                )),
+            }
+        }
+        for (name, col) in &self.extras {
+            if !col.is_null(r) {
+                f.extras.push((
+                    Cow::Borrowed(name),
+                    Extra::Text(Cow::Borrowed(col.value(r))),
+                ));
+            }
+        }
+        f
+    }
+}
+
+fn name_of(batch: &RecordBatch, i: usize) -> &str {
+    batch.schema_ref().field(i).name().as_str()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use super::input::{self, InputFile};
 use super::parse::{parse_chunk, Chunk, ChunkOutput, CsvHeader, Format, ParseSettings};
+use super::source::Header;
 use crate::error::{Error, Result};
 
 /// What the writer side receives.
@@ -68,8 +69,11 @@ pub fn start(
         let settings = settings.clone();
         threads.push(std::thread::spawn(move || {
             for chunk in rx {
-                let out = parse_chunk(&chunk, &settings);
-                if tx.blocking_send(Event::Output(out)).is_err() {
+                let event = match parse_chunk(&chunk, &settings) {
+                    Ok(out) => Event::Output(out),
+                    Err(e) => Event::Failed(e),
+                };
+                if tx.blocking_send(event).is_err() {
                     return;
                 }
             }
@@ -78,9 +82,10 @@ pub fn start(
     drop(chunk_rx);
 
     let reader_tx = out_tx;
+    let settings_r = settings;
     threads.push(std::thread::spawn(move || {
         for (idx, file) in files {
-            match read_file(idx, &file, &chunk_tx, &opts, &rt) {
+            match read_file(idx, &file, &chunk_tx, &opts, &rt, &settings_r) {
                 Ok((chunks, raw_bytes, content_hash)) => {
                     if reader_tx
                         .blocking_send(Event::FileDone {
@@ -115,6 +120,7 @@ fn read_file(
     tx: &crossbeam_channel::Sender<Chunk>,
     opts: &PipelineOptions,
     rt: &tokio::runtime::Handle,
+    settings: &ParseSettings,
 ) -> Result<(u64, u64, Option<String>)> {
     let opened = input::open(file, rt)?;
     let mut reader = opened.reader;
@@ -124,7 +130,9 @@ fn read_file(
     let mut next_line: u64 = 1;
     let mut csv_header = None;
     let mut format = file.format;
-    if matches!(file.location, input::Location::Stdin) && format == Format::Ndjson {
+    if let Some(source) = &settings.source {
+        format = source.format;
+    } else if matches!(file.location, input::Location::Stdin) && format == Format::Ndjson {
         // stdin has no name: a first byte other than `{` means CSV (unless --format says).
         let head = reader.fill_buf().map_err(io_err)?;
         if head
@@ -136,22 +144,57 @@ fn read_file(
         }
     }
     if format == Format::Csv {
-        let mut header = Vec::new();
-        reader.read_until(b'\n', &mut header).map_err(io_err)?;
-        if header.is_empty() {
-            return Ok((
-                0,
-                opened.raw_bytes.load(Ordering::Relaxed),
-                hash_of(&opened.hash),
-            ));
+        let usage = |e: String| Error::usage(format!("{}:1: {e}", file.display));
+        match &settings.source {
+            None => {
+                let Some(header) = first_line(&mut reader).map_err(io_err)? else {
+                    return Ok((
+                        0,
+                        opened.raw_bytes.load(Ordering::Relaxed),
+                        hash_of(&opened.hash),
+                    ));
+                };
+                csv_header = Some(Arc::new(
+                    CsvHeader::parse(&header, file.delimiter).map_err(usage)?,
+                ));
+                next_line = 2;
+            }
+            Some(source) => {
+                // A mapped source: its header setting decides whether line 1 names the columns;
+                // a .tsv file is tab-separated whatever the mapping declares.
+                let delimiter = if file.delimiter == b'\t' {
+                    b'\t'
+                } else {
+                    source.delimiter
+                };
+                let has_header = match source.header {
+                    Header::Yes => true,
+                    Header::No => false,
+                    Header::Auto => {
+                        let head = reader.fill_buf().map_err(io_err)?;
+                        let end = memchr::memchr(b'\n', head).unwrap_or(head.len());
+                        let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+                        CsvHeader::names(line, delimiter).is_ok_and(|n| n == source.columns)
+                    }
+                };
+                let columns = if has_header {
+                    let Some(header) = first_line(&mut reader).map_err(io_err)? else {
+                        return Ok((
+                            0,
+                            opened.raw_bytes.load(Ordering::Relaxed),
+                            hash_of(&opened.hash),
+                        ));
+                    };
+                    next_line = 2;
+                    CsvHeader::names(&header, delimiter).map_err(usage)?
+                } else {
+                    source.columns.clone()
+                };
+                csv_header = Some(Arc::new(
+                    CsvHeader::for_source(source, columns, delimiter).map_err(usage)?,
+                ));
+            }
         }
-        while header.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            header.pop();
-        }
-        let h = CsvHeader::parse(&header, file.delimiter)
-            .map_err(|e| Error::usage(format!("{}:1: {e}", file.display)))?;
-        csv_header = Some(Arc::new(h));
-        next_line = 2;
     }
 
     let mut chunks = 0u64;
@@ -214,6 +257,19 @@ fn read_file(
         opened.raw_bytes.load(Ordering::Relaxed),
         hash_of(&opened.hash),
     ))
+}
+
+/// Reads the first line without its terminator; `None` for an empty input.
+fn first_line(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    reader.read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        line.pop();
+    }
+    Ok(Some(line))
 }
 
 fn hash_of(slot: &Option<Arc<std::sync::Mutex<Option<String>>>>) -> Option<String> {

@@ -14,10 +14,15 @@ pub enum Reason {
     FutureEventTime,
     MissingAnonymousId,
     InvalidField,
+    /// A source mapping's `_reject` said so (e.g. an app_id outside the allow-list).
+    RejectedBySource,
+    /// A source mapping returned no row for the line.
+    UnmappedLine,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    /// The rules of the canonical format (every reason but the two only a source mapping gives).
+    pub const NATIVE: [Reason; 11] = [
         Reason::BrokenJson,
         Reason::MissingEventId,
         Reason::MissingEventTime,
@@ -29,6 +34,22 @@ impl Reason {
         Reason::FutureEventTime,
         Reason::MissingAnonymousId,
         Reason::InvalidField,
+    ];
+
+    pub const ALL: [Reason; 13] = [
+        Reason::BrokenJson,
+        Reason::MissingEventId,
+        Reason::MissingEventTime,
+        Reason::BadTimestamp,
+        Reason::UnknownEventType,
+        Reason::PriceNotNumber,
+        Reason::NegativePrice,
+        Reason::PurchaseWithoutOrderId,
+        Reason::FutureEventTime,
+        Reason::MissingAnonymousId,
+        Reason::InvalidField,
+        Reason::RejectedBySource,
+        Reason::UnmappedLine,
     ];
 
     pub fn code(self) -> &'static str {
@@ -44,6 +65,8 @@ impl Reason {
             Reason::FutureEventTime => "future_event_time",
             Reason::MissingAnonymousId => "missing_anonymous_id",
             Reason::InvalidField => "invalid_field",
+            Reason::RejectedBySource => "rejected_by_source",
+            Reason::UnmappedLine => "unmapped_line",
         }
     }
 
@@ -58,7 +81,7 @@ impl Reason {
 
 /// Counts per reason, indexed by [`Reason::index`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReasonCounts(pub [u64; 11]);
+pub struct ReasonCounts(pub [u64; 13]);
 
 impl ReasonCounts {
     pub fn add(&mut self, r: Reason) {

@@ -89,6 +89,9 @@ impl S3Server {
     }
 }
 
+/// The pseudonymisation key every test run uses.
+pub const TEST_PII_KEY: &str = "test-pii-key-0123456789abcdef";
+
 pub struct TestContext {
     pub dir: tempfile::TempDir,
     pub lake: String,
@@ -138,6 +141,8 @@ impl TestContext {
             ("HOME".to_string(), self.dir.path().display().to_string()),
             ("CLICKLAKE_LAKE".to_string(), self.lake.clone()),
             ("TZ".to_string(), "Europe/Berlin".to_string()),
+            // Personal columns are pseudonymised at landing with this key.
+            ("CLICKLAKE_PII_KEY".to_string(), TEST_PII_KEY.to_string()),
         ];
         if let Some(s3) = &self.s3 {
             env.extend([

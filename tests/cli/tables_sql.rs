@@ -330,7 +330,7 @@ both_backends!(
 );
 
 /// The Python with pyarrow that scripts/test.sh prepares (or `CLICKLAKE_PYTHON`).
-fn python_with_pyarrow() -> std::path::PathBuf {
+pub fn python_with_pyarrow() -> std::path::PathBuf {
     let python = std::env::var_os("CLICKLAKE_PYTHON")
         .map(std::path::PathBuf::from)
         .or_else(|| {

@@ -1,0 +1,80 @@
+//! `clicklake erase`: remove every row of one person from every table and the files that held
+//! them, record the erasure (pseudonymised) and print a receipt.
+
+use std::process::ExitCode;
+
+use crate::audit;
+use crate::cli::EraseArgs;
+use crate::config::Config;
+use crate::erase::{self, EraseReceipt, EraseRequest, SubjectKind};
+use crate::error::Error;
+use crate::storage::Lake;
+
+pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<ExitCode> {
+    let (kind, value) = match (args.user_id, args.anonymous_id, args.email) {
+        (Some(v), None, None) => (SubjectKind::UserId, v),
+        (None, Some(v), None) => (SubjectKind::AnonymousId, v),
+        (None, None, Some(v)) => (SubjectKind::Email, v),
+        _ => {
+            return Err(Error::usage(
+                "erase takes exactly one of --user-id, --anonymous-id, --email",
+            )
+            .into())
+        }
+    };
+    let req = EraseRequest {
+        kind,
+        value,
+        dry_run: args.dry_run,
+    };
+    let detail = format!(
+        "{}{}",
+        kind.as_str(),
+        if args.dry_run { " (dry run)" } else { "" }
+    );
+    let result = erase::erase(lake, cfg, req).await;
+    let receipt = audit::outcome(lake, cfg, "erase", &detail, result, |r: &EraseReceipt| {
+        if r.dry_run {
+            "dry_run"
+        } else {
+            "success"
+        }
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&receipt)?);
+    } else if !cfg.quiet {
+        print!("{}", render(&receipt));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(r: &EraseReceipt) -> String {
+    let mut out = String::new();
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    out.push_str(&format!(
+        "erasure {}{}\n  subject      {} {}\n  identities   {} user ids, {} anonymous ids, {} e-mails\n",
+        r.erasure_id,
+        if r.dry_run { " (dry run: nothing changed)" } else { "" },
+        r.subject_kind.as_str(),
+        r.subject,
+        r.identities.user_ids,
+        r.identities.anonymous_ids,
+        r.identities.emails
+    ));
+    for t in &r.tables {
+        out.push_str(&format!(
+            "  {:<22} {verb} {} rows ({} files rewritten, {} deleted)\n",
+            t.table, t.rows, t.files_rewritten, t.files_deleted
+        ));
+    }
+    out.push_str(&format!(
+        "  total        {verb} {} rows in {} tables\n",
+        r.rows_removed,
+        r.tables.len()
+    ));
+    if !r.dry_run {
+        out.push_str("  recorded in  erasures (later ingests of this person's rows are refused)\n");
+    }
+    out
+}

@@ -1,0 +1,490 @@
+//! Source mappings: how another tracker's export becomes canonical rows.
+//!
+//! A source is one SQL file, `sql/sources/<name>.sql` (embedded) or `<sources_dir>/<name>.sql`
+//! (the user's, read at run time, replacing an embedded one of the same name). Its leading comment
+//! block says how the raw file is parsed:
+//!
+//! ```text
+//! -- format: csv | ndjson
+//! -- delimiter: , | ; | tab | |           (csv; default ,)
+//! -- header: true | false | auto          (csv; auto = a first line equal to the columns)
+//! -- columns: a, b, c                     (csv: the columns the mapping reads, by header name)
+//! -- timestamp_formats: %Y-%m-%d %H:%M:%S UTC | %d/%m/%Y %H:%M   (chrono formats, tried in order)
+//! -- param.app_ids: []                    (a bound parameter $app_ids and its default, TOML)
+//! ```
+//!
+//! The body is one SELECT (CTEs welcome) from the table `source`: the declared columns as strings
+//! (empty cells NULL) for CSV, plus `_line` (the line number) and `_raw` (the line's text; for
+//! NDJSON the only payload, read with `json_get`). It returns canonical columns by name, `_line`,
+//! optionally `_reject` (a non-NULL text sends the row to quarantine with that detail) and
+//! `properties` (a JSON object merged with any other, non-canonical output column).
+//!
+//! Every line is accounted for: a line the mapping returns no row for is quarantined as
+//! `unmapped_line`; a line it returns several rows for (one per product) counts its extra rows in
+//! `extra_rows`, so `lines + extra_rows = landed + quarantined + blank`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Int64Builder, RecordBatch, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::parse::Format;
+use crate::error::{root_message, Error, Result};
+use crate::models::Model;
+
+/// The sources compiled into the binary, besides `native`.
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "diginetica",
+        include_str!("../../sql/sources/diginetica.sql"),
+    ),
+    ("rees46", include_str!("../../sql/sources/rees46.sql")),
+    ("segment", include_str!("../../sql/sources/segment.sql")),
+    ("snowplow", include_str!("../../sql/sources/snowplow.sql")),
+];
+
+/// Whether a CSV source's files start with a header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Header {
+    Yes,
+    No,
+    /// A first line whose fields are exactly the declared columns is a header.
+    Auto,
+}
+
+/// A loaded, planned source mapping.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    /// `embedded:sql/sources/<name>.sql` or the user's path, for messages.
+    pub origin: String,
+    pub format: Format,
+    pub delimiter: u8,
+    pub header: Header,
+    /// The columns the mapping reads (CSV).
+    pub columns: Vec<String>,
+    /// Extra timestamp formats, tried after RFC 3339 and the ISO-like defaults.
+    pub timestamp_formats: Vec<String>,
+    sql: String,
+    params: ParamValues,
+    schema: SchemaRef,
+}
+
+/// The names of every source: `native`, the embedded ones and those in `dir`.
+pub fn available(dir: Option<&Path>) -> Vec<String> {
+    let mut names: Vec<String> = std::iter::once("native".to_string())
+        .chain(EMBEDDED.iter().map(|(n, _)| n.to_string()))
+        .collect();
+    if let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) == Some("sql") {
+                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                    names.push(stem.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Loads and plans source `name` (`None` for the native format). Any problem with the mapping or
+/// its parameters is a configuration error (exit 2) naming the file.
+pub async fn load(
+    name: &str,
+    dir: Option<&Path>,
+    settings: &BTreeMap<String, BTreeMap<String, toml::Value>>,
+) -> Result<Option<Arc<Source>>> {
+    if let Some(d) = dir {
+        if !d.is_dir() {
+            return Err(Error::config(format!(
+                "sources_dir {}: not a directory",
+                d.display()
+            )));
+        }
+    }
+    if name == "native" {
+        if let Some(extra) = settings.get("native") {
+            if !extra.is_empty() {
+                return Err(Error::config("[sources.native] takes no parameters"));
+            }
+        }
+        return Ok(None);
+    }
+    let user = dir.map(|d| d.join(format!("{name}.sql")));
+    let (origin, sql) = match user.filter(|p| p.is_file()) {
+        Some(p) => {
+            let sql = std::fs::read_to_string(&p)
+                .map_err(|e| Error::config(format!("cannot read {}: {e}", p.display())))?;
+            (p.display().to_string(), sql)
+        }
+        None => match EMBEDDED.iter().find(|(n, _)| *n == name) {
+            Some((_, sql)) => (format!("embedded:sql/sources/{name}.sql"), sql.to_string()),
+            None => {
+                return Err(Error::usage(format!(
+                    "--source {name}: unknown source (available: {})",
+                    available(dir).join(", ")
+                )))
+            }
+        },
+    };
+    let source = parse(name, origin, sql, settings.get(name))?;
+    source.plan_check().await?;
+    Ok(Some(Arc::new(source)))
+}
+
+fn parse(
+    name: &str,
+    origin: String,
+    sql: String,
+    config: Option<&BTreeMap<String, toml::Value>>,
+) -> Result<Source> {
+    let bad = |msg: String| Error::config(format!("source mapping {origin}: {msg}"));
+    let model = Model {
+        name: name.to_string(),
+        origin: origin.clone(),
+        sql,
+    };
+    let format = match model.directive("format").as_deref() {
+        Some("csv") => Format::Csv,
+        Some("ndjson") | Some("json") => Format::Ndjson,
+        Some(other) => return Err(bad(format!("format {other:?}: expected csv or ndjson"))),
+        None => return Err(bad("no `-- format: csv|ndjson` line in its header".into())),
+    };
+    let delimiter = match model.directive("delimiter").as_deref() {
+        None | Some(",") => b',',
+        Some(";") => b';',
+        Some("|") => b'|',
+        Some("tab") | Some("\\t") => b'\t',
+        Some(other) => {
+            return Err(bad(format!(
+                "delimiter {other:?}: expected one of , ; | tab"
+            )))
+        }
+    };
+    let header = match model.directive("header").as_deref() {
+        None | Some("true") => Header::Yes,
+        Some("false") => Header::No,
+        Some("auto") => Header::Auto,
+        Some(other) => {
+            return Err(bad(format!(
+                "header {other:?}: expected true, false or auto"
+            )))
+        }
+    };
+    let columns = model.directive_list("columns");
+    if format == Format::Csv && columns.is_empty() {
+        return Err(bad(
+            "a CSV source declares the columns it reads: `-- columns: a, b, c`".into(),
+        ));
+    }
+    for c in &columns {
+        if c.starts_with('_') {
+            return Err(bad(format!(
+                "column {c}: names starting with _ are reserved (_line, _raw)"
+            )));
+        }
+    }
+    let timestamp_formats: Vec<String> = model
+        .directive("timestamp_formats")
+        .map(|v| {
+            v.split(" | ")
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+
+    // Parameters: declared with defaults in the header, overridden by [sources.<name>].
+    let mut declared: BTreeMap<String, toml::Value> = BTreeMap::new();
+    for line in model
+        .sql
+        .lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with("--"))
+    {
+        let Some(rest) = line.trim_start_matches("--").trim().strip_prefix("param.") else {
+            continue;
+        };
+        let Some((key, value)) = rest.split_once(':') else {
+            return Err(bad(format!("`-- param.{rest}` needs `: default`")));
+        };
+        let parsed: toml::Table =
+            toml::from_str(&format!("v = {}", value.trim())).map_err(|_| {
+                bad(format!(
+                    "param.{} default {:?} is not a TOML value",
+                    key.trim(),
+                    value.trim()
+                ))
+            })?;
+        declared.insert(key.trim().to_string(), parsed["v"].clone());
+    }
+    if let Some(cfg) = config {
+        for (k, v) in cfg {
+            if !declared.contains_key(k) {
+                let known: Vec<&str> = declared.keys().map(String::as_str).collect();
+                return Err(Error::config(format!(
+                    "[sources.{name}] {k}: unknown parameter (parameters of {origin}: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            declared.insert(k.clone(), v.clone());
+        }
+    }
+    let mut params: Vec<(String, ScalarValue)> = Vec::new();
+    for (k, v) in &declared {
+        let scalar = to_scalar(v).ok_or_else(|| {
+            Error::config(format!(
+                "[sources.{name}] {k}: expected a string, number, boolean or list of strings"
+            ))
+        })?;
+        params.push((k.clone(), scalar));
+    }
+
+    let mut fields: Vec<Field> = columns
+        .iter()
+        .map(|c| Field::new(c, DataType::Utf8, true))
+        .collect();
+    fields.push(Field::new("_line", DataType::Int64, false));
+    fields.push(Field::new("_raw", DataType::Utf8, false));
+    Ok(Source {
+        name: name.to_string(),
+        origin,
+        format,
+        delimiter,
+        header,
+        columns,
+        timestamp_formats,
+        sql: model.sql,
+        params: ParamValues::from(params),
+        schema: Arc::new(Schema::new(fields)),
+    })
+}
+
+fn to_scalar(v: &toml::Value) -> Option<ScalarValue> {
+    Some(match v {
+        toml::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        toml::Value::Integer(i) => ScalarValue::Int64(Some(*i)),
+        toml::Value::Float(f) => ScalarValue::Float64(Some(*f)),
+        toml::Value::Boolean(b) => ScalarValue::Boolean(Some(*b)),
+        toml::Value::Array(items) => {
+            let values: Option<Vec<ScalarValue>> = items
+                .iter()
+                .map(|i| i.as_str().map(|s| ScalarValue::Utf8(Some(s.to_string()))))
+                .collect();
+            ScalarValue::List(ScalarValue::new_list_nullable(&values?, &DataType::Utf8))
+        }
+        _ => return None,
+    })
+}
+
+thread_local! {
+    /// Each parser thread runs mappings on its own single-threaded runtime and session.
+    static ENGINE: RefCell<Option<(tokio::runtime::Runtime, SessionContext)>> = const { RefCell::new(None) };
+}
+
+fn new_session() -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(64 * 1024)
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config(config);
+    crate::sqlfn::register(&ctx);
+    ctx
+}
+
+impl Source {
+    /// The schema of the `source` table a chunk is presented as.
+    pub fn source_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> Error {
+        Error::config(format!("source mapping {}: {e}", self.origin))
+    }
+
+    /// Plans the mapping against an empty `source` and checks what it returns, so a broken
+    /// mapping fails before any file is read.
+    async fn plan_check(&self) -> Result<()> {
+        let ctx = new_session();
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        ctx.register_batch("source", empty)
+            .map_err(|e| self.error(root_message(&e)))?;
+        let df = ctx
+            .sql(&self.sql)
+            .await
+            .and_then(|df| df.with_param_values(self.params.clone()))
+            .map_err(|e| self.error(root_message(&e)))?;
+        let out = df.schema().clone();
+        let names: Vec<&str> = out.fields().iter().map(|f| f.name().as_str()).collect();
+        for required in ["_line", "event_id", "event_time", "event_type"] {
+            if !names.contains(&required) {
+                return Err(self.error(format!(
+                    "the SELECT returns no {required} column (it returns: {})",
+                    names.join(", ")
+                )));
+            }
+        }
+        let line = out
+            .field_with_unqualified_name("_line")
+            .expect("checked above");
+        if !line.data_type().is_integer() {
+            return Err(self.error(format!(
+                "_line must be the integer line number from source, not {}",
+                line.data_type()
+            )));
+        }
+        // Run it once on the empty input: catches problems the planner defers to execution.
+        df.collect()
+            .await
+            .map_err(|e| self.error(root_message(&e)))?;
+        Ok(())
+    }
+
+    /// Runs the mapping over one chunk's rows (on the calling thread).
+    pub fn map(&self, input: RecordBatch) -> Result<Vec<RecordBatch>> {
+        ENGINE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .map_err(|e| Error::runtime(format!("cannot start a runtime: {e}")))?;
+                *slot = Some((rt, new_session()));
+            }
+            let (rt, ctx) = slot.as_ref().expect("just set");
+            let _ = ctx.deregister_table("source");
+            ctx.register_batch("source", input)
+                .map_err(|e| self.runtime_error(&e))?;
+            rt.block_on(async {
+                ctx.sql(&self.sql)
+                    .await?
+                    .with_param_values(self.params.clone())?
+                    .collect()
+                    .await
+            })
+            .map_err(|e| self.runtime_error(&e))
+        })
+    }
+
+    fn runtime_error(&self, e: &datafusion::error::DataFusionError) -> Error {
+        Error::runtime(format!(
+            "source mapping {} failed: {}",
+            self.origin,
+            root_message(e)
+        ))
+    }
+}
+
+/// Builds the `source` table of one chunk: the declared columns, `_line` and `_raw`.
+pub struct SourceRows {
+    columns: Vec<StringBuilder>,
+    line: Int64Builder,
+    raw: StringBuilder,
+}
+
+impl SourceRows {
+    pub fn new(source: &Source) -> Self {
+        SourceRows {
+            columns: source
+                .columns
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
+            line: Int64Builder::new(),
+            raw: StringBuilder::new(),
+        }
+    }
+
+    /// Appends one record: `values[i]` feeds declared column i (empty text → NULL).
+    pub fn push<'a>(&mut self, line: u64, raw: &str, values: impl Iterator<Item = &'a str>) {
+        for (b, v) in self.columns.iter_mut().zip(values) {
+            if v.is_empty() {
+                b.append_null();
+            } else {
+                b.append_value(v);
+            }
+        }
+        self.line.append_value(line as i64);
+        self.raw.append_value(raw);
+    }
+
+    pub fn finish(mut self, schema: SchemaRef) -> Result<RecordBatch> {
+        let mut cols: Vec<arrow::array::ArrayRef> = self
+            .columns
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as arrow::array::ArrayRef)
+            .collect();
+        cols.push(Arc::new(self.line.finish()));
+        cols.push(Arc::new(self.raw.finish()));
+        Ok(RecordBatch::try_new(schema, cols)?)
+    }
+}
+
+/// For a CSV source: which record field feeds each declared column, from the file's header.
+pub fn column_positions(
+    source: &Source,
+    header: &[String],
+) -> std::result::Result<Vec<usize>, String> {
+    let index: HashMap<&str, usize> = header
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    source
+        .columns
+        .iter()
+        .map(|c| {
+            index.get(c.as_str()).copied().ok_or_else(|| {
+                format!(
+                    "header has no column {c}, which source {} reads (header: {})",
+                    source.name,
+                    truncate_list(header)
+                )
+            })
+        })
+        .collect()
+}
+
+fn truncate_list(cols: &[String]) -> String {
+    if cols.len() <= 12 {
+        cols.join(",")
+    } else {
+        format!("{},… ({} columns)", cols[..12].join(","), cols.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_embedded_source_plans() {
+        for (name, _) in EMBEDDED {
+            let s = load(name, None, &BTreeMap::new()).await;
+            assert!(s.is_ok(), "{name}: {:?}", s.err());
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_parameters_are_config_errors() {
+        let mut cfg = BTreeMap::new();
+        cfg.insert(
+            "snowplow".to_string(),
+            BTreeMap::from([("app_idz".to_string(), toml::Value::Integer(1))]),
+        );
+        let e = load("snowplow", None, &cfg).await.unwrap_err();
+        assert!(e.to_string().contains("app_idz: unknown parameter"), "{e}");
+        assert!(load("klingon", None, &BTreeMap::new()).await.is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! SQL functions clicklake adds to DataFusion: reading JSON text held in string columns.
+//!
+//! Source mappings (`sql/sources/*.sql`) use them to pick fields out of tracker payloads, and
+//! analysts use them on `properties`:
+//!
+//! - `json_get(json, key_or_index, ...)` → Utf8: the value at that path; strings unquoted, numbers
+//!   and booleans as their text, objects and arrays as JSON text; NULL when the text is not JSON,
+//!   the path is absent or the value is JSON `null`.
+//! - `json_length(json, key_or_index, ...)` → Int64: the length of the array (or the number of keys
+//!   of the object) at that path, NULL otherwise.
+//!
+//! Path steps are string keys or integer indexes (0-based), as literals or columns.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Builder, StringBuilder};
+use arrow::datatypes::DataType;
+use datafusion::common::{exec_err, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+use serde_json::Value;
+
+/// Registers clicklake's functions in a session.
+pub fn register(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Get)));
+    ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Length)));
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum JsonOp {
+    Get,
+    Length,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonFn {
+    op: JsonOp,
+    signature: Signature,
+}
+
+impl JsonFn {
+    fn new(op: JsonOp) -> Self {
+        JsonFn {
+            op,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+/// One step of a path, for one row.
+enum Step<'a> {
+    Key(&'a str),
+    Index(i64),
+}
+
+/// A path argument, as an array of keys or of indexes.
+enum PathArg {
+    Keys(ArrayRef),
+    Indexes(ArrayRef),
+}
+
+impl PathArg {
+    fn step(&self, row: usize) -> Option<Step<'_>> {
+        match self {
+            PathArg::Keys(a) => {
+                let a = a.as_string::<i32>();
+                (!a.is_null(row)).then(|| Step::Key(a.value(row)))
+            }
+            PathArg::Indexes(a) => {
+                let a = a.as_primitive::<arrow::datatypes::Int64Type>();
+                (!a.is_null(row)).then(|| Step::Index(a.value(row)))
+            }
+        }
+    }
+}
+
+fn walk<'v>(mut v: &'v Value, path: &[PathArg], row: usize) -> Option<&'v Value> {
+    for p in path {
+        v = match (p.step(row)?, v) {
+            (Step::Key(k), Value::Object(m)) => m.get(k)?,
+            (Step::Index(i), Value::Array(a)) if i >= 0 => a.get(i as usize)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+impl ScalarUDFImpl for JsonFn {
+    fn name(&self) -> &str {
+        match self.op {
+            JsonOp::Get => "json_get",
+            JsonOp::Length => "json_length",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        if args.is_empty() {
+            return exec_err!(
+                "{}(json, path...) needs at least the JSON argument",
+                self.name()
+            );
+        }
+        Ok(match self.op {
+            JsonOp::Get => DataType::Utf8,
+            JsonOp::Length => DataType::Int64,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let json = arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+        let json = json.as_string::<i32>();
+        let mut path = Vec::with_capacity(arrays.len() - 1);
+        for a in &arrays[1..] {
+            path.push(if a.data_type().is_integer() {
+                PathArg::Indexes(arrow::compute::cast(a, &DataType::Int64)?)
+            } else {
+                PathArg::Keys(arrow::compute::cast(a, &DataType::Utf8)?)
+            });
+        }
+        let parse = |row: usize| -> Option<Value> {
+            if json.is_null(row) {
+                return None;
+            }
+            serde_json::from_str::<Value>(json.value(row)).ok()
+        };
+        let out: ArrayRef =
+            match self.op {
+                JsonOp::Get => {
+                    let mut b = StringBuilder::with_capacity(rows, rows * 8);
+                    for row in 0..rows {
+                        let doc = parse(row);
+                        match doc.as_ref().and_then(|d| walk(d, &path, row)) {
+                            None | Some(Value::Null) => b.append_null(),
+                            Some(Value::String(s)) => b.append_value(s),
+                            Some(other) => b.append_value(other.to_string()),
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+                JsonOp::Length => {
+                    let mut b = Int64Builder::with_capacity(rows);
+                    for row in 0..rows {
+                        let doc = parse(row);
+                        b.append_option(doc.as_ref().and_then(|d| walk(d, &path, row)).and_then(
+                            |v| match v {
+                                Value::Array(a) => Some(a.len() as i64),
+                                Value::Object(m) => Some(m.len() as i64),
+                                _ => None,
+                            },
+                        ));
+                    }
+                    Arc::new(b.finish())
+                }
+            };
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn one(sql: &str) -> String {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let col = arrow::compute::cast(batches[0].column(0), &DataType::Utf8).unwrap();
+        let col = col.as_string::<i32>();
+        if col.is_null(0) {
+            "NULL".into()
+        } else {
+            col.value(0).to_string()
+        }
+    }
+
+    #[tokio::test]
+    async fn json_paths_pick_values() {
+        let doc =
+            r#"'{"a": [{"id": "x", "price": 12.5, "ok": true}, {"id": null}], "n": {"k": 1}}'"#;
+        assert_eq!(
+            one(&format!("SELECT json_get({doc}, 'a', 0, 'id')")).await,
+            "x"
+        );
+        assert_eq!(
+            one(&format!("SELECT json_get({doc}, 'a', 0, 'price')")).await,
+            "12.5"
+        );
+        assert_eq!(
+            one(&format!("SELECT json_get({doc}, 'a', 0, 'ok')")).await,
+            "true"
+        );
+        assert_eq!(
+            one(&format!("SELECT json_get({doc}, 'a', 1, 'id')")).await,
+            "NULL"
+        );
+        assert_eq!(
+            one(&format!("SELECT json_get({doc}, 'a', 5, 'id')")).await,
+            "NULL"
+        );
+        assert_eq!(
+            one(&format!("SELECT json_get({doc}, 'n')")).await,
+            r#"{"k":1}"#
+        );
+        assert_eq!(one(&format!("SELECT json_length({doc}, 'a')")).await, "2");
+        assert_eq!(one("SELECT json_length('not json')").await, "NULL");
+        assert_eq!(one("SELECT json_get(NULL, 'a')").await, "NULL");
+    }
+}

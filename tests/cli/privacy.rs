@@ -1,0 +1,234 @@
+//! Privacy: pseudonymised PII at landing, masking in quarantine, minimisation, `erase`.
+
+use std::path::Path;
+
+use crate::both_backends;
+use crate::context::{stderr_of, Backend, TestContext};
+use crate::tables_sql::python_with_pyarrow;
+
+/// Clear personal values planted in fixtures/privacy/people.ndjson.
+const PLANTED: &[&str] = &[
+    "planted.person@example.org",
+    "Planted.Person",
+    "198.51.100.77",
+    "2001:db8:abcd:12::77",
+];
+
+/// Every file of the lake searched for `needles` (Parquet decoded): the matches.
+fn scan(dir: &Path, needles: &[&str]) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/scan_lake.py");
+    let out = std::process::Command::new(python_with_pyarrow())
+        .arg(script)
+        .arg(dir)
+        .args(needles)
+        .output()
+        .expect("run scan_lake.py");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "scan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
+/// The directory holding the whole lake (local dir or the s3s-fs bucket prefix).
+fn lake_dir(ctx: &TestContext) -> std::path::PathBuf {
+    ctx.table_dir("raw_events").parent().unwrap().to_path_buf()
+}
+
+both_backends!(
+    clear_pii_never_reaches_a_file_of_the_lake,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let file = ctx.fixture("privacy/people.ndjson");
+        let s = ctx.ingest_json(&[file.to_str().unwrap()]);
+        assert_eq!(s["landed"], 7, "{s}");
+        assert_eq!(s["quarantined"], 1, "{s}");
+        ctx.ok(&["clean"]);
+        ctx.ok(&["build"]);
+        // The e-mail is an HMAC pseudonym (the same for both spellings); IPs are truncated and
+        // pseudonymised; the quarantined line is masked.
+        assert_eq!(
+            ctx.count(
+                "SELECT count(DISTINCT email) FROM raw_events WHERE user_id = 'user-erase-me'"
+            ),
+            1
+        );
+        assert_eq!(
+            ctx.count(
+                "SELECT count(*) FROM raw_events WHERE length(email) = 64 AND length(ip) = 64"
+            ),
+            4
+        );
+        let raw = ctx.query("SELECT raw FROM quarantine");
+        assert!(
+            raw[0].contains("pii:") && raw[0].contains("198.51.100.0"),
+            "{raw:?}"
+        );
+        let leaks = scan(&lake_dir(&ctx), PLANTED);
+        assert!(leaks.is_empty(), "clear PII in the lake: {leaks:?}");
+
+        // The scan does find clear values when they are stored (pii_columns = []).
+        let ctx2 = TestContext::new(Backend::Local);
+        std::fs::write(ctx2.path("clicklake.toml"), "[privacy]\npii_columns = []\n").unwrap();
+        let file2 = ctx2.fixture("privacy/people.ndjson");
+        ctx2.ingest_json(&[file2.to_str().unwrap()]);
+        assert!(!scan(&lake_dir(&ctx2), &["198.51.100.77"]).is_empty());
+    }
+);
+
+#[test]
+fn personal_data_without_a_key_is_refused_unless_dropped() {
+    let ctx = TestContext::new(Backend::Local);
+    let file = ctx.fixture("privacy/people.ndjson");
+    let out = ctx
+        .cmd()
+        .env_remove("CLICKLAKE_PII_KEY")
+        .args(["ingest", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("people.ndjson:1:")
+            && err.contains("CLICKLAKE_PII_KEY")
+            && err.contains("--drop-pii"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!ctx
+        .table_dir("raw_events")
+        .join("_delta_log/00000000000000000001.json")
+        .exists());
+
+    let out = ctx
+        .cmd()
+        .env_remove("CLICKLAKE_PII_KEY")
+        .args(["ingest", "--drop-pii", "--json", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events WHERE email IS NOT NULL OR ip IS NOT NULL"),
+        0
+    );
+}
+
+#[test]
+fn an_allow_list_drops_other_columns_and_counts_them() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[privacy]\nallowed_columns = [\"product_id\", \"price\", \"currency\", \"order_id\", \"revenue\", \"quantity\"]\n",
+    )
+    .unwrap();
+    let file = ctx.fixture("privacy/people.ndjson");
+    let s = ctx.ingest_json(&[file.to_str().unwrap()]);
+    // Per landed row: email, ip, page_url and the `nickname` property go (13 values in all).
+    assert_eq!(s["dropped_values"], 13, "{s}");
+    assert_eq!(
+        ctx.count(
+            "SELECT count(*) FROM raw_events WHERE email IS NOT NULL OR ip IS NOT NULL \
+             OR page_url IS NOT NULL OR properties IS NOT NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events WHERE price IS NOT NULL"),
+        5
+    );
+}
+
+/// Rows anywhere in the lake that belong to the erased person.
+fn person_rows(ctx: &TestContext) -> u64 {
+    let q = |sql: &str| ctx.count(sql);
+    q("SELECT count(*) FROM raw_events WHERE user_id = 'user-erase-me' OR anonymous_id IN ('anon-erase-me', 'anon-erase-phone')")
+        + q("SELECT count(*) FROM events WHERE user_id = 'user-erase-me' OR stitched_user_id = 'user-erase-me' OR anonymous_id IN ('anon-erase-me', 'anon-erase-phone')")
+        + q("SELECT count(*) FROM quarantine WHERE strpos(raw, 'anon-erase-me') > 0")
+        + q("SELECT count(*) FROM fact_orders WHERE order_id = 'o-erase'")
+        + q("SELECT count(*) FROM dim_user WHERE user_id = 'user-erase-me'")
+        + q("SELECT count(*) FROM fact_sessions WHERE user_id = 'user-erase-me' OR anonymous_id = 'anon-erase-me'")
+}
+
+both_backends!(
+    erase_removes_a_person_everywhere_for_good,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let file = ctx.fixture("privacy/people.ndjson");
+        ctx.ingest_json(&[file.to_str().unwrap()]);
+        ctx.ok(&["clean"]);
+        ctx.ok(&["build"]);
+        let before = person_rows(&ctx);
+        assert!(before > 10, "{before}");
+        let keep_before = ctx.count("SELECT count(*) FROM events WHERE user_id = 'user-keep'");
+
+        // A dry run reports and changes nothing.
+        let dry = ctx.ok(&[
+            "erase",
+            "--email",
+            "PLANTED.person@example.org ",
+            "--dry-run",
+            "--json",
+        ]);
+        let dry: serde_json::Value = serde_json::from_str(dry.trim()).unwrap();
+        assert_eq!(dry["dry_run"], true);
+        assert!(dry["rows_removed"].as_u64().unwrap() >= before, "{dry}");
+        assert_eq!(person_rows(&ctx), before);
+
+        // Erase by e-mail: through the stitched identity, both devices' anonymous histories go.
+        let r = ctx.ok(&["erase", "--email", "planted.person@example.org", "--json"]);
+        let r: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
+        assert_eq!(r["identities"]["user_ids"], 1, "{r}");
+        assert_eq!(r["identities"]["anonymous_ids"], 2, "{r}");
+        assert_eq!(r["rows_removed"], dry["rows_removed"], "{r}");
+        assert_eq!(person_rows(&ctx), 0);
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM events WHERE user_id = 'user-keep'"),
+            keep_before
+        );
+        // No file any retained version references holds them: every file of the lake, decoded.
+        let leaks = scan(
+            &lake_dir(&ctx),
+            &["anon-erase-me", "anon-erase-phone", "user-erase-me"],
+        );
+        assert!(leaks.is_empty(), "{leaks:?}");
+        assert_eq!(ctx.count("SELECT count(*) FROM erasures"), 1);
+        assert_eq!(
+            ctx.query("SELECT command, outcome FROM _audit ORDER BY at"),
+            vec!["erase,dry_run", "erase,success"]
+        );
+
+        // The next clean and build rebuild in full and stay clean; re-landing the original file
+        // does not bring the person back.
+        ctx.ok(&["clean"]);
+        ctx.ok(&["build"]);
+        let again = ctx.ingest_json(&["--force", file.to_str().unwrap()]);
+        assert_eq!(again["erased"], 6, "{again}");
+        assert_eq!(again["landed"], 2, "{again}");
+        assert_eq!(again["balanced"], true);
+        ctx.ok(&["clean"]);
+        ctx.ok(&["build"]);
+        assert_eq!(person_rows(&ctx), 0);
+        ctx.ok(&["check"]);
+    }
+);
+
+#[test]
+fn erase_needs_one_subject_and_the_key() {
+    let ctx = TestContext::new(Backend::Local);
+    let out = ctx.run(&["erase", "--user-id", "a", "--email", "b@c.de"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = ctx
+        .cmd()
+        .env_remove("CLICKLAKE_PII_KEY")
+        .args(["erase", "--user-id", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("CLICKLAKE_PII_KEY"),
+        "{}",
+        stderr_of(&out)
+    );
+}
