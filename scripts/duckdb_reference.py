@@ -26,6 +26,7 @@ EVENT_TYPES = [
     "page_view", "product_view", "add_to_cart", "remove_from_cart", "cart_view",
     "checkout_started", "checkout_step", "payment_info", "purchase", "search",
     "identify", "list_view", "list_click", "promo_view", "promo_click", "refund",
+    "consent_granted", "consent_withdrawn",
 ]
 
 

@@ -82,6 +82,14 @@ pub const ERASURES: TableDef = TableDef {
     schema: erasures_schema,
 };
 
+pub const CONSENTS: TableDef = TableDef {
+    name: "consents",
+    description:
+        "consent decisions imported with `clicklake consent` (purpose, granted, when, version)",
+    partition_columns: &[],
+    schema: consents_schema,
+};
+
 pub const AUDIT: TableDef = TableDef {
     name: "_audit",
     description: "who ran run, erase and vacuum, when, and the outcome",
@@ -99,6 +107,7 @@ pub const ALL: &[&TableDef] = &[
     &EVENTS_CHANGES,
     &RUNS,
     &ERASURES,
+    &CONSENTS,
     &AUDIT,
 ];
 
@@ -275,6 +284,21 @@ pub fn erasures_schema() -> SchemaRef {
         i("files_rewritten"),
         i("files_deleted"),
         s("holder"),
+    ]))
+}
+
+pub fn consents_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    Arc::new(Schema::new(vec![
+        s("user_id"),
+        s("anonymous_id"),
+        Field::new("purpose", DataType::Utf8, false),
+        Field::new("granted", DataType::Boolean, false),
+        Field::new("decided_at", ts(), false),
+        s("version"),
+        // file:<name>:<line>
+        Field::new("source", DataType::Utf8, false),
+        Field::new("imported_at", ts(), false),
     ]))
 }
 

@@ -37,6 +37,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "fact_orders_revenue_matches_events",
         include_str!("../sql/checks/fact_orders_revenue_matches_events.sql"),
     ),
+    (
+        "personalization_respects_consent",
+        include_str!("../sql/checks/personalization_respects_consent.sql"),
+    ),
 ];
 
 const SAMPLE_ROWS: usize = 5;

@@ -82,6 +82,9 @@ pub enum Command {
     /// GDPR erasure: remove every row of one person (through their stitched identities) from
     /// every table and the files that held them; record it so later ingests refuse their rows
     Erase(EraseArgs),
+    /// Import consent decisions (CSV or NDJSON: user_id/anonymous_id, purpose, status,
+    /// decided_at, version) into the consents table; the next build applies them
+    Consent(ConsentArgs),
     /// Freshness of every table for alerting: latest commit and event time, lag, small files;
     /// `--max-lag` exits 1 naming the stale tables
     Status(StatusArgs),
@@ -203,6 +206,13 @@ pub struct CompactArgs {
     /// Print one JSON array
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    /// Consent files (.csv with a header, otherwise NDJSON)
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
 }
 
 #[derive(Debug, Args)]

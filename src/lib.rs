@@ -54,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Compact(args) => commands::compact::run(&cfg, &lake, args).await,
                     Command::Vacuum(args) => commands::vacuum::run(&cfg, &lake, args).await,
                     Command::Erase(args) => commands::erase::run(&cfg, &lake, args).await,
+                    Command::Consent(args) => commands::consent::run(&cfg, &lake, args).await,
                     Command::Sql(args) => commands::sql::run(&cfg, &lake, &args).await,
                     Command::Run(args) => commands::run::run(&cfg, &lake, args).await,
                     Command::Generate(_) => unreachable!("handled above"),

@@ -127,6 +127,10 @@ const STAR: &[(&str, &str)] = &[
         include_str!("../sql/star/08_agg_product_daily.sql"),
     ),
     (
+        "095_user_consent.sql",
+        include_str!("../sql/star/095_user_consent.sql"),
+    ),
+    (
         "09_agg_funnel_daily.sql",
         include_str!("../sql/star/09_agg_funnel_daily.sql"),
     ),

@@ -1,5 +1,6 @@
 -- agg_funnel_daily: sessions per start date, landing segment and device, and how many reached
--- each funnel stage.
+-- each funnel stage. Sessions of customers whose latest analytics consent is a withdrawal are
+-- left out (see user_consent).
 --
 -- grain: date_key, segment, device
 -- not_null: date_key, sessions
@@ -17,5 +18,7 @@ SELECT
     count(*) FILTER (WHERE max_checkout_step >= 3)  AS sessions_step_3,
     count(*) FILTER (WHERE payment_info)            AS sessions_payment,
     count(*) FILTER (WHERE purchased)               AS sessions_purchased
-FROM fact_sessions
+FROM fact_sessions f
+WHERE NOT EXISTS (SELECT 1 FROM user_consent u
+                  WHERE u.user_key = f.user_key AND u.purpose = 'analytics' AND NOT u.granted)
 GROUP BY date_key, session_date, segment, device

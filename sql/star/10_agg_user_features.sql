@@ -7,6 +7,9 @@
 -- (product view 1, add to cart 3, purchase 5 points; ties by name). preferred_device: the device
 -- of most sessions (ties by name).
 --
+-- Customers whose latest personalization consent is a withdrawal are left out (with
+-- `$require_consent`: everyone without a grant), see user_consent.
+--
 -- grain: user_key
 -- unique_key: user_key
 -- not_null: user_key, as_of, sessions_lifetime
@@ -128,3 +131,8 @@ RIGHT JOIN (
         ) ON c.user_key = s.user_key
     ) ON b.user_key = s.user_key
 ) ON d.user_key = s.user_key
+WHERE NOT EXISTS (SELECT 1 FROM user_consent u
+                  WHERE u.user_key = s.user_key AND u.purpose = 'personalization' AND NOT u.granted)
+  AND (NOT $require_consent
+       OR EXISTS (SELECT 1 FROM user_consent u
+                  WHERE u.user_key = s.user_key AND u.purpose = 'personalization' AND u.granted))

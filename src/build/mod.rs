@@ -142,11 +142,21 @@ pub async fn run(
     };
     summary.as_of = chrono::DateTime::from_timestamp_micros(as_of)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    let params = ParamValues::from(vec![(
-        "as_of",
-        ScalarValue::TimestampMicrosecond(Some(as_of), Some("UTC".into())),
-    )]);
+    let params = ParamValues::from(vec![
+        (
+            "as_of",
+            ScalarValue::TimestampMicrosecond(Some(as_of), Some("UTC".into())),
+        ),
+        (
+            "require_consent",
+            ScalarValue::Boolean(Some(cfg.privacy.require_consent)),
+        ),
+    ]);
     ctx.register_table("segment_rules", Arc::new(segments::rules_table(cfg)?))?;
+    // Consent decisions from `clicklake consent` (an empty table until the first import).
+    let consents = catalog::ensure_table(lake, &catalog::CONSENTS).await?;
+    let consents_version = consents.version().unwrap_or(0) as i64;
+    catalog::register(&ctx, catalog::CONSENTS.name, &consents).await?;
 
     // Every star table's current state, opened concurrently (a few requests each on an object
     // store). Each table is written only by its own model, so these stay valid during the build.
@@ -171,11 +181,14 @@ pub async fn run(
         let t0 = Instant::now();
         progress.set_message(model.name.clone());
         let existing = opened.remove(&model.name);
-        let upstream: Vec<i64> = fingerprints
+        let mut upstream: Vec<i64> = fingerprints
             .iter()
             .filter(|(name, _)| reads(model, name))
             .map(|(_, f)| *f)
             .collect();
+        if reads(model, catalog::CONSENTS.name) {
+            upstream.push(consents_version);
+        }
         let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream);
         fingerprints.push((model.name.clone(), fingerprint));
         let work = plan_work(
@@ -299,7 +312,7 @@ async fn validate_plans(
     opened: &HashMap<String, DeltaTable>,
 ) -> Result<()> {
     let scratch = catalog::star_session(cfg.memory_limit)?;
-    for name in ["events_all", "events", "segment_rules"] {
+    for name in ["events_all", "events", "segment_rules", "consents"] {
         scratch.register_table(name, ctx.table_provider(name).await?)?;
     }
     for model in models {
@@ -383,6 +396,9 @@ fn inputs_fingerprint(
     }
     if model.sql.contains("$as_of") {
         feed(&as_of.to_le_bytes());
+    }
+    if model.sql.contains("$require_consent") {
+        feed(&[cfg.privacy.require_consent as u8]);
     }
     if model.name == "dim_segment"
         || model.name == "user_segments"
@@ -854,10 +870,16 @@ mod tests {
             Arc::new(segments::rules_table(&cfg).unwrap()),
         )
         .unwrap();
-        let params = ParamValues::from(vec![(
-            "as_of",
-            ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into())),
-        )]);
+        let consents =
+            Arc::new(MemTable::try_new((catalog::CONSENTS.schema)(), vec![vec![]]).unwrap());
+        ctx.register_table("consents", consents).unwrap();
+        let params = ParamValues::from(vec![
+            (
+                "as_of",
+                ScalarValue::TimestampMicrosecond(Some(0), Some("UTC".into())),
+            ),
+            ("require_consent", ScalarValue::Boolean(Some(false))),
+        ]);
         validate_plans(&cfg, &ctx, &models, &params, &HashMap::new())
             .await
             .unwrap();

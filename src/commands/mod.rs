@@ -4,6 +4,7 @@ pub mod build;
 pub mod check;
 pub mod clean;
 pub mod compact;
+pub mod consent;
 pub mod erase;
 pub mod generate;
 pub mod ingest;

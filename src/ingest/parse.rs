@@ -68,7 +68,7 @@ const STRING_FIELDS: [usize; 13] = [6, 7, 8, 9, 12, 13, 16, 17, 18, 19, 20, 21, 
 
 /// The canonical event types: the commerce funnel first, then engagement types that trackers such
 /// as Snowplow and Segment send (kept with their own names, never counted as commerce).
-pub const EVENT_TYPES: [&str; 16] = [
+pub const EVENT_TYPES: [&str; 18] = [
     "page_view",
     "product_view",
     "add_to_cart",
@@ -85,6 +85,8 @@ pub const EVENT_TYPES: [&str; 16] = [
     "promo_view",
     "promo_click",
     "refund",
+    "consent_granted",
+    "consent_withdrawn",
 ];
 
 fn field_index(name: &str) -> Option<usize> {

@@ -31,6 +31,9 @@ both_backends!(
             "events",
             "events_changes",
             "_runs",
+            "erasures",
+            "consents",
+            "_audit",
         ];
         assert_eq!(names[..core.len()], core);
         assert!(names.contains(&"fact_sessions") && names.contains(&"user_segment_history"));
