@@ -301,6 +301,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn server_side_encryption_reaches_every_client() {
+        let cfg = StorageConfig {
+            server_side_encryption: Some("aws:kms".into()),
+            sse_kms_key_id: Some("key-1".into()),
+            ..Default::default()
+        };
+        let root = parse_location("s3://b/p", true).unwrap();
+        let o = storage_options(&root, &cfg);
+        assert_eq!(o["aws_server_side_encryption"], "aws:kms");
+        assert_eq!(o["aws_sse_kms_key_id"], "key-1");
+        assert!(!storage_options(&root, &StorageConfig::default())
+            .contains_key("aws_server_side_encryption"));
+    }
+
+    #[test]
     fn locations_parse_or_explain() {
         assert_eq!(
             parse_location("s3://b/p", true).unwrap().as_str(),

@@ -235,85 +235,87 @@ fn erase_needs_one_subject_and_the_key() {
 
 const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
 
-#[test]
-fn consent_decides_who_is_personalised_and_counted() {
-    let ctx = TestContext::new(Backend::Local);
-    let file = ctx.fixture("privacy/people.ndjson");
-    ctx.ingest_json(&[file.to_str().unwrap()]);
-    ctx.ok(&["clean"]);
-    ctx.ok(&["build"]);
-    let in_features = |ctx: &TestContext| {
-        ctx.count(&format!(
-            "SELECT count(*) FROM agg_user_features WHERE user_key = {KEEP_KEY}"
-        ))
-    };
-    assert_eq!(in_features(&ctx), 1);
-    let funnel_sessions =
-        |ctx: &TestContext| ctx.count("SELECT sum(sessions) FROM agg_funnel_daily");
-    let sessions_before = funnel_sessions(&ctx);
+both_backends!(
+    consent_decides_who_is_personalised_and_counted,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let file = ctx.fixture("privacy/people.ndjson");
+        ctx.ingest_json(&[file.to_str().unwrap()]);
+        ctx.ok(&["clean"]);
+        ctx.ok(&["build"]);
+        let in_features = |ctx: &TestContext| {
+            ctx.count(&format!(
+                "SELECT count(*) FROM agg_user_features WHERE user_key = {KEEP_KEY}"
+            ))
+        };
+        assert_eq!(in_features(&ctx), 1);
+        let funnel_sessions =
+            |ctx: &TestContext| ctx.count("SELECT sum(sessions) FROM agg_funnel_daily");
+        let sessions_before = funnel_sessions(&ctx);
 
-    // A consent_withdrawn event for personalization: gone from features and segments.
-    let withdraw = ctx.path("withdraw.ndjson");
-    std::fs::write(
+        // A consent_withdrawn event for personalization: gone from features and segments.
+        let withdraw = ctx.path("withdraw.ndjson");
+        std::fs::write(
         &withdraw,
         r#"{"event_id":"c1","event_time":"2026-02-01T12:00:00Z","received_at":"2026-02-01T12:00:01Z","event_type":"consent_withdrawn","user_id":"user-keep","anonymous_id":"anon-keep","purposes":["personalization"]}"#,
     )
     .unwrap();
-    ctx.ingest_json(&[withdraw.to_str().unwrap()]);
-    ctx.ok(&["clean"]);
-    ctx.ok(&["build"]);
-    assert_eq!(in_features(&ctx), 0);
-    assert_eq!(
-        ctx.count(&format!(
-            "SELECT count(*) FROM user_segments WHERE user_key = {KEEP_KEY}"
-        )),
-        0
-    );
-    assert_eq!(
-        ctx.query(&format!(
-            "SELECT purpose, granted, source FROM user_consent WHERE user_key = {KEEP_KEY}"
-        )),
-        vec!["personalization,false,event:c1"]
-    );
-    let report = ctx.ok(&["check", "--select", "personalization_respects_consent"]);
-    assert!(report.contains("PASS"), "{report}");
+        ctx.ingest_json(&[withdraw.to_str().unwrap()]);
+        ctx.ok(&["clean"]);
+        ctx.ok(&["build"]);
+        assert_eq!(in_features(&ctx), 0);
+        assert_eq!(
+            ctx.count(&format!(
+                "SELECT count(*) FROM user_segments WHERE user_key = {KEEP_KEY}"
+            )),
+            0
+        );
+        assert_eq!(
+            ctx.query(&format!(
+                "SELECT purpose, granted, source FROM user_consent WHERE user_key = {KEEP_KEY}"
+            )),
+            vec!["personalization,false,event:c1"]
+        );
+        let report = ctx.ok(&["check", "--select", "personalization_respects_consent"]);
+        assert!(report.contains("PASS"), "{report}");
 
-    // A later grant from a consent file brings them back; an analytics withdrawal takes their
-    // sessions out of the funnel aggregate.
-    let grants = ctx.path("consents.csv");
-    std::fs::write(
-        &grants,
-        "user_id,purpose,status,decided_at,version\n\
+        // A later grant from a consent file brings them back; an analytics withdrawal takes their
+        // sessions out of the funnel aggregate.
+        let grants = ctx.path("consents.csv");
+        std::fs::write(
+            &grants,
+            "user_id,purpose,status,decided_at,version\n\
          user-keep,personalization,granted,2026-02-03T00:00:00Z,v2\n\
          user-keep,analytics,withdrawn,2026-02-03T00:00:00Z,v2\n",
-    )
-    .unwrap();
-    let out = ctx.ok(&["consent", grants.to_str().unwrap()]);
-    assert!(out.contains("imported 2 consent decisions"), "{out}");
-    ctx.ok(&["build"]);
-    assert_eq!(in_features(&ctx), 1);
-    assert_eq!(funnel_sessions(&ctx), sessions_before - 1);
+        )
+        .unwrap();
+        let out = ctx.ok(&["consent", grants.to_str().unwrap()]);
+        assert!(out.contains("imported 2 consent decisions"), "{out}");
+        ctx.ok(&["build"]);
+        assert_eq!(in_features(&ctx), 1);
+        assert_eq!(funnel_sessions(&ctx), sessions_before - 1);
 
-    // require_consent: only customers with a personalization grant are personalised.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[privacy]\nrequire_consent = true\n",
-    )
-    .unwrap();
-    ctx.ok(&["build"]);
-    assert_eq!(ctx.count("SELECT count(*) FROM agg_user_features"), 1);
-    assert_eq!(in_features(&ctx), 1);
-    ctx.ok(&["check"]);
+        // require_consent: only customers with a personalization grant are personalised.
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            "[privacy]\nrequire_consent = true\n",
+        )
+        .unwrap();
+        ctx.ok(&["build"]);
+        assert_eq!(ctx.count("SELECT count(*) FROM agg_user_features"), 1);
+        assert_eq!(in_features(&ctx), 1);
+        ctx.ok(&["check"]);
 
-    // A bad consent row: exit 2 naming file, line and field; nothing imported.
-    std::fs::write(
-        &grants,
-        "user_id,purpose,status,decided_at\nu1,marketing,maybe,2026-02-03T00:00:00Z\n",
-    )
-    .unwrap();
-    let out = ctx.run(&["consent", grants.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
-    assert!(err.contains("consents.csv:2: field status"), "{err}");
-    assert_eq!(ctx.count("SELECT count(*) FROM consents"), 2);
-}
+        // A bad consent row: exit 2 naming file, line and field; nothing imported.
+        std::fs::write(
+            &grants,
+            "user_id,purpose,status,decided_at\nu1,marketing,maybe,2026-02-03T00:00:00Z\n",
+        )
+        .unwrap();
+        let out = ctx.run(&["consent", grants.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr_of(&out);
+        assert!(err.contains("consents.csv:2: field status"), "{err}");
+        assert_eq!(ctx.count("SELECT count(*) FROM consents"), 2);
+    }
+);
