@@ -130,6 +130,10 @@ both_backends!(
         .unwrap();
         assert_eq!(done[0]["files_deleted"].as_u64().unwrap(), would);
         assert_eq!(
+            ctx.query("SELECT command, outcome FROM _audit ORDER BY at"),
+            vec!["vacuum,dry_run", "vacuum,success"]
+        );
+        assert_eq!(
             count(),
             rows,
             "the current version reads only files vacuum kept"

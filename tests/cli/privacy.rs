@@ -140,6 +140,16 @@ fn an_allow_list_drops_other_columns_and_counts_them() {
     );
 }
 
+/// A lake with fixtures/privacy/people.ndjson ingested, cleaned and built; and the file.
+fn people_lake(backend: Backend) -> (TestContext, std::path::PathBuf) {
+    let ctx = TestContext::new(backend);
+    let file = ctx.fixture("privacy/people.ndjson");
+    ctx.ingest_json(&[file.to_str().unwrap()]);
+    ctx.ok(&["clean"]);
+    ctx.ok(&["build"]);
+    (ctx, file)
+}
+
 /// Rows anywhere in the lake that belong to the erased person.
 fn person_rows(ctx: &TestContext) -> u64 {
     let q = |sql: &str| ctx.count(sql);
@@ -154,11 +164,7 @@ fn person_rows(ctx: &TestContext) -> u64 {
 both_backends!(
     erase_removes_a_person_everywhere_for_good,
     |backend: Backend| {
-        let ctx = TestContext::new(backend);
-        let file = ctx.fixture("privacy/people.ndjson");
-        ctx.ingest_json(&[file.to_str().unwrap()]);
-        ctx.ok(&["clean"]);
-        ctx.ok(&["build"]);
+        let (ctx, file) = people_lake(backend);
         let before = person_rows(&ctx);
         assert!(before > 10, "{before}");
         let keep_before = ctx.count("SELECT count(*) FROM events WHERE user_id = 'user-keep'");
@@ -238,11 +244,7 @@ const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
 both_backends!(
     consent_decides_who_is_personalised_and_counted,
     |backend: Backend| {
-        let ctx = TestContext::new(backend);
-        let file = ctx.fixture("privacy/people.ndjson");
-        ctx.ingest_json(&[file.to_str().unwrap()]);
-        ctx.ok(&["clean"]);
-        ctx.ok(&["build"]);
+        let (ctx, _) = people_lake(backend);
         let in_features = |ctx: &TestContext| {
             ctx.count(&format!(
                 "SELECT count(*) FROM agg_user_features WHERE user_key = {KEEP_KEY}"

@@ -261,6 +261,9 @@ fn a_failing_stage_is_recorded_and_releases_the_lease() {
         rows[0].starts_with("failed,") && rows[0].ends_with(",full,true"),
         "{rows:?}"
     );
+    // The audit trail names who ran it and how it ended.
+    let audit = ctx.query("SELECT command, outcome, strpos(holder, 'pid ') > 0 FROM _audit");
+    assert_eq!(audit, vec!["run,failed,true"]);
 
     // The lease was released: fixing the model lets the very next run through.
     std::fs::remove_file(ctx.path("models/star/04_fact_sessions.sql")).unwrap();
