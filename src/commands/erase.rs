@@ -22,6 +22,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<E
             .into())
         }
     };
+    if cfg.privacy.key.is_none() {
+        return Err(Error::usage(
+            "erase needs the pseudonymisation key to match pseudonymised columns and to record \
+             the erasure: set CLICKLAKE_PII_KEY (or [privacy] key_file)",
+        )
+        .into());
+    }
     let req = EraseRequest {
         kind,
         value,
@@ -32,7 +39,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<E
         kind.as_str(),
         if args.dry_run { " (dry run)" } else { "" }
     );
+    // The same lock as `run`: an erasure never interleaves with a cron tick (exit 75 if one runs).
+    let run_id = format!("erase-{}", uuid::Uuid::new_v4().simple());
+    let lease = crate::lease::Lease::acquire(lake, &run_id, cfg.run.lease_ttl, None).await?;
     let result = erase::erase(lake, cfg, req).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!("cannot release the lease (it lapses on its own): {e}");
+    }
     let receipt = audit::outcome(lake, cfg, "erase", &detail, result, |r: &EraseReceipt| {
         if r.dry_run {
             "dry_run"

@@ -237,6 +237,16 @@ fn erase_needs_one_subject_and_the_key() {
         "{}",
         stderr_of(&out)
     );
+    // A run holding the lake's lease (it died right after taking it): erase waits its turn.
+    let out = ctx
+        .cmd()
+        .env("CLICKLAKE_FAULT", "run-after-lease")
+        .args(["run"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = ctx.run(&["erase", "--user-id", "a"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
 }
 
 const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
