@@ -1137,7 +1137,8 @@ impl<'s> Out<'s> {
 
     fn quarantine(&mut self, line_no: u64, rec: &[u8], reason: Reason, detail: &str) {
         let (qb, s) = (&mut self.qb, self.s);
-        if s.privacy.mentions_erased(&String::from_utf8_lossy(rec)) {
+        let line = String::from_utf8_lossy(rec);
+        if s.privacy.mentions_erased(&line) {
             // A rejected line of an erased person is not kept for debugging either.
             self.stats.erased += 1;
             return;
@@ -1147,8 +1148,7 @@ impl<'s> Out<'s> {
         qb.detail.append_value(s.privacy.mask(detail));
         qb.source_file.append_value(self.source);
         qb.line_number.append_value(line_no as i64);
-        qb.raw
-            .append_value(s.privacy.mask(&String::from_utf8_lossy(rec)));
+        qb.raw.append_value(s.privacy.mask(&line));
         qb.batch_id.append_value(&*s.batch_id);
         qb.ingested_at.append_value(s.ingested_at_us);
         qb.ingest_date.append_value(self.ingest_date);
