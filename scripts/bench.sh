@@ -7,10 +7,13 @@
 #   clean-refresh               clean --full-refresh of everything, for the incremental ratio
 #   build-full / build-incr / build-refresh   the star schema after each clean
 #   q-*                         three typical ad-hoc queries
+#   files                       live files and sizes per partition of the main tables (Delta logs)
 #   duck-ingest / duck-build    the DuckDB reference (scripts/duckdb_reference.py, threads=2) on
 #                               the same backlog files, with the same semantics; its counts must
 #                               equal clicklake's (lines, landed, quarantined per reason, events,
 #                               sessions, orders, customers, product-days, revenue per currency)
+#   duck-simple                 DuckDB's quick path the issue quoted (read_ndjson with a fixed
+#                               schema, a few filters, dedup, partitioned write): speed only
 # Each stage appends one JSON line to bench/results.jsonl (wall and CPU seconds, peak RSS,
 # rows/s, MB/s) and tables of medians and clicklake/DuckDB ratios are printed at the end.
 #   SIZES="1000000 10000000" RUNS=3 MEMORY_LIMIT=1GiB scripts/bench.sh
@@ -42,7 +45,15 @@ if [ "$STORE" = s3 ]; then
   trap 'kill $s3pid 2>/dev/null; rm -rf "$s3root"' EXIT
   export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret \
     AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
-  sleep 1
+  # Wait until the server answers (a loaded machine can take a few seconds to start it).
+  python3 -c '
+import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.2).close(); sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("s3s-fs did not start on port " + sys.argv[1])' "$port"
 fi
 cargo build --release --locked --quiet
 bin="$CARGO_TARGET_DIR/release/clicklake"
@@ -54,7 +65,9 @@ started_at=$(date -u +%FT%TZ)
 
 stage() { # stage LABEL EVENTS RUN -- CMD...
   local label=$1 n=$2 run=$3; shift 4
-  scripts/measure.py "$label" -- "$@" 2>/dev/null | python3 -c '
+  local err="${BENCH_TMP:-/tmp}/clicklake-bench-$$.err"
+  trap 'status=$?; if [ $status -ne 0 ] && [ -s "'"$err"'" ]; then echo "a stage failed; its last output:" >&2; tail -5 "'"$err"'" >&2; fi' ERR
+  scripts/measure.py "$label" -- "$@" 2>"$err" | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read()); s = r.pop("summary", {}) or {}
 rows = s.get("lines") or s.get("raw_rows_consumed") or 0
@@ -111,6 +124,18 @@ print(k)')
              (SELECT count(*) FROM fact_orders) AS orders,
              (SELECT count(*) FROM agg_user_features) AS user_features,
              (SELECT count(*) FROM agg_product_daily) AS product_daily" 2>/dev/null
+    # Files written per partition, from each table's Delta log (the s3s-fs bucket is a directory).
+    if [ "$STORE" = s3 ]; then lakedir="$s3root/bench/run-$n-$run-$$"; else lakedir="$lake/lake"; fi
+    "$PY" scripts/lake_files.py "$lakedir" raw_events quarantine events fact_sessions fact_orders \
+      agg_user_features agg_product_daily | "$PY" -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    r.update(label="files", events=int(sys.argv[1]), run=int(sys.argv[2]), commit=sys.argv[3],
+             machine=sys.argv[4], memory_limit=sys.argv[5] or None, started_at=sys.argv[6],
+             store=sys.argv[7])
+    print(json.dumps(r))' "$n" "$run" "$commit" "$machine" "$MEMORY_LIMIT" "$started_at" "$STORE" \
+      | tee -a "$results"
     stage ingest-topup "$n" "$run" -- "$bin" "${flags[@]}" ingest --json "${topup[@]}"
     stage clean-incr "$n" "$run" -- "$bin" "${flags[@]}" clean --json
     stage build-incr "$n" "$run" -- "$bin" "${flags[@]}" build --json
@@ -130,6 +155,9 @@ print(k)')
       [ -n "$MEMORY_LIMIT" ] && export DUCKDB_MEMORY_LIMIT="${MEMORY_LIMIT/iB/B}"
       stage duck-ingest "$n" "$run" -- "$PY" scripts/duckdb_reference.py ingest "$duck" "${backlog[@]}"
       stage duck-build "$n" "$run" -- "$PY" scripts/duckdb_reference.py build "$duck"
+      # The quick path the issue quoted (no per-rule classification): speed only.
+      stage duck-simple "$n" "$run" -- "$PY" scripts/duckdb_reference.py simple "$lake/duck-simple" "${backlog[@]}"
+      rm -rf "$lake/duck-simple"
       python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[0]))' "$lake/counts.json" \
         | python3 -c '
 import json, sys
@@ -153,6 +181,8 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rows = [r for r in rows if r.get("started_at") == sys.argv[2]]
 groups = {}
+layout = [r for r in rows if r["label"] == "files"]
+rows = [r for r in rows if r["label"] != "files"]
 for r in rows:
     groups.setdefault((r["events"], r["label"]), []).append(r)
 print(f"\n{'events':>10} {'stage':<14} {'runs':>4} {'wall s':>8} {'cpu s':>8} {'rows/s':>10} {'MB/s':>7} {'peak RSS MB':>12}")
@@ -165,6 +195,7 @@ def med(n, label, k="wall_s"):
     rs = groups.get((n, label), [])
     return statistics.median([r[k] for r in rs]) if rs else None
 pairs = [("ingest + clean-full", ["ingest", "clean-full"], ["duck-ingest"]),
+         ("  vs DuckDB quick path", ["ingest", "clean-full"], ["duck-simple"]),
          ("build-full", ["build-full"], ["duck-build"])]
 if any((n, "duck-ingest") in groups for n in sizes):
     print(f"\n{'events':>10} {'clicklake vs DuckDB':<22} {'clicklake s':>11} {'DuckDB s':>9} {'ratio':>6} {'RSS MB':>7} {'DuckDB RSS':>10}")
@@ -175,6 +206,13 @@ if any((n, "duck-ingest") in groups for n in sizes):
                 continue
             ra = max(med(n, l, "peak_rss_mb") for l in ours); rb = max(med(n, l, "peak_rss_mb") for l in theirs)
             print(f"{n:>10} {name:<22} {sum(a):>11.2f} {sum(b):>9.2f} {sum(a)/sum(b):>6.2f} {ra:>7.0f} {rb:>10.0f}")
+if layout:
+    print(f"\n{'events':>10} {'table (run 1)':<18} {'partitions':>10} {'files':>6} {'files/partition':>16} {'file MB min/med/max':>22}")
+    for r in layout:
+        if r["run"] == 1:
+            fpp = "/".join(str(x) for x in r["files_per_partition"])
+            mb = "/".join(str(x) for x in r["file_mb"])
+            print(f"{r['events']:>10} {r['table']:<18} {r['partitions']:>10} {r['files']:>6} {fpp:>16} {mb:>22}")
 for n in sizes:
     inc, full = med(n, "clean-incr"), med(n, "clean-refresh")
     binc, bfull = med(n, "build-incr"), med(n, "build-refresh")

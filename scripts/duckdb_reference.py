@@ -8,6 +8,12 @@ with DuckDB (`threads=2` unless told otherwise), so the benchmark compares equal
                                                  then file, line), write date x segment
                                                  partitioned zstd Parquet to OUT_DIR/events and
                                                  the rejected lines to OUT_DIR/quarantine
+    duckdb_reference.py simple OUT_DIR FILE...   the issue's quick reference path, for speed only:
+                                                 read_ndjson with a fixed schema (unparseable lines
+                                                 skipped), drop invalid rows with a few filters,
+                                                 normalise, dedup, write the same partitioned
+                                                 Parquet; no per-rule classification, no
+                                                 quarantine, so its counts are not compared
     duckdb_reference.py build OUT_DIR            from OUT_DIR/events: sessions (client session_id,
                                                  else a new one after a 30 min gap), orders (first
                                                  purchase per order_id), user features, product
@@ -177,6 +183,51 @@ def ingest(out, files):
     }))
 
 
+def simple(out, files):
+    con = connect()
+    types = ", ".join(q(t) for t in EVENT_TYPES)
+    file_list = "[" + ", ".join(q(f) for f in files) + "]"
+    text = ["event_id", "event_time", "received_at", "event_type", "user_id", "anonymous_id",
+            "session_id", "product_id", "category", "brand", "currency", "order_id", "page_url",
+            "referrer", "device", "country", "email", "ip"]
+    columns = {c: "VARCHAR" for c in text}
+    columns.update(price="DOUBLE", quantity="BIGINT", revenue="DOUBLE", checkout_step="BIGINT")
+    spec = "{" + ", ".join(f"{q(k)}: {q(v)}" for k, v in columns.items()) + "}"
+    nul = lambda c: f"nullif(trim({c}), '')"
+    os.makedirs(out, exist_ok=True)
+    con.execute(f"""
+        COPY (
+          SELECT {nul('event_id')} AS event_id, et AS event_time,
+                 coalesce(TRY_CAST(received_at AS TIMESTAMPTZ), now()) AS received_at,
+                 lower(trim(event_type)) AS event_type,
+                 {nul('user_id')} AS user_id, {nul('anonymous_id')} AS anonymous_id,
+                 {nul('session_id')} AS session_id, {nul('product_id')} AS product_id,
+                 {nul('category')} AS category, {nul('brand')} AS brand,
+                 CAST(price AS DECIMAL(18,2)) AS price, quantity,
+                 upper({nul('currency')}) AS currency, {nul('order_id')} AS order_id,
+                 CAST(revenue AS DECIMAL(18,2)) AS revenue, checkout_step,
+                 {nul('page_url')} AS page_url, {nul('referrer')} AS referrer,
+                 {nul('device')} AS device, {nul('country')} AS country,
+                 CAST(et AT TIME ZONE 'UTC' AS DATE) AS event_date,
+                 CASE WHEN {nul('user_id')} IS NULL THEN 'anonymous' ELSE 'unsegmented' END AS segment
+          FROM (SELECT *, TRY_CAST(event_time AS TIMESTAMPTZ) AS et
+                FROM read_ndjson({file_list}, columns={spec}, ignore_errors=true))
+          WHERE {nul('event_id')} IS NOT NULL AND et IS NOT NULL
+            AND lower(trim(event_type)) IN ({types})
+            AND coalesce(price, 0) >= 0
+            AND coalesce({nul('user_id')}, {nul('anonymous_id')}) IS NOT NULL
+            AND (lower(trim(event_type)) <> 'purchase' OR {nul('order_id')} IS NOT NULL)
+          QUALIFY row_number() OVER (PARTITION BY trim(event_id)
+                                     ORDER BY TRY_CAST(received_at AS TIMESTAMPTZ)) = 1
+        ) TO {q(os.path.join(out, 'events'))}
+        (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (event_date, segment), OVERWRITE_OR_IGNORE)
+    """)
+    events = con.execute(
+        f"SELECT count(*) FROM read_parquet({q(os.path.join(out, 'events', '**', '*.parquet'))})"
+    ).fetchone()[0]
+    print(json.dumps({"simple_events_rows": events}))
+
+
 def build(out):
     con = connect()
     src = q(os.path.join(out, "events", "**", "*.parquet"))
@@ -253,9 +304,11 @@ def build(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("ingest", "build"):
+    if len(sys.argv) < 3 or sys.argv[1] not in ("ingest", "simple", "build"):
         sys.exit(__doc__)
     if sys.argv[1] == "ingest":
         ingest(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "simple":
+        simple(sys.argv[2], sys.argv[3:])
     else:
         build(sys.argv[2])

@@ -16,6 +16,13 @@ import pyarrow.parquet as pq
 
 
 def snapshot(table):
+    """The snapshot version and the live files: path -> partition values."""
+    version, adds = snapshot_adds(table)
+    return version, {path: dict(a.get("partitionValues") or {}) for path, a in adds.items()}
+
+
+def snapshot_adds(table):
+    """The snapshot version and the live files: path -> the add action (size, partitionValues...)."""
     log = os.path.join(table, "_delta_log")
     live = {}
     start = 0
@@ -34,7 +41,8 @@ def snapshot(table):
             for row in pq.read_table(os.path.join(log, name), columns=["add"]).to_pylist():
                 add = row["add"]
                 if add is not None:
-                    live[add["path"]] = dict(add["partitionValues"] or [])
+                    add["partitionValues"] = dict(add["partitionValues"] or [])
+                    live[add["path"]] = add
         start = version + 1
     versions = sorted(
         int(n[:20]) for n in os.listdir(log) if n.endswith(".json") and n[:20].isdigit()
@@ -49,7 +57,7 @@ def snapshot(table):
                     continue
                 action = json.loads(line)
                 if "add" in action:
-                    live[action["add"]["path"]] = action["add"].get("partitionValues") or {}
+                    live[action["add"]["path"]] = action["add"]
                 elif "remove" in action:
                     live.pop(action["remove"]["path"], None)
         current = v

@@ -150,6 +150,10 @@ pub async fn run(
         },
     };
 
+    // Where the time goes, with `-vv` (or RUST_LOG=clicklake=debug).
+    let lap =
+        |what: &str| tracing::debug!(ms = started.elapsed().as_millis() as u64, "clean: {what}");
+    lap("tables opened, plan made");
     let progress = printer.spinner("clean");
     let ctx = catalog::model_session(cfg.memory_limit)?;
     raw.update_datafusion_session(&ctx.state())?;
@@ -206,7 +210,9 @@ pub async fn run(
                     .with_file_column(FILE_COLUMN)
                     .await?,
             )?;
+            lap("new raw rows registered");
             let (exact, conflicting) = settle_losing_resends(&ctx).await?;
+            lap("losing resends settled");
             summary.exact_duplicates += exact;
             summary.conflicting_duplicates += conflicting;
             let touched = collect_strings(
@@ -218,6 +224,7 @@ pub async fn run(
             )
             .await?;
             summary.visitors_touched = touched.len() as u64;
+            lap("touched visitors found");
             let touched_table = string_table("anonymous_id", touched)?;
             ctx.register_table("touched_visitors", Arc::new(touched_table))?;
             let files = collect_strings(
@@ -228,6 +235,7 @@ pub async fn run(
                 ),
             )
             .await?;
+            lap("their files found");
             if files.is_empty() {
                 ctx.register_table("events_carried", empty_events()?)?;
             } else {
@@ -344,6 +352,7 @@ pub async fn run(
         write.write(&batch).await?;
         progress.set_message(format!("{} events recomputed", summary.events_recomputed));
     }
+    lap("models run, changed rows written");
     if !superseded.is_empty() {
         let files: Vec<String> = superseded.iter().cloned().collect();
         // Every row of those files except the superseded versions.
@@ -355,6 +364,7 @@ pub async fn run(
     }
     summary.files_removed = removes.len() as u64;
     let adds = write.finish().await?;
+    lap("superseded files rewritten");
     fault("clean-after-data-files");
 
     // Raw rows consumed: a count over the same files (answered from file statistics).
@@ -382,6 +392,7 @@ pub async fn run(
         // The changed keys are committed before the rows they describe: a build never sees an
         // events version whose changes it cannot find (a crash in between leaves a superset).
         summary.change_id = Some(changes.commit(lake, cfg).await?);
+        lap("changes recorded");
     }
     let mut actions = removes;
     actions.extend(adds.into_iter().map(Action::Add));
@@ -393,6 +404,7 @@ pub async fn run(
         SaveMode::Overwrite,
     )
     .await?;
+    lap("committed");
     fault("clean-after-commit");
     summary.events_version = Some(version);
     summary.events_total = Some(table_rows(&events)?);
