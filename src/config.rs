@@ -104,6 +104,8 @@ pub struct FileRun {
     pub lease_ttl: Option<String>,
     /// Run the data checks after the build (default true).
     pub check: Option<bool>,
+    /// A run taking longer is stopped, recorded as failed and its lease released (default 2h).
+    pub max_duration: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +125,7 @@ pub struct RunConfig {
     pub source: String,
     pub lease_ttl: Duration,
     pub check: bool,
+    pub max_duration: Duration,
 }
 
 /// `[status]`: freshness limits.
@@ -495,11 +498,21 @@ fn merge_run(file: FileRun) -> Result<RunConfig> {
     if lease_ttl < Duration::from_secs(1) {
         return Err(Error::config("run.lease_ttl must be at least 1s"));
     }
+    let max_duration = match &file.max_duration {
+        Some(v) => {
+            parse_duration(v).map_err(|e| Error::config(format!("run.max_duration: {e}")))?
+        }
+        None => Duration::from_secs(2 * 3600),
+    };
+    if max_duration < Duration::from_secs(1) {
+        return Err(Error::config("run.max_duration must be at least 1s"));
+    }
     Ok(RunConfig {
         inbox: file.inbox,
         source: file.source.unwrap_or_else(|| "native".into()),
         lease_ttl,
         check: file.check.unwrap_or(true),
+        max_duration,
     })
 }
 
@@ -955,6 +968,7 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # source = "native"
 # The lake's lock lasts this long without renewal; a crashed run's lock is taken over after it.
 # lease_ttl = "10m"
+# max_duration = "2h"   # a longer run is stopped, recorded as failed, and its lease released
 # Run the data checks after the build.
 # check = true
 

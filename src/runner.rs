@@ -109,7 +109,23 @@ pub async fn run(
         check: None,
         stage_seconds: Vec::new(),
     };
-    let result = stages(lake, cfg, &req, printer, &lease, &mut summary).await;
+    // A run that stops making progress (a stuck store request, an engine hang) must not hold the
+    // lease for ever: the lease is renewed while the process lives, so every later tick would
+    // exit 75. Past max_duration the stages are dropped and the run ends as failed.
+    let limit = cfg.run.max_duration;
+    let result = match tokio::time::timeout(
+        limit,
+        stages(lake, cfg, &req, printer, &lease, &mut summary),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Error::runtime(format!(
+            "the run took longer than [run] max_duration ({}s) and was stopped; \
+             what it had not committed is discarded and the next run starts from the last commit",
+            limit.as_secs()
+        ))),
+    };
     let finished_at = Utc::now();
     summary.finished_at = rfc3339(finished_at);
     summary.seconds = started.elapsed().as_secs_f64();
@@ -154,6 +170,7 @@ async fn stages(
     lease: &Lease,
     summary: &mut RunSummary,
 ) -> Result<()> {
+    crate::pause("run-stages").await;
     if let Some(inbox) = &req.inbox {
         lease.ensure_held()?;
         let t = Instant::now();

@@ -351,3 +351,36 @@ both_backends!(
         assert_eq!(ctx.count("SELECT count(*) FROM _runs"), 2);
     }
 );
+
+/// A run that stops making progress is stopped at `[run] max_duration`: exit 3 with one line,
+/// recorded as failed, and the lease released, so the next tick runs instead of exiting 75.
+#[test]
+fn a_run_past_max_duration_is_stopped_and_releases_its_lease() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::write(ctx.path("clicklake.toml"), "[run]\nmax_duration = \"1s\"\n").unwrap();
+    let started = Instant::now();
+    let out = ctx
+        .std_cmd()
+        .env("CLICKLAKE_PAUSE", "run-stages:30")
+        .args(["run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(started.elapsed() < Duration::from_secs(20), "not stopped");
+    let err = stderr_of(&out);
+    assert!(err.contains("max_duration (1s)"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let rows = ctx.query("SELECT outcome FROM _runs");
+    assert_eq!(rows, vec!["failed".to_string()]);
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    // A limit under a second is a configuration error, before any I/O.
+    std::fs::write(ctx.path("clicklake.toml"), "[run]\nmax_duration = \"0s\"\n").unwrap();
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("run.max_duration"),
+        "{}",
+        stderr_of(&out)
+    );
+}
