@@ -3,7 +3,9 @@
 partitions, live files per partition and file sizes. For the benchmark's "files written per
 partition" figures.
 
-    python3 scripts/lake_files.py LAKE_DIR [TABLE...]
+    ~/.cache/clicklake-py/bin/python scripts/lake_files.py LAKE_DIR [TABLE...]
+
+Needs pyarrow (for checkpoints), as installed by scripts/test.sh and scripts/bench.sh.
 
 Prints one JSON object per table on one line each: table, partitions, files, bytes, files per
 partition (min / median / max) and file size in MB (min / median / max).
@@ -14,7 +16,10 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from read_delta import snapshot_adds  # noqa: E402
+try:
+    from read_delta import snapshot_adds  # noqa: E402
+except ImportError as e:
+    sys.exit(f"lake_files.py: {e}; run it with ~/.cache/clicklake-py/bin/python (see scripts/test.sh)")
 
 
 def layout(table_dir):
@@ -41,6 +46,11 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     lake = sys.argv[1]
+    if not os.path.isdir(lake):
+        sys.exit(f"lake_files.py: {lake}: no such directory")
+    for t in sys.argv[2:]:
+        if not os.path.isdir(os.path.join(lake, t, "_delta_log")):
+            sys.exit(f"lake_files.py: {os.path.join(lake, t)}: not a Delta table (no _delta_log)")
     tables = sys.argv[2:] or sorted(
         n for n in os.listdir(lake) if os.path.isdir(os.path.join(lake, n, "_delta_log"))
     )

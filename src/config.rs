@@ -485,28 +485,26 @@ fn merge_privacy(env: &BTreeMap<String, String>, file: FilePrivacy) -> Result<Pr
     })
 }
 
+/// A duration setting of at least one second, or its default (in seconds).
+fn at_least_a_second(name: &str, value: &Option<String>, default_secs: u64) -> Result<Duration> {
+    let d = match value {
+        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("{name}: {e}")))?,
+        None => Duration::from_secs(default_secs),
+    };
+    if d < Duration::from_secs(1) {
+        return Err(Error::config(format!("{name} must be at least 1s")));
+    }
+    Ok(d)
+}
+
 fn merge_run(file: FileRun) -> Result<RunConfig> {
     if let Some(inbox) = &file.inbox {
         if inbox.trim().is_empty() {
             return Err(Error::config("run.inbox is empty"));
         }
     }
-    let lease_ttl = match &file.lease_ttl {
-        Some(v) => parse_duration(v).map_err(|e| Error::config(format!("run.lease_ttl: {e}")))?,
-        None => Duration::from_secs(600),
-    };
-    if lease_ttl < Duration::from_secs(1) {
-        return Err(Error::config("run.lease_ttl must be at least 1s"));
-    }
-    let max_duration = match &file.max_duration {
-        Some(v) => {
-            parse_duration(v).map_err(|e| Error::config(format!("run.max_duration: {e}")))?
-        }
-        None => Duration::from_secs(2 * 3600),
-    };
-    if max_duration < Duration::from_secs(1) {
-        return Err(Error::config("run.max_duration must be at least 1s"));
-    }
+    let lease_ttl = at_least_a_second("run.lease_ttl", &file.lease_ttl, 600)?;
+    let max_duration = at_least_a_second("run.max_duration", &file.max_duration, 2 * 3600)?;
     Ok(RunConfig {
         inbox: file.inbox,
         source: file.source.unwrap_or_else(|| "native".into()),
