@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -425,7 +424,7 @@ pub async fn provider(
 /// A DataFusion session with the run's memory budget and disk spilling.
 pub fn session(memory_limit: u64) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit as usize)))
+        .with_memory_pool(Arc::new(crate::memory::RunPool::new(memory_limit as usize)))
         .build_arc()?;
     let config = SessionConfig::new()
         .with_information_schema(true)

@@ -16,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod ingest;
 pub mod lease;
+pub mod memory;
 pub mod models;
 pub mod printer;
 pub mod privacy;

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
+use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -46,6 +47,9 @@ use crate::storage::Lake;
 /// The Delta application id under which `events` records the raw_events version it reflects.
 pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
 const FILE_COLUMN: &str = "__clicklake_file";
+/// An incremental run holds its new rows (those that are not settled resends) in memory when
+/// it consumes at most this many raw rows; a larger backlog is streamed from its files.
+const IN_MEMORY_NEW_ROWS: i64 = 200_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CleanRequest {
@@ -203,55 +207,59 @@ pub async fn run(
                 raw.table_provider().with_file_paths(paths.clone()).await?,
             )?;
             register_first(&ctx, &models[0], &params).await?;
-            ctx.register_table(
-                "events_current",
-                events
-                    .table_provider()
-                    .with_file_column(FILE_COLUMN)
-                    .await?,
-            )?;
             lap("new raw rows registered");
+            let current: Arc<dyn TableProvider> = events
+                .table_provider()
+                .with_file_column(FILE_COLUMN)
+                .await?;
+            // The current copies of the new event ids: one scan that decodes event_id and, for
+            // the few matching rows only, the arrival keys and the payload.
+            let new_ids = collect_strings(
+                &ctx,
+                "SELECT DISTINCT event_id FROM normalized WHERE event_id IS NOT NULL",
+            )
+            .await?;
+            let mut copy_columns = vec!["event_id", "received_at", "source_file", "line_number"];
+            copy_columns.push("batch_id");
+            copy_columns.extend(payload_columns());
+            let (copies, _) =
+                rows_where_in(&ctx, current.clone(), "event_id", new_ids, &copy_columns).await?;
+            ctx.register_table("current_copies", copies)?;
+            lap("current copies of the new event ids read");
             let (exact, conflicting) = settle_losing_resends(&ctx).await?;
             lap("losing resends settled");
             summary.exact_duplicates += exact;
             summary.conflicting_duplicates += conflicting;
+            let new_rows = catalog::query_i64(&ctx, "SELECT count(*) FROM raw_input")
+                .await?
+                .unwrap_or(0);
+            if new_rows <= IN_MEMORY_NEW_ROWS {
+                // A cron tick's few rows: decoded once here, not once per model that reads them.
+                let df = ctx.table("normalized").await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await?;
+                ctx.deregister_table("normalized")?;
+                ctx.register_table(
+                    "normalized",
+                    Arc::new(MemTable::try_new(schema, vec![batches])?),
+                )?;
+            }
             let touched = collect_strings(
                 &ctx,
                 "SELECT DISTINCT anonymous_id FROM normalized \
-                 UNION SELECT e.anonymous_id \
-                 FROM (SELECT DISTINCT event_id FROM normalized) n \
-                 JOIN events_current e ON e.event_id = n.event_id",
+                 UNION SELECT c.anonymous_id \
+                 FROM current_copies c JOIN (SELECT DISTINCT event_id FROM normalized) n \
+                 ON c.event_id = n.event_id",
             )
             .await?;
             summary.visitors_touched = touched.len() as u64;
             lap("touched visitors found");
-            let touched_table = string_table("anonymous_id", touched)?;
-            ctx.register_table("touched_visitors", Arc::new(touched_table))?;
-            let files = collect_strings(
-                &ctx,
-                &format!(
-                    "SELECT DISTINCT CAST(e.{FILE_COLUMN} AS VARCHAR) \
-                     FROM touched_visitors t JOIN events_current e ON e.anonymous_id = t.anonymous_id"
-                ),
-            )
-            .await?;
-            lap("their files found");
-            if files.is_empty() {
-                ctx.register_table("events_carried", empty_events()?)?;
-            } else {
-                let reread = events
-                    .table_provider()
-                    .with_file_paths(files)
-                    .with_file_column(FILE_COLUMN)
-                    .await?;
-                ctx.register_table("events_reread", reread)?;
-                let current = ctx
-                    .sql(
-                        "SELECT e.* FROM touched_visitors t \
-                         JOIN events_reread e ON e.anonymous_id = t.anonymous_id",
-                    )
-                    .await?;
-                ctx.register_table("current_touched", current.into_view())?;
+            // Every current row of a touched visitor, with the file that holds it: one scan that
+            // decodes anonymous_id and, for matching rows only, the rest.
+            let (rows, n) = rows_where_in(&ctx, current, "anonymous_id", touched, &[]).await?;
+            ctx.register_table("current_touched", rows)?;
+            lap("their current rows read");
+            if n > 0 {
                 let carried = ctx
                     .sql(&format!(
                         "SELECT * EXCEPT ({FILE_COLUMN}) FROM current_touched"
@@ -259,10 +267,11 @@ pub async fn run(
                     .await?;
                 ctx.register_table("events_carried", carried.into_view())?;
                 compare = true;
+            } else {
+                ctx.register_table("events_carried", empty_events()?)?;
             }
         }
     }
-    let _ = ctx.deregister_table("events_current");
 
     let mut output = models::plan_chain(&ctx, &models[1..], &params).await?;
     if compare {
@@ -453,7 +462,7 @@ fn payload_columns() -> impl Iterator<Item = &'static str> {
 }
 
 /// Most new rows of a cron tick that repeat a known event_id are resends that lose to the row
-/// already in `events` (it arrived earlier). They change nothing but the duplicate counts, so
+/// already in `events` (`current_copies`: it arrived earlier). They change nothing but the duplicate counts, so
 /// they are counted here (exact or conflicting, against that row) and removed from `normalized`,
 /// and their visitors are not recomputed. An event_id is settled only when every new copy loses.
 async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
@@ -465,11 +474,9 @@ async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
         .map(|c| format!("(n.{c} IS NOT DISTINCT FROM c.{c})"))
         .collect();
     let sql = format!(
-        "WITH ids AS (SELECT DISTINCT event_id FROM normalized), \
-         current AS (SELECT e.* FROM ids k JOIN events_current e ON e.event_id = k.event_id), \
-         judged AS ( \
+        "WITH judged AS ( \
              SELECT n.event_id, {earlier} AS loses, {same} AS exact \
-             FROM current c JOIN normalized n ON n.event_id = c.event_id), \
+             FROM current_copies c JOIN normalized n ON n.event_id = c.event_id), \
          settled AS (SELECT event_id FROM judged GROUP BY event_id HAVING bool_and(loses)) \
          SELECT j.event_id, j.exact FROM settled s JOIN judged j ON j.event_id = s.event_id",
         same = same.join(" AND ")
@@ -505,6 +512,52 @@ async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
         ctx.register_table("normalized", rest.into_view())?;
     }
     Ok((exact, conflicting))
+}
+
+/// The rows of `table` whose `column` is one of `values` (only `columns` of them, all when
+/// empty), collected in memory, and their number. The values are the build side of a hash join
+/// whose dynamic filter reaches the Parquet reader: it decodes `column` first and the other
+/// columns only for the rows that match, so a few thousand rows out of millions cost about one
+/// narrow column scan.
+async fn rows_where_in(
+    ctx: &SessionContext,
+    table: Arc<dyn TableProvider>,
+    column: &str,
+    values: Vec<String>,
+    columns: &[&str],
+) -> Result<(Arc<MemTable>, usize)> {
+    ctx.register_table(
+        "__rows_where_in_keys",
+        Arc::new(string_table("__key", values)?),
+    )?;
+    ctx.register_table("__rows_where_in_table", table)?;
+    let select = if columns.is_empty() {
+        "t.*".to_string()
+    } else {
+        columns
+            .iter()
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let df = ctx
+        .sql(&format!(
+            "SELECT {select} FROM __rows_where_in_keys k \
+             JOIN __rows_where_in_table t ON t.{column} = k.__key"
+        ))
+        .await?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let plan = df.create_physical_plan().await?;
+    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await?;
+    tracing::debug!(
+        "rows_where_in plan:\n{}",
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+    );
+    ctx.deregister_table("__rows_where_in_keys")?;
+    ctx.deregister_table("__rows_where_in_table")?;
+    let n = batches.iter().map(RecordBatch::num_rows).sum();
+    Ok((Arc::new(MemTable::try_new(schema, vec![batches])?), n))
 }
 
 /// Plans and registers the first model (normalisation of `raw_input`).
