@@ -9,8 +9,8 @@
 //!
 //! A repartition's buffer is bounded without spilling: its channels hold about one batch per
 //! output partition before they push back on their inputs. So this pool grants a repartition's
-//! reservations without checking the limit and keeps them out of the fair shares; every other
-//! operator (aggregations, sorts, joins) still spills within the limit, as before.
+//! reservations without checking the limit and counts them beside the fair pool; every other
+//! operator (aggregations, sorts, joins) still spills within its fair share, as before.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,16 +55,14 @@ impl MemoryPool for RunPool {
         "clicklake-run"
     }
 
+    // Repartition buffers stay registered, so the fair shares of the operators that spill are
+    // what they were with the plain fair pool.
     fn register(&self, consumer: &MemoryConsumer) {
-        if !is_repartition_buffer(consumer) {
-            self.inner.register(consumer)
-        }
+        self.inner.register(consumer)
     }
 
     fn unregister(&self, consumer: &MemoryConsumer) {
-        if !is_repartition_buffer(consumer) {
-            self.inner.unregister(consumer)
-        }
+        self.inner.unregister(consumer)
     }
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
@@ -181,14 +179,17 @@ mod tests {
             .register(&pool);
         repartition.try_grow(5000).unwrap();
         assert_eq!(pool.reserved(), 5000);
+        // Two spilling consumers registered: each may hold half of the pool.
         let sorter = MemoryConsumer::new("ExternalSorter[0]")
             .with_can_spill(true)
             .register(&pool);
-        sorter.try_grow(900).unwrap();
+        sorter.try_grow(400).unwrap();
         assert!(sorter.try_grow(200).is_err());
+        // A consumer that cannot spill gets what the others leave (1000 - 400).
         let merge = MemoryConsumer::new("RepartitionExec[Merge 0]").register(&pool);
-        assert!(merge.try_grow(200).is_err());
+        assert!(merge.try_grow(700).is_err());
+        merge.try_grow(600).unwrap();
         drop(repartition);
-        assert_eq!(pool.reserved(), 900);
+        assert_eq!(pool.reserved(), 1000);
     }
 }
