@@ -107,7 +107,10 @@ print(k)')
   for run in $(seq 1 "$RUNS"); do
     lake=$(mktemp -d -p "${BENCH_TMP:-/tmp}")
     if [ "$STORE" = s3 ]; then
-      flags=(--lake "s3://bench/run-$n-$run-$$")
+      # A short prefix: s3s-fs keeps a multipart upload's metadata in a file named after the
+      # base64 of the key, so keys over ~130 bytes fail with 500 InternalError (ENAMETOOLONG).
+      s3runs=$(( ${s3runs:-0} + 1 ))
+      flags=(--lake "s3://bench/r$s3runs")
     else
       flags=(--lake "$lake/lake")
     fi
@@ -125,7 +128,7 @@ print(k)')
              (SELECT count(*) FROM agg_user_features) AS user_features,
              (SELECT count(*) FROM agg_product_daily) AS product_daily" 2>/dev/null
     # Files written per partition, from each table's Delta log (the s3s-fs bucket is a directory).
-    if [ "$STORE" = s3 ]; then lakedir="$s3root/bench/run-$n-$run-$$"; else lakedir="$lake/lake"; fi
+    if [ "$STORE" = s3 ]; then lakedir="$s3root/bench/r$s3runs"; else lakedir="$lake/lake"; fi
     "$PY" scripts/lake_files.py "$lakedir" raw_events quarantine events fact_sessions fact_orders \
       agg_user_features agg_product_daily | "$PY" -c '
 import json, sys

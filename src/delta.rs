@@ -131,6 +131,7 @@ pub struct TableSink {
     flush_at: usize,
     target: arrow::datatypes::SchemaRef,
     what: String,
+    table: String,
     rows: u64,
 }
 
@@ -150,6 +151,7 @@ impl TableSink {
             flush_at,
             target,
             what: what.into(),
+            table: table_name(table),
             rows: 0,
         })
     }
@@ -175,9 +177,18 @@ impl TableSink {
         }
         let conformed = arrow::array::RecordBatch::try_new(self.target.clone(), columns)?;
         self.rows += conformed.num_rows() as u64;
-        self.writer.write(conformed).await?;
+        let table = &self.table;
+        self.writer
+            .write(conformed)
+            .await
+            .map_err(|e| write_failed(table, e))?;
         if self.writer.buffer_len() > self.flush_at {
-            self.adds.extend(self.writer.flush().await?);
+            let adds = self
+                .writer
+                .flush()
+                .await
+                .map_err(|e| write_failed(table, e))?;
+            self.adds.extend(adds);
         }
         Ok(())
     }
@@ -188,7 +199,12 @@ impl TableSink {
 
     /// Flushes what is buffered and returns every file written (not yet committed).
     pub async fn finish(mut self) -> Result<Vec<Add>> {
-        self.adds.extend(self.writer.flush().await?);
+        let adds = self
+            .writer
+            .flush()
+            .await
+            .map_err(|e| write_failed(&self.table, e))?;
+        self.adds.extend(adds);
         Ok(self.adds)
     }
 }
@@ -235,6 +251,19 @@ pub fn is_data_change(action: &serde_json::Value) -> bool {
             .get(kind)
             .is_some_and(|a| a["dataChange"].as_bool().unwrap_or(true))
     })
+}
+
+/// A failed data-file write, named as one: deltalake reports a failed upload of a Parquet file as
+/// "Failed to parse parquet", which reads like a corrupt input.
+fn write_failed(table: &str, e: deltalake::DeltaTableError) -> Error {
+    let cause = match &e {
+        deltalake::DeltaTableError::Parquet { source } => source.to_string(),
+        other => other.to_string(),
+    };
+    Error::runtime(format!(
+        "writing a data file of {table}: {}",
+        cause.replace('\n', " ")
+    ))
 }
 
 fn table_name(table: &DeltaTable) -> String {
