@@ -26,6 +26,8 @@ pub struct RunPool {
     limit: usize,
     /// Bytes held by repartition buffers, outside the fair pool.
     repartition: AtomicUsize,
+    /// The most they held at once.
+    repartition_peak: AtomicUsize,
 }
 
 impl RunPool {
@@ -34,7 +36,18 @@ impl RunPool {
             inner: FairSpillPool::new(limit),
             limit,
             repartition: AtomicUsize::new(0),
+            repartition_peak: AtomicUsize::new(0),
         }
+    }
+
+    /// The most bytes repartition buffers held at once (they are outside the limit).
+    pub fn repartition_peak(&self) -> usize {
+        self.repartition_peak.load(Ordering::Relaxed)
+    }
+
+    fn add_repartition(&self, bytes: usize) {
+        let now = self.repartition.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.repartition_peak.fetch_max(now, Ordering::Relaxed);
     }
 }
 
@@ -67,7 +80,7 @@ impl MemoryPool for RunPool {
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         if is_repartition_buffer(reservation.consumer()) {
-            self.repartition.fetch_add(additional, Ordering::Relaxed);
+            self.add_repartition(additional);
         } else {
             self.inner.grow(reservation, additional)
         }
@@ -83,7 +96,7 @@ impl MemoryPool for RunPool {
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
         if is_repartition_buffer(reservation.consumer()) {
-            self.repartition.fetch_add(additional, Ordering::Relaxed);
+            self.add_repartition(additional);
             Ok(())
         } else {
             self.inner.try_grow(reservation, additional)

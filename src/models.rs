@@ -244,10 +244,11 @@ pub async fn plan_chain(
                 model.origin,
                 datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
             );
-            let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+            let stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())
+                .map_err(|e| model_error(model, e))?;
+            let (schema, batches) = collect_compact(df_schema, stream)
                 .await
                 .map_err(|e| model_error(model, e))?;
-            let (schema, batches) = compact(df_schema, batches)?;
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
                 .map_err(|e| model_error(model, e))?;
             ctx.register_table(model.name.as_str(), std::sync::Arc::new(table))
@@ -260,42 +261,58 @@ pub async fn plan_chain(
     Ok(last.expect("load() never returns an empty chain"))
 }
 
-/// Copies string views into plain strings: a view array read from Parquet points into whole
-/// decoded pages, so a small in-memory result would otherwise keep gigabytes of pages alive.
-fn compact(
+/// Collects a stream in memory with its string views copied into plain strings, batch by batch
+/// as they arrive: a view array read from Parquet points into whole decoded pages, so a small
+/// result would otherwise keep gigabytes of pages alive (and collecting first, then copying,
+/// would hold them all at once).
+pub async fn collect_compact(
     schema: arrow::datatypes::SchemaRef,
-    batches: Vec<arrow::array::RecordBatch>,
-) -> Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+) -> datafusion::error::Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
+    use futures::StreamExt;
+    let target = plain_strings(&schema);
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        out.push(compact(&target, &batch?)?);
+    }
+    Ok((target, out))
+}
+
+/// `schema` with string and binary views as plain strings and binaries.
+fn plain_strings(schema: &arrow::datatypes::SchemaRef) -> arrow::datatypes::SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema};
     let plain = |t: &DataType| match t {
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,
         other => other.clone(),
     };
-    let target = std::sync::Arc::new(Schema::new(
+    std::sync::Arc::new(Schema::new(
         schema
             .fields()
             .iter()
             .map(|f| Field::new(f.name(), plain(f.data_type()), f.is_nullable()))
             .collect::<Vec<_>>(),
-    ));
-    let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
-        let columns = batch
-            .columns()
-            .iter()
-            .zip(target.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    arrow::compute::cast(c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        out.push(arrow::array::RecordBatch::try_new(target.clone(), columns)?);
-    }
-    Ok((target, out))
+    ))
+}
+
+/// One batch cast to `target` (see [`plain_strings`]): the views' bytes are copied.
+fn compact(
+    target: &arrow::datatypes::SchemaRef,
+    batch: &arrow::array::RecordBatch,
+) -> datafusion::error::Result<arrow::array::RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(arrow::array::RecordBatch::try_new(target.clone(), columns)?)
 }
 
 /// Removes the chain's views so it can be planned again in the same session.

@@ -160,6 +160,15 @@ pub async fn run(
     lap("tables opened, plan made");
     let progress = printer.spinner("clean");
     let ctx = catalog::model_session(cfg.memory_limit)?;
+    // Joins build on their (small) left side and every partition probes it: a partitioned join
+    // would hash-repartition the wide event stream, and those buffers grow without bound while
+    // the single writer is the slower end (apache/datafusion#22090).
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .repartition_joins = false;
     raw.update_datafusion_session(&ctx.state())?;
     events.update_datafusion_session(&ctx.state())?;
     let params = datafusion::common::ParamValues::from(vec![(
@@ -237,7 +246,8 @@ pub async fn run(
                 // A cron tick's few rows: decoded once here, not once per model that reads them.
                 let df = ctx.table("normalized").await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
-                let batches = df.collect().await?;
+                let (schema, batches) =
+                    models::collect_compact(schema, df.execute_stream().await?).await?;
                 ctx.deregister_table("normalized")?;
                 ctx.register_table(
                     "normalized",
@@ -362,6 +372,18 @@ pub async fn run(
         progress.set_message(format!("{} events recomputed", summary.events_recomputed));
     }
     lap("models run, changed rows written");
+    if let Some(pool) = ctx
+        .runtime_env()
+        .memory_pool
+        .as_ref()
+        .downcast_ref::<crate::memory::RunPool>()
+    {
+        tracing::debug!(
+            "clean: repartition buffers peaked at {} MB (outside the memory limit), pool holds {} MB",
+            pool.repartition_peak() >> 20,
+            datafusion::execution::memory_pool::MemoryPool::reserved(pool) >> 20
+        );
+    }
     if !superseded.is_empty() {
         let files: Vec<String> = superseded.iter().cloned().collect();
         // Every row of those files except the superseded versions.
@@ -548,7 +570,8 @@ async fn rows_where_in(
         .await?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let plan = df.create_physical_plan().await?;
-    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await?;
+    let stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
+    let (schema, batches) = models::collect_compact(schema, stream).await?;
     tracing::debug!(
         "rows_where_in plan:\n{}",
         datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
