@@ -221,16 +221,21 @@ pub async fn run(
                 .table_provider()
                 .with_file_column(FILE_COLUMN)
                 .await?;
-            // The current copies of the new event ids: one scan that decodes event_id and, for
-            // the few matching rows only, the arrival keys and the payload.
+            // The current copies of the new event ids (arrival keys and payload, to settle
+            // resends): one scan of events.
             let new_ids = collect_strings(
                 &ctx,
                 "SELECT DISTINCT event_id FROM normalized WHERE event_id IS NOT NULL",
             )
             .await?;
-            let mut copy_columns = vec!["event_id", "received_at", "source_file", "line_number"];
-            copy_columns.push("batch_id");
-            copy_columns.extend(payload_columns());
+            let keys = [
+                "event_id",
+                "received_at",
+                "source_file",
+                "line_number",
+                "batch_id",
+            ];
+            let copy_columns: Vec<&str> = keys.into_iter().chain(payload_columns()).collect();
             let (copies, _) =
                 rows_where_in(&ctx, current.clone(), "event_id", new_ids, &copy_columns).await?;
             ctx.register_table("current_copies", copies)?;
@@ -264,8 +269,7 @@ pub async fn run(
             .await?;
             summary.visitors_touched = touched.len() as u64;
             lap("touched visitors found");
-            // Every current row of a touched visitor, with the file that holds it: one scan that
-            // decodes anonymous_id and, for matching rows only, the rest.
+            // Every current row of a touched visitor, with the file that holds it: one more scan.
             let (rows, n) = rows_where_in(&ctx, current, "anonymous_id", touched, &[]).await?;
             ctx.register_table("current_touched", rows)?;
             lap("their current rows read");
@@ -538,9 +542,9 @@ async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
 
 /// The rows of `table` whose `column` is one of `values` (only `columns` of them, all when
 /// empty), collected in memory, and their number. The values are the build side of a hash join
-/// whose dynamic filter reaches the Parquet reader: it decodes `column` first and the other
-/// columns only for the rows that match, so a few thousand rows out of millions cost about one
-/// narrow column scan.
+/// whose dynamic filter reaches the Parquet reader: it evaluates the filter on `column` first,
+/// so only matching rows leave the scan (pages without a match are skipped; with matches spread
+/// over every page, as event ids and visitors are, every page is still decoded).
 async fn rows_where_in(
     ctx: &SessionContext,
     table: Arc<dyn TableProvider>,
