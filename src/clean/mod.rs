@@ -49,7 +49,7 @@ pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
 const FILE_COLUMN: &str = "__clicklake_file";
 /// An incremental run holds its new rows (those that are not settled resends) in memory when
 /// it consumes at most this many raw rows; a larger backlog is streamed from its files.
-const IN_MEMORY_NEW_ROWS: i64 = 200_000;
+const IN_MEMORY_NEW_ROWS: u64 = 200_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CleanRequest {
@@ -184,6 +184,7 @@ pub async fn run(
             summary.mode = "full";
             summary.full_refresh_reason = Some(reason.clone());
             ctx.register_table("raw_input", raw.table_provider().await?)?;
+            summary.raw_rows_consumed = raw_input_rows(&ctx).await?;
             register_first(&ctx, &models[0], &params).await?;
             ctx.register_table("events_carried", empty_events()?)?;
             removes.extend(
@@ -215,6 +216,7 @@ pub async fn run(
                 "raw_input",
                 raw.table_provider().with_file_paths(paths.clone()).await?,
             )?;
+            summary.raw_rows_consumed = raw_input_rows(&ctx).await?;
             register_first(&ctx, &models[0], &params).await?;
             lap("new raw rows registered");
             let current: Arc<dyn TableProvider> = events
@@ -244,10 +246,7 @@ pub async fn run(
             lap("losing resends settled");
             summary.exact_duplicates += exact;
             summary.conflicting_duplicates += conflicting;
-            let new_rows = catalog::query_i64(&ctx, "SELECT count(*) FROM raw_input")
-                .await?
-                .unwrap_or(0);
-            if new_rows <= IN_MEMORY_NEW_ROWS {
+            if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
                 // A cron tick's few rows: decoded once here, not once per model that reads them.
                 let df = ctx.table("normalized").await?;
                 let schema = Arc::new(df.schema().as_arrow().clone());
@@ -402,10 +401,6 @@ pub async fn run(
     lap("superseded files rewritten");
     fault("clean-after-data-files");
 
-    // Raw rows consumed: a count over the same files (answered from file statistics).
-    summary.raw_rows_consumed = catalog::query_i64(&ctx, "SELECT count(*) FROM raw_input")
-        .await?
-        .unwrap_or(0) as u64;
     summary.events_written = summary.events_changed + summary.events_copied;
     summary.sessions_touched = sessions.len() as u64;
     summary.files_added = adds.len() as u64;
@@ -585,6 +580,13 @@ async fn rows_where_in(
     ctx.deregister_table("__rows_where_in_table")?;
     let n = batches.iter().map(RecordBatch::num_rows).sum();
     Ok((Arc::new(MemTable::try_new(schema, vec![batches])?), n))
+}
+
+/// The rows of `raw_input` (answered from file statistics).
+async fn raw_input_rows(ctx: &SessionContext) -> Result<u64> {
+    Ok(catalog::query_i64(ctx, "SELECT count(*) FROM raw_input")
+        .await?
+        .unwrap_or(0) as u64)
 }
 
 /// Plans and registers the first model (normalisation of `raw_input`).
