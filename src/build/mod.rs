@@ -171,7 +171,15 @@ pub async fn run(
         .collect();
 
     // Nothing is written until every model and every segment rule plans.
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "build: tables opened"
+    );
     validate_plans(cfg, &ctx, &models, &params, &opened).await?;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "build: every model planned"
+    );
 
     let progress = printer.spinner("build");
     let mut any_built = false;
@@ -311,6 +319,7 @@ async fn validate_plans(
     params: &ParamValues,
     opened: &HashMap<String, DeltaTable>,
 ) -> Result<()> {
+    let started = Instant::now();
     let scratch = catalog::star_session(cfg.memory_limit)?;
     for name in ["events_all", "events", "segment_rules", "consents"] {
         scratch.register_table(name, ctx.table_provider(name).await?)?;
@@ -337,10 +346,22 @@ async fn validate_plans(
             .await
             .map_err(|e| models::model_error(model, e))?;
         delta_schema(df.schema().inner(), model)?;
+        // The models after it see an empty table of the planned schema: the same names and types
+        // as a view of this plan, without re-planning the whole chain of views under every model
+        // and segment rule (that took most of a second at 1M).
+        let planned = Arc::new(Schema::new(df.schema().inner().fields().clone()));
         let _ = scratch.deregister_table(model.name.as_str());
         scratch
-            .register_table(model.name.as_str(), df.into_view())
+            .register_table(
+                model.name.as_str(),
+                Arc::new(MemTable::try_new(planned, vec![vec![]])?),
+            )
             .map_err(|e| models::model_error(model, e))?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "build: {} planned",
+            model.name
+        );
     }
     Ok(())
 }
