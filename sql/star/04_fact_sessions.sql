@@ -58,34 +58,26 @@ agg AS (
         max(checkout_step) FILTER (WHERE event_type = 'checkout_step')          AS max_step_seen,
         bool_or(event_type IN ('payment_info', 'purchase'))                     AS payment_info,
         bool_or(event_type = 'purchase')                                        AS purchased,
-        max(user_id)                                                            AS user_id
+        max(user_id)                                                            AS user_id,
+        -- The first event: earliest event_time, then smallest event_id (event_id is unique).
+        first_value(event_id ORDER BY event_time, event_id)                     AS first_event_id
     FROM e
     GROUP BY session_key
 ),
--- The first event (earliest event_time, then smallest event_id): the events at the session's
--- start time, found with a hash join on (session, time) rather than by sorting every event;
--- ties at the start time (rare) go to the smallest event_id.
-starts AS (
-    SELECT session_key, min(event_time) AS started_at FROM events GROUP BY session_key
-),
-candidates AS (
-    SELECT s.session_key, s.event_id, s.anonymous_id, s.device, s.country, s.page_url,
-           s.referrer, s.segment
-    FROM starts a
-    JOIN e s ON s.session_key = a.session_key AND s.event_time = a.started_at
-),
-first_event AS (
-    SELECT c.session_key, c.anonymous_id, c.device, c.country, c.page_url AS landing_page,
-           c.referrer, c.segment
-    FROM (SELECT session_key, min(event_id) AS event_id FROM candidates GROUP BY session_key) f
-    JOIN candidates c ON c.session_key = f.session_key AND c.event_id = f.event_id
+-- The session with its first event's attributes, found with a hash join on the event id (one
+-- more scan of `events`, narrowed by the join's filter) rather than by sorting every event.
+sessions AS (
+    SELECT a.*, s.anonymous_id, s.device, s.country, s.page_url AS landing_page, s.referrer,
+           s.segment
+    FROM agg a
+    JOIN e s ON s.event_id = a.first_event_id AND s.session_key = a.session_key
 )
 SELECT
     a.session_key,
     CASE WHEN a.user_id IS NOT NULL THEN md5(concat('user', chr(31), a.user_id))
-         ELSE md5(concat('anonymous', chr(31), f.anonymous_id)) END           AS user_key,
+         ELSE md5(concat('anonymous', chr(31), a.anonymous_id)) END           AS user_key,
     a.user_id,
-    f.anonymous_id,
+    a.anonymous_id,
     CAST(to_char(a.started_at, '%Y%m%d') AS INT)                              AS date_key,
     a.started_at,
     a.ended_at,
@@ -106,13 +98,12 @@ SELECT
     o.revenue,
     o.currency,
     a.adds > 0 AND NOT a.purchased                                            AS cart_abandoned,
-    f.device,
-    f.country,
-    f.landing_page,
-    f.referrer,
-    f.segment,
+    a.device,
+    a.country,
+    a.landing_page,
+    a.referrer,
+    a.segment,
     CAST(a.started_at AS DATE)                                                AS session_date
 -- The small side first: hash joins build on their left input.
 FROM session_orders o
-RIGHT JOIN (first_event f JOIN agg a ON a.session_key = f.session_key)
-    ON o.session_key = a.session_key
+RIGHT JOIN sessions a ON o.session_key = a.session_key

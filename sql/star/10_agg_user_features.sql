@@ -63,7 +63,8 @@ devices AS (
     GROUP BY user_key
 ),
 -- Interest points per customer, aggregated on the raw identity columns first and hashed into
--- user_key only per group (not per event).
+-- user_key only per group (not per event). One scan of `events` gives the points of both the
+-- categories and the brands (grouping sets), and one aggregate picks both favourites.
 interest AS (
     SELECT
         coalesce(stitched_user_id, user_id)                                          AS uid,
@@ -73,23 +74,23 @@ interest AS (
         CASE event_type WHEN 'purchase' THEN 5 WHEN 'add_to_cart' THEN 3 ELSE 1 END  AS points
     FROM events
     WHERE event_type IN ('product_view', 'add_to_cart', 'purchase') AND event_time <= $as_of
+      AND (category_l1 IS NOT NULL OR brand IS NOT NULL)
 ),
-categories AS (
+points AS (
+    SELECT uid, anon, category_l1, brand, grouping(brand) = 1 AS by_category,
+           sum(points) AS points
+    FROM interest
+    GROUP BY GROUPING SETS ((uid, anon, category_l1), (uid, anon, brand))
+),
+favourites AS (
     SELECT
         CASE WHEN uid IS NOT NULL THEN md5(concat('user', chr(31), uid))
              ELSE md5(concat('anonymous', chr(31), anon)) END                  AS user_key,
-        first_value(category_l1 ORDER BY points DESC, category_l1)             AS category_l1
-    FROM (SELECT uid, anon, category_l1, sum(points) AS points FROM interest
-          WHERE category_l1 IS NOT NULL GROUP BY uid, anon, category_l1)
-    GROUP BY uid, anon
-),
-brands AS (
-    SELECT
-        CASE WHEN uid IS NOT NULL THEN md5(concat('user', chr(31), uid))
-             ELSE md5(concat('anonymous', chr(31), anon)) END                  AS user_key,
-        first_value(brand ORDER BY points DESC, brand)                         AS brand
-    FROM (SELECT uid, anon, brand, sum(points) AS points FROM interest
-          WHERE brand IS NOT NULL GROUP BY uid, anon, brand)
+        first_value(category_l1 ORDER BY points DESC, category_l1)
+            FILTER (WHERE by_category AND category_l1 IS NOT NULL)              AS category_l1,
+        first_value(brand ORDER BY points DESC, brand)
+            FILTER (WHERE NOT by_category AND brand IS NOT NULL)                AS brand
+    FROM points
     GROUP BY uid, anon
 )
 SELECT
@@ -115,21 +116,18 @@ SELECT
     s.last_cart_abandoned_at,
     CASE WHEN s.sessions_with_cart > 0
          THEN CAST(s.carts_abandoned AS DOUBLE) / s.sessions_with_cart END   AS cart_abandonment_rate,
-    c.category_l1                                                            AS favourite_category,
-    b.brand                                                                  AS favourite_brand,
+    f.category_l1                                                            AS favourite_category,
+    f.brand                                                                  AS favourite_brand,
     d.device                                                                 AS preferred_device
 -- Every customer with a session, plus what is known of them. The narrow sides come first: hash
 -- joins build on their left input and stream the right one.
 FROM devices d
 RIGHT JOIN (
-    brands b
+    favourites f
     RIGHT JOIN (
-        categories c
-        RIGHT JOIN (
-            order_features o
-            RIGHT JOIN session_features s ON o.user_key = s.user_key
-        ) ON c.user_key = s.user_key
-    ) ON b.user_key = s.user_key
+        order_features o
+        RIGHT JOIN session_features s ON o.user_key = s.user_key
+    ) ON f.user_key = s.user_key
 ) ON d.user_key = s.user_key
 WHERE NOT EXISTS (SELECT 1 FROM user_consent u
                   WHERE u.user_key = s.user_key AND u.purpose = 'personalization' AND NOT u.granted)
