@@ -278,6 +278,28 @@ pub async fn collect_compact(
     Ok((target, out))
 }
 
+/// [`collect_compact`], unless the stream has more than `max_rows` rows: then `None` (the stream
+/// is dropped there), so a caller can fall back to streaming.
+pub async fn collect_compact_at_most(
+    schema: arrow::datatypes::SchemaRef,
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    max_rows: usize,
+) -> datafusion::error::Result<Option<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)>>
+{
+    use futures::StreamExt;
+    let target = plain_strings(&schema);
+    let (mut out, mut rows) = (Vec::new(), 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows();
+        if rows > max_rows {
+            return Ok(None);
+        }
+        out.push(compact(&target, &batch)?);
+    }
+    Ok(Some((target, out)))
+}
+
 /// `schema` with string and binary views as plain strings and binaries.
 fn plain_strings(schema: &arrow::datatypes::SchemaRef) -> arrow::datatypes::SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema};

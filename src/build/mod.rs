@@ -185,6 +185,7 @@ pub async fn run(
     let mut any_built = false;
     let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
     let mut fingerprints: Vec<(String, i64)> = Vec::new();
+    let mut shared = SharedRows::new(&models);
     for model in &models {
         let t0 = Instant::now();
         progress.set_message(model.name.clone());
@@ -241,6 +242,7 @@ pub async fn run(
                         Transaction::new(EVENTS_APP_ID, events_version),
                         Transaction::new(INPUTS_APP_ID, fingerprint),
                     ],
+                    &mut shared,
                 )
                 .await?
             }
@@ -563,6 +565,67 @@ async fn changed_keys(
     Ok(Ok(out))
 }
 
+/// The events rows of a key column's changed keys, per (column, keys): incremental models keyed
+/// by the same column (fact_sessions, fact_cart_lines and fact_checkout_funnel by session_key)
+/// read them once.
+#[derive(Default)]
+struct SharedRows {
+    /// How many incremental models are keyed by each column.
+    readers: HashMap<String, usize>,
+    rows: Vec<(
+        String,
+        Vec<String>,
+        Arc<dyn datafusion::catalog::TableProvider>,
+    )>,
+}
+
+impl SharedRows {
+    fn new(models: &[Model]) -> Self {
+        let mut readers: HashMap<String, usize> = HashMap::new();
+        for m in models {
+            if m.directive("materialized").as_deref() == Some("incremental") {
+                if let Some(column) = m.directive("unique_key") {
+                    *readers.entry(column).or_default() += 1;
+                }
+            }
+        }
+        SharedRows {
+            readers,
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// At most this many changed rows are kept in memory for the models that share them; more (a
+/// large backfill) are read by each model as it runs.
+const SHARED_ROWS_MAX: usize = 200_000;
+
+/// The events rows whose `column` is one of `changed_keys`: in memory when they are few (a
+/// cron tick's), else a view each model scans.
+async fn changed_rows(
+    ctx: &SessionContext,
+    column: &str,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let view = changed_rows_view(ctx, column).await?;
+    let schema = Arc::new(view.schema().as_arrow().clone());
+    let stream = view.clone().execute_stream().await?;
+    Ok(
+        match models::collect_compact_at_most(schema, stream, SHARED_ROWS_MAX).await? {
+            Some((schema, batches)) => Arc::new(MemTable::try_new(schema, vec![batches])?),
+            None => view.into_view(),
+        },
+    )
+}
+
+async fn changed_rows_view(ctx: &SessionContext, column: &str) -> Result<DataFrame> {
+    Ok(ctx
+        .sql(&format!(
+            "SELECT e.* FROM changed_keys k JOIN events_all e ON {}",
+            key_join("e", column)
+        ))
+        .await?)
+}
+
 async fn reregister(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
     let _ = ctx.deregister_table(name);
     catalog::register(ctx, name, table).await
@@ -579,6 +642,7 @@ async fn build_table(
     params: &ParamValues,
     as_of: i64,
     markers: Vec<Transaction>,
+    shared: &mut SharedRows,
 ) -> Result<TableBuild> {
     let mut out = TableBuild {
         table: model.name.clone(),
@@ -591,13 +655,22 @@ async fn build_table(
             out.mode = "incremental";
             out.keys_changed = Some(keys.len() as u64);
             ctx.register_table("changed_keys", Arc::new(key_table(keys)?))?;
-            let view = ctx
-                .sql(&format!(
-                    "SELECT e.* FROM changed_keys k JOIN events_all e ON {}",
-                    key_join("e", column)
-                ))
-                .await?;
-            ctx.register_table("events", view.into_view())?;
+            let rows = match shared
+                .rows
+                .iter()
+                .find(|(c, k, _)| c == column && k == keys)
+            {
+                Some((_, _, rows)) => rows.clone(),
+                None if shared.readers.get(column).copied().unwrap_or(0) > 1 => {
+                    let rows = changed_rows(ctx, column).await?;
+                    shared
+                        .rows
+                        .push((column.clone(), keys.clone(), rows.clone()));
+                    rows
+                }
+                None => changed_rows_view(ctx, column).await?.into_view(),
+            };
+            ctx.register_table("events", rows)?;
             Some((
                 column.clone(),
                 keys.iter().cloned().collect::<HashSet<String>>(),
