@@ -20,6 +20,7 @@ pub mod memory;
 pub mod models;
 pub mod printer;
 pub mod privacy;
+mod range_cache;
 pub mod repl;
 pub mod runner;
 pub mod sqlfn;

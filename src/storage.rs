@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::config::{Config, StorageConfig};
 use crate::error::{Error, Result};
+use crate::range_cache::RangeCache;
 
 /// A validated lake location plus the options every store client is built with.
 #[derive(Clone)]
@@ -23,7 +24,14 @@ pub struct Lake {
     options: HashMap<String, String>,
     /// One client (and connection pool) for the lake's own store, built on first use.
     root_store: Arc<std::sync::OnceLock<(Arc<dyn ObjectStore>, ObjectPath)>>,
+    /// A remote lake's Delta tables all read through one cache of data-file ranges (built on
+    /// first use; `None` locally).
+    table_store: Arc<std::sync::OnceLock<Option<Arc<RangeCache>>>>,
+    read_cache_bytes: usize,
 }
+
+/// The most a remote lake's read cache holds: a quarter of the memory budget, at most this.
+const READ_CACHE_MAX: u64 = 256 << 20;
 
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,7 +51,55 @@ impl Lake {
             options: storage_options(&root, &cfg.storage),
             root,
             root_store: Default::default(),
+            table_store: Default::default(),
+            read_cache_bytes: (cfg.memory_limit / 4).min(READ_CACHE_MAX) as usize,
         })
+    }
+
+    /// The store Delta tables of a remote lake read and write through: deltalake's own client for
+    /// the URL's scheme behind [`RangeCache`], one for the whole run. `None` for a local lake.
+    fn table_store(&self) -> Result<Option<Arc<RangeCache>>> {
+        if let Some(s) = self.table_store.get() {
+            return Ok(s.clone());
+        }
+        let store = match self.is_local() {
+            true => None,
+            false => {
+                use deltalake::logstore::{object_store_factories, StorageConfig};
+                let scheme = Url::parse(&format!("{}://", self.root.scheme()))
+                    .map_err(|e| Error::config(format!("{}: {e}", redact(&self.root))))?;
+                let factories = object_store_factories();
+                let factory = factories.get(&scheme).ok_or_else(|| {
+                    Error::config(format!(
+                        "{}: no object store for this scheme",
+                        redact(&self.root)
+                    ))
+                })?;
+                // The bucket's client, undecorated: deltalake adds its own layers per table.
+                let config = StorageConfig::parse_options(self.storage_options())?;
+                let (client, _) = factory.value().parse_url_opts(&self.root, &config)?;
+                Some(Arc::new(RangeCache::new(client, self.read_cache_bytes)))
+            }
+        };
+        let _ = self.table_store.set(store.clone());
+        Ok(store)
+    }
+
+    /// A Delta table builder for `url` with the lake's options and store.
+    fn table_builder(&self, url: Url) -> Result<deltalake::DeltaTableBuilder> {
+        let builder = deltalake::DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_options(self.storage_options());
+        Ok(match self.table_store()? {
+            Some(store) => builder.with_storage_backend(store, url),
+            None => builder,
+        })
+    }
+
+    /// (ranges answered from the read cache, ranges requested from the store) so far.
+    pub fn read_cache_stats(&self) -> Option<(u64, u64)> {
+        self.table_store
+            .get()
+            .and_then(|s| s.as_ref().map(|c| c.stats()))
     }
 
     /// The lake root, always ending in `/`.
@@ -113,11 +169,7 @@ impl Lake {
         if !self.table_exists(name).await? {
             return Ok(None);
         }
-        match deltalake::DeltaTableBuilder::from_url(url)?
-            .with_storage_options(self.storage_options())
-            .load()
-            .await
-        {
+        match self.table_builder(url)?.load().await {
             Ok(t) => Ok(Some(t)),
             Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
             Err(deltalake::DeltaTableError::InvalidTableLocation(_)) => Ok(None),
@@ -166,8 +218,7 @@ impl Lake {
             }
         }
         let url = self.table_url(name);
-        let builder = deltalake::DeltaTableBuilder::from_url(url)?
-            .with_storage_options(self.storage_options());
+        let builder = self.table_builder(url)?;
         let builder = match as_of {
             TableAsOf::Version(v) => builder.with_version(v as _),
             TableAsOf::Time(t) => builder.with_timestamp(t),

@@ -258,6 +258,13 @@ pub async fn run(
         summary.tables.push(built);
     }
     progress.finish_and_clear();
+    if let Some((hits, sent)) = lake.read_cache_stats() {
+        tracing::debug!(
+            hits,
+            sent,
+            "build: data-file ranges read from memory, from the store"
+        );
+    }
     if any_built {
         summary.mode = "built";
     }

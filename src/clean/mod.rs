@@ -218,6 +218,19 @@ pub async fn run(
             )?;
             summary.raw_rows_consumed = raw_input_rows(&ctx).await?;
             register_first(&ctx, &models[0], &params).await?;
+            if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
+                // A cron tick's few rows: read and decoded once here, not by every query and
+                // model that reads them (each read is a round of requests on an object store).
+                let df = ctx.table("normalized").await?;
+                let schema = Arc::new(df.schema().as_arrow().clone());
+                let (schema, batches) =
+                    models::collect_compact(schema, df.execute_stream().await?).await?;
+                ctx.deregister_table("normalized")?;
+                ctx.register_table(
+                    "normalized",
+                    Arc::new(MemTable::try_new(schema, vec![batches])?),
+                )?;
+            }
             lap("new raw rows registered");
             let current: Arc<dyn TableProvider> = events
                 .table_provider()
@@ -246,18 +259,6 @@ pub async fn run(
             lap("losing resends settled");
             summary.exact_duplicates += exact;
             summary.conflicting_duplicates += conflicting;
-            if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
-                // A cron tick's few rows: decoded once here, not once per model that reads them.
-                let df = ctx.table("normalized").await?;
-                let schema = Arc::new(df.schema().as_arrow().clone());
-                let (schema, batches) =
-                    models::collect_compact(schema, df.execute_stream().await?).await?;
-                ctx.deregister_table("normalized")?;
-                ctx.register_table(
-                    "normalized",
-                    Arc::new(MemTable::try_new(schema, vec![batches])?),
-                )?;
-            }
             let touched = collect_strings(
                 &ctx,
                 "SELECT DISTINCT anonymous_id FROM normalized \
@@ -435,6 +436,13 @@ pub async fn run(
     )
     .await?;
     lap("committed");
+    if let Some((hits, sent)) = lake.read_cache_stats() {
+        tracing::debug!(
+            hits,
+            sent,
+            "clean: data-file ranges read from memory, from the store"
+        );
+    }
     fault("clean-after-commit");
     summary.events_version = Some(version);
     summary.events_total = Some(table_rows(&events)?);
