@@ -7,8 +7,9 @@
 //! written (every write is a new, uniquely named file), so a range read once can be served again
 //! from memory for the rest of the process.
 //!
-//! Only plain ranged reads of `*.parquet` files outside `_delta_log/` are cached; everything else
-//! (the log, writes, listings, conditional requests) goes straight to the store. The cache holds
+//! Only plain reads of data files (byte ranges) and of the log's commit files (whole: a command
+//! opens a table, and reads its new commits, several times) are cached; everything else
+//! (`_last_checkpoint`, writes, listings, conditional requests) goes straight to the store. The cache holds
 //! at most `capacity` bytes and forgets the oldest ranges first. It is used for remote lakes only:
 //! a local file system is served from the page cache already.
 
@@ -61,9 +62,18 @@ impl RangeCache {
         (s.hits, s.misses)
     }
 
+    /// Data files and the log's commit files (`_delta_log/<20 digits>.json`, written once with a
+    /// conditional put) never change; `_last_checkpoint` and the rest of the log may.
     fn cacheable(location: &Path) -> bool {
         let p = location.as_ref();
-        p.ends_with(".parquet") && !p.contains("_delta_log")
+        match p.rsplit_once('/') {
+            Some((dir, name)) if dir.ends_with("_delta_log") => {
+                name.len() == 25
+                    && name.ends_with(".json")
+                    && name[..20].bytes().all(|b| b.is_ascii_digit())
+            }
+            _ => p.ends_with(".parquet") && !p.contains("_delta_log"),
+        }
     }
 
     /// The bytes of `range` when a cached range holds all of it.
@@ -155,10 +165,9 @@ impl ObjectStore for RangeCache {
             && options.if_unmodified_since.is_none()
             && options.version.is_none()
             && !options.head;
-        let range = match (&options.range, plain && Self::cacheable(location)) {
-            (Some(GetRange::Bounded(r)), true) => r.clone(),
-            _ => return self.inner.get_opts(location, options).await,
-        };
+        if !plain || !Self::cacheable(location) {
+            return self.inner.get_opts(location, options).await;
+        }
         let known = self
             .state
             .lock()
@@ -166,8 +175,15 @@ impl ObjectStore for RangeCache {
             .meta
             .get(location)
             .cloned();
-        match known {
-            Some((meta, attributes)) => {
+        // A ranged read, or a whole object (a commit file) whose size a first read told.
+        let wanted = match (&options.range, &known) {
+            (Some(GetRange::Bounded(r)), _) => Some(r.clone()),
+            (None, Some((meta, _))) => Some(0..meta.size),
+            (None, None) => None,
+            (Some(_), _) => return self.inner.get_opts(location, options).await,
+        };
+        match (known, wanted) {
+            (Some((meta, attributes)), Some(range)) => {
                 if let Some(bytes) = self.lookup(location, &range) {
                     return Ok(GetResult {
                         payload: one_chunk(bytes),
@@ -178,7 +194,7 @@ impl ObjectStore for RangeCache {
                 }
             }
             // The first read of the file.
-            None => self.state.lock().expect("range cache lock").misses += 1,
+            _ => self.state.lock().expect("range cache lock").misses += 1,
         }
         let got = self.inner.get_opts(location, options).await?;
         let (meta, attributes, range) =
@@ -264,7 +280,12 @@ mod tests {
     async fn serves_data_file_ranges_again_and_passes_the_log_through() {
         let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let data = Path::from("t/part-0.parquet");
-        let log = Path::from("t/_delta_log/00000000000000000000.json");
+        let log = Path::from("t/_delta_log/_last_checkpoint");
+        let commit = Path::from("t/_delta_log/00000000000000000000.json");
+        inner
+            .put(&commit, Bytes::from_static(b"{\"add\"}").into())
+            .await
+            .unwrap();
         inner
             .put(&data, Bytes::from_static(b"0123456789").into())
             .await
@@ -289,12 +310,22 @@ mod tests {
         assert_eq!(cache.get_range(&data, 3..5).await.unwrap(), "34");
         assert_eq!(cache.stats(), (2, 4));
 
-        // The log is never cached: a rewritten object is read anew.
+        // The rest of the log is never cached: a rewritten object is read anew.
         assert_eq!(cache.get_range(&log, 0..2).await.unwrap(), "{}");
         inner
             .put(&log, Bytes::from_static(b"[]").into())
             .await
             .unwrap();
         assert_eq!(cache.get_range(&log, 0..2).await.unwrap(), "[]");
+        assert_eq!(cache.stats(), (2, 4));
+
+        // A commit file is read whole once, then from memory.
+        let first = cache.get(&commit).await.unwrap();
+        assert_eq!(first.range, 0..7);
+        assert_eq!(first.bytes().await.unwrap(), "{\"add\"}");
+        let again = cache.get(&commit).await.unwrap();
+        assert_eq!(again.meta.size, 7);
+        assert_eq!(again.bytes().await.unwrap(), "{\"add\"}");
+        assert_eq!(cache.stats(), (3, 5));
     }
 }
