@@ -24,7 +24,7 @@ pub struct Lake {
     options: HashMap<String, String>,
     /// One client (and connection pool) for the lake's own store, built on first use.
     root_store: Arc<std::sync::OnceLock<(Arc<dyn ObjectStore>, ObjectPath)>>,
-    /// A remote lake's Delta tables all read through one cache of data-file ranges (built on
+    /// A remote lake's Delta tables all read through one cache of immutable reads (built on
     /// first use; `None` locally).
     table_store: Arc<std::sync::OnceLock<Option<Arc<RangeCache>>>>,
     read_cache_bytes: usize,

@@ -262,7 +262,7 @@ pub async fn run(
         tracing::debug!(
             hits,
             sent,
-            "build: data-file ranges read from memory, from the store"
+            "build: reads of data and commit files answered from memory, sent to the store"
         );
     }
     if any_built {

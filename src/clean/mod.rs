@@ -440,7 +440,7 @@ pub async fn run(
         tracing::debug!(
             hits,
             sent,
-            "clean: data-file ranges read from memory, from the store"
+            "clean: reads of data and commit files answered from memory, sent to the store"
         );
     }
     fault("clean-after-commit");
