@@ -267,15 +267,11 @@ pub async fn plan_chain(
 /// would hold them all at once).
 pub async fn collect_compact(
     schema: arrow::datatypes::SchemaRef,
-    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    stream: datafusion::physical_plan::SendableRecordBatchStream,
 ) -> datafusion::error::Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
-    use futures::StreamExt;
-    let target = plain_strings(&schema);
-    let mut out = Vec::new();
-    while let Some(batch) = stream.next().await {
-        out.push(compact(&target, &batch?)?);
-    }
-    Ok((target, out))
+    Ok(collect_compact_at_most(schema, stream, usize::MAX)
+        .await?
+        .expect("no stream has more than usize::MAX rows"))
 }
 
 /// [`collect_compact`], unless the stream has more than `max_rows` rows: then `None` (the stream
@@ -315,6 +311,23 @@ fn plain_strings(schema: &arrow::datatypes::SchemaRef) -> arrow::datatypes::Sche
             .map(|f| Field::new(f.name(), plain(f.data_type()), f.is_nullable()))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// A DataFrame's rows as an in-memory table ([`collect_compact`]), or `None` when it has more
+/// than `max_rows` rows (`usize::MAX`: always).
+pub async fn memory_table(
+    df: datafusion::prelude::DataFrame,
+    max_rows: usize,
+) -> datafusion::error::Result<Option<datafusion::datasource::MemTable>> {
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let stream = df.execute_stream().await?;
+    match collect_compact_at_most(schema, stream, max_rows).await? {
+        Some((schema, batches)) => Ok(Some(datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![batches],
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// One batch cast to `target` (see [`plain_strings`]): the views' bytes are copied.

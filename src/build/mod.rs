@@ -614,11 +614,9 @@ async fn changed_rows(
     column: &str,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     let view = changed_rows_view(ctx, column).await?;
-    let schema = Arc::new(view.schema().as_arrow().clone());
-    let stream = view.clone().execute_stream().await?;
     Ok(
-        match models::collect_compact_at_most(schema, stream, SHARED_ROWS_MAX).await? {
-            Some((schema, batches)) => Arc::new(MemTable::try_new(schema, vec![batches])?),
+        match models::memory_table(view.clone(), SHARED_ROWS_MAX).await? {
+            Some(rows) => Arc::new(rows),
             None => view.into_view(),
         },
     )

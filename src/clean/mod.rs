@@ -47,8 +47,8 @@ use crate::storage::Lake;
 /// The Delta application id under which `events` records the raw_events version it reflects.
 pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
 const FILE_COLUMN: &str = "__clicklake_file";
-/// An incremental run holds its new rows (those that are not settled resends) in memory when
-/// it consumes at most this many raw rows; a larger backlog is streamed from its files.
+/// An incremental run reads its new rows into memory once when it consumes at most this many
+/// raw rows; a larger backlog is streamed from its files by each query that needs it.
 const IN_MEMORY_NEW_ROWS: u64 = 200_000;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -221,15 +221,11 @@ pub async fn run(
             if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
                 // A cron tick's few rows: read and decoded once here, not by every query and
                 // model that reads them (each read is a round of requests on an object store).
-                let df = ctx.table("normalized").await?;
-                let schema = Arc::new(df.schema().as_arrow().clone());
-                let (schema, batches) =
-                    models::collect_compact(schema, df.execute_stream().await?).await?;
+                let rows = models::memory_table(ctx.table("normalized").await?, usize::MAX)
+                    .await?
+                    .expect("no row limit");
                 ctx.deregister_table("normalized")?;
-                ctx.register_table(
-                    "normalized",
-                    Arc::new(MemTable::try_new(schema, vec![batches])?),
-                )?;
+                ctx.register_table("normalized", Arc::new(rows))?;
             }
             lap("new raw rows registered");
             let current: Arc<dyn TableProvider> = events
