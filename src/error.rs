@@ -104,6 +104,24 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(exit::RUNTIME)
 }
 
+/// The error and its causes on one line, each cause once: many library errors (object_store's,
+/// deltalake's) already repeat their source's text in their own, so printing every link of the
+/// chain would say the same thing several times.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(text.trim()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// True when the chain ends in a broken pipe (stdout closed by `head`): that is success.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|c| {
@@ -114,4 +132,26 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
                 _ => false,
             })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_says_each_cause_once() {
+        // object_store's errors repeat their source's text in their own.
+        let source = std::io::Error::other("connection refused");
+        let store = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(source),
+        };
+        let err = anyhow::Error::new(super::Error::ObjectStore(store));
+        assert_eq!(
+            format!("{err:#}").matches("connection refused").count(),
+            3,
+            "the chain as anyhow prints it"
+        );
+        let line = super::one_line(&err);
+        assert_eq!(line.matches("connection refused").count(), 1, "{line}");
+        assert!(line.starts_with("storage: "), "{line}");
+    }
 }

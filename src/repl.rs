@@ -244,7 +244,7 @@ pub async fn run(
                         Meta::Describe(t) => {
                             if let Err(e) = describe(lake, ctx, &t).await {
                                 failures += 1;
-                                eprintln!("error: {e:#}");
+                                eprintln!("error: {}", crate::error::one_line(&e));
                             }
                         }
                         Meta::Format(f) => format = f,
@@ -327,7 +327,7 @@ async fn execute(
                 }
             }
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", crate::error::one_line(&e));
                 return 1;
             }
         }
