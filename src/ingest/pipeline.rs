@@ -38,9 +38,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Waits for the threads (after the channel has been drained).
+    /// Closes the channel, which stops the threads at their next send, then waits for them.
+    /// (Joining with the receiver still open would deadlock once a thread blocks on a full
+    /// queue: the writer stops draining it when a write fails.)
     pub fn join(self) {
-        for t in self.threads {
+        let Pipeline { events, threads } = self;
+        drop(events);
+        for t in threads {
             let _ = t.join();
         }
     }

@@ -114,3 +114,31 @@ fn credentials_never_printed() {
         "the secret key leaked into output"
     );
 }
+
+/// A refusal found while the parser threads still have chunks in flight stops the run at once.
+/// Before the pipeline closed its queue on the way out, any error raised once the queues were
+/// full (here: personal data without a key, in the first of ~150 chunks) hung the run forever.
+#[test]
+fn an_error_mid_file_stops_the_run_instead_of_hanging() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "20000", "--files", "1"]);
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nthreads = 2\nchunk_size = \"64KiB\"\n",
+    )
+    .unwrap();
+    let out = ctx
+        .cmd()
+        .env_remove("CLICKLAKE_PII_KEY")
+        .args(["ingest", ctx.path("gen").to_str().unwrap()])
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("CLICKLAKE_PII_KEY"),
+        "{}",
+        stderr_of(&out)
+    );
+    one_line(&out);
+}
