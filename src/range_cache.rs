@@ -5,7 +5,9 @@
 //! a file costs several requests (page index, filter columns, the rest), and on S3 every request
 //! is a round trip of tens of milliseconds whatever its size. Delta data files never change once
 //! written (every write is a new, uniquely named file), so a range read once can be served again
-//! from memory for the rest of the process.
+//! from memory for the rest of the process. A data file of at most 8 MiB is read whole on its
+//! first read (a scan starts at the footer, at the end): one request instead of one each for the
+//! footer, the page index and the column chunks, and every later scan of it is served from here.
 //!
 //! Only plain reads of data files (byte ranges) and of the log's commit files (whole: a command
 //! opens a table, and reads its new commits, several times) are cached; everything else
@@ -28,6 +30,9 @@ use object_store::{
     MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
     PutResult, RenameOptions, Result,
 };
+
+/// Data files up to this size are read whole on their first read (see `get_opts`).
+const WHOLE_FILE_MAX: u64 = 8 << 20;
 
 pub struct RangeCache {
     inner: Arc<dyn ObjectStore>,
@@ -182,7 +187,8 @@ impl ObjectStore for RangeCache {
             (None, None) => None,
             (Some(_), _) => return self.inner.get_opts(location, options).await,
         };
-        match (known, wanted) {
+        let first_read = known.is_none();
+        match (known, wanted.clone()) {
             (Some((meta, attributes)), Some(range)) => {
                 if let Some(bytes) = self.lookup(location, &range) {
                     return Ok(GetResult {
@@ -196,6 +202,15 @@ impl ObjectStore for RangeCache {
             // The first read of the file.
             _ => self.state.lock().expect("range cache lock").misses += 1,
         }
+        let mut options = options;
+        if let (true, Some(range)) = (first_read, &wanted) {
+            // A scan's first read of a Parquet file is its footer, at the very end: when that end
+            // is near, the whole file comes in this one request instead of the three to five that
+            // footer, page index and column chunks would each cost.
+            if range.end <= WHOLE_FILE_MAX && location.as_ref().ends_with(".parquet") {
+                options.range = Some(GetRange::Bounded(0..range.end));
+            }
+        }
         let got = self.inner.get_opts(location, options).await?;
         let (meta, attributes, range) =
             (got.meta.clone(), got.attributes.clone(), got.range.clone());
@@ -206,6 +221,14 @@ impl ObjectStore for RangeCache {
             .meta
             .insert(location.clone(), (meta.clone(), attributes.clone()));
         self.insert(location, range.clone(), bytes.clone());
+        // What was asked for, when more was read.
+        let (bytes, range) = match wanted {
+            Some(w) if w != range && range.start <= w.start && w.end <= range.end => (
+                bytes.slice((w.start - range.start) as usize..(w.end - range.start) as usize),
+                w,
+            ),
+            _ => (bytes, range),
+        };
         Ok(GetResult {
             payload: one_chunk(bytes),
             meta,
@@ -296,19 +319,22 @@ mod tests {
             .unwrap();
         let cache = RangeCache::new(inner.clone(), 8);
 
-        assert_eq!(cache.get_range(&data, 2..6).await.unwrap(), "2345");
+        // The first read of a small Parquet file reads it from its start: what comes before the
+        // range (the column chunks before a footer) is then answered from memory too.
+        assert_eq!(cache.get_range(&data, 4..6).await.unwrap(), "45");
         assert_eq!(cache.stats(), (0, 1));
+        assert_eq!(cache.get_range(&data, 0..2).await.unwrap(), "01");
         // A range inside one already read is answered from memory, by either read path.
         assert_eq!(cache.get_range(&data, 3..5).await.unwrap(), "34");
         assert_eq!(
             cache.get_ranges(&data, &[2..3, 7..9]).await.unwrap(),
             vec![Bytes::from("2"), Bytes::from("78")]
         );
-        assert_eq!(cache.stats(), (2, 2));
-        // Over capacity (4 + 2 + 3 bytes > 8): the oldest range goes first.
-        assert_eq!(cache.get_range(&data, 0..3).await.unwrap(), "012");
+        assert_eq!(cache.stats(), (3, 2));
+        // Over capacity (6 + 2 + 3 bytes > 8): the oldest range goes first.
+        assert_eq!(cache.get_range(&data, 6..9).await.unwrap(), "678");
         assert_eq!(cache.get_range(&data, 3..5).await.unwrap(), "34");
-        assert_eq!(cache.stats(), (2, 4));
+        assert_eq!(cache.stats(), (3, 4));
 
         // The rest of the log is never cached: a rewritten object is read anew.
         assert_eq!(cache.get_range(&log, 0..2).await.unwrap(), "{}");
@@ -317,7 +343,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cache.get_range(&log, 0..2).await.unwrap(), "[]");
-        assert_eq!(cache.stats(), (2, 4));
+        assert_eq!(cache.stats(), (3, 4));
 
         // A commit file is read whole once, then from memory.
         let first = cache.get(&commit).await.unwrap();
@@ -326,6 +352,6 @@ mod tests {
         let again = cache.get(&commit).await.unwrap();
         assert_eq!(again.meta.size, 7);
         assert_eq!(again.bytes().await.unwrap(), "{\"add\"}");
-        assert_eq!(cache.stats(), (3, 5));
+        assert_eq!(cache.stats(), (4, 5));
     }
 }
