@@ -39,7 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             Command::Generate(args) => commands::generate::run(&args),
             command => {
@@ -63,7 +63,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-    })
+    });
+    // Every command awaits its own work, so nothing should be left running here. If a blocking
+    // thread is stuck anyway (a run stopped by `[run] max_duration`), dropping the runtime would
+    // wait for it for ever and the cron job would never end: give it a few seconds, then exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 fn init_logging(cfg: &Config) {
@@ -86,13 +91,16 @@ fn init_logging(cfg: &Config) {
 }
 
 /// Test hook: `CLICKLAKE_PAUSE=<point>:<seconds>` sleeps that long at that point, so a test can
-/// hold a run in the middle (to see its lease renewed, for example).
+/// hold a run in the middle (to see its lease renewed, for example). `<point>-blocking` sleeps
+/// on a blocking thread instead, as a stuck thread would.
 pub async fn pause(point: &str) {
     if let Ok(v) = std::env::var("CLICKLAKE_PAUSE") {
         if let Some((p, secs)) = v.split_once(':') {
+            let secs = std::time::Duration::from_secs_f64(secs.parse().unwrap_or(0.0));
             if p == point {
-                let secs: f64 = secs.parse().unwrap_or(0.0);
-                tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+                tokio::time::sleep(secs).await;
+            } else if p.strip_suffix("-blocking") == Some(point) {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(secs)).await;
             }
         }
     }

@@ -358,20 +358,30 @@ both_backends!(
 fn a_run_past_max_duration_is_stopped_and_releases_its_lease() {
     let ctx = TestContext::new(Backend::Local);
     std::fs::write(ctx.path("clicklake.toml"), "[run]\nmax_duration = \"1s\"\n").unwrap();
-    let started = Instant::now();
-    let out = ctx
-        .std_cmd()
-        .env("CLICKLAKE_PAUSE", "run-stages:30")
-        .args(["run"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    assert!(started.elapsed() < Duration::from_secs(20), "not stopped");
-    let err = stderr_of(&out);
-    assert!(err.contains("max_duration (1s)"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let rows = ctx.query("SELECT outcome FROM _runs");
-    assert_eq!(rows, vec!["failed".to_string()]);
+    // Stuck in an await, then on a blocking thread: the process must end either way (it used to
+    // wait for a stuck blocking thread at exit, so the cron job never ended).
+    for (i, pause) in ["run-stages:60", "run-stages-blocking:60"]
+        .iter()
+        .enumerate()
+    {
+        let started = Instant::now();
+        let out = ctx
+            .std_cmd()
+            .env("CLICKLAKE_PAUSE", pause)
+            .args(["run"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{pause}: {}", stderr_of(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{pause}: not stopped"
+        );
+        let err = stderr_of(&out);
+        assert!(err.contains("max_duration (1s)"), "{pause}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{pause}: {err}");
+        let rows = ctx.query("SELECT outcome FROM _runs");
+        assert_eq!(rows, vec!["failed".to_string(); i + 1], "{pause}");
+    }
     let out = ctx.run(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     // A limit under a second is a configuration error, before any I/O.
