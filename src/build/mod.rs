@@ -175,7 +175,7 @@ pub async fn run(
         ms = started.elapsed().as_millis() as u64,
         "build: tables opened"
     );
-    validate_plans(cfg, &ctx, &models, &params, &opened).await?;
+    let events_columns = validate_plans(cfg, &ctx, &models, &params, &opened).await?;
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
         "build: every model planned"
@@ -185,7 +185,7 @@ pub async fn run(
     let mut any_built = false;
     let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
     let mut fingerprints: Vec<(String, i64)> = Vec::new();
-    let mut shared = SharedRows::new(&models);
+    let mut shared = SharedRows::new(&models, &events_columns);
     for model in &models {
         let t0 = Instant::now();
         progress.set_message(model.name.clone());
@@ -321,13 +321,15 @@ fn validate_directives(model: &Model) -> Result<()> {
 
 /// Plans every model in order (each registered as a view for the ones after it) and every
 /// segment rule, in a scratch session: a mistake is reported before anything is written.
+/// Returns the columns of `events` each model reads (from its optimized plan).
 async fn validate_plans(
     cfg: &Config,
     ctx: &SessionContext,
     models: &[Model],
     params: &ParamValues,
     opened: &HashMap<String, DeltaTable>,
-) -> Result<()> {
+) -> Result<HashMap<String, Vec<String>>> {
+    let mut events_columns = HashMap::new();
     let started = Instant::now();
     let scratch = catalog::star_session(cfg.memory_limit)?;
     for name in ["events_all", "events", "segment_rules", "consents"] {
@@ -350,10 +352,16 @@ async fn validate_plans(
             .and_then(|df| df.with_param_values(params.clone()))
             .map_err(|e| models::model_error(model, e))?;
         // Physical planning catches type errors the logical plan lets through.
-        df.clone()
-            .create_physical_plan()
+        let state = scratch.state();
+        let optimized = state
+            .optimize(df.logical_plan())
+            .map_err(|e| models::model_error(model, e))?;
+        state
+            .query_planner()
+            .create_physical_plan(&optimized, &state)
             .await
             .map_err(|e| models::model_error(model, e))?;
+        events_columns.insert(model.name.clone(), scanned_columns(&optimized, "events")?);
         delta_schema(df.schema().inner(), model)?;
         // The models after it see an empty table of the planned schema: the same names and types
         // as a view of this plan, without re-planning the whole chain of views under every model
@@ -372,7 +380,30 @@ async fn validate_plans(
             model.name
         );
     }
-    Ok(())
+    Ok(events_columns)
+}
+
+/// The columns of `table` that an optimized plan scans, subqueries included.
+fn scanned_columns(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    table: &str,
+) -> Result<Vec<String>> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut columns: Vec<String> = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if scan.table_name.table() == table {
+                for f in scan.projected_schema.fields() {
+                    if !columns.contains(f.name()) {
+                        columns.push(f.name().clone());
+                    }
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(columns)
 }
 
 /// `this` for a model: its table as last committed, or an empty table of its fixed schema.
@@ -574,11 +605,11 @@ async fn changed_keys(
 
 /// The events rows of a key column's changed keys, per (column, keys): incremental models keyed
 /// by the same column (fact_sessions, fact_cart_lines and fact_checkout_funnel by session_key)
-/// read them once.
+/// read them once, and only the columns those models read.
 #[derive(Default)]
 struct SharedRows {
-    /// How many incremental models are keyed by each column.
-    readers: HashMap<String, usize>,
+    /// The columns of `events` read by the incremental models keyed by each column.
+    columns: HashMap<String, Vec<String>>,
     rows: Vec<(
         String,
         Vec<String>,
@@ -587,17 +618,22 @@ struct SharedRows {
 }
 
 impl SharedRows {
-    fn new(models: &[Model]) -> Self {
-        let mut readers: HashMap<String, usize> = HashMap::new();
+    fn new(models: &[Model], events_columns: &HashMap<String, Vec<String>>) -> Self {
+        let mut columns: HashMap<String, Vec<String>> = HashMap::new();
         for m in models {
             if m.directive("materialized").as_deref() == Some("incremental") {
                 if let Some(column) = m.directive("unique_key") {
-                    *readers.entry(column).or_default() += 1;
+                    let set = columns.entry(column).or_default();
+                    for c in events_columns.get(&m.name).into_iter().flatten() {
+                        if !set.contains(c) {
+                            set.push(c.clone());
+                        }
+                    }
                 }
             }
         }
         SharedRows {
-            readers,
+            columns,
             rows: Vec::new(),
         }
     }
@@ -607,28 +643,35 @@ impl SharedRows {
 /// large backfill) are read by each model as it runs.
 const SHARED_ROWS_MAX: usize = 200_000;
 
-/// The events rows whose `column` is one of `changed_keys`: in memory when they are few (a
-/// cron tick's), else a view each model scans.
+/// The events rows whose `column` is one of `changed_keys`, with the `columns` its models read:
+/// in memory when they are few (a cron tick's; each model then scans them several times at no
+/// cost), else a view each model scans.
 async fn changed_rows(
     ctx: &SessionContext,
     column: &str,
+    columns: &[String],
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    let view = changed_rows_view(ctx, column).await?;
+    let select = match columns {
+        // Read nothing (a model that only counts): still one column to carry the rows.
+        [] => format!("e.{column}"),
+        _ => columns
+            .iter()
+            .map(|c| format!("e.\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let view = ctx
+        .sql(&format!(
+            "SELECT {select} FROM changed_keys k JOIN events_all e ON {}",
+            key_join("e", column)
+        ))
+        .await?;
     Ok(
         match models::memory_table(view.clone(), SHARED_ROWS_MAX).await? {
             Some(rows) => Arc::new(rows),
             None => view.into_view(),
         },
     )
-}
-
-async fn changed_rows_view(ctx: &SessionContext, column: &str) -> Result<DataFrame> {
-    Ok(ctx
-        .sql(&format!(
-            "SELECT e.* FROM changed_keys k JOIN events_all e ON {}",
-            key_join("e", column)
-        ))
-        .await?)
 }
 
 async fn reregister(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
@@ -666,14 +709,14 @@ async fn build_table(
                 .find(|(c, k, _)| c == column && k == keys)
             {
                 Some((_, _, rows)) => rows.clone(),
-                None if shared.readers.get(column).copied().unwrap_or(0) > 1 => {
-                    let rows = changed_rows(ctx, column).await?;
+                None => {
+                    let columns = shared.columns.get(column).cloned().unwrap_or_default();
+                    let rows = changed_rows(ctx, column, &columns).await?;
                     shared
                         .rows
                         .push((column.clone(), keys.clone(), rows.clone()));
                     rows
                 }
-                None => changed_rows_view(ctx, column).await?.into_view(),
             };
             ctx.register_table("events", rows)?;
             Some((
@@ -979,8 +1022,20 @@ mod tests {
             ),
             ("require_consent", ScalarValue::Boolean(Some(false))),
         ]);
-        validate_plans(&cfg, &ctx, &models, &params, &HashMap::new())
+        let columns = validate_plans(&cfg, &ctx, &models, &params, &HashMap::new())
             .await
             .unwrap();
+        // What an incremental build reads of the changed rows: the columns each model uses.
+        let of = |model: &str| {
+            columns[model]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        };
+        let product = of("dim_product");
+        assert!(product.contains(&"product_id") && product.contains(&"price"));
+        assert!(!product.contains(&"page_url") && !product.contains(&"properties"));
+        assert!(of("fact_sessions").contains(&"page_url"));
+        assert!(of("user_consent").contains(&"properties"));
     }
 }
