@@ -432,6 +432,8 @@ struct GroupResult {
 struct FileState {
     stats: LineStats,
     chunks_seen: u64,
+    /// How many chunks the reader cut the file into (known once it has read it all).
+    chunks_sent: Option<u64>,
     raw_bytes: u64,
     content_hash: Option<String>,
 }
@@ -507,10 +509,11 @@ async fn run_group(
             }
             pipeline::Event::FileDone {
                 file_idx,
+                chunks,
                 raw_bytes,
                 content_hash,
-                ..
             } => {
+                state[file_idx].chunks_sent = Some(chunks);
                 state[file_idx].raw_bytes = raw_bytes;
                 state[file_idx].content_hash = content_hash;
             }
@@ -531,6 +534,22 @@ async fn run_group(
     pipe_handle
         .await
         .map_err(|e| Error::runtime(format!("parser threads: {e}")))?;
+    // Every line is landed or quarantined: each chunk the reader cut must have come back parsed.
+    if let Some((p, st)) = group
+        .iter()
+        .zip(&state)
+        .find(|(_, st)| st.chunks_sent != Some(st.chunks_seen))
+    {
+        raw_w.reset();
+        q_w.reset();
+        return Err(Error::runtime(format!(
+            "internal error: {} of {} chunks of {} were parsed; nothing of this group was \
+             committed (please report it)",
+            st.chunks_seen,
+            st.chunks_sent.map_or("?".into(), |n| n.to_string()),
+            p.file.display
+        )));
+    }
     raw_adds.extend(raw_w.flush().await?);
     q_adds.extend(q_w.flush().await?);
     fault("after-data-files");

@@ -73,9 +73,25 @@ pub fn start(
         let settings = settings.clone();
         threads.push(std::thread::spawn(move || {
             for chunk in rx {
-                let event = match parse_chunk(&chunk, &settings) {
-                    Ok(out) => Event::Output(out),
-                    Err(e) => Event::Failed(e),
+                // A bug that panics on some input must fail the run, not lose the chunk's lines
+                // while the other threads carry on.
+                let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    // Test hook: a parser bug on every chunk but a file's first.
+                    if chunk.first_line > 1
+                        && std::env::var("CLICKLAKE_FAULT").is_ok_and(|p| p == "parse-panic")
+                    {
+                        panic!("CLICKLAKE_FAULT: a parser thread panics");
+                    }
+                    parse_chunk(&chunk, &settings)
+                }));
+                let event = match parsed {
+                    Ok(Ok(out)) => Event::Output(out),
+                    Ok(Err(e)) => Event::Failed(e),
+                    Err(_) => Event::Failed(Error::runtime(format!(
+                        "internal error: parsing {} from line {} panicked; nothing of this \
+                         group was committed (please report it)",
+                        chunk.source_file, chunk.first_line
+                    ))),
                 };
                 if tx.blocking_send(event).is_err() {
                     return;

@@ -142,3 +142,33 @@ fn an_error_mid_file_stops_the_run_instead_of_hanging() {
     );
     one_line(&out);
 }
+
+/// A parser thread that panics (a bug) fails the run with exit 3 and commits nothing: its
+/// chunk's lines are never silently missing from `raw_events` + `quarantine`.
+#[test]
+fn a_panicking_parser_fails_the_run_and_commits_nothing() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "20000", "--files", "1"]);
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nthreads = 2\nchunk_size = \"64KiB\"\n",
+    )
+    .unwrap();
+    let out = ctx
+        .cmd()
+        .env("CLICKLAKE_FAULT", "parse-panic")
+        .args(["ingest", ctx.path("gen").to_str().unwrap()])
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("internal error: parsing"), "{err}");
+    assert!(!ctx
+        .table_dir("raw_events")
+        .join("_delta_log/00000000000000000001.json")
+        .exists());
+    // The same input without the fault lands every line.
+    let m = ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+    assert_eq!(m["files_read"], 1, "{m}");
+}
