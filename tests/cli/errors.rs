@@ -115,11 +115,11 @@ fn credentials_never_printed() {
     );
 }
 
-/// A refusal found while the parser threads still have chunks in flight stops the run at once.
-/// Before the pipeline closed its queue on the way out, any error raised once the queues were
-/// full (here: personal data without a key, in the first of ~150 chunks) hung the run forever.
-#[test]
-fn an_error_mid_file_stops_the_run_instead_of_hanging() {
+/// Ingests 20,000 generated events in 64 KiB chunks on two parser threads (about 150 chunks, so
+/// the pipeline's queues fill), with `adjust` applied to the command; at most 60 s.
+fn ingest_many_small_chunks(
+    adjust: impl FnOnce(&mut assert_cmd::Command),
+) -> (TestContext, std::process::Output) {
     let ctx = TestContext::new(Backend::Local);
     ctx.generate("gen", &["--events", "20000", "--files", "1"]);
     std::fs::write(
@@ -127,13 +127,24 @@ fn an_error_mid_file_stops_the_run_instead_of_hanging() {
         "[ingest]\nthreads = 2\nchunk_size = \"64KiB\"\n",
     )
     .unwrap();
-    let out = ctx
-        .cmd()
-        .env_remove("CLICKLAKE_PII_KEY")
+    let mut cmd = ctx.cmd();
+    adjust(&mut cmd);
+    let out = cmd
         .args(["ingest", ctx.path("gen").to_str().unwrap()])
         .timeout(std::time::Duration::from_secs(60))
         .output()
         .unwrap();
+    (ctx, out)
+}
+
+/// A refusal found while the parser threads still have chunks in flight stops the run at once.
+/// Before the pipeline closed its queue on the way out, any error raised once the queues were
+/// full (here: personal data without a key, in the first of ~150 chunks) hung the run forever.
+#[test]
+fn an_error_mid_file_stops_the_run_instead_of_hanging() {
+    let (ctx, out) = ingest_many_small_chunks(|c| {
+        c.env_remove("CLICKLAKE_PII_KEY");
+    });
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains("CLICKLAKE_PII_KEY"),
@@ -147,20 +158,9 @@ fn an_error_mid_file_stops_the_run_instead_of_hanging() {
 /// chunk's lines are never silently missing from `raw_events` + `quarantine`.
 #[test]
 fn a_panicking_parser_fails_the_run_and_commits_nothing() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "20000", "--files", "1"]);
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nthreads = 2\nchunk_size = \"64KiB\"\n",
-    )
-    .unwrap();
-    let out = ctx
-        .cmd()
-        .env("CLICKLAKE_FAULT", "parse-panic")
-        .args(["ingest", ctx.path("gen").to_str().unwrap()])
-        .timeout(std::time::Duration::from_secs(60))
-        .output()
-        .unwrap();
+    let (ctx, out) = ingest_many_small_chunks(|c| {
+        c.env("CLICKLAKE_FAULT", "parse-panic");
+    });
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("internal error: parsing"), "{err}");
