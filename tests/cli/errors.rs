@@ -142,7 +142,7 @@ fn ingest_many_small_chunks(
 /// full (here: personal data without a key, in the first of ~150 chunks) hung the run forever.
 #[test]
 fn an_error_mid_file_stops_the_run_instead_of_hanging() {
-    let (ctx, out) = ingest_many_small_chunks(|c| {
+    let (_ctx, out) = ingest_many_small_chunks(|c| {
         c.env_remove("CLICKLAKE_PII_KEY");
     });
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
