@@ -211,6 +211,11 @@ pub async fn run(
             &mut changes_cache,
         )
         .await?;
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "build: {}: work planned",
+            model.name
+        );
         let mut built = match work {
             Work::UpToDate => {
                 // Still readable by the models after it, as committed.
@@ -696,6 +701,15 @@ async fn build_table(
         table: model.name.clone(),
         ..Default::default()
     };
+    // Where a table's time goes, with `-vv`.
+    let t0 = Instant::now();
+    let lap = |what: &str| {
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "build: {}: {what}",
+            model.name
+        )
+    };
     // What `events` means for this model.
     let _ = ctx.deregister_table("events");
     let incremental = match &work {
@@ -732,6 +746,7 @@ async fn build_table(
         }
         Work::UpToDate => unreachable!("handled by the caller"),
     };
+    lap("its events rows registered");
     let _ = ctx.deregister_table("this");
     ctx.register_table("this", this_provider(existing.as_ref(), model).await?)?;
     if model.name == "user_segments" {
@@ -791,6 +806,7 @@ async fn build_table(
             .indent(true)
     );
     out.rows_computed = sink.rows();
+    lap("model run");
     match &incremental {
         None => {
             removes.extend(
@@ -812,6 +828,7 @@ async fn build_table(
         Some(_) => {}
     }
     let adds = sink.finish().await?;
+    lap("files holding changed keys rewritten, data files closed");
     fault("build-after-data-files");
     out.files_added = adds.len() as u64;
     out.files_removed = removes.len() as u64;
@@ -834,6 +851,7 @@ async fn build_table(
         }),
     );
     let version = delta::commit(&mut table, actions, markers, meta, mode).await?;
+    lap("committed");
     fault(&format!("build-after-commit-{}", model.name));
     out.version = Some(version);
     reregister(ctx, &model.name, &table).await?;
