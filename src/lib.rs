@@ -13,6 +13,7 @@ pub mod config;
 pub mod delta;
 pub mod erase;
 pub mod error;
+pub mod fingerprint;
 pub mod generate;
 pub mod ingest;
 pub mod lease;

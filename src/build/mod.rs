@@ -10,14 +10,18 @@
 //!      events := events rows with K in keys
 //!      rows   = model; files holding a key are
 //!               rewritten without those rows
-//!    commit: removes + adds + txn markers (events version, inputs fingerprint)   — one per table
+//!    commit: removes + adds + txn markers (events version, inputs and logic fingerprints)
+//!            — one per table
 //! ```
 //!
 //! Every model and every segment rule is planned before anything is written, so a broken model or
 //! rule is a configuration error (exit 2) that changes nothing. Each table's commit records the
 //! events version it reflects and a fingerprint of its inputs (events version, as-of time when the
 //! model uses it, model text, segment rules): a re-run after a crash skips the tables already
-//! built and finishes the rest. Features and dynamic segments are relative to the as-of time
+//! built and finishes the rest. A third marker fingerprints the table's logic alone (model text,
+//! segment rules, and the logic of the tables it reads): when that changed, an incremental model
+//! is rebuilt in full, since the rows it would keep were computed the old way. Features and
+//! dynamic segments are relative to the as-of time
 //! (`--as-of`, default: the latest event_time in `events`), so a re-run on the same data gives
 //! the same tables.
 
@@ -44,6 +48,7 @@ use crate::config::Config;
 use crate::delta;
 use crate::error::{Error, Result};
 use crate::fault;
+use crate::fingerprint::Fingerprint;
 use crate::models::{self, Model};
 use crate::printer::Printer;
 use crate::storage::Lake;
@@ -52,6 +57,9 @@ use crate::storage::Lake;
 pub const EVENTS_APP_ID: &str = "clicklake/build/events";
 /// The application id of the fingerprint of everything a table was built from.
 pub const INPUTS_APP_ID: &str = "clicklake/build/inputs";
+/// The application id of the fingerprint of how a table was computed (model text, settings, the
+/// logic of the tables it reads), whatever the data.
+pub const LOGIC_APP_ID: &str = "clicklake/build/logic";
 const FILE_COLUMN: &str = "__clicklake_file";
 
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +193,7 @@ pub async fn run(
     let mut any_built = false;
     let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
     let mut fingerprints: Vec<(String, i64)> = Vec::new();
+    let mut logic: Vec<(String, i64)> = Vec::new();
     let mut shared = SharedRows::new(&models, &events_columns);
     for model in &models {
         let t0 = Instant::now();
@@ -200,6 +209,13 @@ pub async fn run(
         }
         let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream);
         fingerprints.push((model.name.clone(), fingerprint));
+        let upstream_logic: Vec<i64> = logic
+            .iter()
+            .filter(|(name, _)| reads(model, name))
+            .map(|(_, f)| *f)
+            .collect();
+        let model_logic = logic_fingerprint(model, cfg, &upstream_logic);
+        logic.push((model.name.clone(), model_logic));
         let work = plan_work(
             lake,
             &events,
@@ -208,6 +224,7 @@ pub async fn run(
             req.full_refresh,
             events_version,
             fingerprint,
+            model_logic,
             &mut changes_cache,
         )
         .await?;
@@ -246,6 +263,7 @@ pub async fn run(
                     vec![
                         Transaction::new(EVENTS_APP_ID, events_version),
                         Transaction::new(INPUTS_APP_ID, fingerprint),
+                        Transaction::new(LOGIC_APP_ID, model_logic),
                     ],
                     &mut shared,
                 )
@@ -437,8 +455,27 @@ fn reads(model: &Model, name: &str) -> bool {
     mentioned || (name == "agg_user_features" && model.sql.contains("segment_members"))
 }
 
-/// A stable 63-bit FNV-1a fingerprint of what a table is computed from, including the
-/// fingerprints of the tables it reads.
+/// Feeds the settings a model's result depends on besides its text and its data.
+fn feed_settings(h: &mut Fingerprint, model: &Model, cfg: &Config) {
+    if model.sql.contains("$require_consent") {
+        h.feed(&[cfg.privacy.require_consent as u8]);
+    }
+    if model.name == "dim_segment"
+        || model.name == "user_segments"
+        || model.sql.contains("segment_rules")
+    {
+        for s in &cfg.build.segments {
+            h.feed(s.name.as_bytes());
+            h.feed(s.kind.as_str().as_bytes());
+            h.feed(s.rule.as_bytes());
+            h.feed(&s.priority.to_le_bytes());
+            h.feed(&s.refresh.map(|d| d.as_secs()).unwrap_or(0).to_le_bytes());
+        }
+    }
+}
+
+/// The fingerprint of what a table is computed from, including the fingerprints of the tables
+/// it reads: equal means the table is up to date.
 fn inputs_fingerprint(
     model: &Model,
     data_version: i64,
@@ -446,39 +483,31 @@ fn inputs_fingerprint(
     cfg: &Config,
     upstream: &[i64],
 ) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
-    feed(model.sql.as_bytes());
-    feed(&data_version.to_le_bytes());
+    let mut h = Fingerprint::new();
+    h.feed(model.sql.as_bytes());
+    h.feed(&data_version.to_le_bytes());
     for f in upstream {
-        feed(&f.to_le_bytes());
+        h.feed(&f.to_le_bytes());
     }
     if model.sql.contains("$as_of") {
-        feed(&as_of.to_le_bytes());
+        h.feed(&as_of.to_le_bytes());
     }
-    if model.sql.contains("$require_consent") {
-        feed(&[cfg.privacy.require_consent as u8]);
+    feed_settings(&mut h, model, cfg);
+    h.finish()
+}
+
+/// The fingerprint of how a table is computed, whatever the data: its model text, its settings
+/// and the logic fingerprints of the tables it reads. When it differs from the one the table
+/// was built with, rows kept by an incremental build would be stale, so it is rebuilt in full.
+fn logic_fingerprint(model: &Model, cfg: &Config, upstream: &[i64]) -> i64 {
+    let mut h = Fingerprint::new();
+    h.feed(b"logic");
+    h.feed(model.sql.as_bytes());
+    for f in upstream {
+        h.feed(&f.to_le_bytes());
     }
-    if model.name == "dim_segment"
-        || model.name == "user_segments"
-        || model.sql.contains("segment_rules")
-    {
-        for s in &cfg.build.segments {
-            feed(s.name.as_bytes());
-            feed(s.kind.as_str().as_bytes());
-            feed(s.rule.as_bytes());
-            feed(&s.priority.to_le_bytes());
-            feed(&s.refresh.map(|d| d.as_secs()).unwrap_or(0).to_le_bytes());
-        }
-    }
-    (h >> 1) as i64
+    feed_settings(&mut h, model, cfg);
+    h.finish()
 }
 
 type ChangeSet = HashMap<String, Vec<String>>;
@@ -492,6 +521,7 @@ async fn plan_work(
     full_refresh: bool,
     events_version: i64,
     fingerprint: i64,
+    logic: i64,
     cache: &mut HashMap<i64, Result<ChangeSet, String>>,
 ) -> Result<Work> {
     if full_refresh {
@@ -510,6 +540,12 @@ async fn plan_work(
     else {
         return Ok(Work::Full("materialized as a table".into()));
     };
+    // Tables built before this marker existed have none: their logic is taken as unchanged.
+    if matches!(delta::txn_version(table, LOGIC_APP_ID).await?, Some(built) if built != logic) {
+        return Ok(Work::Full(
+            "its model, its settings or a model it reads changed".into(),
+        ));
+    }
     let Some(reflected) = delta::txn_version(table, EVENTS_APP_ID).await? else {
         return Ok(Work::Full(
             "no record of the events version it reflects".into(),

@@ -46,6 +46,9 @@ use crate::storage::Lake;
 
 /// The Delta application id under which `events` records the raw_events version it reflects.
 pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
+/// The application id of the fingerprint of the clean logic `events` was computed with (the
+/// models' text and the session gap).
+pub const LOGIC_APP_ID: &str = "clicklake/clean/logic";
 const FILE_COLUMN: &str = "__clicklake_file";
 /// An incremental run reads its new rows into memory once when it consumes at most this many
 /// raw rows; a larger backlog is streamed from its files by each query that needs it.
@@ -123,8 +126,16 @@ pub async fn run(
     let mut events = catalog::ensure_table(lake, &EVENTS).await?;
     let consumed = delta::txn_version(&events, CONSUMED_APP_ID).await?;
     summary.raw_version_from = consumed;
+    // Rows an incremental run keeps were computed with the logic recorded here; under other
+    // logic only a full refresh gives what a full refresh gives. (Lakes cleaned before the
+    // marker existed have none: their logic is taken as unchanged.)
+    let logic = logic_fingerprint(&models, cfg);
+    let logic_changed = matches!(
+        delta::txn_version(&events, LOGIC_APP_ID).await?,
+        Some(recorded) if recorded != logic
+    );
 
-    if !req.full_refresh && consumed == Some(raw_version) {
+    if !req.full_refresh && consumed == Some(raw_version) && !logic_changed {
         summary.events_version = events.version().map(|v| v as i64);
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
@@ -132,6 +143,9 @@ pub async fn run(
     let plan = match (req.full_refresh, consumed) {
         (true, _) => Plan::Full("--full-refresh".into()),
         (false, None) => Plan::Full("first clean of this lake".into()),
+        (false, Some(_)) if logic_changed => {
+            Plan::Full("the clean models or the session gap changed since the last clean".into())
+        }
         (false, Some(v)) if v > raw_version => Plan::Full(format!(
             "events reflects raw_events version {v}, newer than its current version {raw_version}"
         )),
@@ -176,7 +190,12 @@ pub async fn run(
         ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
     )]);
 
-    let marker = Transaction::new(CONSUMED_APP_ID, raw_version);
+    let markers = || {
+        vec![
+            Transaction::new(CONSUMED_APP_ID, raw_version),
+            Transaction::new(LOGIC_APP_ID, logic),
+        ]
+    };
     let mut removes: Vec<Action> = Vec::new();
     let mut compare = false;
     match &plan {
@@ -201,7 +220,7 @@ pub async fn run(
             let version = delta::commit(
                 &mut events,
                 Vec::new(),
-                vec![marker],
+                markers(),
                 commit_info(&summary),
                 SaveMode::Append,
             )
@@ -426,7 +445,7 @@ pub async fn run(
     let version = delta::commit(
         &mut events,
         actions,
-        vec![marker],
+        markers(),
         commit_info(&summary),
         SaveMode::Overwrite,
     )
@@ -446,6 +465,18 @@ pub async fn run(
     summary.seconds = started.elapsed().as_secs_f64();
     summary.rows_per_sec = summary.raw_rows_consumed as f64 / summary.seconds.max(1e-9);
     Ok(summary)
+}
+
+/// The fingerprint of the clean logic: every model's name and text, and the
+/// session gap.
+fn logic_fingerprint(models: &[Model], cfg: &Config) -> i64 {
+    let mut h = crate::fingerprint::Fingerprint::new();
+    for m in models {
+        h.feed(m.name.as_bytes());
+        h.feed(m.sql.as_bytes());
+    }
+    h.feed(&(cfg.clean.session_gap.as_micros() as i64).to_le_bytes());
+    h.finish()
 }
 
 /// The data files added to raw_events by commits `from+1..=to`, or why they cannot be known

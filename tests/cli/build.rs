@@ -480,3 +480,55 @@ fn a_build_killed_between_tables_finishes_on_the_next_run() {
     );
     assert_eq!(ctx.run(&["check", "-q"]).status.code(), Some(0));
 }
+
+#[test]
+fn a_changed_model_rebuilds_its_incremental_table_in_full() {
+    // fact_orders is incremental by order_id: a build after new data recomputes only the changed
+    // orders. When its model changed, the orders it would keep were computed the old way, so it
+    // is rebuilt in full; so is a table whose logic did not change, when nothing new arrived.
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "4000", "--files", "3", "--seed", "21"]);
+    let mut files: Vec<String> = std::fs::read_dir(ctx.path("gen"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".ndjson"))
+        .collect();
+    files.sort();
+    pipeline(&ctx, &files[0]);
+    pipeline(&ctx, &files[1]);
+    build_json(&ctx, &[]);
+    let zero_items = "SELECT count(*) FROM fact_orders WHERE items = 0";
+    assert_eq!(ctx.count(zero_items), 0);
+    let orders = ctx.count("SELECT count(*) FROM fact_orders");
+    assert!(orders > 0);
+
+    let embedded = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/star/07_fact_orders.sql"),
+    )
+    .unwrap();
+    let changed = embedded.replace("    l.items\n", "    0 * l.items AS items\n");
+    assert_ne!(changed, embedded, "the test's edit no longer applies");
+    let dir = ctx.path("models/star");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("07_fact_orders.sql"), changed).unwrap();
+    let models = ctx.path("models");
+    let sql_dir = models.to_str().unwrap();
+
+    pipeline(&ctx, &files[2]);
+    let s = build_json(&ctx, &["--sql-dir", sql_dir]);
+    assert_eq!(table_mode(&s, "fact_sessions"), "incremental", "{s}");
+    assert_eq!(table_mode(&s, "fact_orders"), "full", "{s}");
+    let total = ctx.count("SELECT count(*) FROM fact_orders");
+    assert!(total > orders);
+    assert_eq!(
+        ctx.count(zero_items),
+        total,
+        "old orders kept the old logic"
+    );
+
+    // Back to the embedded model with no new data.
+    let s = build_json(&ctx, &[]);
+    assert_eq!(table_mode(&s, "fact_orders"), "full", "{s}");
+    assert_eq!(table_mode(&s, "fact_sessions"), "up_to_date", "{s}");
+    assert_eq!(ctx.count(zero_items), 0);
+}

@@ -271,3 +271,47 @@ fn clean_completes_under_a_small_memory_limit() {
         m["sessions"]
     );
 }
+
+#[test]
+fn a_changed_model_is_applied_to_every_row_not_only_the_new_ones() {
+    // An incremental clean keeps the rows of untouched visitors as they were computed. After the
+    // models change, that would mix two logics; clean notices and refreshes in full, both when
+    // the override appears and when it goes away.
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "3000", "--files", "3", "--seed", "12"]);
+    let files = data_files(&ctx.path("gen"));
+    ctx.ingest_json(&[files[0].as_str(), files[1].as_str()]);
+    clean_json(&ctx, &[]);
+    let page_views = "SELECT count(*) FROM events WHERE event_type = 'page_view'";
+    assert!(ctx.count(page_views) > 0);
+
+    let dir = ctx.path("models/clean");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("04_deduplicated.sql"),
+        "SELECT *, 0 AS _exact_resends, 0 AS _conflicting_resends FROM candidates \
+         WHERE event_type <> 'page_view'",
+    )
+    .unwrap();
+    ctx.ingest_json(&[files[2].as_str()]);
+    let models = ctx.path("models");
+    let sql_dir = models.to_str().unwrap();
+    let s = clean_json(&ctx, &["--sql-dir", sql_dir]);
+    assert_eq!(s["mode"], "full", "{s}");
+    let reason = s["full_refresh_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("models"), "{s}");
+    assert_eq!(ctx.count(page_views), 0, "old rows kept the old logic");
+    // Same models, nothing new: nothing to do.
+    assert_eq!(
+        clean_json(&ctx, &["--sql-dir", sql_dir])["mode"],
+        "up_to_date"
+    );
+
+    // Back to the embedded models, with no new data: a full refresh again, equal to a fresh one.
+    let s = clean_json(&ctx, &[]);
+    assert_eq!(s["mode"], "full", "{s}");
+    let incremental_then_back = dump_events(&ctx);
+    assert!(ctx.count(page_views) > 0);
+    clean_json(&ctx, &["--full-refresh"]);
+    assert_eq!(incremental_then_back, dump_events(&ctx));
+}
