@@ -796,18 +796,20 @@ async fn build_table(
     let schema = delta_schema(df.schema().inner(), model)?;
     let partitions = model.directive_list("partition_by");
 
-    // The table, created or re-created when the model's columns changed.
-    let same_schema = existing
-        .as_ref()
-        .and_then(|t| t.snapshot().ok())
-        .map(|s| same_columns(&s.snapshot().arrow_schema(), &schema));
-    let mut table = match (existing, same_schema) {
+    // The table, created or re-created when the model's columns or partition columns changed
+    // (the writer lays files out by the table's own partition columns).
+    let same_layout = existing.as_ref().and_then(|t| t.snapshot().ok()).map(|s| {
+        same_columns(&s.snapshot().arrow_schema(), &schema)
+            && s.metadata().partition_columns() == &partitions
+    });
+    let mut table = match (existing, same_layout) {
         (Some(t), Some(true)) => t,
         (Some(_), _) if incremental.is_some() => {
             return Err(Error::config(format!(
-            "SQL model {}: its columns differ from table {}; run `clicklake build --full-refresh`",
-            model.origin, model.name
-        )))
+                "SQL model {}: its columns or partition columns differ from table {}; run \
+                 `clicklake build --full-refresh`",
+                model.origin, model.name
+            )))
         }
         (existing, _) => {
             create_table(lake, model, &schema, &partitions, existing.is_some()).await?

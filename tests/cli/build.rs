@@ -532,3 +532,45 @@ fn a_changed_model_rebuilds_its_incremental_table_in_full() {
     assert_eq!(table_mode(&s, "fact_sessions"), "up_to_date", "{s}");
     assert_eq!(ctx.count(zero_items), 0);
 }
+
+#[test]
+fn a_new_partition_column_re_lays_out_the_table() {
+    // The writer lays files out by the table's own partition columns: a model that now asks for
+    // another layout gets its table re-created, not its files written the old way.
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "3000", "--files", "1", "--seed", "23"]);
+    pipeline(&ctx, ctx.path("gen").to_str().unwrap());
+    build_json(&ctx, &[]);
+    let orders = ctx.count("SELECT count(*) FROM fact_orders");
+    let partitioned = |ctx: &TestContext| {
+        std::fs::read_dir(ctx.table_dir("fact_orders"))
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("currency=")
+            })
+            .count()
+    };
+    assert_eq!(partitioned(&ctx), 0);
+
+    let embedded = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/star/07_fact_orders.sql"),
+    )
+    .unwrap();
+    let changed = embedded.replace(
+        "-- materialized: incremental\n",
+        "-- materialized: incremental\n-- partition_by: currency\n",
+    );
+    assert_ne!(changed, embedded, "the test's edit no longer applies");
+    let dir = ctx.path("models/star");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("07_fact_orders.sql"), changed).unwrap();
+    let models = ctx.path("models");
+    let s = build_json(&ctx, &["--sql-dir", models.to_str().unwrap()]);
+    assert_eq!(table_mode(&s, "fact_orders"), "full", "{s}");
+    assert!(partitioned(&ctx) > 0, "fact_orders was not re-partitioned");
+    assert_eq!(ctx.count("SELECT count(*) FROM fact_orders"), orders);
+    // One directory per value, NULL included.
+    let currencies = ctx.count("SELECT count(*) FROM (SELECT DISTINCT currency FROM fact_orders)");
+    assert_eq!(partitioned(&ctx) as u64, currencies);
+}
