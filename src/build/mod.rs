@@ -800,7 +800,7 @@ async fn build_table(
     // (the writer lays files out by the table's own partition columns).
     let same_layout = existing.as_ref().and_then(|t| t.snapshot().ok()).map(|s| {
         same_columns(&s.snapshot().arrow_schema(), &schema)
-            && s.metadata().partition_columns() == &partitions
+            && s.metadata().partition_columns() == partitions
     });
     let mut table = match (existing, same_layout) {
         (Some(t), Some(true)) => t,
