@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::both_backends;
-use crate::context::{manifest_lines, stderr_of, Backend, TestContext};
+use crate::context::{edited_model, manifest_lines, ndjson_files, stderr_of, Backend, TestContext};
 
 fn build_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["build", "--json"];
@@ -488,12 +488,7 @@ fn a_changed_model_rebuilds_its_incremental_table_in_full() {
     // is rebuilt in full; so is a table whose logic did not change, when nothing new arrived.
     let ctx = TestContext::new(Backend::Local);
     ctx.generate("gen", &["--events", "4000", "--files", "3", "--seed", "21"]);
-    let mut files: Vec<String> = std::fs::read_dir(ctx.path("gen"))
-        .unwrap()
-        .map(|e| e.unwrap().path().display().to_string())
-        .filter(|p| p.ends_with(".ndjson"))
-        .collect();
-    files.sort();
+    let files = ndjson_files(&ctx.path("gen"));
     pipeline(&ctx, &files[0]);
     pipeline(&ctx, &files[1]);
     build_json(&ctx, &[]);
@@ -502,20 +497,16 @@ fn a_changed_model_rebuilds_its_incremental_table_in_full() {
     let orders = ctx.count("SELECT count(*) FROM fact_orders");
     assert!(orders > 0);
 
-    let embedded = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/star/07_fact_orders.sql"),
-    )
-    .unwrap();
-    let changed = embedded.replace("    l.items\n", "    0 * l.items AS items\n");
-    assert_ne!(changed, embedded, "the test's edit no longer applies");
-    let dir = ctx.path("models/star");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("07_fact_orders.sql"), changed).unwrap();
-    let models = ctx.path("models");
-    let sql_dir = models.to_str().unwrap();
+    let changed = edited_model(
+        "star",
+        "07_fact_orders.sql",
+        "    l.items\n",
+        "    0 * l.items AS items\n",
+    );
+    let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &changed);
 
     pipeline(&ctx, &files[2]);
-    let s = build_json(&ctx, &["--sql-dir", sql_dir]);
+    let s = build_json(&ctx, &["--sql-dir", &sql_dir]);
     assert_eq!(table_mode(&s, "fact_sessions"), "incremental", "{s}");
     assert_eq!(table_mode(&s, "fact_orders"), "full", "{s}");
     let total = ctx.count("SELECT count(*) FROM fact_orders");
@@ -553,20 +544,14 @@ fn a_new_partition_column_re_lays_out_the_table() {
     };
     assert_eq!(partitioned(&ctx), 0);
 
-    let embedded = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/star/07_fact_orders.sql"),
-    )
-    .unwrap();
-    let changed = embedded.replace(
+    let changed = edited_model(
+        "star",
+        "07_fact_orders.sql",
         "-- materialized: incremental\n",
         "-- materialized: incremental\n-- partition_by: currency\n",
     );
-    assert_ne!(changed, embedded, "the test's edit no longer applies");
-    let dir = ctx.path("models/star");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("07_fact_orders.sql"), changed).unwrap();
-    let models = ctx.path("models");
-    let s = build_json(&ctx, &["--sql-dir", models.to_str().unwrap()]);
+    let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &changed);
+    let s = build_json(&ctx, &["--sql-dir", &sql_dir]);
     assert_eq!(table_mode(&s, "fact_orders"), "full", "{s}");
     assert!(partitioned(&ctx) > 0, "fact_orders was not re-partitioned");
     assert_eq!(ctx.count("SELECT count(*) FROM fact_orders"), orders);

@@ -2,7 +2,7 @@
 //! crash recovery, model overrides.
 
 use crate::both_backends;
-use crate::context::{manifest_lines, stderr_of, Backend, TestContext};
+use crate::context::{manifest_lines, ndjson_files, stderr_of, Backend, TestContext};
 
 fn clean_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["clean", "--json"];
@@ -11,20 +11,13 @@ fn clean_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("clean json: {e}: {out}"))
 }
 
+/// A `04_deduplicated.sql` override that keeps no page view (and counts no resend).
+const NO_PAGE_VIEWS: &str = "SELECT *, 0 AS _exact_resends, 0 AS _conflicting_resends \
+    FROM candidates WHERE event_type <> 'page_view'";
+
 /// Every column of `events`, in a stable order, as CSV lines.
 fn dump_events(ctx: &TestContext) -> Vec<String> {
     ctx.query("SELECT * FROM events ORDER BY event_id")
-}
-
-fn data_files(dir: &std::path::Path) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-        .map(|p| p.display().to_string())
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]
@@ -126,7 +119,7 @@ both_backends!(incremental_equals_full_refresh, |backend: Backend| {
             "--events", "6000", "--files", "10", "--dirty", "--seed", "11", "--days", "3",
         ],
     );
-    let files = data_files(&ctx.path("gen"));
+    let files = ndjson_files(&ctx.path("gen"));
     // Shuffled delivery in small batches: late files first, so resends and late events arrive
     // before (and after) the rows they duplicate.
     let order = [7usize, 2, 9, 0, 5, 3, 8, 1, 6, 4];
@@ -170,7 +163,7 @@ fn a_crash_before_the_commit_changes_nothing_and_the_rerun_completes() {
         "gen",
         &["--events", "4000", "--files", "4", "--dirty", "--seed", "3"],
     );
-    let files = data_files(&ctx.path("gen"));
+    let files = ndjson_files(&ctx.path("gen"));
     ctx.ingest_json(&[files[0].as_str(), files[1].as_str()]);
     clean_json(&ctx, &[]);
     let before = dump_events(&ctx);
@@ -232,12 +225,7 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // A working override changes the result: a user-defined rule without recompiling.
-    std::fs::write(
-        dir.join("04_deduplicated.sql"),
-        "SELECT *, 0 AS _exact_resends, 0 AS _conflicting_resends FROM candidates \
-         WHERE event_type <> 'page_view'",
-    )
-    .unwrap();
+    std::fs::write(dir.join("04_deduplicated.sql"), NO_PAGE_VIEWS).unwrap();
     ctx.ok(&["clean", "--sql-dir", ctx.path("models").to_str().unwrap()]);
     assert_eq!(
         ctx.count("SELECT count(*) FROM events WHERE event_type = 'page_view'"),
@@ -279,23 +267,15 @@ fn a_changed_model_is_applied_to_every_row_not_only_the_new_ones() {
     // the override appears and when it goes away.
     let ctx = TestContext::new(Backend::Local);
     ctx.generate("gen", &["--events", "3000", "--files", "3", "--seed", "12"]);
-    let files = data_files(&ctx.path("gen"));
+    let files = ndjson_files(&ctx.path("gen"));
     ctx.ingest_json(&[files[0].as_str(), files[1].as_str()]);
     clean_json(&ctx, &[]);
     let page_views = "SELECT count(*) FROM events WHERE event_type = 'page_view'";
     assert!(ctx.count(page_views) > 0);
 
-    let dir = ctx.path("models/clean");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("04_deduplicated.sql"),
-        "SELECT *, 0 AS _exact_resends, 0 AS _conflicting_resends FROM candidates \
-         WHERE event_type <> 'page_view'",
-    )
-    .unwrap();
+    let sql_dir = ctx.override_model("clean", "04_deduplicated.sql", NO_PAGE_VIEWS);
+    let sql_dir = sql_dir.as_str();
     ctx.ingest_json(&[files[2].as_str()]);
-    let models = ctx.path("models");
-    let sql_dir = models.to_str().unwrap();
     let s = clean_json(&ctx, &["--sql-dir", sql_dir]);
     assert_eq!(s["mode"], "full", "{s}");
     let reason = s["full_refresh_reason"].as_str().unwrap_or_default();

@@ -219,6 +219,15 @@ impl TestContext {
         }
     }
 
+    /// Writes `sql` as the model `file` of `layer` (`clean` or `star`) into this test's override
+    /// directory and returns that directory, to pass as `--sql-dir`.
+    pub fn override_model(&self, layer: &str, file: &str, sql: &str) -> String {
+        let dir = self.path(&format!("models/{layer}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(file), sql).expect("write model");
+        self.path("models").to_str().expect("utf8 path").to_string()
+    }
+
     /// Copies a fixture into the temp dir.
     pub fn fixture(&self, name: &str) -> PathBuf {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -239,6 +248,34 @@ impl TestContext {
         std::fs::copy(local, &dst).expect("copy into bucket");
         format!("s3://inbox/{key}")
     }
+}
+
+/// The text of an embedded model, `sql/<layer>/<file>`, edited by replacing `from` with `to`
+/// (which must occur: an edit that no longer applies fails the test).
+pub fn edited_model(layer: &str, file: &str, from: &str, to: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("sql")
+        .join(layer)
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("embedded model");
+    assert!(
+        text.contains(from),
+        "{} no longer contains {from:?}",
+        path.display()
+    );
+    text.replace(from, to)
+}
+
+/// The generated NDJSON files of `dir`, sorted (the generator numbers them in time order).
+pub fn ndjson_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    files
 }
 
 /// A map of the generator's manifest (`{"a": 1}`) as the CSV lines a `key, value` query prints.
