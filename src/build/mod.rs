@@ -979,13 +979,31 @@ fn delta_schema(schema: &SchemaRef, model: &Model) -> Result<SchemaRef> {
             model.origin
         ))
     })?;
-    for p in model.directive_list("partition_by") {
-        if schema.field_with_name(&p).is_err() {
-            return Err(Error::config(format!(
-                "SQL model {}: partition_by column {p} is not in its output",
-                model.origin
-            )));
+    // Checked here, before anything is written: Delta commits a table whose partition columns
+    // repeat, and every later read of it fails.
+    let partitions = model.directive_list("partition_by");
+    let bad = |why: String| {
+        Err(Error::config(format!(
+            "SQL model {}: partition_by {why}",
+            model.origin
+        )))
+    };
+    for (i, p) in partitions.iter().enumerate() {
+        let Ok(field) = schema.field_with_name(p) else {
+            return bad(format!("column {p} is not in its output"));
+        };
+        if partitions[..i].contains(p) {
+            return bad(format!("names column {p} twice"));
         }
+        if field.data_type().is_nested() {
+            return bad(format!(
+                "column {p} is a {}: only plain values can name a partition",
+                field.data_type()
+            ));
+        }
+    }
+    if !partitions.is_empty() && partitions.len() == schema.fields().len() {
+        return bad("names every column: a table needs at least one column outside them".into());
     }
     Ok(schema)
 }

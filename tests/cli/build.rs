@@ -559,3 +559,41 @@ fn a_new_partition_column_re_lays_out_the_table() {
     let currencies = ctx.count("SELECT count(*) FROM (SELECT DISTINCT currency FROM fact_orders)");
     assert_eq!(partitioned(&ctx) as u64, currencies);
 }
+
+#[test]
+fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
+    // Checked before anything is written: Delta would commit a table whose partition columns
+    // repeat, and every later build and query of it would fail.
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "2000", "--files", "1", "--seed", "3"]);
+    pipeline(&ctx, ctx.path("gen").to_str().unwrap());
+    build_json(&ctx, &[]);
+    let orders = ctx.count("SELECT count(*) FROM fact_orders");
+    for (partition_by, expect) in [
+        ("currency, currency", "names column currency twice"),
+        ("no_such_column", "column no_such_column is not in its output"),
+        (
+            "order_id, user_key, session_key, date_key, ordered_at, revenue, currency, lines, items",
+            "names every column",
+        ),
+    ] {
+        let sql = edited_model(
+            "star",
+            "07_fact_orders.sql",
+            "-- materialized: incremental\n",
+            &format!("-- materialized: incremental\n-- partition_by: {partition_by}\n"),
+        );
+        let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &sql);
+        let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("07_fact_orders.sql") && err.contains(expect),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(ctx.count("SELECT count(*) FROM fact_orders"), orders);
+    let s = build_json(&ctx, &[]);
+    assert_eq!(s["mode"], "up_to_date", "{s}");
+}
