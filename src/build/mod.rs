@@ -189,15 +189,16 @@ pub async fn run(
         "build: every model planned"
     );
 
-    let progress = printer.spinner("build");
-    let mut any_built = false;
+    // Plan every table first (its markers and the change records: no data read), so the
+    // inputs and logic fingerprints of a table's upstream are known before anything runs.
     let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
     let mut fingerprints: Vec<(String, i64)> = Vec::new();
     let mut logic: Vec<(String, i64)> = Vec::new();
-    let mut shared = SharedRows::new(&models, &events_columns);
-    for model in &models {
+    let mut results: Vec<Option<TableBuild>> = vec![None; models.len()];
+    let mut done: HashMap<String, DeltaTable> = HashMap::new();
+    let mut pending: Vec<Job> = Vec::new();
+    for (index, model) in models.iter().enumerate() {
         let t0 = Instant::now();
-        progress.set_message(model.name.clone());
         let existing = opened.remove(&model.name);
         let mut upstream: Vec<i64> = fingerprints
             .iter()
@@ -228,58 +229,141 @@ pub async fn run(
             &mut changes_cache,
         )
         .await?;
-        tracing::debug!(
-            ms = t0.elapsed().as_millis() as u64,
-            "build: {}: work planned",
-            model.name
-        );
-        let mut built = match work {
+        match work {
             Work::UpToDate => {
-                // Still readable by the models after it, as committed.
-                if let Some(t) = &existing {
-                    reregister(&ctx, &model.name, t).await?;
-                }
-                TableBuild {
+                let built = TableBuild {
                     table: model.name.clone(),
                     mode: "up_to_date",
                     version: existing
                         .as_ref()
                         .and_then(|t| t.version())
                         .map(|v| v as i64),
+                    seconds: t0.elapsed().as_secs_f64(),
                     ..Default::default()
+                };
+                log_built(&built);
+                results[index] = Some(built);
+                // Still readable by the models after it, as committed.
+                if let Some(t) = existing {
+                    done.insert(model.name.clone(), t);
                 }
             }
-            work => {
-                any_built = true;
-                build_table(
-                    lake,
-                    cfg,
-                    &ctx,
-                    model,
-                    existing,
-                    work,
-                    &params,
-                    as_of,
-                    vec![
-                        Transaction::new(EVENTS_APP_ID, events_version),
-                        Transaction::new(INPUTS_APP_ID, fingerprint),
-                        Transaction::new(LOGIC_APP_ID, model_logic),
-                    ],
-                    &mut shared,
-                )
-                .await?
-            }
-        };
-        built.seconds = t0.elapsed().as_secs_f64();
-        tracing::info!(
-            table = %built.table,
-            mode = built.mode,
-            rows = built.rows_computed,
-            seconds = built.seconds,
-            "built"
-        );
-        summary.tables.push(built);
+            work => pending.push(Job {
+                index,
+                existing,
+                work,
+                markers: vec![
+                    Transaction::new(EVENTS_APP_ID, events_version),
+                    Transaction::new(INPUTS_APP_ID, fingerprint),
+                    Transaction::new(LOGIC_APP_ID, model_logic),
+                ],
+            }),
+        }
     }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "build: work planned for every table"
+    );
+    let any_built = !pending.is_empty();
+
+    // Then build: a table starts once every table it reads is committed, up to `parallel` at a
+    // time, each on its own task with its own catalog (what `events`, `this` and the upstream
+    // tables mean for it) over the run's shared memory pool. One model's query seldom keeps
+    // both cores busy (its aggregation's final phase, the Parquet encoding and the commit run
+    // on one), so two tables side by side fill the gaps.
+    let progress = printer.spinner("build");
+    let parallel = build_parallelism();
+    let fixed: Vec<(&str, Arc<dyn datafusion::catalog::TableProvider>)> = vec![
+        ("events_all", ctx.table_provider("events_all").await?),
+        ("segment_rules", ctx.table_provider("segment_rules").await?),
+        (
+            catalog::CONSENTS.name,
+            ctx.table_provider(catalog::CONSENTS.name).await?,
+        ),
+    ];
+    let shared = Arc::new(tokio::sync::Mutex::new(SharedRows::new(
+        &models,
+        &events_columns,
+    )));
+    let cfg_shared = Arc::new(cfg.clone());
+    let mut running: tokio::task::JoinSet<(usize, Result<(TableBuild, DeltaTable)>)> =
+        tokio::task::JoinSet::new();
+    let mut in_flight: Vec<usize> = Vec::new();
+    let mut failed: Option<Error> = None;
+    loop {
+        while failed.is_none() && running.len() < parallel {
+            // The first table, in model order, whose inputs are all committed.
+            // A model reads the tables of the models before it (as `validate_plans` checked).
+            let waiting_on = |job: &Job| {
+                let model = &models[job.index];
+                pending
+                    .iter()
+                    .map(|j| j.index)
+                    .chain(in_flight.iter().copied())
+                    .any(|i| i < job.index && reads(model, &models[i].name))
+            };
+            let Some(at) = pending.iter().position(|j| !waiting_on(j)) else {
+                break;
+            };
+            let job = pending.remove(at);
+            let model = models[job.index].clone();
+            let model_ctx = model_context(&ctx, &fixed, &done, &model).await?;
+            in_flight.push(job.index);
+            progress.set_message(names_of(&models, &in_flight));
+            let (lake, cfg, params, shared) = (
+                lake.clone(),
+                cfg_shared.clone(),
+                params.clone(),
+                shared.clone(),
+            );
+            running.spawn(async move {
+                let t0 = Instant::now();
+                let built = build_table(
+                    &lake, &cfg, &model_ctx, &model, job.existing, job.work, &params, as_of,
+                    job.markers, &shared,
+                )
+                .await
+                .map(|(mut built, table)| {
+                    built.seconds = t0.elapsed().as_secs_f64();
+                    (built, table)
+                });
+                (job.index, built)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (index, built) = joined.map_err(|e| Error::runtime(format!("building a table: {e}")))?;
+        let name = &models[index].name;
+        in_flight.retain(|&i| i != index);
+        progress.set_message(names_of(&models, &in_flight));
+        match built {
+            Ok((built, table)) => {
+                log_built(&built);
+                results[index] = Some(built);
+                done.insert(name.clone(), table);
+            }
+            // The tables already being written finish and commit; no other starts.
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        progress.finish_and_clear();
+        return Err(e);
+    }
+    if !pending.is_empty() {
+        return Err(Error::runtime(format!(
+            "build: tables waiting on each other: {}",
+            pending
+                .iter()
+                .map(|j| models[j.index].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    summary.tables = results.into_iter().flatten().collect();
     progress.finish_and_clear();
     if let Some((hits, sent)) = lake.read_cache_stats() {
         tracing::debug!(
@@ -293,6 +377,72 @@ pub async fn run(
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// A table with work to do, waiting for its turn.
+struct Job {
+    /// Its model's place in `models`.
+    index: usize,
+    existing: Option<DeltaTable>,
+    work: Work,
+    markers: Vec<Transaction>,
+}
+
+/// How many tables are built at once: one per core (two on the machines this runs on; more
+/// would only raise the peak memory of the shared pool).
+fn build_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 4)
+}
+
+fn names_of(models: &[Model], indexes: &[usize]) -> String {
+    indexes
+        .iter()
+        .map(|&i| models[i].name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn log_built(built: &TableBuild) {
+    tracing::info!(
+        table = %built.table,
+        mode = built.mode,
+        rows = built.rows_computed,
+        seconds = built.seconds,
+        "built"
+    );
+}
+
+/// A session for one model: the run's settings, functions and memory pool, with a catalog of
+/// its own holding the run's fixed inputs and the committed tables of the models it reads, so
+/// models built side by side never see each other's `events`, `this` or `changed_keys`.
+async fn model_context(
+    base: &SessionContext,
+    fixed: &[(&str, Arc<dyn datafusion::catalog::TableProvider>)],
+    done: &HashMap<String, DeltaTable>,
+    model: &Model,
+) -> Result<SessionContext> {
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(base.state())
+        .with_config(
+            base.copied_config()
+                .with_create_default_catalog_and_schema(true),
+        )
+        .with_catalog_list(Arc::new(
+            datafusion::catalog::MemoryCatalogProviderList::new(),
+        ))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    for (name, provider) in fixed {
+        ctx.register_table(*name, provider.clone())?;
+    }
+    for (name, table) in done {
+        if reads(model, name) {
+            catalog::register(&ctx, name, table).await?;
+        }
+    }
+    Ok(ctx)
 }
 
 /// The latest events version whose commit added or removed rows (reading the log backwards from
@@ -715,11 +865,6 @@ async fn changed_rows(
     )
 }
 
-async fn reregister(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
-    let _ = ctx.deregister_table(name);
-    catalog::register(ctx, name, table).await
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn build_table(
     lake: &Lake,
@@ -731,8 +876,8 @@ async fn build_table(
     params: &ParamValues,
     as_of: i64,
     markers: Vec<Transaction>,
-    shared: &mut SharedRows,
-) -> Result<TableBuild> {
+    shared: &tokio::sync::Mutex<SharedRows>,
+) -> Result<(TableBuild, DeltaTable)> {
     let mut out = TableBuild {
         table: model.name.clone(),
         ..Default::default()
@@ -753,6 +898,8 @@ async fn build_table(
             out.mode = "incremental";
             out.keys_changed = Some(keys.len() as u64);
             ctx.register_table("changed_keys", Arc::new(key_table(keys)?))?;
+            // Held while the rows are read: a model keyed like one being read waits for them.
+            let mut shared = shared.lock().await;
             let rows = match shared
                 .rows
                 .iter()
@@ -892,9 +1039,7 @@ async fn build_table(
     lap("committed");
     fault(&format!("build-after-commit-{}", model.name));
     out.version = Some(version);
-    reregister(ctx, &model.name, &table).await?;
-    let _ = ctx.deregister_table("changed_keys");
-    Ok(out)
+    Ok((out, table))
 }
 
 /// The data files of `table` holding a row whose `column` is in `changed_keys`.
