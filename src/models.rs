@@ -131,6 +131,10 @@ const STAR: &[(&str, &str)] = &[
         include_str!("../sql/star/095_user_consent.sql"),
     ),
     (
+        "098_agg_user_interest.sql",
+        include_str!("../sql/star/098_agg_user_interest.sql"),
+    ),
+    (
         "09_agg_funnel_daily.sql",
         include_str!("../sql/star/09_agg_funnel_daily.sql"),
     ),

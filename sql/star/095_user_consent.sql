@@ -5,7 +5,7 @@
 -- decision wins; at the same instant a withdrawal wins. An anonymous decision applies to the
 -- customer the anonymous_id is stitched to.
 --
--- Personalization tables (agg_user_features, user_segments, dim_user.primary_segment) leave out
+-- Personalization tables (agg_user_interest, agg_user_features, user_segments, dim_user.primary_segment) leave out
 -- customers whose latest `personalization` decision is a withdrawal (with `[privacy]
 -- require_consent = true`: everyone without a grant); agg_funnel_daily leaves out the sessions
 -- of customers who withdrew `analytics`.

@@ -3,8 +3,8 @@
 --
 -- Money: `currency` is the currency of the customer's latest order; revenue_* and
 -- average_order_value sum only orders in that currency (orders_* count every order).
--- favourite_category / favourite_brand: the most interacted-with top-level category and brand
--- (product view 1, add to cart 3, purchase 5 points; ties by name). preferred_device: the device
+-- favourite_category / favourite_brand: from agg_user_interest (the most interacted-with
+-- top-level category and brand by interest points). preferred_device: the device
 -- of most sessions (ties by name).
 --
 -- Customers whose latest personalization consent is a withdrawal are left out (with
@@ -62,36 +62,10 @@ devices AS (
           WHERE device IS NOT NULL GROUP BY user_key, device)
     GROUP BY user_key
 ),
--- Interest points per customer, aggregated on the raw identity columns first and hashed into
--- user_key only per group (not per event). One scan of `events` gives the points of both the
--- categories and the brands (grouping sets), and one aggregate picks both favourites.
-interest AS (
-    SELECT
-        coalesce(stitched_user_id, user_id)                                          AS uid,
-        CASE WHEN coalesce(stitched_user_id, user_id) IS NULL THEN anonymous_id END AS anon,
-        category_l1,
-        brand,
-        CASE event_type WHEN 'purchase' THEN 5 WHEN 'add_to_cart' THEN 3 ELSE 1 END  AS points
-    FROM events
-    WHERE event_type IN ('product_view', 'add_to_cart', 'purchase') AND event_time <= $as_of
-      AND (category_l1 IS NOT NULL OR brand IS NOT NULL)
-),
-points AS (
-    SELECT uid, anon, category_l1, brand, grouping(brand) = 1 AS by_category,
-           sum(points) AS points
-    FROM interest
-    GROUP BY GROUPING SETS ((uid, anon, category_l1), (uid, anon, brand))
-),
+-- Favourite category and brand: agg_user_interest (built beside the facts).
 favourites AS (
-    SELECT
-        CASE WHEN uid IS NOT NULL THEN md5(concat('user', chr(31), uid))
-             ELSE md5(concat('anonymous', chr(31), anon)) END                  AS user_key,
-        first_value(category_l1 ORDER BY points DESC, category_l1)
-            FILTER (WHERE by_category AND category_l1 IS NOT NULL)              AS category_l1,
-        first_value(brand ORDER BY points DESC, brand)
-            FILTER (WHERE NOT by_category AND brand IS NOT NULL)                AS brand
-    FROM points
-    GROUP BY uid, anon
+    SELECT user_key, favourite_category AS category_l1, favourite_brand AS brand
+    FROM agg_user_interest
 )
 SELECT
     s.user_key,

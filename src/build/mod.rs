@@ -2,7 +2,7 @@
 //! `sql/star/`, rebuilt from what `clean` changed.
 //!
 //! ```text
-//!  events vN ──▶ for each model, in file order:
+//!  events vN ──▶ for each model, once the tables it reads are committed (one per core at once):
 //!    materialized: incremental (unique_key K)      materialized: table
 //!      keys = K of the rows clean changed since      the whole model, over `events` and the
 //!             the version the table reflects           tables built before it
@@ -13,6 +13,10 @@
 //!    commit: removes + adds + txn markers (events version, inputs and logic fingerprints)
 //!            — one per table
 //! ```
+//!
+//! Models read the tables of the models before them in file order; a model starts as soon as
+//! those are committed, so independent tables (the facts, `dim_product`) build side by side, each
+//! with its own catalog over the run's one memory pool.
 //!
 //! Every model and every segment rule is planned before anything is written, so a broken model or
 //! rule is a configuration error (exit 2) that changes nothing. Each table's commit records the
@@ -319,8 +323,16 @@ pub async fn run(
             running.spawn(async move {
                 let t0 = Instant::now();
                 let built = build_table(
-                    &lake, &cfg, &model_ctx, &model, job.existing, job.work, &params, as_of,
-                    job.markers, &shared,
+                    &lake,
+                    &cfg,
+                    &model_ctx,
+                    &model,
+                    job.existing,
+                    job.work,
+                    &params,
+                    as_of,
+                    job.markers,
+                    &shared,
                 )
                 .await
                 .map(|(mut built, table)| {
@@ -333,7 +345,8 @@ pub async fn run(
         let Some(joined) = running.join_next().await else {
             break;
         };
-        let (index, built) = joined.map_err(|e| Error::runtime(format!("building a table: {e}")))?;
+        let (index, built) =
+            joined.map_err(|e| Error::runtime(format!("building a table: {e}")))?;
         let name = &models[index].name;
         in_flight.retain(|&i| i != index);
         progress.set_message(names_of(&models, &in_flight));

@@ -176,6 +176,7 @@ fn dump_star(ctx: &TestContext) -> Vec<(String, Vec<String>)> {
         ("fact_orders", "order_id"),
         ("agg_product_daily", "event_date, product_key, currency"),
         ("agg_funnel_daily", "date_key, segment, device"),
+        ("agg_user_interest", "user_key"),
         ("agg_user_features", "user_key"),
     ]
     .iter()
@@ -458,8 +459,9 @@ fn a_build_killed_between_tables_finishes_on_the_next_run() {
     pipeline(&ctx, ctx.path("gen/events-0002.ndjson").to_str().unwrap());
     let before = dump_star(&ctx);
 
-    // Killed after fact_orders committed: the tables before it are new, the ones after old.
-    for point in ["build-after-data-files", "build-after-commit-fact_orders"] {
+    // Killed after agg_user_features committed: the tables it reads were committed before it
+    // started (fact_sessions among them); the ones reading it had not started.
+    for point in ["build-after-data-files", "build-after-commit-agg_user_features"] {
         let out = ctx
             .cmd()
             .env("CLICKLAKE_FAULT", point)
@@ -471,13 +473,49 @@ fn a_build_killed_between_tables_finishes_on_the_next_run() {
     assert_ne!(dump_star(&ctx), before, "the first tables were committed");
     let s = build_json(&ctx, &[]);
     assert_eq!(table_mode(&s, "fact_sessions"), "up_to_date", "{s}");
-    assert_ne!(table_mode(&s, "agg_user_features"), "up_to_date", "{s}");
+    assert_eq!(table_mode(&s, "agg_user_features"), "up_to_date", "{s}");
+    assert_ne!(table_mode(&s, "user_segments"), "up_to_date", "{s}");
+    assert_ne!(table_mode(&s, "dim_user"), "up_to_date", "{s}");
     let resumed = dump_star(&ctx);
     build_json(&ctx, &["--full-refresh"]);
     assert!(
         resumed == dump_star(&ctx),
         "a resumed build equals a full rebuild"
     );
+    assert_eq!(ctx.run(&["check", "-q"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_model_failing_as_it_runs_stops_the_build_and_the_fixed_model_finishes_it() {
+    // fact_orders fails on its data (a cast no plan can foresee). Tables build side by side:
+    // the ones already running finish and commit, none reading fact_orders starts, the exit is
+    // a runtime failure naming the model file, and the fixed model's build completes the rest.
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "3000", "--files", "1", "--seed", "21"]);
+    pipeline(&ctx, &ndjson_files(&ctx.path("gen"))[0]);
+    let failing = edited_model(
+        "star",
+        "07_fact_orders.sql",
+        "    l.lines,\n",
+        "    CAST(p.order_id AS INT) AS lines,\n",
+    );
+    let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &failing);
+    let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("07_fact_orders.sql"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // fact_sessions started before fact_orders (file order) and was committed.
+    assert!(ctx.count("SELECT count(*) FROM fact_sessions") > 0);
+    for reader in ["agg_user_features", "user_segments", "dim_user"] {
+        let out = ctx.run(&["sql", "-c", &format!("SELECT count(*) FROM {reader}")]);
+        assert_eq!(out.status.code(), Some(2), "{reader} was built");
+    }
+
+    let s = build_json(&ctx, &[]);
+    assert_eq!(table_mode(&s, "fact_sessions"), "up_to_date", "{s}");
+    assert_eq!(table_mode(&s, "dim_user"), "full", "{s}");
+    assert!(ctx.count("SELECT count(*) FROM fact_orders") > 0);
     assert_eq!(ctx.run(&["check", "-q"]).status.code(), Some(0));
 }
 

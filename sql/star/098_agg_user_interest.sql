@@ -1,0 +1,51 @@
+-- agg_user_interest: each customer's (user_key) favourite top-level category and brand, the most
+-- interacted-with by interest points (product view 1, add to cart 3, purchase 5; ties by name),
+-- over the product events at or before the build's as-of time `$as_of`.
+--
+-- agg_user_features reads it. It is a table of its own so that its scan of every product event
+-- runs beside the fact tables instead of after them (it reads only `events`).
+--
+-- Customers whose latest personalization consent is a withdrawal are left out (with
+-- `$require_consent`: everyone without a grant), as in agg_user_features.
+--
+-- grain: user_key
+-- not_null: user_key
+-- references: user_key -> dim_user.user_key
+WITH interest AS (
+    -- Points on the raw identity columns, hashed into user_key only per customer (not per event).
+    SELECT
+        coalesce(stitched_user_id, user_id)                                          AS uid,
+        CASE WHEN coalesce(stitched_user_id, user_id) IS NULL THEN anonymous_id END AS anon,
+        category_l1,
+        brand,
+        CASE event_type WHEN 'purchase' THEN 5 WHEN 'add_to_cart' THEN 3 ELSE 1 END  AS points
+    FROM events
+    WHERE event_type IN ('product_view', 'add_to_cart', 'purchase') AND event_time <= $as_of
+      AND (category_l1 IS NOT NULL OR brand IS NOT NULL)
+),
+-- One scan gives the points of both the categories and the brands (grouping sets), and one
+-- aggregate picks both favourites.
+points AS (
+    SELECT uid, anon, category_l1, brand, grouping(brand) = 1 AS by_category,
+           sum(points) AS points
+    FROM interest
+    GROUP BY GROUPING SETS ((uid, anon, category_l1), (uid, anon, brand))
+),
+favourites AS (
+    SELECT
+        CASE WHEN uid IS NOT NULL THEN md5(concat('user', chr(31), uid))
+             ELSE md5(concat('anonymous', chr(31), anon)) END                  AS user_key,
+        first_value(category_l1 ORDER BY points DESC, category_l1)
+            FILTER (WHERE by_category AND category_l1 IS NOT NULL)              AS favourite_category,
+        first_value(brand ORDER BY points DESC, brand)
+            FILTER (WHERE NOT by_category AND brand IS NOT NULL)                AS favourite_brand
+    FROM points
+    GROUP BY uid, anon
+)
+SELECT f.user_key, f.favourite_category, f.favourite_brand
+FROM favourites f
+WHERE NOT EXISTS (SELECT 1 FROM user_consent u
+                  WHERE u.user_key = f.user_key AND u.purpose = 'personalization' AND NOT u.granted)
+  AND (NOT $require_consent
+       OR EXISTS (SELECT 1 FROM user_consent u
+                  WHERE u.user_key = f.user_key AND u.purpose = 'personalization' AND u.granted))
