@@ -311,7 +311,13 @@ pub async fn run(
             };
             let job = pending.remove(at);
             let model = models[job.index].clone();
-            let model_ctx = model_context(&ctx, &fixed, &done, &model).await?;
+            let model_ctx = match model_context(&ctx, &fixed, &done, &model).await {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             in_flight.push(job.index);
             progress.set_message(names_of(&models, &in_flight));
             let (lake, cfg, params, shared) = (
@@ -362,22 +368,22 @@ pub async fn run(
             }
         }
     }
+    progress.finish_and_clear();
     if let Some(e) = failed {
-        progress.finish_and_clear();
         return Err(e);
     }
+    // Unreachable while models read only the models before them: the first waiting table
+    // always has its inputs committed once nothing runs.
     if !pending.is_empty() {
         return Err(Error::runtime(format!(
-            "build: tables waiting on each other: {}",
-            pending
-                .iter()
-                .map(|j| models[j.index].name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "build: tables left waiting on each other: {}",
+            names_of(
+                &models,
+                &pending.iter().map(|j| j.index).collect::<Vec<_>>()
+            )
         )));
     }
     summary.tables = results.into_iter().flatten().collect();
-    progress.finish_and_clear();
     if let Some((hits, sent)) = lake.read_cache_stats() {
         tracing::debug!(
             hits,

@@ -461,7 +461,10 @@ fn a_build_killed_between_tables_finishes_on_the_next_run() {
 
     // Killed after agg_user_features committed: the tables it reads were committed before it
     // started (fact_sessions among them); the ones reading it had not started.
-    for point in ["build-after-data-files", "build-after-commit-agg_user_features"] {
+    for point in [
+        "build-after-data-files",
+        "build-after-commit-agg_user_features",
+    ] {
         let out = ctx
             .cmd()
             .env("CLICKLAKE_FAULT", point)
