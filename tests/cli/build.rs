@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::both_backends;
-use crate::context::{edited_model, manifest_lines, ndjson_files, stderr_of, Backend, TestContext};
+use crate::context::{manifest_lines, ndjson_files, stderr_of, Backend, TestContext};
 
 fn build_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["build", "--json"];
@@ -496,13 +496,12 @@ fn a_model_failing_as_it_runs_stops_the_build_and_the_fixed_model_finishes_it() 
     let ctx = TestContext::new(Backend::Local);
     ctx.generate("gen", &["--events", "3000", "--files", "1", "--seed", "21"]);
     pipeline(&ctx, &ndjson_files(&ctx.path("gen"))[0]);
-    let failing = edited_model(
+    let sql_dir = ctx.override_edited_model(
         "star",
         "07_fact_orders.sql",
         "    l.lines,\n",
         "    CAST(p.order_id AS INT) AS lines,\n",
     );
-    let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &failing);
     let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
     let err = stderr_of(&out);
@@ -538,13 +537,12 @@ fn a_changed_model_rebuilds_its_incremental_table_in_full() {
     let orders = ctx.count("SELECT count(*) FROM fact_orders");
     assert!(orders > 0);
 
-    let changed = edited_model(
+    let sql_dir = ctx.override_edited_model(
         "star",
         "07_fact_orders.sql",
         "    l.items\n",
         "    0 * l.items AS items\n",
     );
-    let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &changed);
 
     pipeline(&ctx, &files[2]);
     let s = build_json(&ctx, &["--sql-dir", &sql_dir]);
@@ -585,13 +583,12 @@ fn a_new_partition_column_re_lays_out_the_table() {
     };
     assert_eq!(partitioned(&ctx), 0);
 
-    let changed = edited_model(
+    let sql_dir = ctx.override_edited_model(
         "star",
         "07_fact_orders.sql",
         "-- materialized: incremental\n",
         "-- materialized: incremental\n-- partition_by: currency\n",
     );
-    let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &changed);
     let s = build_json(&ctx, &["--sql-dir", &sql_dir]);
     assert_eq!(table_mode(&s, "fact_orders"), "full", "{s}");
     assert!(partitioned(&ctx) > 0, "fact_orders was not re-partitioned");
@@ -618,13 +615,12 @@ fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
             "names every column",
         ),
     ] {
-        let sql = edited_model(
+        let sql_dir = ctx.override_edited_model(
             "star",
             "07_fact_orders.sql",
             "-- materialized: incremental\n",
             &format!("-- materialized: incremental\n-- partition_by: {partition_by}\n"),
         );
-        let sql_dir = ctx.override_model("star", "07_fact_orders.sql", &sql);
         let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
         let err = stderr_of(&out);
         assert_eq!(out.status.code(), Some(2), "{err}");

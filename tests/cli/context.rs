@@ -228,6 +228,12 @@ impl TestContext {
         self.path("models").to_str().expect("utf8 path").to_string()
     }
 
+    /// Overrides the model `file` of `layer` with its embedded text edited by replacing `from`
+    /// with `to` (see [`edited_model`]); returns the directory to pass as `--sql-dir`.
+    pub fn override_edited_model(&self, layer: &str, file: &str, from: &str, to: &str) -> String {
+        self.override_model(layer, file, &edited_model(layer, file, from, to))
+    }
+
     /// Copies a fixture into the temp dir.
     pub fn fixture(&self, name: &str) -> PathBuf {
         let src = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -252,7 +258,7 @@ impl TestContext {
 
 /// The text of an embedded model, `sql/<layer>/<file>`, edited by replacing `from` with `to`
 /// (which must occur: an edit that no longer applies fails the test).
-pub fn edited_model(layer: &str, file: &str, from: &str, to: &str) -> String {
+fn edited_model(layer: &str, file: &str, from: &str, to: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("sql")
         .join(layer)
