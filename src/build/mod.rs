@@ -276,7 +276,7 @@ pub async fn run(
     // both cores busy (its aggregation's final phase, the Parquet encoding and the commit run
     // on one), so two tables side by side fill the gaps.
     let progress = printer.spinner("build");
-    let parallel = build_parallelism();
+    let parallel = build_parallelism(cfg.memory_limit);
     let fixed: Vec<(&str, Arc<dyn datafusion::catalog::TableProvider>)> = vec![
         ("events_all", ctx.table_provider("events_all").await?),
         ("segment_rules", ctx.table_provider("segment_rules").await?),
@@ -407,13 +407,18 @@ struct Job {
     markers: Vec<Transaction>,
 }
 
-/// How many tables are built at once: one per core (two on the machines this runs on; more
-/// would only raise the peak memory of the shared pool).
-fn build_parallelism() -> usize {
-    std::thread::available_parallelism()
+/// The memory limit a table needs to itself before a second one runs beside it: the models'
+/// aggregates and joins that cannot spill share the run's pool.
+const MEMORY_PER_TABLE: u64 = 512 << 20;
+
+/// How many tables are built at once: one per core (at most four), as far as the memory limit
+/// leaves each `MEMORY_PER_TABLE`; under a small limit one at a time, as that limit was meant for.
+fn build_parallelism(memory_limit: u64) -> usize {
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
-        .clamp(1, 4)
+        .clamp(1, 4);
+    cores.min((memory_limit / MEMORY_PER_TABLE).max(1) as usize)
 }
 
 fn names_of(models: &[Model], indexes: &[usize]) -> String {
@@ -1224,6 +1229,17 @@ async fn create_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 1M-event build under `--memory-limit 64MiB` ran out of memory with two tables sharing
+    /// the pool and completes with one; a limit of 1 GiB still builds two at once.
+    #[test]
+    fn a_small_memory_limit_builds_one_table_at_a_time() {
+        assert_eq!(build_parallelism(64 << 20), 1);
+        assert_eq!(build_parallelism(1000 << 20), 1);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(build_parallelism(1 << 30), cores.clamp(1, 2));
+        assert_eq!(build_parallelism(64 << 30), cores.clamp(1, 4));
+    }
 
     /// Every embedded star model plans against the real schemas (and every default segment
     /// rule against agg_user_features): a broken model fails here, not in a cron run.

@@ -241,7 +241,7 @@ fn clean_before_any_ingest_says_there_is_nothing() {
 }
 
 #[test]
-fn clean_completes_under_a_small_memory_limit() {
+fn clean_and_build_complete_under_a_small_memory_limit() {
     // Sorts and aggregates spill to disk instead of failing; the result is the same.
     let ctx = TestContext::new(Backend::Local);
     let m = ctx.generate(
@@ -258,6 +258,10 @@ fn clean_completes_under_a_small_memory_limit() {
         ctx.count("SELECT count(DISTINCT session_key) FROM events"),
         m["sessions"]
     );
+    // The star schema too (one table at a time under such a limit).
+    let out = ctx.run(&["--memory-limit", "64MiB", "build", "--json"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(ctx.count("SELECT count(*) FROM fact_sessions"), m["sessions"]);
 }
 
 #[test]
