@@ -293,10 +293,10 @@ pub async fn run(
     let mut running: tokio::task::JoinSet<(usize, Result<(TableBuild, DeltaTable)>)> =
         tokio::task::JoinSet::new();
     let mut in_flight: Vec<usize> = Vec::new();
+    let waited_on_by = readers_count(&models);
     let mut failed: Option<Error> = None;
     loop {
         while failed.is_none() && running.len() < parallel {
-            // The first table, in model order, whose inputs are all committed.
             // A model reads the tables of the models before it (as `validate_plans` checked).
             let waiting_on = |job: &Job| {
                 let model = &models[job.index];
@@ -306,7 +306,15 @@ pub async fn run(
                     .chain(in_flight.iter().copied())
                     .any(|i| i < job.index && reads(model, &models[i].name))
             };
-            let Some(at) = pending.iter().position(|j| !waiting_on(j)) else {
+            // Of the tables ready, the one most others wait on (then file order): it starts the
+            // longest chain, and the tables nothing reads fill the other core meanwhile.
+            let Some(at) = pending
+                .iter()
+                .enumerate()
+                .filter(|(_, j)| !waiting_on(j))
+                .max_by_key(|(_, j)| (waited_on_by[j.index], std::cmp::Reverse(j.index)))
+                .map(|(at, _)| at)
+            else {
                 break;
             };
             let job = pending.remove(at);
@@ -419,6 +427,21 @@ fn build_parallelism(memory_limit: u64) -> usize {
         .unwrap_or(2)
         .clamp(1, 4);
     cores.min((memory_limit / MEMORY_PER_TABLE).max(1) as usize)
+}
+
+/// For each model, how many later models read its table, directly or through others.
+fn readers_count(models: &[Model]) -> Vec<usize> {
+    let mut readers: Vec<HashSet<usize>> = vec![HashSet::new(); models.len()];
+    for i in (0..models.len()).rev() {
+        for j in i + 1..models.len() {
+            if reads(&models[j], &models[i].name) {
+                let transitive = readers[j].clone();
+                readers[i].insert(j);
+                readers[i].extend(transitive);
+            }
+        }
+    }
+    readers.iter().map(HashSet::len).collect()
 }
 
 fn names_of(models: &[Model], indexes: &[usize]) -> String {

@@ -507,7 +507,7 @@ fn a_model_failing_as_it_runs_stops_the_build_and_the_fixed_model_finishes_it() 
     let err = stderr_of(&out);
     assert!(err.contains("07_fact_orders.sql"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    // fact_sessions started before fact_orders (file order) and was committed.
+    // fact_sessions started before fact_orders (more tables wait on it) and was committed.
     assert!(ctx.count("SELECT count(*) FROM fact_sessions") > 0);
     for reader in ["agg_user_features", "user_segments", "dim_user"] {
         let out = ctx.run(&["sql", "-c", &format!("SELECT count(*) FROM {reader}")]);
