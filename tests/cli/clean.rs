@@ -261,7 +261,10 @@ fn clean_and_build_complete_under_a_small_memory_limit() {
     // The star schema too (one table at a time under such a limit).
     let out = ctx.run(&["--memory-limit", "64MiB", "build", "--json"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    assert_eq!(ctx.count("SELECT count(*) FROM fact_sessions"), m["sessions"]);
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM fact_sessions"),
+        m["sessions"]
+    );
 }
 
 #[test]
