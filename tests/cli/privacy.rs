@@ -125,8 +125,9 @@ fn an_allow_list_drops_other_columns_and_counts_them() {
     .unwrap();
     let file = ctx.fixture("privacy/people.ndjson");
     let s = ctx.ingest_json(&[file.to_str().unwrap()]);
-    // Per landed row: email, ip, page_url and the `nickname` property go (13 values in all).
-    assert_eq!(s["dropped_values"], 13, "{s}");
+    // Per landed row: email, ip, page_url, category, brand and the `nickname` property go (15
+    // values in all).
+    assert_eq!(s["dropped_values"], 15, "{s}");
     assert_eq!(
         ctx.count(
             "SELECT count(*) FROM raw_events WHERE email IS NOT NULL OR ip IS NOT NULL \
@@ -159,7 +160,12 @@ fn person_rows(ctx: &TestContext) -> u64 {
         + q("SELECT count(*) FROM fact_orders WHERE order_id = 'o-erase'")
         + q("SELECT count(*) FROM dim_user WHERE user_id = 'user-erase-me'")
         + q("SELECT count(*) FROM fact_sessions WHERE user_id = 'user-erase-me' OR anonymous_id = 'anon-erase-me'")
+        + q(&format!("SELECT count(*) FROM agg_user_interest WHERE user_key = {ERASE_KEY}"))
+        + q(&format!("SELECT count(*) FROM agg_user_features WHERE user_key = {ERASE_KEY}"))
 }
+
+/// The person's customer key in the star schema.
+const ERASE_KEY: &str = "md5(concat('user', chr(31), 'user-erase-me'))";
 
 both_backends!(
     erase_removes_a_person_everywhere_for_good,
@@ -167,6 +173,11 @@ both_backends!(
         let (ctx, file) = people_lake(backend);
         let before = person_rows(&ctx);
         assert!(before > 10, "{before}");
+        // Including their customer rows, which erase finds by user_key.
+        for table in ["agg_user_interest", "agg_user_features"] {
+            let sql = format!("SELECT count(*) FROM {table} WHERE user_key = {ERASE_KEY}");
+            assert_eq!(ctx.count(&sql), 1, "{table}");
+        }
         let keep_before = ctx.count("SELECT count(*) FROM events WHERE user_id = 'user-keep'");
 
         // A dry run reports and changes nothing.
