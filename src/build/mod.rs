@@ -285,10 +285,7 @@ pub async fn run(
             ctx.table_provider(catalog::CONSENTS.name).await?,
         ),
     ];
-    let shared = Arc::new(tokio::sync::Mutex::new(SharedRows::new(
-        &models,
-        &events_columns,
-    )));
+    let shared = Arc::new(SharedRows::new(&models, &events_columns));
     let cfg_shared = Arc::new(cfg.clone());
     let mut running: tokio::task::JoinSet<(usize, Result<(TableBuild, DeltaTable)>)> =
         tokio::task::JoinSet::new();
@@ -848,12 +845,15 @@ async fn changed_keys(
 struct SharedRows {
     /// The columns of `events` read by the incremental models keyed by each column.
     columns: HashMap<String, Vec<String>>,
-    rows: Vec<(
-        String,
-        Vec<String>,
-        Arc<dyn datafusion::catalog::TableProvider>,
-    )>,
+    /// Per key column, the rows read so far for a set of keys. A column's lock is held while its
+    /// rows are read, so a model keyed like one being read waits for them instead of reading
+    /// them again; models keyed by other columns go on.
+    rows: HashMap<String, tokio::sync::Mutex<RowsByKeys>>,
 }
+
+type SharedProvider = Arc<dyn datafusion::catalog::TableProvider>;
+/// The rows read for each set of keys of one key column.
+type RowsByKeys = Vec<(Vec<String>, SharedProvider)>;
 
 impl SharedRows {
     fn new(models: &[Model], events_columns: &HashMap<String, Vec<String>>) -> Self {
@@ -870,10 +870,31 @@ impl SharedRows {
                 }
             }
         }
-        SharedRows {
-            columns,
-            rows: Vec::new(),
+        let rows = columns
+            .keys()
+            .map(|c| (c.clone(), tokio::sync::Mutex::new(Vec::new())))
+            .collect();
+        SharedRows { columns, rows }
+    }
+
+    /// The events rows whose `column` is one of `keys`, read once per run.
+    async fn get(
+        &self,
+        ctx: &SessionContext,
+        column: &str,
+        keys: &[String],
+    ) -> Result<SharedProvider> {
+        let columns = self.columns.get(column).cloned().unwrap_or_default();
+        let Some(slot) = self.rows.get(column) else {
+            return changed_rows(ctx, column, &columns).await;
+        };
+        let mut read = slot.lock().await;
+        if let Some((_, rows)) = read.iter().find(|(k, _)| k == keys) {
+            return Ok(rows.clone());
         }
+        let rows = changed_rows(ctx, column, &columns).await?;
+        read.push((keys.to_vec(), rows.clone()));
+        Ok(rows)
     }
 }
 
@@ -923,7 +944,7 @@ async fn build_table(
     params: &ParamValues,
     as_of: i64,
     markers: Vec<Transaction>,
-    shared: &tokio::sync::Mutex<SharedRows>,
+    shared: &SharedRows,
 ) -> Result<(TableBuild, DeltaTable)> {
     let mut out = TableBuild {
         table: model.name.clone(),
@@ -945,24 +966,7 @@ async fn build_table(
             out.mode = "incremental";
             out.keys_changed = Some(keys.len() as u64);
             ctx.register_table("changed_keys", Arc::new(key_table(keys)?))?;
-            // Held while the rows are read: a model keyed like one being read waits for them.
-            let mut shared = shared.lock().await;
-            let rows = match shared
-                .rows
-                .iter()
-                .find(|(c, k, _)| c == column && k == keys)
-            {
-                Some((_, _, rows)) => rows.clone(),
-                None => {
-                    let columns = shared.columns.get(column).cloned().unwrap_or_default();
-                    let rows = changed_rows(ctx, column, &columns).await?;
-                    shared
-                        .rows
-                        .push((column.clone(), keys.clone(), rows.clone()));
-                    rows
-                }
-            };
-            ctx.register_table("events", rows)?;
+            ctx.register_table("events", shared.get(ctx, column, keys).await?)?;
             Some((
                 column.clone(),
                 keys.iter().cloned().collect::<HashSet<String>>(),
