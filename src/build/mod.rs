@@ -196,31 +196,27 @@ pub async fn run(
     // Plan every table first (its markers and the change records: no data read), so the
     // inputs and logic fingerprints of a table's upstream are known before anything runs.
     let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
-    let mut fingerprints: Vec<(String, i64)> = Vec::new();
-    let mut logic: Vec<(String, i64)> = Vec::new();
+    // Which earlier models' tables each model reads: its fingerprints' inputs, and what it
+    // waits for below.
+    let upstream = upstream_of(&models);
+    let mut fingerprints: Vec<i64> = Vec::new();
+    let mut logic: Vec<i64> = Vec::new();
     let mut results: Vec<Option<TableBuild>> = vec![None; models.len()];
     let mut done: HashMap<String, DeltaTable> = HashMap::new();
     let mut pending: Vec<Job> = Vec::new();
     for (index, model) in models.iter().enumerate() {
         let t0 = Instant::now();
         let existing = opened.remove(&model.name);
-        let mut upstream: Vec<i64> = fingerprints
-            .iter()
-            .filter(|(name, _)| reads(model, name))
-            .map(|(_, f)| *f)
-            .collect();
+        let mut upstream_inputs: Vec<i64> =
+            upstream[index].iter().map(|&i| fingerprints[i]).collect();
         if reads(model, catalog::CONSENTS.name) {
-            upstream.push(consents_version);
+            upstream_inputs.push(consents_version);
         }
-        let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream);
-        fingerprints.push((model.name.clone(), fingerprint));
-        let upstream_logic: Vec<i64> = logic
-            .iter()
-            .filter(|(name, _)| reads(model, name))
-            .map(|(_, f)| *f)
-            .collect();
+        let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream_inputs);
+        fingerprints.push(fingerprint);
+        let upstream_logic: Vec<i64> = upstream[index].iter().map(|&i| logic[i]).collect();
         let model_logic = logic_fingerprint(model, cfg, &upstream_logic);
-        logic.push((model.name.clone(), model_logic));
+        logic.push(model_logic);
         let work = plan_work(
             lake,
             &events,
@@ -290,18 +286,14 @@ pub async fn run(
     let mut running: tokio::task::JoinSet<(usize, Result<(TableBuild, DeltaTable)>)> =
         tokio::task::JoinSet::new();
     let mut in_flight: Vec<usize> = Vec::new();
-    let waited_on_by = readers_count(&models);
+    let waited_on_by = readers_count(&upstream);
     let mut failed: Option<Error> = None;
     loop {
         while failed.is_none() && running.len() < parallel {
-            // A model reads the tables of the models before it (as `validate_plans` checked).
             let waiting_on = |job: &Job| {
-                let model = &models[job.index];
-                pending
+                upstream[job.index]
                     .iter()
-                    .map(|j| j.index)
-                    .chain(in_flight.iter().copied())
-                    .any(|i| i < job.index && reads(model, &models[i].name))
+                    .any(|i| in_flight.contains(i) || pending.iter().any(|j| j.index == *i))
             };
             // Of the tables ready, the one most others wait on (then file order): it starts the
             // longest chain, and the tables nothing reads fill the other core meanwhile.
@@ -316,7 +308,11 @@ pub async fn run(
             };
             let job = pending.remove(at);
             let model = models[job.index].clone();
-            let model_ctx = match model_context(&ctx, &fixed, &done, &model).await {
+            let reads_from: Vec<String> = upstream[job.index]
+                .iter()
+                .map(|&i| models[i].name.clone())
+                .collect();
+            let model_ctx = match model_context(&ctx, &fixed, &done, &model, &reads_from).await {
                 Ok(c) => c,
                 Err(e) => {
                     failed = Some(e);
@@ -426,16 +422,24 @@ fn build_parallelism(memory_limit: u64) -> usize {
     cores.min((memory_limit / MEMORY_PER_TABLE).max(1) as usize)
 }
 
+/// For each model, the models before it whose tables it reads (a model reads only those, as
+/// `validate_plans` checked).
+fn upstream_of(models: &[Model]) -> Vec<Vec<usize>> {
+    models
+        .iter()
+        .enumerate()
+        .map(|(j, m)| (0..j).filter(|&i| reads(m, &models[i].name)).collect())
+        .collect()
+}
+
 /// For each model, how many later models read its table, directly or through others.
-fn readers_count(models: &[Model]) -> Vec<usize> {
-    let mut readers: Vec<HashSet<usize>> = vec![HashSet::new(); models.len()];
-    for i in (0..models.len()).rev() {
-        for j in i + 1..models.len() {
-            if reads(&models[j], &models[i].name) {
-                let transitive = readers[j].clone();
-                readers[i].insert(j);
-                readers[i].extend(transitive);
-            }
+fn readers_count(upstream: &[Vec<usize>]) -> Vec<usize> {
+    let mut readers: Vec<HashSet<usize>> = vec![HashSet::new(); upstream.len()];
+    for j in (0..upstream.len()).rev() {
+        for &i in &upstream[j] {
+            let transitive = readers[j].clone();
+            readers[i].insert(j);
+            readers[i].extend(transitive);
         }
     }
     readers.iter().map(HashSet::len).collect()
@@ -460,13 +464,15 @@ fn log_built(built: &TableBuild) {
 }
 
 /// A session for one model: the run's settings, functions and memory pool, with a catalog of
-/// its own holding the run's fixed inputs and the committed tables of the models it reads, so
+/// its own holding the run's fixed inputs and the committed tables of the models it reads
+/// (`upstream`), so
 /// models built side by side never see each other's `events`, `this` or `changed_keys`.
 async fn model_context(
     base: &SessionContext,
     fixed: &[(&str, Arc<dyn datafusion::catalog::TableProvider>)],
     done: &HashMap<String, DeltaTable>,
     model: &Model,
+    upstream: &[String],
 ) -> Result<SessionContext> {
     let state = datafusion::execution::SessionStateBuilder::new_from_existing(base.state())
         .with_config(
@@ -481,10 +487,11 @@ async fn model_context(
     for (name, provider) in fixed {
         ctx.register_table(*name, provider.clone())?;
     }
-    for (name, table) in done {
-        if reads(model, name) {
-            catalog::register(&ctx, name, table).await?;
-        }
+    for name in upstream {
+        let table = done.get(name).ok_or_else(|| {
+            Error::runtime(format!("build: {} started before {name}", model.name))
+        })?;
+        catalog::register(&ctx, name, table).await?;
     }
     Ok(ctx)
 }

@@ -563,15 +563,22 @@ fn a_changed_model_rebuilds_its_incremental_table_in_full() {
     assert_eq!(ctx.count(zero_items), 0);
 }
 
+/// A local lake with `events` generated events (one file, `seed`) cleaned and built, and its
+/// number of orders.
+fn built_lake_with_orders(events: &str, seed: &str) -> (TestContext, u64) {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", events, "--files", "1", "--seed", seed]);
+    pipeline(&ctx, ctx.path("gen").to_str().unwrap());
+    build_json(&ctx, &[]);
+    let orders = ctx.count("SELECT count(*) FROM fact_orders");
+    (ctx, orders)
+}
+
 #[test]
 fn a_new_partition_column_re_lays_out_the_table() {
     // The writer lays files out by the table's own partition columns: a model that now asks for
     // another layout gets its table re-created, not its files written the old way.
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "3000", "--files", "1", "--seed", "23"]);
-    pipeline(&ctx, ctx.path("gen").to_str().unwrap());
-    build_json(&ctx, &[]);
-    let orders = ctx.count("SELECT count(*) FROM fact_orders");
+    let (ctx, orders) = built_lake_with_orders("3000", "23");
     let partitioned = |ctx: &TestContext| {
         std::fs::read_dir(ctx.table_dir("fact_orders"))
             .unwrap()
@@ -602,11 +609,7 @@ fn a_new_partition_column_re_lays_out_the_table() {
 fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
     // Checked before anything is written: Delta would commit a table whose partition columns
     // repeat, and every later build and query of it would fail.
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "2000", "--files", "1", "--seed", "3"]);
-    pipeline(&ctx, ctx.path("gen").to_str().unwrap());
-    build_json(&ctx, &[]);
-    let orders = ctx.count("SELECT count(*) FROM fact_orders");
+    let (ctx, orders) = built_lake_with_orders("2000", "3");
     for (partition_by, expect) in [
         ("currency, currency", "names column currency twice"),
         ("no_such_column", "column no_such_column is not in its output"),
