@@ -144,8 +144,47 @@ pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String
     Ok(out)
 }
 
-/// The key columns of `events` whose changed values clean records in `events_changes`.
-pub const CHANGE_KEYS: &[&str] = &["session_key", "order_id", "product_id", "event_date"];
+/// The keys of `events` rows whose changed values clean records in `events_changes`: columns of
+/// `events`, and `user_key`, the customer a row belongs to (see [`change_key_sql`]).
+pub const CHANGE_KEYS: &[&str] = &[
+    "session_key",
+    "order_id",
+    "product_id",
+    "event_date",
+    "user_key",
+];
+
+/// The SQL of change key `key` over the `events` row aliased `alias`. For `user_key` it is the
+/// customer as text, `user<US>uid` (the stitched user_id when known, else the user_id) or
+/// `anonymous<US>anonymous_id`: what the star schema's user_key is the md5 of. Recorded unhashed,
+/// a build finds the customer's events by their identity columns instead of hashing every row.
+pub fn change_key_sql(alias: &str, key: &str) -> String {
+    match key {
+        "user_key" => format!(
+            "CASE WHEN coalesce({a}.stitched_user_id, {a}.user_id) IS NOT NULL \
+             THEN concat('user', chr(31), coalesce({a}.stitched_user_id, {a}.user_id)) \
+             WHEN {a}.anonymous_id IS NOT NULL THEN concat('anonymous', chr(31), {a}.anonymous_id) \
+             END",
+            a = alias
+        ),
+        _ => format!("{alias}.{key}"),
+    }
+}
+
+/// True when change key `key` is a column of `events` rather than computed from its row.
+pub fn is_events_column(key: &str) -> bool {
+    key != "user_key"
+}
+
+/// A recorded `user_key` change (see [`change_key_sql`]) as (registered, identity): the user_id
+/// of a registered customer, the anonymous_id of another.
+pub fn customer_identity(recorded: &str) -> Option<(bool, &str)> {
+    match recorded.split_once('\u{1f}')? {
+        ("user", id) => Some((true, id)),
+        ("anonymous", id) => Some((false, id)),
+        _ => None,
+    }
+}
 
 /// Star tables whose schema is fixed here because their model reads its own previous state.
 pub const FIXED_STAR: &[&TableDef] = &[&USER_SEGMENT_HISTORY];
@@ -507,4 +546,21 @@ pub async fn query_i64(ctx: &SessionContext, sql: &str) -> Result<Option<i64>> {
 /// The values of a string column as owned strings (for small results).
 pub fn strings(array: &arrow::array::ArrayRef) -> Result<Vec<Option<String>>> {
     Ok(utf8(array)?.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded customer splits into its identity; anything else is not a customer.
+    #[test]
+    fn a_recorded_customer_is_its_identity() {
+        assert_eq!(customer_identity("user\u{1f}u-1"), Some((true, "u-1")));
+        assert_eq!(
+            customer_identity("anonymous\u{1f}a\u{1f}b"),
+            Some((false, "a\u{1f}b"))
+        );
+        assert_eq!(customer_identity("user-1"), None);
+        assert_eq!(customer_identity("other\u{1f}x"), None);
+    }
 }

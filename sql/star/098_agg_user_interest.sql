@@ -8,6 +8,14 @@
 -- Customers whose latest personalization consent is a withdrawal are left out (with
 -- `$require_consent`: everyone without a grant), as in agg_user_features.
 --
+-- Incremental: `events` holds every event of the customers whose events changed since the last
+-- build (clean records the customer of each changed row, before and after: a login stitched to a
+-- visitor moves it from its anonymous key to the user's). Consent decisions imported with
+-- `clicklake consent` change no event, so a build after an import recomputes the table in full.
+-- With the default as-of (the latest event) `event_time <= $as_of` admits only new events as it
+-- moves; an explicit `--as-of` other than the last one rebuilds the table in full.
+-- materialized: incremental
+-- unique_key: user_key
 -- grain: user_key
 -- not_null: user_key
 -- references: user_key -> dim_user.user_key

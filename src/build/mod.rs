@@ -64,6 +64,9 @@ pub const INPUTS_APP_ID: &str = "clicklake/build/inputs";
 /// The application id of the fingerprint of how a table was computed (model text, settings, the
 /// logic of the tables it reads), whatever the data.
 pub const LOGIC_APP_ID: &str = "clicklake/build/logic";
+/// The application id of the version of `consents` (decisions imported with `clicklake consent`)
+/// a table reflects.
+pub const CONSENTS_APP_ID: &str = "clicklake/build/consents";
 const FILE_COLUMN: &str = "__clicklake_file";
 
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +155,7 @@ pub async fn run(
             .await?
             .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
     };
+    let explicit_as_of = req.as_of.map(|_| as_of);
     summary.as_of = chrono::DateTime::from_timestamp_micros(as_of)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     let params = ParamValues::from(vec![
@@ -204,7 +208,14 @@ pub async fn run(
     let mut results: Vec<Option<TableBuild>> = vec![None; models.len()];
     let mut done: HashMap<String, DeltaTable> = HashMap::new();
     let mut pending: Vec<Job> = Vec::new();
+    // Which models read `consents`, directly or through the tables they read: decisions it
+    // gains change rows of customers whose events did not change.
+    let mut via_consents: Vec<bool> = Vec::new();
     for (index, model) in models.iter().enumerate() {
+        via_consents.push(
+            reads(model, catalog::CONSENTS.name)
+                || upstream[index].iter().any(|&i| via_consents[i]),
+        );
         let t0 = Instant::now();
         let existing = opened.remove(&model.name);
         let mut upstream_inputs: Vec<i64> =
@@ -215,7 +226,7 @@ pub async fn run(
         let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream_inputs);
         fingerprints.push(fingerprint);
         let upstream_logic: Vec<i64> = upstream[index].iter().map(|&i| logic[i]).collect();
-        let model_logic = logic_fingerprint(model, cfg, &upstream_logic);
+        let model_logic = logic_fingerprint(model, cfg, &upstream_logic, explicit_as_of);
         logic.push(model_logic);
         let work = plan_work(
             lake,
@@ -226,6 +237,7 @@ pub async fn run(
             events_version,
             fingerprint,
             model_logic,
+            via_consents[index].then_some(consents_version),
             &mut changes_cache,
         )
         .await?;
@@ -256,6 +268,7 @@ pub async fn run(
                     Transaction::new(EVENTS_APP_ID, events_version),
                     Transaction::new(INPUTS_APP_ID, fingerprint),
                     Transaction::new(LOGIC_APP_ID, model_logic),
+                    Transaction::new(CONSENTS_APP_ID, consents_version),
                 ],
             }),
         }
@@ -525,22 +538,50 @@ fn validate_directives(model: &Model) -> Result<()> {
         .directive("materialized")
         .unwrap_or_else(|| "table".into());
     match materialized.as_str() {
+        "incremental" => {
+            match model.directive("unique_key") {
+                Some(k) if catalog::CHANGE_KEYS.contains(&k.as_str()) => {}
+                other => {
+                    return Err(Error::config(format!(
+                        "SQL model {}: an incremental model needs `-- unique_key:` one of {} \
+                         (the events key it is recomputed by), got {:?}",
+                        model.origin,
+                        catalog::CHANGE_KEYS.join(", "),
+                        other.unwrap_or_default()
+                    )))
+                }
+            }
+            if !as_of_only_bounds_event_time(&model.sql) {
+                return Err(Error::config(format!(
+                    "SQL model {}: an incremental model may use $as_of only as \
+                     `event_time <= $as_of` (rows of keys that did not change would go stale \
+                     as the as-of time moves); make it `materialized: table`",
+                    model.origin
+                )));
+            }
+            Ok(())
+        }
         "table" => Ok(()),
-        "incremental" => match model.directive("unique_key") {
-            Some(k) if catalog::CHANGE_KEYS.contains(&k.as_str()) => Ok(()),
-            other => Err(Error::config(format!(
-                "SQL model {}: an incremental model needs `-- unique_key:` one of {} (the events \
-                 column it is recomputed by), got {:?}",
-                model.origin,
-                catalog::CHANGE_KEYS.join(", "),
-                other.unwrap_or_default()
-            ))),
-        },
         other => Err(Error::config(format!(
             "SQL model {}: materialized must be table or incremental, got {other:?}",
             model.origin
         ))),
     }
+}
+
+/// True when every `$as_of` in `sql` bounds event_time from above (`event_time <= $as_of`):
+/// with the default as-of (the latest event_time) such a bound only ever admits events that are
+/// new or changed, so the rows an incremental build keeps stay exact. Any other use (a window
+/// such as `$as_of - INTERVAL '30 days'`) changes rows of every key as the as-of time moves.
+fn as_of_only_bounds_event_time(sql: &str) -> bool {
+    let text: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .flat_map(|l| l.chars().chain(std::iter::once(' ')))
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    text.match_indices("$as_of")
+        .all(|(at, _)| text[..at].ends_with("event_time<="))
 }
 
 /// Plans every model in order (each registered as a view for the ones after it) and every
@@ -700,12 +741,25 @@ fn inputs_fingerprint(
 /// The fingerprint of how a table is computed, whatever the data: its model text, its settings
 /// and the logic fingerprints of the tables it reads. When it differs from the one the table
 /// was built with, rows kept by an incremental build would be stale, so it is rebuilt in full.
-fn logic_fingerprint(model: &Model, cfg: &Config, upstream: &[i64]) -> i64 {
+fn logic_fingerprint(
+    model: &Model,
+    cfg: &Config,
+    upstream: &[i64],
+    explicit_as_of: Option<i64>,
+) -> i64 {
     let mut h = Fingerprint::new();
     h.feed(b"logic");
     h.feed(model.sql.as_bytes());
     for f in upstream {
         h.feed(&f.to_le_bytes());
+    }
+    // An incremental model bounds event_time by the as-of time: the default (the latest event)
+    // moves only past changed rows, an explicit one changes which rows every key counts.
+    if model.sql.contains("$as_of") {
+        match explicit_as_of {
+            None => h.feed(b"as_of: latest event"),
+            Some(at) => h.feed(&at.to_le_bytes()),
+        }
     }
     feed_settings(&mut h, model, cfg);
     h.finish()
@@ -723,6 +777,7 @@ async fn plan_work(
     events_version: i64,
     fingerprint: i64,
     logic: i64,
+    consents_version: Option<i64>,
     cache: &mut HashMap<i64, Result<ChangeSet, String>>,
 ) -> Result<Work> {
     if full_refresh {
@@ -746,6 +801,13 @@ async fn plan_work(
         return Ok(Work::Full(
             "its model, its settings or a model it reads changed".into(),
         ));
+    }
+    if let Some(current) = consents_version {
+        if delta::txn_version(table, CONSENTS_APP_ID).await? != Some(current) {
+            return Ok(Work::Full(
+                "consent decisions were imported since it was built".into(),
+            ));
+        }
     }
     let Some(reflected) = delta::txn_version(table, EVENTS_APP_ID).await? else {
         return Ok(Work::Full(
@@ -919,19 +981,25 @@ async fn changed_rows(
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     let select = match columns {
         // Read nothing (a model that only counts): still one column to carry the rows.
-        [] => format!("e.{column}"),
+        [] => "e.event_id".to_string(),
         _ => columns
             .iter()
             .map(|c| format!("e.\"{c}\""))
             .collect::<Vec<_>>()
             .join(", "),
     };
-    let view = ctx
-        .sql(&format!(
-            "SELECT {select} FROM changed_keys k JOIN events_all e ON {}",
+    let from = match catalog::is_events_column(column) {
+        true => format!(
+            "changed_keys k JOIN events_all e ON {}",
             key_join("e", column)
-        ))
-        .await?;
+        ),
+        // Customers by their identity columns: no hash computed per events row.
+        false => "changed_customers k JOIN events_all e \
+                  ON k.id = coalesce(e.stitched_user_id, e.user_id, e.anonymous_id) \
+                  AND k.registered = (coalesce(e.stitched_user_id, e.user_id) IS NOT NULL)"
+            .to_string(),
+    };
+    let view = ctx.sql(&format!("SELECT {select} FROM {from}")).await?;
     Ok(
         match models::memory_table(view.clone(), SHARED_ROWS_MAX).await? {
             Some(rows) => Arc::new(rows),
@@ -972,11 +1040,19 @@ async fn build_table(
         Work::Incremental { column, keys } => {
             out.mode = "incremental";
             out.keys_changed = Some(keys.len() as u64);
-            ctx.register_table("changed_keys", Arc::new(key_table(keys)?))?;
+            // The keys as the table holds them; customers are recorded by identity (unhashed).
+            let table_keys = match catalog::is_events_column(column) {
+                true => keys.clone(),
+                false => {
+                    ctx.register_table("changed_customers", Arc::new(customers_table(keys)?))?;
+                    user_keys(ctx, keys).await?
+                }
+            };
+            ctx.register_table("changed_keys", Arc::new(key_table(&table_keys)?))?;
             ctx.register_table("events", shared.get(ctx, column, keys).await?)?;
             Some((
                 column.clone(),
-                keys.iter().cloned().collect::<HashSet<String>>(),
+                table_keys.into_iter().collect::<HashSet<_>>(),
             ))
         }
         Work::Full(reason) => {
@@ -1126,13 +1202,47 @@ async fn files_holding(
     Ok(out)
 }
 
-/// The join of `changed_keys k` (keys recorded as text) to `<alias>.<column>`.
+/// The join of `changed_keys k` (keys recorded as text) to column `column` of `alias`.
 fn key_join(alias: &str, column: &str) -> String {
     if column == "event_date" {
         format!("{alias}.{column} = CAST(k.key AS DATE)")
     } else {
         format!("{alias}.{column} = k.key")
     }
+}
+
+/// The changed customers (recorded `user_key` changes) by identity: `id`, and `registered` when
+/// it is a user_id rather than an anonymous_id.
+fn customers_table(recorded: &[String]) -> Result<MemTable> {
+    let (registered, ids): (Vec<bool>, Vec<&str>) = recorded
+        .iter()
+        .filter_map(|r| catalog::customer_identity(r))
+        .unzip();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("registered", DataType::Boolean, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::StringArray::from(ids)),
+            Arc::new(arrow::array::BooleanArray::from(registered)),
+        ],
+    )?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+/// The star schema's user_key of each recorded customer: the md5 of the recorded text.
+async fn user_keys(ctx: &SessionContext, recorded: &[String]) -> Result<Vec<String>> {
+    let view = ctx.read_table(Arc::new(key_table(recorded)?))?;
+    let hashed = view.select(vec![datafusion::functions::crypto::expr_fn::md5(
+        datafusion::prelude::col("key"),
+    )])?;
+    let mut out = Vec::with_capacity(recorded.len());
+    for b in hashed.collect().await? {
+        out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
+    }
+    Ok(out)
 }
 
 fn key_table(keys: &[String]) -> Result<MemTable> {
@@ -1273,6 +1383,57 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         assert_eq!(build_parallelism(1 << 30), cores.clamp(1, 2));
         assert_eq!(build_parallelism(64 << 30), cores.clamp(1, 4));
+    }
+
+    /// An incremental model may bound event_time by the as-of time and nothing else: a window
+    /// relative to it changes rows of keys whose events did not change.
+    #[test]
+    fn an_incremental_model_uses_as_of_only_as_an_event_time_bound() {
+        let model = |sql: &str| Model {
+            name: "m".into(),
+            origin: "m.sql".into(),
+            sql: format!("-- materialized: incremental\n-- unique_key: user_key\n{sql}"),
+        };
+        let bounded = model("SELECT user_key FROM events\nWHERE e.event_time\n  <= $as_of");
+        assert!(validate_directives(&bounded).is_ok());
+        let window = model(
+            "SELECT user_key FROM events WHERE event_time <= $as_of \
+             AND event_time > $as_of - INTERVAL '30 days'",
+        );
+        let err = validate_directives(&window).unwrap_err().to_string();
+        assert!(
+            err.contains("m.sql") && err.contains("event_time <= $as_of"),
+            "{err}"
+        );
+        // The same window in a table model is fine: it is recomputed whole.
+        let table = Model {
+            sql: window.sql.replace("incremental", "table"),
+            ..window
+        };
+        assert!(validate_directives(&table).is_ok());
+    }
+
+    /// The logic fingerprint of a model reading `$as_of` tells the default as-of (the latest
+    /// event) from an explicit one, and explicit ones apart: moving between them rebuilds an
+    /// incremental table in full. A model without `$as_of` does not care.
+    #[test]
+    fn an_explicit_as_of_changes_the_logic_of_models_reading_it() {
+        let cfg = crate::config::Config::merge(
+            &Default::default(),
+            &Default::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
+        let models = models::load("star", None).unwrap();
+        let find = |name: &str| models.iter().find(|m| m.name == name).unwrap();
+        let interest = find("agg_user_interest");
+        let logic = |m: &Model, at: Option<i64>| logic_fingerprint(m, &cfg, &[], at);
+        assert_ne!(logic(interest, None), logic(interest, Some(5)));
+        assert_ne!(logic(interest, Some(5)), logic(interest, Some(6)));
+        assert_eq!(logic(interest, Some(5)), logic(interest, Some(5)));
+        let sessions = find("fact_sessions");
+        assert_eq!(logic(sessions, None), logic(sessions, Some(5)));
     }
 
     /// Every embedded star model plans against the real schemas (and every default segment

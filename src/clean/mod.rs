@@ -295,10 +295,12 @@ pub async fn run(
                     ))
                     .await?;
                 ctx.register_table("events_carried", carried.into_view())?;
-                compare = true;
             } else {
                 ctx.register_table("events_carried", empty_events()?)?;
             }
+            // Compared with the current rows even when there are none (only new visitors), so
+            // the keys of every row written are recorded for an incremental build.
+            compare = true;
         }
     }
 
@@ -314,13 +316,23 @@ pub async fn run(
             .collect();
         output = ctx
             .sql(&format!(
-                "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {old_keys}, \
+                "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {keys}, \
                  (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed \
                  FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
                 same = same.join(" AND "),
-                old_keys = catalog::CHANGE_KEYS
+                // The old keys of every row, and the new ones of keys computed from a row.
+                keys = catalog::CHANGE_KEYS
                     .iter()
-                    .map(|k| format!("CAST(c.{k} AS VARCHAR) AS __old_{k}"))
+                    .map(|k| format!(
+                        "CAST({} AS VARCHAR) AS __old_{k}",
+                        catalog::change_key_sql("c", k)
+                    ))
+                    .chain(
+                        catalog::CHANGE_KEYS
+                            .iter()
+                            .filter(|k| !catalog::is_events_column(k))
+                            .map(|k| format!("{} AS {k}", catalog::change_key_sql("r", k)))
+                    )
                     .collect::<Vec<_>>()
                     .join(", ")
             ))
@@ -709,7 +721,7 @@ fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
     m
 }
 
-/// The keys (session, order, product, date) of every events row an incremental clean adds,
+/// The keys (session, order, product, date, customer) of every events row an incremental clean adds,
 /// changes or removes, old and new values alike: what an incremental build recomputes.
 #[derive(Default)]
 struct ChangeKeys {

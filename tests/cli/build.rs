@@ -214,6 +214,8 @@ both_backends!(incremental_build_equals_full_rebuild, |backend: Backend| {
         let s = build_json(&ctx, &[]);
         if table_mode(&s, "fact_sessions") == "incremental" {
             incremental_runs += 1;
+            // Customers' favourites too, keyed by the customers whose events changed.
+            assert_eq!(table_mode(&s, "agg_user_interest"), "incremental", "{s}");
         }
     }
     assert_eq!(

@@ -260,6 +260,74 @@ fn erase_needs_one_subject_and_the_key() {
     assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
 }
 
+/// A decision imported with `clicklake consent` changes no event: the build after it recomputes
+/// the favourites table in full, though other customers' events arrived too and it is otherwise
+/// incremental, so the withdrawal takes effect at once.
+#[test]
+fn an_imported_withdrawal_takes_effect_in_the_next_build() {
+    let (ctx, _) = people_lake(Backend::Local);
+    let interest = |ctx: &TestContext, key: &str| {
+        ctx.count(&format!(
+            "SELECT count(*) FROM agg_user_interest WHERE user_key = {key}"
+        ))
+    };
+    assert_eq!(interest(&ctx, ERASE_KEY), 1);
+    let view = |id: &str, anonymous_id: &str| {
+        let file = ctx.path(&format!("{id}.ndjson"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"event_id":"{id}","event_time":"2026-02-03T09:00:00Z","event_type":"product_view","anonymous_id":"{anonymous_id}","product_id":"P1","category":"shoes","brand":"Acme","price":20,"currency":"EUR"}}"#
+            ),
+        )
+        .unwrap();
+        ctx.ingest_json(&[file.to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+    };
+    let mode = |summary: &serde_json::Value| -> (String, String) {
+        let t = summary["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "agg_user_interest")
+            .unwrap();
+        (t["mode"].to_string(), t["reason"].to_string())
+    };
+    let build = || -> serde_json::Value {
+        serde_json::from_str(ctx.ok(&["build", "--json"]).trim()).unwrap()
+    };
+
+    view("o1", "anon-other");
+    let decisions = ctx.path("consents.csv");
+    std::fs::write(
+        &decisions,
+        "user_id,purpose,status,decided_at
+         user-erase-me,personalization,withdrawn,2026-02-03T00:00:00Z
+",
+    )
+    .unwrap();
+    ctx.ok(&["consent", decisions.to_str().unwrap()]);
+    let (how, why) = mode(&build());
+    assert_eq!(how, "\"full\"");
+    assert!(why.contains("consent decisions were imported"), "{why}");
+    assert_eq!(interest(&ctx, ERASE_KEY), 0);
+    let other = "md5(concat('anonymous', chr(31), 'anon-other'))";
+    assert_eq!(interest(&ctx, other), 1);
+
+    // The next customer's event: incremental again, the withdrawal still honoured.
+    view("o2", "anon-third");
+    let (how, why) = mode(&build());
+    assert_eq!(how, "\"incremental\"", "{why}");
+    assert_eq!(interest(&ctx, ERASE_KEY), 0);
+    assert_eq!(interest(&ctx, other), 1);
+    assert_eq!(
+        interest(&ctx, "md5(concat('anonymous', chr(31), 'anon-third'))"),
+        1
+    );
+    let report = ctx.ok(&["check", "--select", "personalization_respects_consent"]);
+    assert!(report.contains("PASS"), "{report}");
+}
+
 const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
 
 both_backends!(
