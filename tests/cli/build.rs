@@ -639,3 +639,70 @@ fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
     let s = build_json(&ctx, &[]);
     assert_eq!(s["mode"], "up_to_date", "{s}");
 }
+
+/// A visitor's favourites are theirs under the anonymous key until they log in; the login,
+/// arriving in a later tick, moves every event of the visitor to the user's key. The
+/// incremental build recomputes both customers: the anonymous row goes, the user's row holds
+/// the visitor's earlier interest, and an explicit `--as-of` rebuilds the table in full.
+#[test]
+fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
+    let ctx = TestContext::new(Backend::Local);
+    let tick = |name: &str, lines: &[&str]| {
+        let file = ctx.path(name);
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        ctx.ingest_json(&[file.to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        build_json(&ctx, &[])
+    };
+    let view = |id: &str, at: &str, anonymous: &str, user: Option<&str>, brand: &str| {
+        let user = user.map_or(String::new(), |u| format!(r#","user_id":"{u}""#));
+        format!(
+            r#"{{"event_id":"{id}","event_time":"2026-03-0{at}T10:00:00Z","event_type":"product_view","anonymous_id":"{anonymous}"{user},"product_id":"P-{brand}","category":"shoes/running","brand":"{brand}","price":20,"currency":"EUR"}}"#
+        )
+    };
+    let anonymous = "md5(concat('anonymous', chr(31), 'anon-1'))";
+    let user = "md5(concat('user', chr(31), 'user-1'))";
+    let favourite = |key: &str| {
+        ctx.query(&format!(
+            "SELECT favourite_brand FROM agg_user_interest WHERE user_key = {key}"
+        ))
+    };
+
+    let s = tick(
+        "t1.ndjson",
+        &[
+            &view("e1", "1", "anon-1", None, "Acme"),
+            &view("e2", "1", "anon-1", None, "Acme"),
+            &view("e3", "1", "anon-2", None, "Bolt"),
+        ],
+    );
+    assert_eq!(table_mode(&s, "agg_user_interest"), "full");
+    assert_eq!(favourite(anonymous), ["Acme"]);
+
+    // The login: one view as user-1 from the same browser.
+    let s = tick(
+        "t2.ndjson",
+        &[&view("e4", "2", "anon-1", Some("user-1"), "Bolt")],
+    );
+    assert_eq!(table_mode(&s, "agg_user_interest"), "incremental", "{s}");
+    assert!(favourite(anonymous).is_empty());
+    assert_eq!(favourite(user), ["Acme"], "two Acme views against one Bolt");
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM agg_user_interest"),
+        2,
+        "user-1 and anon-2"
+    );
+
+    // An explicit as-of before the login: the table is rebuilt at it, in full.
+    let s = build_json(&ctx, &["--as-of", "2026-03-01T12:00:00Z"]);
+    assert_eq!(table_mode(&s, "agg_user_interest"), "full", "{s}");
+    let reason = s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "agg_user_interest")
+        .unwrap()["reason"]
+        .to_string();
+    assert!(reason.contains("changed"), "{reason}");
+    assert_eq!(favourite(user), ["Acme"]);
+}
