@@ -10,6 +10,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    no_transparent_huge_pages();
     let cli = clicklake::cli::Cli::parse();
     match clicklake::run(cli) {
         Ok(code) => code,
@@ -18,5 +19,22 @@ fn main() -> ExitCode {
             eprintln!("error: {}", clicklake::error::one_line(&err));
             clicklake::error::exit_code_of(&err)
         }
+    }
+}
+
+/// mimalloc asks the kernel for transparent huge pages, and the first touch of each one zeroes
+/// 2 MiB: in an incremental build 40 % of the samples were the kernel clearing pages, and a
+/// full build's peak RSS was 690–750 MB against 550–580 MB without them, at the same speed. So
+/// this process does without (the machine's setting is left alone), unless
+/// `CLICKLAKE_TRANSPARENT_HUGE_PAGES=1` keeps them, to compare.
+fn no_transparent_huge_pages() {
+    if std::env::var_os("CLICKLAKE_TRANSPARENT_HUGE_PAGES").is_some_and(|v| v == "1") {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours; on a kernel
+    // without it the call fails and nothing changes.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
