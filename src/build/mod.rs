@@ -1413,19 +1413,24 @@ mod tests {
         assert!(validate_directives(&table).is_ok());
     }
 
-    /// The logic fingerprint of a model reading `$as_of` tells the default as-of (the latest
-    /// event) from an explicit one, and explicit ones apart: moving between them rebuilds an
-    /// incremental table in full. A model without `$as_of` does not care.
-    #[test]
-    fn an_explicit_as_of_changes_the_logic_of_models_reading_it() {
-        let cfg = crate::config::Config::merge(
+    /// The default configuration and the embedded star models.
+    fn default_config_and_models() -> (Config, Vec<Model>) {
+        let cfg = Config::merge(
             &Default::default(),
             &Default::default(),
             Default::default(),
             None,
         )
         .unwrap();
-        let models = models::load("star", None).unwrap();
+        (cfg, models::load("star", None).unwrap())
+    }
+
+    /// The logic fingerprint of a model reading `$as_of` tells the default as-of (the latest
+    /// event) from an explicit one, and explicit ones apart: moving between them rebuilds an
+    /// incremental table in full. A model without `$as_of` does not care.
+    #[test]
+    fn an_explicit_as_of_changes_the_logic_of_models_reading_it() {
+        let (cfg, models) = default_config_and_models();
         let find = |name: &str| models.iter().find(|m| m.name == name).unwrap();
         let interest = find("agg_user_interest");
         let logic = |m: &Model, at: Option<i64>| logic_fingerprint(m, &cfg, &[], at);
@@ -1440,14 +1445,7 @@ mod tests {
     /// rule against agg_user_features): a broken model fails here, not in a cron run.
     #[tokio::test]
     async fn embedded_star_models_plan_against_the_real_schemas() {
-        let cfg = crate::config::Config::merge(
-            &Default::default(),
-            &Default::default(),
-            Default::default(),
-            None,
-        )
-        .unwrap();
-        let models = models::load("star", None).unwrap();
+        let (cfg, models) = default_config_and_models();
         assert_eq!(models.len(), catalog::star_tables().len());
         for m in &models {
             validate_directives(m).unwrap();
