@@ -705,4 +705,21 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
         .to_string();
     assert!(reason.contains("changed"), "{reason}");
     assert_eq!(favourite(user), ["Acme"]);
+
+    // A window relative to the as-of time would leave the rows of customers whose events did not
+    // change stale as it moves: refused with the plans, before anything is written.
+    let sql_dir = ctx.override_edited_model(
+        "star",
+        "098_agg_user_interest.sql",
+        "AND event_time <= $as_of",
+        "AND event_time > $as_of - INTERVAL '30 days'",
+    );
+    let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("098_agg_user_interest.sql") && err.contains("event_time <= $as_of"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
