@@ -107,6 +107,9 @@ pub struct TableBuild {
     pub rows_computed: u64,
     /// Unchanged rows copied out of rewritten files.
     pub rows_copied: u64,
+    /// Incremental: rows the model produced for keys that did not change, dropped.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rows_outside_changed_keys: u64,
     pub files_added: u64,
     pub files_removed: u64,
     pub version: Option<i64>,
@@ -569,6 +572,14 @@ fn validate_directives(model: &Model) -> Result<()> {
     }
 }
 
+/// The change key an incremental model is recomputed by; None for a table model.
+fn incremental_key(model: &Model) -> Option<String> {
+    model
+        .directive("materialized")
+        .filter(|m| m == "incremental")
+        .and(model.directive("unique_key"))
+}
+
 /// True when every `$as_of` in `sql` bounds event_time from above (`event_time <= $as_of`):
 /// with the default as-of (the latest event_time) such a bound only ever admits events that are
 /// new or changed, so the rows an incremental build keeps stay exact. Any other use (a window
@@ -627,6 +638,14 @@ async fn validate_plans(
             .await
             .map_err(|e| models::model_error(model, e))?;
         events_columns.insert(model.name.clone(), scanned_columns(&optimized, "events")?);
+        if let Some(key) = incremental_key(model) {
+            if df.schema().inner().field_with_name(&key).is_err() {
+                return Err(Error::config(format!(
+                    "SQL model {}: unique_key {key} is not in its output",
+                    model.origin
+                )));
+            }
+        }
         delta_schema(df.schema().inner(), model)?;
         // The models after it see an empty table of the planned schema: the same names and types
         // as a view of this plan, without re-planning the whole chain of views under every model
@@ -789,11 +808,7 @@ async fn plan_work(
     if delta::txn_version(table, INPUTS_APP_ID).await? == Some(fingerprint) {
         return Ok(Work::UpToDate);
     }
-    let Some(column) = model
-        .directive("materialized")
-        .filter(|m| m == "incremental")
-        .and(model.directive("unique_key"))
-    else {
+    let Some(column) = incremental_key(model) else {
         return Ok(Work::Full("materialized as a table".into()));
     };
     // Tables built before this marker existed have none: their logic is taken as unchanged.
@@ -928,13 +943,11 @@ impl SharedRows {
     fn new(models: &[Model], events_columns: &HashMap<String, Vec<String>>) -> Self {
         let mut columns: HashMap<String, Vec<String>> = HashMap::new();
         for m in models {
-            if m.directive("materialized").as_deref() == Some("incremental") {
-                if let Some(column) = m.directive("unique_key") {
-                    let set = columns.entry(column).or_default();
-                    for c in events_columns.get(&m.name).into_iter().flatten() {
-                        if !set.contains(c) {
-                            set.push(c.clone());
-                        }
+            if let Some(column) = incremental_key(m) {
+                let set = columns.entry(column).or_default();
+                for c in events_columns.get(&m.name).into_iter().flatten() {
+                    if !set.contains(c) {
+                        set.push(c.clone());
                     }
                 }
             }
@@ -1115,6 +1128,17 @@ async fn build_table(
         .map_err(|e| models::model_error(model, e))?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| models::model_error(model, e))?;
+        let batch = match &incremental {
+            // Rows of other keys were computed from a partial view of `events` (only the changed
+            // keys' rows), and the files holding their current rows are not rewritten: they are
+            // dropped rather than added beside those.
+            Some((column, keys)) => {
+                let (kept, dropped) = rows_of_keys(&batch, column, keys)?;
+                out.rows_outside_changed_keys += dropped;
+                kept
+            }
+            None => batch,
+        };
         sink.write(&batch).await?;
     }
     // `-vv` shows where a model spent its time.
@@ -1174,6 +1198,32 @@ async fn build_table(
     fault(&format!("build-after-commit-{}", model.name));
     out.version = Some(version);
     Ok((out, table))
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The rows of `batch` whose `column` is NULL or one of `keys` (as text), and how many others.
+fn rows_of_keys(
+    batch: &RecordBatch,
+    column: &str,
+    keys: &HashSet<String>,
+) -> Result<(RecordBatch, u64)> {
+    let Some(values) = batch.column_by_name(column) else {
+        return Ok((batch.clone(), 0));
+    };
+    let text = arrow::compute::cast(values, &DataType::Utf8)?;
+    let text = catalog::utf8(&text)?;
+    let keep: arrow::array::BooleanArray = text
+        .iter()
+        .map(|v| Some(v.is_none_or(|v| keys.contains(v))))
+        .collect();
+    let dropped = keep.false_count() as u64;
+    if dropped == 0 {
+        return Ok((batch.clone(), 0));
+    }
+    Ok((arrow::compute::filter_record_batch(batch, &keep)?, dropped))
 }
 
 /// The data files of `table` holding a row whose `column` is in `changed_keys`.

@@ -722,4 +722,63 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // So is one keyed by a column it does not output.
+    let sql_dir = ctx.override_edited_model(
+        "star",
+        "098_agg_user_interest.sql",
+        "-- unique_key: user_key",
+        "-- unique_key: session_key",
+    );
+    let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("098_agg_user_interest.sql: unique_key session_key is not in its output"),
+        "{err}"
+    );
+}
+
+/// An incremental model sees only the changed keys' events; rows it produces for other keys
+/// were computed from that partial view, and the files holding those keys' rows are not
+/// rewritten. They are dropped (and counted), so the table still equals a full rebuild instead
+/// of holding two rows for each. Here an edited `dim_product` also re-emits its previous rows
+/// of the products no new event mentions.
+#[test]
+fn rows_of_unchanged_keys_from_an_incremental_model_are_dropped() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "3000", "--files", "2", "--seed", "5"]);
+    let files = ndjson_files(&ctx.path("gen"));
+    let sql_dir = ctx.override_edited_model(
+        "star",
+        "03_dim_product.sql",
+        "RIGHT JOIN seen s ON l.product_id = s.product_id",
+        "RIGHT JOIN seen s ON l.product_id = s.product_id\n\
+         UNION ALL SELECT * FROM this WHERE product_id NOT IN (SELECT product_id FROM seen)",
+    );
+    pipeline(&ctx, &files[0]);
+    build_json(&ctx, &[]);
+    // A full build with the edited model (its table now exists for `this`), then new data.
+    build_json(&ctx, &["--sql-dir", &sql_dir]);
+    pipeline(&ctx, &files[1]);
+    let s = build_json(&ctx, &["--sql-dir", &sql_dir]);
+    let product = s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "dim_product")
+        .unwrap()
+        .clone();
+    assert_eq!(product["mode"], "incremental", "{product}");
+    let dropped = product["rows_outside_changed_keys"].as_u64().unwrap_or(0);
+    let products = ctx.count("SELECT count(DISTINCT product_id) FROM dim_product");
+    let changed = product["keys_changed"].as_u64().unwrap();
+    assert!(changed < products, "some products unchanged: {product}");
+    assert_eq!(dropped, products - changed, "{product}");
+    assert_eq!(ctx.count("SELECT count(*) FROM dim_product"), products);
+    let incremental = ctx.query("SELECT * FROM dim_product ORDER BY product_id");
+    build_json(&ctx, &["--full-refresh", "--sql-dir", &sql_dir]);
+    assert_eq!(
+        ctx.query("SELECT * FROM dim_product ORDER BY product_id"),
+        incremental
+    );
 }
