@@ -784,7 +784,13 @@ fn logic_fingerprint(
     h.finish()
 }
 
-type ChangeSet = HashMap<String, Vec<String>>;
+/// The changed values of each change key, and the keys some commit did not record (with that
+/// commit's version).
+#[derive(Default)]
+struct ChangeSet {
+    keys: HashMap<String, Vec<String>>,
+    unrecorded: HashMap<String, i64>,
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn plan_work(
@@ -843,12 +849,21 @@ async fn plan_work(
     }
     match &cache[&reflected] {
         Err(reason) => Ok(Work::Full(reason.clone())),
-        Ok(set) => Ok(Work::Incremental {
-            keys: set.get(&column).cloned().unwrap_or_default(),
-            column,
-        }),
+        Ok(set) => match set.unrecorded.get(&column) {
+            Some(v) => Ok(Work::Full(format!(
+                "events commit {v} recorded no {column} changes (an earlier clicklake cleaned it)"
+            ))),
+            None => Ok(Work::Incremental {
+                keys: set.keys.get(&column).cloned().unwrap_or_default(),
+                column,
+            }),
+        },
     }
 }
+
+/// The change keys a clean commit recorded before it listed them (`change_keys` in its commit
+/// info): a build by this version may need keys an earlier clean did not record.
+const CHANGE_KEYS_BEFORE_LISTED: &[&str] = &["session_key", "order_id", "product_id", "event_date"];
 
 /// The keys of the events rows changed by commits `from+1..=to`, from the change records clean
 /// leaves in `events_changes`; or why they cannot be known (a full clean, an unknown writer, a
@@ -860,6 +875,7 @@ async fn changed_keys(
     to: i64,
 ) -> Result<std::result::Result<ChangeSet, String>> {
     let mut change_ids: Vec<String> = Vec::new();
+    let mut out = ChangeSet::default();
     for v in (from + 1)..=to {
         let Some(actions) = delta::commit_actions(events, v).await? else {
             return Ok(Err(format!("events commit {v} is no longer in the log")));
@@ -876,7 +892,18 @@ async fn changed_keys(
             return Ok(Err(format!("events commit {v} was not written by clean")));
         };
         match info["changes"].as_str() {
-            Some(id) => change_ids.push(id.to_string()),
+            Some(id) => {
+                change_ids.push(id.to_string());
+                let listed: Vec<&str> = match info["change_keys"].as_array() {
+                    Some(keys) => keys.iter().filter_map(|k| k.as_str()).collect(),
+                    None => CHANGE_KEYS_BEFORE_LISTED.to_vec(),
+                };
+                for key in catalog::CHANGE_KEYS {
+                    if !listed.contains(key) {
+                        out.unrecorded.entry(key.to_string()).or_insert(v);
+                    }
+                }
+            }
             None => {
                 return Ok(Err(format!(
                     "events commit {v} was a full clean ({})",
@@ -885,7 +912,6 @@ async fn changed_keys(
             }
         }
     }
-    let mut out: ChangeSet = HashMap::new();
     if change_ids.is_empty() {
         return Ok(Ok(out));
     }
@@ -915,7 +941,7 @@ async fn changed_keys(
         let keys = catalog::strings(b.column(1))?;
         for (c, k) in cols.into_iter().zip(keys) {
             if let (Some(c), Some(k)) = (c, k) {
-                out.entry(c).or_default().push(k);
+                out.keys.entry(c).or_default().push(k);
             }
         }
     }

@@ -716,6 +716,7 @@ fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
             "events_written": s.events_written,
             "visitors_touched": s.visitors_touched,
             "changes": s.change_id,
+            "change_keys": s.change_id.as_ref().map(|_| catalog::CHANGE_KEYS),
         }),
     );
     m

@@ -782,3 +782,53 @@ fn rows_of_unchanged_keys_from_an_incremental_model_are_dropped() {
         incremental
     );
 }
+
+/// A clean by an earlier clicklake listed no change keys and recorded no customers: after it,
+/// the tables recomputed by customer are rebuilt in full, the others stay incremental.
+#[test]
+fn a_clean_by_an_earlier_version_rebuilds_the_tables_keyed_by_what_it_did_not_record() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "3000", "--files", "2", "--seed", "5"]);
+    let files = ndjson_files(&ctx.path("gen"));
+    pipeline(&ctx, &files[0]);
+    build_json(&ctx, &[]);
+    pipeline(&ctx, &files[1]);
+    // The last events commit as an earlier clicklake wrote it: no `change_keys` in its info.
+    let log = ctx.table_dir("events").join("_delta_log");
+    let last = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max()
+        .unwrap();
+    let mut listed = 0;
+    let lines: Vec<String> = std::fs::read_to_string(&last)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(info) = action.pointer_mut("/commitInfo/clicklake") {
+                listed += info
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("change_keys")
+                    .is_some() as usize;
+            }
+            action.to_string()
+        })
+        .collect();
+    assert_eq!(listed, 1, "the clean lists its change keys");
+    std::fs::write(&last, lines.join("\n") + "\n").unwrap();
+
+    let s = build_json(&ctx, &[]);
+    assert_eq!(table_mode(&s, "fact_sessions"), "incremental", "{s}");
+    assert_eq!(table_mode(&s, "agg_user_interest"), "full", "{s}");
+    let reason = s["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "agg_user_interest")
+        .unwrap()["reason"]
+        .to_string();
+    assert!(reason.contains("recorded no user_key changes"), "{reason}");
+}
