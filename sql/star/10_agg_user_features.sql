@@ -66,6 +66,12 @@ devices AS (
 favourites AS (
     SELECT user_key, favourite_category AS category_l1, favourite_brand AS brand
     FROM agg_user_interest
+),
+-- The consent filter joins the customers' personalization decisions (one row per customer, the
+-- small side, where the hash join builds) to the rows: a NOT EXISTS would build its hash table on
+-- every row instead (1.7 s of agg_user_features' 2.8 s at 10M events).
+personalization AS (
+    SELECT user_key, granted FROM user_consent WHERE purpose = 'personalization'
 )
 SELECT
     s.user_key,
@@ -95,16 +101,15 @@ SELECT
     d.device                                                                 AS preferred_device
 -- Every customer with a session, plus what is known of them. The narrow sides come first: hash
 -- joins build on their left input and stream the right one.
-FROM devices d
+FROM personalization c
 RIGHT JOIN (
-    favourites f
+    devices d
     RIGHT JOIN (
-        order_features o
-        RIGHT JOIN session_features s ON o.user_key = s.user_key
-    ) ON f.user_key = s.user_key
-) ON d.user_key = s.user_key
-WHERE NOT EXISTS (SELECT 1 FROM user_consent u
-                  WHERE u.user_key = s.user_key AND u.purpose = 'personalization' AND NOT u.granted)
-  AND (NOT $require_consent
-       OR EXISTS (SELECT 1 FROM user_consent u
-                  WHERE u.user_key = s.user_key AND u.purpose = 'personalization' AND u.granted))
+        favourites f
+        RIGHT JOIN (
+            order_features o
+            RIGHT JOIN session_features s ON o.user_key = s.user_key
+        ) ON f.user_key = s.user_key
+    ) ON d.user_key = s.user_key
+) ON c.user_key = s.user_key
+WHERE c.granted IS NOT FALSE AND (NOT $require_consent OR c.granted)
