@@ -51,8 +51,8 @@ favourites AS (
     GROUP BY uid, anon
 ),
 -- The consent filter joins the customers' personalization decisions (one row per customer, the
--- small side, where the hash join builds) to the rows: a NOT EXISTS would build its hash table on
--- every row instead (1.7 s of agg_user_features' 2.8 s at 10M events).
+-- small side, where the hash join builds) to the rows: a NOT EXISTS builds its hash table on every
+-- row instead (in agg_funnel_daily that took 1.2 s of a 10M-event build; now 0.1 s).
 personalization AS (
     SELECT user_key, granted FROM user_consent WHERE purpose = 'personalization'
 )
