@@ -13,15 +13,30 @@ fn build_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("build json: {e}: {out}"))
 }
 
-fn table_mode<'a>(summary: &'a serde_json::Value, table: &str) -> &'a str {
+/// One table's entry in a `build --json` summary.
+fn table_of<'a>(summary: &'a serde_json::Value, table: &str) -> &'a serde_json::Value {
     summary["tables"]
         .as_array()
         .unwrap()
         .iter()
         .find(|t| t["table"] == table)
-        .unwrap_or_else(|| panic!("{table} not in {summary}"))["mode"]
-        .as_str()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{table} not in {summary}"))
+}
+
+fn table_mode<'a>(summary: &'a serde_json::Value, table: &str) -> &'a str {
+    table_of(summary, table)["mode"].as_str().unwrap()
+}
+
+/// A build with an edited star model (`from` replaced by `to` in `file`) that must be refused
+/// before anything is written: exit 2 and one line. Returns that line.
+fn refused_edit(ctx: &TestContext, file: &str, from: &str, to: &str) -> String {
+    let sql_dir = ctx.override_edited_model("star", file, from, to);
+    let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(file), "{err}");
+    err
 }
 
 fn pipeline(ctx: &TestContext, input: &str) {
@@ -620,20 +635,13 @@ fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
             "names every column",
         ),
     ] {
-        let sql_dir = ctx.override_edited_model(
-            "star",
+        let err = refused_edit(
+            &ctx,
             "07_fact_orders.sql",
             "-- materialized: incremental\n",
             &format!("-- materialized: incremental\n-- partition_by: {partition_by}\n"),
         );
-        let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains("07_fact_orders.sql") && err.contains(expect),
-            "{err}"
-        );
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{err}");
     }
     assert_eq!(ctx.count("SELECT count(*) FROM fact_orders"), orders);
     let s = build_json(&ctx, &[]);
@@ -696,46 +704,38 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
     // An explicit as-of before the login: the table is rebuilt at it, in full.
     let s = build_json(&ctx, &["--as-of", "2026-03-01T12:00:00Z"]);
     assert_eq!(table_mode(&s, "agg_user_interest"), "full", "{s}");
-    let reason = s["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == "agg_user_interest")
-        .unwrap()["reason"]
-        .to_string();
+    let reason = table_of(&s, "agg_user_interest")["reason"].to_string();
     assert!(reason.contains("changed"), "{reason}");
     assert_eq!(favourite(user), ["Acme"]);
 
     // A window relative to the as-of time would leave the rows of customers whose events did not
     // change stale as it moves: refused with the plans, before anything is written.
-    let sql_dir = ctx.override_edited_model(
-        "star",
+    let err = refused_edit(
+        &ctx,
         "098_agg_user_interest.sql",
         "AND event_time <= $as_of",
         "AND event_time > $as_of - INTERVAL '30 days'",
     );
-    let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("098_agg_user_interest.sql") && err.contains("event_time <= $as_of"),
-        "{err}"
-    );
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("event_time <= $as_of"), "{err}");
     // So is one keyed by a column it does not output.
-    let sql_dir = ctx.override_edited_model(
-        "star",
+    let err = refused_edit(
+        &ctx,
         "098_agg_user_interest.sql",
         "-- unique_key: user_key",
         "-- unique_key: session_key",
     );
-    let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("098_agg_user_interest.sql: unique_key session_key is not in its output"),
         "{err}"
     );
+}
+
+/// A local lake and two files of generated events for it, neither ingested yet.
+fn lake_with_two_batches() -> (TestContext, Vec<String>) {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "3000", "--files", "2", "--seed", "5"]);
+    let files = ndjson_files(&ctx.path("gen"));
+    (ctx, files)
 }
 
 /// An incremental model sees only the changed keys' events; rows it produces for other keys
@@ -745,9 +745,7 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
 /// of the products no new event mentions.
 #[test]
 fn rows_of_unchanged_keys_from_an_incremental_model_are_dropped() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "3000", "--files", "2", "--seed", "5"]);
-    let files = ndjson_files(&ctx.path("gen"));
+    let (ctx, files) = lake_with_two_batches();
     let sql_dir = ctx.override_edited_model(
         "star",
         "03_dim_product.sql",
@@ -761,13 +759,7 @@ fn rows_of_unchanged_keys_from_an_incremental_model_are_dropped() {
     build_json(&ctx, &["--sql-dir", &sql_dir]);
     pipeline(&ctx, &files[1]);
     let s = build_json(&ctx, &["--sql-dir", &sql_dir]);
-    let product = s["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == "dim_product")
-        .unwrap()
-        .clone();
+    let product = table_of(&s, "dim_product");
     assert_eq!(product["mode"], "incremental", "{product}");
     let dropped = product["rows_outside_changed_keys"].as_u64().unwrap_or(0);
     let products = ctx.count("SELECT count(DISTINCT product_id) FROM dim_product");
@@ -787,9 +779,7 @@ fn rows_of_unchanged_keys_from_an_incremental_model_are_dropped() {
 /// the tables recomputed by customer are rebuilt in full, the others stay incremental.
 #[test]
 fn a_clean_by_an_earlier_version_rebuilds_the_tables_keyed_by_what_it_did_not_record() {
-    let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "3000", "--files", "2", "--seed", "5"]);
-    let files = ndjson_files(&ctx.path("gen"));
+    let (ctx, files) = lake_with_two_batches();
     pipeline(&ctx, &files[0]);
     build_json(&ctx, &[]);
     pipeline(&ctx, &files[1]);
@@ -823,12 +813,6 @@ fn a_clean_by_an_earlier_version_rebuilds_the_tables_keyed_by_what_it_did_not_re
     let s = build_json(&ctx, &[]);
     assert_eq!(table_mode(&s, "fact_sessions"), "incremental", "{s}");
     assert_eq!(table_mode(&s, "agg_user_interest"), "full", "{s}");
-    let reason = s["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == "agg_user_interest")
-        .unwrap()["reason"]
-        .to_string();
+    let reason = table_of(&s, "agg_user_interest")["reason"].to_string();
     assert!(reason.contains("recorded no user_key changes"), "{reason}");
 }
