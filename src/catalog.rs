@@ -171,6 +171,17 @@ pub fn change_key_sql(alias: &str, key: &str) -> String {
     }
 }
 
+/// The join of a table of customers `(id, registered)` (see [`customer_identity`]) aliased
+/// `customers` to their rows of `events` aliased `events`.
+pub fn customer_join(customers: &str, events: &str) -> String {
+    format!(
+        "{c}.id = coalesce({e}.stitched_user_id, {e}.user_id, {e}.anonymous_id) \
+         AND {c}.registered = (coalesce({e}.stitched_user_id, {e}.user_id) IS NOT NULL)",
+        c = customers,
+        e = events
+    )
+}
+
 /// True when change key `key` is a column of `events` rather than computed from its row.
 pub fn is_events_column(key: &str) -> bool {
     key != "user_key"

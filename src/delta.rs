@@ -295,18 +295,30 @@ pub async fn copy_rows_except(
     let mut copied = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
-        let values = crate::catalog::utf8(batch.column_by_name(column).ok_or_else(|| {
-            Error::runtime(format!("{}: no column {column}", table_name(table)))
-        })?)?;
-        let keep: arrow::array::BooleanArray = values
+        let values = batch
+            .column_by_name(column)
+            .ok_or_else(|| Error::runtime(format!("{}: no column {column}", table_name(table))))?;
+        // Rows whose key is NULL stay: no key set holds them.
+        let keep: arrow::array::BooleanArray = key_in(values, drop)?
             .iter()
-            .map(|v| Some(!v.is_some_and(|v| drop.contains(v))))
+            .map(|dropped| Some(dropped != Some(true)))
             .collect();
         let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
         copied += kept.num_rows() as u64;
         sink.write(&kept).await?;
     }
     Ok(copied)
+}
+
+/// For each value of a key column, whether its text is one of `keys` (NULL for a NULL key).
+pub fn key_in(
+    values: &arrow::array::ArrayRef,
+    keys: &std::collections::HashSet<String>,
+) -> Result<arrow::array::BooleanArray> {
+    Ok(crate::catalog::utf8(values)?
+        .iter()
+        .map(|v| v.map(|v| keys.contains(v)))
+        .collect())
 }
 
 /// Remove actions for the data files a scan named `files` (file ids, as from a file column).

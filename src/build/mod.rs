@@ -215,15 +215,13 @@ pub async fn run(
     // gains change rows of customers whose events did not change.
     let mut via_consents: Vec<bool> = Vec::new();
     for (index, model) in models.iter().enumerate() {
-        via_consents.push(
-            reads(model, catalog::CONSENTS.name)
-                || upstream[index].iter().any(|&i| via_consents[i]),
-        );
+        let reads_consents = reads(model, catalog::CONSENTS.name);
+        via_consents.push(reads_consents || upstream[index].iter().any(|&i| via_consents[i]));
         let t0 = Instant::now();
         let existing = opened.remove(&model.name);
         let mut upstream_inputs: Vec<i64> =
             upstream[index].iter().map(|&i| fingerprints[i]).collect();
-        if reads(model, catalog::CONSENTS.name) {
+        if reads_consents {
             upstream_inputs.push(consents_version);
         }
         let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream_inputs);
@@ -1033,10 +1031,10 @@ async fn changed_rows(
             key_join("e", column)
         ),
         // Customers by their identity columns: no hash computed per events row.
-        false => "changed_customers k JOIN events_all e \
-                  ON k.id = coalesce(e.stitched_user_id, e.user_id, e.anonymous_id) \
-                  AND k.registered = (coalesce(e.stitched_user_id, e.user_id) IS NOT NULL)"
-            .to_string(),
+        false => format!(
+            "changed_customers k JOIN events_all e ON {}",
+            catalog::customer_join("k", "e")
+        ),
     };
     let view = ctx.sql(&format!("SELECT {select} FROM {from}")).await?;
     Ok(
@@ -1239,11 +1237,10 @@ fn rows_of_keys(
     let Some(values) = batch.column_by_name(column) else {
         return Ok((batch.clone(), 0));
     };
-    let text = arrow::compute::cast(values, &DataType::Utf8)?;
-    let text = catalog::utf8(&text)?;
-    let keep: arrow::array::BooleanArray = text
+    // Rows whose key is NULL stay, as in a full build.
+    let keep: arrow::array::BooleanArray = delta::key_in(values, keys)?
         .iter()
-        .map(|v| Some(v.is_none_or(|v| keys.contains(v))))
+        .map(|within| Some(within != Some(false)))
         .collect();
     let dropped = keep.false_count() as u64;
     if dropped == 0 {

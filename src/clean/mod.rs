@@ -722,8 +722,8 @@ fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
     m
 }
 
-/// The keys (session, order, product, date, customer) of every events row an incremental clean adds,
-/// changes or removes, old and new values alike: what an incremental build recomputes.
+/// The keys (session, order, product, date, customer) of every events row an incremental clean
+/// adds, changes or removes, old and new values alike: what an incremental build recomputes.
 #[derive(Default)]
 struct ChangeKeys {
     keys: Vec<HashSet<String>>,
