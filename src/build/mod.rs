@@ -1289,7 +1289,17 @@ fn key_join(alias: &str, column: &str) -> String {
 fn customers_table(recorded: &[String]) -> Result<MemTable> {
     let (registered, ids): (Vec<bool>, Vec<&str>) = recorded
         .iter()
-        .filter_map(|r| catalog::customer_identity(r))
+        .map(|r| {
+            // Dropping one would drop that customer's rows without recomputing them.
+            catalog::customer_identity(r).ok_or_else(|| {
+                Error::runtime(format!(
+                    "events_changes holds a user_key change that names no customer ({r:?}); \
+                     run `clicklake build --full-refresh`"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
         .unzip();
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, true),

@@ -81,6 +81,25 @@ fn bad_flags_and_config() {
     let out = ctx.run(&["tables"]);
     assert_usage_error(&out, &["zstd_levle", "clicklake.toml", "line 3"]);
     one_line(&out);
+    std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
+    // The huge-pages switch takes 0 or 1, nothing else.
+    for value in ["0", "1"] {
+        let out = ctx
+            .cmd()
+            .env("CLICKLAKE_TRANSPARENT_HUGE_PAGES", value)
+            .arg("tables")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{value}: {}", stderr_of(&out));
+    }
+    let out = ctx
+        .cmd()
+        .env("CLICKLAKE_TRANSPARENT_HUGE_PAGES", "yes")
+        .arg("tables")
+        .output()
+        .unwrap();
+    assert_usage_error(&out, &["CLICKLAKE_TRANSPARENT_HUGE_PAGES", "0 or 1", "yes"]);
+    one_line(&out);
 }
 
 #[test]
