@@ -7,7 +7,7 @@
 //! `[privacy] key_file`; it is never stored in the lake or logged. Quarantined lines keep their
 //! text for debugging, with every e-mail address and IP address inside masked the same way.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
@@ -56,13 +56,24 @@ impl PiiKey {
         msg.push(b':');
         msg.extend_from_slice(value.as_bytes());
         let inner = self.inner.clone().chain_update(&msg).finalize();
-        hex::encode(self.outer.clone().chain_update(inner).finalize())
+        hex(&self.outer.clone().chain_update(inner).finalize())
     }
 
     /// The pseudonym of an e-mail address (trimmed, lower-cased first).
     pub fn email(&self, email: &str) -> String {
         self.pseudonym("email", &email.trim().to_lowercase())
     }
+}
+
+/// Lower-case hex of a digest. (`hex::encode` goes through a char iterator and grows its string
+/// one char at a time: 6 % of ingest's CPU when three fields are pseudonymised.)
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 const BLOCK: usize = 64;
@@ -102,14 +113,30 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
 pub fn truncate_ip(text: &str) -> Option<String> {
     match text.trim().parse::<IpAddr>().ok()? {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            Some(Ipv4Addr::new(o[0], o[1], o[2], 0).to_string())
+            // Ipv4Addr's Display goes through the formatter per octet: 2 % of ingest's CPU.
+            let mut out = String::with_capacity(15);
+            for octet in &v4.octets()[..3] {
+                push_decimal(&mut out, *octet);
+                out.push('.');
+            }
+            out.push('0');
+            Some(out)
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
             Some(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string())
         }
     }
+}
+
+fn push_decimal(out: &mut String, n: u8) {
+    if n >= 100 {
+        out.push(char::from(b'0' + n / 100));
+    }
+    if n >= 10 {
+        out.push(char::from(b'0' + n / 10 % 10));
+    }
+    out.push(char::from(b'0' + n % 10));
 }
 
 fn email_pattern() -> &'static regex::Regex {
@@ -272,14 +299,14 @@ mod tests {
     fn hmac_matches_rfc_4231_case_2() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
         assert_eq!(
-            hex::encode(mac),
+            hex(&mac),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         // The precomputed-state path gives the same MAC.
         let key = PiiKey::new(Secret::from("Jefe".to_string()));
         assert_eq!(
             key.pseudonym("what do ya want for nothing", ""),
-            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing:"))
+            hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing:"))
         );
     }
 
@@ -291,6 +318,13 @@ mod tests {
             Some("2001:db8:abcd::")
         );
         assert_eq!(truncate_ip("nope"), None);
+        // The hand-written IPv4 text equals Ipv4Addr's for one- to three-digit octets (the
+        // pseudonyms of truncated addresses depend on it, across versions).
+        for o in [0u8, 7, 9, 10, 42, 99, 100, 199, 200, 255] {
+            let ip = format!("{o}.{}.{o}.{}", 255 - o, o / 2);
+            let want = std::net::Ipv4Addr::new(o, 255 - o, o, 0).to_string();
+            assert_eq!(truncate_ip(&ip), Some(want), "{ip}");
+        }
         let key = PiiKey::new(Secret::from("k".to_string()));
         let line =
             r#"{"email":"Jane.Doe@Example.com","ip":"203.0.113.77","x":"2001:db8:abcd:12::1"}"#;

@@ -59,7 +59,7 @@ pub fn file_key(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0u8]);
     }
-    hex::encode(&h.finalize()[..16])
+    crate::privacy::hex(&h.finalize()[..16])
 }
 
 /// The name a format is guessed from: without `.gz`/`.zst`.
@@ -429,7 +429,8 @@ impl<R: Read> Read for HashOnEof<R> {
         let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             if let Some(h) = self.inner.hasher.take() {
-                *self.slot.lock().expect("hash slot") = Some(hex::encode(&h.finalize()[..16]));
+                *self.slot.lock().expect("hash slot") =
+                    Some(crate::privacy::hex(&h.finalize()[..16]));
             }
         }
         Ok(n)
