@@ -1,4 +1,5 @@
-//! SQL functions clicklake adds to DataFusion: reading JSON text held in string columns.
+//! SQL functions clicklake adds to DataFusion: reading JSON text held in string columns, and
+//! the clean layer's text normalisation.
 //!
 //! Source mappings (`sql/sources/*.sql`) use them to pick fields out of tracker payloads, and
 //! analysts use them on `properties`:
@@ -10,10 +11,19 @@
 //!   of the object) at that path, NULL otherwise.
 //!
 //! Path steps are string keys or integer indexes (0-based), as literals or columns.
+//!
+//! - `trim_to_null(text)` → the same string type: `nullif(trim(text), '')` (spaces trimmed from
+//!   both ends, an empty result NULL). A column that needs no change comes back as it is, and
+//!   one whose only change is empty strings gets a new null mask over the same bytes: on clean
+//!   data the pair of built-in functions rebuilt every string view of 14 columns, 7 % of a full
+//!   clean's instructions.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Builder, StringBuilder};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, GenericStringArray, Int64Builder, StringBuilder,
+    StringViewArray,
+};
 use arrow::datatypes::DataType;
 use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
@@ -26,6 +36,107 @@ use serde_json::Value;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Get)));
     ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Length)));
+    ctx.register_udf(ScalarUDF::from(TrimToNull::new()));
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TrimToNull {
+    signature: Signature,
+}
+
+impl TrimToNull {
+    fn new() -> Self {
+        TrimToNull {
+            signature: Signature::uniform(
+                1,
+                vec![DataType::Utf8View, DataType::Utf8, DataType::LargeUtf8],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// What a string array needs from `trim_to_null`: `None` when some value has spaces to trim,
+/// else the mask of its empty strings (`None` inside when there are none).
+fn empty_strings<'a>(
+    values: impl Iterator<Item = Option<&'a str>>,
+    len: usize,
+) -> Option<Option<Vec<bool>>> {
+    let mut empty: Option<Vec<bool>> = None; // allocated at the first empty string
+    for (i, v) in values.enumerate() {
+        match v {
+            Some("") => empty.get_or_insert_with(|| vec![false; len])[i] = true,
+            Some(v) if v.starts_with(' ') || v.ends_with(' ') => return None,
+            _ => {}
+        }
+    }
+    Some(empty)
+}
+
+fn trimmed(v: Option<&str>) -> Option<&str> {
+    v.map(|s| s.trim_matches(' ')).filter(|s| !s.is_empty())
+}
+
+fn trim_to_null(input: &ArrayRef) -> Result<ArrayRef> {
+    let len = input.len();
+    let scan = match input.data_type() {
+        DataType::Utf8View => empty_strings(input.as_string_view().iter(), len),
+        DataType::Utf8 => empty_strings(input.as_string::<i32>().iter(), len),
+        DataType::LargeUtf8 => empty_strings(input.as_string::<i64>().iter(), len),
+        other => return exec_err!("trim_to_null takes a string, not {other}"),
+    };
+    Ok(match scan {
+        Some(None) => Arc::clone(input),
+        // The same bytes under a new null mask.
+        Some(Some(empty)) => arrow::compute::nullif(input, &BooleanArray::from(empty))?,
+        None => match input.data_type() {
+            DataType::Utf8View => Arc::new(
+                input
+                    .as_string_view()
+                    .iter()
+                    .map(trimmed)
+                    .collect::<StringViewArray>(),
+            ),
+            DataType::Utf8 => Arc::new(
+                input
+                    .as_string::<i32>()
+                    .iter()
+                    .map(trimmed)
+                    .collect::<GenericStringArray<i32>>(),
+            ),
+            _ => Arc::new(
+                input
+                    .as_string::<i64>()
+                    .iter()
+                    .map(trimmed)
+                    .collect::<GenericStringArray<i64>>(),
+            ),
+        },
+    })
+}
+
+impl ScalarUDFImpl for TrimToNull {
+    fn name(&self) -> &str {
+        "trim_to_null"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        Ok(args[0].clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
+        let out = trim_to_null(&args.args[0].to_array(args.number_rows)?)?;
+        Ok(if scalar {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,5 +323,40 @@ mod tests {
         assert_eq!(one(&format!("SELECT json_length({doc}, 'a')")).await, "2");
         assert_eq!(one("SELECT json_length('not json')").await, "NULL");
         assert_eq!(one("SELECT json_get(NULL, 'a')").await, "NULL");
+    }
+
+    #[tokio::test]
+    async fn trim_to_null_is_nullif_of_trim_for_every_string_type() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        // Columns that need nothing, only NULLs for empty strings, or trimming; with NULLs in.
+        let cases = [
+            "('a'), ('bcdefghijklmnopqrstuvwxyz'), (NULL)",
+            "('a'), (''), (NULL), ('a long value past twelve bytes'), ('')",
+            "('  a '), (''), ('   '), (NULL), (' a long value past twelve bytes ')",
+        ];
+        for rows in cases {
+            for ty in ["VARCHAR", "Utf8View", "LargeUtf8"] {
+                let cast = match ty {
+                    "VARCHAR" => "arrow_cast(v, 'Utf8')".to_string(),
+                    "LargeUtf8" => "arrow_cast(v, 'LargeUtf8')".to_string(),
+                    _ => "arrow_cast(v, 'Utf8View')".to_string(),
+                };
+                let sql = format!(
+                    "SELECT trim_to_null(x) IS NOT DISTINCT FROM nullif(trim(x), '') AS same, \
+                     arrow_typeof(trim_to_null(x)) = arrow_typeof(x) AS same_type \
+                     FROM (SELECT {cast} AS x FROM (VALUES {rows}) t(v))"
+                );
+                let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                for b in &batches {
+                    for c in 0..2 {
+                        let col = b.column(c).as_boolean();
+                        assert!(col.iter().all(|v| v == Some(true)), "{sql}");
+                    }
+                }
+            }
+        }
+        assert_eq!(one("SELECT trim_to_null(' x ')").await, "x");
+        assert_eq!(one("SELECT trim_to_null('  ')").await, "NULL");
     }
 }

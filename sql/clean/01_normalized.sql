@@ -2,32 +2,33 @@
 --
 -- Input  `raw_input`: rows of raw_events this run consumes (all of them on --full-refresh).
 -- Rules  timestamps stay UTC (ingest converted every offset); strings are trimmed and an empty
---        string becomes NULL; event_type is lower-cased; currency is upper-cased; category is kept
+--        string becomes NULL (trim_to_null(s) = nullif(trim(s), ''), without copying a column
+--        that needs neither); event_type is lower-cased; currency is upper-cased; category is kept
 --        as given and split into up to three levels on '/' or '.'.
 WITH trimmed AS (
     SELECT
-        nullif(trim(event_id), '')            AS event_id,
+        trim_to_null(event_id)                AS event_id,
         event_time,
         received_at,
         lower(trim(event_type))               AS event_type,
-        nullif(trim(user_id), '')             AS user_id,
-        nullif(trim(anonymous_id), '')        AS anonymous_id,
-        nullif(trim(session_id), '')          AS session_id,
-        nullif(trim(product_id), '')          AS product_id,
-        nullif(trim(category), '')            AS category,
-        nullif(trim(brand), '')               AS brand,
+        trim_to_null(user_id)                 AS user_id,
+        trim_to_null(anonymous_id)            AS anonymous_id,
+        trim_to_null(session_id)              AS session_id,
+        trim_to_null(product_id)              AS product_id,
+        trim_to_null(category)                AS category,
+        trim_to_null(brand)                   AS brand,
         price,
         quantity,
-        upper(nullif(trim(currency), ''))     AS currency,
-        nullif(trim(order_id), '')            AS order_id,
+        upper(trim_to_null(currency))         AS currency,
+        trim_to_null(order_id)                AS order_id,
         revenue,
         checkout_step,
-        nullif(trim(page_url), '')            AS page_url,
-        nullif(trim(referrer), '')            AS referrer,
-        nullif(trim(device), '')              AS device,
-        nullif(trim(country), '')             AS country,
-        nullif(trim(email), '')               AS email,
-        nullif(trim(ip), '')                  AS ip,
+        trim_to_null(page_url)                AS page_url,
+        trim_to_null(referrer)                AS referrer,
+        trim_to_null(device)                  AS device,
+        trim_to_null(country)                 AS country,
+        trim_to_null(email)                   AS email,
+        trim_to_null(ip)                      AS ip,
         properties,
         source_file,
         line_number,
