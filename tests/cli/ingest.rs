@@ -372,3 +372,49 @@ fn a_million_rows_under_a_small_memory_limit() {
         max_rss_kb / 1024
     );
 }
+
+/// Lines the flat reader takes and lines it hands to serde_json land alike; a line that is not
+/// UTF-8 is quarantined as broken JSON with that said.
+#[test]
+fn escaped_nested_and_non_utf8_lines() {
+    let ctx = TestContext::new(Backend::Local);
+    let head =
+        r#""event_time":"2026-01-05T10:00:00Z","event_type":"page_view","anonymous_id":"a1""#;
+    let mut bytes = Vec::new();
+    for line in [
+        format!(r#"{{"event_id":"flat",{head},"page_url":"https://x.example/a b","n":-1.5e2}}"#),
+        format!(r#"  {{ "event_id" : "spaced" , {head} , "ok" : true }}  "#),
+        format!(r#"{{"event_id":"esc\"aped \u00e9",{head},"brand":"a\\b"}}"#),
+        format!(r#"{{"event_id":"nested",{head},"ctx":{{"a":[1,{{"b":null}}]}}}}"#),
+    ] {
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(b"{\"event_id\":\"bad \xff byte\",");
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(b"}\n");
+    let file = ctx.path("mixed.ndjson");
+    std::fs::write(&file, bytes).unwrap();
+
+    let s = ctx.ingest_json(&[file.to_str().unwrap()]);
+    assert_eq!(
+        (s["landed"].as_u64(), s["quarantined"].as_u64()),
+        (Some(4), Some(1)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, brand, page_url, properties FROM raw_events ORDER BY line_number"
+        ),
+        vec![
+            r#"flat,,https://x.example/a b,"{""n"":-1.5e2}""#,
+            r#"spaced,,,"{""ok"":true}""#,
+            r#""esc""aped é",a\b,,"#,
+            r#"nested,,,"{""ctx"":{""a"":[1,{""b"":null}]}}""#,
+        ]
+    );
+    assert_eq!(
+        ctx.query("SELECT line_number, reason, detail FROM quarantine"),
+        vec!["5,broken_json,line is not valid UTF-8"]
+    );
+}
