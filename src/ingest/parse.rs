@@ -892,7 +892,9 @@ fn string_slot(field: usize) -> Option<usize> {
 const N_STRING_SLOTS: usize = 15;
 
 impl RawBuilders {
-    fn new(cap: usize) -> Self {
+    /// `cap` rows; `constant_bytes` per row for the columns that repeat one value per chunk (the
+    /// file and the batch), so those builders never grow by copying.
+    fn new(cap: usize, constant_bytes: (usize, usize)) -> Self {
         let ts = || TimestampMicrosecondBuilder::with_capacity(cap).with_timezone("UTC");
         let money = || {
             Decimal128Builder::with_capacity(cap)
@@ -910,13 +912,13 @@ impl RawBuilders {
             revenue: money(),
             checkout_step: Int64Builder::with_capacity(cap),
             event_type: StringBuilder::with_capacity(cap, cap * 12),
-            properties: StringBuilder::new(),
-            source_file: StringBuilder::new(),
+            properties: StringBuilder::with_capacity(cap, cap * 64),
+            source_file: StringBuilder::with_capacity(cap, cap * constant_bytes.0),
             line_number: Int64Builder::with_capacity(cap),
-            batch_id: StringBuilder::new(),
+            batch_id: StringBuilder::with_capacity(cap, cap * constant_bytes.1),
             ingested_at: ts(),
             event_date: Date32Builder::with_capacity(cap),
-            segment: StringBuilder::new(),
+            segment: StringBuilder::with_capacity(cap, cap * 12),
         }
     }
 
@@ -1313,7 +1315,10 @@ struct Out<'s> {
 impl<'s> Out<'s> {
     fn new(chunk: &'s Chunk, s: &'s ParseSettings) -> Self {
         Out {
-            rb: RawBuilders::new((chunk.data.len() / 400).max(16)),
+            rb: RawBuilders::new(
+                (chunk.data.len() / 400).max(16),
+                (chunk.source_file.len(), s.batch_id.len()),
+            ),
             qb: QuarantineBuilders::new(),
             stats: LineStats::default(),
             s,
