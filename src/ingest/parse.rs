@@ -1806,6 +1806,7 @@ mod tests {
             " {\t\"event_id\" : \"e1\" ,\"quantity\":0 , \"price\":0.25E2}\r ",
             r#"{}"#,
             r#"{"event_id":"é—✓","event_id":"second wins","k":"v","k":1}"#,
+            r#"{"price":1e400,"quantity":123456789012345678901234567890,"x":-0.0E-0}"#,
         ];
         for line in flat {
             let (mut fast, mut slow) = (Fields::new(), Fields::new());
