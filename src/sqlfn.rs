@@ -56,21 +56,39 @@ impl TrimToNull {
     }
 }
 
-/// What a string array needs from `trim_to_null`: `None` when some value has spaces to trim,
-/// else the mask of its empty strings (`None` inside when there are none).
-fn empty_strings<'a>(
-    values: impl Iterator<Item = Option<&'a str>>,
-    len: usize,
-) -> Option<Option<Vec<bool>>> {
+/// What a string column needs from `trim_to_null`.
+enum TrimNeed {
+    Nothing,
+    /// Only its empty strings (true in the mask) become NULL.
+    NullEmpties(Vec<bool>),
+    Trim,
+}
+
+fn trim_need<'a>(values: impl Iterator<Item = Option<&'a str>>, len: usize) -> TrimNeed {
     let mut empty: Option<Vec<bool>> = None; // allocated at the first empty string
     for (i, v) in values.enumerate() {
         match v {
             Some("") => empty.get_or_insert_with(|| vec![false; len])[i] = true,
-            Some(v) if v.starts_with(' ') || v.ends_with(' ') => return None,
+            Some(v) if v.starts_with(' ') || v.ends_with(' ') => return TrimNeed::Trim,
             _ => {}
         }
     }
-    Some(empty)
+    empty.map_or(TrimNeed::Nothing, TrimNeed::NullEmpties)
+}
+
+/// `trim_to_null` of a column whose values `values()` iterates; `trim` builds a trimmed copy of
+/// the column type when sharing the bytes is not enough.
+fn trim_column<'a, I: Iterator<Item = Option<&'a str>>>(
+    input: &ArrayRef,
+    values: impl Fn() -> I,
+    trim: impl FnOnce(I) -> ArrayRef,
+) -> Result<ArrayRef> {
+    Ok(match trim_need(values(), input.len()) {
+        TrimNeed::Nothing => Arc::clone(input),
+        // The same bytes under a new null mask.
+        TrimNeed::NullEmpties(empty) => arrow::compute::nullif(input, &BooleanArray::from(empty))?,
+        TrimNeed::Trim => trim(values()),
+    })
 }
 
 fn trimmed(v: Option<&str>) -> Option<&str> {
@@ -78,41 +96,24 @@ fn trimmed(v: Option<&str>) -> Option<&str> {
 }
 
 fn trim_to_null(input: &ArrayRef) -> Result<ArrayRef> {
-    let len = input.len();
-    let scan = match input.data_type() {
-        DataType::Utf8View => empty_strings(input.as_string_view().iter(), len),
-        DataType::Utf8 => empty_strings(input.as_string::<i32>().iter(), len),
-        DataType::LargeUtf8 => empty_strings(input.as_string::<i64>().iter(), len),
-        other => return exec_err!("trim_to_null takes a string, not {other}"),
-    };
-    Ok(match scan {
-        Some(None) => Arc::clone(input),
-        // The same bytes under a new null mask.
-        Some(Some(empty)) => arrow::compute::nullif(input, &BooleanArray::from(empty))?,
-        None => match input.data_type() {
-            DataType::Utf8View => Arc::new(
-                input
-                    .as_string_view()
-                    .iter()
-                    .map(trimmed)
-                    .collect::<StringViewArray>(),
-            ),
-            DataType::Utf8 => Arc::new(
-                input
-                    .as_string::<i32>()
-                    .iter()
-                    .map(trimmed)
-                    .collect::<GenericStringArray<i32>>(),
-            ),
-            _ => Arc::new(
-                input
-                    .as_string::<i64>()
-                    .iter()
-                    .map(trimmed)
-                    .collect::<GenericStringArray<i64>>(),
-            ),
-        },
-    })
+    match input.data_type() {
+        DataType::Utf8View => trim_column(
+            input,
+            || input.as_string_view().iter(),
+            |v| Arc::new(v.map(trimmed).collect::<StringViewArray>()),
+        ),
+        DataType::Utf8 => trim_column(
+            input,
+            || input.as_string::<i32>().iter(),
+            |v| Arc::new(v.map(trimmed).collect::<GenericStringArray<i32>>()),
+        ),
+        DataType::LargeUtf8 => trim_column(
+            input,
+            || input.as_string::<i64>().iter(),
+            |v| Arc::new(v.map(trimmed).collect::<GenericStringArray<i64>>()),
+        ),
+        other => exec_err!("trim_to_null takes a string, not {other}"),
+    }
 }
 
 impl ScalarUDFImpl for TrimToNull {
