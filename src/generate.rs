@@ -35,9 +35,17 @@ pub struct Options {
     pub compress: Option<Compression>,
 }
 
+/// Bumped whenever the same seed and options would write different files. 2: sessions spread
+/// over every requested day (version 1 assumed 6 events a session and ended early).
+pub const GENERATOR_VERSION: u32 = 2;
+
 /// What the generator knows it wrote.
 #[derive(Debug, Serialize, Default, Clone, serde::Deserialize)]
 pub struct Manifest {
+    /// Which version of the generator wrote the files: the same seed and options give the same
+    /// bytes only within one version (cached benchmark data is regenerated when it changes).
+    #[serde(default)]
+    pub generator_version: u32,
     pub seed: u64,
     pub events: u64,
     pub files: Vec<String>,
@@ -263,6 +271,7 @@ pub fn generate(opts: Options) -> Result<Manifest> {
     let mut g = Gen {
         rng,
         m: Manifest {
+            generator_version: GENERATOR_VERSION,
             seed: opts.seed,
             events: opts.events,
             files: names,
@@ -341,12 +350,16 @@ impl Gen {
             .and_utc()
             .timestamp_micros();
         let range_us = self.opts.days as i64 * 86_400_000_000;
-        let expected_sessions = (self.opts.events as f64 / 6.0).max(1.0);
-        let mean_gap = range_us as f64 / expected_sessions;
+        let end_us = (start_us + range_us) as f64;
         let mut t = start_us as f64;
         let mut emitted = 0u64;
         let mut session_no = 0u64;
+        // Sessions arrive as a Poisson process whose rate spreads the events still to make over
+        // the time still left (by the mean session length so far), so the data spans all `days`.
+        let mut events_per_session = 8.0;
         while emitted < self.opts.events {
+            let sessions_left = ((self.opts.events - emitted) as f64 / events_per_session).max(1.0);
+            let mean_gap = (end_us - t).max(1.0) / sessions_left;
             t += -mean_gap * (1.0 - self.rng.gen::<f64>()).ln();
             let session_start = t as i64;
             let file = ((((session_start - start_us).max(0) as f64) / range_us as f64)
@@ -363,6 +376,7 @@ impl Gen {
             let end = evs.last().map(|e| e.event_time_us).unwrap_or(session_start);
             self.visitors[v].last_end_us = end;
             emitted += evs.len() as u64;
+            events_per_session = emitted as f64 / session_no as f64;
             self.account_session(&evs);
             for ev in evs {
                 self.emit(ev, file)?;

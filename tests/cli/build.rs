@@ -733,9 +733,18 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
 /// A local lake and two files of generated events for it, neither ingested yet.
 fn lake_with_two_batches() -> (TestContext, Vec<String>) {
     let ctx = TestContext::new(Backend::Local);
-    ctx.generate("gen", &["--events", "3000", "--files", "2", "--seed", "5"]);
-    let files = ndjson_files(&ctx.path("gen"));
-    (ctx, files)
+    // The first batch is seven days' backlog, the second a later tick: the newest of 8 files
+    // (its products are some of the catalogue, not all of it).
+    ctx.generate("gen", &["--events", "3000", "--files", "8", "--seed", "5"]);
+    let mut files = ndjson_files(&ctx.path("gen"));
+    let last = files.pop().expect("8 files");
+    let backlog = ctx.path("gen/backlog");
+    std::fs::create_dir_all(&backlog).expect("backlog dir");
+    for f in &files {
+        let name = std::path::Path::new(f).file_name().expect("file name");
+        std::fs::rename(f, backlog.join(name)).expect("move into the backlog");
+    }
+    (ctx, vec![backlog.display().to_string(), last])
 }
 
 /// An incremental model sees only the changed keys' events; rows it produces for other keys

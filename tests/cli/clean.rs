@@ -88,6 +88,16 @@ fn counts_match_the_generators_bookkeeping() {
     let per_day =
         ctx.query("SELECT CAST(event_date AS VARCHAR), count(*) FROM events GROUP BY 1 ORDER BY 1");
     assert_eq!(per_day, manifest_lines(&m, "events_per_day"));
+    // The generator spreads its sessions over all 7 default days (the last spills past midnight):
+    // each day holds about a seventh of the events, so the newest file is the newest events.
+    let days = m["events_per_day"].as_object().expect("events_per_day");
+    let full: Vec<u64> = days.values().map(|v| v.as_u64().unwrap()).take(7).collect();
+    assert!(days.len() <= 8 && full.len() == 7, "{days:?}");
+    assert!(
+        full.iter()
+            .all(|&d| d > 20000 / 7 * 8 / 10 && d < 20000 / 7 * 12 / 10),
+        "{days:?}"
+    );
 
     // Normalisation rules.
     assert_eq!(
