@@ -11,6 +11,7 @@
 //! the same commit as the rows are how ingest knows, exactly, which source files a table holds.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
@@ -127,6 +128,10 @@ pub async fn commit(
 /// the buffered rows pass `flush_at` bytes, so memory stays bounded.
 pub struct TableSink {
     writer: RecordBatchWriter,
+    /// What a sibling writer is made from.
+    for_table: DeltaTable,
+    props: WriterProperties,
+    target_file_size: u64,
     adds: Vec<Add>,
     flush_at: usize,
     target: arrow::datatypes::SchemaRef,
@@ -146,7 +151,10 @@ impl TableSink {
     ) -> Result<TableSink> {
         let target = table.snapshot()?.snapshot().arrow_schema();
         Ok(TableSink {
-            writer: writer(table, props, target_file_size)?,
+            writer: writer(table, props.clone(), target_file_size)?,
+            for_table: table.clone(),
+            props,
+            target_file_size,
             adds: Vec::new(),
             flush_at,
             target,
@@ -195,6 +203,19 @@ impl TableSink {
 
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Another writer into the same table with the same settings, writing files of its own.
+    pub fn sibling(&self) -> Result<TableSink> {
+        let mut sink = TableSink::new(
+            &self.for_table,
+            self.props.clone(),
+            self.target_file_size,
+            self.flush_at,
+            self.what.clone(),
+        )?;
+        sink.table = self.table.clone();
+        Ok(sink)
     }
 
     /// Flushes what is buffered and returns every file written (not yet committed).
@@ -278,6 +299,10 @@ fn table_name(table: &DeltaTable) -> String {
 /// Streams every row of `files` (scan file ids of `table`) whose `column` is not in `drop` into
 /// `sink`, and returns how many rows were copied. The small `drop` set is checked per batch
 /// rather than with an anti join, which would hold the files' rows in memory.
+///
+/// A copy is mostly Parquet encoding and compression, which a writer does on one core: with
+/// more cores and files, a second writer (a [`TableSink::sibling`], on its own task) takes half
+/// of the bytes, and its files join `sink`'s.
 pub async fn copy_rows_except(
     ctx: &datafusion::prelude::SessionContext,
     table: &DeltaTable,
@@ -286,11 +311,79 @@ pub async fn copy_rows_except(
     drop: &std::collections::HashSet<String>,
     sink: &mut TableSink,
 ) -> Result<u64> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || files.len() < 2 {
+        return copy_files(ctx, table, files.to_vec(), column, drop, sink).await;
+    }
+    let (mine, theirs) = split_by_size(table, files)?;
+    let mut other = sink.sibling()?;
+    let helper = {
+        let (ctx, table, column) = (ctx.clone(), table.clone(), column.to_string());
+        let drop = drop.clone();
+        tokio::spawn(async move {
+            let copied = copy_files(&ctx, &table, theirs, &column, &drop, &mut other).await?;
+            Ok::<_, Error>((copied, other.finish().await?))
+        })
+    };
+    let copied = copy_files(ctx, table, mine, column, drop, sink).await;
+    let helped = helper
+        .await
+        .map_err(|e| Error::runtime(format!("copying rows: {e}")))?;
+    let (theirs_copied, adds) = helped?;
+    sink.adds.extend(adds);
+    sink.rows += theirs_copied;
+    Ok(copied? + theirs_copied)
+}
+
+/// `files` dealt into two groups of about equal bytes (largest first, each to the lighter side).
+fn split_by_size(table: &DeltaTable, files: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    let name = table_name(table);
+    let sizes: HashMap<String, i64> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.size()))
+        .collect();
+    let mut sized: Vec<(i64, &String)> = files
+        .iter()
+        .map(|f| {
+            let size = sizes.get(&table_relative_path(f, &name)).copied();
+            (size.unwrap_or(0), f)
+        })
+        .collect();
+    sized.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let (mut a, mut b) = ((0i64, Vec::new()), (0i64, Vec::new()));
+    for (size, f) in sized {
+        let lighter = if a.0 <= b.0 { &mut a } else { &mut b };
+        lighter.0 += size;
+        lighter.1.push(f.clone());
+    }
+    Ok((a.1, b.1))
+}
+
+async fn copy_files(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &DeltaTable,
+    files: Vec<String>,
+    column: &str,
+    drop: &std::collections::HashSet<String>,
+    sink: &mut TableSink,
+) -> Result<u64> {
     use futures::StreamExt;
+    // Strings read as the table stores them (`Utf8`), not as views the sink casts back.
+    let mut state = ctx.state();
+    state
+        .config_mut()
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     let provider = table
         .table_provider()
-        .with_file_paths(files.to_vec())
+        .with_session(Arc::new(state.clone()))
+        .with_file_paths(files)
         .await?;
+    let ctx = datafusion::prelude::SessionContext::new_with_state(state);
     let mut stream = ctx.read_table(provider)?.execute_stream().await?;
     let mut copied = 0u64;
     while let Some(batch) = stream.next().await {
