@@ -44,6 +44,8 @@ use crate::models::{self, Model};
 use crate::printer::Printer;
 use crate::storage::Lake;
 
+mod patch;
+
 /// The Delta application id under which `events` records the raw_events version it reflects.
 pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
 /// The application id of the fingerprint of the clean logic `events` was computed with (the
@@ -53,6 +55,9 @@ const FILE_COLUMN: &str = "__clicklake_file";
 /// An incremental run reads its new rows into memory once when it consumes at most this many
 /// raw rows; a larger backlog is streamed from its files by each query that needs it.
 const IN_MEMORY_NEW_ROWS: u64 = 200_000;
+/// At most this many changed rows are held in memory to patch their files; further ones (a large
+/// backfill) have their files rewritten.
+const PATCH_ROWS_MAX: usize = 200_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CleanRequest {
@@ -76,6 +81,11 @@ pub struct CleanSummary {
     pub events_changed: u64,
     /// Unchanged rows copied because they shared a file with a superseded row.
     pub events_copied: u64,
+    /// Changed rows written by patching their file's identity and session columns in place
+    /// (part of `events_changed`).
+    pub events_patched: u64,
+    /// Files rewritten that way: those columns re-encoded, every other column copied as it was.
+    pub files_patched: u64,
     /// changed + copied.
     pub events_written: u64,
     pub events_total: Option<u64>,
@@ -314,12 +324,23 @@ pub async fn run(
             .iter()
             .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
             .collect();
+        // A changed row that keeps its partition and every value but its identity and session
+        // columns can be patched into its file instead of rewriting the file.
+        let same_but_patchable: Vec<String> = (EVENTS.schema)()
+            .fields()
+            .iter()
+            .filter(|f| !patch::PATCHABLE.contains(&f.name().as_str()))
+            .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
+            .collect();
         output = ctx
             .sql(&format!(
                 "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {keys}, \
-                 (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed \
+                 (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed, \
+                 (c.event_id IS NOT NULL AND r.event_id IS NOT NULL AND {patchable}) \
+                 AS __patchable \
                  FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
                 same = same.join(" AND "),
+                patchable = same_but_patchable.join(" AND "),
                 // The old keys of every row, and the new ones of keys computed from a row.
                 keys = catalog::CHANGE_KEYS
                     .iter()
@@ -342,11 +363,14 @@ pub async fn run(
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
     let mut write = delta::TableSink::new(
         &events,
-        props,
+        props.clone(),
         cfg.ingest.target_file_size,
         flush_at,
         "the final clean model",
     )?;
+    // New versions of rows to patch into their files (see `patch`), with those files.
+    let mut to_patch: Vec<RecordBatch> = Vec::new();
+    let mut to_patch_rows = 0usize;
     let mut sessions: HashSet<u64> = HashSet::new();
     let mut changes = ChangeKeys::default();
     let mut superseded: HashSet<String> = HashSet::new();
@@ -381,11 +405,24 @@ pub async fn run(
                 let ids = catalog::utf8(ids)?;
                 let old_files =
                     catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
+                let patchable = batch
+                    .column_by_name("__patchable")
+                    .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                    .expect("__patchable is boolean")
+                    .clone();
                 changes.record(&batch, &changed)?;
                 let mut write_mask = Vec::with_capacity(batch.num_rows());
+                let mut patch_mask = Vec::with_capacity(batch.num_rows());
                 for i in 0..batch.num_rows() {
                     let is_changed = changed.is_valid(i) && changed.value(i);
-                    if is_changed && old_files.is_valid(i) {
+                    let patch = is_changed
+                        && old_files.is_valid(i)
+                        && patchable.is_valid(i)
+                        && patchable.value(i)
+                        && to_patch_rows < PATCH_ROWS_MAX;
+                    if patch {
+                        to_patch_rows += 1;
+                    } else if is_changed && old_files.is_valid(i) {
                         if !superseded.contains(old_files.value(i)) {
                             superseded.insert(old_files.value(i).to_string());
                         }
@@ -393,7 +430,13 @@ pub async fn run(
                             changed_ids.push(ids.value(i).to_string());
                         }
                     }
-                    write_mask.push(is_changed && ids.is_valid(i));
+                    patch_mask.push(patch);
+                    write_mask.push(is_changed && ids.is_valid(i) && !patch);
+                }
+                let patch_mask = BooleanArray::from(patch_mask);
+                if patch_mask.true_count() > 0 {
+                    summary.events_changed += patch_mask.true_count() as u64;
+                    to_patch.push(arrow::compute::filter_record_batch(&batch, &patch_mask)?);
                 }
                 arrow::compute::filter_record_batch(&batch, &BooleanArray::from(write_mask))?
             }
@@ -415,6 +458,60 @@ pub async fn run(
             datafusion::execution::memory_pool::MemoryPool::reserved(pool) >> 20
         );
     }
+    // Rows to patch into a file that is rewritten anyway go with the rewrite.
+    let mut patches: HashMap<String, patch::FilePatch> = HashMap::new();
+    for batch in std::mem::take(&mut to_patch) {
+        let files = catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
+        let ids = catalog::utf8(batch.column_by_name("event_id").expect("event_id"))?;
+        let columns = patch::PATCHABLE
+            .iter()
+            .map(|c| catalog::utf8(batch.column_by_name(c).expect("patchable column")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut rewrite = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let (file, id) = (files.value(i), ids.value(i));
+            let with_rewrite = superseded.contains(file);
+            if with_rewrite {
+                changed_ids.push(id.to_string());
+            } else {
+                let value = |k: usize| {
+                    columns[k]
+                        .is_valid(i)
+                        .then(|| columns[k].value(i).to_string())
+                };
+                patches
+                    .entry(file.to_string())
+                    .or_default()
+                    .insert(id.to_string(), [value(0), value(1), value(2)]);
+            }
+            rewrite.push(with_rewrite);
+        }
+        write
+            .write(&arrow::compute::filter_record_batch(
+                &batch,
+                &BooleanArray::from(rewrite),
+            )?)
+            .await?;
+    }
+    let mut patched_adds = Vec::new();
+    if !patches.is_empty() {
+        let files: Vec<String> = patches.keys().cloned().collect();
+        summary.events_patched = patches.values().map(|p| p.len() as u64).sum();
+        // Two files at a time, each on a task of its own (decoding and encoding take a core).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut patching = futures::stream::iter(patches.into_iter().map(|(file, rows)| {
+            let (events, props) = (events.clone(), props.clone());
+            tokio::spawn(async move { patch::patch_file(&events, &file, &rows, &props).await })
+        }))
+        .buffer_unordered(cores.clamp(1, 2));
+        while let Some(patched) = patching.next().await {
+            let (add, _) =
+                patched.map_err(|e| Error::runtime(format!("patching events files: {e}")))??;
+            patched_adds.push(add);
+        }
+        summary.files_patched = files.len() as u64;
+        removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
+    }
     if !superseded.is_empty() {
         let files: Vec<String> = superseded.iter().cloned().collect();
         // Every row of those files except the superseded versions.
@@ -425,7 +522,8 @@ pub async fn run(
         removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
     }
     summary.files_removed = removes.len() as u64;
-    let adds = write.finish().await?;
+    let mut adds = write.finish().await?;
+    adds.extend(patched_adds);
     lap("superseded files rewritten");
     fault("clean-after-data-files");
 

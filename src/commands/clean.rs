@@ -76,9 +76,10 @@ pub fn render(s: &CleanSummary) -> String {
     ));
     out.push_str(&format!("  sessions      {} touched\n", s.sessions_touched));
     out.push_str(&format!(
-        "  written       {} partitions rewritten, {} files added, {} removed, {}\n",
+        "  written       {} partitions rewritten, {} files added ({} patched), {} removed, {}\n",
         s.partitions_rewritten,
         s.files_added,
+        s.files_patched,
         s.files_removed,
         format_bytes(s.bytes_written)
     ));
