@@ -167,6 +167,17 @@ both_backends!(incremental_equals_full_refresh, |backend: Backend| {
         incremental.len() as u64,
         m["unique_events"].as_u64().unwrap()
     );
+    // Queries that prune files by their statistics see the patched columns' new values.
+    let pruned = || {
+        [
+            "SELECT max(stitched_user_id), min(stitched_user_id), count(stitched_user_id),              min(session_key), max(session_key), count(DISTINCT session_source) FROM events",
+            "SELECT count(*) FROM events WHERE stitched_user_id =              (SELECT max(user_id) FROM events)",
+            "SELECT count(*) FROM events WHERE stitched_user_id IS NULL",
+            "SELECT count(*) FROM events WHERE session_key > 'f' OR session_key < '1'",
+        ]
+        .map(|sql| ctx.query(sql))
+    };
+    let incremental_pruned = pruned();
 
     let full = clean_json(&ctx, &["--full-refresh"]);
     assert_eq!(full["mode"], "full");
@@ -176,6 +187,7 @@ both_backends!(incremental_equals_full_refresh, |backend: Backend| {
     for (a, b) in incremental.iter().zip(&refreshed) {
         assert_eq!(a, b, "incremental and full refresh differ");
     }
+    assert_eq!(incremental_pruned, pruned());
 });
 
 #[test]
