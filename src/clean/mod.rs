@@ -337,10 +337,15 @@ pub async fn run(
                 "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {keys}, \
                  (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed, \
                  (c.event_id IS NOT NULL AND r.event_id IS NOT NULL AND {patchable}) \
-                 AS __patchable \
+                 AS __patchable, {differs} \
                  FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
                 same = same.join(" AND "),
                 patchable = same_but_patchable.join(" AND "),
+                differs = patch::PATCHABLE
+                    .iter()
+                    .map(|c| format!("(r.{c} IS DISTINCT FROM c.{c}) AS __differs_{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 // The old keys of every row, and the new ones of keys computed from a row.
                 keys = catalog::CHANGE_KEYS
                     .iter()
@@ -467,6 +472,15 @@ pub async fn run(
             .iter()
             .map(|c| catalog::utf8(batch.column_by_name(c).expect("patchable column")))
             .collect::<Result<Vec<_>>>()?;
+        let differs: Vec<&BooleanArray> = patch::PATCHABLE
+            .iter()
+            .map(|c| {
+                batch
+                    .column_by_name(&format!("__differs_{c}"))
+                    .and_then(|a| a.as_any().downcast_ref::<BooleanArray>())
+                    .expect("__differs_ columns are boolean")
+            })
+            .collect();
         let mut rewrite = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             let (file, id) = (files.value(i), ids.value(i));
@@ -479,10 +493,13 @@ pub async fn run(
                         .is_valid(i)
                         .then(|| columns[k].value(i).to_string())
                 };
-                patches
-                    .entry(file.to_string())
-                    .or_default()
+                let patch = patches.entry(file.to_string()).or_default();
+                patch
+                    .rows
                     .insert(id.to_string(), [value(0), value(1), value(2)]);
+                for (k, d) in differs.iter().enumerate() {
+                    patch.differs[k] |= d.is_valid(i) && d.value(i);
+                }
             }
             rewrite.push(with_rewrite);
         }
@@ -496,7 +513,7 @@ pub async fn run(
     let mut patched_adds = Vec::new();
     if !patches.is_empty() {
         let files: Vec<String> = patches.keys().cloned().collect();
-        summary.events_patched = patches.values().map(|p| p.len() as u64).sum();
+        summary.events_patched = patches.values().map(|p| p.rows.len() as u64).sum();
         // Two files at a time, each on a task of its own (decoding and encoding take a core).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut patching = futures::stream::iter(patches.into_iter().map(|(file, rows)| {

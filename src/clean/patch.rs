@@ -34,8 +34,15 @@ use crate::error::{Error, Result};
 /// from its current version in any other column (or partition) goes to a full rewrite.
 pub const PATCHABLE: [&str; 3] = ["stitched_user_id", "session_key", "session_source"];
 
-/// The new [`PATCHABLE`] values of the rows to patch in one file, by event_id.
-pub type FilePatch = HashMap<String, [Option<String>; 3]>;
+/// The rows to patch in one file.
+#[derive(Debug, Default)]
+pub struct FilePatch {
+    /// The new [`PATCHABLE`] values of each row to patch, by event_id.
+    pub rows: HashMap<String, [Option<String>; 3]>,
+    /// Which [`PATCHABLE`] columns differ from the file's in at least one of those rows: only
+    /// they are decoded and re-encoded (a first login changes `stitched_user_id` alone).
+    pub differs: [bool; 3],
+}
 
 /// Writes the patched copy of `file_id` (a scan file id of `table`) and returns its Add (the
 /// old file's partition values, its other columns' statistics) and its row count.
@@ -72,7 +79,14 @@ pub async fn patch_file(
             .map_err(|_| failed(&format!("no column {name}")))
     };
     let id_at = leaf("event_id")?;
-    let patched_at: Vec<usize> = PATCHABLE.iter().map(|c| leaf(c)).collect::<Result<_>>()?;
+    // The patched columns: (index in PATCHABLE, leaf column).
+    let patched: Vec<(usize, usize)> = PATCHABLE
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| patch.differs[*k])
+        .map(|(k, c)| Ok((k, leaf(c)?)))
+        .collect::<Result<_>>()?;
+    let patched_at: Vec<usize> = patched.iter().map(|(_, at)| *at).collect();
     // The schema is flat (one leaf a field): field i is leaf column i.
     if file_meta.schema_descr().num_columns() != arrow_schema.fields().len() {
         return Err(failed(&"nested columns cannot be patched"));
@@ -93,10 +107,10 @@ pub async fn patch_file(
     let mut stats = PatchStats::default();
     let mut rows = 0u64;
     for rg in 0..metadata.num_row_groups() {
-        let new_columns = patched_columns(&bytes, &metadata, rg, id_at, &patched_at, patch)
+        let new_columns = patched_columns(&bytes, &metadata, rg, id_at, &patched, patch)
             .map_err(|e| failed(&e))?;
-        for (column, array) in new_columns.iter().enumerate() {
-            stats.feed(column, array);
+        for ((k, _), array) in patched.iter().zip(&new_columns) {
+            stats.feed(*k, array);
         }
         let encoders = factory.create_column_writers(rg).map_err(|e| failed(&e))?;
         let mut group = writer.next_row_group().map_err(|e| failed(&e))?;
@@ -148,7 +162,7 @@ pub async fn patch_file(
         size,
         modification_time: chrono::Utc::now().timestamp_millis(),
         data_change: true,
-        stats: Some(stats.apply(old_stats.as_deref(), rows)?),
+        stats: Some(stats.apply(old_stats.as_deref(), rows, &patch.differs)?),
         tags: None,
         deletion_vector: None,
         base_row_id: None,
@@ -158,17 +172,18 @@ pub async fn patch_file(
     Ok((add, rows))
 }
 
-/// One row group's [`PATCHABLE`] columns with the new values of the patched rows.
+/// One row group's `patched` columns ((index in [`PATCHABLE`], leaf column)) with the new values
+/// of the patched rows.
 fn patched_columns(
     bytes: &bytes::Bytes,
     metadata: &ParquetMetaData,
     rg: usize,
     id_at: usize,
-    patched_at: &[usize],
+    patched: &[(usize, usize)],
     patch: &FilePatch,
 ) -> deltalake::parquet::errors::Result<Vec<ArrayRef>> {
     let mut leaves = vec![id_at];
-    leaves.extend_from_slice(patched_at);
+    leaves.extend(patched.iter().map(|(_, at)| *at));
     let rows = metadata.row_group(rg).num_rows() as usize;
     let mask = ProjectionMask::leaves(metadata.file_metadata().schema_descr(), leaves);
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?
@@ -179,7 +194,12 @@ fn patched_columns(
     let batches: Vec<RecordBatch> = reader.collect::<std::result::Result<_, _>>()?;
     let schema = match batches.first() {
         Some(b) => b.schema(),
-        None => return Ok(vec![Arc::new(StringArray::new_null(0)) as ArrayRef; 3]),
+        None => {
+            return Ok(vec![
+                Arc::new(StringArray::new_null(0)) as ArrayRef;
+                patched.len()
+            ])
+        }
     };
     let batch = arrow::compute::concat_batches(&schema, &batches)?;
     let string = |name: &str| -> deltalake::parquet::errors::Result<StringArray> {
@@ -196,20 +216,20 @@ fn patched_columns(
             .map_err(Into::into)
     };
     let ids = string("event_id")?;
-    let olds: Vec<StringArray> = PATCHABLE
+    let olds: Vec<StringArray> = patched
         .iter()
-        .map(|c| string(c))
+        .map(|(k, _)| string(PATCHABLE[*k]))
         .collect::<std::result::Result<_, _>>()?;
-    let mut builders: Vec<StringBuilder> = (0..3).map(|_| StringBuilder::new()).collect();
+    let mut builders: Vec<StringBuilder> = patched.iter().map(|_| StringBuilder::new()).collect();
     for row in 0..batch.num_rows() {
         let new = ids
             .is_valid(row)
-            .then(|| patch.get(ids.value(row)))
+            .then(|| patch.rows.get(ids.value(row)))
             .flatten();
-        for (k, b) in builders.iter_mut().enumerate() {
+        for (((k, _), b), old) in patched.iter().zip(builders.iter_mut()).zip(&olds) {
             match new {
-                Some(values) => b.append_option(values[k].as_deref()),
-                None => b.append_option(olds[k].is_valid(row).then(|| olds[k].value(row))),
+                Some(values) => b.append_option(values[*k].as_deref()),
+                None => b.append_option(old.is_valid(row).then(|| old.value(row))),
             }
         }
     }
@@ -247,7 +267,7 @@ impl PatchStats {
     }
 
     /// The old file's statistics JSON with the patched columns' entries replaced.
-    fn apply(&self, old: Option<&str>, rows: u64) -> Result<String> {
+    fn apply(&self, old: Option<&str>, rows: u64, patched: &[bool; 3]) -> Result<String> {
         let mut stats: serde_json::Value = match old {
             Some(text) => serde_json::from_str(text)
                 .map_err(|e| Error::runtime(format!("events: file statistics: {e}")))?,
@@ -262,7 +282,7 @@ impl PatchStats {
                 object.insert(key.into(), serde_json::json!({}));
             }
         }
-        for (k, column) in PATCHABLE.iter().enumerate() {
+        for (k, column) in PATCHABLE.iter().enumerate().filter(|(k, _)| patched[*k]) {
             for (key, value) in [("minValues", &self.min[k]), ("maxValues", &self.max[k])] {
                 let map = object[key].as_object_mut().expect("an object");
                 match value {
