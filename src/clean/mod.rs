@@ -514,13 +514,31 @@ pub async fn run(
     if !patches.is_empty() {
         let files: Vec<String> = patches.keys().cloned().collect();
         summary.events_patched = patches.values().map(|p| p.rows.len() as u64).sum();
-        // Two files at a time, each on a task of its own (decoding and encoding take a core).
+        // Two files at a time, each on a task of its own (decoding and encoding take a core),
+        // when the memory budget allows: a patch holds its file and the new copy in memory.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let largest = events
+            .snapshot()?
+            .log_data()
+            .iter()
+            .filter(|f| {
+                files
+                    .iter()
+                    .any(|p| delta::table_relative_path(p, EVENTS.name) == f.path().as_ref())
+            })
+            .map(|f| f.size().max(0) as u64)
+            .max()
+            .unwrap_or(0);
+        let parallel = if cores >= 2 && largest * 4 <= cfg.memory_limit / 2 {
+            2
+        } else {
+            1
+        };
         let mut patching = futures::stream::iter(patches.into_iter().map(|(file, rows)| {
             let (events, props) = (events.clone(), props.clone());
             tokio::spawn(async move { patch::patch_file(&events, &file, &rows, &props).await })
         }))
-        .buffer_unordered(cores.clamp(1, 2));
+        .buffer_unordered(parallel);
         while let Some(patched) = patching.next().await {
             let (add, _) =
                 patched.map_err(|e| Error::runtime(format!("patching events files: {e}")))??;
