@@ -464,87 +464,13 @@ pub async fn run(
         );
     }
     // Rows to patch into a file that is rewritten anyway go with the rewrite.
-    let mut patches: HashMap<String, patch::FilePatch> = HashMap::new();
-    for batch in std::mem::take(&mut to_patch) {
-        let files = catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
-        let ids = catalog::utf8(batch.column_by_name("event_id").expect("event_id"))?;
-        let columns = patch::PATCHABLE
-            .iter()
-            .map(|c| catalog::utf8(batch.column_by_name(c).expect("patchable column")))
-            .collect::<Result<Vec<_>>>()?;
-        let differs: Vec<&BooleanArray> = patch::PATCHABLE
-            .iter()
-            .map(|c| {
-                batch
-                    .column_by_name(&format!("__differs_{c}"))
-                    .and_then(|a| a.as_any().downcast_ref::<BooleanArray>())
-                    .expect("__differs_ columns are boolean")
-            })
-            .collect();
-        let mut rewrite = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let (file, id) = (files.value(i), ids.value(i));
-            let with_rewrite = superseded.contains(file);
-            if with_rewrite {
-                changed_ids.push(id.to_string());
-            } else {
-                let value = |k: usize| {
-                    columns[k]
-                        .is_valid(i)
-                        .then(|| columns[k].value(i).to_string())
-                };
-                let patch = patches.entry(file.to_string()).or_default();
-                patch
-                    .rows
-                    .insert(id.to_string(), [value(0), value(1), value(2)]);
-                for (k, d) in differs.iter().enumerate() {
-                    patch.differs[k] |= d.is_valid(i) && d.value(i);
-                }
-            }
-            rewrite.push(with_rewrite);
-        }
-        write
-            .write(&arrow::compute::filter_record_batch(
-                &batch,
-                &BooleanArray::from(rewrite),
-            )?)
-            .await?;
-    }
+    let patches = patch::plan(to_patch, &superseded, &mut changed_ids, &mut write).await?;
     let mut patched_adds = Vec::new();
     if !patches.is_empty() {
         let files: Vec<String> = patches.keys().cloned().collect();
         summary.events_patched = patches.values().map(|p| p.rows.len() as u64).sum();
-        // Two files at a time, each on a task of its own (decoding and encoding take a core),
-        // when the memory budget allows: a patch holds its file and the new copy in memory.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let largest = events
-            .snapshot()?
-            .log_data()
-            .iter()
-            .filter(|f| {
-                files
-                    .iter()
-                    .any(|p| delta::table_relative_path(p, EVENTS.name) == f.path().as_ref())
-            })
-            .map(|f| f.size().max(0) as u64)
-            .max()
-            .unwrap_or(0);
-        let parallel = if cores >= 2 && largest * 4 <= cfg.memory_limit / 2 {
-            2
-        } else {
-            1
-        };
-        let mut patching = futures::stream::iter(patches.into_iter().map(|(file, rows)| {
-            let (events, props) = (events.clone(), props.clone());
-            tokio::spawn(async move { patch::patch_file(&events, &file, &rows, &props).await })
-        }))
-        .buffer_unordered(parallel);
-        while let Some(patched) = patching.next().await {
-            let (add, _) =
-                patched.map_err(|e| Error::runtime(format!("patching events files: {e}")))??;
-            patched_adds.push(add);
-        }
         summary.files_patched = files.len() as u64;
+        patched_adds = patch::patch_files(&events, patches, &props, cfg.memory_limit).await?;
         removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
     }
     if !superseded.is_empty() {

@@ -9,10 +9,10 @@
 //! (with its page index) is copied byte for byte from the current file. The new file replaces
 //! the old one in the run's single commit, like any rewritten file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -23,11 +23,13 @@ use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, Parqu
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::file::writer::SerializedFileWriter;
 use deltalake::DeltaTable;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
-use crate::catalog::EVENTS;
-use crate::delta::table_relative_path;
+use super::FILE_COLUMN;
+use crate::catalog::{self, EVENTS};
+use crate::delta::{table_relative_path, TableSink};
 use crate::error::{Error, Result};
 
 /// The columns a patch may change: stitching and sessionization. A changed row that differs
@@ -42,6 +44,108 @@ pub struct FilePatch {
     /// Which [`PATCHABLE`] columns differ from the file's in at least one of those rows: only
     /// they are decoded and re-encoded (a first login changes `stitched_user_id` alone).
     pub differs: [bool; 3],
+}
+
+/// Sorts the new versions of the rows flagged patchable (`to_patch`: batches of the clean's
+/// output, with the current file in `FILE_COLUMN` and `__differs_<column>` flags) into one
+/// patch per file. Rows whose file is rewritten anyway (`superseded`) are written to `write`
+/// instead, and their ids join `changed_ids`, the rows that rewrite leaves out.
+pub async fn plan(
+    to_patch: Vec<RecordBatch>,
+    superseded: &HashSet<String>,
+    changed_ids: &mut Vec<String>,
+    write: &mut TableSink,
+) -> Result<HashMap<String, FilePatch>> {
+    let mut patches: HashMap<String, FilePatch> = HashMap::new();
+    for batch in to_patch {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::runtime(format!("clean: the output has no column {name}")))
+        };
+        let files = catalog::utf8(column(FILE_COLUMN)?)?;
+        let ids = catalog::utf8(column("event_id")?)?;
+        let values = PATCHABLE
+            .iter()
+            .map(|c| catalog::utf8(column(c)?))
+            .collect::<Result<Vec<_>>>()?;
+        let differs = PATCHABLE
+            .iter()
+            .map(|c| {
+                column(&format!("__differs_{c}"))?
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .cloned()
+                    .ok_or_else(|| Error::runtime(format!("clean: __differs_{c} is not boolean")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut rewrite = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let (file, id) = (files.value(i), ids.value(i));
+            let with_rewrite = superseded.contains(file);
+            if with_rewrite {
+                changed_ids.push(id.to_string());
+            } else {
+                let value = |k: usize| {
+                    values[k]
+                        .is_valid(i)
+                        .then(|| values[k].value(i).to_string())
+                };
+                let patch = patches.entry(file.to_string()).or_default();
+                patch
+                    .rows
+                    .insert(id.to_string(), [value(0), value(1), value(2)]);
+                for (k, d) in differs.iter().enumerate() {
+                    patch.differs[k] |= d.is_valid(i) && d.value(i);
+                }
+            }
+            rewrite.push(with_rewrite);
+        }
+        let rewritten = arrow::compute::filter_record_batch(&batch, &BooleanArray::from(rewrite))?;
+        write.write(&rewritten).await?;
+    }
+    Ok(patches)
+}
+
+/// Patches every file of `patches` and returns the new files' Adds. Two files at a time, each
+/// on a task of its own (decoding and encoding take a core), when the memory budget allows: a
+/// patch holds its file and the new copy in memory.
+pub async fn patch_files(
+    table: &DeltaTable,
+    patches: HashMap<String, FilePatch>,
+    props: &WriterProperties,
+    memory_limit: u64,
+) -> Result<Vec<Add>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let paths: HashSet<String> = patches
+        .keys()
+        .map(|f| table_relative_path(f, EVENTS.name))
+        .collect();
+    let largest = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| paths.contains(f.path().as_ref()))
+        .map(|f| f.size().max(0) as u64)
+        .max()
+        .unwrap_or(0);
+    let parallel = if cores >= 2 && largest * 4 <= memory_limit / 2 {
+        2
+    } else {
+        1
+    };
+    let mut patching = futures::stream::iter(patches.into_iter().map(|(file, patch)| {
+        let (table, props) = (table.clone(), props.clone());
+        tokio::spawn(async move { patch_file(&table, &file, &patch, &props).await })
+    }))
+    .buffer_unordered(parallel);
+    let mut adds = Vec::new();
+    while let Some(patched) = patching.next().await {
+        let (add, _) =
+            patched.map_err(|e| Error::runtime(format!("patching events files: {e}")))??;
+        adds.push(add);
+    }
+    Ok(adds)
 }
 
 /// Writes the patched copy of `file_id` (a scan file id of `table`) and returns its Add (the
