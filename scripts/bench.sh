@@ -59,9 +59,12 @@ cargo build --release --locked --quiet
 bin="$CARGO_TARGET_DIR/release/clicklake"
 mkdir -p bench/data
 # Data cached by another generator version (other bytes for the same seed) is made again.
+manifest_version() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("generator_version", 1))' "$1"
+}
 probe=$(mktemp -d)
 "$bin" generate --events 1 --files 1 --out "$probe" >/dev/null
-generator_version=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("generator_version", 1))' "$probe/_manifest.json")
+generator_version=$(manifest_version "$probe/_manifest.json")
 rm -rf "$probe"
 results=bench/results.jsonl
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo dev)"
@@ -94,7 +97,7 @@ print(json.dumps(r))' "$n" "$run" "$commit" "$machine" "$MEMORY_LIMIT" "$started
 
 for n in $SIZES; do
   data="bench/data/$n"
-  if [ -f "$data/_manifest.json" ] && [ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("generator_version", 1))' "$data/_manifest.json")" != "$generator_version" ]; then
+  if [ -f "$data/_manifest.json" ] && [ "$(manifest_version "$data/_manifest.json")" != "$generator_version" ]; then
     echo "bench data in $data is from another generator version; generating it again" >&2
     rm -rf "$data"
   fi

@@ -337,20 +337,7 @@ pub async fn copy_rows_except(
 
 /// `files` dealt into two groups of about equal bytes (largest first, each to the lighter side).
 fn split_by_size(table: &DeltaTable, files: &[String]) -> Result<(Vec<String>, Vec<String>)> {
-    let name = table_name(table);
-    let sizes: HashMap<String, i64> = table
-        .snapshot()?
-        .log_data()
-        .iter()
-        .map(|f| (f.path().to_string(), f.size()))
-        .collect();
-    let mut sized: Vec<(i64, &String)> = files
-        .iter()
-        .map(|f| {
-            let size = sizes.get(&table_relative_path(f, &name)).copied();
-            (size.unwrap_or(0), f)
-        })
-        .collect();
+    let mut sized: Vec<(i64, &String)> = file_sizes(table, files)?.into_iter().zip(files).collect();
     sized.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     let (mut a, mut b) = ((0i64, Vec::new()), (0i64, Vec::new()));
     for (size, f) in sized {
@@ -359,6 +346,27 @@ fn split_by_size(table: &DeltaTable, files: &[String]) -> Result<(Vec<String>, V
         lighter.1.push(f.clone());
     }
     Ok((a.1, b.1))
+}
+
+/// The size the table log records for each of `files` (scan file ids of `table`), 0 for one it
+/// does not hold.
+pub fn file_sizes(table: &DeltaTable, files: &[String]) -> Result<Vec<i64>> {
+    let name = table_name(table);
+    let sizes: HashMap<String, i64> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| (f.path().to_string(), f.size()))
+        .collect();
+    Ok(files
+        .iter()
+        .map(|f| {
+            sizes
+                .get(&table_relative_path(f, &name))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect())
 }
 
 async fn copy_files(

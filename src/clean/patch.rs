@@ -29,7 +29,7 @@ use object_store::ObjectStoreExt;
 
 use super::FILE_COLUMN;
 use crate::catalog::{self, EVENTS};
-use crate::delta::{table_relative_path, TableSink};
+use crate::delta::{self, table_relative_path, TableSink};
 use crate::error::{Error, Result};
 
 /// The columns a patch may change: stitching and sessionization. A changed row that differs
@@ -117,18 +117,12 @@ pub async fn patch_files(
     memory_limit: u64,
 ) -> Result<Vec<Add>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let paths: HashSet<String> = patches
-        .keys()
-        .map(|f| table_relative_path(f, EVENTS.name))
-        .collect();
-    let largest = table
-        .snapshot()?
-        .log_data()
-        .iter()
-        .filter(|f| paths.contains(f.path().as_ref()))
-        .map(|f| f.size().max(0) as u64)
+    let files: Vec<String> = patches.keys().cloned().collect();
+    let largest = delta::file_sizes(table, &files)?
+        .into_iter()
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(0) as u64;
     let parallel = if cores >= 2 && largest * 4 <= memory_limit / 2 {
         2
     } else {
