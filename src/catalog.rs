@@ -154,6 +154,18 @@ pub const CHANGE_KEYS: &[&str] = &[
     "user_key",
 ];
 
+/// The columns of `events` that stitching and sessionization set: the only ones a row of an
+/// earlier event can change in when a later one arrives (a first login, a late event).
+pub const IDENTITY_COLUMNS: [&str; 3] = ["stitched_user_id", "session_key", "session_source"];
+
+/// Where `events_changes` lists the keys of change key `key` whose rows changed in
+/// [`IDENTITY_COLUMNS`] alone (same partition, same other values). They are listed under `key`
+/// too; a model that reads none of those columns, directly or through the tables it reads, need
+/// not recompute them.
+pub fn identity_only_key(key: &str) -> String {
+    format!("{key}:identity_only")
+}
+
 /// The SQL of change key `key` over the `events` row aliased `alias`. For `user_key` it is the
 /// customer as text, `user<US>uid` (the stitched user_id when known, else the user_id) or
 /// `anonymous<US>anonymous_id`: what the star schema's user_key is the md5 of. Recorded unhashed,

@@ -214,9 +214,17 @@ pub async fn run(
     // Which models read `consents`, directly or through the tables they read: decisions it
     // gains change rows of customers whose events did not change.
     let mut via_consents: Vec<bool> = Vec::new();
+    // Which models read the identity columns of `events`, directly or through the tables they
+    // read: the others skip keys whose rows changed in those columns alone.
+    let mut via_identity: Vec<bool> = Vec::new();
     for (index, model) in models.iter().enumerate() {
         let reads_consents = reads(model, catalog::CONSENTS.name);
         via_consents.push(reads_consents || upstream[index].iter().any(|&i| via_consents[i]));
+        let reads_identity = events_columns.get(&model.name).is_none_or(|cs| {
+            cs.iter()
+                .any(|c| catalog::IDENTITY_COLUMNS.contains(&c.as_str()))
+        });
+        via_identity.push(reads_identity || upstream[index].iter().any(|&i| via_identity[i]));
         let t0 = Instant::now();
         let existing = opened.remove(&model.name);
         let mut upstream_inputs: Vec<i64> =
@@ -239,6 +247,7 @@ pub async fn run(
             fingerprint,
             model_logic,
             via_consents[index].then_some(consents_version),
+            via_identity[index],
             &mut changes_cache,
         )
         .await?;
@@ -676,9 +685,18 @@ fn scanned_columns(
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             if scan.table_name.table() == table {
-                for f in scan.projected_schema.fields() {
-                    if !columns.contains(f.name()) {
-                        columns.push(f.name().clone());
+                // A filter the scan applies on its own need not be among its output columns.
+                let filtered = scan.filters.iter().flat_map(|f| f.column_refs());
+                let names = scan
+                    .projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .chain(filtered.map(|c| c.name.clone()))
+                    .collect::<Vec<_>>();
+                for name in names {
+                    if !columns.contains(&name) {
+                        columns.push(name);
                     }
                 }
             }
@@ -787,6 +805,9 @@ fn logic_fingerprint(
 #[derive(Default)]
 struct ChangeSet {
     keys: HashMap<String, Vec<String>>,
+    /// The keys of rows that changed in more than [`catalog::IDENTITY_COLUMNS`]: all a model
+    /// needs that reads none of those columns.
+    beyond_identity: HashMap<String, Vec<String>>,
     unrecorded: HashMap<String, i64>,
 }
 
@@ -801,6 +822,7 @@ async fn plan_work(
     fingerprint: i64,
     logic: i64,
     consents_version: Option<i64>,
+    reads_identity: bool,
     cache: &mut HashMap<i64, Result<ChangeSet, String>>,
 ) -> Result<Work> {
     if full_refresh {
@@ -852,7 +874,13 @@ async fn plan_work(
                 "events commit {v} recorded no {column} changes (an earlier clicklake cleaned it)"
             ))),
             None => Ok(Work::Incremental {
-                keys: set.keys.get(&column).cloned().unwrap_or_default(),
+                keys: match reads_identity {
+                    true => &set.keys,
+                    false => &set.beyond_identity,
+                }
+                .get(&column)
+                .cloned()
+                .unwrap_or_default(),
                 column,
             }),
         },
@@ -928,21 +956,53 @@ async fn changed_keys(
     ctx.register_table("ids", Arc::new(ids))?;
     let batches = ctx
         .sql(
-            "SELECT DISTINCT c.key_column, c.key FROM ids i \
+            "SELECT DISTINCT c.change_id, c.key_column, c.key FROM ids i \
              JOIN events_changes c ON c.change_id = i.id",
         )
         .await?
         .collect()
         .await?;
+    let mut listed: Vec<(String, String, String)> = Vec::new();
     for b in batches {
-        let cols = catalog::strings(b.column(0))?;
-        let keys = catalog::strings(b.column(1))?;
-        for (c, k) in cols.into_iter().zip(keys) {
-            if let (Some(c), Some(k)) = (c, k) {
-                out.keys.entry(c).or_default().push(k);
+        let ids = catalog::strings(b.column(0))?;
+        let cols = catalog::strings(b.column(1))?;
+        let keys = catalog::strings(b.column(2))?;
+        for ((id, c), k) in ids.into_iter().zip(cols).zip(keys) {
+            if let (Some(id), Some(c), Some(k)) = (id, c, k) {
+                listed.push((id, c, k));
             }
         }
     }
+    // A key changed beyond the identity columns when some change lists it and does not list
+    // it as identity-only (changes recorded before that list existed never do).
+    let identity_only: HashSet<(&str, String, &str)> = catalog::CHANGE_KEYS
+        .iter()
+        .flat_map(|key| {
+            let column = catalog::identity_only_key(key);
+            listed
+                .iter()
+                .filter(move |(_, c, _)| *c == column)
+                .map(move |(id, _, k)| (id.as_str(), key.to_string(), k.as_str()))
+        })
+        .collect();
+    let mut keys: HashMap<String, HashSet<&str>> = HashMap::new();
+    let mut beyond: HashMap<String, HashSet<&str>> = HashMap::new();
+    for (id, c, k) in &listed {
+        if !catalog::CHANGE_KEYS.contains(&c.as_str()) {
+            continue;
+        }
+        keys.entry(c.clone()).or_default().insert(k);
+        if !identity_only.contains(&(id.as_str(), c.clone(), k.as_str())) {
+            beyond.entry(c.clone()).or_default().insert(k);
+        }
+    }
+    let owned = |m: HashMap<String, HashSet<&str>>| -> HashMap<String, Vec<String>> {
+        m.into_iter()
+            .map(|(c, ks)| (c, ks.into_iter().map(str::to_string).collect()))
+            .collect()
+    };
+    out.keys = owned(keys);
+    out.beyond_identity = owned(beyond);
     Ok(Ok(out))
 }
 

@@ -415,7 +415,7 @@ pub async fn run(
                     .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
                     .expect("__patchable is boolean")
                     .clone();
-                changes.record(&batch, &changed)?;
+                changes.record(&batch, &changed, &patchable)?;
                 let mut write_mask = Vec::with_capacity(batch.num_rows());
                 let mut patch_mask = Vec::with_capacity(batch.num_rows());
                 for i in 0..batch.num_rows() {
@@ -785,15 +785,29 @@ fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
 /// adds, changes or removes, old and new values alike: what an incremental build recomputes.
 #[derive(Default)]
 struct ChangeKeys {
+    /// Per change key, the keys of every changed row.
     keys: Vec<HashSet<String>>,
+    /// Per change key, the keys of the rows that changed in more than the identity columns
+    /// (new, removed, or changed in another column): the others changed by stitching or
+    /// sessionization alone, which most aggregates (products, days) do not read.
+    beyond_identity: Vec<HashSet<String>>,
 }
 
 impl ChangeKeys {
-    fn record(&mut self, batch: &RecordBatch, changed: &BooleanArray) -> Result<()> {
+    /// Records the keys of the rows flagged `changed`; `identity_only` flags those that changed
+    /// in the identity columns alone.
+    fn record(
+        &mut self,
+        batch: &RecordBatch,
+        changed: &BooleanArray,
+        identity_only: &BooleanArray,
+    ) -> Result<()> {
         if self.keys.is_empty() {
             self.keys = vec![HashSet::new(); catalog::CHANGE_KEYS.len()];
+            self.beyond_identity = vec![HashSet::new(); catalog::CHANGE_KEYS.len()];
         }
-        for (set, key) in self.keys.iter_mut().zip(catalog::CHANGE_KEYS) {
+        let sets = self.keys.iter_mut().zip(self.beyond_identity.iter_mut());
+        for ((set, beyond), key) in sets.zip(catalog::CHANGE_KEYS) {
             for column in [key.to_string(), format!("__old_{key}")] {
                 let Some(values) = batch.column_by_name(&column) else {
                     continue;
@@ -804,6 +818,10 @@ impl ChangeKeys {
                         let v = values.value(i);
                         if !set.contains(v) {
                             set.insert(v.to_string());
+                        }
+                        let identity = identity_only.is_valid(i) && identity_only.value(i);
+                        if !identity && !beyond.contains(v) {
+                            beyond.insert(v.to_string());
                         }
                     }
                 }
@@ -826,17 +844,25 @@ impl ChangeKeys {
             "events_changes",
         )?;
         let schema = (catalog::EVENTS_CHANGES.schema)();
-        for (set, key) in self.keys.into_iter().zip(catalog::CHANGE_KEYS) {
-            let n = set.len();
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(vec![change_id.as_str(); n])),
-                    Arc::new(StringArray::from(vec![*key; n])),
-                    Arc::new(StringArray::from_iter_values(set)),
-                ],
-            )?;
-            sink.write(&batch).await?;
+        let sets = self.keys.into_iter().zip(self.beyond_identity);
+        for ((set, beyond), key) in sets.zip(catalog::CHANGE_KEYS) {
+            let identity_only: Vec<&String> = set.difference(&beyond).collect();
+            let listed = [
+                (key.to_string(), set.iter().collect::<Vec<_>>()),
+                (catalog::identity_only_key(key), identity_only),
+            ];
+            for (column, keys) in listed {
+                let n = keys.len();
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(StringArray::from(vec![change_id.as_str(); n])),
+                        Arc::new(StringArray::from(vec![column.as_str(); n])),
+                        Arc::new(StringArray::from_iter_values(keys)),
+                    ],
+                )?;
+                sink.write(&batch).await?;
+            }
         }
         let adds = sink.finish().await?;
         delta::commit_append(&mut table, adds, Vec::new(), HashMap::new()).await?;

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 
 /// The columns a patch may change: stitching and sessionization. A changed row that differs
 /// from its current version in any other column (or partition) goes to a full rewrite.
-pub const PATCHABLE: [&str; 3] = ["stitched_user_id", "session_key", "session_source"];
+pub const PATCHABLE: [&str; 3] = catalog::IDENTITY_COLUMNS;
 
 /// The rows to patch in one file.
 #[derive(Debug, Default)]

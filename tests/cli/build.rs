@@ -730,6 +730,79 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
     );
 }
 
+/// A login stitches the visitor's earlier events to the user: those rows change in their
+/// identity columns alone. The tables that read none of them (daily product metrics, products)
+/// recompute only what the new event touched, not the earlier day; the tables that do
+/// (sessions) recompute the visitor's earlier session too. All equal a full rebuild.
+#[test]
+fn a_login_recomputes_earlier_days_only_in_the_tables_that_read_identities() {
+    let ctx = TestContext::new(Backend::Local);
+    let tick = |name: &str, lines: &[String]| {
+        let file = ctx.path(name);
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        ctx.ingest_json(&[file.to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        build_json(&ctx, &[])
+    };
+    let view = |id: &str, day: &str, anonymous: &str, user: Option<&str>, product: &str| {
+        let user = user.map_or(String::new(), |u| format!(r#","user_id":"{u}""#));
+        format!(
+            r#"{{"event_id":"{id}","event_time":"2026-03-0{day}T10:00:00Z","event_type":"product_view","anonymous_id":"{anonymous}"{user},"product_id":"{product}","price":20,"currency":"EUR"}}"#
+        )
+    };
+    tick(
+        "t1.ndjson",
+        &[
+            view("e1", "1", "anon-1", None, "P-1"),
+            view("e2", "1", "anon-1", None, "P-1"),
+            view("e3", "1", "anon-2", None, "P-2"),
+        ],
+    );
+    // The login, a day later, viewing another product.
+    let s = tick(
+        "t2.ndjson",
+        &[view("e4", "2", "anon-1", Some("user-1"), "P-2")],
+    );
+    let stitched = ctx.count("SELECT count(*) FROM events WHERE stitched_user_id = 'user-1'");
+    assert_eq!(
+        stitched, 3,
+        "the login stitches the visitor's earlier events"
+    );
+    let keys = |table: &str| {
+        let t = table_of(&s, table);
+        assert_eq!(t["mode"], "incremental", "{t}");
+        t["keys_changed"].as_u64().unwrap()
+    };
+    assert_eq!(keys("agg_product_daily"), 1, "only the login's day");
+    assert_eq!(keys("dim_product"), 1, "only the product the login viewed");
+    assert_eq!(
+        keys("fact_sessions"),
+        2,
+        "the earlier session has a user now"
+    );
+    assert_eq!(keys("agg_user_interest"), 2, "the visitor and the user");
+
+    let tables = [
+        "agg_product_daily",
+        "dim_product",
+        "fact_sessions",
+        "agg_user_interest",
+    ];
+    let dump = || -> Vec<Vec<String>> {
+        tables
+            .iter()
+            .map(|t| {
+                let mut rows = ctx.query(&format!("SELECT * FROM {t}"));
+                rows.sort();
+                rows
+            })
+            .collect()
+    };
+    let incremental = dump();
+    build_json(&ctx, &["--full-refresh"]);
+    assert_eq!(dump(), incremental);
+}
+
 /// A local lake and two files of generated events for it, neither ingested yet.
 fn lake_with_two_batches() -> (TestContext, Vec<String>) {
     let ctx = TestContext::new(Backend::Local);
