@@ -648,6 +648,23 @@ fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
     assert_eq!(s["mode"], "up_to_date", "{s}");
 }
 
+/// Ingests, cleans and builds one file of events, as a cron tick would: the build's summary.
+fn tick(ctx: &TestContext, name: &str, lines: &[String]) -> serde_json::Value {
+    let file = ctx.path(name);
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    ctx.ingest_json(&[file.to_str().unwrap()]);
+    ctx.ok(&["clean", "-q"]);
+    build_json(ctx, &[])
+}
+
+/// A view of product `P-<brand>` on 2026-03-0`day` by a visitor, logged in as `user` or not.
+fn product_view(id: &str, day: &str, anonymous: &str, user: Option<&str>, brand: &str) -> String {
+    let user = user.map_or(String::new(), |u| format!(r#","user_id":"{u}""#));
+    format!(
+        r#"{{"event_id":"{id}","event_time":"2026-03-0{day}T10:00:00Z","event_type":"product_view","anonymous_id":"{anonymous}"{user},"product_id":"P-{brand}","category":"shoes/running","brand":"{brand}","price":20,"currency":"EUR"}}"#
+    )
+}
+
 /// A visitor's favourites are theirs under the anonymous key until they log in; the login,
 /// arriving in a later tick, moves every event of the visitor to the user's key. The
 /// incremental build recomputes both customers: the anonymous row goes, the user's row holds
@@ -655,19 +672,7 @@ fn a_bad_partition_by_is_a_config_error_that_leaves_the_table_readable() {
 #[test]
 fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
     let ctx = TestContext::new(Backend::Local);
-    let tick = |name: &str, lines: &[&str]| {
-        let file = ctx.path(name);
-        std::fs::write(&file, lines.join("\n")).unwrap();
-        ctx.ingest_json(&[file.to_str().unwrap()]);
-        ctx.ok(&["clean", "-q"]);
-        build_json(&ctx, &[])
-    };
-    let view = |id: &str, at: &str, anonymous: &str, user: Option<&str>, brand: &str| {
-        let user = user.map_or(String::new(), |u| format!(r#","user_id":"{u}""#));
-        format!(
-            r#"{{"event_id":"{id}","event_time":"2026-03-0{at}T10:00:00Z","event_type":"product_view","anonymous_id":"{anonymous}"{user},"product_id":"P-{brand}","category":"shoes/running","brand":"{brand}","price":20,"currency":"EUR"}}"#
-        )
-    };
+    let tick = |name: &str, lines: &[String]| tick(&ctx, name, lines);
     let anonymous = "md5(concat('anonymous', chr(31), 'anon-1'))";
     let user = "md5(concat('user', chr(31), 'user-1'))";
     let favourite = |key: &str| {
@@ -679,9 +684,9 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
     let s = tick(
         "t1.ndjson",
         &[
-            &view("e1", "1", "anon-1", None, "Acme"),
-            &view("e2", "1", "anon-1", None, "Acme"),
-            &view("e3", "1", "anon-2", None, "Bolt"),
+            product_view("e1", "1", "anon-1", None, "Acme"),
+            product_view("e2", "1", "anon-1", None, "Acme"),
+            product_view("e3", "1", "anon-2", None, "Bolt"),
         ],
     );
     assert_eq!(table_mode(&s, "agg_user_interest"), "full");
@@ -690,7 +695,7 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
     // The login: one view as user-1 from the same browser.
     let s = tick(
         "t2.ndjson",
-        &[&view("e4", "2", "anon-1", Some("user-1"), "Bolt")],
+        &[product_view("e4", "2", "anon-1", Some("user-1"), "Bolt")],
     );
     assert_eq!(table_mode(&s, "agg_user_interest"), "incremental", "{s}");
     assert!(favourite(anonymous).is_empty());
@@ -737,31 +742,20 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
 #[test]
 fn a_login_recomputes_earlier_days_only_in_the_tables_that_read_identities() {
     let ctx = TestContext::new(Backend::Local);
-    let tick = |name: &str, lines: &[String]| {
-        let file = ctx.path(name);
-        std::fs::write(&file, lines.join("\n")).unwrap();
-        ctx.ingest_json(&[file.to_str().unwrap()]);
-        ctx.ok(&["clean", "-q"]);
-        build_json(&ctx, &[])
-    };
-    let view = |id: &str, day: &str, anonymous: &str, user: Option<&str>, product: &str| {
-        let user = user.map_or(String::new(), |u| format!(r#","user_id":"{u}""#));
-        format!(
-            r#"{{"event_id":"{id}","event_time":"2026-03-0{day}T10:00:00Z","event_type":"product_view","anonymous_id":"{anonymous}"{user},"product_id":"{product}","price":20,"currency":"EUR"}}"#
-        )
-    };
     tick(
+        &ctx,
         "t1.ndjson",
         &[
-            view("e1", "1", "anon-1", None, "P-1"),
-            view("e2", "1", "anon-1", None, "P-1"),
-            view("e3", "1", "anon-2", None, "P-2"),
+            product_view("e1", "1", "anon-1", None, "Acme"),
+            product_view("e2", "1", "anon-1", None, "Acme"),
+            product_view("e3", "1", "anon-2", None, "Bolt"),
         ],
     );
     // The login, a day later, viewing another product.
     let s = tick(
+        &ctx,
         "t2.ndjson",
-        &[view("e4", "2", "anon-1", Some("user-1"), "P-2")],
+        &[product_view("e4", "2", "anon-1", Some("user-1"), "Bolt")],
     );
     let stitched = ctx.count("SELECT count(*) FROM events WHERE stitched_user_id = 'user-1'");
     assert_eq!(
