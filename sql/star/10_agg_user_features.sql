@@ -43,23 +43,36 @@ order_features AS (
     JOIN last_currency c ON c.user_key = o.user_key
     GROUP BY o.user_key, c.currency
 ),
-session_features AS (
+-- Per customer and device first (the device of most sessions is the preferred one), then per
+-- customer: one pass over the sessions for every session feature, instead of a second
+-- aggregation joined back on user_key (at 10M that join alone took 0.8 s).
+customer_devices AS (
     SELECT
         user_key,
-        count(*)                                                                            AS sessions_lifetime,
+        device,
+        count(*)                                                                            AS sessions,
         count(*) FILTER (WHERE started_at > $as_of - INTERVAL '30 days')                    AS sessions_30d,
-        coalesce(sum(product_views) FILTER (WHERE started_at > $as_of - INTERVAL '30 days'), 0) AS product_views_30d,
+        sum(product_views) FILTER (WHERE started_at > $as_of - INTERVAL '30 days')          AS product_views_30d,
         count(*) FILTER (WHERE cart_abandoned AND started_at > $as_of - INTERVAL '30 days') AS carts_abandoned_30d,
         max(ended_at) FILTER (WHERE cart_abandoned)                                         AS last_cart_abandoned_at,
         count(*) FILTER (WHERE adds > 0)                                                    AS sessions_with_cart,
         count(*) FILTER (WHERE cart_abandoned)                                              AS carts_abandoned
     FROM sessions
-    GROUP BY user_key
+    GROUP BY user_key, device
 ),
-devices AS (
-    SELECT user_key, first_value(device ORDER BY sessions DESC, device) AS device
-    FROM (SELECT user_key, device, count(*) AS sessions FROM sessions
-          WHERE device IS NOT NULL GROUP BY user_key, device)
+session_features AS (
+    SELECT
+        user_key,
+        sum(sessions)                                                    AS sessions_lifetime,
+        sum(sessions_30d)                                                AS sessions_30d,
+        coalesce(sum(product_views_30d), 0)                              AS product_views_30d,
+        sum(carts_abandoned_30d)                                         AS carts_abandoned_30d,
+        max(last_cart_abandoned_at)                                      AS last_cart_abandoned_at,
+        sum(sessions_with_cart)                                          AS sessions_with_cart,
+        sum(carts_abandoned)                                             AS carts_abandoned,
+        first_value(device ORDER BY sessions DESC, device) FILTER (WHERE device IS NOT NULL)
+                                                                         AS device
+    FROM customer_devices
     GROUP BY user_key
 ),
 -- Favourite category and brand: agg_user_interest (built beside the facts).
@@ -98,18 +111,15 @@ SELECT
          THEN CAST(s.carts_abandoned AS DOUBLE) / s.sessions_with_cart END   AS cart_abandonment_rate,
     f.category_l1                                                            AS favourite_category,
     f.brand                                                                  AS favourite_brand,
-    d.device                                                                 AS preferred_device
+    s.device                                                                 AS preferred_device
 -- Every customer with a session, plus what is known of them. The narrow sides come first: hash
 -- joins build on their left input and stream the right one.
 FROM personalization c
 RIGHT JOIN (
-    devices d
+    favourites f
     RIGHT JOIN (
-        favourites f
-        RIGHT JOIN (
-            order_features o
-            RIGHT JOIN session_features s ON o.user_key = s.user_key
-        ) ON f.user_key = s.user_key
-    ) ON d.user_key = s.user_key
+        order_features o
+        RIGHT JOIN session_features s ON o.user_key = s.user_key
+    ) ON f.user_key = s.user_key
 ) ON c.user_key = s.user_key
 WHERE c.granted IS NOT FALSE AND (NOT $require_consent OR c.granted)
