@@ -164,10 +164,8 @@ impl TableSink {
         })
     }
 
-    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
+    /// `batch` with the table's columns, in its order and types.
+    pub fn conform(&self, batch: &arrow::array::RecordBatch) -> Result<arrow::array::RecordBatch> {
         let mut columns = Vec::with_capacity(self.target.fields().len());
         for field in self.target.fields() {
             let col = batch.column_by_name(field.name()).ok_or_else(|| {
@@ -183,7 +181,17 @@ impl TableSink {
                 arrow::compute::cast(col, field.data_type())?
             });
         }
-        let conformed = arrow::array::RecordBatch::try_new(self.target.clone(), columns)?;
+        Ok(arrow::array::RecordBatch::try_new(
+            self.target.clone(),
+            columns,
+        )?)
+    }
+
+    pub async fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let conformed = self.conform(batch)?;
         self.rows += conformed.num_rows() as u64;
         let table = &self.table;
         self.writer

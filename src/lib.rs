@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod lease;
 pub mod memory;
 pub mod models;
+pub mod patch;
 pub mod printer;
 pub mod privacy;
 mod range_cache;

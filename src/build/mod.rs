@@ -35,7 +35,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::MemTable;
@@ -107,6 +107,12 @@ pub struct TableBuild {
     pub rows_computed: u64,
     /// Unchanged rows copied out of rewritten files.
     pub rows_copied: u64,
+    /// Incremental: rows whose new version was patched into their file (only the columns that
+    /// changed re-encoded), and those files.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rows_patched: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub files_patched: u64,
     /// Incremental: rows the model produced for keys that did not change, dropped.
     #[serde(skip_serializing_if = "is_zero")]
     pub rows_outside_changed_keys: u64,
@@ -1195,6 +1201,7 @@ async fn build_table(
     };
 
     let mut removes: Vec<Action> = Vec::new();
+    let mut patched_adds: Vec<deltalake::kernel::Add> = Vec::new();
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
     let mut sink = delta::TableSink::new(
@@ -1210,6 +1217,10 @@ async fn build_table(
         .map_err(|e| models::model_error(model, e))?;
     let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
         .map_err(|e| models::model_error(model, e))?;
+    // An incremental model's rows are held (up to PATCH_ROWS_MAX) to patch the files holding
+    // their keys' current rows where only string columns changed; beyond that they stream.
+    let mut held: Option<Vec<RecordBatch>> = incremental.as_ref().map(|_| Vec::new());
+    let (mut held_rows, mut computed) = (0usize, 0u64);
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| models::model_error(model, e))?;
         let batch = match &incremental {
@@ -1223,7 +1234,20 @@ async fn build_table(
             }
             None => batch,
         };
-        sink.write(&batch).await?;
+        computed += batch.num_rows() as u64;
+        match held.as_mut() {
+            Some(rows) if held_rows + batch.num_rows() <= PATCH_ROWS_MAX => {
+                held_rows += batch.num_rows();
+                rows.push(batch);
+            }
+            Some(_) => {
+                for b in held.take().unwrap_or_default() {
+                    sink.write(&b).await?;
+                }
+                sink.write(&batch).await?;
+            }
+            None => sink.write(&batch).await?,
+        }
     }
     // `-vv` shows where a model spent its time.
     tracing::debug!(
@@ -1232,7 +1256,7 @@ async fn build_table(
         datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
             .indent(true)
     );
-    out.rows_computed = sink.rows();
+    out.rows_computed = computed;
     lap("model run");
     match &incremental {
         None => {
@@ -1245,16 +1269,60 @@ async fn build_table(
             );
         }
         Some((column, keys)) if !keys.is_empty() => {
-            let files = files_holding(ctx, &table, column).await?;
+            let (files, patched) = match held.take() {
+                Some(rows) => {
+                    let rows = rows
+                        .iter()
+                        .map(|b| sink.conform(b))
+                        .collect::<Result<Vec<_>>>()?;
+                    let plan = plan_patches(ctx, &table, column, &rows).await?;
+                    // The new rows but those the patches carry (or that equal the current ones).
+                    for b in &rows {
+                        let (kept, _) = rows_of_keys_except(b, column, &plan.carried)?;
+                        sink.write(&kept).await?;
+                    }
+                    let mut adds = Vec::new();
+                    if !plan.patches.is_empty() {
+                        let files: Vec<String> = plan.patches.keys().cloned().collect();
+                        out.files_patched = files.len() as u64;
+                        out.rows_patched = plan.patches.values().map(|p| p.rows.len() as u64).sum();
+                        let target = crate::patch::Target {
+                            table: &model.name,
+                            key: column,
+                        };
+                        let props = delta::writer_properties(
+                            cfg.ingest.zstd_level,
+                            cfg.ingest.row_group_rows,
+                        )?;
+                        adds = crate::patch::patch_files(
+                            &table,
+                            target,
+                            plan.patches,
+                            &props,
+                            cfg.memory_limit,
+                        )
+                        .await?;
+                        removes.extend(delta::remove_actions(&table, &files, &model.name)?);
+                    }
+                    (plan.rewrite, adds)
+                }
+                None => (files_holding(ctx, &table, column).await?, Vec::new()),
+            };
             if !files.is_empty() {
                 out.rows_copied +=
                     delta::copy_rows_except(ctx, &table, &files, column, keys, &mut sink).await?;
                 removes.extend(delta::remove_actions(&table, &files, &model.name)?);
             }
+            patched_adds = patched;
         }
-        Some(_) => {}
+        Some(_) => {
+            for b in held.take().unwrap_or_default() {
+                sink.write(&b).await?;
+            }
+        }
     }
-    let adds = sink.finish().await?;
+    let mut adds = sink.finish().await?;
+    adds.extend(patched_adds);
     lap("files holding changed keys rewritten, data files closed");
     fault("build-after-data-files");
     out.files_added = adds.len() as u64;
@@ -1333,6 +1401,219 @@ async fn files_holding(
         out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
     }
     Ok(out)
+}
+
+/// At most this many rows of an incremental model's output are held in memory to patch files
+/// with; a larger change (a backfill) rewrites the files.
+const PATCH_ROWS_MAX: usize = 200_000;
+
+/// How an incremental model's new rows meet the files holding their keys' current rows.
+#[derive(Default)]
+struct PatchPlan {
+    /// Files whose changed rows differ only in string columns outside the partition: patched.
+    patches: HashMap<String, crate::patch::ColumnPatch>,
+    /// The keys whose new rows the patches carry, or that equal their current rows (a file
+    /// whose every changed row is unchanged stays as it is).
+    carried: HashSet<String>,
+    /// Files rewritten without the changed keys' rows.
+    rewrite: Vec<String>,
+}
+
+/// Compares the new rows (`new_rows`, in the table's schema) with the current rows of the
+/// changed keys (`changed_keys`), file by file. A file is patched when each of its changed keys
+/// has exactly one current row (in no other file) and exactly one new row, and those differ only
+/// in string columns that are neither the key nor a partition column; anything else rewrites it.
+/// A table with several new rows for a key is not compared: every file holding a key is
+/// rewritten.
+async fn plan_patches(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    column: &str,
+    new_rows: &[RecordBatch],
+) -> Result<PatchPlan> {
+    let snapshot = table.snapshot()?;
+    let schema = snapshot.snapshot().arrow_schema();
+    let partitions = snapshot.metadata().partition_columns().to_vec();
+    let compared: Vec<&Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref())
+        .filter(|f| f.name() != column)
+        .collect();
+    let patchable: Vec<bool> = compared
+        .iter()
+        .map(|f| f.data_type() == &DataType::Utf8 && !partitions.contains(f.name()))
+        .collect();
+    // The new rows by key, to take the patched values from.
+    let mut new_at: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, b) in new_rows.iter().enumerate() {
+        let keys = arrow::compute::cast(
+            b.column_by_name(column)
+                .ok_or_else(|| Error::runtime(format!("build: no column {column}")))?,
+            &DataType::Utf8,
+        )?;
+        let keys = catalog::utf8(&keys)?;
+        for r in 0..b.num_rows() {
+            if keys.is_valid(r) && new_at.insert(keys.value(r).to_string(), (i, r)).is_some() {
+                // Several rows a key (a table finer than its unique_key, such as daily
+                // product metrics by date): rows cannot be matched one to one.
+                return Ok(PatchPlan {
+                    rewrite: files_holding(ctx, table, column).await?,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
+    let _ = ctx.deregister_table("current_rows");
+    ctx.register_table("current_rows", provider)?;
+    let _ = ctx.deregister_table("patch_new");
+    ctx.register_table(
+        "patch_new",
+        Arc::new(MemTable::try_new(schema.clone(), vec![new_rows.to_vec()])?),
+    )?;
+    let differs: Vec<String> = compared
+        .iter()
+        .enumerate()
+        .map(|(i, f)| format!("(o.\"{0}\" IS DISTINCT FROM n.\"{0}\") AS __d{i}", f.name()))
+        .collect();
+    let batches = ctx
+        .sql(&format!(
+            "SELECT CAST(o.{FILE_COLUMN} AS VARCHAR) AS __file, \
+             CAST(o.\"{column}\" AS VARCHAR) AS __key, n.\"{column}\" IS NOT NULL AS __has_new, {} \
+             FROM changed_keys k JOIN current_rows o ON {} \
+             LEFT JOIN patch_new n ON o.\"{column}\" = n.\"{column}\"",
+            differs.join(", "),
+            key_join("o", column)
+        ))
+        .await?
+        .collect()
+        .await?;
+    let _ = ctx.deregister_table("current_rows");
+    let _ = ctx.deregister_table("patch_new");
+
+    // Per file: its keys (with how many rows each), whether each has a new row, which columns
+    // differ.
+    #[derive(Default)]
+    struct Seen {
+        keys: HashMap<String, usize>,
+        all_new: bool,
+        differs: Vec<bool>,
+    }
+    let mut files: HashMap<String, Seen> = HashMap::new();
+    let mut files_of_key: HashMap<String, usize> = HashMap::new();
+    for b in &batches {
+        let file = catalog::utf8(b.column(0))?;
+        let key = catalog::utf8(b.column(1))?;
+        let has_new = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .ok_or_else(|| Error::runtime("build: __has_new is not boolean"))?;
+        let flags: Vec<&arrow::array::BooleanArray> = (0..compared.len())
+            .map(|i| {
+                b.column(3 + i)
+                    .as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .ok_or_else(|| Error::runtime("build: a comparison is not boolean"))
+            })
+            .collect::<Result<_>>()?;
+        for r in 0..b.num_rows() {
+            if file.is_null(r) || key.is_null(r) {
+                continue;
+            }
+            let seen = files
+                .entry(file.value(r).to_string())
+                .or_insert_with(|| Seen {
+                    all_new: true,
+                    differs: vec![false; compared.len()],
+                    ..Default::default()
+                });
+            let n = seen.keys.entry(key.value(r).to_string()).or_insert(0);
+            if *n == 0 {
+                *files_of_key.entry(key.value(r).to_string()).or_insert(0) += 1;
+            }
+            *n += 1;
+            seen.all_new &= has_new.is_valid(r) && has_new.value(r);
+            for (d, f) in seen.differs.iter_mut().zip(&flags) {
+                *d |= f.is_valid(r) && f.value(r);
+            }
+        }
+    }
+    if files.is_empty() {
+        return Ok(PatchPlan::default());
+    }
+
+    let mut plan = PatchPlan::default();
+    for (file, seen) in files {
+        let single = seen
+            .keys
+            .iter()
+            .all(|(k, &n)| n == 1 && files_of_key[k] == 1);
+        let fits = seen.differs.iter().zip(&patchable).all(|(&d, &p)| !d || p);
+        if !(seen.all_new && single && fits) {
+            plan.rewrite.push(file);
+            continue;
+        }
+        let columns: Vec<usize> = (0..compared.len()).filter(|&i| seen.differs[i]).collect();
+        plan.carried.extend(seen.keys.keys().cloned());
+        if columns.is_empty() {
+            continue;
+        }
+        let mut rows = HashMap::with_capacity(seen.keys.len());
+        for key in seen.keys.into_keys() {
+            let &(i, r) = new_at
+                .get(&key)
+                .ok_or_else(|| Error::runtime(format!("build: no new row for key {key}")))?;
+            let values = columns
+                .iter()
+                .map(|&c| {
+                    let array = catalog::utf8(
+                        new_rows[i]
+                            .column_by_name(compared[c].name())
+                            .ok_or_else(|| Error::runtime("build: a new row lacks a column"))?,
+                    )?;
+                    Ok(array.is_valid(r).then(|| array.value(r).to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rows.insert(key, values);
+        }
+        let names = columns
+            .iter()
+            .map(|&c| compared[c].name().clone())
+            .collect();
+        plan.patches.insert(
+            file,
+            crate::patch::ColumnPatch {
+                columns: names,
+                rows,
+            },
+        );
+    }
+    Ok(plan)
+}
+
+/// The rows of `batch` whose `column` (as text) is not one of `keys`, and how many others.
+fn rows_of_keys_except(
+    batch: &RecordBatch,
+    column: &str,
+    keys: &HashSet<String>,
+) -> Result<(RecordBatch, u64)> {
+    if keys.is_empty() {
+        return Ok((batch.clone(), 0));
+    }
+    let values = arrow::compute::cast(
+        batch
+            .column_by_name(column)
+            .ok_or_else(|| Error::runtime(format!("build: no column {column}")))?,
+        &DataType::Utf8,
+    )?;
+    let values = catalog::utf8(&values)?;
+    let keep: arrow::array::BooleanArray = (0..batch.num_rows())
+        .map(|r| Some(values.is_null(r) || !keys.contains(values.value(r))))
+        .collect();
+    let dropped = keep.false_count() as u64;
+    Ok((arrow::compute::filter_record_batch(batch, &keep)?, dropped))
 }
 
 /// The join of `changed_keys k` (keys recorded as text) to column `column` of `alias`.

@@ -470,7 +470,12 @@ pub async fn run(
         let files: Vec<String> = patches.keys().cloned().collect();
         summary.events_patched = patches.values().map(|p| p.rows.len() as u64).sum();
         summary.files_patched = files.len() as u64;
-        patched_adds = patch::patch_files(&events, patches, &props, cfg.memory_limit).await?;
+        let target = crate::patch::Target {
+            table: EVENTS.name,
+            key: "event_id",
+        };
+        patched_adds =
+            crate::patch::patch_files(&events, target, patches, &props, cfg.memory_limit).await?;
         removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
     }
     if !superseded.is_empty() {

@@ -72,10 +72,14 @@ pub fn render(s: &BuildSummary) -> String {
         let detail = match t.mode {
             "up_to_date" => "up to date".to_string(),
             "incremental" => format!(
-                "incremental: {} keys, {} rows computed, {} copied",
+                "incremental: {} keys, {} rows computed, {} copied{}",
                 t.keys_changed.unwrap_or(0),
                 t.rows_computed,
-                t.rows_copied
+                t.rows_copied,
+                match t.files_patched {
+                    0 => String::new(),
+                    n => format!(", {} patched into {n} files", t.rows_patched),
+                }
             ),
             _ => format!(
                 "full ({}): {} rows",

@@ -222,11 +222,16 @@ both_backends!(incremental_build_equals_full_rebuild, |backend: Backend| {
     // Late files first, so resends and late events arrive before and after what they repeat.
     let order = [5usize, 1, 7, 0, 3, 6, 2, 4];
     let mut incremental_runs = 0;
+    let (mut files_patched, mut rows_copied) = (0, 0);
     for pair in order.chunks(3) {
         let batch: Vec<&str> = pair.iter().map(|i| files[*i].as_str()).collect();
         ctx.ingest_json(&batch);
         ctx.ok(&["clean", "-q"]);
         let s = build_json(&ctx, &[]);
+        for t in s["tables"].as_array().unwrap() {
+            files_patched += t["files_patched"].as_u64().unwrap_or(0);
+            rows_copied += t["rows_copied"].as_u64().unwrap_or(0);
+        }
         if table_mode(&s, "fact_sessions") == "incremental" {
             incremental_runs += 1;
             // Customers' favourites too, keyed by the customers whose events changed.
@@ -236,6 +241,11 @@ both_backends!(incremental_build_equals_full_rebuild, |backend: Backend| {
     assert_eq!(
         incremental_runs, 2,
         "every build after the first is incremental"
+    );
+    // Both ways of replacing changed rows ran: files patched and files rewritten.
+    assert!(
+        files_patched > 0 && rows_copied > 0,
+        "{files_patched} {rows_copied}"
     );
     let incremental = dump_star(&ctx);
     let s = build_json(&ctx, &["--full-refresh"]);
@@ -738,7 +748,8 @@ fn a_login_moves_a_visitors_interest_to_the_user_in_an_incremental_build() {
 /// A login stitches the visitor's earlier events to the user: those rows change in their
 /// identity columns alone. The tables that read none of them (daily product metrics, products)
 /// recompute only what the new event touched, not the earlier day; the tables that do
-/// (sessions) recompute the visitor's earlier session too. All equal a full rebuild.
+/// (sessions) recompute the visitor's earlier session too, patched into its file. All equal a
+/// full rebuild.
 #[test]
 fn a_login_recomputes_earlier_days_only_in_the_tables_that_read_identities() {
     let ctx = TestContext::new(Backend::Local);
@@ -775,6 +786,16 @@ fn a_login_recomputes_earlier_days_only_in_the_tables_that_read_identities() {
         "the earlier session has a user now"
     );
     assert_eq!(keys("agg_user_interest"), 2, "the visitor and the user");
+    // The earlier session changed customer only (user_key, user_id): its file is patched, and
+    // the file's statistics hold the new values, so a query pruned by them still finds it.
+    let sessions = table_of(&s, "fact_sessions");
+    assert_eq!(sessions["files_patched"], 1, "{sessions}");
+    assert_eq!(sessions["rows_patched"], 1, "{sessions}");
+    // (The file's user_id was all NULL before: stale statistics would prune it.)
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM fact_sessions WHERE user_id = 'user-1'"),
+        2
+    );
 
     let tables = [
         "agg_product_daily",
