@@ -1278,7 +1278,7 @@ async fn build_table(
                     let plan = plan_patches(ctx, &table, column, &rows).await?;
                     // The new rows but those the patches carry (or that equal the current ones).
                     for b in &rows {
-                        let (kept, _) = rows_of_keys_except(b, column, &plan.carried)?;
+                        let (kept, _) = rows_by_keys(b, column, &plan.carried, false)?;
                         sink.write(&kept).await?;
                     }
                     let mut adds = Vec::new();
@@ -1362,13 +1362,24 @@ fn rows_of_keys(
     column: &str,
     keys: &HashSet<String>,
 ) -> Result<(RecordBatch, u64)> {
+    rows_by_keys(batch, column, keys, true)
+}
+
+/// The rows of `batch` whose `column` is NULL, or one of `keys` when `listed` (else not one of
+/// them), and how many others.
+fn rows_by_keys(
+    batch: &RecordBatch,
+    column: &str,
+    keys: &HashSet<String>,
+    listed: bool,
+) -> Result<(RecordBatch, u64)> {
     let Some(values) = batch.column_by_name(column) else {
         return Ok((batch.clone(), 0));
     };
     // Rows whose key is NULL stay, as in a full build.
     let keep: arrow::array::BooleanArray = delta::key_in(values, keys)?
         .iter()
-        .map(|within| Some(within != Some(false)))
+        .map(|within| Some(within.is_none_or(|w| w == listed)))
         .collect();
     let dropped = keep.false_count() as u64;
     if dropped == 0 {
@@ -1447,12 +1458,10 @@ async fn plan_patches(
     // The new rows by key, to take the patched values from.
     let mut new_at: HashMap<String, (usize, usize)> = HashMap::new();
     for (i, b) in new_rows.iter().enumerate() {
-        let keys = arrow::compute::cast(
+        let keys = catalog::utf8(
             b.column_by_name(column)
                 .ok_or_else(|| Error::runtime(format!("build: no column {column}")))?,
-            &DataType::Utf8,
         )?;
-        let keys = catalog::utf8(&keys)?;
         for r in 0..b.num_rows() {
             if keys.is_valid(r) && new_at.insert(keys.value(r).to_string(), (i, r)).is_some() {
                 // Several rows a key (a table finer than its unique_key, such as daily
@@ -1544,6 +1553,20 @@ async fn plan_patches(
         return Ok(PatchPlan::default());
     }
 
+    // The patchable columns of the new rows, as text (the others are never read).
+    let texts: Vec<Vec<arrow::array::StringArray>> = new_rows
+        .iter()
+        .map(|b| {
+            compared
+                .iter()
+                .zip(&patchable)
+                .map(|(f, &p)| match p {
+                    true => catalog::utf8(b.column(b.schema().index_of(f.name())?)),
+                    false => Ok(arrow::array::StringArray::new_null(0)),
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<_>>()?;
     let mut plan = PatchPlan::default();
     for (file, seen) in files {
         let single = seen
@@ -1568,14 +1591,10 @@ async fn plan_patches(
             let values = columns
                 .iter()
                 .map(|&c| {
-                    let array = catalog::utf8(
-                        new_rows[i]
-                            .column_by_name(compared[c].name())
-                            .ok_or_else(|| Error::runtime("build: a new row lacks a column"))?,
-                    )?;
-                    Ok(array.is_valid(r).then(|| array.value(r).to_string()))
+                    let array = &texts[i][c];
+                    array.is_valid(r).then(|| array.value(r).to_string())
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect();
             rows.insert(key, values);
         }
         let names = columns
@@ -1591,29 +1610,6 @@ async fn plan_patches(
         );
     }
     Ok(plan)
-}
-
-/// The rows of `batch` whose `column` (as text) is not one of `keys`, and how many others.
-fn rows_of_keys_except(
-    batch: &RecordBatch,
-    column: &str,
-    keys: &HashSet<String>,
-) -> Result<(RecordBatch, u64)> {
-    if keys.is_empty() {
-        return Ok((batch.clone(), 0));
-    }
-    let values = arrow::compute::cast(
-        batch
-            .column_by_name(column)
-            .ok_or_else(|| Error::runtime(format!("build: no column {column}")))?,
-        &DataType::Utf8,
-    )?;
-    let values = catalog::utf8(&values)?;
-    let keep: arrow::array::BooleanArray = (0..batch.num_rows())
-        .map(|r| Some(values.is_null(r) || !keys.contains(values.value(r))))
-        .collect();
-    let dropped = keep.false_count() as u64;
-    Ok((arrow::compute::filter_record_batch(batch, &keep)?, dropped))
 }
 
 /// The join of `changed_keys k` (keys recorded as text) to column `column` of `alias`.
