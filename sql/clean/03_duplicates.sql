@@ -59,6 +59,7 @@ ranked AS (
     FROM copies
     WINDOW arrival AS (
         PARTITION BY event_id ORDER BY received_at, source_file, line_number, batch_id
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
     )
 ),
 
