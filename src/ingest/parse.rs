@@ -1310,6 +1310,7 @@ struct Out<'s> {
     error: Option<crate::error::Error>,
     /// The row's `properties` JSON, reused from row to row.
     properties: String,
+    pseudonyms: crate::privacy::PseudonymCache,
 }
 
 impl<'s> Out<'s> {
@@ -1326,6 +1327,7 @@ impl<'s> Out<'s> {
             ingest_date: date_of(s.ingested_at_us),
             error: None,
             properties: String::new(),
+            pseudonyms: Default::default(),
         }
     }
 
@@ -1450,6 +1452,7 @@ impl<'s> Out<'s> {
                         field(F_ANONYMOUS_ID),
                         field(F_EMAIL),
                         field(F_IP),
+                        &mut self.pseudonyms,
                     ) {
                         Ok(p) => p,
                         Err(msg) => {
