@@ -88,6 +88,42 @@ pub fn writer(
         .with_target_file_size(target_file_size))
 }
 
+/// Writes `batch`, whose rows all belong to one partition of a table partitioned by
+/// `partition_columns`, without the split by partition values that [`DeltaWriter::write`] does
+/// (a hash per row, then a copy of every column). Fails if the rows are not of one partition.
+pub async fn write_partition(
+    writer: &mut RecordBatchWriter,
+    partition_columns: &[String],
+    batch: arrow::array::RecordBatch,
+) -> Result<()> {
+    use deltalake::kernel::scalars::ScalarExt;
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(partition_columns.len());
+    for name in partition_columns {
+        let column = batch.column_by_name(name).ok_or_else(|| {
+            Error::runtime(format!("a batch to write has no partition column {name}"))
+        })?;
+        let first = arrow::array::Scalar::new(column.slice(0, 1));
+        let same = arrow::compute::kernels::cmp::not_distinct(column, &first)?;
+        if same.true_count() != batch.num_rows() {
+            return Err(Error::runtime(format!(
+                "a batch to write holds more than one value of partition column {name}"
+            )));
+        }
+        let value = ScalarExt::from_array(column.as_ref(), 0).ok_or_else(|| {
+            Error::runtime(format!("partition column {name}: unsupported value type"))
+        })?;
+        values.push((name.clone(), value));
+    }
+    let values = values.into_iter().collect();
+    writer
+        .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
+        .await?;
+    Ok(())
+}
+
 /// The version recorded for an application id, if any.
 pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
     let state = table.snapshot()?;
@@ -477,4 +513,71 @@ pub fn remove_actions(table: &DeltaTable, files: &[String], name: &str) -> Resul
         )));
     }
     Ok(removes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    use deltalake::kernel::StructType;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_of_one_partition_is_written_as_it_is_and_a_mixed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("p", DataType::Utf8, true),
+        ]));
+        let kernel: StructType = schema.as_ref().try_into_kernel().unwrap();
+        let table = deltalake::operations::create::CreateBuilder::new()
+            .with_location(
+                url::Url::from_directory_path(dir.path())
+                    .unwrap()
+                    .to_string(),
+            )
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns(["p".to_string()])
+            .await
+            .unwrap();
+        let batch = |p: [&str; 2]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(vec![1, 2])),
+                    Arc::new(StringArray::from(p.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let partitions = ["p".to_string()];
+        let mut w = writer(&table, WriterProperties::default(), 1 << 20).unwrap();
+        write_partition(&mut w, &partitions, batch(["a", "a"]))
+            .await
+            .unwrap();
+        let err = write_partition(&mut w, &partitions, batch(["a", "b"]))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("more than one value of partition column p"),
+            "{err}"
+        );
+        let adds = w.flush().await.unwrap();
+        assert_eq!(adds.len(), 1);
+        assert_eq!(
+            adds[0].partition_values.get("p"),
+            Some(&Some("a".to_string()))
+        );
+        assert!(adds[0].path.starts_with("p=a/"), "{}", adds[0].path);
+        assert!(adds[0]
+            .stats
+            .as_deref()
+            .unwrap()
+            .contains("\"numRecords\":2"));
+    }
 }

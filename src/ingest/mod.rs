@@ -452,6 +452,7 @@ async fn run_group(
 ) -> Result<GroupResult> {
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let mut raw_w = delta::writer(raw, props.clone(), cfg.ingest.target_file_size)?;
+    let raw_partitions = raw.snapshot()?.metadata().partition_columns().to_vec();
     let mut q_w = delta::writer(quarantine, props, cfg.ingest.target_file_size)?;
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
     let mut raw_adds: Vec<Add> = Vec::new();
@@ -483,8 +484,8 @@ async fn run_group(
                 st.chunks_seen += 1;
                 rows_seen += out.stats.lines;
                 let step = async {
-                    if out.raw.num_rows() > 0 {
-                        raw_w.write(out.raw).await?;
+                    for part in out.raw {
+                        delta::write_partition(&mut raw_w, &raw_partitions, part).await?;
                     }
                     if modes[out.file_idx] == Mode::Full && out.quarantine.num_rows() > 0 {
                         q_w.write(out.quarantine).await?;

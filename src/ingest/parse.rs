@@ -276,7 +276,9 @@ impl LineStats {
 
 pub struct ChunkOutput {
     pub file_idx: usize,
-    pub raw: RecordBatch,
+    /// The landed rows, one batch per raw_events partition (event_date, segment), each in line
+    /// order: the writer needs no split.
+    pub raw: Vec<RecordBatch>,
     pub quarantine: RecordBatch,
     pub stats: LineStats,
 }
@@ -1299,8 +1301,18 @@ pub fn csv_record_end(data: &[u8]) -> Option<usize> {
 }
 
 /// Appends rows to a chunk's two output batches.
-struct Out<'s> {
+/// The rows of one chunk that land in one raw_events partition.
+struct RawPart<'s> {
+    event_date: i32,
+    segment: &'s str,
     rb: RawBuilders,
+}
+
+struct Out<'s> {
+    /// Landed rows by partition, in order of first appearance.
+    parts: Vec<RawPart<'s>>,
+    /// Rows a new partition's builders are sized for.
+    part_cap: usize,
     qb: QuarantineBuilders,
     stats: LineStats,
     s: &'s ParseSettings,
@@ -1316,10 +1328,9 @@ struct Out<'s> {
 impl<'s> Out<'s> {
     fn new(chunk: &'s Chunk, s: &'s ParseSettings) -> Self {
         Out {
-            rb: RawBuilders::new(
-                (chunk.data.len() / 400).max(16),
-                (chunk.source_file.len(), s.batch_id.len()),
-            ),
+            parts: Vec::new(),
+            // A chunk's rows usually spread over a handful of segments of one or two days.
+            part_cap: (chunk.data.len() / 400 / 4).max(16),
             qb: QuarantineBuilders::new(),
             stats: LineStats::default(),
             s,
@@ -1351,7 +1362,29 @@ impl<'s> Out<'s> {
     }
 
     fn land(&mut self, line_no: u64, fields: &Fields<'_>, v: &Valid<'_>, p: &Protected) {
-        let (rb, s) = (&mut self.rb, self.s);
+        let s = self.s;
+        let event_date = date_of(v.event_time);
+        let user = match &p.user_id {
+            Some(u) => u.as_deref(),
+            None => v.user_id,
+        };
+        let segment = s.segments.segment(user);
+        let part = match self
+            .parts
+            .iter()
+            .rposition(|p| p.event_date == event_date && p.segment == segment)
+        {
+            Some(i) => i,
+            None => {
+                self.parts.push(RawPart {
+                    event_date,
+                    segment,
+                    rb: RawBuilders::new(self.part_cap, (self.source.len(), s.batch_id.len())),
+                });
+                self.parts.len() - 1
+            }
+        };
+        let rb = &mut self.parts[part].rb;
         let allowed = s.privacy.allowed.as_ref();
         self.stats.landed += 1;
         for (field, val) in fields.v.iter().enumerate() {
@@ -1423,12 +1456,8 @@ impl<'s> Out<'s> {
         rb.line_number.append_value(line_no as i64);
         rb.batch_id.append_value(&*s.batch_id);
         rb.ingested_at.append_value(s.ingested_at_us);
-        rb.event_date.append_value(date_of(v.event_time));
-        let user = match &p.user_id {
-            Some(u) => u.as_deref(),
-            None => v.user_id,
-        };
-        rb.segment.append_value(s.segments.segment(user));
+        rb.event_date.append_value(event_date);
+        rb.segment.append_value(segment);
     }
 
     /// Validates one row's fields and lands or quarantines it.
@@ -1482,7 +1511,11 @@ impl<'s> Out<'s> {
         }
         Ok(ChunkOutput {
             file_idx,
-            raw: self.rb.finish(&self.s.raw_schema),
+            raw: self
+                .parts
+                .iter_mut()
+                .map(|p| p.rb.finish(&self.s.raw_schema))
+                .collect(),
             quarantine: self.qb.finish(&self.s.quarantine_schema),
             stats: self.stats,
         })
