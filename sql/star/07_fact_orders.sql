@@ -10,29 +10,51 @@
 WITH purchases AS (
     SELECT
         order_id, product_id, quantity, revenue, currency, event_time, event_id, session_key,
-        anonymous_id, coalesce(stitched_user_id, user_id) AS user_id,
-        row_number() OVER (PARTITION BY order_id ORDER BY event_time, event_id)             AS order_pos,
-        row_number() OVER (PARTITION BY order_id, product_id ORDER BY event_time, event_id) AS line_pos
+        anonymous_id, coalesce(stitched_user_id, user_id) AS user_id
     FROM events
     WHERE event_type = 'purchase' AND order_id IS NOT NULL
 ),
-lines AS (
-    SELECT order_id, count(*) AS lines, sum(coalesce(quantity, 1)) AS items
+-- Each product of an order once, with its first purchase event (by event_time, then event_id):
+-- the quantity it counts, and the attributes the order takes if that event is the order's first.
+-- Ordered aggregates keep the first row per group instead of sorting every purchase event, and
+-- the orders come from these lines, so `events` is scanned once.
+product_lines AS (
+    SELECT
+        order_id,
+        min(event_time)                                                   AS first_time,
+        first_value(event_id ORDER BY event_time, event_id)               AS first_event_id,
+        first_value(coalesce(quantity, 1) ORDER BY event_time, event_id)  AS quantity,
+        first_value(user_id ORDER BY event_time, event_id)                AS user_id,
+        first_value(anonymous_id ORDER BY event_time, event_id)           AS anonymous_id,
+        first_value(session_key ORDER BY event_time, event_id)            AS session_key,
+        first_value(revenue ORDER BY event_time, event_id)                AS revenue,
+        first_value(currency ORDER BY event_time, event_id)               AS currency
     FROM purchases
-    WHERE line_pos = 1
+    GROUP BY order_id, product_id
+),
+orders AS (
+    SELECT
+        order_id,
+        count(*)                                                          AS lines,
+        sum(quantity)                                                     AS items,
+        min(first_time)                                                   AS ordered_at,
+        first_value(user_id ORDER BY first_time, first_event_id)          AS user_id,
+        first_value(anonymous_id ORDER BY first_time, first_event_id)     AS anonymous_id,
+        first_value(session_key ORDER BY first_time, first_event_id)      AS session_key,
+        first_value(revenue ORDER BY first_time, first_event_id)          AS revenue,
+        first_value(currency ORDER BY first_time, first_event_id)         AS currency
+    FROM product_lines
     GROUP BY order_id
 )
 SELECT
-    p.order_id,
-    CASE WHEN p.user_id IS NOT NULL THEN md5(concat('user', chr(31), p.user_id))
-         ELSE md5(concat('anonymous', chr(31), p.anonymous_id)) END AS user_key,
-    p.session_key,
-    CAST(to_char(p.event_time, '%Y%m%d') AS INT)                    AS date_key,
-    p.event_time                                                    AS ordered_at,
-    p.revenue,
-    p.currency,
-    l.lines,
-    l.items
-FROM purchases p
-JOIN lines l ON l.order_id = p.order_id
-WHERE p.order_pos = 1
+    order_id,
+    CASE WHEN user_id IS NOT NULL THEN md5(concat('user', chr(31), user_id))
+         ELSE md5(concat('anonymous', chr(31), anonymous_id)) END     AS user_key,
+    session_key,
+    CAST(to_char(ordered_at, '%Y%m%d') AS INT)                      AS date_key,
+    ordered_at,
+    revenue,
+    currency,
+    lines,
+    items
+FROM orders

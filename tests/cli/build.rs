@@ -526,8 +526,8 @@ fn a_model_failing_as_it_runs_stops_the_build_and_the_fixed_model_finishes_it() 
     let sql_dir = ctx.override_edited_model(
         "star",
         "07_fact_orders.sql",
-        "    l.lines,\n",
-        "    CAST(p.order_id AS INT) AS lines,\n",
+        "    lines,\n",
+        "    CAST(order_id AS INT) AS lines,\n",
     );
     let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
@@ -567,8 +567,8 @@ fn a_changed_model_rebuilds_its_incremental_table_in_full() {
     let sql_dir = ctx.override_edited_model(
         "star",
         "07_fact_orders.sql",
-        "    l.items\n",
-        "    0 * l.items AS items\n",
+        "    items\n",
+        "    0 * items AS items\n",
     );
 
     pipeline(&ctx, &files[2]);
