@@ -1300,7 +1300,6 @@ pub fn csv_record_end(data: &[u8]) -> Option<usize> {
     None
 }
 
-/// Appends rows to a chunk's two output batches.
 /// The rows of one chunk that land in one raw_events partition.
 struct RawPart<'s> {
     event_date: i32,
@@ -1308,6 +1307,7 @@ struct RawPart<'s> {
     rb: RawBuilders,
 }
 
+/// Appends rows to a chunk's output batches: landed rows by partition, and quarantined ones.
 struct Out<'s> {
     /// Landed rows by partition, in order of first appearance.
     parts: Vec<RawPart<'s>>,
@@ -1322,6 +1322,7 @@ struct Out<'s> {
     error: Option<crate::error::Error>,
     /// The row's `properties` JSON, reused from row to row.
     properties: String,
+    /// Pseudonyms already computed for this chunk's personal values.
     pseudonyms: crate::privacy::PseudonymCache,
 }
 
