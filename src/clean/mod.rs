@@ -20,7 +20,6 @@
 //! files only; the next run starts again from the recorded version.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -376,7 +375,9 @@ pub async fn run(
     // New versions of rows to patch into their files (see `patch`), with those files.
     let mut to_patch: Vec<RecordBatch> = Vec::new();
     let mut to_patch_rows = 0usize;
-    let mut sessions: HashSet<u64> = HashSet::new();
+    // Sessions touched, counted by a 64-bit hash of their key (computed a batch at a time).
+    let mut sessions: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>> = HashSet::default();
+    let mut session_hashes: Vec<u64> = Vec::new();
     let mut changes = ChangeKeys::default();
     let mut superseded: HashSet<String> = HashSet::new();
     let mut changed_ids: Vec<String> = Vec::new();
@@ -393,11 +394,15 @@ pub async fn run(
         let ids = batch.column_by_name("event_id").expect("event_id");
         summary.events_recomputed += (ids.len() - ids.null_count()) as u64;
         if let Some(keys) = batch.column_by_name("session_key") {
-            for k in catalog::utf8(keys)?.iter().flatten() {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                k.hash(&mut h);
-                sessions.insert(h.finish());
-            }
+            session_hashes.clear();
+            session_hashes.resize(keys.len(), 0);
+            datafusion::common::hash_utils::create_hashes(
+                [keys],
+                &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+                &mut session_hashes,
+            )?;
+            let valid = (0..keys.len()).filter(|&i| keys.is_valid(i));
+            sessions.extend(valid.map(|i| session_hashes[i]));
         }
         let batch = match batch.column_by_name("__changed") {
             None => batch,
@@ -545,6 +550,27 @@ pub async fn run(
 
 /// The fingerprint of the clean logic: every model's name and text, and the
 /// session gap.
+/// A hasher for keys that are already 64-bit hashes of good quality: it passes them through.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with it; fold anything else rather than lose it.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 fn logic_fingerprint(models: &[Model], cfg: &Config) -> i64 {
     let mut h = crate::fingerprint::Fingerprint::new();
     for m in models {
