@@ -548,8 +548,6 @@ pub async fn run(
     Ok(summary)
 }
 
-/// The fingerprint of the clean logic: every model's name and text, and the
-/// session gap.
 /// A hasher for keys that are already 64-bit hashes of good quality: it passes them through.
 #[derive(Default)]
 struct Prehashed(u64);
@@ -571,6 +569,8 @@ impl std::hash::Hasher for Prehashed {
     }
 }
 
+/// The fingerprint of the clean logic: every model's name and text, and the
+/// session gap.
 fn logic_fingerprint(models: &[Model], cfg: &Config) -> i64 {
     let mut h = crate::fingerprint::Fingerprint::new();
     for m in models {
