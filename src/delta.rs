@@ -23,6 +23,9 @@ use deltalake::DeltaTable;
 
 use crate::error::{Error, Result};
 
+mod spread;
+pub use spread::SpreadSink;
+
 /// Columns whose values repeat too little for a dictionary to pay: unique per row, or shared by
 /// a handful of rows (a session's, a visitor's) in a file of hundreds of thousands. Trying a
 /// dictionary costs a hash per value until it overflows, and the plain pages come out smaller.
@@ -100,18 +103,14 @@ pub async fn write_partition(
     if batch.num_rows() == 0 {
         return Ok(());
     }
+    if !is_one_partition(&batch, partition_columns)? {
+        return Err(Error::runtime(
+            "a batch to write holds rows of more than one partition",
+        ));
+    }
     let mut values = Vec::with_capacity(partition_columns.len());
     for name in partition_columns {
-        let column = batch.column_by_name(name).ok_or_else(|| {
-            Error::runtime(format!("a batch to write has no partition column {name}"))
-        })?;
-        let first = arrow::array::Scalar::new(column.slice(0, 1));
-        let same = arrow::compute::kernels::cmp::not_distinct(column, &first)?;
-        if same.true_count() != batch.num_rows() {
-            return Err(Error::runtime(format!(
-                "a batch to write holds more than one value of partition column {name}"
-            )));
-        }
+        let column = batch.column_by_name(name).expect("checked above");
         let value = ScalarExt::from_array(column.as_ref(), 0).ok_or_else(|| {
             Error::runtime(format!("partition column {name}: unsupported value type"))
         })?;
@@ -122,6 +121,25 @@ pub async fn write_partition(
         .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
         .await?;
     Ok(())
+}
+
+/// Whether every row of `batch` (not empty) has the first row's values of `partition_columns`
+/// (nulls equal), compared a column at a time.
+fn is_one_partition(
+    batch: &arrow::array::RecordBatch,
+    partition_columns: &[String],
+) -> Result<bool> {
+    for name in partition_columns {
+        let column = batch.column_by_name(name).ok_or_else(|| {
+            Error::runtime(format!("a batch to write has no partition column {name}"))
+        })?;
+        let first = arrow::array::Scalar::new(column.slice(0, 1));
+        let same = arrow::compute::kernels::cmp::not_distinct(column, &first)?;
+        if same.true_count() != batch.num_rows() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The version recorded for an application id, if any.
@@ -198,6 +216,7 @@ pub struct TableSink {
     adds: Vec<Add>,
     flush_at: usize,
     target: arrow::datatypes::SchemaRef,
+    partition_columns: Vec<String>,
     what: String,
     table: String,
     rows: u64,
@@ -212,7 +231,9 @@ impl TableSink {
         flush_at: usize,
         what: impl Into<String>,
     ) -> Result<TableSink> {
-        let target = table.snapshot()?.snapshot().arrow_schema();
+        let snapshot = table.snapshot()?;
+        let target = snapshot.snapshot().arrow_schema();
+        let partition_columns = snapshot.metadata().partition_columns().to_vec();
         Ok(TableSink {
             writer: writer(table, props.clone(), target_file_size)?,
             for_table: table.clone(),
@@ -221,6 +242,7 @@ impl TableSink {
             adds: Vec::new(),
             flush_at,
             target,
+            partition_columns,
             what: what.into(),
             table: table_name(table),
             rows: 0,
@@ -261,12 +283,28 @@ impl TableSink {
             .write(conformed)
             .await
             .map_err(|e| write_failed(table, e))?;
+        self.flush_if_full().await
+    }
+
+    /// Writes `batch`, whose rows are all of one partition, without deltalake's split by
+    /// partition (see [`write_partition`]).
+    async fn write_part(&mut self, batch: arrow::array::RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let conformed = self.conform(&batch)?;
+        self.rows += conformed.num_rows() as u64;
+        write_partition(&mut self.writer, &self.partition_columns, conformed).await?;
+        self.flush_if_full().await
+    }
+
+    async fn flush_if_full(&mut self) -> Result<()> {
         if self.writer.buffer_len() > self.flush_at {
             let adds = self
                 .writer
                 .flush()
                 .await
-                .map_err(|e| write_failed(table, e))?;
+                .map_err(|e| write_failed(&self.table, e))?;
             self.adds.extend(adds);
         }
         Ok(())
@@ -563,8 +601,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("more than one value of partition column p"),
+            err.to_string().contains("rows of more than one partition"),
             "{err}"
         );
         let adds = w.flush().await.unwrap();

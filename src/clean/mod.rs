@@ -376,7 +376,8 @@ pub async fn run(
     let mut to_patch: Vec<RecordBatch> = Vec::new();
     let mut to_patch_rows = 0usize;
     // Sessions touched, counted by a 64-bit hash of their key (computed a batch at a time).
-    let mut sessions: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>> = HashSet::default();
+    let mut sessions: HashSet<u64, std::hash::BuildHasherDefault<crate::fingerprint::Prehashed>> =
+        HashSet::default();
     let mut session_hashes: Vec<u64> = Vec::new();
     let mut changes = ChangeKeys::default();
     let mut superseded: HashSet<String> = HashSet::new();
@@ -387,6 +388,7 @@ pub async fn run(
         datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
     );
     let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+    let mut spread = delta::SpreadSink::new(&mut write)?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
@@ -452,9 +454,10 @@ pub async fn run(
             }
         };
         summary.events_changed += batch.num_rows() as u64;
-        write.write(&batch).await?;
+        spread.write(&batch).await?;
         progress.set_message(format!("{} events recomputed", summary.events_recomputed));
     }
+    spread.finish().await?;
     lap("models run, changed rows written");
     if let Some(pool) = ctx
         .runtime_env()
@@ -546,27 +549,6 @@ pub async fn run(
     summary.seconds = started.elapsed().as_secs_f64();
     summary.rows_per_sec = summary.raw_rows_consumed as f64 / summary.seconds.max(1e-9);
     Ok(summary)
-}
-
-/// A hasher for keys that are already 64-bit hashes of good quality: it passes them through.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl std::hash::Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed with it; fold anything else rather than lose it.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// The fingerprint of the clean logic: every model's name and text, and the
