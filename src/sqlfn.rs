@@ -140,6 +140,83 @@ impl ScalarUDFImpl for TrimToNull {
     }
 }
 
+/// A filter true where any of `keys`' columns holds one of that column's values (a set per
+/// column; a NULL matches nothing), for a scan that must find rows by several keys at once. An
+/// `IN` list of the same values costs a pruning predicate of every literal at each file opened
+/// and a plan of every literal; the sets are looked up once a row.
+pub fn in_key_sets(
+    keys: Vec<(&str, std::collections::HashSet<String>)>,
+) -> datafusion::prelude::Expr {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (columns, sets): (Vec<_>, Vec<_>) = keys
+        .into_iter()
+        .map(|(c, set)| (datafusion::prelude::col(c), set.into_iter().collect()))
+        .unzip();
+    let udf = InKeySets {
+        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        sets,
+        signature: Signature::variadic_any(Volatility::Immutable),
+    };
+    ScalarUDF::new_from_impl(udf).call(columns)
+}
+
+#[derive(Debug)]
+struct InKeySets {
+    /// Tells instances apart (their sets are not compared).
+    id: u64,
+    sets: Vec<datafusion::common::HashSet<String>>,
+    signature: Signature,
+}
+
+impl PartialEq for InKeySets {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for InKeySets {}
+
+impl std::hash::Hash for InKeySets {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for InKeySets {
+    fn name(&self) -> &str {
+        "in_key_sets"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let mut hit = vec![false; n];
+        for (arg, set) in args.args.iter().zip(&self.sets) {
+            let array = arg.to_array(n)?;
+            let mut mark = |values: &mut dyn Iterator<Item = Option<&str>>| {
+                for (h, v) in hit.iter_mut().zip(values) {
+                    *h = *h || v.is_some_and(|v| set.contains(v));
+                }
+            };
+            match array.data_type() {
+                DataType::Utf8View => mark(&mut array.as_string_view().iter()),
+                DataType::Utf8 => mark(&mut array.as_string::<i32>().iter()),
+                DataType::LargeUtf8 => mark(&mut array.as_string::<i64>().iter()),
+                other => return exec_err!("in_key_sets takes strings, not {other}"),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(hit))))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum JsonOp {
     Get,
@@ -359,5 +436,55 @@ mod tests {
         }
         assert_eq!(one("SELECT trim_to_null(' x ')").await, "x");
         assert_eq!(one("SELECT trim_to_null('  ')").await, "NULL");
+    }
+
+    #[tokio::test]
+    async fn key_sets_match_a_row_by_any_of_its_columns() {
+        use arrow::array::{RecordBatch, StringArray};
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(StringArray::from(vec![
+                    Some("e1"),
+                    Some("e2"),
+                    None,
+                    Some("e4"),
+                ])) as ArrayRef,
+            ),
+            (
+                "visitor",
+                Arc::new(StringViewArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    Some("c"),
+                    None,
+                ])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let ctx = SessionContext::new();
+        let kept = ctx
+            .read_batch(batch)
+            .unwrap()
+            .filter(in_key_sets(vec![
+                ("id", set(&["e2", "e4"])),
+                ("visitor", set(&["c"])),
+            ]))
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let ids: Vec<Option<String>> = kept
+            .iter()
+            .flat_map(|b| {
+                let c = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                c.as_string::<i32>()
+                    .iter()
+                    .map(|v| v.map(str::to_string))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(ids, vec![Some("e2".into()), None, Some("e4".into())]);
     }
 }

@@ -260,29 +260,48 @@ pub async fn run(
                 .table_provider()
                 .with_file_column(FILE_COLUMN)
                 .await?;
-            // The current copies of the new event ids (arrival keys and payload, to settle
-            // resends): one scan of events.
+            // One scan of events finds the current copies of the new event ids (to settle
+            // resends) and every current row of the new rows' visitors.
             let new_ids = collect_strings(
                 &ctx,
                 "SELECT DISTINCT event_id FROM normalized WHERE event_id IS NOT NULL",
             )
             .await?;
-            let keys = [
-                "event_id",
-                "received_at",
-                "source_file",
-                "line_number",
-                "batch_id",
-            ];
-            let copy_columns: Vec<&str> = keys.into_iter().chain(payload_columns()).collect();
-            let (copies, _) =
-                rows_where_in(&ctx, current.clone(), "event_id", new_ids, &copy_columns).await?;
-            ctx.register_table("current_copies", copies)?;
-            lap("current copies of the new event ids read");
+            let new_visitors: HashSet<String> = collect_strings(
+                &ctx,
+                "SELECT DISTINCT anonymous_id FROM normalized WHERE anonymous_id IS NOT NULL",
+            )
+            .await?
+            .into_iter()
+            .collect();
+            let found = rows_matching_any(
+                &ctx,
+                current.clone(),
+                vec![
+                    ("event_id", new_ids.into_iter().collect()),
+                    ("anonymous_id", new_visitors.clone()),
+                ],
+            )
+            .await?;
+            ctx.register_table("current_found", found)?;
+            let copies = ctx
+                .sql(
+                    "SELECT * FROM current_found \
+                     WHERE event_id IN (SELECT event_id FROM normalized)",
+                )
+                .await?;
+            let copies = models::memory_table(copies, usize::MAX)
+                .await?
+                .expect("no row limit");
+            ctx.register_table("current_copies", Arc::new(copies))?;
+            lap("current copies of the new event ids and rows of their visitors read");
             let (exact, conflicting) = settle_losing_resends(&ctx).await?;
             lap("losing resends settled");
             summary.exact_duplicates += exact;
             summary.conflicting_duplicates += conflicting;
+            // The visitors of the new rows that are not losing resends, and of the current
+            // copies of their event ids: a copy may belong to another visitor (a resend under a
+            // new anonymous id), whose rows one more scan reads.
             let touched = collect_strings(
                 &ctx,
                 "SELECT DISTINCT anonymous_id FROM normalized \
@@ -292,10 +311,31 @@ pub async fn run(
             )
             .await?;
             summary.visitors_touched = touched.len() as u64;
-            lap("touched visitors found");
-            // Every current row of a touched visitor, with the file that holds it: one more scan.
-            let (rows, n) = rows_where_in(&ctx, current, "anonymous_id", touched, &[]).await?;
-            ctx.register_table("current_touched", rows)?;
+            let (read, others): (Vec<String>, Vec<String>) =
+                touched.into_iter().partition(|v| new_visitors.contains(v));
+            ctx.register_table("__read_visitors", Arc::new(string_table("__key", read)?))?;
+            let mut sql = "SELECT * FROM current_found \
+                 WHERE anonymous_id IN (SELECT __key FROM __read_visitors)"
+                .to_string();
+            if !others.is_empty() {
+                let theirs = rows_matching_any(
+                    &ctx,
+                    current,
+                    vec![("anonymous_id", others.into_iter().collect())],
+                )
+                .await?;
+                ctx.register_table("current_theirs", theirs)?;
+                sql.push_str(" UNION ALL SELECT * FROM current_theirs");
+            }
+            let rows = models::memory_table(ctx.sql(&sql).await?, usize::MAX)
+                .await?
+                .expect("no row limit");
+            ctx.register_table("current_touched", Arc::new(rows))?;
+            // Rows of visitors whose only new rows lost to their current copies, let go.
+            ctx.deregister_table("current_found")?;
+            let n = catalog::query_i64(&ctx, "SELECT count(*) FROM current_touched")
+                .await?
+                .unwrap_or(0);
             lap("their current rows read");
             if n > 0 {
                 let carried = ctx
@@ -654,51 +694,29 @@ async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
     Ok((exact, conflicting))
 }
 
-/// The rows of `table` whose `column` is one of `values` (only `columns` of them, all when
-/// empty), collected in memory, and their number. The values are the build side of a hash join
-/// whose dynamic filter reaches the Parquet reader: it evaluates the filter on `column` first,
-/// so only matching rows leave the scan (pages without a match are skipped; with matches spread
-/// over every page, as event ids and visitors are, every page is still decoded).
-async fn rows_where_in(
+/// The rows of `table` (every column) whose value in any of `keys`' columns is one of that
+/// column's values, collected in memory. The filter reaches the Parquet reader, which evaluates
+/// it on the key columns first, so only matching rows leave the scan. One scan answers every key
+/// column: with matches spread over every page, as event ids and visitors are, every page is
+/// decoded, so a second scan would cost as much as the first.
+async fn rows_matching_any(
     ctx: &SessionContext,
     table: Arc<dyn TableProvider>,
-    column: &str,
-    values: Vec<String>,
-    columns: &[&str],
-) -> Result<(Arc<MemTable>, usize)> {
-    ctx.register_table(
-        "__rows_where_in_keys",
-        Arc::new(string_table("__key", values)?),
-    )?;
-    ctx.register_table("__rows_where_in_table", table)?;
-    let select = if columns.is_empty() {
-        "t.*".to_string()
-    } else {
-        columns
-            .iter()
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    keys: Vec<(&str, HashSet<String>)>,
+) -> Result<Arc<MemTable>> {
     let df = ctx
-        .sql(&format!(
-            "SELECT {select} FROM __rows_where_in_keys k \
-             JOIN __rows_where_in_table t ON t.{column} = k.__key"
-        ))
-        .await?;
+        .read_table(table)?
+        .filter(crate::sqlfn::in_key_sets(keys))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let plan = df.create_physical_plan().await?;
     let stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
     let (schema, batches) = models::collect_compact(schema, stream).await?;
     tracing::debug!(
-        "rows_where_in plan:\n{}",
+        "rows_matching_any plan:\n{}",
         datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
             .indent(true)
     );
-    ctx.deregister_table("__rows_where_in_keys")?;
-    ctx.deregister_table("__rows_where_in_table")?;
-    let n = batches.iter().map(RecordBatch::num_rows).sum();
-    Ok((Arc::new(MemTable::try_new(schema, vec![batches])?), n))
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
 
 /// The rows of `raw_input` (answered from file statistics).

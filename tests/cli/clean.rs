@@ -336,3 +336,52 @@ fn a_changed_model_is_applied_to_every_row_not_only_the_new_ones() {
     clean_json(&ctx, &["--full-refresh"]);
     assert_eq!(incremental_then_back, dump_events(&ctx));
 }
+
+#[test]
+fn a_winning_resend_under_another_visitor_recomputes_both_visitors() {
+    let ctx = TestContext::new(Backend::Local);
+    let line = |id: &str, minute: u32, received: &str, visitor: &str| {
+        format!(
+            r#"{{"event_id":"{id}","event_time":"2026-03-02T10:{minute:02}:00Z","received_at":"2026-03-02T10:{received}Z","event_type":"page_view","anonymous_id":"{visitor}","page_url":"https://shop.example/{id}"}}"#
+        )
+    };
+    let first = ctx.path("first.ndjson");
+    std::fs::write(
+        &first,
+        [
+            line("e1", 0, "00:05", "visitor-a"),
+            line("e2", 25, "25:05", "visitor-a"),
+            line("e3", 50, "50:05", "visitor-a"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    ctx.ingest_json(&[first.to_str().unwrap()]);
+    clean_json(&ctx, &[]);
+    let sessions_of_a = || {
+        ctx.count("SELECT count(DISTINCT session_key) FROM events WHERE anonymous_id = 'visitor-a'")
+    };
+    assert_eq!(sessions_of_a(), 1);
+    // e2 again, received earlier and under another visitor: this copy wins. visitor-a sends
+    // nothing new but loses the event that held their session together (the 50 minutes
+    // between e1 and e3 are more than the 30-minute gap), so their rows are read and
+    // recomputed too.
+    let second = ctx.path("second.ndjson");
+    std::fs::write(&second, line("e2", 25, "25:01", "visitor-b")).unwrap();
+    ctx.ingest_json(&[second.to_str().unwrap()]);
+    let s = clean_json(&ctx, &[]);
+    assert_eq!(s["mode"], "incremental", "{s}");
+    assert_eq!(s["visitors_touched"], 2, "{s}");
+    assert_eq!(s["conflicting_duplicates"], 1, "{s}");
+    assert_eq!(
+        ctx.query("SELECT event_id, anonymous_id FROM events ORDER BY event_id"),
+        ctx.query(
+            "SELECT * FROM (VALUES ('e1', 'visitor-a'), ('e2', 'visitor-b'), ('e3', 'visitor-a')) \
+             ORDER BY 1"
+        )
+    );
+    assert_eq!(sessions_of_a(), 2);
+    let incremental = dump_events(&ctx);
+    clean_json(&ctx, &["--full-refresh"]);
+    assert_eq!(incremental, dump_events(&ctx));
+}
