@@ -564,24 +564,28 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_batch_of_one_partition_is_written_as_it_is_and_a_mixed_one_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A table of `v` (Int64) partitioned by `p` (Utf8) in `dir`, and its Arrow schema.
+    pub(super) async fn partitioned_table(
+        dir: &std::path::Path,
+    ) -> (DeltaTable, arrow::datatypes::SchemaRef) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("v", DataType::Int64, true),
             Field::new("p", DataType::Utf8, true),
         ]));
         let kernel: StructType = schema.as_ref().try_into_kernel().unwrap();
         let table = deltalake::operations::create::CreateBuilder::new()
-            .with_location(
-                url::Url::from_directory_path(dir.path())
-                    .unwrap()
-                    .to_string(),
-            )
+            .with_location(url::Url::from_directory_path(dir).unwrap().to_string())
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(["p".to_string()])
             .await
             .unwrap();
+        (table, schema)
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_one_partition_is_written_as_it_is_and_a_mixed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, schema) = partitioned_table(dir.path()).await;
         let batch = |p: [&str; 2]| {
             RecordBatch::try_new(
                 schema.clone(),

@@ -194,9 +194,6 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-    use deltalake::kernel::StructType;
     use deltalake::parquet::file::properties::WriterProperties;
 
     use super::*;
@@ -204,21 +201,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_row_is_written_once_and_each_partition_by_one_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("v", DataType::Int64, true),
-            Field::new("p", DataType::Utf8, true),
-        ]));
-        let kernel: StructType = schema.as_ref().try_into_kernel().unwrap();
-        let table = deltalake::operations::create::CreateBuilder::new()
-            .with_location(
-                url::Url::from_directory_path(dir.path())
-                    .unwrap()
-                    .to_string(),
-            )
-            .with_columns(kernel.fields().cloned())
-            .with_partition_columns(["p".to_string()])
-            .await
-            .unwrap();
+        let (table, schema) = crate::delta::tests::partitioned_table(dir.path()).await;
         let mut sink = TableSink::new(
             &table,
             WriterProperties::default(),
