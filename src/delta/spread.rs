@@ -22,8 +22,10 @@ const QUEUE: usize = 32;
 /// Each partition is owned by one of the two writers (the one with fewer rows when the
 /// partition is first seen, largest partitions first), so a partition still gets one file per
 /// `target_file_size`. Rows are split by partition here, with a vectorised hash of the
-/// partition columns and one `take` per partition, and each writer writes its parts without
-/// deltalake's split. The writers buffer up to half of `own`'s flush threshold each.
+/// partition columns and one `take` per partition, before the batch is cast to the table's
+/// types, so the `take` copies string views rather than strings; each writer then writes its
+/// parts without deltalake's own split (a row encoding and a map insert per row, then a `take`
+/// of every column). The writers buffer up to half of `own`'s flush threshold each.
 ///
 /// On one core, or for a table without partitions, every batch goes to `own` as it is.
 pub struct SpreadSink<'a> {
@@ -120,12 +122,12 @@ impl<'a> SpreadSink<'a> {
             self.load[lighter] += rows.len() as u64;
         }
         let mut mine = Vec::new();
-        for (h, rows) in &parts {
-            let owner = self.owners[h];
+        for (h, rows) in parts {
+            let owner = self.owners[&h];
             let part = if rows.len() == n {
                 batch.clone()
             } else {
-                arrow::compute::take_record_batch(batch, &UInt32Array::from(rows.clone()))?
+                arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
             };
             // Two partitions whose values hash alike go to `own` through deltalake's split.
             if !super::is_one_partition(&part, &self.own.partition_columns)? {
