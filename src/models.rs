@@ -248,11 +248,19 @@ pub async fn plan_chain(
                 model.origin,
                 datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
             );
-            let stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())
+            let stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())
                 .map_err(|e| model_error(model, e))?;
             let (schema, batches) = collect_compact(df_schema, stream)
                 .await
                 .map_err(|e| model_error(model, e))?;
+            tracing::trace!(
+                "{} ran:\n{}",
+                model.origin,
+                datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                    plan.as_ref()
+                )
+                .indent(true)
+            );
             let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
                 .map_err(|e| model_error(model, e))?;
             ctx.register_table(model.name.as_str(), std::sync::Arc::new(table))

@@ -427,7 +427,7 @@ pub async fn run(
         "clean plan:\n{}",
         datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
     );
-    let mut stream = datafusion::physical_plan::execute_stream(plan, ctx.task_ctx())?;
+    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
     let mut spread = delta::SpreadSink::new(&mut write)?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -511,6 +511,11 @@ pub async fn run(
             datafusion::execution::memory_pool::MemoryPool::reserved(pool) >> 20
         );
     }
+    tracing::trace!(
+        "clean plan ran:\n{}",
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+    );
     // Rows to patch into a file that is rewritten anyway go with the rewrite.
     let patches = patch::plan(to_patch, &superseded, &mut changed_ids, &mut write).await?;
     let mut patched_adds = Vec::new();
