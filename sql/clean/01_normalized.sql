@@ -4,7 +4,8 @@
 -- Rules  timestamps stay UTC (ingest converted every offset); strings are trimmed and an empty
 --        string becomes NULL (trim_to_null(s) = nullif(trim(s), ''), without copying a column
 --        that needs neither); event_type is lower-cased; currency is upper-cased; category is kept
---        as given and split into up to three levels on '/' or '.'.
+--        as given and split into up to three levels on '/' or '.' (category_level(c, n) =
+--        nullif(split_part(replace(c, '.', '/'), '/', n), ''), without copying the strings).
 WITH trimmed AS (
     SELECT
         trim_to_null(event_id)                AS event_id,
@@ -37,11 +38,6 @@ WITH trimmed AS (
         event_date,
         segment
     FROM raw_input
-),
-
-with_path AS (
-    SELECT *, replace(category, '.', '/') AS category_path
-    FROM trimmed
 )
 
 SELECT
@@ -54,9 +50,9 @@ SELECT
     session_id,
     product_id,
     category,
-    nullif(split_part(category_path, '/', 1), '') AS category_l1,
-    nullif(split_part(category_path, '/', 2), '') AS category_l2,
-    nullif(split_part(category_path, '/', 3), '') AS category_l3,
+    category_level(category, 1)                 AS category_l1,
+    category_level(category, 2)                 AS category_l2,
+    category_level(category, 3)                 AS category_l3,
     brand,
     price,
     quantity,
@@ -77,4 +73,4 @@ SELECT
     ingested_at,
     event_date,
     segment
-FROM with_path
+FROM trimmed
