@@ -45,6 +45,15 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(CategoryLevel::new()));
 }
 
+/// A function's result: a scalar when every argument was one (the array then holds one row).
+fn columnar(out: ArrayRef, scalar: bool) -> Result<ColumnarValue> {
+    Ok(if scalar {
+        ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
+    } else {
+        ColumnarValue::Array(out)
+    })
+}
+
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct CategoryLevel {
     signature: Signature,
@@ -199,11 +208,7 @@ impl ScalarUDFImpl for CategoryLevel {
                 return exec_err!("category_level: the level must be an integer, not {other}")
             }
         };
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        columnar(out, scalar)
     }
 }
 
@@ -300,11 +305,7 @@ impl ScalarUDFImpl for TrimToNull {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let scalar = matches!(args.args[0], ColumnarValue::Scalar(_));
         let out = trim_to_null(&args.args[0].to_array(args.number_rows)?)?;
-        Ok(if scalar {
-            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        columnar(out, scalar)
     }
 }
 
