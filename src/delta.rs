@@ -109,7 +109,6 @@ pub async fn write_partition(
     partition_columns: &[String],
     batch: arrow::array::RecordBatch,
 ) -> Result<()> {
-    use deltalake::kernel::scalars::ScalarExt;
     if batch.num_rows() == 0 {
         return Ok(());
     }
@@ -118,9 +117,21 @@ pub async fn write_partition(
             "a batch to write holds rows of more than one partition",
         ));
     }
+    write_one_partition(writer, partition_columns, batch).await
+}
+
+/// [`write_partition`] of a batch (not empty) its caller has found to be of one partition.
+async fn write_one_partition(
+    writer: &mut RecordBatchWriter,
+    partition_columns: &[String],
+    batch: arrow::array::RecordBatch,
+) -> Result<()> {
+    use deltalake::kernel::scalars::ScalarExt;
     let mut values = Vec::with_capacity(partition_columns.len());
     for name in partition_columns {
-        let column = batch.column_by_name(name).expect("checked above");
+        let column = batch.column_by_name(name).ok_or_else(|| {
+            Error::runtime(format!("a batch to write has no partition column {name}"))
+        })?;
         let value = ScalarExt::from_array(column.as_ref(), 0).ok_or_else(|| {
             Error::runtime(format!("partition column {name}: unsupported value type"))
         })?;
@@ -296,15 +307,15 @@ impl TableSink {
         self.flush_if_full().await
     }
 
-    /// Writes `batch`, whose rows are all of one partition, without deltalake's split by
-    /// partition (see [`write_partition`]).
+    /// Writes `batch`, whose rows the caller has found to be all of one partition, without
+    /// deltalake's split by partition (see [`write_partition`]).
     async fn write_part(&mut self, batch: arrow::array::RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let conformed = self.conform(&batch)?;
         self.rows += conformed.num_rows() as u64;
-        write_partition(&mut self.writer, &self.partition_columns, conformed).await?;
+        write_one_partition(&mut self.writer, &self.partition_columns, conformed).await?;
         self.flush_if_full().await
     }
 

@@ -98,31 +98,44 @@ fn category_level(
     input: &ArrayRef,
     levels: impl Fn(usize) -> Result<Option<usize>>,
 ) -> Result<ArrayRef> {
-    fn level(v: Option<&str>, n: Option<usize>) -> Option<&str> {
-        let (v, n) = (v?, n?);
-        level_range(v, n).map(|r| &v[r])
+    /// Plain strings: each level copied into a new array of the same offset width.
+    fn copied<O: arrow::array::OffsetSizeTrait>(
+        paths: &GenericStringArray<O>,
+        levels: impl Fn(usize) -> Result<Option<usize>>,
+    ) -> Result<ArrayRef> {
+        let mut out = Vec::with_capacity(paths.len());
+        for (i, v) in paths.iter().enumerate() {
+            let level = match (v, levels(i)?) {
+                (Some(v), Some(n)) => level_range(v, n).map(|r| &v[r]),
+                _ => None,
+            };
+            out.push(level);
+        }
+        Ok(Arc::new(GenericStringArray::<O>::from(out)))
     }
-    Ok(match input.data_type() {
+    match input.data_type() {
         DataType::Utf8View => {
             let paths = input.as_string_view();
             let mut views = Vec::with_capacity(paths.len());
             let mut valid = Vec::with_capacity(paths.len());
             for (i, raw) in paths.views().iter().enumerate() {
-                let range = match levels(i)? {
-                    Some(n) if paths.is_valid(i) => level_range(paths.value(i), n),
+                let level = match levels(i)? {
+                    Some(n) if paths.is_valid(i) => {
+                        let path = paths.value(i);
+                        level_range(path, n).map(|r| (&path.as_bytes()[r.clone()], r.start))
+                    }
                     _ => None,
                 };
-                match range {
-                    Some(r) => {
-                        let bytes = &paths.value(i).as_bytes()[r.clone()];
+                match level {
+                    Some((bytes, start)) => {
                         let view = arrow::array::ByteView::from(*raw);
                         // A path of up to 12 bytes is inline, and so is any level of it; a
-                        // longer one points into a data buffer, where its level starts r.start
+                        // longer one points into a data buffer, where its level starts `start`
                         // bytes further on.
                         let (block, offset) = if (view.length as usize) <= 12 {
                             (0, 0)
                         } else {
-                            (view.buffer_index, view.offset + r.start as u32)
+                            (view.buffer_index, view.offset + start as u32)
                         };
                         views.push(arrow::array::builder::make_view(bytes, block, offset));
                         valid.push(true);
@@ -136,32 +149,18 @@ fn category_level(
             // SAFETY: every view is either zero under a null, or made by `make_view` from a
             // UTF-8 substring (split at ASCII bytes) of a valid value, with that value's buffer
             // index and an offset inside it; the buffers are the input's.
-            Arc::new(unsafe {
+            Ok(Arc::new(unsafe {
                 StringViewArray::new_unchecked(
                     views.into(),
                     paths.data_buffers().to_vec(),
                     Some(arrow::buffer::NullBuffer::from(valid)),
                 )
-            })
+            }))
         }
-        DataType::Utf8 => {
-            let paths = input.as_string::<i32>();
-            let mut out = Vec::with_capacity(paths.len());
-            for (i, v) in paths.iter().enumerate() {
-                out.push(level(v, levels(i)?));
-            }
-            Arc::new(GenericStringArray::<i32>::from(out))
-        }
-        DataType::LargeUtf8 => {
-            let paths = input.as_string::<i64>();
-            let mut out = Vec::with_capacity(paths.len());
-            for (i, v) in paths.iter().enumerate() {
-                out.push(level(v, levels(i)?));
-            }
-            Arc::new(GenericStringArray::<i64>::from(out))
-        }
-        other => exec_err!("category_level takes a string, not {other}")?,
-    })
+        DataType::Utf8 => copied(input.as_string::<i32>(), levels),
+        DataType::LargeUtf8 => copied(input.as_string::<i64>(), levels),
+        other => exec_err!("category_level takes a string, not {other}"),
+    }
 }
 
 /// A level as given (1 or more), or None for NULL.
@@ -352,6 +351,17 @@ impl std::hash::Hash for InKeySets {
     }
 }
 
+/// Marks the rows whose value is in `set` (a row already marked is not looked up again).
+fn mark_hits<'a>(
+    hit: &mut [bool],
+    values: impl Iterator<Item = Option<&'a str>>,
+    set: &datafusion::common::HashSet<String>,
+) {
+    for (h, v) in hit.iter_mut().zip(values) {
+        *h = *h || v.is_some_and(|v| set.contains(v));
+    }
+}
+
 impl ScalarUDFImpl for InKeySets {
     fn name(&self) -> &str {
         "in_key_sets"
@@ -370,15 +380,10 @@ impl ScalarUDFImpl for InKeySets {
         let mut hit = vec![false; n];
         for (arg, set) in args.args.iter().zip(&self.sets) {
             let array = arg.to_array(n)?;
-            let mut mark = |values: &mut dyn Iterator<Item = Option<&str>>| {
-                for (h, v) in hit.iter_mut().zip(values) {
-                    *h = *h || v.is_some_and(|v| set.contains(v));
-                }
-            };
             match array.data_type() {
-                DataType::Utf8View => mark(&mut array.as_string_view().iter()),
-                DataType::Utf8 => mark(&mut array.as_string::<i32>().iter()),
-                DataType::LargeUtf8 => mark(&mut array.as_string::<i64>().iter()),
+                DataType::Utf8View => mark_hits(&mut hit, array.as_string_view().iter(), set),
+                DataType::Utf8 => mark_hits(&mut hit, array.as_string::<i32>().iter(), set),
+                DataType::LargeUtf8 => mark_hits(&mut hit, array.as_string::<i64>().iter(), set),
                 other => return exec_err!("in_key_sets takes strings, not {other}"),
             }
         }
