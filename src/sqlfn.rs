@@ -185,6 +185,29 @@ impl ScalarUDFImpl for CategoryLevel {
         Ok(args[0].clone())
     }
 
+    /// A constant level below 1 is refused here, when the query (or model) is planned, rather
+    /// than when its first row is computed.
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<arrow::datatypes::FieldRef> {
+        if let Some(Some(datafusion::common::ScalarValue::Int64(Some(n)))) =
+            args.scalar_arguments.get(1)
+        {
+            if *n < 1 {
+                return datafusion::common::plan_err!(
+                    "category_level: the level must be 1 or more, not {n}"
+                );
+            }
+        }
+        let ty = args.arg_fields[0].data_type().clone();
+        Ok(Arc::new(arrow::datatypes::Field::new(
+            self.name(),
+            ty,
+            true,
+        )))
+    }
+
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         use datafusion::common::ScalarValue;
         let scalar = args
@@ -601,13 +624,17 @@ mod tests {
             "a_category_longer_than_12"
         );
         assert_eq!(one("SELECT category_level('a//c', 2)").await, "NULL");
+        // A constant level below 1 fails when planned; one from a column, when computed.
+        let err = ctx.sql("SELECT category_level('a', 0)").await.unwrap_err();
+        assert!(err.to_string().contains("1 or more, not 0"), "{err}");
         let err = ctx
-            .sql("SELECT category_level('a', 0)")
+            .sql("SELECT category_level('a', n) FROM (VALUES (2), (-1)) AS t(n)")
             .await
             .unwrap()
             .collect()
-            .await;
-        assert!(err.unwrap_err().to_string().contains("1 or more"));
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1 or more, not -1"), "{err}");
     }
 
     #[tokio::test]

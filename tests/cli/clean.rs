@@ -258,6 +258,21 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
     assert!(err.contains("no_such_column"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
+    // A function given a constant it refuses fails when the model is planned, not part way.
+    let sql_dir = ctx.override_edited_model(
+        "clean",
+        "01_normalized.sql",
+        "category_level(category, 2)",
+        "category_level(category, 0)",
+    );
+    let out = ctx.run(&["clean", "--sql-dir", &sql_dir]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("01_normalized.sql"), "{err}");
+    assert!(err.contains("level must be 1 or more, not 0"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::remove_file(dir.join("01_normalized.sql")).unwrap();
+
     // A working override changes the result: a user-defined rule without recompiling.
     std::fs::write(dir.join("04_deduplicated.sql"), NO_PAGE_VIEWS).unwrap();
     ctx.ok(&["clean", "--sql-dir", ctx.path("models").to_str().unwrap()]);
