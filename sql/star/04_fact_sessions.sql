@@ -66,11 +66,14 @@ agg AS (
 ),
 -- The session with its first event's attributes, found with a hash join on the event id (one
 -- more scan of `events`, narrowed by the join's filter) rather than by sorting every event.
+-- event_id is unique in `events` (the clean deduplicates by it; the check events_unique_event_id
+-- watches it), so it is the whole key: joining on the session key too read and hashed 10M more
+-- strings at 10M events.
 sessions AS (
     SELECT a.*, s.anonymous_id, s.device, s.country, s.page_url AS landing_page, s.referrer,
            s.segment
     FROM agg a
-    JOIN e s ON s.event_id = a.first_event_id AND s.session_key = a.session_key
+    JOIN e s ON s.event_id = a.first_event_id
 )
 SELECT
     a.session_key,
@@ -78,7 +81,9 @@ SELECT
          ELSE md5(concat('anonymous', chr(31), a.anonymous_id)) END           AS user_key,
     a.user_id,
     a.anonymous_id,
-    CAST(to_char(a.started_at, '%Y%m%d') AS INT)                              AS date_key,
+    -- yyyymmdd from the date's parts: to_char formats each row as text (3x slower).
+    CAST(date_part('year', a.started_at) * 10000 + date_part('month', a.started_at) * 100
+         + date_part('day', a.started_at) AS INT)                             AS date_key,
     a.started_at,
     a.ended_at,
     CAST(date_part('epoch', a.ended_at) - date_part('epoch', a.started_at) AS DOUBLE)

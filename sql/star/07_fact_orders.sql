@@ -51,7 +51,8 @@ SELECT
     CASE WHEN user_id IS NOT NULL THEN md5(concat('user', chr(31), user_id))
          ELSE md5(concat('anonymous', chr(31), anonymous_id)) END     AS user_key,
     session_key,
-    CAST(to_char(ordered_at, '%Y%m%d') AS INT)                      AS date_key,
+    CAST(date_part('year', ordered_at) * 10000 + date_part('month', ordered_at) * 100
+         + date_part('day', ordered_at) AS INT)                     AS date_key,
     ordered_at,
     revenue,
     currency,

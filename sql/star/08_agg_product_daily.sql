@@ -24,7 +24,8 @@ WITH daily AS (
     GROUP BY event_date, product_id, currency
 )
 SELECT
-    CAST(to_char(event_date, '%Y%m%d') AS INT)                     AS date_key,
+    CAST(date_part('year', event_date) * 10000 + date_part('month', event_date) * 100
+         + date_part('day', event_date) AS INT)                     AS date_key,
     md5(product_id)                                                AS product_key,
     product_id,
     currency,

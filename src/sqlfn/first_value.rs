@@ -473,6 +473,8 @@ mod tests {
                 first_value(id ORDER BY s DESC, id) AS id_by_s, \
                 first_value(t ORDER BY f NULLS FIRST, id) AS t_by_f, \
                 first_value(t ORDER BY t DESC NULLS LAST, id) AS t_latest, \
+                first_value(s ORDER BY t DESC, id) FILTER (WHERE i > 0) AS s_latest_positive, \
+                first_value(f ORDER BY i NULLS FIRST, id DESC) AS f_by_i, \
                 count(*) AS n \
             FROM ev GROUP BY g ORDER BY g";
         let ours = run(&context(true), sql).await;
