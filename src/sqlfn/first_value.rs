@@ -450,10 +450,20 @@ mod tests {
     }
 
     fn context(ours: bool) -> SessionContext {
-        let config = SessionConfig::new()
+        context_within(ours, None)
+    }
+
+    /// With `memory_limit`, aggregates that outgrow it spill their state and merge it back.
+    fn context_within(ours: bool, memory_limit: Option<usize>) -> SessionContext {
+        let mut config = SessionConfig::new()
             .with_target_partitions(3)
             .with_batch_size(700);
-        let ctx = SessionContext::new_with_config(config);
+        config.options_mut().execution.sort_spill_reservation_bytes = 16 << 10;
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+        if let Some(limit) = memory_limit {
+            runtime = runtime.with_memory_limit(limit, 1.0);
+        }
+        let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc().unwrap());
         if ours {
             ctx.register_udaf(datafusion::logical_expr::AggregateUDF::new_from_impl(
                 FirstValue::new(),
@@ -475,6 +485,7 @@ mod tests {
                 first_value(t ORDER BY t DESC NULLS LAST, id) AS t_latest, \
                 first_value(s ORDER BY t DESC, id) FILTER (WHERE i > 0) AS s_latest_positive, \
                 first_value(f ORDER BY i NULLS FIRST, id DESC) AS f_by_i, \
+                first_value(arrow_cast(s, 'Dictionary(Int32, Utf8)') ORDER BY t, id) AS dict, \
                 count(*) AS n \
             FROM ev GROUP BY g ORDER BY g";
         let ours = run(&context(true), sql).await;
@@ -491,6 +502,26 @@ mod tests {
                 run(&context(false), sql).await
             );
         }
+    }
+
+    #[tokio::test]
+    async fn first_values_survive_an_aggregate_spilling_its_state() {
+        let sql = "SELECT g, first_value(s ORDER BY t, id) AS s_first, \
+                first_value(id ORDER BY t DESC, id) AS id_last \
+            FROM ev GROUP BY g ORDER BY g";
+        let ctx = context_within(true, Some(400_000));
+        let df = ctx.sql(sql).await.unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        fn spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
+            let own = plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+            own + plan.children().into_iter().map(spills).sum::<usize>()
+        }
+        assert!(spills(&plan) > 0, "the aggregate spilled");
+        let ours = pretty_format_batches(&batches).unwrap().to_string();
+        assert_eq!(ours, run(&context(false), sql).await);
     }
 
     #[tokio::test]
