@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use crate::both_backends;
-use crate::context::{manifest_lines, ndjson_files, stderr_of, Backend, TestContext};
+use crate::context::{
+    manifest_lines, ndjson_files, one_line_failure, stderr_of, Backend, TestContext,
+};
 
 fn build_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["build", "--json"];
@@ -32,11 +34,7 @@ fn table_mode<'a>(summary: &'a serde_json::Value, table: &str) -> &'a str {
 fn refused_edit(ctx: &TestContext, file: &str, from: &str, to: &str) -> String {
     let sql_dir = ctx.override_edited_model("star", file, from, to);
     let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(file), "{err}");
-    err
+    one_line_failure(&out, 2, &[file])
 }
 
 fn pipeline(ctx: &TestContext, input: &str) {
@@ -530,10 +528,7 @@ fn a_model_failing_as_it_runs_stops_the_build_and_the_fixed_model_finishes_it() 
         "    CAST(order_id AS INT) AS lines,\n",
     );
     let out = ctx.run(&["build", "--sql-dir", &sql_dir]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    assert!(err.contains("07_fact_orders.sql"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    one_line_failure(&out, 3, &["07_fact_orders.sql"]);
     // fact_sessions started before fact_orders (more tables wait on it) and was committed.
     assert!(ctx.count("SELECT count(*) FROM fact_sessions") > 0);
     for reader in ["agg_user_features", "user_segments", "dim_user"] {

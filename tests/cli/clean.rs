@@ -2,7 +2,9 @@
 //! crash recovery, model overrides.
 
 use crate::both_backends;
-use crate::context::{manifest_lines, ndjson_files, stderr_of, Backend, TestContext};
+use crate::context::{
+    manifest_lines, ndjson_files, one_line_failure, stderr_of, Backend, TestContext,
+};
 
 fn clean_json(ctx: &TestContext, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["clean", "--json"];
@@ -252,11 +254,7 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
     )
     .unwrap();
     let out = ctx.run(&["clean", "--sql-dir", ctx.path("models").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    assert!(err.contains("04_deduplicated.sql"), "{err}");
-    assert!(err.contains("no_such_column"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    one_line_failure(&out, 2, &["04_deduplicated.sql", "no_such_column"]);
 
     // A function given a constant it refuses fails when the model is planned, not part way.
     let sql_dir = ctx.override_edited_model(
@@ -266,11 +264,11 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
         "category_level(category, 0)",
     );
     let out = ctx.run(&["clean", "--sql-dir", &sql_dir]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    assert!(err.contains("01_normalized.sql"), "{err}");
-    assert!(err.contains("level must be 1 or more, not 0"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    one_line_failure(
+        &out,
+        2,
+        &["01_normalized.sql", "level must be 1 or more, not 0"],
+    );
     std::fs::remove_file(dir.join("01_normalized.sql")).unwrap();
 
     // A working override changes the result: a user-defined rule without recompiling.

@@ -298,6 +298,18 @@ pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Asserts a failure with exit `code` and one line on stderr mentioning each of `words`;
+/// returns that line.
+pub fn one_line_failure(out: &Output, code: i32, words: &[&str]) -> String {
+    let err = stderr_of(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    for word in words {
+        assert!(err.contains(word), "stderr should mention {word:?}: {err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    err
+}
+
 /// Runs both backends of a test body.
 #[macro_export]
 macro_rules! both_backends {

@@ -3,7 +3,7 @@
 //! Python's csv/json modules, independently of clicklake (see each test).
 
 use crate::both_backends;
-use crate::context::{stderr_of, Backend, TestContext};
+use crate::context::{one_line_failure, stderr_of, Backend, TestContext};
 
 const SNOWPLOW_CONFIG: &str = "[sources.snowplow]\napp_ids = [\"ecom-accel\", \"DemoID\"]\n";
 
@@ -287,10 +287,7 @@ fn a_user_source_works_without_rebuilding_and_a_broken_one_is_exit_2() {
     )
     .unwrap();
     let out = ctx.run(&["ingest", "--source", "broken", data.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr_of(&out);
-    assert!(err.contains("broken.sql") && err.contains("nope"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    one_line_failure(&out, 2, &["broken.sql", "nope"]);
 
     // A source that does not exist lists the available ones.
     let out = ctx.run(&["ingest", "--source", "klingon", data.to_str().unwrap()]);
