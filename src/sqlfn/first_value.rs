@@ -504,24 +504,72 @@ mod tests {
         }
     }
 
+    type Metric = fn(&datafusion::physical_plan::metrics::MetricsSet) -> Option<usize>;
+
+    /// Runs `sql` in `ctx`; returns its output and the plan's total of `metric`.
+    async fn run_counting(ctx: &SessionContext, sql: &str, metric: Metric) -> (String, usize) {
+        fn total(
+            plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+            metric: Metric,
+        ) -> usize {
+            let own = plan.metrics().and_then(|m| metric(&m)).unwrap_or(0);
+            own + plan
+                .children()
+                .into_iter()
+                .map(|c| total(c, metric))
+                .sum::<usize>()
+        }
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .unwrap();
+        let out = pretty_format_batches(&batches).unwrap().to_string();
+        (out, total(&plan, metric))
+    }
+
     #[tokio::test]
     async fn first_values_survive_an_aggregate_spilling_its_state() {
         let sql = "SELECT g, first_value(s ORDER BY t, id) AS s_first, \
                 first_value(id ORDER BY t DESC, id) AS id_last \
             FROM ev GROUP BY g ORDER BY g";
         let ctx = context_within(true, Some(400_000));
-        let df = ctx.sql(sql).await.unwrap();
-        let plan = df.create_physical_plan().await.unwrap();
-        let batches = datafusion::physical_plan::collect(Arc::clone(&plan), ctx.task_ctx())
-            .await
-            .unwrap();
-        fn spills(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> usize {
-            let own = plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
-            own + plan.children().into_iter().map(spills).sum::<usize>()
-        }
-        assert!(spills(&plan) > 0, "the aggregate spilled");
-        let ours = pretty_format_batches(&batches).unwrap().to_string();
+        let (ours, spills) = run_counting(&ctx, sql, |m| m.spill_count()).await;
+        assert!(spills > 0, "the aggregate spilled");
         assert_eq!(ours, run(&context(false), sql).await);
+    }
+
+    #[tokio::test]
+    async fn first_values_survive_a_partial_aggregate_passing_rows_through() {
+        // A partial aggregate that finds too few rows per group stops aggregating and hands each
+        // row on as a state of its own (`convert_to_state`).
+        let sql = "SELECT g, first_value(s ORDER BY t, id) FILTER (WHERE i > 0) AS s_first, \
+                first_value(i ORDER BY t DESC, id) IGNORE NULLS AS i_last, \
+                first_value(id ORDER BY t, id) AS id_first \
+            FROM ev GROUP BY g ORDER BY g";
+        let mut outputs = Vec::new();
+        for ours in [true, false] {
+            let ctx = context(ours);
+            for set in [
+                "SET datafusion.execution.skip_partial_aggregation_probe_rows_threshold = 100",
+                "SET datafusion.execution.skip_partial_aggregation_probe_ratio_threshold = 0.01",
+            ] {
+                ctx.sql(set).await.unwrap().collect().await.unwrap();
+            }
+            let (out, skipped) = run_counting(&ctx, sql, |m| {
+                m.sum_by_name("skipped_aggregation_rows")
+                    .map(|v| v.as_usize())
+            })
+            .await;
+            assert!(skipped > 0, "the partial aggregate passed rows through");
+            outputs.push(out);
+        }
+        assert_eq!(outputs[0], outputs[1]);
     }
 
     #[tokio::test]
