@@ -115,7 +115,7 @@ pub async fn run(
     req: CleanRequest,
     printer: &Printer,
 ) -> Result<CleanSummary> {
-    let started = Instant::now();
+    let laps = Laps(Instant::now());
     let models = models::load("clean", cfg.clean.sql_dir.as_deref())?;
     if models.len() < 3 {
         return Err(Error::config(
@@ -127,7 +127,7 @@ pub async fn run(
         ..Default::default()
     };
     let Some(raw) = lake.open_table(RAW_EVENTS.name).await? else {
-        summary.seconds = started.elapsed().as_secs_f64();
+        summary.seconds = laps.seconds();
         return Ok(summary);
     };
     let raw_version = raw.version().unwrap_or(0) as i64;
@@ -143,62 +143,20 @@ pub async fn run(
         delta::txn_version(&events, LOGIC_APP_ID).await?,
         Some(recorded) if recorded != logic
     );
-
     if !req.full_refresh && consumed == Some(raw_version) && !logic_changed {
         summary.events_version = events.version().map(|v| v as i64);
-        summary.seconds = started.elapsed().as_secs_f64();
+        summary.seconds = laps.seconds();
         return Ok(summary);
     }
-    let plan = match (req.full_refresh, consumed) {
-        (true, _) => Plan::Full("--full-refresh".into()),
-        (false, None) => Plan::Full("first clean of this lake".into()),
-        (false, Some(_)) if logic_changed => {
-            Plan::Full("the clean models or the session gap changed since the last clean".into())
-        }
-        (false, Some(v)) if v > raw_version => Plan::Full(format!(
-            "events reflects raw_events version {v}, newer than its current version {raw_version}"
-        )),
-        (false, Some(v)) => match added_files(&raw, v, raw_version).await? {
-            Ok(paths) => {
-                // A compaction since may have folded new files into others.
-                let live: HashSet<String> = raw
-                    .snapshot()?
-                    .log_data()
-                    .iter()
-                    .map(|f| f.path().to_string())
-                    .collect();
-                if paths.iter().all(|p| live.contains(p)) {
-                    Plan::Incremental(paths)
-                } else {
-                    Plan::Full("raw_events was compacted since the last clean".into())
-                }
-            }
-            Err(reason) => Plan::Full(reason),
-        },
-    };
+    let plan = choose_plan(&raw, req, consumed, raw_version, logic_changed).await?;
+    laps.lap("tables opened, plan made");
 
-    // Where the time goes, with `-vv` (or RUST_LOG=clicklake=debug).
-    let lap =
-        |what: &str| tracing::debug!(ms = started.elapsed().as_millis() as u64, "clean: {what}");
-    lap("tables opened, plan made");
     let progress = printer.spinner("clean");
-    let ctx = catalog::model_session(cfg.memory_limit)?;
-    // Joins build on their (small) left side and every partition probes it: a partitioned join
-    // would hash-repartition the wide event stream, and those buffers grow without bound while
-    // the single writer is the slower end (apache/datafusion#22090).
-    ctx.state_ref()
-        .write()
-        .config_mut()
-        .options_mut()
-        .optimizer
-        .repartition_joins = false;
-    raw.update_datafusion_session(&ctx.state())?;
-    events.update_datafusion_session(&ctx.state())?;
+    let ctx = model_context(cfg, &raw, &events)?;
     let params = datafusion::common::ParamValues::from(vec![(
         "session_gap_us",
         ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
     )]);
-
     let markers = || {
         vec![
             Transaction::new(CONSUMED_APP_ID, raw_version),
@@ -206,8 +164,9 @@ pub async fn run(
         ]
     };
     let mut removes: Vec<Action> = Vec::new();
-    let mut compare = false;
-    match &plan {
+    // An incremental run compares what it recomputed with the current rows and writes only
+    // the differences; a full refresh replaces every file.
+    let compare = match &plan {
         Plan::Full(reason) => {
             summary.mode = "full";
             summary.full_refresh_reason = Some(reason.clone());
@@ -222,6 +181,7 @@ pub async fn run(
                     .iter()
                     .map(|f| Action::Remove(f.remove_action(true))),
             );
+            false
         }
         Plan::Incremental(paths) if paths.is_empty() => {
             // Only markers (e.g. files whose every line was quarantined): record the version.
@@ -235,173 +195,23 @@ pub async fn run(
             )
             .await?;
             summary.events_version = Some(version);
-            summary.seconds = started.elapsed().as_secs_f64();
+            summary.seconds = laps.seconds();
             return Ok(summary);
         }
         Plan::Incremental(paths) => {
             summary.mode = "incremental";
-            ctx.register_table(
-                "raw_input",
-                raw.table_provider().with_file_paths(paths.clone()).await?,
-            )?;
-            summary.raw_rows_consumed = raw_input_rows(&ctx).await?;
-            register_first(&ctx, &models[0], &params).await?;
-            if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
-                // A cron tick's few rows: read and decoded once here, not by every query and
-                // model that reads them (each read is a round of requests on an object store).
-                let rows = models::memory_table(ctx.table("normalized").await?, usize::MAX)
-                    .await?
-                    .expect("no row limit");
-                ctx.deregister_table("normalized")?;
-                ctx.register_table("normalized", Arc::new(rows))?;
-            }
-            lap("new raw rows registered");
-            let current: Arc<dyn TableProvider> = events
-                .table_provider()
-                .with_file_column(FILE_COLUMN)
+            let first = (&models[0], &params);
+            register_incremental_inputs(&ctx, &raw, &events, paths, first, &mut summary, &laps)
                 .await?;
-            // One scan of events finds the current copies of the new event ids (to settle
-            // resends) and every current row of the new rows' visitors.
-            let new_ids = collect_strings(
-                &ctx,
-                "SELECT DISTINCT event_id FROM normalized WHERE event_id IS NOT NULL",
-            )
-            .await?;
-            let new_visitors: HashSet<String> = collect_strings(
-                &ctx,
-                "SELECT DISTINCT anonymous_id FROM normalized WHERE anonymous_id IS NOT NULL",
-            )
-            .await?
-            .into_iter()
-            .collect();
-            let found = rows_matching_any(
-                &ctx,
-                current.clone(),
-                vec![
-                    ("event_id", new_ids.into_iter().collect()),
-                    ("anonymous_id", new_visitors.clone()),
-                ],
-            )
-            .await?;
-            ctx.register_table("current_found", found)?;
-            let copies = ctx
-                .sql(
-                    "SELECT * FROM current_found \
-                     WHERE event_id IN (SELECT event_id FROM normalized)",
-                )
-                .await?;
-            let copies = models::memory_table(copies, usize::MAX)
-                .await?
-                .expect("no row limit");
-            ctx.register_table("current_copies", Arc::new(copies))?;
-            lap("current copies of the new event ids and rows of their visitors read");
-            let (exact, conflicting) = settle_losing_resends(&ctx).await?;
-            lap("losing resends settled");
-            summary.exact_duplicates += exact;
-            summary.conflicting_duplicates += conflicting;
-            // The visitors of the new rows that are not losing resends, and of the current
-            // copies of their event ids: a copy may belong to another visitor (a resend under a
-            // new anonymous id), whose rows one more scan reads.
-            let touched = collect_strings(
-                &ctx,
-                "SELECT DISTINCT anonymous_id FROM normalized \
-                 UNION SELECT c.anonymous_id \
-                 FROM current_copies c JOIN (SELECT DISTINCT event_id FROM normalized) n \
-                 ON c.event_id = n.event_id",
-            )
-            .await?;
-            summary.visitors_touched = touched.len() as u64;
-            let (read, others): (Vec<String>, Vec<String>) =
-                touched.into_iter().partition(|v| new_visitors.contains(v));
-            ctx.register_table("__read_visitors", Arc::new(string_table("__key", read)?))?;
-            let mut sql = "SELECT * FROM current_found \
-                 WHERE anonymous_id IN (SELECT __key FROM __read_visitors)"
-                .to_string();
-            if !others.is_empty() {
-                let theirs = rows_matching_any(
-                    &ctx,
-                    current,
-                    vec![("anonymous_id", others.into_iter().collect())],
-                )
-                .await?;
-                ctx.register_table("current_theirs", theirs)?;
-                sql.push_str(" UNION ALL SELECT * FROM current_theirs");
-            }
-            let rows = models::memory_table(ctx.sql(&sql).await?, usize::MAX)
-                .await?
-                .expect("no row limit");
-            ctx.register_table("current_touched", Arc::new(rows))?;
-            // Rows of visitors whose only new rows lost to their current copies, let go.
-            ctx.deregister_table("current_found")?;
-            let n = catalog::query_i64(&ctx, "SELECT count(*) FROM current_touched")
-                .await?
-                .unwrap_or(0);
-            lap("their current rows read");
-            if n > 0 {
-                let carried = ctx
-                    .sql(&format!(
-                        "SELECT * EXCEPT ({FILE_COLUMN}) FROM current_touched"
-                    ))
-                    .await?;
-                ctx.register_table("events_carried", carried.into_view())?;
-            } else {
-                ctx.register_table("events_carried", empty_events()?)?;
-            }
             // Compared with the current rows even when there are none (only new visitors), so
             // the keys of every row written are recorded for an incremental build.
-            compare = true;
+            true
         }
-    }
+    };
 
     let mut output = models::plan_chain(&ctx, &models[1..], &params).await?;
     if compare {
-        // Only rows that are new or differ from their current version are written; the files
-        // holding a superseded version are rewritten without it.
-        ctx.register_table("recomputed", output.into_view())?;
-        let same: Vec<String> = (EVENTS.schema)()
-            .fields()
-            .iter()
-            .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
-            .collect();
-        // A changed row that keeps its partition and every value but its identity and session
-        // columns can be patched into its file instead of rewriting the file.
-        let same_but_patchable: Vec<String> = (EVENTS.schema)()
-            .fields()
-            .iter()
-            .filter(|f| !patch::PATCHABLE.contains(&f.name().as_str()))
-            .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
-            .collect();
-        output = ctx
-            .sql(&format!(
-                "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {keys}, \
-                 (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed, \
-                 (c.event_id IS NOT NULL AND r.event_id IS NOT NULL AND {patchable}) \
-                 AS __patchable, {differs} \
-                 FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
-                same = same.join(" AND "),
-                patchable = same_but_patchable.join(" AND "),
-                differs = patch::PATCHABLE
-                    .iter()
-                    .map(|c| format!("(r.{c} IS DISTINCT FROM c.{c}) AS __differs_{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                // The old keys of every row, and the new ones of keys computed from a row.
-                keys = catalog::CHANGE_KEYS
-                    .iter()
-                    .map(|k| format!(
-                        "CAST({} AS VARCHAR) AS __old_{k}",
-                        catalog::change_key_sql("c", k)
-                    ))
-                    .chain(
-                        catalog::CHANGE_KEYS
-                            .iter()
-                            .filter(|k| !catalog::is_events_column(k))
-                            .map(|k| format!("{} AS {k}", catalog::change_key_sql("r", k)))
-                    )
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .await?;
+        output = compared_with_current(&ctx, output).await?;
     }
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
@@ -412,110 +222,18 @@ pub async fn run(
         flush_at,
         "the final clean model",
     )?;
-    // New versions of rows to patch into their files (see `patch`), with those files.
-    let mut to_patch: Vec<RecordBatch> = Vec::new();
-    let mut to_patch_rows = 0usize;
-    // Sessions touched, counted by a 64-bit hash of their key (computed a batch at a time).
-    let mut sessions: HashSet<u64, std::hash::BuildHasherDefault<crate::fingerprint::Prehashed>> =
-        HashSet::default();
-    let mut session_hashes: Vec<u64> = Vec::new();
-    let mut changes = ChangeKeys::default();
-    let mut superseded: HashSet<String> = HashSet::new();
-    let mut changed_ids: Vec<String> = Vec::new();
-    let plan = output.create_physical_plan().await?;
-    tracing::debug!(
-        "clean plan:\n{}",
-        datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
-    );
-    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
-    let mut spread = delta::SpreadSink::new(&mut write)?;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
-        summary.conflicting_duplicates += sum_column(&batch, "_conflicting_resends")?;
-        let ids = batch.column_by_name("event_id").expect("event_id");
-        summary.events_recomputed += (ids.len() - ids.null_count()) as u64;
-        if let Some(keys) = batch.column_by_name("session_key") {
-            session_hashes.clear();
-            session_hashes.resize(keys.len(), 0);
-            datafusion::common::hash_utils::create_hashes(
-                [keys],
-                &datafusion::common::hash_utils::HLL_RANDOM_STATE,
-                &mut session_hashes,
-            )?;
-            let valid = (0..keys.len()).filter(|&i| keys.is_valid(i));
-            sessions.extend(valid.map(|i| session_hashes[i]));
-        }
-        let batch = match batch.column_by_name("__changed") {
-            None => batch,
-            Some(changed) => {
-                let changed = changed
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .expect("__changed is boolean")
-                    .clone();
-                let ids = catalog::utf8(ids)?;
-                let old_files =
-                    catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
-                let patchable = batch
-                    .column_by_name("__patchable")
-                    .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
-                    .expect("__patchable is boolean")
-                    .clone();
-                changes.record(&batch, &changed, &patchable)?;
-                let mut write_mask = Vec::with_capacity(batch.num_rows());
-                let mut patch_mask = Vec::with_capacity(batch.num_rows());
-                for i in 0..batch.num_rows() {
-                    let is_changed = changed.is_valid(i) && changed.value(i);
-                    let patch = is_changed
-                        && old_files.is_valid(i)
-                        && patchable.is_valid(i)
-                        && patchable.value(i)
-                        && to_patch_rows < PATCH_ROWS_MAX;
-                    if patch {
-                        to_patch_rows += 1;
-                    } else if is_changed && old_files.is_valid(i) {
-                        if !superseded.contains(old_files.value(i)) {
-                            superseded.insert(old_files.value(i).to_string());
-                        }
-                        if ids.is_valid(i) {
-                            changed_ids.push(ids.value(i).to_string());
-                        }
-                    }
-                    patch_mask.push(patch);
-                    write_mask.push(is_changed && ids.is_valid(i) && !patch);
-                }
-                let patch_mask = BooleanArray::from(patch_mask);
-                if patch_mask.true_count() > 0 {
-                    summary.events_changed += patch_mask.true_count() as u64;
-                    to_patch.push(arrow::compute::filter_record_batch(&batch, &patch_mask)?);
-                }
-                arrow::compute::filter_record_batch(&batch, &BooleanArray::from(write_mask))?
-            }
-        };
-        summary.events_changed += batch.num_rows() as u64;
-        spread.write(&batch).await?;
-        progress.set_message(format!("{} events recomputed", summary.events_recomputed));
-    }
-    spread.finish().await?;
-    lap("models run, changed rows written");
-    if let Some(pool) = ctx
-        .runtime_env()
-        .memory_pool
-        .as_ref()
-        .downcast_ref::<crate::memory::RunPool>()
-    {
-        tracing::debug!(
-            "clean: repartition buffers peaked at {} MB (outside the memory limit), pool holds {} MB",
-            pool.repartition_peak() >> 20,
-            datafusion::execution::memory_pool::MemoryPool::reserved(pool) >> 20
-        );
-    }
-    tracing::trace!(
-        "clean plan ran:\n{}",
-        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
-            .indent(true)
-    );
+    let routed = write_output(&ctx, output, &mut write, &mut summary, &progress).await?;
+    laps.lap("models run, changed rows written");
+    log_repartition_peak(&ctx);
+    let Routed {
+        to_patch,
+        superseded,
+        mut changed_ids,
+        changes,
+        sessions,
+        ..
+    } = routed;
+
     // Rows to patch into a file that is rewritten anyway go with the rewrite.
     let patches = patch::plan(to_patch, &superseded, &mut changed_ids, &mut write).await?;
     let mut patched_adds = Vec::new();
@@ -532,42 +250,30 @@ pub async fn run(
         removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
     }
     if !superseded.is_empty() {
-        let files: Vec<String> = superseded.iter().cloned().collect();
+        let files: Vec<String> = superseded.into_iter().collect();
         // Every row of those files except the superseded versions.
-        let changed: HashSet<String> = std::mem::take(&mut changed_ids).into_iter().collect();
+        let changed: HashSet<String> = changed_ids.into_iter().collect();
         summary.events_copied +=
             delta::copy_rows_except(&ctx, &events, &files, "event_id", &changed, &mut write)
                 .await?;
         removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
     }
-    summary.files_removed = removes.len() as u64;
     let mut adds = write.finish().await?;
     adds.extend(patched_adds);
-    lap("superseded files rewritten");
+    laps.lap("superseded files rewritten");
     fault("clean-after-data-files");
 
+    summary.files_removed = removes.len() as u64;
     summary.events_written = summary.events_changed + summary.events_copied;
     summary.sessions_touched = sessions.len() as u64;
     summary.files_added = adds.len() as u64;
     summary.bytes_written = adds.iter().map(|a| a.size as u64).sum();
-    let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
-    for a in &adds {
-        partitions.insert(sorted_partition(&a.partition_values));
-    }
-    for r in &removes {
-        if let Action::Remove(r) = r {
-            if let Some(pv) = &r.partition_values {
-                partitions.insert(sorted_partition(pv));
-            }
-        }
-    }
-    summary.partitions_rewritten = partitions.len() as u64;
-
+    summary.partitions_rewritten = partitions_written(&adds, &removes);
     if compare {
         // The changed keys are committed before the rows they describe: a build never sees an
         // events version whose changes it cannot find (a crash in between leaves a superset).
         summary.change_id = Some(changes.commit(lake, cfg).await?);
-        lap("changes recorded");
+        laps.lap("changes recorded");
     }
     let mut actions = removes;
     actions.extend(adds.into_iter().map(Action::Add));
@@ -579,7 +285,7 @@ pub async fn run(
         SaveMode::Overwrite,
     )
     .await?;
-    lap("committed");
+    laps.lap("committed");
     if let Some((hits, sent)) = lake.read_cache_stats() {
         tracing::debug!(
             hits,
@@ -591,9 +297,416 @@ pub async fn run(
     summary.events_version = Some(version);
     summary.events_total = Some(table_rows(&events)?);
     progress.finish_and_clear();
-    summary.seconds = started.elapsed().as_secs_f64();
+    summary.seconds = laps.seconds();
     summary.rows_per_sec = summary.raw_rows_consumed as f64 / summary.seconds.max(1e-9);
     Ok(summary)
+}
+
+/// Where a run's time goes, with `-vv` (or RUST_LOG=clicklake=debug).
+struct Laps(Instant);
+
+impl Laps {
+    fn lap(&self, what: &str) {
+        tracing::debug!(ms = self.0.elapsed().as_millis() as u64, "clean: {what}");
+    }
+
+    fn seconds(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// A full refresh (and why) or the raw_events files added since the consumed version.
+async fn choose_plan(
+    raw: &DeltaTable,
+    req: CleanRequest,
+    consumed: Option<i64>,
+    raw_version: i64,
+    logic_changed: bool,
+) -> Result<Plan> {
+    Ok(match (req.full_refresh, consumed) {
+        (true, _) => Plan::Full("--full-refresh".into()),
+        (false, None) => Plan::Full("first clean of this lake".into()),
+        (false, Some(_)) if logic_changed => {
+            Plan::Full("the clean models or the session gap changed since the last clean".into())
+        }
+        (false, Some(v)) if v > raw_version => Plan::Full(format!(
+            "events reflects raw_events version {v}, newer than its current version {raw_version}"
+        )),
+        (false, Some(v)) => match added_files(raw, v, raw_version).await? {
+            Ok(paths) => {
+                // A compaction since may have folded new files into others.
+                let live: HashSet<String> = raw
+                    .snapshot()?
+                    .log_data()
+                    .iter()
+                    .map(|f| f.path().to_string())
+                    .collect();
+                if paths.iter().all(|p| live.contains(p)) {
+                    Plan::Incremental(paths)
+                } else {
+                    Plan::Full("raw_events was compacted since the last clean".into())
+                }
+            }
+            Err(reason) => Plan::Full(reason),
+        },
+    })
+}
+
+/// The session the models run in, with both tables' stores registered.
+fn model_context(cfg: &Config, raw: &DeltaTable, events: &DeltaTable) -> Result<SessionContext> {
+    let ctx = catalog::model_session(cfg.memory_limit)?;
+    // Joins build on their (small) left side and every partition probes it: a partitioned join
+    // would hash-repartition the wide event stream, and those buffers grow without bound while
+    // the single writer is the slower end (apache/datafusion#22090).
+    ctx.state_ref()
+        .write()
+        .config_mut()
+        .options_mut()
+        .optimizer
+        .repartition_joins = false;
+    raw.update_datafusion_session(&ctx.state())?;
+    events.update_datafusion_session(&ctx.state())?;
+    Ok(ctx)
+}
+
+/// Registers what an incremental run's models read: `raw_input` (the new raw files),
+/// `normalized` (the first model over them, less the resends that lose to a current row) and
+/// `current_touched` / `events_carried` (every current row of the visitors to recompute).
+async fn register_incremental_inputs(
+    ctx: &SessionContext,
+    raw: &DeltaTable,
+    events: &DeltaTable,
+    paths: &[String],
+    (first, params): (&Model, &datafusion::common::ParamValues),
+    summary: &mut CleanSummary,
+    laps: &Laps,
+) -> Result<()> {
+    ctx.register_table(
+        "raw_input",
+        raw.table_provider().with_file_paths(paths.to_vec()).await?,
+    )?;
+    summary.raw_rows_consumed = raw_input_rows(ctx).await?;
+    register_first(ctx, first, params).await?;
+    if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
+        // A cron tick's few rows: read and decoded once here, not by every query and
+        // model that reads them (each read is a round of requests on an object store).
+        let rows = models::memory_table(ctx.table("normalized").await?, usize::MAX)
+            .await?
+            .expect("no row limit");
+        ctx.deregister_table("normalized")?;
+        ctx.register_table("normalized", Arc::new(rows))?;
+    }
+    laps.lap("new raw rows registered");
+    let current: Arc<dyn TableProvider> = events
+        .table_provider()
+        .with_file_column(FILE_COLUMN)
+        .await?;
+    // One scan of events finds the current copies of the new event ids (to settle
+    // resends) and every current row of the new rows' visitors.
+    let new_ids = collect_strings(
+        ctx,
+        "SELECT DISTINCT event_id FROM normalized WHERE event_id IS NOT NULL",
+    )
+    .await?;
+    let new_visitors: HashSet<String> = collect_strings(
+        ctx,
+        "SELECT DISTINCT anonymous_id FROM normalized WHERE anonymous_id IS NOT NULL",
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let found = rows_matching_any(
+        ctx,
+        current.clone(),
+        vec![
+            ("event_id", new_ids.into_iter().collect()),
+            ("anonymous_id", new_visitors.clone()),
+        ],
+    )
+    .await?;
+    ctx.register_table("current_found", found)?;
+    let copies = ctx
+        .sql(
+            "SELECT * FROM current_found \
+             WHERE event_id IN (SELECT event_id FROM normalized)",
+        )
+        .await?;
+    let copies = models::memory_table(copies, usize::MAX)
+        .await?
+        .expect("no row limit");
+    ctx.register_table("current_copies", Arc::new(copies))?;
+    laps.lap("current copies of the new event ids and rows of their visitors read");
+    let (exact, conflicting) = settle_losing_resends(ctx).await?;
+    laps.lap("losing resends settled");
+    summary.exact_duplicates += exact;
+    summary.conflicting_duplicates += conflicting;
+    // The visitors of the new rows that are not losing resends, and of the current
+    // copies of their event ids: a copy may belong to another visitor (a resend under a
+    // new anonymous id), whose rows one more scan reads.
+    let touched = collect_strings(
+        ctx,
+        "SELECT DISTINCT anonymous_id FROM normalized \
+         UNION SELECT c.anonymous_id \
+         FROM current_copies c JOIN (SELECT DISTINCT event_id FROM normalized) n \
+         ON c.event_id = n.event_id",
+    )
+    .await?;
+    summary.visitors_touched = touched.len() as u64;
+    let (read, others): (Vec<String>, Vec<String>) =
+        touched.into_iter().partition(|v| new_visitors.contains(v));
+    ctx.register_table("__read_visitors", Arc::new(string_table("__key", read)?))?;
+    let mut sql = "SELECT * FROM current_found \
+         WHERE anonymous_id IN (SELECT __key FROM __read_visitors)"
+        .to_string();
+    if !others.is_empty() {
+        let theirs = rows_matching_any(
+            ctx,
+            current,
+            vec![("anonymous_id", others.into_iter().collect())],
+        )
+        .await?;
+        ctx.register_table("current_theirs", theirs)?;
+        sql.push_str(" UNION ALL SELECT * FROM current_theirs");
+    }
+    let rows = models::memory_table(ctx.sql(&sql).await?, usize::MAX)
+        .await?
+        .expect("no row limit");
+    ctx.register_table("current_touched", Arc::new(rows))?;
+    // Rows of visitors whose only new rows lost to their current copies, let go.
+    ctx.deregister_table("current_found")?;
+    let n = catalog::query_i64(ctx, "SELECT count(*) FROM current_touched")
+        .await?
+        .unwrap_or(0);
+    laps.lap("their current rows read");
+    if n > 0 {
+        let carried = ctx
+            .sql(&format!(
+                "SELECT * EXCEPT ({FILE_COLUMN}) FROM current_touched"
+            ))
+            .await?;
+        ctx.register_table("events_carried", carried.into_view())?;
+    } else {
+        ctx.register_table("events_carried", empty_events()?)?;
+    }
+    Ok(())
+}
+
+/// The recomputed rows next to their current versions (`current_touched`), each flagged: new or
+/// different (`__changed`), different only in columns a patch can rewrite (`__patchable`, with a
+/// `__differs_<column>` per such column), the file holding the current version, and the change
+/// keys of both versions. Only rows that are new or differ from their current version are
+/// written; the files holding a superseded version are rewritten without it.
+async fn compared_with_current(
+    ctx: &SessionContext,
+    recomputed: datafusion::dataframe::DataFrame,
+) -> Result<datafusion::dataframe::DataFrame> {
+    ctx.register_table("recomputed", recomputed.into_view())?;
+    let same: Vec<String> = (EVENTS.schema)()
+        .fields()
+        .iter()
+        .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
+        .collect();
+    // A changed row that keeps its partition and every value but its identity and session
+    // columns can be patched into its file instead of rewriting the file.
+    let same_but_patchable: Vec<String> = (EVENTS.schema)()
+        .fields()
+        .iter()
+        .filter(|f| !patch::PATCHABLE.contains(&f.name().as_str()))
+        .map(|f| format!("(r.{0} IS NOT DISTINCT FROM c.{0})", f.name()))
+        .collect();
+    let differs = patch::PATCHABLE
+        .iter()
+        .map(|c| format!("(r.{c} IS DISTINCT FROM c.{c}) AS __differs_{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The old keys of every row, and the new ones of keys computed from a row.
+    let keys = catalog::CHANGE_KEYS
+        .iter()
+        .map(|k| {
+            format!(
+                "CAST({} AS VARCHAR) AS __old_{k}",
+                catalog::change_key_sql("c", k)
+            )
+        })
+        .chain(
+            catalog::CHANGE_KEYS
+                .iter()
+                .filter(|k| !catalog::is_events_column(k))
+                .map(|k| format!("{} AS {k}", catalog::change_key_sql("r", k))),
+        )
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(ctx
+        .sql(&format!(
+            "SELECT r.*, c.{FILE_COLUMN} AS {FILE_COLUMN}, {keys}, \
+             (c.event_id IS NULL OR r.event_id IS NULL OR NOT ({same})) AS __changed, \
+             (c.event_id IS NOT NULL AND r.event_id IS NOT NULL AND {patchable}) \
+             AS __patchable, {differs} \
+             FROM recomputed r FULL OUTER JOIN current_touched c ON r.event_id = c.event_id",
+            same = same.join(" AND "),
+            patchable = same_but_patchable.join(" AND "),
+        ))
+        .await?)
+}
+
+/// Runs the models and writes their output: every row on a full refresh; on an incremental
+/// run, the changed rows, except those kept aside to patch into their files. Counts what it
+/// saw in `summary`.
+async fn write_output(
+    ctx: &SessionContext,
+    output: datafusion::dataframe::DataFrame,
+    write: &mut delta::TableSink,
+    summary: &mut CleanSummary,
+    progress: &indicatif::ProgressBar,
+) -> Result<Routed> {
+    let mut routed = Routed::default();
+    let plan = output.create_physical_plan().await?;
+    tracing::debug!(
+        "clean plan:\n{}",
+        datafusion::physical_plan::displayable(plan.as_ref()).indent(true)
+    );
+    let mut stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
+    let mut spread = delta::SpreadSink::new(write)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        summary.exact_duplicates += sum_column(&batch, "_exact_resends")?;
+        summary.conflicting_duplicates += sum_column(&batch, "_conflicting_resends")?;
+        let ids = batch.column_by_name("event_id").expect("event_id");
+        summary.events_recomputed += (ids.len() - ids.null_count()) as u64;
+        routed.count_sessions(&batch)?;
+        let batch = if batch.column_by_name("__changed").is_some() {
+            let (to_write, patched) = routed.split(&batch)?;
+            summary.events_changed += patched;
+            to_write
+        } else {
+            batch
+        };
+        summary.events_changed += batch.num_rows() as u64;
+        spread.write(&batch).await?;
+        progress.set_message(format!("{} events recomputed", summary.events_recomputed));
+    }
+    spread.finish().await?;
+    tracing::trace!(
+        "clean plan ran:\n{}",
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+    );
+    Ok(routed)
+}
+
+/// What `write_output` learned about the rows it wrote or kept aside.
+#[derive(Default)]
+struct Routed {
+    /// Changed rows to patch into their current files (see `patch`).
+    to_patch: Vec<RecordBatch>,
+    to_patch_rows: usize,
+    /// Files holding a superseded row that is not patched: rewritten without it.
+    superseded: HashSet<String>,
+    /// The event ids of those superseded rows.
+    changed_ids: Vec<String>,
+    changes: ChangeKeys,
+    /// Sessions touched, counted by a 64-bit hash of their key (computed a batch at a time).
+    sessions: HashSet<u64, std::hash::BuildHasherDefault<crate::fingerprint::Prehashed>>,
+    session_hashes: Vec<u64>,
+}
+
+impl Routed {
+    fn count_sessions(&mut self, batch: &RecordBatch) -> Result<()> {
+        let Some(keys) = batch.column_by_name("session_key") else {
+            return Ok(());
+        };
+        self.session_hashes.clear();
+        self.session_hashes.resize(keys.len(), 0);
+        datafusion::common::hash_utils::create_hashes(
+            [keys],
+            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+            &mut self.session_hashes,
+        )?;
+        let hashes = &self.session_hashes;
+        let valid = (0..keys.len()).filter(|&i| keys.is_valid(i));
+        self.sessions.extend(valid.map(|i| hashes[i]));
+        Ok(())
+    }
+
+    /// Splits a compared batch (see `compared_with_current`): returns its changed rows to
+    /// write, and how many it kept aside to patch; records the change keys and the files whose
+    /// rows it supersedes.
+    fn split(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
+        let flag = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                .unwrap_or_else(|| panic!("{name} is boolean"))
+                .clone()
+        };
+        let changed = flag("__changed");
+        let patchable = flag("__patchable");
+        let ids = catalog::utf8(batch.column_by_name("event_id").expect("event_id"))?;
+        let old_files = catalog::utf8(batch.column_by_name(FILE_COLUMN).expect("file column"))?;
+        self.changes.record(batch, &changed, &patchable)?;
+        let mut write_mask = Vec::with_capacity(batch.num_rows());
+        let mut patch_mask = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let is_changed = changed.is_valid(i) && changed.value(i);
+            let patch = is_changed
+                && old_files.is_valid(i)
+                && patchable.is_valid(i)
+                && patchable.value(i)
+                && self.to_patch_rows < PATCH_ROWS_MAX;
+            if patch {
+                self.to_patch_rows += 1;
+            } else if is_changed && old_files.is_valid(i) {
+                if !self.superseded.contains(old_files.value(i)) {
+                    self.superseded.insert(old_files.value(i).to_string());
+                }
+                if ids.is_valid(i) {
+                    self.changed_ids.push(ids.value(i).to_string());
+                }
+            }
+            patch_mask.push(patch);
+            write_mask.push(is_changed && ids.is_valid(i) && !patch);
+        }
+        let patch_mask = BooleanArray::from(patch_mask);
+        let patched = patch_mask.true_count() as u64;
+        if patched > 0 {
+            self.to_patch
+                .push(arrow::compute::filter_record_batch(batch, &patch_mask)?);
+        }
+        let to_write = arrow::compute::filter_record_batch(batch, &BooleanArray::from(write_mask))?;
+        Ok((to_write, patched))
+    }
+}
+
+/// With `-vv`: the peak of the repartition buffers, which the memory limit does not cover.
+fn log_repartition_peak(ctx: &SessionContext) {
+    if let Some(pool) = ctx
+        .runtime_env()
+        .memory_pool
+        .as_ref()
+        .downcast_ref::<crate::memory::RunPool>()
+    {
+        tracing::debug!(
+            "clean: repartition buffers peaked at {} MB (outside the memory limit), pool holds {} MB",
+            pool.repartition_peak() >> 20,
+            datafusion::execution::memory_pool::MemoryPool::reserved(pool) >> 20
+        );
+    }
+}
+
+/// The partitions a commit adds files to or removes files from.
+fn partitions_written(adds: &[deltalake::kernel::Add], removes: &[Action]) -> u64 {
+    let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
+    for a in adds {
+        partitions.insert(sorted_partition(&a.partition_values));
+    }
+    for r in removes {
+        if let Action::Remove(r) = r {
+            if let Some(pv) = &r.partition_values {
+                partitions.insert(sorted_partition(pv));
+            }
+        }
+    }
+    partitions.len() as u64
 }
 
 /// The fingerprint of the clean logic: every model's name and text, and the
