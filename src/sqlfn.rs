@@ -339,14 +339,29 @@ impl ScalarUDFImpl for TrimToNull {
 }
 
 /// A filter true where any of `keys`' columns holds one of that column's values (a set per
-/// column; a NULL matches nothing), for a scan that must find rows by several keys at once. An
-/// `IN` list of the same values costs a pruning predicate of every literal at each file opened
-/// and a plan of every literal; the sets are looked up once a row.
+/// column; a NULL matches nothing), for a scan that must find rows by several keys at once.
+///
+/// A few values of one column (at most [`IN_LIST_MAX`]) become a plain `IN` list, whose literals
+/// the Parquet reader checks against each row group's bloom filter (see
+/// `delta::BLOOM_FILTERED`), skipping row groups that hold none of them. More values, or several
+/// columns, which no row group would be skipped for, are looked up in sets once a row: an `IN`
+/// list of thousands of values costs a pruning predicate of every literal at each file opened
+/// and a plan of every literal.
 pub fn in_key_sets(
-    keys: Vec<(&str, std::collections::HashSet<String>)>,
+    mut keys: Vec<(&str, std::collections::HashSet<String>)>,
 ) -> datafusion::prelude::Expr {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    if keys.len() == 1 && keys[0].1.len() <= IN_LIST_MAX {
+        let (column, set) = keys.pop().expect("one key column");
+        if set.is_empty() {
+            return datafusion::prelude::lit(false);
+        }
+        let mut values: Vec<String> = set.into_iter().collect();
+        values.sort_unstable();
+        let list = values.into_iter().map(datafusion::prelude::lit).collect();
+        return datafusion::prelude::col(column).in_list(list, false);
+    }
     let (columns, sets): (Vec<_>, Vec<_>) = keys
         .into_iter()
         .map(|(c, set)| (datafusion::prelude::col(c), set.into_iter().collect()))
@@ -358,6 +373,9 @@ pub fn in_key_sets(
     };
     ScalarUDF::new_from_impl(udf).call(columns)
 }
+
+/// The most values of one key column that [`in_key_sets`] passes as an `IN` list.
+pub const IN_LIST_MAX: usize = 1_000;
 
 #[derive(Debug)]
 struct InKeySets {
@@ -710,6 +728,59 @@ mod tests {
         }
         assert_eq!(one("SELECT trim_to_null(' x ')").await, "x");
         assert_eq!(one("SELECT trim_to_null('  ')").await, "NULL");
+    }
+
+    /// A few values of one column are an `IN` list (which Parquet bloom filters can answer);
+    /// more are the set lookup; both keep the same rows.
+    #[tokio::test]
+    async fn a_few_keys_of_one_column_are_an_in_list_matching_what_the_set_matches() {
+        use arrow::array::RecordBatch;
+        use datafusion::logical_expr::Expr;
+        let batch = RecordBatch::try_from_iter([(
+            "visitor",
+            Arc::new(StringViewArray::from(vec![
+                Some("a"),
+                Some("b"),
+                None,
+                Some("c"),
+                Some("a"),
+            ])) as ArrayRef,
+        )])
+        .unwrap();
+        let few: std::collections::HashSet<String> = ["a", "c", "zz"].map(String::from).into();
+        let mut many = few.clone();
+        many.extend((0..IN_LIST_MAX).map(|i| format!("x{i}")));
+        let ctx = SessionContext::new();
+        let kept = |filter: Expr| {
+            let df = ctx
+                .read_batch(batch.clone())
+                .unwrap()
+                .filter(filter)
+                .unwrap();
+            async move {
+                let batches = df.collect().await.unwrap();
+                let mut v: Vec<String> = batches
+                    .iter()
+                    .flat_map(|b| {
+                        let c = arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                        c.as_string::<i32>()
+                            .iter()
+                            .map(|v| v.unwrap().to_string())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                v.sort();
+                v
+            }
+        };
+        let as_list = in_key_sets(vec![("visitor", few)]);
+        assert!(matches!(as_list, Expr::InList(_)), "{as_list}");
+        let as_set = in_key_sets(vec![("visitor", many)]);
+        assert!(matches!(as_set, Expr::ScalarFunction(_)), "{as_set}");
+        assert_eq!(kept(as_list).await, vec!["a", "a", "c"]);
+        assert_eq!(kept(as_set).await, vec!["a", "a", "c"]);
+        let none = in_key_sets(vec![("visitor", Default::default())]);
+        assert!(kept(none).await.is_empty());
     }
 
     #[tokio::test]

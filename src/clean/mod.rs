@@ -415,7 +415,7 @@ async fn register_incremental_inputs(
     .await?
     .into_iter()
     .collect();
-    let found = rows_matching_any(
+    let (schema, found) = rows_matching_any(
         ctx,
         current.clone(),
         vec![
@@ -424,7 +424,11 @@ async fn register_incremental_inputs(
         ],
     )
     .await?;
-    ctx.register_table("current_found", found)?;
+    // The batches are shared, not copied, by the tables registered over them.
+    ctx.register_table(
+        "current_found",
+        Arc::new(MemTable::try_new(schema.clone(), vec![found.clone()])?),
+    )?;
     let copies = ctx
         .sql(
             "SELECT * FROM current_found \
@@ -435,6 +439,7 @@ async fn register_incremental_inputs(
         .await?
         .expect("no row limit");
     ctx.register_table("current_copies", Arc::new(copies))?;
+    ctx.deregister_table("current_found")?;
     laps.lap("current copies of the new event ids and rows of their visitors read");
     let (exact, conflicting) = settle_losing_resends(ctx).await?;
     laps.lap("losing resends settled");
@@ -452,31 +457,19 @@ async fn register_incremental_inputs(
     )
     .await?;
     summary.visitors_touched = touched.len() as u64;
-    let (read, others): (Vec<String>, Vec<String>) =
+    let (read, others): (HashSet<String>, HashSet<String>) =
         touched.into_iter().partition(|v| new_visitors.contains(v));
-    ctx.register_table("__read_visitors", Arc::new(string_table("__key", read)?))?;
-    let mut sql = "SELECT * FROM current_found \
-         WHERE anonymous_id IN (SELECT __key FROM __read_visitors)"
-        .to_string();
+    // Rows of visitors whose only new rows lost to their current copies are let go.
+    let mut rows = rows_with_value_in(found, "anonymous_id", &read)?;
     if !others.is_empty() {
-        let theirs = rows_matching_any(
-            ctx,
-            current,
-            vec![("anonymous_id", others.into_iter().collect())],
-        )
-        .await?;
-        ctx.register_table("current_theirs", theirs)?;
-        sql.push_str(" UNION ALL SELECT * FROM current_theirs");
+        let (_, theirs) = rows_matching_any(ctx, current, vec![("anonymous_id", others)]).await?;
+        rows.extend(theirs);
     }
-    let rows = models::memory_table(ctx.sql(&sql).await?, usize::MAX)
-        .await?
-        .expect("no row limit");
-    ctx.register_table("current_touched", Arc::new(rows))?;
-    // Rows of visitors whose only new rows lost to their current copies, let go.
-    ctx.deregister_table("current_found")?;
-    let n = catalog::query_i64(ctx, "SELECT count(*) FROM current_touched")
-        .await?
-        .unwrap_or(0);
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    ctx.register_table(
+        "current_touched",
+        Arc::new(MemTable::try_new(schema, vec![rows])?),
+    )?;
     laps.lap("their current rows read");
     if n > 0 {
         let carried = ctx
@@ -816,25 +809,49 @@ async fn settle_losing_resends(ctx: &SessionContext) -> Result<(u64, u64)> {
 /// column's values, collected in memory. The filter reaches the Parquet reader, which evaluates
 /// it on the key columns first, so only matching rows leave the scan. One scan answers every key
 /// column: with matches spread over every page, as event ids and visitors are, every page is
-/// decoded, so a second scan would cost as much as the first.
+/// decoded, so a second scan would cost as much as the first. (A few values of one column are
+/// looked up in the row groups' bloom filters first: see `sqlfn::in_key_sets`.)
 async fn rows_matching_any(
     ctx: &SessionContext,
     table: Arc<dyn TableProvider>,
     keys: Vec<(&str, HashSet<String>)>,
-) -> Result<Arc<MemTable>> {
+) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
     let df = ctx
         .read_table(table)?
         .filter(crate::sqlfn::in_key_sets(keys))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let plan = df.create_physical_plan().await?;
     let stream = datafusion::physical_plan::execute_stream(plan.clone(), ctx.task_ctx())?;
-    let (schema, batches) = models::collect_compact(schema, stream).await?;
+    let collected = models::collect_compact(schema, stream).await?;
     tracing::debug!(
         "rows_matching_any plan:\n{}",
         datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
             .indent(true)
     );
-    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+    Ok(collected)
+}
+
+/// The rows of `batches` whose `column` holds one of `values` (a NULL matches nothing). A batch
+/// whose every row matches is kept as it is; the others are filtered (one copy of their rows).
+fn rows_with_value_in(
+    batches: Vec<RecordBatch>,
+    column: &str,
+    values: &HashSet<String>,
+) -> Result<Vec<RecordBatch>> {
+    let mut kept = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let keys = catalog::utf8(batch.column_by_name(column).expect("key column"))?;
+        let mask: BooleanArray = keys
+            .iter()
+            .map(|v| Some(v.is_some_and(|v| values.contains(v))))
+            .collect();
+        match mask.true_count() {
+            0 => {}
+            n if n == batch.num_rows() => kept.push(batch),
+            _ => kept.push(arrow::compute::filter_record_batch(&batch, &mask)?),
+        }
+    }
+    Ok(kept)
 }
 
 /// The rows of `raw_input` (answered from file statistics).
