@@ -186,7 +186,7 @@ pub async fn run(
     // Every star table's current state, opened concurrently (a few requests each on an object
     // store). Each table is written only by its own model, so these stay valid during the build.
     // Four at a time: each load replays a log, and all at once raised the peak memory.
-    let mut opened: HashMap<String, DeltaTable> = futures::stream::iter(models.iter())
+    let opened: HashMap<String, DeltaTable> = futures::stream::iter(models.iter())
         .map(|m| async move { Ok::<_, Error>((m.name.clone(), lake.open_table(&m.name).await?)) })
         .buffered(4)
         .try_collect::<Vec<_>>()
@@ -206,214 +206,38 @@ pub async fn run(
         "build: every model planned"
     );
 
-    // Plan every table first (its markers and the change records: no data read), so the
-    // inputs and logic fingerprints of a table's upstream are known before anything runs.
-    let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
-    // Which earlier models' tables each model reads: its fingerprints' inputs, and what it
-    // waits for below.
-    let upstream = upstream_of(&models);
-    let mut fingerprints: Vec<i64> = Vec::new();
-    let mut logic: Vec<i64> = Vec::new();
-    let mut results: Vec<Option<TableBuild>> = vec![None; models.len()];
-    let mut done: HashMap<String, DeltaTable> = HashMap::new();
-    let mut pending: Vec<Job> = Vec::new();
-    // Which models read `consents`, directly or through the tables they read: decisions it
-    // gains change rows of customers whose events did not change.
-    let mut via_consents: Vec<bool> = Vec::new();
-    // Which models read the identity columns of `events`, directly or through the tables they
-    // read: the others skip keys whose rows changed in those columns alone.
-    let mut via_identity: Vec<bool> = Vec::new();
-    for (index, model) in models.iter().enumerate() {
-        let reads_consents = reads(model, catalog::CONSENTS.name);
-        via_consents.push(reads_consents || upstream[index].iter().any(|&i| via_consents[i]));
-        let reads_identity = events_columns.get(&model.name).is_none_or(|cs| {
-            cs.iter()
-                .any(|c| catalog::IDENTITY_COLUMNS.contains(&c.as_str()))
-        });
-        via_identity.push(reads_identity || upstream[index].iter().any(|&i| via_identity[i]));
-        let t0 = Instant::now();
-        let existing = opened.remove(&model.name);
-        let mut upstream_inputs: Vec<i64> =
-            upstream[index].iter().map(|&i| fingerprints[i]).collect();
-        if reads_consents {
-            upstream_inputs.push(consents_version);
-        }
-        let fingerprint = inputs_fingerprint(model, data_version, as_of, cfg, &upstream_inputs);
-        fingerprints.push(fingerprint);
-        let upstream_logic: Vec<i64> = upstream[index].iter().map(|&i| logic[i]).collect();
-        let model_logic = logic_fingerprint(model, cfg, &upstream_logic, explicit_as_of);
-        logic.push(model_logic);
-        let work = plan_work(
-            lake,
+    // Plan every table first (its markers and the change records: no data read), then build
+    // those with work to do.
+    let versions = Versions {
+        events: events_version,
+        data: data_version,
+        consents: consents_version,
+    };
+    let run = Run {
+        lake,
+        cfg,
+        models: &models,
+        upstream: upstream_of(&models),
+        as_of,
+    };
+    let mut planned = run
+        .plan_tables(
             &events,
-            existing.as_ref(),
-            model,
-            req.full_refresh,
-            events_version,
-            fingerprint,
-            model_logic,
-            via_consents[index].then_some(consents_version),
-            via_identity[index],
-            &mut changes_cache,
+            &events_columns,
+            opened,
+            versions,
+            req,
+            explicit_as_of,
         )
         .await?;
-        match work {
-            Work::UpToDate => {
-                let built = TableBuild {
-                    table: model.name.clone(),
-                    mode: "up_to_date",
-                    version: existing
-                        .as_ref()
-                        .and_then(|t| t.version())
-                        .map(|v| v as i64),
-                    seconds: t0.elapsed().as_secs_f64(),
-                    ..Default::default()
-                };
-                log_built(&built);
-                results[index] = Some(built);
-                // Still readable by the models after it, as committed.
-                if let Some(t) = existing {
-                    done.insert(model.name.clone(), t);
-                }
-            }
-            work => pending.push(Job {
-                index,
-                existing,
-                work,
-                markers: vec![
-                    Transaction::new(EVENTS_APP_ID, events_version),
-                    Transaction::new(INPUTS_APP_ID, fingerprint),
-                    Transaction::new(LOGIC_APP_ID, model_logic),
-                    Transaction::new(CONSENTS_APP_ID, consents_version),
-                ],
-            }),
-        }
-    }
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
         "build: work planned for every table"
     );
-    let any_built = !pending.is_empty();
-
-    // Then build: a table starts once every table it reads is committed, up to `parallel` at a
-    // time, each on its own task with its own catalog (what `events`, `this` and the upstream
-    // tables mean for it) over the run's shared memory pool. One model's query seldom keeps
-    // both cores busy (its aggregation's final phase, the Parquet encoding and the commit run
-    // on one), so two tables side by side fill the gaps.
-    let progress = printer.spinner("build");
-    let parallel = build_parallelism(cfg.memory_limit);
-    let fixed: Vec<(&str, Arc<dyn datafusion::catalog::TableProvider>)> = vec![
-        ("events_all", ctx.table_provider("events_all").await?),
-        ("segment_rules", ctx.table_provider("segment_rules").await?),
-        (
-            catalog::CONSENTS.name,
-            ctx.table_provider(catalog::CONSENTS.name).await?,
-        ),
-    ];
-    let shared = Arc::new(SharedRows::new(&models, &events_columns));
-    let cfg_shared = Arc::new(cfg.clone());
-    let mut running: tokio::task::JoinSet<(usize, Result<(TableBuild, DeltaTable)>)> =
-        tokio::task::JoinSet::new();
-    let mut in_flight: Vec<usize> = Vec::new();
-    let waited_on_by = readers_count(&upstream);
-    let mut failed: Option<Error> = None;
-    loop {
-        while failed.is_none() && running.len() < parallel {
-            let waiting_on = |job: &Job| {
-                upstream[job.index]
-                    .iter()
-                    .any(|i| in_flight.contains(i) || pending.iter().any(|j| j.index == *i))
-            };
-            // Of the tables ready, the one most others wait on (then file order): it starts the
-            // longest chain, and the tables nothing reads fill the other core meanwhile.
-            let Some(at) = pending
-                .iter()
-                .enumerate()
-                .filter(|(_, j)| !waiting_on(j))
-                .max_by_key(|(_, j)| (waited_on_by[j.index], std::cmp::Reverse(j.index)))
-                .map(|(at, _)| at)
-            else {
-                break;
-            };
-            let job = pending.remove(at);
-            let model = models[job.index].clone();
-            let reads_from: Vec<String> = upstream[job.index]
-                .iter()
-                .map(|&i| models[i].name.clone())
-                .collect();
-            let model_ctx = match model_context(&ctx, &fixed, &done, &model, &reads_from).await {
-                Ok(c) => c,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
-            in_flight.push(job.index);
-            progress.set_message(names_of(&models, &in_flight));
-            let (lake, cfg, params, shared) = (
-                lake.clone(),
-                cfg_shared.clone(),
-                params.clone(),
-                shared.clone(),
-            );
-            running.spawn(async move {
-                let t0 = Instant::now();
-                let built = build_table(
-                    &lake,
-                    &cfg,
-                    &model_ctx,
-                    &model,
-                    job.existing,
-                    job.work,
-                    &params,
-                    as_of,
-                    job.markers,
-                    &shared,
-                )
-                .await
-                .map(|(mut built, table)| {
-                    built.seconds = t0.elapsed().as_secs_f64();
-                    (built, table)
-                });
-                (job.index, built)
-            });
-        }
-        let Some(joined) = running.join_next().await else {
-            break;
-        };
-        let (index, built) =
-            joined.map_err(|e| Error::runtime(format!("building a table: {e}")))?;
-        let name = &models[index].name;
-        in_flight.retain(|&i| i != index);
-        progress.set_message(names_of(&models, &in_flight));
-        match built {
-            Ok((built, table)) => {
-                log_built(&built);
-                results[index] = Some(built);
-                done.insert(name.clone(), table);
-            }
-            // The tables already being written finish and commit; no other starts.
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
-        }
-    }
-    progress.finish_and_clear();
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    // Unreachable while models read only the models before them: the first waiting table
-    // always has its inputs committed once nothing runs.
-    if !pending.is_empty() {
-        return Err(Error::runtime(format!(
-            "build: tables left waiting on each other: {}",
-            names_of(
-                &models,
-                &pending.iter().map(|j| j.index).collect::<Vec<_>>()
-            )
-        )));
-    }
-    summary.tables = results.into_iter().flatten().collect();
+    let any_built = !planned.pending.is_empty();
+    run.build_tables(&ctx, &params, &events_columns, &mut planned, printer)
+        .await?;
+    summary.tables = planned.results.into_iter().flatten().collect();
     if let Some((hits, sent)) = lake.read_cache_stats() {
         tracing::debug!(
             hits,
@@ -426,6 +250,267 @@ pub async fn run(
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The versions a build reads: of `events` (the latest, and the latest that changed rows) and
+/// of `consents`.
+#[derive(Clone, Copy)]
+struct Versions {
+    events: i64,
+    data: i64,
+    consents: i64,
+}
+
+/// What planning and building every table share: the models in file order and, for each, the
+/// earlier models whose tables it reads.
+struct Run<'a> {
+    lake: &'a Lake,
+    cfg: &'a Config,
+    models: &'a [Model],
+    upstream: Vec<Vec<usize>>,
+    as_of: i64,
+}
+
+/// The tables already current (in `results` and `done`) and the jobs of the others.
+struct Planned {
+    results: Vec<Option<TableBuild>>,
+    /// The committed tables, by name, which the models after them read.
+    done: HashMap<String, DeltaTable>,
+    pending: Vec<Job>,
+}
+
+impl Run<'_> {
+    /// Each table's work (up to date, full or incremental) from its markers and the change
+    /// records, in file order, so the inputs and logic fingerprints of a table's upstream are
+    /// known when its own are computed. No data is read.
+    async fn plan_tables(
+        &self,
+        events: &DeltaTable,
+        events_columns: &HashMap<String, Vec<String>>,
+        mut opened: HashMap<String, DeltaTable>,
+        versions: Versions,
+        req: BuildRequest,
+        explicit_as_of: Option<i64>,
+    ) -> Result<Planned> {
+        let (models, upstream, cfg) = (self.models, &self.upstream, self.cfg);
+        let mut changes_cache: HashMap<i64, Result<ChangeSet, String>> = HashMap::new();
+        let mut fingerprints: Vec<i64> = Vec::new();
+        let mut logic: Vec<i64> = Vec::new();
+        let mut planned = Planned {
+            results: vec![None; models.len()],
+            done: HashMap::new(),
+            pending: Vec::new(),
+        };
+        // Which models read `consents`, directly or through the tables they read: decisions it
+        // gains change rows of customers whose events did not change.
+        let mut via_consents: Vec<bool> = Vec::new();
+        // Which models read the identity columns of `events`, directly or through the tables
+        // they read: the others skip keys whose rows changed in those columns alone.
+        let mut via_identity: Vec<bool> = Vec::new();
+        for (index, model) in models.iter().enumerate() {
+            let reads_consents = reads(model, catalog::CONSENTS.name);
+            via_consents.push(reads_consents || upstream[index].iter().any(|&i| via_consents[i]));
+            let reads_identity = events_columns.get(&model.name).is_none_or(|cs| {
+                cs.iter()
+                    .any(|c| catalog::IDENTITY_COLUMNS.contains(&c.as_str()))
+            });
+            via_identity.push(reads_identity || upstream[index].iter().any(|&i| via_identity[i]));
+            let t0 = Instant::now();
+            let existing = opened.remove(&model.name);
+            let mut upstream_inputs: Vec<i64> =
+                upstream[index].iter().map(|&i| fingerprints[i]).collect();
+            if reads_consents {
+                upstream_inputs.push(versions.consents);
+            }
+            let fingerprint =
+                inputs_fingerprint(model, versions.data, self.as_of, cfg, &upstream_inputs);
+            fingerprints.push(fingerprint);
+            let upstream_logic: Vec<i64> = upstream[index].iter().map(|&i| logic[i]).collect();
+            let model_logic = logic_fingerprint(model, cfg, &upstream_logic, explicit_as_of);
+            logic.push(model_logic);
+            let work = plan_work(
+                self.lake,
+                events,
+                existing.as_ref(),
+                model,
+                req.full_refresh,
+                versions.events,
+                fingerprint,
+                model_logic,
+                via_consents[index].then_some(versions.consents),
+                via_identity[index],
+                &mut changes_cache,
+            )
+            .await?;
+            match work {
+                Work::UpToDate => {
+                    let built = TableBuild {
+                        table: model.name.clone(),
+                        mode: "up_to_date",
+                        version: existing
+                            .as_ref()
+                            .and_then(|t| t.version())
+                            .map(|v| v as i64),
+                        seconds: t0.elapsed().as_secs_f64(),
+                        ..Default::default()
+                    };
+                    log_built(&built);
+                    planned.results[index] = Some(built);
+                    // Still readable by the models after it, as committed.
+                    if let Some(t) = existing {
+                        planned.done.insert(model.name.clone(), t);
+                    }
+                }
+                work => planned.pending.push(Job {
+                    index,
+                    existing,
+                    work,
+                    markers: vec![
+                        Transaction::new(EVENTS_APP_ID, versions.events),
+                        Transaction::new(INPUTS_APP_ID, fingerprint),
+                        Transaction::new(LOGIC_APP_ID, model_logic),
+                        Transaction::new(CONSENTS_APP_ID, versions.consents),
+                    ],
+                }),
+            }
+        }
+        Ok(planned)
+    }
+
+    /// Builds the pending tables: a table starts once every table it reads is committed, up to
+    /// `build_parallelism` at a time, each on its own task with its own catalog (what `events`,
+    /// `this` and the upstream tables mean for it) over the run's shared memory pool. One
+    /// model's query seldom keeps both cores busy (its aggregation's final phase, the Parquet
+    /// encoding and the commit run on one), so two tables side by side fill the gaps. After a
+    /// failure the tables being written finish and commit, no other starts, and the first
+    /// error is returned.
+    async fn build_tables(
+        &self,
+        ctx: &SessionContext,
+        params: &ParamValues,
+        events_columns: &HashMap<String, Vec<String>>,
+        planned: &mut Planned,
+        printer: &Printer,
+    ) -> Result<()> {
+        let (models, upstream) = (self.models, &self.upstream);
+        let Planned {
+            results,
+            done,
+            pending,
+        } = planned;
+        let progress = printer.spinner("build");
+        let parallel = build_parallelism(self.cfg.memory_limit);
+        let fixed: Vec<(&str, Arc<dyn datafusion::catalog::TableProvider>)> = vec![
+            ("events_all", ctx.table_provider("events_all").await?),
+            ("segment_rules", ctx.table_provider("segment_rules").await?),
+            (
+                catalog::CONSENTS.name,
+                ctx.table_provider(catalog::CONSENTS.name).await?,
+            ),
+        ];
+        let shared = Arc::new(SharedRows::new(models, events_columns));
+        let cfg_shared = Arc::new(self.cfg.clone());
+        let mut running: tokio::task::JoinSet<(usize, Result<(TableBuild, DeltaTable)>)> =
+            tokio::task::JoinSet::new();
+        let mut in_flight: Vec<usize> = Vec::new();
+        let waited_on_by = readers_count(upstream);
+        let mut failed: Option<Error> = None;
+        loop {
+            while failed.is_none() && running.len() < parallel {
+                let waiting_on = |job: &Job| {
+                    upstream[job.index]
+                        .iter()
+                        .any(|i| in_flight.contains(i) || pending.iter().any(|j| j.index == *i))
+                };
+                // Of the tables ready, the one most others wait on (then file order): it starts
+                // the longest chain, and the tables nothing reads fill the other core meanwhile.
+                let Some(at) = pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, j)| !waiting_on(j))
+                    .max_by_key(|(_, j)| (waited_on_by[j.index], std::cmp::Reverse(j.index)))
+                    .map(|(at, _)| at)
+                else {
+                    break;
+                };
+                let job = pending.remove(at);
+                let model = models[job.index].clone();
+                let reads_from: Vec<String> = upstream[job.index]
+                    .iter()
+                    .map(|&i| models[i].name.clone())
+                    .collect();
+                let model_ctx = match model_context(ctx, &fixed, done, &model, &reads_from).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                in_flight.push(job.index);
+                progress.set_message(names_of(models, &in_flight));
+                let (lake, cfg, params, shared, as_of) = (
+                    self.lake.clone(),
+                    cfg_shared.clone(),
+                    params.clone(),
+                    shared.clone(),
+                    self.as_of,
+                );
+                running.spawn(async move {
+                    let t0 = Instant::now();
+                    let built = build_table(
+                        &lake,
+                        &cfg,
+                        &model_ctx,
+                        &model,
+                        job.existing,
+                        job.work,
+                        &params,
+                        as_of,
+                        job.markers,
+                        &shared,
+                    )
+                    .await
+                    .map(|(mut built, table)| {
+                        built.seconds = t0.elapsed().as_secs_f64();
+                        (built, table)
+                    });
+                    (job.index, built)
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (index, built) =
+                joined.map_err(|e| Error::runtime(format!("building a table: {e}")))?;
+            let name = &models[index].name;
+            in_flight.retain(|&i| i != index);
+            progress.set_message(names_of(models, &in_flight));
+            match built {
+                Ok((built, table)) => {
+                    log_built(&built);
+                    results[index] = Some(built);
+                    done.insert(name.clone(), table);
+                }
+                // The tables already being written finish and commit; no other starts.
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        progress.finish_and_clear();
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        // Unreachable while models read only the models before them: the first waiting table
+        // always has its inputs committed once nothing runs.
+        if !pending.is_empty() {
+            return Err(Error::runtime(format!(
+                "build: tables left waiting on each other: {}",
+                names_of(models, &pending.iter().map(|j| j.index).collect::<Vec<_>>())
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A table with work to do, waiting for its turn.
