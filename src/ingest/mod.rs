@@ -438,6 +438,8 @@ struct FileState {
     content_hash: Option<String>,
 }
 
+/// Lands one group of files: parses them, writes raw and quarantine files, then commits each
+/// table once (quarantine first) with every file's marker, then records the files.
 #[allow(clippy::too_many_arguments)]
 async fn run_group(
     group: Vec<Planned>,
@@ -450,6 +452,166 @@ async fn run_group(
     known: &HashMap<String, String>,
     force: bool,
 ) -> Result<GroupResult> {
+    let Landed {
+        state,
+        raw_adds,
+        q_adds,
+    } = land(&group, settings, cfg, raw, quarantine, progress).await?;
+    fault("after-data-files");
+
+    let mut planned = group;
+    if let Some(skipped) =
+        resolve_stdin(&mut planned, &state, raw, quarantine, known, force).await?
+    {
+        return Ok(skipped);
+    }
+    let keys: Vec<String> = planned
+        .iter()
+        .map(|p| p.file.key.clone().expect("resolved"))
+        .collect();
+    let batch = settings.batch_id.to_string();
+    let bytes_written: u64 = raw_adds.iter().chain(&q_adds).map(|a| a.size as u64).sum();
+    let data_files = (raw_adds.len() + q_adds.len()) as u64;
+    let partitions: BTreeSet<Vec<(String, Option<String>)>> = raw_adds
+        .iter()
+        .map(|a| {
+            let mut v: Vec<(String, Option<String>)> = a
+                .partition_values
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    let meta = |table: &str| {
+        let files: Vec<serde_json::Value> = planned
+            .iter()
+            .zip(&state)
+            .take(1000)
+            .map(|(p, st)| {
+                serde_json::json!({
+                    "source_file": p.file.display,
+                    "lines": st.stats.lines,
+                    "landed": st.stats.landed,
+                    "quarantined": st.stats.quarantined.total(),
+                    "extra_rows": st.stats.extra_rows,
+                })
+            })
+            .collect();
+        HashMap::from([(
+            "clicklake".to_string(),
+            serde_json::json!({ "command": "ingest", "table": table, "batch_id": batch, "files": files }),
+        )])
+    };
+
+    // Quarantine first: a file's raw marker is what says it was ingested, so a crash between
+    // the commits leaves a file to complete (`Mode::RawOnly`), never one half-recorded.
+    let q_txns: Vec<Transaction> = planned
+        .iter()
+        .zip(&keys)
+        .filter(|(p, _)| p.mode == Mode::Full)
+        .map(|(p, k)| Transaction::new(app_id(k), p.version))
+        .collect();
+    let quarantine_version = if !q_txns.is_empty() || !q_adds.is_empty() {
+        let files = q_adds.len();
+        let v = delta::commit_append(quarantine, q_adds, q_txns, meta("quarantine")).await?;
+        tracing::info!(table = "quarantine", version = v, files, "committed");
+        Some(v)
+    } else {
+        None
+    };
+    fault("after-quarantine-commit");
+    let r_txns: Vec<Transaction> = planned
+        .iter()
+        .zip(&keys)
+        .map(|(p, k)| Transaction::new(app_id(k), p.version))
+        .collect();
+    let raw_files = raw_adds.len();
+    let raw_version = Some(delta::commit_append(raw, raw_adds, r_txns, meta("raw_events")).await?);
+    tracing::info!(
+        table = "raw_events",
+        version = raw_version,
+        files = raw_files,
+        "committed"
+    );
+    fault("after-raw-commit");
+
+    let now_us = settings.ingested_at_us;
+    let rows: Vec<RegistryRow> = planned
+        .iter()
+        .zip(&state)
+        .zip(&keys)
+        .map(|((p, st), k)| RegistryRow {
+            file_key: k.clone(),
+            source_file: p.file.display.clone(),
+            size_bytes: p.file.size.map(|s| s as i64),
+            version_tag: p.file.version_tag.clone(),
+            lines: Some(st.stats.lines as i64),
+            blank_lines: Some(st.stats.blank as i64),
+            landed: Some(st.stats.landed as i64),
+            quarantined: Some(st.stats.quarantined.total() as i64),
+            batch_id: batch.clone(),
+            ingested_at: now_us,
+            forced: p.version > 1 && p.mode == Mode::Full,
+            recovered: p.mode == Mode::RawOnly,
+        })
+        .collect();
+    append_registry(registry, &rows, cfg).await?;
+
+    let mut stats = LineStats::default();
+    let mut files = Vec::new();
+    let mut bytes_read = 0;
+    for (p, st) in planned.iter().zip(&state) {
+        stats.merge(&st.stats);
+        bytes_read += st.raw_bytes;
+        files.push(FileSummary {
+            source_file: p.file.display.clone(),
+            status: match p.mode {
+                Mode::Full => "ingested",
+                Mode::RawOnly => "ingested (completed an interrupted run)",
+            },
+            lines: st.stats.lines,
+            blank_lines: st.stats.blank,
+            landed: st.stats.landed,
+            quarantined: st.stats.quarantined.total(),
+            extra_rows: st.stats.extra_rows,
+            bytes: st.raw_bytes,
+        });
+    }
+    Ok(GroupResult {
+        files_read: planned.len() as u64,
+        files_skipped: 0,
+        files,
+        stats,
+        bytes_read,
+        bytes_written,
+        data_files,
+        partitions,
+        raw_version,
+        quarantine_version,
+    })
+}
+
+/// A group's files parsed and written, not yet committed: what each file held, and the data
+/// files of each table.
+struct Landed {
+    state: Vec<FileState>,
+    raw_adds: Vec<Add>,
+    q_adds: Vec<Add>,
+}
+
+/// Parses the group's files on the pipeline's threads and writes their valid rows to raw_events
+/// files (by partition) and their rejected lines to quarantine files. Fails, writing nothing
+/// visible, unless every chunk of every file came back parsed.
+async fn land(
+    group: &[Planned],
+    settings: &Arc<ParseSettings>,
+    cfg: &Config,
+    raw: &DeltaTable,
+    quarantine: &DeltaTable,
+    progress: &indicatif::ProgressBar,
+) -> Result<Landed> {
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let mut raw_w = delta::writer(raw, props.clone(), cfg.ingest.target_file_size)?;
     let raw_partitions = raw.snapshot()?.metadata().partition_columns().to_vec();
@@ -553,169 +715,59 @@ async fn run_group(
     }
     raw_adds.extend(raw_w.flush().await?);
     q_adds.extend(q_w.flush().await?);
-    fault("after-data-files");
-
-    // Resolve stdin's identity now that its content hash is known.
-    let mut planned = group;
-    for (p, st) in planned.iter_mut().zip(&state) {
-        if p.file.key.is_none() {
-            let hash = st.content_hash.clone().unwrap_or_default();
-            let key = input::file_key(&["stdin", &hash]);
-            p.file.version_tag = hash;
-            p.file.size = Some(st.raw_bytes);
-            let r = delta::txn_version(raw, &app_id(&key)).await?;
-            let q = delta::txn_version(quarantine, &app_id(&key)).await?;
-            if (known.contains_key(&key) || r.is_some()) && !force {
-                // Same bytes as an earlier stdin ingest: land nothing.
-                let bytes = st.raw_bytes;
-                return Ok(GroupResult {
-                    files: vec![FileSummary {
-                        source_file: "-".into(),
-                        status: "skipped: already ingested",
-                        bytes,
-                        ..Default::default()
-                    }],
-                    stats: LineStats::default(),
-                    files_read: 0,
-                    files_skipped: 1,
-                    bytes_read: bytes,
-                    bytes_written: 0,
-                    data_files: 0,
-                    partitions: BTreeSet::new(),
-                    raw_version: None,
-                    quarantine_version: None,
-                });
-            }
-            p.version = r.unwrap_or(0).max(q.unwrap_or(0)) + 1;
-            p.file.key = Some(key);
-        }
-    }
-
-    let keys: Vec<String> = planned
-        .iter()
-        .map(|p| p.file.key.clone().expect("resolved"))
-        .collect();
-    let batch = settings.batch_id.to_string();
-    let meta = |table: &str| {
-        let files: Vec<serde_json::Value> = planned
-            .iter()
-            .zip(&state)
-            .take(1000)
-            .map(|(p, st)| {
-                serde_json::json!({
-                    "source_file": p.file.display,
-                    "lines": st.stats.lines,
-                    "landed": st.stats.landed,
-                    "quarantined": st.stats.quarantined.total(),
-                    "extra_rows": st.stats.extra_rows,
-                })
-            })
-            .collect();
-        HashMap::from([(
-            "clicklake".to_string(),
-            serde_json::json!({ "command": "ingest", "table": table, "batch_id": batch, "files": files }),
-        )])
-    };
-
-    let q_txns: Vec<Transaction> = planned
-        .iter()
-        .zip(&keys)
-        .filter(|(p, _)| p.mode == Mode::Full)
-        .map(|(p, k)| Transaction::new(app_id(k), p.version))
-        .collect();
-    let bytes_written: u64 = raw_adds.iter().chain(&q_adds).map(|a| a.size as u64).sum();
-    let data_files = (raw_adds.len() + q_adds.len()) as u64;
-    let partitions: BTreeSet<Vec<(String, Option<String>)>> = raw_adds
-        .iter()
-        .map(|a| {
-            let mut v: Vec<(String, Option<String>)> = a
-                .partition_values
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            v.sort();
-            v
-        })
-        .collect();
-
-    let quarantine_version = if !q_txns.is_empty() || !q_adds.is_empty() {
-        let files = q_adds.len();
-        let v = delta::commit_append(quarantine, q_adds, q_txns, meta("quarantine")).await?;
-        tracing::info!(table = "quarantine", version = v, files, "committed");
-        Some(v)
-    } else {
-        None
-    };
-    fault("after-quarantine-commit");
-    let r_txns: Vec<Transaction> = planned
-        .iter()
-        .zip(&keys)
-        .map(|(p, k)| Transaction::new(app_id(k), p.version))
-        .collect();
-    let raw_files = raw_adds.len();
-    let raw_version = Some(delta::commit_append(raw, raw_adds, r_txns, meta("raw_events")).await?);
-    tracing::info!(
-        table = "raw_events",
-        version = raw_version,
-        files = raw_files,
-        "committed"
-    );
-    fault("after-raw-commit");
-
-    let now_us = settings.ingested_at_us;
-    let rows: Vec<RegistryRow> = planned
-        .iter()
-        .zip(&state)
-        .zip(&keys)
-        .map(|((p, st), k)| RegistryRow {
-            file_key: k.clone(),
-            source_file: p.file.display.clone(),
-            size_bytes: p.file.size.map(|s| s as i64),
-            version_tag: p.file.version_tag.clone(),
-            lines: Some(st.stats.lines as i64),
-            blank_lines: Some(st.stats.blank as i64),
-            landed: Some(st.stats.landed as i64),
-            quarantined: Some(st.stats.quarantined.total() as i64),
-            batch_id: batch.clone(),
-            ingested_at: now_us,
-            forced: p.version > 1 && p.mode == Mode::Full,
-            recovered: p.mode == Mode::RawOnly,
-        })
-        .collect();
-    append_registry(registry, &rows, cfg).await?;
-
-    let mut stats = LineStats::default();
-    let mut files = Vec::new();
-    let mut bytes_read = 0;
-    for (p, st) in planned.iter().zip(&state) {
-        stats.merge(&st.stats);
-        bytes_read += st.raw_bytes;
-        files.push(FileSummary {
-            source_file: p.file.display.clone(),
-            status: match p.mode {
-                Mode::Full => "ingested",
-                Mode::RawOnly => "ingested (completed an interrupted run)",
-            },
-            lines: st.stats.lines,
-            blank_lines: st.stats.blank,
-            landed: st.stats.landed,
-            quarantined: st.stats.quarantined.total(),
-            extra_rows: st.stats.extra_rows,
-            bytes: st.raw_bytes,
-        });
-    }
-    Ok(GroupResult {
-        files_read: planned.len() as u64,
-        files_skipped: 0,
-        files,
-        stats,
-        bytes_read,
-        bytes_written,
-        data_files,
-        partitions,
-        raw_version,
-        quarantine_version,
+    Ok(Landed {
+        state,
+        raw_adds,
+        q_adds,
     })
+}
+
+/// Gives stdin, now that its content hash is known, its identity and version. Returns the
+/// group's result when that content was ingested before (and `--force` is not given): then
+/// nothing is committed.
+async fn resolve_stdin(
+    planned: &mut [Planned],
+    state: &[FileState],
+    raw: &DeltaTable,
+    quarantine: &DeltaTable,
+    known: &HashMap<String, String>,
+    force: bool,
+) -> Result<Option<GroupResult>> {
+    for (p, st) in planned.iter_mut().zip(state) {
+        if p.file.key.is_some() {
+            continue;
+        }
+        let hash = st.content_hash.clone().unwrap_or_default();
+        let key = input::file_key(&["stdin", &hash]);
+        p.file.version_tag = hash;
+        p.file.size = Some(st.raw_bytes);
+        let r = delta::txn_version(raw, &app_id(&key)).await?;
+        let q = delta::txn_version(quarantine, &app_id(&key)).await?;
+        if (known.contains_key(&key) || r.is_some()) && !force {
+            // Same bytes as an earlier stdin ingest: land nothing.
+            let bytes = st.raw_bytes;
+            return Ok(Some(GroupResult {
+                files: vec![FileSummary {
+                    source_file: "-".into(),
+                    status: "skipped: already ingested",
+                    bytes,
+                    ..Default::default()
+                }],
+                stats: LineStats::default(),
+                files_read: 0,
+                files_skipped: 1,
+                bytes_read: bytes,
+                bytes_written: 0,
+                data_files: 0,
+                partitions: BTreeSet::new(),
+                raw_version: None,
+                quarantine_version: None,
+            }));
+        }
+        p.version = r.unwrap_or(0).max(q.unwrap_or(0)) + 1;
+        p.file.key = Some(key);
+    }
+    Ok(None)
 }
 
 /// One row of `ingested_files`.
