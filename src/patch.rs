@@ -17,6 +17,7 @@ use deltalake::kernel::Add;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
 use deltalake::parquet::arrow::{parquet_to_arrow_schema, ProjectionMask};
+use deltalake::parquet::bloom_filter::Sbbf;
 use deltalake::parquet::column::writer::ColumnCloseResult;
 use deltalake::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -183,7 +184,9 @@ pub async fn patch_file(
                     bytes_written: chunk.compressed_size() as u64,
                     rows_written: chunks.num_rows() as u64,
                     metadata: chunk.clone(),
-                    bloom_filter: None,
+                    // A copied column keeps its bloom filter (the values did not change).
+                    bloom_filter: Sbbf::read_from_column_chunk(chunk, &bytes)
+                        .map_err(|e| failed(&e))?,
                     column_index: metadata.column_index().map(|c| c[rg][i].clone()),
                     offset_index: metadata.offset_index().map(|o| o[rg][i].clone()),
                 };

@@ -191,6 +191,25 @@ impl TestContext {
         out.lines().skip(1).map(str::to_string).collect()
     }
 
+    /// The row groups a query's scan considered and those its bloom filters did not rule out
+    /// (`row_groups_pruned_bloom_filter=N total → M matched` in `EXPLAIN ANALYZE`).
+    pub fn bloom_filter_row_groups(&self, sql: &str) -> (u64, u64) {
+        let plan = self.ok(&["sql", "-c", &format!("EXPLAIN ANALYZE {sql}")]);
+        let metric = plan
+            .split("row_groups_pruned_bloom_filter=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no bloom filter metric in:\n{plan}"));
+        let numbers: Vec<u64> = metric
+            .split(',')
+            .next()
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (numbers[0], numbers[1])
+    }
+
     /// A single number from a query.
     pub fn count(&self, sql: &str) -> u64 {
         let rows = self.query(sql);

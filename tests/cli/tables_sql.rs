@@ -161,26 +161,9 @@ both_backends!(
         ));
         let expected: u64 = expected.lines().nth(1).unwrap().parse().unwrap();
         assert!(expected > 0);
-        let plan = ctx.ok(&[
-            "sql",
-            "-c",
-            &format!(
-                "EXPLAIN ANALYZE SELECT count(*) FROM events WHERE anonymous_id = '{visitor}'"
-            ),
-        ]);
-        let metric = plan
-            .split("row_groups_pruned_bloom_filter=")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no bloom filter metric in:\n{plan}"));
-        let numbers: Vec<u64> = metric
-            .split(',')
-            .next()
-            .unwrap()
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let (total, matched) = (numbers[0], numbers[1]);
+        let (total, matched) = ctx.bloom_filter_row_groups(&format!(
+            "SELECT count(*) FROM events WHERE anonymous_id = '{visitor}'"
+        ));
         assert!(
             matched >= 1 && matched < total,
             "{matched} of {total} row groups read for one visitor"
