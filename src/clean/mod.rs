@@ -5,14 +5,19 @@
 //!  raw_events v0 ──(consumed, recorded as txn "clicklake/clean/raw_events" on events)
 //!  raw_events v1 ──▶ new files = adds of commits v0+1..=v1
 //!
-//!  normalized   = model 1 over the new raw rows
-//!  touched      = their anonymous_ids ∪ anonymous_ids of current events rows sharing an event_id
-//!  carried      = events files holding any touched visitor (read whole)
-//!  candidates   = normalized ∪ carried rows of touched visitors
-//!  output       = models 3.. over candidates (dedup, sessions, stitching)  ∪  carried rows of
-//!                 untouched visitors (rewritten unchanged)
-//!  commit       = remove carried files + add output files + txn marker = v1   (one commit)
+//!  normalized   = model 1 over the new raw rows, less the resends that lose to a current row
+//!  found        = one scan of events: rows sharing an event_id or a visitor with the new rows
+//!  touched      = the new rows' visitors ∪ visitors of the current copies of their event ids
+//!  carried      = every current row of a touched visitor (from `found`, plus one more scan for
+//!                 visitors only a superseded copy names)
+//!  recomputed   = models 2.. over normalized ∪ carried (dedup, sessions, stitching)
+//!  compared     = recomputed ⟗ carried by event_id: only new or changed rows are written
+//!  files        = rows whose identity or session columns alone changed are patched into their
+//!                 files; other files holding a superseded row are rewritten without it
+//!  commit       = removes + adds + txn markers = v1   (one commit; the change keys first)
 //! ```
+//!
+//! A full refresh runs the models over every raw row and replaces every file.
 //!
 //! Dedup, sessions and identity stitching are all functions of one visitor's history (plus the
 //! current winner of each event_id), so recomputing every touched visitor from their full history
