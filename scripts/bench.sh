@@ -14,8 +14,9 @@
 #                               sessions, orders, customers, product-days, revenue per currency)
 #   duck-simple                 DuckDB's quick path the issue quoted (read_ndjson with a fixed
 #                               schema, a few filters, dedup, partitioned write): speed only
-# Each stage appends one JSON line to bench/results.jsonl (wall and CPU seconds, peak RSS,
-# rows/s, MB/s) and tables of medians and clicklake/DuckDB ratios are printed at the end.
+# Each stage appends one JSON line to bench/results.jsonl (wall and CPU seconds, peak RSS, peak
+# anonymous memory (RSS less mapped code, sampled: see scripts/measure.py), rows/s, MB/s) and
+# tables of medians and clicklake/DuckDB ratios are printed at the end.
 #   SIZES="1000000 10000000" RUNS=3 MEMORY_LIMIT=1GiB scripts/bench.sh
 #   STORE=s3 scripts/bench.sh      the lake on s3s-fs on loopback (DuckDB stays on local disk)
 #   DUCKDB=0 scripts/bench.sh      skip the reference
@@ -200,27 +201,31 @@ layout = [r for r in rows if r["label"] == "files"]
 rows = [r for r in rows if r["label"] != "files"]
 for r in rows:
     groups.setdefault((r["events"], r["label"]), []).append(r)
-print(f"\n{'events':>10} {'stage':<14} {'runs':>4} {'wall s':>8} {'cpu s':>8} {'rows/s':>10} {'MB/s':>7} {'peak RSS MB':>12}")
+print(f"\n{'events':>10} {'stage':<14} {'runs':>4} {'wall s':>8} {'cpu s':>8} {'rows/s':>10} {'MB/s':>7} {'peak RSS MB':>12} {'anon MB':>8}")
 for (n, label), rs in groups.items():
     med = lambda k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [0])
     print(f"{n:>10} {label:<14} {len(rs):>4} {med('wall_s'):>8.2f} {med('cpu_s'):>8.2f} "
-          f"{med('rows_per_s'):>10.0f} {med('mb_per_s'):>7.1f} {med('peak_rss_mb'):>12.0f}")
+          f"{med('rows_per_s'):>10.0f} {med('mb_per_s'):>7.1f} {med('peak_rss_mb'):>12.0f} "
+          # Under 100 ms a stage may end before its first sample.
+          + (f"{med('peak_anon_mb'):>8.0f}" if any(r.get("peak_anon_mb") for r in rs) else f"{'-':>8}"))
 sizes = sorted({n for n, _ in groups})
 def med(n, label, k="wall_s"):
-    rs = groups.get((n, label), [])
-    return statistics.median([r[k] for r in rs]) if rs else None
+    vs = [r[k] for r in groups.get((n, label), []) if r.get(k) is not None]
+    return statistics.median(vs) if vs else None
 pairs = [("ingest + clean-full", ["ingest", "clean-full"], ["duck-ingest"]),
          ("  vs DuckDB quick path", ["ingest", "clean-full"], ["duck-simple"]),
          ("build-full", ["build-full"], ["duck-build"])]
 if any((n, "duck-ingest") in groups for n in sizes):
-    print(f"\n{'events':>10} {'clicklake vs DuckDB':<22} {'clicklake s':>11} {'DuckDB s':>9} {'ratio':>6} {'RSS MB':>7} {'DuckDB RSS':>10}")
+    print(f"\n{'events':>10} {'clicklake vs DuckDB':<22} {'clicklake s':>11} {'DuckDB s':>9} {'ratio':>6} {'RSS MB':>7} {'DuckDB RSS':>10} {'anon MB':>8} {'DuckDB anon':>11}")
+    peak = lambda n, labels, k: max((med(n, l, k) or 0) for l in labels)
     for n in sizes:
         for name, ours, theirs in pairs:
             a = [med(n, l) for l in ours]; b = [med(n, l) for l in theirs]
             if None in a or None in b:
                 continue
-            ra = max(med(n, l, "peak_rss_mb") for l in ours); rb = max(med(n, l, "peak_rss_mb") for l in theirs)
-            print(f"{n:>10} {name:<22} {sum(a):>11.2f} {sum(b):>9.2f} {sum(a)/sum(b):>6.2f} {ra:>7.0f} {rb:>10.0f}")
+            print(f"{n:>10} {name:<22} {sum(a):>11.2f} {sum(b):>9.2f} {sum(a)/sum(b):>6.2f} "
+                  f"{peak(n, ours, 'peak_rss_mb'):>7.0f} {peak(n, theirs, 'peak_rss_mb'):>10.0f} "
+                  f"{peak(n, ours, 'peak_anon_mb'):>8.0f} {peak(n, theirs, 'peak_anon_mb'):>11.0f}")
 if layout:
     print(f"\n{'events':>10} {'table (run 1)':<18} {'partitions':>10} {'files':>6} {'files/partition':>16} {'file MB min/med/max':>22}")
     for r in layout:
