@@ -110,16 +110,12 @@ fn row_layout(args: &AccumulatorArgs) -> Result<Option<RowLayout>> {
         fields.push((value.clone(), SortOptions::default()));
         fields.len() - 1
     });
-    let sort_fields: Vec<SortField> = fields
-        .iter()
-        .map(|(t, options)| SortField::new_with_options(t.clone(), *options))
-        .collect();
     let layout = RowLayout {
         orderings: args.order_bys.len(),
         value_at,
         fields,
     };
-    Ok(RowConverter::supports_fields(&sort_fields).then_some(layout))
+    Ok(RowConverter::supports_fields(&layout.sort_fields()).then_some(layout))
 }
 
 /// The columns of a row: the orderings, then the value unless `value_at` is an ordering's.
@@ -130,6 +126,14 @@ struct RowLayout {
 }
 
 impl RowLayout {
+    /// The row converter's fields.
+    fn sort_fields(&self) -> Vec<SortField> {
+        self.fields
+            .iter()
+            .map(|(t, options)| SortField::new_with_options(t.clone(), *options))
+            .collect()
+    }
+
     /// The row columns of the value and ordering columns (an update's input, or a state's).
     fn columns(&self, value: &ArrayRef, orderings: &[ArrayRef]) -> Vec<ArrayRef> {
         let mut columns = orderings.to_vec();
@@ -224,14 +228,12 @@ struct FirstRows {
 
 impl FirstRows {
     fn try_new(layout: RowLayout, ignore_nulls: bool) -> Result<Self> {
-        let fields = &layout.fields;
-        let nulls: Vec<ArrayRef> = fields.iter().map(|(t, _)| new_null_array(t, 1)).collect();
-        let converter = RowConverter::new(
-            fields
-                .iter()
-                .map(|(t, options)| SortField::new_with_options(t.clone(), *options))
-                .collect(),
-        )?;
+        let nulls: Vec<ArrayRef> = layout
+            .fields
+            .iter()
+            .map(|(t, _)| new_null_array(t, 1))
+            .collect();
+        let converter = RowConverter::new(layout.sort_fields())?;
         let null_row = converter.convert_columns(&nulls)?.row(0).as_ref().to_vec();
         Ok(Self {
             layout,
