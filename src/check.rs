@@ -16,7 +16,7 @@ use crate::catalog;
 use crate::clean::CONSUMED_APP_ID;
 use crate::config::Config;
 use crate::delta;
-use crate::error::{is_sql_mistake, root_message, Error, Result};
+use crate::error::{query_mistake, root_message, Error, Result};
 use crate::models::{self, Model};
 use crate::storage::Lake;
 
@@ -329,16 +329,10 @@ async fn register_raw_cleaned(
 /// Counts the offending rows (streaming) and keeps the first few for the report.
 async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
     let fail = |e: datafusion::error::DataFusionError| {
-        let message = format!(
-            "check {} ({}): {}",
-            check.name,
-            check.origin,
-            root_message(&e)
-        );
-        if is_sql_mistake(&e) {
-            Error::config(message)
-        } else {
-            Error::runtime(message)
+        let prefix = format!("check {} ({})", check.name, check.origin);
+        match query_mistake(&e) {
+            Some(mistake) => Error::config(format!("{prefix}: {mistake}")),
+            None => Error::runtime(format!("{prefix}: {}", root_message(&e))),
         }
     };
     let df = ctx.sql(&check.sql).await.map_err(fail)?;

@@ -89,6 +89,62 @@ pub fn is_sql_mistake(e: &datafusion::error::DataFusionError) -> bool {
     )
 }
 
+/// The one-line message of a mistake in a user's query: one that does not plan
+/// ([`is_sql_mistake`]), or an expression of it that cannot be evaluated on the rows it meets (a
+/// string cast to a number, a division by zero, an overflow). `sql` and `check` report either as
+/// the user's to fix (exit 2); `None` for a failure of the run itself (storage, I/O).
+pub fn query_mistake(e: &datafusion::error::DataFusionError) -> Option<String> {
+    use datafusion::error::DataFusionError as E;
+    if is_sql_mistake(e) {
+        return Some(root_message(e));
+    }
+    match e.find_root() {
+        E::ArrowError(a, _) if is_evaluation_error(a) => Some(a.to_string()),
+        // A predicate pushed into the Parquet reader fails inside it, and reaches us as the
+        // Debug text of DataFusion's error inside a ComputeError inside a ParquetError.
+        E::ParquetError(p) => match p.as_ref() {
+            parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast_ref::<arrow::error::ArrowError>()? {
+                    arrow::error::ArrowError::ComputeError(text) => pushed_down_evaluation(text),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_evaluation_error(a: &arrow::error::ArrowError) -> bool {
+    use arrow::error::ArrowError as A;
+    matches!(
+        a,
+        A::CastError(_) | A::ParseError(_) | A::DivideByZero | A::ArithmeticOverflow(_)
+    )
+}
+
+/// Arrow's own message back from `Error evaluating filter predicate: ArrowError(CastError("…"), …)`.
+fn pushed_down_evaluation(text: &str) -> Option<String> {
+    let debug = text.strip_prefix("Error evaluating filter predicate: ")?;
+    if debug.contains("DivideByZero") {
+        return Some(arrow::error::ArrowError::DivideByZero.to_string());
+    }
+    [
+        ("CastError(\"", "Cast error: "),
+        ("ParseError(\"", "Parser error: "),
+        ("ArithmeticOverflow(\"", "Arithmetic overflow: "),
+    ]
+    .into_iter()
+    .find_map(|(open, label)| {
+        let start = debug.find(open)? + open.len();
+        let len = debug[start..].find("\")")?;
+        Some(format!(
+            "{label}{}",
+            debug[start..start + len].replace("\\\"", "\"")
+        ))
+    })
+}
+
 /// Maps any error chain to an exit code: the first [`Error`] found in the chain decides.
 pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
@@ -110,7 +166,11 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in err.chain() {
-        let text = cause.to_string();
+        // DataFusion prints its context chains over several lines ("…\ncaused by\n…").
+        let text = cause
+            .to_string()
+            .replace("\ncaused by\n", ": ")
+            .replace('\n', " ");
         if out.contains(text.trim()) {
             continue;
         }
@@ -153,5 +213,23 @@ mod tests {
         let line = super::one_line(&err);
         assert_eq!(line.matches("connection refused").count(), 1, "{line}");
         assert!(line.starts_with("storage: "), "{line}");
+    }
+
+    #[test]
+    fn one_line_joins_datafusions_context_chain() {
+        use datafusion::error::DataFusionError as E;
+        let e = E::Context(
+            "Optimizer rule 'simplify_expressions' failed".into(),
+            Box::new(E::Execution("the cause".into())),
+        );
+        assert!(
+            e.to_string().contains('\n'),
+            "DataFusion prints it on several lines"
+        );
+        let line = super::one_line(&anyhow::Error::new(super::Error::DataFusion(e)));
+        assert_eq!(
+            line,
+            "query: Optimizer rule 'simplify_expressions' failed: Execution error: the cause"
+        );
     }
 }

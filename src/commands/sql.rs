@@ -14,7 +14,7 @@ use futures::StreamExt;
 use crate::catalog;
 use crate::cli::{OutputFormat, SqlArgs};
 use crate::config::Config;
-use crate::error::{is_sql_mistake, root_message, Error};
+use crate::error::{query_mistake, Error};
 use crate::storage::{Lake, TableAsOf};
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
@@ -199,7 +199,7 @@ pub(crate) async fn run_statement(
             let mut batches = Vec::new();
             let mut kept = 0usize;
             while let Some(b) = stream.next().await {
-                let b = b.map_err(Error::from)?;
+                let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 if kept < limit {
                     let take = b.num_rows().min(limit - kept);
@@ -225,7 +225,7 @@ pub(crate) async fn run_statement(
                 .with_delimiter(delim)
                 .build(chunk.clone());
             while let Some(b) = stream.next().await {
-                let b = b.map_err(Error::from)?;
+                let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 w.write(&b)?;
                 chunk.drain_to(&mut sink).await?;
@@ -234,7 +234,7 @@ pub(crate) async fn run_statement(
         OutputFormat::Json => {
             let mut w = arrow::json::ArrayWriter::new(chunk.clone());
             while let Some(b) = stream.next().await {
-                let b = b.map_err(Error::from)?;
+                let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 w.write(&b)?;
                 chunk.drain_to(&mut sink).await?;
@@ -248,7 +248,7 @@ pub(crate) async fn run_statement(
         OutputFormat::Ndjson => {
             let mut w = arrow::json::LineDelimitedWriter::new(chunk.clone());
             while let Some(b) = stream.next().await {
-                let b = b.map_err(Error::from)?;
+                let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 w.write(&b)?;
                 chunk.drain_to(&mut sink).await?;
@@ -261,7 +261,7 @@ pub(crate) async fn run_statement(
                 crate::delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
             let mut w = parquet::arrow::AsyncArrowWriter::try_new(&mut sink, schema, Some(props))?;
             while let Some(b) = stream.next().await {
-                let b = b.map_err(Error::from)?;
+                let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 w.write(&b).await?;
             }
@@ -282,11 +282,11 @@ pub(crate) async fn run_statement(
     Ok(())
 }
 
-/// Planning errors are the user's (exit 2); the statement is named in the one-line message.
+/// A query that does not plan, or one that meets a value it cannot evaluate, is the user's to fix
+/// (exit 2); the statement is named in the one-line message.
 fn user_error(name: &str, e: DataFusionError) -> anyhow::Error {
-    if is_sql_mistake(&e) {
-        Error::usage(format!("in {name}: {}", root_message(&e))).into()
-    } else {
-        Error::from(e).into()
+    match query_mistake(&e) {
+        Some(message) => Error::usage(format!("in {name}: {message}")).into(),
+        None => Error::from(e).into(),
     }
 }

@@ -113,6 +113,36 @@ fn bad_sql_names_the_statement() {
     assert_usage_error(&out, &["SELEKT 1"]);
 }
 
+/// A value the query cannot evaluate is the query's mistake, as a typo is: exit 2, one line,
+/// arrow's own words. The first one fails inside the Parquet reader (the filter is pushed down
+/// to it), the others in DataFusion's operators and in its constant folding.
+#[test]
+fn a_value_the_query_cannot_evaluate_is_a_usage_error() {
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    for (sql, words) in [
+        (
+            "SELECT count(*) FROM raw_events WHERE anonymous_id = 5",
+            &["Cast error: Cannot cast string", "to value of Int64 type"][..],
+        ),
+        (
+            "SELECT CAST(event_type AS INT) FROM raw_events",
+            &["Cast error: Cannot cast string"][..],
+        ),
+        ("SELECT CAST('x' AS INT)", &["Cannot cast string 'x'"][..]),
+        (
+            "SELECT count(*) / 0 FROM raw_events",
+            &["Divide by zero"][..],
+        ),
+    ] {
+        let out = ctx.run(&["sql", "-c", sql]);
+        assert_usage_error(&out, words);
+        assert!(stderr_of(&out).contains(sql), "names the statement");
+        one_line(&out);
+    }
+}
+
 #[test]
 fn credentials_never_printed() {
     let ctx = TestContext::new(Backend::S3);
