@@ -13,10 +13,14 @@
 -- materialized: table
 -- grain: user_key, purpose
 -- not_null: user_key, purpose, granted, decided_at, source
+-- Consent events already carry their customer (every row of a visitor has the same
+-- stitched_user_id); only an anonymous decision from the `consents` table looks its visitor up,
+-- so `stitched` reads just those visitors' events, not every visitor's.
 WITH stitched AS (
     SELECT anonymous_id, max(stitched_user_id) AS user_id
     FROM events
     WHERE stitched_user_id IS NOT NULL
+      AND anonymous_id IN (SELECT anonymous_id FROM consents WHERE user_id IS NULL)
     GROUP BY anonymous_id
 ),
 from_events AS (

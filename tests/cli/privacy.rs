@@ -328,6 +328,41 @@ fn an_imported_withdrawal_takes_effect_in_the_next_build() {
     assert!(report.contains("PASS"), "{report}");
 }
 
+/// A decision imported by anonymous_id alone applies to the customer that visitor is stitched
+/// to (here: the visitor logged in as user-erase-me later in the visit); a visitor never stitched
+/// keeps their anonymous key.
+#[test]
+fn an_anonymous_imported_decision_applies_to_the_stitched_customer() {
+    let (ctx, _) = people_lake(Backend::Local);
+    let decisions = ctx.path("consents.csv");
+    std::fs::write(
+        &decisions,
+        "anonymous_id,purpose,status,decided_at\n\
+         anon-erase-me,personalization,withdrawn,2026-02-03T00:00:00Z\n\
+         anon-nobody,marketing,granted,2026-02-03T00:00:00Z\n",
+    )
+    .unwrap();
+    ctx.ok(&["consent", decisions.to_str().unwrap()]);
+    ctx.ok(&["build", "-q"]);
+    let decided = |key: &str, purpose: &str, granted: bool| {
+        ctx.count(&format!(
+            "SELECT count(*) FROM user_consent \
+             WHERE user_key = {key} AND purpose = '{purpose}' AND granted = {granted}"
+        ))
+    };
+    assert_eq!(decided(ERASE_KEY, "personalization", false), 1);
+    let nobody = "md5(concat('anonymous', chr(31), 'anon-nobody'))";
+    assert_eq!(decided(nobody, "marketing", true), 1);
+    assert_eq!(ctx.count("SELECT count(*) FROM user_consent"), 2);
+    assert_eq!(
+        ctx.count(&format!(
+            "SELECT count(*) FROM agg_user_interest WHERE user_key = {ERASE_KEY}"
+        )),
+        0,
+        "the withdrawal takes the customer out of personalization"
+    );
+}
+
 const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
 
 both_backends!(
