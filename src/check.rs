@@ -221,6 +221,26 @@ fn model_checks(model: &Model) -> Result<Vec<Check>> {
     Ok(out)
 }
 
+/// The checks whose name contains `select` (all when None). Selecting none is a usage error: in
+/// CI a misspelt `--select` would otherwise pass every build without checking anything.
+fn selected(checks: Vec<Check>, select: Option<&str>) -> Result<Vec<Check>> {
+    let Some(text) = select else {
+        return Ok(checks);
+    };
+    let names: Vec<String> = checks.iter().map(|c| c.name.clone()).collect();
+    let chosen: Vec<Check> = checks
+        .into_iter()
+        .filter(|c| c.name.contains(text))
+        .collect();
+    if chosen.is_empty() {
+        return Err(Error::usage(format!(
+            "--select {text:?}: no check's name contains it (checks: {})",
+            names.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
 /// Runs the checks whose name contains `select` (all when None).
 pub async fn run(
     lake: &Lake,
@@ -228,7 +248,7 @@ pub async fn run(
     user_dir: Option<&Path>,
     select: Option<&str>,
 ) -> Result<CheckReport> {
-    let checks = all_checks(cfg, user_dir)?;
+    let checks = selected(all_checks(cfg, user_dir)?, select)?;
     let ctx = catalog::session(cfg.memory_limit)?;
     let mut present = catalog::register_all(&ctx, lake, None).await?;
     register_raw_cleaned(&ctx, lake, &mut present).await?;
@@ -238,10 +258,6 @@ pub async fn run(
         skipped: 0,
         checks: Vec::new(),
     };
-    let checks: Vec<Check> = checks
-        .into_iter()
-        .filter(|c| select.is_none_or(|s| c.name.contains(s)))
-        .collect();
     // Checks run a few at a time: on an object store each spends most of its time waiting for
     // requests. `buffered` keeps the report in the checks' order.
     let outcomes: Vec<Result<Option<Outcome>>> =

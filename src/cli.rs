@@ -185,7 +185,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "DIR")]
     pub checks_dir: Option<PathBuf>,
 
-    /// Only run checks whose name contains this text.
+    /// Only run checks whose name contains this text (exit 2 when none does).
     #[arg(long, value_name = "TEXT")]
     pub select: Option<String>,
 

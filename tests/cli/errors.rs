@@ -143,6 +143,20 @@ fn a_value_the_query_cannot_evaluate_is_a_usage_error() {
     }
 }
 
+/// A `--select` that matches no check would pass a CI gate without checking anything.
+#[test]
+fn a_check_selection_matching_nothing_is_a_usage_error() {
+    let ctx = TestContext::new(Backend::Local);
+    let out = ctx.run(&["check", "--select", "unique_evnt_id"]);
+    assert_usage_error(
+        &out,
+        &["--select \"unique_evnt_id\"", "events_unique_event_id"],
+    );
+    one_line(&out);
+    let report = ctx.ok(&["check", "--select", "unique_event_id"]);
+    assert!(report.contains("events_unique_event_id"), "{report}");
+}
+
 #[test]
 fn credentials_never_printed() {
     let ctx = TestContext::new(Backend::S3);
