@@ -14,7 +14,7 @@ use futures::StreamExt;
 use crate::catalog;
 use crate::cli::{OutputFormat, SqlArgs};
 use crate::config::Config;
-use crate::error::{query_mistake, Error};
+use crate::error::{query_mistake, root_message, Error};
 use crate::storage::{Lake, TableAsOf};
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
@@ -180,10 +180,12 @@ pub(crate) async fn run_statement(
     use tokio::io::AsyncWriteExt;
     let (format, output) = (out.format, out.path);
     let state = ctx.state();
-    let plan = state
-        .statement_to_plan(statement)
-        .await
-        .map_err(|e| user_error(name, e))?;
+    let plan = state.statement_to_plan(statement).await.map_err(|e| {
+        match missing_table_hint(ctx, &e) {
+            Some(hint) => Error::usage(format!("in {name}: {}; {hint}", root_message(&e))).into(),
+            None => user_error(name, e),
+        }
+    })?;
     let df = ctx
         .execute_logical_plan(plan)
         .await
@@ -280,6 +282,38 @@ pub(crate) async fn run_statement(
         }
     }
     Ok(())
+}
+
+/// For "table 'x' not found": the lake's tables, and the command that creates `x` when it is
+/// one of clicklake's own (`events` after `clean`, the star schema after `build`).
+fn missing_table_hint(
+    ctx: &datafusion::prelude::SessionContext,
+    e: &DataFusionError,
+) -> Option<String> {
+    let DataFusionError::Plan(message) = e.find_root() else {
+        return None;
+    };
+    let quoted = message
+        .strip_prefix("table '")?
+        .strip_suffix("' not found")?;
+    let missing = quoted.rsplit('.').next().unwrap_or(quoted);
+    let mut names: Vec<String> = ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .map(|s| s.table_names())
+        .unwrap_or_default();
+    names.sort();
+    let mut hint = match names.is_empty() {
+        true => "the lake has no tables yet (run `clicklake ingest`)".to_string(),
+        false => format!("the lake's tables: {}", names.join(", ")),
+    };
+    let star = crate::models::load("star", None).unwrap_or_default();
+    if missing == crate::catalog::EVENTS.name || missing == crate::catalog::EVENTS_CHANGES.name {
+        hint.push_str(&format!("; `clicklake clean` creates {missing}"));
+    } else if star.iter().any(|m| m.name == missing) {
+        hint.push_str(&format!("; `clicklake build` creates {missing}"));
+    }
+    Some(hint)
 }
 
 /// A query that does not plan, or one that meets a value it cannot evaluate, is the user's to fix

@@ -111,6 +111,22 @@ fn bad_sql_names_the_statement() {
     assert_usage_error(&out, &["SELECT nope FROM raw_events", "nope"]);
     let out = ctx.run(&["sql", "-c", "SELEKT 1"]);
     assert_usage_error(&out, &["SELEKT 1"]);
+    // A table the lake does not have yet: which it has, and what creates the one asked for.
+    let out = ctx.run(&["sql", "-c", "SELECT count(*) FROM events"]);
+    assert_usage_error(
+        &out,
+        &[
+            "table 'datafusion.public.events' not found",
+            "the lake's tables: ingested_files, quarantine, raw_events",
+            "`clicklake clean` creates events",
+        ],
+    );
+    one_line(&out);
+    let out = ctx.run(&["sql", "-c", "SELECT * FROM fact_orders"]);
+    assert_usage_error(&out, &["`clicklake build` creates fact_orders"]);
+    let out = ctx.run(&["sql", "-c", "SELECT * FROM fact_ordrs"]);
+    assert_usage_error(&out, &["the lake's tables: "]);
+    assert!(!stderr_of(&out).contains("creates"), "{}", stderr_of(&out));
 }
 
 /// A value the query cannot evaluate is the query's mistake, as a typo is: exit 2, one line,
