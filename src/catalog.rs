@@ -533,6 +533,17 @@ pub async fn register_all(
     Ok(found)
 }
 
+/// The names of the tables registered in `ctx`, sorted.
+pub fn registered_tables(ctx: &SessionContext) -> Vec<String> {
+    let mut names = ctx
+        .catalog("datafusion")
+        .and_then(|c| c.schema("public"))
+        .map(|s| s.table_names())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Registers one opened table.
 pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
     ctx.register_table(name, provider(ctx, table).await?)?;

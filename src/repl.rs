@@ -336,12 +336,7 @@ async fn execute(
 }
 
 fn list_tables(ctx: &SessionContext) {
-    let mut names: Vec<String> = ctx
-        .catalog("datafusion")
-        .and_then(|c| c.schema("public"))
-        .map(|s| s.table_names())
-        .unwrap_or_default();
-    names.sort();
+    let names = crate::catalog::registered_tables(ctx);
     if names.is_empty() {
         println!("(no tables yet: run ingest)");
     }

@@ -297,20 +297,14 @@ fn missing_table_hint(
         .strip_prefix("table '")?
         .strip_suffix("' not found")?;
     let missing = quoted.rsplit('.').next().unwrap_or(quoted);
-    let mut names: Vec<String> = ctx
-        .catalog("datafusion")
-        .and_then(|c| c.schema("public"))
-        .map(|s| s.table_names())
-        .unwrap_or_default();
-    names.sort();
+    let names = catalog::registered_tables(ctx);
     let mut hint = match names.is_empty() {
         true => "the lake has no tables yet (run `clicklake ingest`)".to_string(),
         false => format!("the lake's tables: {}", names.join(", ")),
     };
-    let star = crate::models::load("star", None).unwrap_or_default();
-    if missing == crate::catalog::EVENTS.name || missing == crate::catalog::EVENTS_CHANGES.name {
+    if missing == catalog::EVENTS.name || missing == catalog::EVENTS_CHANGES.name {
         hint.push_str(&format!("; `clicklake clean` creates {missing}"));
-    } else if star.iter().any(|m| m.name == missing) {
+    } else if catalog::star_tables().iter().any(|t| t == missing) {
         hint.push_str(&format!("; `clicklake build` creates {missing}"));
     }
     Some(hint)
