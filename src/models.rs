@@ -281,9 +281,11 @@ pub async fn collect_compact(
     schema: arrow::datatypes::SchemaRef,
     stream: datafusion::physical_plan::SendableRecordBatchStream,
 ) -> datafusion::error::Result<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)> {
-    Ok(collect_compact_at_most(schema, stream, usize::MAX)
-        .await?
-        .expect("no stream has more than usize::MAX rows"))
+    Ok(
+        collect_compact_at_most(schema, stream, usize::MAX, usize::MAX)
+            .await?
+            .expect("no stream has more than usize::MAX rows"),
+    )
 }
 
 /// [`collect_compact`], unless the stream has more than `max_rows` rows: then `None` (the stream
@@ -292,18 +294,24 @@ pub async fn collect_compact_at_most(
     schema: arrow::datatypes::SchemaRef,
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     max_rows: usize,
+    max_bytes: usize,
 ) -> datafusion::error::Result<Option<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)>>
 {
     use futures::StreamExt;
     let target = plain_strings(&schema);
-    let (mut out, mut rows) = (Vec::new(), 0);
+    let (mut out, mut rows, mut bytes) = (Vec::new(), 0, 0);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         rows += batch.num_rows();
         if rows > max_rows {
             return Ok(None);
         }
-        out.push(compact(&target, &batch)?);
+        let batch = compact(&target, &batch)?;
+        bytes += batch.get_array_memory_size();
+        if bytes > max_bytes {
+            return Ok(None);
+        }
+        out.push(batch);
     }
     Ok(Some((target, out)))
 }
@@ -325,15 +333,16 @@ fn plain_strings(schema: &arrow::datatypes::SchemaRef) -> arrow::datatypes::Sche
     ))
 }
 
-/// A DataFrame's rows as an in-memory table ([`collect_compact`]), or `None` when it has more
-/// than `max_rows` rows (`usize::MAX`: always).
+/// A DataFrame's rows as an in-memory table ([`collect_compact`]), or `None` when there are more
+/// than `max_rows` or they take more than `max_bytes` (`usize::MAX`: no limit).
 pub async fn memory_table(
     df: datafusion::prelude::DataFrame,
     max_rows: usize,
+    max_bytes: usize,
 ) -> datafusion::error::Result<Option<datafusion::datasource::MemTable>> {
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let stream = df.execute_stream().await?;
-    match collect_compact_at_most(schema, stream, max_rows).await? {
+    match collect_compact_at_most(schema, stream, max_rows, max_bytes).await? {
         Some((schema, batches)) => Ok(Some(datafusion::datasource::MemTable::try_new(
             schema,
             vec![batches],
@@ -415,5 +424,41 @@ mod tests {
         assert_eq!(chain[3].sql, "SELECT 1");
         assert!(chain[2].in_memory() && !chain[3].in_memory());
         assert!(load("clean", Some(&dir.path().join("nope"))).is_err());
+    }
+
+    /// Rows are held in memory while they fit the byte budget, string views copied as plain
+    /// strings; past it, `None` (the caller then scans them where they are).
+    #[tokio::test]
+    async fn a_memory_table_holds_rows_within_its_byte_budget() {
+        let ctx = SessionContext::new();
+        let df = ctx
+            .sql("SELECT arrow_cast(concat('visitor-', v), 'Utf8View') AS id FROM unnest(range(20000)) AS t(v)")
+            .await
+            .unwrap();
+        let held = memory_table(df.clone(), usize::MAX, usize::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        let schema = datafusion::catalog::TableProvider::schema(&held);
+        assert_eq!(
+            schema.field(0).data_type(),
+            &arrow::datatypes::DataType::Utf8
+        );
+        let rows = ctx
+            .read_table(std::sync::Arc::new(held))
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        assert_eq!(rows, 20000);
+        // 20,000 ids of about 12 bytes cannot fit in 64 KiB, nor in 19,999 rows.
+        assert!(memory_table(df.clone(), usize::MAX, 64 << 10)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(memory_table(df, 19_999, usize::MAX)
+            .await
+            .unwrap()
+            .is_none());
     }
 }

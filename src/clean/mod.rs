@@ -395,7 +395,7 @@ async fn register_incremental_inputs(
     if summary.raw_rows_consumed <= IN_MEMORY_NEW_ROWS {
         // A cron tick's few rows: read and decoded once here, not by every query and
         // model that reads them (each read is a round of requests on an object store).
-        let rows = models::memory_table(ctx.table("normalized").await?, usize::MAX)
+        let rows = models::memory_table(ctx.table("normalized").await?, usize::MAX, usize::MAX)
             .await?
             .expect("no row limit");
         ctx.deregister_table("normalized")?;
@@ -440,7 +440,7 @@ async fn register_incremental_inputs(
              WHERE event_id IN (SELECT event_id FROM normalized)",
         )
         .await?;
-    let copies = models::memory_table(copies, usize::MAX)
+    let copies = models::memory_table(copies, usize::MAX, usize::MAX)
         .await?
         .expect("no row limit");
     ctx.register_table("current_copies", Arc::new(copies))?;
