@@ -215,6 +215,17 @@ pub async fn append_batch(
     commit_append(table, adds, Vec::new(), metadata).await
 }
 
+/// The table's rows, from its files' statistics (files without them count as empty).
+pub fn table_rows(table: &DeltaTable) -> Result<u64> {
+    let snapshot = table.snapshot()?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .filter_map(|f| f.num_records())
+        .map(|n| n as u64)
+        .sum())
+}
+
 /// Commits any actions (adds and removes) plus `txns` as one Delta commit, and refreshes the
 /// table. `Overwrite` commits conflict with any concurrent commit to the same table.
 pub async fn commit(

@@ -300,7 +300,7 @@ pub async fn run(
     }
     fault("clean-after-commit");
     summary.events_version = Some(version);
-    summary.events_total = Some(table_rows(&events)?);
+    summary.events_total = Some(delta::table_rows(&events)?);
     progress.finish_and_clear();
     summary.seconds = laps.seconds();
     summary.rows_per_sec = summary.raw_rows_consumed as f64 / summary.seconds.max(1e-9);
@@ -922,16 +922,6 @@ fn sorted_partition(pv: &HashMap<String, Option<String>>) -> Vec<(String, Option
     let mut v: Vec<_> = pv.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort();
     v
-}
-
-fn table_rows(table: &DeltaTable) -> Result<u64> {
-    let snapshot = table.snapshot()?;
-    Ok(snapshot
-        .log_data()
-        .iter()
-        .filter_map(|f| f.num_records())
-        .map(|n| n as u64)
-        .sum())
 }
 
 fn commit_info(s: &CleanSummary) -> HashMap<String, serde_json::Value> {
