@@ -288,8 +288,9 @@ pub async fn collect_compact(
     )
 }
 
-/// [`collect_compact`], unless the stream has more than `max_rows` rows: then `None` (the stream
-/// is dropped there), so a caller can fall back to streaming.
+/// [`collect_compact`], unless the stream has more than `max_rows` rows or its compacted batches
+/// take more than `max_bytes`: then `None` (the stream is dropped there), so a caller can fall
+/// back to streaming.
 pub async fn collect_compact_at_most(
     schema: arrow::datatypes::SchemaRef,
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,

@@ -1159,15 +1159,15 @@ impl SharedRows {
         most_keys: bool,
     ) -> Result<SharedProvider> {
         let columns = self.columns.get(column).cloned().unwrap_or_default();
-        let max_bytes = if most_keys { 0 } else { self.max_bytes };
+        let hold_up_to = (!most_keys).then_some(self.max_bytes);
         let Some(slot) = self.rows.get(column) else {
-            return changed_rows(ctx, column, &columns, max_bytes).await;
+            return changed_rows(ctx, column, &columns, hold_up_to).await;
         };
         let mut read = slot.lock().await;
         if let Some((_, rows)) = read.iter().find(|(k, _)| k == keys) {
             return Ok(rows.clone());
         }
-        let rows = changed_rows(ctx, column, &columns, max_bytes).await?;
+        let rows = changed_rows(ctx, column, &columns, hold_up_to).await?;
         read.push((keys.to_vec(), rows.clone()));
         Ok(rows)
     }
@@ -1189,13 +1189,13 @@ fn shared_bytes_max(memory_limit: u64) -> usize {
 const SHARED_ROWS_MAX: usize = 1_000_000;
 
 /// The events rows whose `column` is one of `changed_keys`, with the `columns` its models read:
-/// in memory when they fit in `max_bytes` (a cron tick's; each model then scans them several
-/// times at no cost), else a view each model scans.
+/// in memory when they fit in `hold_up_to` bytes (a cron tick's; each model then scans them
+/// several times at no cost), else (or with `None`) a view each model scans.
 async fn changed_rows(
     ctx: &SessionContext,
     column: &str,
     columns: &[String],
-    max_bytes: usize,
+    hold_up_to: Option<usize>,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     let select = match columns {
         // Read nothing (a model that only counts): still one column to carry the rows.
@@ -1218,9 +1218,9 @@ async fn changed_rows(
         ),
     };
     let view = ctx.sql(&format!("SELECT {select} FROM {from}")).await?;
-    if max_bytes == 0 {
+    let Some(max_bytes) = hold_up_to else {
         return Ok(view.into_view());
-    }
+    };
     Ok(
         match models::memory_table(view.clone(), SHARED_ROWS_MAX, max_bytes).await? {
             Some(rows) => Arc::new(rows),
