@@ -1219,12 +1219,21 @@ async fn changed_rows(
     };
     let view = ctx.sql(&format!("SELECT {select} FROM {from}")).await?;
     let Some(max_bytes) = hold_up_to else {
+        tracing::debug!("build: changed rows by {column}: most of the keys, scanned in place");
         return Ok(view.into_view());
     };
     Ok(
         match models::memory_table(view.clone(), SHARED_ROWS_MAX, max_bytes).await? {
-            Some(rows) => Arc::new(rows),
-            None => view.into_view(),
+            Some(rows) => {
+                tracing::debug!("build: changed rows by {column}: held in memory");
+                Arc::new(rows)
+            }
+            None => {
+                tracing::debug!(
+                    "build: changed rows by {column}: past the limits, scanned in place"
+                );
+                view.into_view()
+            }
         },
     )
 }
