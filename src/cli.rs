@@ -119,8 +119,8 @@ pub struct IngestArgs {
     #[arg(required = true, value_name = "PATH_OR_URL")]
     pub inputs: Vec<String>,
 
-    /// The events' source: native (the canonical format), snowplow, segment, rees46, diginetica,
-    /// or a mapping of your own in [ingest] sources_dir (NAME.sql)
+    /// The events' source: native (the canonical format), ga4, snowplow, segment, rees46,
+    /// diginetica, or a mapping of your own in [ingest] sources_dir (NAME.sql)
     #[arg(long, default_value = "native", value_name = "NAME")]
     pub source: String,
 

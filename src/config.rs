@@ -940,7 +940,7 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # chunk_size = "4MiB"
 # threads = 2
 # Your own source mappings (<sources_dir>/<name>.sql, used with `ingest --source <name>`); a file
-# named like an embedded source (snowplow, segment, rees46, diginetica) replaces it.
+# named like an embedded source (ga4, snowplow, segment, rees46, diginetica) replaces it.
 # sources_dir = "./sources"
 
 [clean]
@@ -985,6 +985,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 [sources.snowplow]
 # Only events of these app_ids land; others are quarantined as rejected_by_source. Empty: all.
 # app_ids = ["my-shop"]
+[sources.ga4]
+# GA4's automatically collected events that say nothing about shopping: quarantined as
+# rejected_by_source (other unmapped events as unknown_event_type).
+# ignored_events = ["session_start", "first_visit", "user_engagement", "scroll", "click", "file_download", "form_start", "form_submit", "video_start", "video_progress", "video_complete"]
 
 [status]
 # `status` exits 1 when a table's lag exceeds this (flag --max-lag).

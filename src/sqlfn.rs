@@ -9,6 +9,12 @@
 //!   the path is absent or the value is JSON `null`.
 //! - `json_length(json, key_or_index, ...)` → Int64: the length of the array (or the number of keys
 //!   of the object) at that path, NULL otherwise.
+//! - `json_param(json, key_or_index, ..., name)` → Utf8: parameter `name` of the key/value array at
+//!   that path, as GA4 and Firebase export `event_params` and `user_properties`
+//!   (`[{"key": "ga_session_id", "value": {"int_value": 4863244888, …}}]`): the set one of its
+//!   typed values, as text like `json_get`.
+//!
+//! The three parse each row once for all their calls on one column (see [`ParsedColumn`]).
 //!
 //! Path steps are string keys or integer indexes (0-based), as literals or columns.
 //!
@@ -47,6 +53,7 @@ use serde_json::Value;
 pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Get)));
     ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Length)));
+    ctx.register_udf(ScalarUDF::from(JsonFn::new(JsonOp::Param)));
     ctx.register_udf(ScalarUDF::from(TrimToNull::new()));
     ctx.register_udf(ScalarUDF::from(CategoryLevel::new()));
     ctx.register_udaf(AggregateUDF::new_from_impl(first_value::FirstValue::new()));
@@ -443,6 +450,7 @@ impl ScalarUDFImpl for InKeySets {
 enum JsonOp {
     Get,
     Length,
+    Param,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -473,6 +481,14 @@ enum PathArg {
 }
 
 impl PathArg {
+    fn new(a: &ArrayRef) -> Result<Self> {
+        Ok(if a.data_type().is_integer() {
+            PathArg::Indexes(arrow::compute::cast(a, &DataType::Int64)?)
+        } else {
+            PathArg::Keys(arrow::compute::cast(a, &DataType::Utf8)?)
+        })
+    }
+
     fn step(&self, row: usize) -> Option<Step<'_>> {
         match self {
             PathArg::Keys(a) => {
@@ -498,11 +514,89 @@ fn walk<'v>(mut v: &'v Value, path: &[PathArg], row: usize) -> Option<&'v Value>
     Some(v)
 }
 
+/// The value of parameter `name` in a key/value array as GA4 and Firebase export them
+/// (`event_params`, `user_properties`): `[{"key": name, "value": {"string_value": …,
+/// "int_value": …, "double_value": …, "float_value": …}}]`, of which one typed field is set.
+/// The first element with that key wins; a `value` that is not an object is taken as it is.
+fn param<'v>(array: &'v Value, name: &str) -> Option<&'v Value> {
+    let entry = array
+        .as_array()?
+        .iter()
+        .find(|e| e.get("key").and_then(Value::as_str) == Some(name))?;
+    match entry.get("value")? {
+        Value::Object(typed) => ["string_value", "int_value", "double_value", "float_value"]
+            .iter()
+            .filter_map(|k| typed.get(*k))
+            .chain(typed.values())
+            .find(|v| !v.is_null()),
+        other => Some(other),
+    }
+}
+
+/// Text columns up to this size keep their parsed documents for the next JSON function call.
+const PARSED_CACHE_MAX_BYTES: usize = 8 << 20;
+
+/// The parsed documents of the last JSON text column a JSON function read on this thread.
+///
+/// A source mapping picks each field with its own `json_get(_raw, …)`: a GA4 row is about 3 KB
+/// of JSON and the mapping reads 25 fields of it, so parsing per call was 25 parses a row. A
+/// projection evaluates its expressions one after another on one thread over the same column,
+/// so the first call parses each row and the others reuse the documents. The column is kept
+/// alive with them: its buffers' addresses then identify it and cannot be reused by another.
+struct ParsedColumn {
+    column: ArrayRef,
+    docs: Arc<Vec<Option<Value>>>,
+}
+
+thread_local! {
+    static PARSED: std::cell::RefCell<Option<ParsedColumn>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether two text columns are the same values: the same buffers, offsets and null mask.
+fn same_text(a: &ArrayRef, b: &ArrayRef) -> bool {
+    let (a, b) = (a.as_string::<i32>(), b.as_string::<i32>());
+    let nulls = |s: &GenericStringArray<i32>| {
+        s.nulls()
+            .map(|n| (n.buffer().as_ptr(), n.offset(), n.len()))
+    };
+    a.len() == b.len()
+        && a.values().as_ptr() == b.values().as_ptr()
+        && a.value_offsets().as_ptr() == b.value_offsets().as_ptr()
+        && nulls(a) == nulls(b)
+}
+
+/// Each row of a Utf8 column parsed as JSON (None for NULL or text that is not JSON), shared
+/// with the calls that read the same column next.
+fn parsed(json: &ArrayRef) -> Arc<Vec<Option<Value>>> {
+    if let Some(docs) = PARSED.with_borrow(|p| {
+        p.as_ref()
+            .filter(|p| same_text(&p.column, json))
+            .map(|p| p.docs.clone())
+    }) {
+        return docs;
+    }
+    let text = json.as_string::<i32>();
+    let docs: Arc<Vec<Option<Value>>> = Arc::new(
+        text.iter()
+            .map(|v| v.and_then(|v| serde_json::from_str::<Value>(v).ok()))
+            .collect(),
+    );
+    let keep = text.values().len() <= PARSED_CACHE_MAX_BYTES;
+    PARSED.with_borrow_mut(|p| {
+        *p = keep.then(|| ParsedColumn {
+            column: json.clone(),
+            docs: docs.clone(),
+        })
+    });
+    docs
+}
+
 impl ScalarUDFImpl for JsonFn {
     fn name(&self) -> &str {
         match self.op {
             JsonOp::Get => "json_get",
             JsonOp::Length => "json_length",
+            JsonOp::Param => "json_param",
         }
     }
 
@@ -511,6 +605,9 @@ impl ScalarUDFImpl for JsonFn {
     }
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        if self.op == JsonOp::Param && args.len() < 2 {
+            return exec_err!("json_param(json, path..., name) needs the JSON and a name");
+        }
         if args.is_empty() {
             return exec_err!(
                 "{}(json, path...) needs at least the JSON argument",
@@ -518,7 +615,7 @@ impl ScalarUDFImpl for JsonFn {
             );
         }
         Ok(match self.op {
-            JsonOp::Get => DataType::Utf8,
+            JsonOp::Get | JsonOp::Param => DataType::Utf8,
             JsonOp::Length => DataType::Int64,
         })
     }
@@ -527,50 +624,54 @@ impl ScalarUDFImpl for JsonFn {
         let rows = args.number_rows;
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let json = arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
-        let json = json.as_string::<i32>();
-        let mut path = Vec::with_capacity(arrays.len() - 1);
-        for a in &arrays[1..] {
-            path.push(if a.data_type().is_integer() {
-                PathArg::Indexes(arrow::compute::cast(a, &DataType::Int64)?)
-            } else {
-                PathArg::Keys(arrow::compute::cast(a, &DataType::Utf8)?)
-            });
-        }
-        let parse = |row: usize| -> Option<Value> {
-            if json.is_null(row) {
-                return None;
+        let docs = parsed(&json);
+        let (path_args, name) = match self.op {
+            JsonOp::Param => {
+                let (name, path) = arrays[1..].split_last().expect("checked in return_type");
+                (path, Some(arrow::compute::cast(name, &DataType::Utf8)?))
             }
-            serde_json::from_str::<Value>(json.value(row)).ok()
+            JsonOp::Get | JsonOp::Length => (&arrays[1..], None),
         };
-        let out: ArrayRef =
-            match self.op {
-                JsonOp::Get => {
-                    let mut b = StringBuilder::with_capacity(rows, rows * 8);
-                    for row in 0..rows {
-                        let doc = parse(row);
-                        match doc.as_ref().and_then(|d| walk(d, &path, row)) {
-                            None | Some(Value::Null) => b.append_null(),
-                            Some(Value::String(s)) => b.append_value(s),
-                            Some(other) => b.append_value(other.to_string()),
-                        }
-                    }
-                    Arc::new(b.finish())
+        let path = path_args
+            .iter()
+            .map(PathArg::new)
+            .collect::<Result<Vec<_>>>()?;
+        let at = |row: usize| -> Option<&Value> {
+            let v = walk(docs[row].as_ref()?, &path, row)?;
+            match &name {
+                Some(names) => {
+                    let names = names.as_string::<i32>();
+                    (!names.is_null(row))
+                        .then(|| param(v, names.value(row)))
+                        .flatten()
                 }
-                JsonOp::Length => {
-                    let mut b = Int64Builder::with_capacity(rows);
-                    for row in 0..rows {
-                        let doc = parse(row);
-                        b.append_option(doc.as_ref().and_then(|d| walk(d, &path, row)).and_then(
-                            |v| match v {
-                                Value::Array(a) => Some(a.len() as i64),
-                                Value::Object(m) => Some(m.len() as i64),
-                                _ => None,
-                            },
-                        ));
+                None => Some(v),
+            }
+        };
+        let out: ArrayRef = match self.op {
+            JsonOp::Get | JsonOp::Param => {
+                let mut b = StringBuilder::with_capacity(rows, rows * 8);
+                for row in 0..rows {
+                    match at(row) {
+                        None | Some(Value::Null) => b.append_null(),
+                        Some(Value::String(s)) => b.append_value(s),
+                        Some(other) => b.append_value(other.to_string()),
                     }
-                    Arc::new(b.finish())
                 }
-            };
+                Arc::new(b.finish())
+            }
+            JsonOp::Length => {
+                let mut b = Int64Builder::with_capacity(rows);
+                for row in 0..rows {
+                    b.append_option(at(row).and_then(|v| match v {
+                        Value::Array(a) => Some(a.len() as i64),
+                        Value::Object(m) => Some(m.len() as i64),
+                        _ => None,
+                    }));
+                }
+                Arc::new(b.finish())
+            }
+        };
         Ok(ColumnarValue::Array(out))
     }
 }
@@ -693,6 +794,87 @@ mod tests {
         assert_eq!(one(&format!("SELECT json_length({doc}, 'a')")).await, "2");
         assert_eq!(one("SELECT json_length('not json')").await, "NULL");
         assert_eq!(one("SELECT json_get(NULL, 'a')").await, "NULL");
+    }
+
+    #[tokio::test]
+    async fn json_param_reads_ga4_key_value_arrays() {
+        let doc = r#"'{"event_params": [
+            {"key": "ga_session_id", "value": {"string_value": null, "int_value": "4863244888", "double_value": null}},
+            {"key": "page_title", "value": {"string_value": "Home", "int_value": null}},
+            {"key": "value", "value": {"string_value": null, "int_value": null, "double_value": 51.97}},
+            {"key": "page_title", "value": {"string_value": "second", "int_value": null}},
+            {"key": "empty", "value": {"string_value": null, "int_value": null}},
+            {"key": "plain", "value": 7}
+        ], "n": 1}'"#;
+        let param = |name: &str| format!("SELECT json_param({doc}, 'event_params', '{name}')");
+        assert_eq!(one(&param("ga_session_id")).await, "4863244888");
+        assert_eq!(one(&param("page_title")).await, "Home");
+        assert_eq!(one(&param("value")).await, "51.97");
+        assert_eq!(one(&param("plain")).await, "7");
+        assert_eq!(one(&param("empty")).await, "NULL");
+        assert_eq!(one(&param("absent")).await, "NULL");
+        // Not a key/value array at that path.
+        assert_eq!(
+            one(&format!("SELECT json_param({doc}, 'n', 'x')")).await,
+            "NULL"
+        );
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let err = ctx.sql("SELECT json_param('[]')").await.unwrap_err();
+        assert!(
+            err.to_string().contains("needs the JSON and a name"),
+            "{err}"
+        );
+    }
+
+    /// The parsed documents one call leaves for the next belong to the column they were parsed
+    /// from: calls alternating between two columns, and over a slice of one, read their own.
+    #[tokio::test]
+    async fn json_calls_on_different_columns_read_their_own_documents() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let sql = "SELECT json_get(a, 'k') AS a1, json_get(b, 'k') AS b1, json_get(a, 'k') AS a2, \
+                   json_length(b) AS bn, json_get(a, 'k') AS a3 \
+                   FROM (VALUES ('{\"k\": \"a0\"}', '{\"k\": \"b0\"}'), \
+                                ('{\"k\": \"a1\"}', '{\"k\": \"b1\", \"z\": 2}'), \
+                                ('{\"k\": \"a2\"}', 'not json')) AS t(a, b)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = |c: usize| -> Vec<String> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let col = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
+                    let col = col.as_string::<i32>().clone();
+                    (0..col.len())
+                        .map(|i| {
+                            if col.is_null(i) {
+                                "NULL".to_string()
+                            } else {
+                                col.value(i).to_string()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        for c in [0, 2, 4] {
+            assert_eq!(text(c), ["a0", "a1", "a2"], "column {c}");
+        }
+        assert_eq!(text(1), ["b0", "b1", "NULL"]);
+        assert_eq!(text(3), ["1", "2", "NULL"]);
+        // A slice of a column parsed whole reads its own rows.
+        let sliced = ctx
+            .sql(
+                "SELECT json_get(a, 'k') FROM (VALUES ('{\"k\": 1}'), ('{\"k\": 2}'), ('{\"k\": 3}')) \
+                 AS t(a) LIMIT 2 OFFSET 1",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let col = sliced[0].column(0).as_string::<i32>();
+        assert_eq!((col.value(0), col.value(1)), ("2", "3"));
     }
 
     #[tokio::test]

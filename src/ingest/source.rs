@@ -43,6 +43,7 @@ const EMBEDDED: &[(&str, &str)] = &[
         "diginetica",
         include_str!("../../sql/sources/diginetica.sql"),
     ),
+    ("ga4", include_str!("../../sql/sources/ga4.sql")),
     ("rees46", include_str!("../../sql/sources/rees46.sql")),
     ("segment", include_str!("../../sql/sources/segment.sql")),
     ("snowplow", include_str!("../../sql/sources/snowplow.sql")),

@@ -295,3 +295,139 @@ fn a_user_source_works_without_rebuilding_and_a_broken_one_is_exit_2() {
     let err = stderr_of(&out);
     assert!(err.contains("pos") && err.contains("snowplow"), "{err}");
 }
+
+// GA4's BigQuery export, written from Google's event reference (fixtures/sources/ga4-ecommerce.py).
+// The expected numbers follow from how that script builds its 23 lines (see its comments).
+both_backends!(ga4_export_through_the_whole_pipeline, |backend: Backend| {
+    let ctx = TestContext::new(backend);
+    let file = ctx.fixture("sources/ga4-ecommerce.ndjson");
+    let s = ctx.ingest_json(&["--source", "ga4", file.to_str().unwrap()]);
+    // add_to_cart and the purchase (exported twice) carry two items each: three extra rows.
+    assert_eq!(s["lines"], 23, "{s}");
+    assert_eq!(s["extra_rows"], 3, "{s}");
+    assert_eq!(s["landed"], 20, "{s}");
+    assert_eq!(s["quarantined"], 6, "{s}");
+    assert_eq!(s["balanced"], true);
+    assert_eq!(
+        ctx.query("SELECT line_number, reason, detail FROM quarantine ORDER BY line_number"),
+        vec![
+            "1,rejected_by_source,GA4 event session_start is in [sources.ga4] ignored_events",
+            "14,rejected_by_source,GA4 event scroll is in [sources.ga4] ignored_events",
+            r#"19,unknown_event_type,"field event_type: ""newsletter_signup"" is not a known event type""#,
+            "20,purchase_without_order_id,field order_id is null on a purchase",
+            r#"21,bad_timestamp,"field event_time ""yesterday"" matches no timestamp format of the source""#,
+            "22,broken_json,line is not valid JSON: EOF while parsing a string at line 1 column 52",
+        ]
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT event_type, count(*) FROM raw_events GROUP BY event_type ORDER BY event_type"
+        ),
+        vec![
+            "add_to_cart,3",
+            "cart_view,1",
+            "checkout_started,1",
+            "checkout_step,1",
+            "identify,1",
+            "list_click,1",
+            "list_view,1",
+            "page_view,2",
+            "payment_info,1",
+            "product_view,2",
+            "purchase,4",
+            "remove_from_cart,1",
+            "search,1",
+        ]
+    );
+    // The second item of the two-item add_to_cart: microseconds kept, item fields, the
+    // ga_session_id parameter as the session, INT64 strings as numbers.
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, CAST(event_time AS VARCHAR), anonymous_id, session_id, product_id, \
+             category, brand, price, quantity, currency, device, country, \
+             json_get(properties, 'item_name'), json_get(properties, 'ga4_event') \
+             FROM raw_events WHERE event_id LIKE '%:2' AND event_type = 'add_to_cart'"
+        ),
+        vec![
+            "ga4:e9748fb43f015f380b6c973494c1c594:2,2023-11-14T22:14:20.000123Z,\
+             1234567890.1700000000,1700000000,SKU_12346,Apparel/Men/Hoodies,Google,20.99,2,USD,\
+             desktop,France,Google Grey Hoodie,add_to_cart"
+        ]
+    );
+
+    ctx.ok(&["clean"]);
+    // The purchase exported twice is one event per item.
+    assert_eq!(ctx.count("SELECT count(*) FROM events"), 18);
+    // The login stitches the visitor's whole journey, from before it too.
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM events WHERE stitched_user_id = 'user-77'"),
+        13
+    );
+    ctx.ok(&["build"]);
+    assert_eq!(
+        ctx.query("SELECT order_id, revenue, currency, lines, items FROM fact_orders"),
+        vec!["T_12345,51.97,USD,2,3"]
+    );
+    // GA4's own sessions; add_shipping_info is the first checkout step.
+    assert_eq!(ctx.count("SELECT count(*) FROM fact_sessions"), 2);
+    assert_eq!(
+        ctx.query(
+            "SELECT furthest_stage, step_1_at IS NOT NULL FROM fact_checkout_funnel ORDER BY 1"
+        ),
+        vec!["cart,false", "purchase,true"]
+    );
+    ctx.ok(&["check"]);
+});
+
+/// Google's public GA4 sample (fixtures/sources/ga4-obfuscated-sample.ndjson). Expected numbers
+/// computed with Python's json module from the file: 460 rows, 292 of GA4's automatically
+/// collected events (user_engagement 96, session_start 86, first_visit 68, scroll 42), and 168
+/// others in 108 (user_pseudo_id, ga_session_id) sessions of 99 visitors over 92 days.
+#[test]
+fn ga4_public_sample_lands_its_shopping_events() {
+    let ctx = TestContext::new(Backend::Local);
+    let file = ctx.fixture("sources/ga4-obfuscated-sample.ndjson");
+    let s = ctx.ingest_json(&["--source", "ga4", file.to_str().unwrap()]);
+    assert_eq!(s["lines"], 460, "{s}");
+    assert_eq!(s["landed"], 168, "{s}");
+    assert_eq!(s["quarantined"], 292, "{s}");
+    assert_eq!(s["quarantined_by_reason"]["rejected_by_source"], 292, "{s}");
+    assert_eq!(
+        ctx.query(
+            "SELECT event_type, count(*) FROM raw_events GROUP BY event_type ORDER BY event_type"
+        ),
+        vec![
+            "page_view,151",
+            "payment_info,1",
+            "product_view,4",
+            "promo_view,3",
+            "search,9"
+        ]
+    );
+    // The sample's first row: user_pseudo_id stays text, the session is the int_value of
+    // ga_session_id, event_timestamp keeps its microseconds.
+    assert_eq!(
+        ctx.query(
+            "SELECT CAST(event_time AS VARCHAR) AS t, anonymous_id, session_id, page_url, device, \
+             country, json_get(properties, 'page_title') FROM raw_events \
+             WHERE anonymous_id = '1005694.5834348403' ORDER BY event_time LIMIT 1"
+        ),
+        vec![
+            "2020-11-01T00:54:33.036492Z,1005694.5834348403,4863244888,\
+             https://shop.googlemerchandisestore.com/Google+Redesign/Lifestyle/Drinkware,desktop,\
+             India,Drinkware | Lifestyle | Google Merchandise Store"
+        ]
+    );
+    ctx.ok(&["clean"]);
+    assert_eq!(ctx.count("SELECT count(*) FROM events"), 168);
+    assert_eq!(
+        ctx.count("SELECT count(DISTINCT anonymous_id) FROM events"),
+        99
+    );
+    assert_eq!(
+        ctx.count("SELECT count(DISTINCT event_date) FROM events"),
+        92
+    );
+    ctx.ok(&["build"]);
+    assert_eq!(ctx.count("SELECT count(*) FROM fact_sessions"), 108);
+}
