@@ -37,6 +37,19 @@ use super::parse::Format;
 use crate::error::{root_message, Error, Result};
 use crate::models::Model;
 
+/// What kind of TOML value `v` is, for messages about a parameter of the wrong kind.
+fn toml_kind(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
 /// The sources compiled into the binary, besides `native`.
 const EMBEDDED: &[(&str, &str)] = &[
     (
@@ -238,6 +251,16 @@ fn parse(
                     } else {
                         known.join(", ")
                     }
+                )));
+            }
+            let default = &declared[k];
+            if toml_kind(v) != toml_kind(default)
+                && !(toml_kind(v) == "an integer" && toml_kind(default) == "a number")
+            {
+                return Err(Error::config(format!(
+                    "[sources.{name}] {k}: expected {} like its default {default}, not {}",
+                    toml_kind(default),
+                    toml_kind(v)
                 )));
             }
             declared.insert(k.clone(), v.clone());
@@ -475,6 +498,29 @@ mod tests {
             let s = load(name, None, &BTreeMap::new()).await;
             assert!(s.is_ok(), "{name}: {:?}", s.err());
         }
+    }
+
+    #[tokio::test]
+    async fn a_parameter_of_the_wrong_kind_is_a_config_error() {
+        let cfg = BTreeMap::from([(
+            "ga4".to_string(),
+            BTreeMap::from([(
+                "ignored_events".to_string(),
+                toml::Value::String("scroll".into()),
+            )]),
+        )]);
+        let e = load("ga4", None, &cfg).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[sources.ga4] ignored_events: expected a list like its default"),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("not a string"), "{e}");
+        let ok = BTreeMap::from([(
+            "ga4".to_string(),
+            BTreeMap::from([("ignored_events".to_string(), toml::Value::Array(vec![]))]),
+        )]);
+        assert!(load("ga4", None, &ok).await.is_ok());
     }
 
     #[tokio::test]
