@@ -40,7 +40,29 @@ WITH calls AS (
         _raw,
         json_get(_raw, 'event_name')                                   AS event_name,
         json_get(_raw, 'event_timestamp')                              AS event_timestamp,
-        coalesce(json_length(_raw, 'items'), 0)                        AS n_items
+        json_length(_raw, 'items')                                     AS items_length,
+        json_get(_raw, 'user_pseudo_id')                               AS user_pseudo_id,
+        json_get(_raw, 'event_bundle_sequence_id')                     AS bundle_id,
+        json_get(_raw, 'batch_event_index')                            AS batch_event_index,
+        json_get(_raw, 'user_id')                                      AS user_id,
+        json_param(_raw, 'event_params', 'ga_session_id')              AS session_id,
+        json_param(_raw, 'event_params', 'currency')                   AS currency,
+        json_get(_raw, 'ecommerce', 'transaction_id')                  AS ecommerce_transaction_id,
+        json_param(_raw, 'event_params', 'transaction_id')             AS param_transaction_id,
+        json_get(_raw, 'ecommerce', 'purchase_revenue')                AS purchase_revenue,
+        json_param(_raw, 'event_params', 'value')                      AS param_value,
+        json_param(_raw, 'event_params', 'page_location')              AS page_url,
+        json_param(_raw, 'event_params', 'page_referrer')              AS referrer,
+        json_get(_raw, 'device', 'category')                           AS device,
+        json_get(_raw, 'geo', 'country')                               AS country,
+        json_get(_raw, 'event_date')                                   AS ga4_event_date,
+        json_param(_raw, 'event_params', 'page_title')                 AS page_title,
+        json_param(_raw, 'event_params', 'search_term')                AS search_term,
+        json_param(_raw, 'event_params', 'item_list_name')             AS item_list_name,
+        json_get(_raw, 'traffic_source', 'source')                     AS traffic_source,
+        json_get(_raw, 'traffic_source', 'medium')                     AS traffic_medium,
+        json_get(_raw, 'platform')                                     AS platform,
+        json_get(_raw, 'stream_id')                                    AS stream_id
     FROM source
 ),
 typed AS (
@@ -68,7 +90,8 @@ typed AS (
             WHEN 'sign_up' THEN 'identify'
             ELSE event_name
         END                                                            AS event_type,
-        event_name IN ('view_item', 'add_to_cart', 'remove_from_cart', 'purchase') AS per_item
+        event_name IN ('view_item', 'add_to_cart', 'remove_from_cart', 'purchase') AS per_item,
+        coalesce(items_length, 0)                                      AS n_items
     FROM calls
 ),
 per_product AS (
@@ -78,18 +101,26 @@ per_product AS (
         unnest(range(0, CASE WHEN per_item AND n_items > 1 THEN n_items ELSE 1 END)) AS idx
     FROM typed
 ),
-keyed AS (
+-- The item fields, each read straight from the row. Every JSON field is picked in a plain
+-- projection, never inside CASE or coalesce: those evaluate their branches on a filtered copy of
+-- the column, which the JSON functions parse again (5.0 s against 3.6 s for 30,000 lines).
+items AS (
     SELECT
         *,
-        concat('ga4:', md5(concat_ws('|',
-            coalesce(json_get(_raw, 'user_pseudo_id'), ''),
-            coalesce(event_timestamp, ''),
-            coalesce(event_name, ''),
-            coalesce(json_get(_raw, 'event_bundle_sequence_id'), ''),
-            coalesce(json_get(_raw, 'batch_event_index'), ''))))       AS ga4_id,
-        CASE WHEN per_item THEN idx END                                AS item,
-        nullif(coalesce(json_get(_raw, 'ecommerce', 'transaction_id'),
-                        json_param(_raw, 'event_params', 'transaction_id')), '(not set)') AS transaction_id
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_id')        AS product_id,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_category')  AS category1,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_category2') AS category2,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_category3') AS category3,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_category4') AS category4,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_category5') AS category5,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_brand')     AS brand,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'price')          AS price,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'quantity')       AS quantity,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_name')      AS item_name,
+        json_get(_raw, 'items', CASE WHEN per_item THEN idx END, 'item_variant')   AS item_variant,
+        concat('ga4:', md5(concat_ws('|', coalesce(user_pseudo_id, ''), coalesce(event_timestamp, ''),
+            coalesce(event_name, ''), coalesce(bundle_id, ''), coalesce(batch_event_index, '')))) AS ga4_id,
+        nullif(coalesce(ecommerce_transaction_id, param_transaction_id), '(not set)') AS transaction_id
     FROM per_product
 )
 SELECT
@@ -100,42 +131,34 @@ SELECT
          THEN CAST(to_timestamp_micros(TRY_CAST(event_timestamp AS BIGINT)) AS VARCHAR)
          ELSE event_timestamp END                                      AS event_time,
     event_type,
-    json_get(_raw, 'user_id')                                          AS user_id,
-    json_get(_raw, 'user_pseudo_id')                                   AS anonymous_id,
-    json_param(_raw, 'event_params', 'ga_session_id')                  AS session_id,
-    json_get(_raw, 'items', item, 'item_id')                           AS product_id,
-    nullif(concat_ws('/',
-        json_get(_raw, 'items', item, 'item_category'),
-        json_get(_raw, 'items', item, 'item_category2'),
-        json_get(_raw, 'items', item, 'item_category3'),
-        json_get(_raw, 'items', item, 'item_category4'),
-        json_get(_raw, 'items', item, 'item_category5')), '')         AS category,
-    json_get(_raw, 'items', item, 'item_brand')                        AS brand,
-    json_get(_raw, 'items', item, 'price')                             AS price,
-    json_get(_raw, 'items', item, 'quantity')                          AS quantity,
-    json_param(_raw, 'event_params', 'currency')                       AS currency,
+    user_id,
+    user_pseudo_id                                                     AS anonymous_id,
+    session_id,
+    product_id,
+    nullif(concat_ws('/', category1, category2, category3, category4, category5), '') AS category,
+    brand,
+    price,
+    quantity,
+    currency,
     CASE WHEN event_type IN ('purchase', 'refund') THEN transaction_id END AS order_id,
-    CASE WHEN event_type = 'purchase'
-         THEN coalesce(json_get(_raw, 'ecommerce', 'purchase_revenue'),
-                       json_param(_raw, 'event_params', 'value'))
-    END                                                                AS revenue,
+    CASE WHEN event_type = 'purchase' THEN coalesce(purchase_revenue, param_value) END AS revenue,
     CASE WHEN event_name = 'add_shipping_info' THEN 1 END              AS checkout_step,
-    json_param(_raw, 'event_params', 'page_location')                  AS page_url,
-    json_param(_raw, 'event_params', 'page_referrer')                  AS referrer,
-    json_get(_raw, 'device', 'category')                               AS device,
-    json_get(_raw, 'geo', 'country')                                   AS country,
+    page_url,
+    referrer,
+    device,
+    country,
     CASE WHEN array_has($ignored_events, event_name)
          THEN concat('GA4 event ', event_name, ' is in [sources.ga4] ignored_events')
     END                                                                AS _reject,
     event_name                                                         AS ga4_event,
-    json_get(_raw, 'event_date')                                       AS ga4_event_date,
-    json_param(_raw, 'event_params', 'page_title')                     AS page_title,
-    json_param(_raw, 'event_params', 'search_term')                    AS search_term,
-    json_get(_raw, 'items', item, 'item_name')                         AS item_name,
-    json_get(_raw, 'items', item, 'item_variant')                      AS item_variant,
-    json_param(_raw, 'event_params', 'item_list_name')                 AS item_list_name,
-    json_get(_raw, 'traffic_source', 'source')                         AS traffic_source,
-    json_get(_raw, 'traffic_source', 'medium')                         AS traffic_medium,
-    json_get(_raw, 'platform')                                         AS platform,
-    json_get(_raw, 'stream_id')                                        AS stream_id
-FROM keyed
+    ga4_event_date,
+    page_title,
+    search_term,
+    item_name,
+    item_variant,
+    item_list_name,
+    traffic_source,
+    traffic_medium,
+    platform,
+    stream_id
+FROM items
