@@ -541,8 +541,9 @@ const PARSED_CACHE_MAX_BYTES: usize = 8 << 20;
 /// A source mapping picks each field with its own `json_get(_raw, …)`: a GA4 row is about 3 KB
 /// of JSON and the mapping reads 25 fields of it, so parsing per call was 25 parses a row. A
 /// projection evaluates its expressions one after another on one thread over the same column,
-/// so the first call parses each row and the others reuse the documents. The column is kept
-/// alive with them: its buffers' addresses then identify it and cannot be reused by another.
+/// so the first call parses each row and the others reuse the documents, as do calls inside CASE
+/// or coalesce, which see a filtered copy (see [`rows_within`]). The column is kept alive with
+/// them: its buffers' addresses then identify it and cannot be reused by another.
 struct ParsedColumn {
     column: ArrayRef,
     docs: Arc<Vec<Option<Value>>>,
@@ -565,13 +566,67 @@ fn same_text(a: &ArrayRef, b: &ArrayRef) -> bool {
         && nulls(a) == nulls(b)
 }
 
+/// The parsed documents of a column's rows: its own, or those of the column it was filtered from.
+struct Docs {
+    docs: Arc<Vec<Option<Value>>>,
+    /// Row → its row in `docs` (None for NULL), when the column is a filtered copy.
+    rows: Option<Vec<Option<usize>>>,
+}
+
+impl Docs {
+    fn get(&self, row: usize) -> Option<&Value> {
+        let at = match &self.rows {
+            Some(rows) => rows[row]?,
+            None => row,
+        };
+        self.docs[at].as_ref()
+    }
+}
+
+/// Where each row of `column` is in `cached`, when its rows are some of `cached`'s in the same
+/// order: what CASE and coalesce evaluate their branches on (a filtered copy of the column, in
+/// new buffers). Equal text parses to the same document, so any row holding the same text will
+/// do. None when `column` is not such a subsequence.
+fn rows_within(
+    cached: &GenericStringArray<i32>,
+    column: &GenericStringArray<i32>,
+) -> Option<Vec<Option<usize>>> {
+    let mut next = 0;
+    let mut rows = Vec::with_capacity(column.len());
+    for v in column.iter() {
+        let Some(v) = v else {
+            rows.push(None);
+            continue;
+        };
+        loop {
+            if next == cached.len() {
+                return None;
+            }
+            next += 1;
+            if cached.is_valid(next - 1) && cached.value(next - 1) == v {
+                rows.push(Some(next - 1));
+                break;
+            }
+        }
+    }
+    Some(rows)
+}
+
 /// Each row of a Utf8 column parsed as JSON (None for NULL or text that is not JSON), shared
-/// with the calls that read the same column next.
-fn parsed(json: &ArrayRef) -> Arc<Vec<Option<Value>>> {
+/// with the calls that read the same column, or a filtered copy of it, next.
+fn parsed(json: &ArrayRef) -> Docs {
     if let Some(docs) = PARSED.with_borrow(|p| {
-        p.as_ref()
-            .filter(|p| same_text(&p.column, json))
-            .map(|p| p.docs.clone())
+        let p = p.as_ref()?;
+        if same_text(&p.column, json) {
+            return Some(Docs {
+                docs: p.docs.clone(),
+                rows: None,
+            });
+        }
+        rows_within(p.column.as_string::<i32>(), json.as_string::<i32>()).map(|rows| Docs {
+            docs: p.docs.clone(),
+            rows: Some(rows),
+        })
     }) {
         return docs;
     }
@@ -588,7 +643,7 @@ fn parsed(json: &ArrayRef) -> Arc<Vec<Option<Value>>> {
             docs: docs.clone(),
         })
     });
-    docs
+    Docs { docs, rows: None }
 }
 
 impl ScalarUDFImpl for JsonFn {
@@ -637,7 +692,7 @@ impl ScalarUDFImpl for JsonFn {
             .map(PathArg::new)
             .collect::<Result<Vec<_>>>()?;
         let at = |row: usize| -> Option<&Value> {
-            let v = walk(docs[row].as_ref()?, &path, row)?;
+            let v = walk(docs.get(row)?, &path, row)?;
             match &name {
                 Some(names) => {
                     let names = names.as_string::<i32>();
@@ -862,6 +917,30 @@ mod tests {
         }
         assert_eq!(text(1), ["b0", "b1", "NULL"]);
         assert_eq!(text(3), ["1", "2", "NULL"]);
+        // CASE and coalesce evaluate their branches on filtered copies of the column, whose rows
+        // are found among those parsed already.
+        let sql = "SELECT json_get(a, 'k') AS k, \
+                   CASE WHEN a LIKE '%a1%' OR a LIKE '%a3%' THEN json_get(a, 'v') END AS v, \
+                   coalesce(json_get(a, 'missing'), json_get(a, 'v'), json_get(a, 'k')) AS c \
+                   FROM (VALUES ('{\"k\": \"a0\"}'), ('{\"k\": \"a1\", \"v\": 1}'), \
+                                (NULL), ('{\"k\": \"a0\"}'), ('{\"k\": \"a3\", \"v\": 3}')) AS t(a)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let text = |c: usize| -> Vec<String> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let col = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
+                    let col = col.as_string::<i32>().clone();
+                    (0..col.len())
+                        .map(|i| col.is_valid(i).then(|| col.value(i).to_string()))
+                        .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        assert_eq!(text(0), ["a0", "a1", "NULL", "a0", "a3"]);
+        assert_eq!(text(1), ["NULL", "1", "NULL", "NULL", "3"]);
+        assert_eq!(text(2), ["a0", "1", "NULL", "a0", "3"]);
         // A slice of a column parsed whole reads its own rows.
         let sliced = ctx
             .sql(
