@@ -882,6 +882,21 @@ mod tests {
         );
     }
 
+    /// Column `c` of the batches as text, "NULL" for NULL.
+    fn column_text(batches: &[arrow::array::RecordBatch], c: usize) -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let col = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
+                let col = col.as_string::<i32>().clone();
+                (0..col.len())
+                    .map(|i| col.is_valid(i).then(|| col.value(i).to_string()))
+                    .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// The parsed documents one call leaves for the next belong to the column they were parsed
     /// from: calls alternating between two columns, and over a slice of one, read their own.
     #[tokio::test]
@@ -894,24 +909,7 @@ mod tests {
                                 ('{\"k\": \"a1\"}', '{\"k\": \"b1\", \"z\": 2}'), \
                                 ('{\"k\": \"a2\"}', 'not json')) AS t(a, b)";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let text = |c: usize| -> Vec<String> {
-            batches
-                .iter()
-                .flat_map(|b| {
-                    let col = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
-                    let col = col.as_string::<i32>().clone();
-                    (0..col.len())
-                        .map(|i| {
-                            if col.is_null(i) {
-                                "NULL".to_string()
-                            } else {
-                                col.value(i).to_string()
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
+        let text = |c: usize| column_text(&batches, c);
         for c in [0, 2, 4] {
             assert_eq!(text(c), ["a0", "a1", "a2"], "column {c}");
         }
@@ -925,19 +923,7 @@ mod tests {
                    FROM (VALUES ('{\"k\": \"a0\"}'), ('{\"k\": \"a1\", \"v\": 1}'), \
                                 (NULL), ('{\"k\": \"a0\"}'), ('{\"k\": \"a3\", \"v\": 3}')) AS t(a)";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let text = |c: usize| -> Vec<String> {
-            batches
-                .iter()
-                .flat_map(|b| {
-                    let col = arrow::compute::cast(b.column(c), &DataType::Utf8).unwrap();
-                    let col = col.as_string::<i32>().clone();
-                    (0..col.len())
-                        .map(|i| col.is_valid(i).then(|| col.value(i).to_string()))
-                        .map(|v| v.unwrap_or_else(|| "NULL".into()))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
+        let text = |c: usize| column_text(&batches, c);
         assert_eq!(text(0), ["a0", "a1", "NULL", "a0", "a3"]);
         assert_eq!(text(1), ["NULL", "1", "NULL", "NULL", "3"]);
         assert_eq!(text(2), ["a0", "1", "NULL", "a0", "3"]);
