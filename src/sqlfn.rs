@@ -683,7 +683,8 @@ impl ScalarUDFImpl for JsonFn {
         let (path_args, name) = match self.op {
             JsonOp::Param => {
                 let (name, path) = arrays[1..].split_last().expect("checked in return_type");
-                (path, Some(arrow::compute::cast(name, &DataType::Utf8)?))
+                let name = PathArg::Keys(arrow::compute::cast(name, &DataType::Utf8)?);
+                (path, Some(name))
             }
             JsonOp::Get | JsonOp::Length => (&arrays[1..], None),
         };
@@ -693,13 +694,9 @@ impl ScalarUDFImpl for JsonFn {
             .collect::<Result<Vec<_>>>()?;
         let at = |row: usize| -> Option<&Value> {
             let v = walk(docs.get(row)?, &path, row)?;
-            match &name {
-                Some(names) => {
-                    let names = names.as_string::<i32>();
-                    (!names.is_null(row))
-                        .then(|| param(v, names.value(row)))
-                        .flatten()
-                }
+            match name.as_ref().map(|n| n.step(row)) {
+                Some(Some(Step::Key(name))) => param(v, name),
+                Some(_) => None,
                 None => Some(v),
             }
         };
