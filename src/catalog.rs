@@ -118,6 +118,11 @@ pub fn star_tables() -> Vec<String> {
         .collect()
 }
 
+/// Whether `name` is one of the lake's own tables (fixed or built by `build`).
+pub fn is_lake_table(name: &str) -> bool {
+    ALL.iter().any(|d| d.name == name) || star_tables().iter().any(|t| t == name)
+}
+
 /// The tables named, checked against the lake's catalog, or every existing one.
 pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String>> {
     let mut all: Vec<String> = ALL.iter().map(|d| d.name.to_string()).collect();

@@ -351,7 +351,10 @@ async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
             None => Error::runtime(format!("{prefix}: {}", root_message(&e))),
         }
     };
-    let df = ctx.sql(&check.sql).await.map_err(fail)?;
+    let df = ctx
+        .sql_with_options(&check.sql, models::query_only())
+        .await
+        .map_err(fail)?;
     let mut stream = df.execute_stream().await.map_err(fail)?;
     let mut rows = 0u64;
     let mut sample = Vec::new();

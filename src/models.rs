@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use datafusion::common::ParamValues;
 use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::error::{is_sql_mistake, root_message, Error, Result};
@@ -231,7 +232,7 @@ pub async fn plan_chain(
     let mut last = None;
     for (i, model) in models.iter().enumerate() {
         let df = ctx
-            .sql(&model.sql)
+            .sql_with_options(&model.sql, query_only())
             .await
             .and_then(|df| df.with_param_values(params.clone()))
             .map_err(|e| model_error(model, e))?;
@@ -378,6 +379,16 @@ pub fn deregister_chain(ctx: &SessionContext, models: &[Model]) -> Result<()> {
         ctx.deregister_table(model.name.as_str())?;
     }
     Ok(())
+}
+
+/// Models and checks are queries. A statement that writes or declares (INSERT, COPY, CREATE,
+/// DROP, SET…) in one is refused when it plans, so a customised model or check cannot commit to
+/// the lake's tables behind the command running it.
+pub fn query_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// A model that does not plan is a configuration error (exit 2); one that fails while running is

@@ -725,7 +725,7 @@ async fn validate_plans(
             segments::register_members(&scratch, cfg, None, params, 0).await?;
         }
         let df = scratch
-            .sql(&model.sql)
+            .sql_with_options(&model.sql, models::query_only())
             .await
             .and_then(|df| df.with_param_values(params.clone()))
             .map_err(|e| models::model_error(model, e))?;
@@ -1304,7 +1304,7 @@ async fn build_table(
         segments::register_members(ctx, cfg, existing.as_ref(), params, as_of).await?;
     }
     let df: DataFrame = ctx
-        .sql(&model.sql)
+        .sql_with_options(&model.sql, models::query_only())
         .await
         .and_then(|df| df.with_param_values(params.clone()))
         .map_err(|e| models::model_error(model, e))?;

@@ -6,7 +6,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
@@ -186,6 +188,9 @@ pub(crate) async fn run_statement(
             None => user_error(name, e),
         }
     })?;
+    if let Some(refusal) = lake_write(&plan) {
+        return Err(Error::usage(format!("in {name}: {refusal}")).into());
+    }
     let df = ctx
         .execute_logical_plan(plan)
         .await
@@ -209,8 +214,11 @@ pub(crate) async fn run_statement(
                     batches.push(b.slice(0, take));
                 }
             }
-            let shown = arrow::util::pretty::pretty_format_batches(&batches)?;
-            sink.write_all(format!("{shown}\n").as_bytes()).await?;
+            // A statement without columns (CREATE VIEW, DROP TABLE…) shows no empty frame.
+            if !schema.fields().is_empty() {
+                let shown = arrow::util::pretty::pretty_format_batches(&batches)?;
+                sink.write_all(format!("{shown}\n").as_bytes()).await?;
+            }
             if rows > kept {
                 sink.write_all(format!("({kept} of {rows} rows shown)\n").as_bytes())
                     .await?;
@@ -282,6 +290,48 @@ pub(crate) async fn run_statement(
         }
     }
     Ok(())
+}
+
+/// `clicklake sql` reads the lake; it does not change it. DataFusion would commit an `INSERT`
+/// into a lake table as a Delta append behind the lake's lock, past validation, deduplication and
+/// the erasure records, and a `DROP` or `CREATE OR REPLACE` of one would only hide it from this
+/// session. Both are refused, wherever they sit in the plan (`EXPLAIN ANALYZE INSERT …` runs the
+/// insert). Tables and views the session creates under other names stay writable.
+fn lake_write(plan: &LogicalPlan) -> Option<String> {
+    let mut refusal = None;
+    let _ = plan.apply(|node| {
+        let (table, writes) = match node {
+            LogicalPlan::Dml(dml) => (&dml.table_name, true),
+            LogicalPlan::Ddl(ddl) => match ddl {
+                DdlStatement::DropTable(d) => (&d.name, false),
+                DdlStatement::DropView(d) => (&d.name, false),
+                DdlStatement::CreateMemoryTable(c) => (&c.name, false),
+                DdlStatement::CreateView(c) => (&c.name, false),
+                DdlStatement::CreateExternalTable(c) => (&c.name, false),
+                _ => return Ok(TreeNodeRecursion::Continue),
+            },
+            _ => return Ok(TreeNodeRecursion::Continue),
+        };
+        let in_lake_schema = matches!(table.schema(), None | Some("public"));
+        if !(in_lake_schema && catalog::is_lake_table(table.table())) {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let table = table.table();
+        refusal = Some(match writes {
+            true => format!(
+                "{table} is read-only in `clicklake sql`: a write here would skip validation, \
+                 deduplication, erasures and the lake's lock (rows land with `clicklake ingest` \
+                 and leave with `clicklake erase`)"
+            ),
+            false => format!(
+                "{table} is one of the lake's tables, read-only in `clicklake sql` (dropping or \
+                 replacing it here would only hide it from this session); give your own table \
+                 or view another name"
+            ),
+        });
+        Ok(TreeNodeRecursion::Stop)
+    });
+    refusal
 }
 
 /// For "table 'x' not found": the lake's tables, and the command that creates `x` when it is

@@ -169,6 +169,9 @@ fn a_check_selection_matching_nothing_is_a_usage_error() {
         &["--select \"unique_evnt_id\"", "events_unique_event_id"],
     );
     one_line(&out);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    ctx.ok(&["clean"]);
     let report = ctx.ok(&["check", "--select", "unique_event_id"]);
     assert!(report.contains("events_unique_event_id"), "{report}");
 }
@@ -250,4 +253,85 @@ fn a_panicking_parser_fails_the_run_and_commits_nothing() {
     // The same input without the fault lands every line.
     let m = ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
     assert_eq!(m["files_read"], 1, "{m}");
+}
+
+/// `clicklake sql`, checks and models read the lake; none of them can write to it. DataFusion
+/// would commit `INSERT INTO events` as a Delta append past validation, deduplication and the
+/// lake's lock (it did, before this was refused).
+#[test]
+fn the_lake_is_read_only_to_ad_hoc_sql_checks_and_models() {
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    ctx.ok(&["clean"]);
+    let log_files = |table: &str| {
+        std::fs::read_dir(ctx.table_dir(table).join("_delta_log"))
+            .unwrap()
+            .count()
+    };
+    let before = (
+        ctx.count("SELECT count(*) FROM raw_events"),
+        ctx.count("SELECT count(*) FROM events"),
+        log_files("raw_events"),
+        log_files("events"),
+    );
+    assert!(before.1 > 0, "the fixture lands events");
+    for (sql, words) in [
+        (
+            "INSERT INTO events SELECT * FROM events",
+            &["events is read-only", "clicklake ingest"][..],
+        ),
+        (
+            "EXPLAIN ANALYZE INSERT INTO raw_events SELECT * FROM raw_events",
+            &["raw_events is read-only"][..],
+        ),
+        ("DELETE FROM events", &["events is read-only"][..]),
+        (
+            "DROP TABLE events",
+            &["events is one of the lake's tables"][..],
+        ),
+        (
+            "CREATE OR REPLACE VIEW raw_events AS SELECT 1",
+            &["raw_events is one of the lake's tables"][..],
+        ),
+    ] {
+        let out = ctx.run(&["sql", "-c", sql]);
+        assert_usage_error(&out, words);
+        one_line(&out);
+    }
+    // The session's own tables stay writable.
+    let own = ctx
+        .query("CREATE TABLE t AS SELECT 1 AS a; INSERT INTO t VALUES (2); SELECT sum(a) FROM t");
+    assert_eq!(own.last().map(String::as_str), Some("3"), "{own:?}");
+
+    let checks = ctx.path("checks");
+    std::fs::create_dir_all(&checks).unwrap();
+    std::fs::write(
+        checks.join("sneaky.sql"),
+        "INSERT INTO events SELECT * FROM events",
+    )
+    .unwrap();
+    let out = ctx.run(&["check", "--checks-dir", checks.to_str().unwrap()]);
+    assert_usage_error(&out, &["check sneaky", "sneaky.sql", "DML not supported"]);
+    one_line(&out);
+
+    let dir = ctx.override_model(
+        "clean",
+        "01_normalized.sql",
+        "INSERT INTO raw_input SELECT * FROM raw_input",
+    );
+    let out = ctx.run(&["clean", "--full-refresh", "--sql-dir", &dir]);
+    assert_usage_error(&out, &["01_normalized.sql", "DML not supported"]);
+    one_line(&out);
+
+    let after = (
+        ctx.count("SELECT count(*) FROM raw_events"),
+        ctx.count("SELECT count(*) FROM events"),
+        log_files("raw_events"),
+        log_files("events"),
+    );
+    assert_eq!(
+        after, before,
+        "(raw rows, events, raw commits, events commits)"
+    );
 }
