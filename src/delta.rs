@@ -247,13 +247,32 @@ pub async fn commit(
     let finalized = CommitBuilder::from(props)
         .with_actions(actions)
         .build(Some(table.snapshot()?), table.log_store(), operation)
-        .await?;
+        .await
+        .map_err(|e| lost_race(table, e))?;
     let version = finalized.version();
     // The commit already brought the snapshot it was built on up to the new version; loading
     // the log again (`update_state`) replayed it a second time: 0.1–0.2 s per commit of a 10M
     // lake's fact table.
     table.state = Some(finalized.snapshot);
     Ok(version as i64)
+}
+
+/// A commit that another writer's commit to the same table made impossible (a second `clean` or
+/// `build` started by hand while one ran): nothing of it was made, and running the command again
+/// does its work on top of the other's. Exit 75, like a lake locked by another run: try again.
+fn lost_race(table: &DeltaTable, e: deltalake::DeltaTableError) -> Error {
+    use deltalake::kernel::transaction::TransactionError as T;
+    match &e {
+        deltalake::DeltaTableError::Transaction {
+            source: T::CommitConflict(_) | T::MaxCommitAttempts(_),
+        } => Error::Conflict(format!(
+            "another writer committed to {} while this command ran, so this command's commit to \
+             it was not made; run it again (`clicklake run` holds the lake's lock, so its stages \
+             never race)",
+            table_name(table)
+        )),
+        _ => e.into(),
+    }
 }
 
 /// Streams record batches into a table's writer: conforms each batch to the table schema (by

@@ -15,7 +15,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// Runtime failure: storage, I/O, a corrupt input stream.
     pub const RUNTIME: u8 = 3;
-    /// Another run holds the lake's lock.
+    /// Another run holds the lake's lock, or another writer committed to a table first: try again.
     pub const LOCKED: u8 = 75;
 }
 
@@ -35,6 +35,9 @@ pub enum Error {
     /// Another run holds the lake's lock.
     #[error("{0}")]
     Locked(String),
+    /// Another writer committed to the table first; nothing of this commit was made.
+    #[error("{0}")]
+    Conflict(String),
     /// Something failed while running: storage, I/O, a corrupt compressed stream.
     #[error("{0}")]
     Runtime(String),
@@ -68,7 +71,7 @@ impl Error {
         match self {
             Error::Usage(_) | Error::Config(_) => exit::USAGE,
             Error::ChecksFailed(_) => exit::CHECKS_FAILED,
-            Error::Locked(_) => exit::LOCKED,
+            Error::Locked(_) | Error::Conflict(_) => exit::LOCKED,
             _ => exit::RUNTIME,
         }
     }

@@ -76,8 +76,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let default = match (cfg.quiet, cfg.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
+        // deltalake logs a commit conflict it returns to us (and every retry of a commit that
+        // then succeeds); the command reports the error once.
+        (true, _) => "error,deltalake_core::kernel::transaction=off",
+        (false, 0) => "warn,deltalake_core::kernel::transaction=off",
         (false, 1) => "clicklake=info,warn",
         (false, 2) => "clicklake=debug,info",
         _ => "trace",

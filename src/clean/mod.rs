@@ -267,6 +267,7 @@ pub async fn run(
     adds.extend(patched_adds);
     laps.lap("superseded files rewritten");
     fault("clean-after-data-files");
+    crate::pause("clean-after-data-files").await;
 
     summary.files_removed = removes.len() as u64;
     summary.events_written = summary.events_changed + summary.events_copied;

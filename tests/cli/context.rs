@@ -313,6 +313,22 @@ pub fn manifest_lines(manifest: &serde_json::Value, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The Parquet files under a table's directory, whether the log references them or not.
+pub fn parquet_files_under(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            if !p.ends_with("_delta_log") {
+                n += parquet_files_under(&p);
+            }
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }

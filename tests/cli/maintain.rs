@@ -2,7 +2,7 @@
 //! that stay right across a compaction.
 
 use crate::both_backends;
-use crate::context::{stderr_of, Backend, TestContext};
+use crate::context::{parquet_files_under, stderr_of, Backend, TestContext};
 
 both_backends!(
     compaction_keeps_every_row_and_incremental_runs_stay_right,
@@ -146,7 +146,7 @@ both_backends!(
                 "{f} still on disk"
             );
         }
-        let parquet_files = walk(&ctx.table_dir("raw_events"));
+        let parquet_files = parquet_files_under(&ctx.table_dir("raw_events"));
         assert_eq!(
             parquet_files,
             files_in_table(&ctx),
@@ -154,21 +154,6 @@ both_backends!(
         );
     }
 );
-
-fn walk(dir: &std::path::Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            if !p.ends_with("_delta_log") {
-                n += walk(&p);
-            }
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            n += 1;
-        }
-    }
-    n
-}
 
 fn files_in_table(ctx: &TestContext) -> usize {
     let tables: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();

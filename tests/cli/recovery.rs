@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::both_backends;
-use crate::context::{Backend, TestContext};
+use crate::context::{parquet_files_under, Backend, TestContext};
 
 fn check_exact(ctx: &TestContext, m: &serde_json::Value, files: u64) {
     assert_eq!(
@@ -163,4 +163,58 @@ fn concurrent_ingests_lose_nothing() {
     assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 8);
     let t: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
     assert_eq!(t[0]["version"], 4, "one raw_events commit per writer: {t}");
+}
+
+/// Two cleans started by hand over the same new rows: the one that commits second cannot (the
+/// Delta log's conflict check on the consumed raw version), says so in one line and exits 75.
+/// Nothing of it reaches `events`, and the next clean has nothing left to do.
+#[test]
+fn a_clean_that_loses_the_race_to_another_says_so_and_changes_nothing() {
+    let ctx = TestContext::new(Backend::Local);
+    for (dir, seed) in [("gen1", "1"), ("gen2", "2")] {
+        ctx.generate(dir, &["--events", "3000", "--dirty", "--seed", seed]);
+    }
+    ctx.ok(&["ingest", ctx.path("gen1").to_str().unwrap()]);
+    ctx.ok(&["clean"]);
+    ctx.ok(&["ingest", ctx.path("gen2").to_str().unwrap()]);
+
+    let parquet_files = || parquet_files_under(&ctx.table_dir("events"));
+    let before = parquet_files();
+    let slow = ctx
+        .std_cmd()
+        .env("CLICKLAKE_PAUSE", "clean-after-data-files:10")
+        .args(["clean"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It has read raw_events and written its files; it commits after the pause (long enough for
+    // the other clean to finish first on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while parquet_files() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow clean wrote no files"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fast = ctx.ok(&["clean", "--json"]);
+    let fast: serde_json::Value = serde_json::from_str(fast.trim()).unwrap();
+    assert_eq!(fast["mode"], "incremental", "{fast}");
+
+    let lost = slow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&lost.stderr);
+    assert_eq!(lost.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("another writer committed to events") && err.contains("run it again"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let again = ctx.ok(&["clean"]);
+    assert!(again.contains("nothing new to clean"), "{again}");
+    let shape = "SELECT count(*) || ' ' || count(DISTINCT event_id) || ' ' || count(DISTINCT session_key) FROM events";
+    let incremental = ctx.query(shape);
+    ctx.ok(&["clean", "--full-refresh"]);
+    assert_eq!(ctx.query(shape), incremental, "rows, event ids, sessions");
 }
