@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::check;
 use crate::cli::CheckArgs;
 use crate::config::Config;
-use crate::error::exit;
+use crate::error::{exit, Error};
 use crate::storage::Lake;
 
 pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -19,6 +19,16 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
         println!("{}", serde_json::to_string(&report)?);
     } else if !(cfg.quiet && report.failed == 0) {
         print!("{}", check::render(&report));
+    }
+    if report.passed == 0 && report.failed == 0 && report.skipped > 0 {
+        // A CI gate that checked nothing must not pass: a mistyped lake URL, or checks run
+        // before anything was ingested.
+        return Err(Error::usage(format!(
+            "no check ran: the tables they read do not exist at {} (ingest, clean and build \
+             create them; is --lake right?)",
+            lake.root()
+        ))
+        .into());
     }
     Ok(if report.failed > 0 {
         ExitCode::from(exit::CHECKS_FAILED)

@@ -68,7 +68,32 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
     };
     let star = catalog::star_tables();
     let mut reflected: std::collections::HashMap<i64, Option<i64>> = Default::default();
-    for info in infos.into_iter().filter(|t| t.exists) {
+    for info in infos {
+        if !info.exists {
+            // A table a limit expects but the lake does not have is as stale as can be: the
+            // root table under `--max-lag` (a mistyped lake URL, a wiped prefix, nothing ever
+            // ingested), or one named in `[status.max_lag_tables]`.
+            let expected = match cfg.status.max_lag_tables.get(&info.name) {
+                Some(limit) => Some(*limit),
+                None => max_lag.filter(|_| info.name == catalog::RAW_EVENTS.name),
+            };
+            if let Some(limit) = expected {
+                report.stale.push(info.name.clone());
+                report.tables.push(TableStatus {
+                    table: info.name,
+                    version: None,
+                    rows: 0,
+                    files: 0,
+                    small_files: 0,
+                    last_commit_at: None,
+                    latest_event_time: None,
+                    lag_seconds: None,
+                    max_lag_seconds: Some(limit.as_secs()),
+                    stale: true,
+                });
+            }
+            continue;
+        }
         let latest_event_ms = if EVENT_TIME_TABLES.contains(&info.name.as_str()) {
             latest_event_time_ms(&ctx, lake, &info.name, None).await?
         } else if star.contains(&info.name) {
@@ -126,13 +151,14 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
                 .tables
                 .iter()
                 .filter(|t| t.stale)
-                .map(|t| {
-                    format!(
+                .map(|t| match (t.version, t.lag_seconds) {
+                    (None, _) => format!("{} (missing at {})", t.table, lake.root()),
+                    (_, lag) => format!(
                         "{} (lag {} over {})",
                         t.table,
-                        format_duration(Duration::from_secs(t.lag_seconds.unwrap_or(0) as u64)),
+                        format_duration(Duration::from_secs(lag.unwrap_or(0) as u64)),
                         format_duration(Duration::from_secs(t.max_lag_seconds.unwrap_or(0)))
-                    )
+                    ),
                 })
                 .collect();
             eprintln!("stale: {}", named.join(", "));
@@ -177,7 +203,9 @@ fn render(r: &StatusReport) -> String {
         out.push_str(&format!(
             "{:<22} {:>7} {:>11} {:>6} {:>6} {:<21} {:<21} {:>10}{}\n",
             t.table,
-            t.version.map(|v| v.to_string()).unwrap_or_default(),
+            t.version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "missing".into()),
             t.rows,
             t.files,
             t.small_files,

@@ -93,3 +93,55 @@ both_backends!(
         assert!(stderr_of(&out).contains("--max-lag"), "{}", stderr_of(&out));
     }
 );
+
+/// Monitoring pointed at a lake that has nothing (a mistyped URL, a wiped prefix, nothing ever
+/// ingested) must alert, and a CI gate that could run no check must not pass.
+#[test]
+fn a_lake_without_its_tables_is_stale_and_has_nothing_to_check() {
+    let ctx = TestContext::new(Backend::Local);
+    let out = ctx.run(&["status", "--max-lag", "1h"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("stale: raw_events (missing at file://"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("missing"));
+    let out = ctx.run(&["status", "--max-lag", "1h", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["stale"],
+        serde_json::json!(["raw_events"]),
+        "{report}"
+    );
+    // Without a limit it is a report, not an alert.
+    assert_eq!(ctx.run(&["status"]).status.code(), Some(0));
+
+    let out = ctx.run(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("no check ran") && err.contains("--lake"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    ctx.ok(&["clean"]);
+    ctx.ok(&["check"]);
+    ctx.ok(&["status", "--max-lag", "36500d"]);
+    // A table given its own limit is expected to exist.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[status.max_lag_tables]\nfact_orders = \"1d\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["status", "--max-lag", "36500d"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("stale: fact_orders (missing at"),
+        "{}",
+        stderr_of(&out)
+    );
+}
