@@ -41,6 +41,10 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         let (_, metrics) = table
             .vacuum()
             .with_retention_period(chrono::Duration::from_std(retain)?)
+            // Full, not deltalake's default Lite (which deletes only files the log removed): a
+            // crashed run's uncommitted files are in no log entry, and only a listing finds them.
+            // They are deleted once older than the retention, like everything else.
+            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
             .with_enforce_retention_duration(false)
             .with_dry_run(args.dry_run)
             .await

@@ -155,6 +155,64 @@ both_backends!(
     }
 );
 
+/// A crashed ingest leaves data files no log entry names; `vacuum` finds them by listing the
+/// table once they are older than the retention, and leaves every referenced file alone.
+#[test]
+fn vacuum_deletes_the_files_a_crashed_ingest_never_committed() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "2000", "--files", "2", "--seed", "9"]);
+    let first = ctx.path("gen/events-0001.ndjson");
+    ctx.ingest_json(&[first.to_str().unwrap()]);
+    let crashed = ctx
+        .cmd()
+        .env("CLICKLAKE_FAULT", "after-data-files")
+        .args([
+            "ingest",
+            ctx.path("gen/events-0002.ndjson").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the fault must stop the ingest");
+    let dir = ctx.table_dir("raw_events");
+    let referenced = files_in_table(&ctx);
+    let on_disk = parquet_files_under(&dir);
+    assert!(
+        on_disk > referenced,
+        "the crash left files: {on_disk} on disk, {referenced} referenced"
+    );
+    // Everything, referenced or not, is older than the retention.
+    let month_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+    backdate(&dir, month_ago);
+    let rows = ctx.count("SELECT count(*) FROM raw_events");
+
+    let done: serde_json::Value =
+        serde_json::from_str(&ctx.ok(&["vacuum", "--retain", "7d", "--json", "raw_events"]))
+            .unwrap();
+    assert_eq!(
+        done[0]["files_deleted"].as_u64(),
+        Some((on_disk - referenced) as u64),
+        "{done}"
+    );
+    assert_eq!(parquet_files_under(&dir), referenced);
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), rows);
+    // The crashed file is ingested again, whole.
+    let s = ctx.ingest_json(&[ctx.path("gen").to_str().unwrap()]);
+    assert_eq!(s["files_read"], 1, "{s}");
+    assert_eq!(parquet_files_under(&dir), files_in_table(&ctx));
+}
+
+fn backdate(dir: &std::path::Path, to: std::time::SystemTime) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            backdate(&p, to);
+        } else {
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(to).unwrap();
+        }
+    }
+}
+
 fn files_in_table(ctx: &TestContext) -> usize {
     let tables: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
     tables[0]["files"].as_u64().unwrap() as usize
