@@ -265,7 +265,10 @@ fn lost_race(table: &DeltaTable, e: deltalake::DeltaTableError) -> Error {
     match &e {
         deltalake::DeltaTableError::Transaction {
             source: T::CommitConflict(_) | T::MaxCommitAttempts(_),
-        } => Error::Conflict(format!(
+        }
+        // The versions since this command's snapshot are gone: an erasure checkpointed the log
+        // and deleted the entries before it.
+        | deltalake::DeltaTableError::InvalidVersion(_) => Error::Conflict(format!(
             "another writer committed to {} while this command ran, so this command's commit to \
              it was not made; run it again (`clicklake run` holds the lake's lock, so its stages \
              never race)",

@@ -34,12 +34,56 @@ pub struct LeaseInfo {
     pub expires_at: DateTime<Utc>,
     #[serde(default)]
     pub released_at: Option<DateTime<Utc>>,
+    /// The holder process as `host|pid namespace|pid|start time` (see [`process_identity`]), so
+    /// a command on the same host can tell that the holder died (killed, Ctrl-C) and need not wait
+    /// for the lease to lapse.
+    #[serde(default)]
+    pub process: Option<String>,
 }
 
 impl LeaseInfo {
     fn active(&self, now: DateTime<Utc>) -> bool {
-        self.released_at.is_none() && self.expires_at > now
+        self.released_at.is_none() && self.expires_at > now && !self.holder_is_gone()
     }
+
+    /// True only when the holder ran on this host, in this pid namespace, and no process with
+    /// its pid and start time exists any more. A holder elsewhere is alive until its lease lapses.
+    fn holder_is_gone(&self) -> bool {
+        let (Some(theirs), Some(mine)) = (&self.process, process_identity()) else {
+            return false;
+        };
+        let theirs: Vec<&str> = theirs.split('|').collect();
+        let mine: Vec<&str> = mine.split('|').collect();
+        if theirs.len() != 4 || theirs[..2] != mine[..2] {
+            return false;
+        }
+        match theirs[2].parse::<u32>() {
+            Ok(pid) => start_time(pid).as_deref() != Some(theirs[3]),
+            Err(_) => false,
+        }
+    }
+}
+
+/// This process as a lease records it: `host|pid namespace|pid|start time`. The start time (in
+/// clock ticks since boot, from `/proc`) tells a reused pid from the holder. `None` where
+/// `/proc` does not say (not Linux): such a holder is alive until its lease lapses.
+fn process_identity() -> Option<String> {
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let pid = std::process::id();
+    Some(format!(
+        "{}|{}|{pid}|{}",
+        host_name(),
+        namespace.display(),
+        start_time(pid)?
+    ))
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19).map(str::to_string)
 }
 
 /// A held lease. Renewed in the background until [`Lease::release`].
@@ -52,18 +96,41 @@ pub struct Lease {
     renewer: tokio::task::JoinHandle<()>,
 }
 
+/// Runs `work` under the lake's lease, as `run` and `erase` do, for a command that changes the
+/// lake's tables on its own (`clean`, `build`, `compact`, `vacuum`): exit 75 naming the holder
+/// when another command holds it. One writer at a time is what keeps an erasure complete: a
+/// clean or build that read a person's rows before the erasure would otherwise write them back
+/// after it.
+pub async fn exclusive<T, E: From<Error>>(
+    lake: &Lake,
+    ttl: Duration,
+    command: &str,
+    work: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let run_id = format!("{command}-{}", uuid::Uuid::new_v4().simple());
+    let lease = Lease::acquire(lake, &run_id, ttl, None).await?;
+    let result = work.await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!("cannot release the lease (it lapses on its own): {e}");
+    }
+    result
+}
+
 /// `user@host pid N`, for messages and audit records.
 pub fn holder_name() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{user}@{} pid {}", host_name(), std::process::id())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{user}@{host} pid {}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn object_name(seq: u64) -> String {
@@ -112,12 +179,15 @@ impl Lease {
                     }
                 }
                 if current.released_at.is_none() {
+                    let how = match current.expires_at > now {
+                        true => "its process on this host is gone".to_string(),
+                        false => format!("expired {}", ts(current.expires_at)),
+                    };
                     tracing::warn!(
-                        "taking over the lease of run {} of {} (started {}, expired {}): it ended without releasing it",
+                        "taking over the lease of run {} of {} (started {}, {how}): it ended without releasing it",
                         current.run_id,
                         current.holder,
                         ts(current.started_at),
-                        ts(current.expires_at)
                     );
                 }
             }
@@ -129,6 +199,7 @@ impl Lease {
                 renewed_at: now,
                 expires_at: now + ttl,
                 released_at: None,
+                process: process_identity(),
             };
             let path = dir.clone().join(object_name(seq));
             let put = store

@@ -184,6 +184,7 @@ async fn stages(
                 force: false,
                 inbox: true,
                 drop_pii: false,
+                lease_held: true,
             },
             printer,
         )

@@ -21,7 +21,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: BuildArgs) -> anyhow::Result<E
         full_refresh: args.full_refresh,
         as_of,
     };
-    let summary = build::run(lake, &cfg, req, &printer).await?;
+    let summary = crate::lease::exclusive(
+        lake,
+        cfg.run.lease_ttl,
+        "build",
+        build::run(lake, &cfg, req, &printer),
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else if !cfg.quiet {

@@ -18,7 +18,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CleanArgs) -> anyhow::Result<E
     let req = CleanRequest {
         full_refresh: args.full_refresh,
     };
-    let summary = clean::run(lake, &cfg, req, &printer).await?;
+    let summary = crate::lease::exclusive(
+        lake,
+        cfg.run.lease_ttl,
+        "clean",
+        clean::run(lake, &cfg, req, &printer),
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else if !cfg.quiet {

@@ -30,28 +30,32 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
     };
     let target = NonZeroU64::new(target)
         .ok_or_else(|| Error::usage("--target-size must be greater than zero"))?;
-    let mut results = Vec::new();
-    for name in catalog::existing_tables(lake, &args.tables).await? {
-        let Some(table) = lake.open_table(&name).await? else {
-            continue;
-        };
-        let (table, metrics) = table
-            .optimize()
-            .with_target_size(target)
-            .with_writer_properties(crate::delta::writer_properties(
-                cfg.ingest.zstd_level,
-                cfg.ingest.row_group_rows,
-            )?)
-            .await
-            .map_err(|e| Error::runtime(format!("compacting {name}: {e}")))?;
-        results.push(Compacted {
-            table: name,
-            files_removed: metrics.num_files_removed,
-            files_added: metrics.num_files_added,
-            partitions: metrics.partitions_optimized,
-            version: table.version().map(|v| v as i64),
-        });
-    }
+    let work = async {
+        let mut results = Vec::new();
+        for name in catalog::existing_tables(lake, &args.tables).await? {
+            let Some(table) = lake.open_table(&name).await? else {
+                continue;
+            };
+            let (table, metrics) = table
+                .optimize()
+                .with_target_size(target)
+                .with_writer_properties(crate::delta::writer_properties(
+                    cfg.ingest.zstd_level,
+                    cfg.ingest.row_group_rows,
+                )?)
+                .await
+                .map_err(|e| Error::runtime(format!("compacting {name}: {e}")))?;
+            results.push(Compacted {
+                table: name,
+                files_removed: metrics.num_files_removed,
+                files_added: metrics.num_files_added,
+                partitions: metrics.partitions_optimized,
+                version: table.version().map(|v| v as i64),
+            });
+        }
+        Ok::<_, Error>(results)
+    };
+    let results = crate::lease::exclusive(lake, cfg.run.lease_ttl, "compact", work).await?;
     if args.json {
         println!("{}", serde_json::to_string(&results)?);
     } else if !cfg.quiet {

@@ -18,6 +18,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         force: args.force,
         inbox: false,
         drop_pii: args.drop_pii,
+        lease_held: false,
     };
     let summary = ingest::run(lake, cfg, req, &printer).await?;
     if args.json {

@@ -33,29 +33,33 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         ))
         .into());
     }
-    let mut results = Vec::new();
-    for name in catalog::existing_tables(lake, &args.tables).await? {
-        let Some(table) = lake.open_table(&name).await? else {
-            continue;
-        };
-        let (_, metrics) = table
-            .vacuum()
-            .with_retention_period(chrono::Duration::from_std(retain)?)
-            // Full, not deltalake's default Lite (which deletes only files the log removed): a
-            // crashed run's uncommitted files are in no log entry, and only a listing finds them.
-            // They are deleted once older than the retention, like everything else.
-            .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
-            .with_enforce_retention_duration(false)
-            .with_dry_run(args.dry_run)
-            .await
-            .map_err(|e| Error::runtime(format!("vacuuming {name}: {e}")))?;
-        results.push(Vacuumed {
-            table: name,
-            dry_run: metrics.dry_run,
-            files_deleted: metrics.files_deleted.len() as u64,
-            examples: metrics.files_deleted.into_iter().take(10).collect(),
-        });
-    }
+    let work = async {
+        let mut results = Vec::new();
+        for name in catalog::existing_tables(lake, &args.tables).await? {
+            let Some(table) = lake.open_table(&name).await? else {
+                continue;
+            };
+            let (_, metrics) = table
+                .vacuum()
+                .with_retention_period(chrono::Duration::from_std(retain)?)
+                // Full, not deltalake's default Lite (which deletes only files the log removed): a
+                // crashed run's uncommitted files are in no log entry, and only a listing finds them.
+                // They are deleted once older than the retention, like everything else.
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .with_enforce_retention_duration(false)
+                .with_dry_run(args.dry_run)
+                .await
+                .map_err(|e| Error::runtime(format!("vacuuming {name}: {e}")))?;
+            results.push(Vacuumed {
+                table: name,
+                dry_run: metrics.dry_run,
+                files_deleted: metrics.files_deleted.len() as u64,
+                examples: metrics.files_deleted.into_iter().take(10).collect(),
+            });
+        }
+        Ok::<_, anyhow::Error>(results)
+    };
+    let results = crate::lease::exclusive(lake, cfg.run.lease_ttl, "vacuum", work).await?;
     let deleted: u64 = results.iter().map(|r| r.files_deleted).sum();
     crate::audit::record(
         lake,

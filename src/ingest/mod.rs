@@ -55,6 +55,46 @@ pub struct IngestRequest {
     pub inbox: bool,
     /// Store personal e-mail and ip values as NULL instead of pseudonymising them.
     pub drop_pii: bool,
+    /// The caller holds the lake's lease (`run`); otherwise each group's commits take it.
+    pub lease_held: bool,
+}
+
+/// Keeps an ingest's commits apart from erasures. `run` and `erase` hold the lake's lease from
+/// start to end; a lone ingest takes it only around each group's commits, so concurrent ingests
+/// still read and parse side by side. Under it the ingest checks that no erasure was recorded
+/// since it read the erased identities: rows it parsed before that would land a person who was
+/// just erased everywhere else.
+struct CommitGuard {
+    lease_held: bool,
+    /// The `erasures` version landing read the erased identities from.
+    erasures_version: Option<u64>,
+}
+
+impl CommitGuard {
+    async fn enter(&self, lake: &Lake, cfg: &Config) -> Result<Option<crate::lease::Lease>> {
+        if self.lease_held {
+            return Ok(None);
+        }
+        let id = format!("ingest-{}", uuid::Uuid::new_v4().simple());
+        // Other ingests hold it for a moment; a `run` or an erasure for longer.
+        let lease =
+            crate::lease::Lease::acquire(lake, &id, cfg.run.lease_ttl, Some(cfg.run.lease_ttl))
+                .await?;
+        let now = match lake.open_table(catalog::ERASURES.name).await? {
+            Some(t) => t.version(),
+            None => None,
+        };
+        if now != self.erasures_version {
+            let _ = lease.release().await;
+            return Err(Error::Conflict(
+                "an erasure was recorded while this ingest ran, so rows it parsed may belong to \
+                 the erased person: this group was not committed; run the ingest again (it \
+                 refuses their rows)"
+                    .into(),
+            ));
+        }
+        Ok(Some(lease))
+    }
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -177,10 +217,18 @@ async fn load_registry(
 
 /// The privacy treatment of this run: the configured personal columns, the key, the allow-list
 /// and the pseudonyms of everyone erased so far.
-async fn landing(lake: &Lake, cfg: &Config, drop_pii: bool) -> Result<crate::privacy::Landing> {
+/// What landing applies (keys, allowed columns, the erased identities), and the `erasures`
+/// version it read.
+async fn landing(
+    lake: &Lake,
+    cfg: &Config,
+    drop_pii: bool,
+) -> Result<(crate::privacy::Landing, Option<u64>)> {
     let p = &cfg.privacy;
     let mut erased = std::collections::HashSet::new();
+    let mut erasures_version = None;
     if let Some(table) = lake.open_table(catalog::ERASURES.name).await? {
+        erasures_version = table.version();
         let ctx = catalog::session(256 << 20)?;
         catalog::register(&ctx, catalog::ERASURES.name, &table).await?;
         let batches = ctx
@@ -203,7 +251,7 @@ async fn landing(lake: &Lake, cfg: &Config, drop_pii: bool) -> Result<crate::pri
             ));
         }
     }
-    Ok(crate::privacy::Landing {
+    let landing = crate::privacy::Landing {
         key: p.key.clone(),
         drop_pii,
         email: p.email,
@@ -215,7 +263,8 @@ async fn landing(lake: &Lake, cfg: &Config, drop_pii: bool) -> Result<crate::pri
             .as_ref()
             .map(|c| c.iter().cloned().collect()),
         erased,
-    })
+    };
+    Ok((landing, erasures_version))
 }
 
 #[tracing::instrument(name = "ingest", skip_all, fields(inputs = req.inputs.len(), force = req.force))]
@@ -315,6 +364,11 @@ pub async fn run(
         append_registry(&mut registry, &rows, cfg).await?;
     }
 
+    let (privacy, erasures_version) = landing(lake, cfg, req.drop_pii).await?;
+    let guard = CommitGuard {
+        lease_held: req.lease_held,
+        erasures_version,
+    };
     let settings = Arc::new(ParseSettings {
         batch_id: Arc::from(batch_id.as_str()),
         ingested_at_us: now.timestamp_micros(),
@@ -323,7 +377,7 @@ pub async fn run(
         raw_schema: (RAW_EVENTS.schema)(),
         quarantine_schema: (QUARANTINE.schema)(),
         source,
-        privacy: Arc::new(landing(lake, cfg, req.drop_pii).await?),
+        privacy: Arc::new(privacy),
     });
 
     // Groups of about `commit_every` input bytes; stdin always alone (its identity comes last).
@@ -361,6 +415,8 @@ pub async fn run(
         let result = run_group(
             group,
             &settings,
+            lake,
+            &guard,
             cfg,
             &mut raw,
             &mut quarantine,
@@ -444,6 +500,8 @@ struct FileState {
 async fn run_group(
     group: Vec<Planned>,
     settings: &Arc<ParseSettings>,
+    lake: &Lake,
+    guard: &CommitGuard,
     cfg: &Config,
     raw: &mut DeltaTable,
     quarantine: &mut DeltaTable,
@@ -458,6 +516,7 @@ async fn run_group(
         q_adds,
     } = land(&group, settings, cfg, raw, quarantine, progress).await?;
     fault("after-data-files");
+    crate::pause("ingest-after-data-files").await;
 
     let mut planned = group;
     if let Some(skipped) =
@@ -465,6 +524,32 @@ async fn run_group(
     {
         return Ok(skipped);
     }
+    let lease = guard.enter(lake, cfg).await?;
+    let committed = commit_group(
+        planned, state, raw_adds, q_adds, settings, cfg, raw, quarantine, registry,
+    )
+    .await;
+    if let Some(lease) = lease {
+        if let Err(e) = lease.release().await {
+            tracing::warn!("cannot release the lease (it lapses on its own): {e}");
+        }
+    }
+    committed
+}
+
+/// Commits one landed group: quarantine, then raw_events, then the load history.
+#[allow(clippy::too_many_arguments)]
+async fn commit_group(
+    planned: Vec<Planned>,
+    state: Vec<FileState>,
+    raw_adds: Vec<Add>,
+    q_adds: Vec<Add>,
+    settings: &Arc<ParseSettings>,
+    cfg: &Config,
+    raw: &mut DeltaTable,
+    quarantine: &mut DeltaTable,
+    registry: &mut DeltaTable,
+) -> Result<GroupResult> {
     let keys: Vec<String> = planned
         .iter()
         .map(|p| p.file.key.clone().expect("resolved"))

@@ -329,6 +329,19 @@ pub fn parquet_files_under(dir: &Path) -> usize {
     n
 }
 
+/// Waits until some command holds (or held) the lake's lease.
+pub fn wait_for_a_lease(ctx: &TestContext) {
+    let lease_dir = match ctx.table_dir("x").parent() {
+        Some(lake) => lake.join("_clicklake/lease"),
+        None => unreachable!("a table directory has a parent"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !lease_dir.is_dir() || std::fs::read_dir(&lease_dir).unwrap().count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no lease appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }

@@ -248,16 +248,19 @@ fn erase_needs_one_subject_and_the_key() {
         "{}",
         stderr_of(&out)
     );
-    // A run holding the lake's lease (it died right after taking it): erase waits its turn.
-    let out = ctx
-        .cmd()
-        .env("CLICKLAKE_FAULT", "run-after-lease")
+    // A run holding the lake's lease: erase waits its turn.
+    let holder = ctx
+        .std_cmd()
+        .env("CLICKLAKE_PAUSE", "run-after-lease:4")
         .args(["run"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
+    crate::context::wait_for_a_lease(&ctx);
     let out = ctx.run(&["erase", "--user-id", "a"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
+    holder.wait_with_output().unwrap();
 }
 
 /// A decision imported with `clicklake consent` changes no event: the build after it recomputes
@@ -445,3 +448,72 @@ both_backends!(
         assert_eq!(ctx.count("SELECT count(*) FROM consents"), 2);
     }
 );
+
+/// An ingest that parsed a person's rows before their erasure must not land them after it (it
+/// did: the erasure reported them gone while the ingest's commit put them back). Its commit
+/// waits for the lake's lease, finds the erasure recorded, and commits nothing (exit 75); run
+/// again, it refuses the person's rows.
+#[test]
+fn an_ingest_running_during_an_erasure_does_not_land_the_erased_person() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "4000", "--files", "2", "--seed", "5"]);
+    let users = |file: &str| -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(ctx.path(file))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["user_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (first, second) = ("gen/events-0001.ndjson", "gen/events-0002.ndjson");
+    let person = users(first)
+        .intersection(&users(second))
+        .next()
+        .cloned()
+        .expect("a customer seen in both files");
+    ctx.ok(&["ingest", ctx.path(first).to_str().unwrap()]);
+
+    let raw_dir = ctx.table_dir("raw_events");
+    let before = crate::context::parquet_files_under(&raw_dir);
+    let ingest = ctx
+        .std_cmd()
+        .env("CLICKLAKE_PAUSE", "ingest-after-data-files:5")
+        .args(["ingest", ctx.path(second).to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It has parsed the file and written its data files; it commits after the pause.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while crate::context::parquet_files_under(&raw_dir) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingest wrote no files"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ctx.ok(&["erase", "--user-id", &person]);
+
+    let out = ingest.wait_with_output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains("an erasure was recorded while this ingest ran"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    let rows_of = |table: &str| {
+        ctx.count(&format!(
+            "SELECT count(*) FROM {table} WHERE user_id = '{person}'"
+        ))
+    };
+    assert_eq!(rows_of("raw_events"), 0);
+
+    let s = ctx.ingest_json(&[ctx.path(second).to_str().unwrap()]);
+    assert!(
+        s["erased"].as_u64().unwrap() > 0,
+        "the person's rows are refused: {s}"
+    );
+    assert_eq!(rows_of("raw_events"), 0);
+    assert_eq!(s["balanced"], true, "{s}");
+}

@@ -165,11 +165,12 @@ fn concurrent_ingests_lose_nothing() {
     assert_eq!(t[0]["version"], 4, "one raw_events commit per writer: {t}");
 }
 
-/// Two cleans started by hand over the same new rows: the one that commits second cannot (the
-/// Delta log's conflict check on the consumed raw version), says so in one line and exits 75.
-/// Nothing of it reaches `events`, and the next clean has nothing left to do.
+/// `clean` holds the lake's lease, so a second clean started meanwhile exits 75 naming it. A
+/// writer outside clicklake (or one whose lease lapsed) that commits to `events` while a clean
+/// runs makes the clean's commit impossible (the Delta log's conflict check on the consumed-version
+/// marker): the clean says so in one line, exits 75 and keeps nothing; the next clean redoes it.
 #[test]
-fn a_clean_that_loses_the_race_to_another_says_so_and_changes_nothing() {
+fn a_clean_meeting_another_writer_says_so_and_changes_nothing() {
     let ctx = TestContext::new(Backend::Local);
     for (dir, seed) in [("gen1", "1"), ("gen2", "2")] {
         ctx.generate(dir, &["--events", "3000", "--dirty", "--seed", seed]);
@@ -182,14 +183,13 @@ fn a_clean_that_loses_the_race_to_another_says_so_and_changes_nothing() {
     let before = parquet_files();
     let slow = ctx
         .std_cmd()
-        .env("CLICKLAKE_PAUSE", "clean-after-data-files:10")
+        .env("CLICKLAKE_PAUSE", "clean-after-data-files:8")
         .args(["clean"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // It has read raw_events and written its files; it commits after the pause (long enough for
-    // the other clean to finish first on a loaded machine).
+    // It has read raw_events and written its files; it commits after the pause.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while parquet_files() == before {
         assert!(
@@ -198,9 +198,33 @@ fn a_clean_that_loses_the_race_to_another_says_so_and_changes_nothing() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let fast = ctx.ok(&["clean", "--json"]);
-    let fast: serde_json::Value = serde_json::from_str(fast.trim()).unwrap();
-    assert_eq!(fast["mode"], "incremental", "{fast}");
+    let out = ctx.run(&["clean"]);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked by run clean-"));
+
+    // Another writer commits to events meanwhile (it records the raw version already consumed).
+    let log = ctx.table_dir("events").join("_delta_log");
+    let next = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap()
+        + 1;
+    let commit = [
+        serde_json::json!({"commitInfo": {"timestamp": chrono::Utc::now().timestamp_millis(), "operation": "WRITE", "operationParameters": {"mode": "Append"}}}),
+        serde_json::json!({"txn": {"appId": "clicklake/clean/raw_events", "version": 1}}),
+    ]
+    .map(|a| a.to_string())
+    .join("\n");
+    std::fs::write(log.join(format!("{next:020}.json")), commit + "\n").unwrap();
 
     let lost = slow.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&lost.stderr);
@@ -211,8 +235,12 @@ fn a_clean_that_loses_the_race_to_another_says_so_and_changes_nothing() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
 
-    let again = ctx.ok(&["clean"]);
-    assert!(again.contains("nothing new to clean"), "{again}");
+    let again: serde_json::Value =
+        serde_json::from_str(ctx.ok(&["clean", "--json"]).trim()).unwrap();
+    assert_eq!(
+        again["mode"], "incremental",
+        "the lost clean's work is redone: {again}"
+    );
     let shape = "SELECT count(*) || ' ' || count(DISTINCT event_id) || ' ' || count(DISTINCT session_key) FROM events";
     let incremental = ctx.query(shape);
     ctx.ok(&["clean", "--full-refresh"]);

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::both_backends;
-use crate::context::{stderr_of, Backend, TestContext};
+use crate::context::{stderr_of, wait_for_a_lease, Backend, TestContext};
 
 fn data_files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -126,19 +126,20 @@ both_backends!(
 );
 
 both_backends!(
-    a_held_lease_exits_75_naming_its_holder_and_a_lapsed_one_is_taken_over,
+    a_held_lease_exits_75_naming_its_holder_and_a_dead_holders_is_taken_over,
     |backend| {
         let ctx = TestContext::new(backend);
         std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"3s\"\n").unwrap();
-        // A run that dies right after taking the lease leaves it held.
-        let out = ctx
-            .cmd()
-            .env("CLICKLAKE_FAULT", "run-after-lease")
+        // A live holder: a run paused right after taking the lease (it keeps renewing it).
+        let holder = ctx
+            .std_cmd()
+            .env("CLICKLAKE_PAUSE", "run-after-lease:6")
             .args(["run"])
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
             .unwrap();
-        assert!(!out.status.success(), "the fault point must abort");
-
+        wait_for_a_lease(&ctx);
         let out = ctx.run(&["run"]);
         assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
         let err = stderr_of(&out);
@@ -157,22 +158,96 @@ both_backends!(
             "{}",
             stderr_of(&out)
         );
-
-        // With --wait the next run takes the lease over once it lapses.
+        // The commands that change tables on their own wait their turn the same way.
+        for command in ["clean", "build", "compact"] {
+            let out = ctx.run(&[command]);
+            assert_eq!(
+                out.status.code(),
+                Some(75),
+                "{command}: {}",
+                stderr_of(&out)
+            );
+        }
+        // With --wait the next run gets the lease once the holder releases it.
         let started = Instant::now();
         let out = ctx.run(&["run", "--wait", "30s"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        assert!(started.elapsed() < Duration::from_secs(25));
+        holder.wait_with_output().unwrap();
+
+        // A run that dies holding the lease (killed, or a crash) on this host: the next command
+        // sees its process is gone and takes the lease at once, without waiting for it to lapse.
+        std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"10m\"\n").unwrap();
+        let out = ctx
+            .cmd()
+            .env("CLICKLAKE_FAULT", "run-after-lease")
+            .args(["run"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the fault point must abort");
+        let out = ctx.run(&["run"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
         assert!(
-            stderr_of(&out).contains("taking over the lease"),
+            stderr_of(&out).contains("its process on this host is gone"),
             "{}",
             stderr_of(&out)
         );
-        assert!(started.elapsed() < Duration::from_secs(25));
         // Released at the end: the next run need not wait.
         let out = ctx.run(&["run"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     }
 );
+
+/// A holder on another machine is alive until its lease lapses; then it is taken over.
+#[test]
+fn another_hosts_lease_holds_until_it_lapses() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.ok(&["init"]);
+    let dir = ctx.path("lake/_clicklake/lease");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lease = |expires: chrono::DateTime<chrono::Utc>| {
+        serde_json::json!({
+            "run_id": "run-elsewhere",
+            "holder": "cron@other-host pid 4242",
+            "started_at": (expires - chrono::Duration::minutes(10)).to_rfc3339(),
+            "renewed_at": (expires - chrono::Duration::minutes(10)).to_rfc3339(),
+            "expires_at": expires.to_rfc3339(),
+            "process": "other-host|pid:[4026531836]|4242|1",
+        })
+        .to_string()
+    };
+    let now = chrono::Utc::now();
+    std::fs::write(
+        dir.join("00000000000000000001.json"),
+        lease(now + chrono::Duration::minutes(5)),
+    )
+    .unwrap();
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("cron@other-host pid 4242"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    std::fs::write(
+        dir.join("00000000000000000001.json"),
+        lease(now - chrono::Duration::minutes(1)),
+    )
+    .unwrap();
+    let out = ctx.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("taking over the lease of run run-elsewhere"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(
+        stderr_of(&out).contains("expired 20"),
+        "{}",
+        stderr_of(&out)
+    );
+}
 
 #[test]
 fn a_running_run_renews_its_lease_past_its_time_to_live() {
@@ -186,12 +261,7 @@ fn a_running_run_renews_its_lease_past_its_time_to_live() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let lease_dir = ctx.path("lake/_clicklake/lease");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lease_dir.is_dir() || std::fs::read_dir(&lease_dir).unwrap().count() == 0 {
-        assert!(Instant::now() < deadline, "no lease appeared");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_a_lease(&ctx);
     // Well past the 1s time to live: only renewal keeps the lease.
     std::thread::sleep(Duration::from_millis(2500));
     let out = ctx.run(&["run"]);
