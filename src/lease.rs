@@ -155,6 +155,8 @@ impl Lease {
         let dir = root.clone().join("_clicklake").join("lease");
         let deadline = wait.map(|w| tokio::time::Instant::now() + w);
         let holder = holder_name();
+        let waiting_since = tokio::time::Instant::now();
+        let mut said_waiting = false;
         loop {
             let latest = latest(&store, &dir).await?;
             let now = Utc::now();
@@ -162,6 +164,16 @@ impl Lease {
                 if current.active(now) {
                     match deadline {
                         Some(d) if tokio::time::Instant::now() < d => {
+                            // Another ingest's commit takes a moment; say so when it is longer.
+                            if !said_waiting && waiting_since.elapsed() > Duration::from_secs(2) {
+                                tracing::warn!(
+                                    "waiting for the lake's lock, held by run {} of {} since {}",
+                                    current.run_id,
+                                    current.holder,
+                                    ts(current.started_at)
+                                );
+                                said_waiting = true;
+                            }
                             let left = d - tokio::time::Instant::now();
                             tokio::time::sleep(left.min(Duration::from_millis(500))).await;
                             continue;
