@@ -173,6 +173,18 @@ impl TestContext {
         String::from_utf8(out.stdout).expect("utf8 stdout")
     }
 
+    /// Starts `args` in the background, held at the test hook `pause` (`point:seconds`, see
+    /// `CLICKLAKE_PAUSE`); stdout is discarded, stderr kept for `wait_with_output`.
+    pub fn spawn_paused(&self, pause: &str, args: &[&str]) -> std::process::Child {
+        self.std_cmd()
+            .env("CLICKLAKE_PAUSE", pause)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn clicklake")
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run")
     }
@@ -338,6 +350,19 @@ pub fn wait_for_a_lease(ctx: &TestContext) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !lease_dir.is_dir() || std::fs::read_dir(&lease_dir).unwrap().count() == 0 {
         assert!(std::time::Instant::now() < deadline, "no lease appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until more Parquet files than `before` are under `dir` (a paused writer wrote its data).
+pub fn wait_for_new_files(dir: &Path, before: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while parquet_files_under(dir) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new files under {}",
+            dir.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -249,14 +249,7 @@ fn erase_needs_one_subject_and_the_key() {
         stderr_of(&out)
     );
     // A run holding the lake's lease: erase waits its turn.
-    let holder = ctx
-        .std_cmd()
-        .env("CLICKLAKE_PAUSE", "run-after-lease:4")
-        .args(["run"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let holder = ctx.spawn_paused("run-after-lease:4", &["run"]);
     crate::context::wait_for_a_lease(&ctx);
     let out = ctx.run(&["erase", "--user-id", "a"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
@@ -475,23 +468,12 @@ fn an_ingest_running_during_an_erasure_does_not_land_the_erased_person() {
 
     let raw_dir = ctx.table_dir("raw_events");
     let before = crate::context::parquet_files_under(&raw_dir);
-    let ingest = ctx
-        .std_cmd()
-        .env("CLICKLAKE_PAUSE", "ingest-after-data-files:5")
-        .args(["ingest", ctx.path(second).to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ingest = ctx.spawn_paused(
+        "ingest-after-data-files:5",
+        &["ingest", ctx.path(second).to_str().unwrap()],
+    );
     // It has parsed the file and written its data files; it commits after the pause.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while crate::context::parquet_files_under(&raw_dir) == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ingest wrote no files"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    crate::context::wait_for_new_files(&raw_dir, before);
     ctx.ok(&["erase", "--user-id", &person]);
 
     let out = ingest.wait_with_output().unwrap();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::both_backends;
-use crate::context::{parquet_files_under, Backend, TestContext};
+use crate::context::{parquet_files_under, wait_for_new_files, Backend, TestContext};
 
 fn check_exact(ctx: &TestContext, m: &serde_json::Value, files: u64) {
     assert_eq!(
@@ -179,25 +179,10 @@ fn a_clean_meeting_another_writer_says_so_and_changes_nothing() {
     ctx.ok(&["clean"]);
     ctx.ok(&["ingest", ctx.path("gen2").to_str().unwrap()]);
 
-    let parquet_files = || parquet_files_under(&ctx.table_dir("events"));
-    let before = parquet_files();
-    let slow = ctx
-        .std_cmd()
-        .env("CLICKLAKE_PAUSE", "clean-after-data-files:8")
-        .args(["clean"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let before = parquet_files_under(&ctx.table_dir("events"));
+    let slow = ctx.spawn_paused("clean-after-data-files:8", &["clean"]);
     // It has read raw_events and written its files; it commits after the pause.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while parquet_files() == before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow clean wrote no files"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_new_files(&ctx.table_dir("events"), before);
     let out = ctx.run(&["clean"]);
     assert_eq!(
         out.status.code(),

@@ -131,14 +131,7 @@ both_backends!(
         let ctx = TestContext::new(backend);
         std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"3s\"\n").unwrap();
         // A live holder: a run paused right after taking the lease (it keeps renewing it).
-        let holder = ctx
-            .std_cmd()
-            .env("CLICKLAKE_PAUSE", "run-after-lease:6")
-            .args(["run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let holder = ctx.spawn_paused("run-after-lease:6", &["run"]);
         wait_for_a_lease(&ctx);
         let out = ctx.run(&["run"]);
         assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
@@ -217,50 +210,32 @@ fn another_hosts_lease_holds_until_it_lapses() {
         .to_string()
     };
     let now = chrono::Utc::now();
-    std::fs::write(
-        dir.join("00000000000000000001.json"),
-        lease(now + chrono::Duration::minutes(5)),
-    )
-    .unwrap();
-    let out = ctx.run(&["run"]);
-    assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("cron@other-host pid 4242"),
-        "{}",
-        stderr_of(&out)
-    );
-
-    std::fs::write(
-        dir.join("00000000000000000001.json"),
-        lease(now - chrono::Duration::minutes(1)),
-    )
-    .unwrap();
-    let out = ctx.run(&["run"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("taking over the lease of run run-elsewhere"),
-        "{}",
-        stderr_of(&out)
-    );
-    assert!(
-        stderr_of(&out).contains("expired 20"),
-        "{}",
-        stderr_of(&out)
-    );
+    for (expires, code, words) in [
+        (
+            now + chrono::Duration::minutes(5),
+            75,
+            &["cron@other-host pid 4242"][..],
+        ),
+        (
+            now - chrono::Duration::minutes(1),
+            0,
+            &["taking over the lease of run run-elsewhere", "expired 20"][..],
+        ),
+    ] {
+        std::fs::write(dir.join("00000000000000000001.json"), lease(expires)).unwrap();
+        let out = ctx.run(&["run"]);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr_of(&out));
+        for w in words {
+            assert!(stderr_of(&out).contains(w), "{w}: {}", stderr_of(&out));
+        }
+    }
 }
 
 #[test]
 fn a_running_run_renews_its_lease_past_its_time_to_live() {
     let ctx = TestContext::new(Backend::Local);
     std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"1s\"\n").unwrap();
-    let mut holder = ctx
-        .std_cmd()
-        .env("CLICKLAKE_PAUSE", "run-after-lease:5")
-        .args(["run"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = ctx.spawn_paused("run-after-lease:5", &["run"]);
     wait_for_a_lease(&ctx);
     // Well past the 1s time to live: only renewal keeps the lease.
     std::thread::sleep(Duration::from_millis(2500));
