@@ -97,7 +97,7 @@ pub struct Lease {
 }
 
 /// Runs `work` under the lake's lease, as `run` and `erase` do, for a command that changes the
-/// lake's tables on its own (`clean`, `build`, `compact`, `vacuum`): exit 75 naming the holder
+/// lake's tables on its own (`clean`, `build`, `compact`, `vacuum`, `consent`): exit 75 naming the holder
 /// when another command holds it. One writer at a time is what keeps an erasure complete: a
 /// clean or build that read a person's rows before the erasure would otherwise write them back
 /// after it.

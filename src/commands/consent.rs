@@ -77,7 +77,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result
             ),
         ],
     )?;
-    let version = delta::append_batch(&mut table, batch, cfg, HashMap::new()).await?;
+    let version = crate::lease::exclusive(
+        lake,
+        cfg.run.lease_ttl,
+        "consent",
+        delta::append_batch(&mut table, batch, cfg, HashMap::new()),
+    )
+    .await?;
     if !cfg.quiet {
         let withdrawn = rows.iter().filter(|d| !d.granted).count();
         println!(

@@ -152,14 +152,21 @@ both_backends!(
             stderr_of(&out)
         );
         // The commands that change tables on their own wait their turn the same way.
-        for command in ["clean", "build", "compact"] {
-            let out = ctx.run(&[command]);
-            assert_eq!(
-                out.status.code(),
-                Some(75),
-                "{command}: {}",
-                stderr_of(&out)
-            );
+        let consents = ctx.path("consents.csv");
+        std::fs::write(
+            &consents,
+            "user_id,purpose,status,decided_at\nu1,personalization,granted,2026-01-01T00:00:00Z\n",
+        )
+        .unwrap();
+        for args in [
+            &["clean"][..],
+            &["build"],
+            &["compact"],
+            &["vacuum"],
+            &["consent", consents.to_str().unwrap()],
+        ] {
+            let out = ctx.run(args);
+            assert_eq!(out.status.code(), Some(75), "{args:?}: {}", stderr_of(&out));
         }
         // With --wait the next run gets the lease once the holder releases it.
         let started = Instant::now();
