@@ -380,3 +380,47 @@ async fn renew_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held_by(process: Option<String>) -> LeaseInfo {
+        let now = Utc::now();
+        LeaseInfo {
+            run_id: "r".into(),
+            holder: "someone".into(),
+            started_at: now,
+            renewed_at: now,
+            expires_at: now + chrono::Duration::minutes(10),
+            released_at: None,
+            process,
+        }
+    }
+
+    /// Only a holder on this host and pid namespace whose process (pid and start time) is gone
+    /// loses an unexpired lease; everything else holds it until it lapses.
+    #[test]
+    fn a_lease_outlives_its_holder_only_on_another_host() {
+        let me = process_identity().expect("Linux /proc");
+        let parts: Vec<&str> = me.split('|').collect();
+        let (host, namespace, pid) = (parts[0], parts[1], parts[2]);
+        let now = Utc::now();
+        assert!(
+            held_by(Some(me.clone())).active(now),
+            "this process is alive"
+        );
+        assert!(held_by(None).active(now), "an old lease without a process");
+        // The same pid started at another time: a reused pid, not the holder.
+        let reused = format!("{host}|{namespace}|{pid}|1");
+        assert!(!held_by(Some(reused)).active(now));
+        // No such pid (above the kernel's pid limit).
+        let gone = format!("{host}|{namespace}|4194305|12345");
+        assert!(!held_by(Some(gone)).active(now));
+        let elsewhere = format!("another-{host}|{namespace}|4194305|12345");
+        assert!(held_by(Some(elsewhere)).active(now));
+        let other_namespace = format!("{host}|pid:[1]|4194305|12345");
+        assert!(held_by(Some(other_namespace)).active(now));
+        assert!(held_by(Some("garbage".into())).active(now));
+    }
+}

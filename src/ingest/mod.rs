@@ -216,9 +216,7 @@ async fn load_registry(
 }
 
 /// The privacy treatment of this run: the configured personal columns, the key, the allow-list
-/// and the pseudonyms of everyone erased so far.
-/// What landing applies (keys, allowed columns, the erased identities), and the `erasures`
-/// version it read.
+/// and the pseudonyms of everyone erased so far; and the `erasures` version they were read from.
 async fn landing(
     lake: &Lake,
     cfg: &Config,
