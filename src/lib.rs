@@ -77,9 +77,10 @@ fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let default = match (cfg.quiet, cfg.verbose) {
         // deltalake logs a commit conflict it returns to us (and every retry of a commit that
-        // then succeeds); the command reports the error once.
-        (true, _) => "error,deltalake_core::kernel::transaction=off",
-        (false, 0) => "warn,deltalake_core::kernel::transaction=off",
+        // then succeeds), and its kernel a version that is not in the log (time travel to
+        // before an erasure, which deletes those entries); the command reports either once.
+        (true, _) => "error,deltalake_core::kernel::transaction=off,buoyant_kernel=off",
+        (false, 0) => "warn,deltalake_core::kernel::transaction=off,buoyant_kernel=off",
         (false, 1) => "clicklake=info,warn",
         (false, 2) => "clicklake=debug,info",
         _ => "trace",

@@ -215,6 +215,22 @@ both_backends!(
             ctx.query("SELECT command, outcome FROM _audit ORDER BY at"),
             vec!["erase,dry_run", "erase,success"]
         );
+        // Time travel cannot reach them either: the log before the erasure is gone, and the
+        // query says so in one line of its own (the delta kernel's log line is not shown).
+        let out = ctx.run(&[
+            "sql",
+            "--as-of-version",
+            "1",
+            "-c",
+            "SELECT count(*) FROM raw_events",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(!err.contains("ERROR") && !err.contains("kernel"), "{err}");
+        assert!(
+            err.contains("not registered") && err.contains("raw_events"),
+            "{err}"
+        );
 
         // The next clean and build rebuild in full and stay clean; re-landing the original file
         // does not bring the person back.
