@@ -123,8 +123,8 @@ pub fn is_lake_table(name: &str) -> bool {
     ALL.iter().any(|d| d.name == name) || star_tables().iter().any(|t| t == name)
 }
 
-/// The tables named, checked against the lake's catalog, or every existing one.
-pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String>> {
+/// Every name is one of the lake's tables (a usage error naming them otherwise), before any I/O.
+pub fn check_table_names(names: &[String]) -> Result<Vec<String>> {
     let mut all: Vec<String> = ALL.iter().map(|d| d.name.to_string()).collect();
     all.extend(star_tables());
     for n in names {
@@ -135,6 +135,12 @@ pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String
             )));
         }
     }
+    Ok(all)
+}
+
+/// The tables named, checked against the lake's catalog, or every existing one.
+pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String>> {
+    let all = check_table_names(names)?;
     let wanted = if names.is_empty() {
         all
     } else {

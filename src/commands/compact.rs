@@ -30,6 +30,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
     };
     let target = NonZeroU64::new(target)
         .ok_or_else(|| Error::usage("--target-size must be greater than zero"))?;
+    // Named tables are checked before the lease is taken.
+    catalog::check_table_names(&args.tables)?;
     let work = async {
         let mut results = Vec::new();
         for name in catalog::existing_tables(lake, &args.tables).await? {

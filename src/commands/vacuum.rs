@@ -33,6 +33,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         ))
         .into());
     }
+    // Named tables are checked before the lease is taken.
+    catalog::check_table_names(&args.tables)?;
     let work = async {
         let mut results = Vec::new();
         for name in catalog::existing_tables(lake, &args.tables).await? {

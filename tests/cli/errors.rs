@@ -335,3 +335,16 @@ fn the_lake_is_read_only_to_ad_hoc_sql_checks_and_models() {
         "(raw rows, events, raw commits, events commits)"
     );
 }
+
+/// `compact` and `vacuum` check the tables they are given before taking the lake's lock, so a
+/// misspelt name writes nothing at all.
+#[test]
+fn an_unknown_table_to_compact_or_vacuum_is_a_usage_error_before_any_io() {
+    let ctx = TestContext::new(Backend::Local);
+    for command in ["compact", "vacuum"] {
+        let out = ctx.run(&[command, "raw_event"]);
+        assert_usage_error(&out, &["unknown table \"raw_event\"", "raw_events"]);
+        one_line(&out);
+    }
+    assert!(!ctx.path("lake").exists(), "nothing written");
+}
