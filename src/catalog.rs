@@ -138,6 +138,18 @@ pub fn check_table_names(names: &[String]) -> Result<Vec<String>> {
     Ok(all)
 }
 
+/// The tables named (checked against the lake's catalog), or every existing one, opened once
+/// each; a named table that does not exist yet is left out.
+pub async fn open_existing(lake: &Lake, names: &[String]) -> Result<Vec<(String, DeltaTable)>> {
+    let mut opened = Vec::new();
+    for name in existing_tables(lake, names).await? {
+        if let Some(table) = lake.open_table(&name).await? {
+            opened.push((name, table));
+        }
+    }
+    Ok(opened)
+}
+
 /// The tables named, checked against the lake's catalog, or every existing one.
 pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String>> {
     let all = check_table_names(names)?;

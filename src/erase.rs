@@ -247,15 +247,12 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erase
         }
     }
 
-    let names = catalog::existing_tables(lake, &[]).await?;
     let ctx = catalog::session(cfg.memory_limit)?;
-    let mut opened = Vec::new();
-    for name in &names {
-        if let Some(t) = lake.open_table(name).await? {
-            catalog::register(&ctx, name, &t).await?;
-            opened.push((name.clone(), t));
-        }
+    let opened = catalog::open_existing(lake, &[]).await?;
+    for (name, t) in &opened {
+        catalog::register(&ctx, name, t).await?;
     }
+    let names: Vec<String> = opened.iter().map(|(n, _)| n.clone()).collect();
     resolve(&ctx, &names, &mut ids).await?;
 
     // Keys the star schema uses for this person and their sessions.

@@ -34,10 +34,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
     catalog::check_table_names(&args.tables)?;
     let work = async {
         let mut results = Vec::new();
-        for name in catalog::existing_tables(lake, &args.tables).await? {
-            let Some(table) = lake.open_table(&name).await? else {
-                continue;
-            };
+        for (name, table) in catalog::open_existing(lake, &args.tables).await? {
             let (table, metrics) = table
                 .optimize()
                 .with_target_size(target)

@@ -37,10 +37,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
     catalog::check_table_names(&args.tables)?;
     let work = async {
         let mut results = Vec::new();
-        for name in catalog::existing_tables(lake, &args.tables).await? {
-            let Some(table) = lake.open_table(&name).await? else {
-                continue;
-            };
+        for (name, table) in catalog::open_existing(lake, &args.tables).await? {
             let (_, metrics) = table
                 .vacuum()
                 .with_retention_period(chrono::Duration::from_std(retain)?)
