@@ -524,6 +524,12 @@ fn merge_status(file: FileStatus) -> Result<StatusConfig> {
     for (table, v) in file.max_lag_tables {
         let d = parse_duration(&v)
             .map_err(|e| Error::config(format!("status.max_lag_tables.{table}: {e}")))?;
+        // A misspelt table would never be checked (and, expected to exist, never be found).
+        if !crate::catalog::is_lake_table(&table) {
+            return Err(Error::config(format!(
+                "status.max_lag_tables.{table}: not one of the lake's tables (see `clicklake tables`)"
+            )));
+        }
         max_lag_tables.insert(table, d);
     }
     Ok(StatusConfig {

@@ -144,4 +144,17 @@ fn a_lake_without_its_tables_is_stale_and_has_nothing_to_check() {
         "{}",
         stderr_of(&out)
     );
+    // A misspelt one is a configuration error, not a table that never turns up.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[status.max_lag_tables]\nfact_ordrs = \"1d\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("status.max_lag_tables.fact_ordrs: not one of the lake's tables"),
+        "{}",
+        stderr_of(&out)
+    );
 }
