@@ -508,7 +508,20 @@ pub async fn provider(
 
 /// A DataFusion session with the run's memory budget and disk spilling.
 pub fn session(memory_limit: u64) -> Result<SessionContext> {
+    session_with(memory_limit, RuntimeEnvBuilder::new())
+}
+
+/// The session of `clicklake sql`: as [`session`], and a statement may also name files and
+/// directories by path or URL (`FROM 'orders.csv'`, `FROM 's3://bucket/export/'`), read by
+/// their extension as datafusion-cli and DuckDB do; `s3://` URLs use the lake's store settings.
+pub fn adhoc_session(memory_limit: u64, lake: &Lake) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(crate::storage::SessionStores::new(lake)));
+    Ok(session_with(memory_limit, runtime)?.enable_url_table())
+}
+
+fn session_with(memory_limit: u64, runtime: RuntimeEnvBuilder) -> Result<SessionContext> {
+    let runtime = runtime
         .with_memory_pool(Arc::new(crate::memory::RunPool::new(memory_limit as usize)))
         .build_arc()?;
     let config = SessionConfig::new()

@@ -386,3 +386,57 @@ mod tests {
             .contains("://"));
     }
 }
+
+/// The object stores of an ad-hoc SQL session (`clicklake sql`): local paths as DataFusion has
+/// them, and a client with the lake's settings (endpoint, region, credentials) for each `s3://`
+/// bucket a statement names (`FROM 's3://bucket/file.parquet'`, `COPY … TO 's3://…'`), built on
+/// first use. Any other scheme is a plan error naming it, instead of DataFusion's "internal
+/// error … please file a bug report".
+#[derive(Debug)]
+pub struct SessionStores {
+    lake: Lake,
+    inner: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+}
+
+impl SessionStores {
+    pub fn new(lake: &Lake) -> Self {
+        SessionStores {
+            lake: lake.clone(),
+            inner: Default::default(),
+        }
+    }
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for SessionStores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        use datafusion::error::DataFusionError;
+        if let Ok(store) = self.inner.get_store(url) {
+            return Ok(store);
+        }
+        match url.scheme() {
+            "s3" | "s3a" => {
+                let (store, _) = self
+                    .lake
+                    .store_for(url)
+                    .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+                self.inner.register_store(url, store.clone());
+                Ok(store)
+            }
+            other => Err(DataFusionError::Plan(format!(
+                "{other}:// is not a store clicklake reads or writes (use a local path or s3://)"
+            ))),
+        }
+    }
+}

@@ -47,7 +47,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         if args.output.is_some() {
             return Err(Error::usage("--output needs -c SQL or -f PATH").into());
         }
-        let ctx = catalog::session(cfg.memory_limit)?;
+        let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
         catalog::register_all(&ctx, lake, as_of).await?;
         return crate::repl::run(cfg, lake, &ctx, args.format).await;
     }
@@ -63,7 +63,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         ))
         .into());
     }
-    let ctx = catalog::session(cfg.memory_limit)?;
+    let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
     let registered = catalog::register_all(&ctx, lake, as_of).await?;
     if as_of.is_some() && !cfg.quiet {
         let now = catalog::existing_tables(lake, &[]).await?;
@@ -216,7 +216,11 @@ pub(crate) async fn run_statement(
             }
             // A statement without columns (CREATE VIEW, DROP TABLE…) shows no empty frame.
             if !schema.fields().is_empty() {
-                let shown = arrow::util::pretty::pretty_format_batches(&batches)?;
+                // With the schema, an empty result still shows its column names.
+                let shown = arrow::util::pretty::pretty_format_batches_with_schema(
+                    schema.clone(),
+                    &batches,
+                )?;
                 sink.write_all(format!("{shown}\n").as_bytes()).await?;
             }
             if rows > kept {
@@ -238,6 +242,11 @@ pub(crate) async fn run_statement(
                 let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 w.write(&b)?;
+                chunk.drain_to(&mut sink).await?;
+            }
+            if rows == 0 {
+                // The header alone, as for any other result.
+                w.write(&arrow::record_batch::RecordBatch::new_empty(schema.clone()))?;
                 chunk.drain_to(&mut sink).await?;
             }
         }
@@ -346,6 +355,18 @@ fn missing_table_hint(
     let quoted = message
         .strip_prefix("table '")?
         .strip_suffix("' not found")?;
+    // A lake table's name has neither `/` nor `.`: this one is a path or URL, and DataFusion
+    // found no file there it knows how to read.
+    if let Some(named) = quoted
+        .strip_prefix("datafusion.public.")
+        .filter(|n| n.contains(['/', '\\', '.']))
+    {
+        return Some(format!(
+            "nothing readable at {named}: no such file or directory, or a format not known from \
+             its extension (.parquet, .csv, .json, .avro, .arrow, optionally compressed: \
+             .csv.gz); for other names, CREATE EXTERNAL TABLE t STORED AS JSON LOCATION '…'"
+        ));
+    }
     let missing = quoted.rsplit('.').next().unwrap_or(quoted);
     let names = catalog::registered_tables(ctx);
     let mut hint = match names.is_empty() {

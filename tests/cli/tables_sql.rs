@@ -1,7 +1,7 @@
 //! `init`, `tables` and `sql -c` on a fresh and on a populated lake.
 
 use crate::both_backends;
-use crate::context::{stderr_of, Backend, TestContext};
+use crate::context::{one_line_failure, stderr_of, Backend, TestContext};
 
 both_backends!(
     init_is_idempotent_and_tables_lists_everything,
@@ -93,7 +93,70 @@ fn sql_output_formats() {
     assert_eq!(js.as_array().unwrap().len(), 3);
     let table = ctx.ok(&["sql", "-c", q]);
     assert!(table.contains("| e18      | 19.99 |"), "{table}");
+    // An empty result still names its columns (it printed `++`, and CSV nothing at all).
+    let none = "SELECT event_id, price FROM raw_events WHERE false";
+    assert_eq!(
+        ctx.ok(&["sql", "-c", none]),
+        "+----------+-------+\n| event_id | price |\n+----------+-------+\n+----------+-------+\n"
+    );
+    assert_eq!(
+        ctx.ok(&["sql", "--format", "csv", "-c", none]),
+        "event_id,price\n"
+    );
+    assert_eq!(ctx.ok(&["sql", "--format", "json", "-c", none]), "[]\n");
 }
+
+both_backends!(
+    files_and_urls_are_tables_in_ad_hoc_sql,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let f = ctx.fixture("native/every_reason.ndjson");
+        ctx.ok(&["ingest", f.to_str().unwrap()]);
+        // A campaign list next to the lake, joined by path as in DuckDB or datafusion-cli; on S3 it
+        // is read from a bucket with the lake's store settings.
+        let campaigns = ctx.path("campaigns.csv");
+        std::fs::write(&campaigns, "event_id,campaign\ne1,autumn\ne20,winter\n").unwrap();
+        let campaigns = match &ctx.s3 {
+            None => campaigns.display().to_string(),
+            Some(_) => ctx.upload_to_inbox(&campaigns, "lists/campaigns.csv"),
+        };
+        let joined = ctx.ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            &format!(
+                "SELECT r.event_id, c.campaign FROM raw_events r JOIN '{campaigns}' c \
+             USING (event_id) ORDER BY 1"
+            ),
+        ]);
+        assert_eq!(joined, "event_id,campaign\ne1,autumn\ne20,winter\n");
+        // COPY TO the same kind of location, and read back by its URL.
+        let export = match &ctx.s3 {
+            None => ctx.path("exports/ids.parquet").display().to_string(),
+            Some(_) => "s3://inbox/exports/ids.parquet".to_string(),
+        };
+        ctx.ok(&[
+            "sql",
+            "-c",
+            &format!("COPY (SELECT event_id FROM raw_events) TO '{export}'"),
+        ]);
+        let back = ctx.ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            &format!("SELECT count(*) AS n FROM '{export}'"),
+        ]);
+        assert_eq!(back, "n\n3\n");
+        // A path with nothing readable, and a store clicklake has no client for: one line, exit 2.
+        let missing = campaigns.replace("campaigns.csv", "nothing-here.csv");
+        let out = ctx.run(&["sql", "-c", &format!("SELECT * FROM '{missing}'")]);
+        one_line_failure(&out, 2, &["nothing readable at", "nothing-here.csv"]);
+        let out = ctx.run(&["sql", "-c", "COPY (SELECT 1 AS a) TO 'gs://bucket/a.csv'"]);
+        one_line_failure(&out, 2, &["gs:// is not a store clicklake reads or writes"]);
+    }
+);
 
 #[test]
 fn sql_files_run_statement_by_statement_and_stop_at_the_first_error() {
