@@ -136,6 +136,11 @@ pub struct IngestArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Exit 1 (after landing the valid rows) when more rows than this are quarantined as
+    /// invalid: a count (0) or a share of the rows read (0.5%) (config: ingest.max_quarantined)
+    #[arg(long, value_name = "N|P%", value_parser = crate::config::QuarantineLimit::parse)]
+    pub max_quarantined: Option<crate::config::QuarantineLimit>,
+
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -291,6 +296,11 @@ pub struct RunArgs {
     /// Skip the data checks (config: run.check = false)
     #[arg(long)]
     pub no_check: bool,
+
+    /// Fail the run (exit 1, after every stage ran) when its ingest quarantines more rows than
+    /// this as invalid: a count or a share (0.5%) (config: ingest.max_quarantined)
+    #[arg(long, value_name = "N|P%", value_parser = crate::config::QuarantineLimit::parse)]
+    pub max_quarantined: Option<crate::config::QuarantineLimit>,
 
     /// Print one JSON summary object
     #[arg(long)]

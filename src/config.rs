@@ -193,6 +193,7 @@ pub struct FileIngest {
     pub threads: Option<u64>,
     /// A directory of the user's source mappings (`<name>.sql`), read at run time.
     pub sources_dir: Option<PathBuf>,
+    pub max_quarantined: Option<String>,
 }
 
 /// Settings for S3 and S3-compatible stores.
@@ -228,6 +229,50 @@ pub struct IngestConfig {
     pub sources_dir: Option<PathBuf>,
     /// `[sources.<name>]` parameters, checked against the mapping when it is loaded.
     pub sources: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// The data-quality gate: an ingest with more invalid rows than this exits 1.
+    pub max_quarantined: Option<QuarantineLimit>,
+}
+
+/// How many invalid rows an ingest tolerates (`ingest --max-quarantined`, `[ingest]
+/// max_quarantined`): a count (`0`, `100`) or a share of the rows read (`0.5%`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QuarantineLimit {
+    Rows(u64),
+    Percent(f64),
+}
+
+impl QuarantineLimit {
+    pub fn parse(text: &str) -> std::result::Result<QuarantineLimit, String> {
+        let t = text.trim();
+        let bad = || format!("{text:?} is not a row count (0, 100) or a percentage (0.5%)");
+        match t.strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(format!("{text:?}: a percentage is within 0%..=100%"));
+                }
+                Ok(QuarantineLimit::Percent(p))
+            }
+            None => t.parse().map(QuarantineLimit::Rows).map_err(|_| bad()),
+        }
+    }
+
+    /// Whether `invalid` rows out of `rows` are more than the limit allows.
+    pub fn exceeded(&self, invalid: u64, rows: u64) -> bool {
+        match *self {
+            QuarantineLimit::Rows(n) => invalid > n,
+            QuarantineLimit::Percent(p) => invalid as f64 > p / 100.0 * rows as f64,
+        }
+    }
+}
+
+impl std::fmt::Display for QuarantineLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuarantineLimit::Rows(n) => write!(f, "{n}"),
+            QuarantineLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -781,6 +826,12 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
             .map(|n| n.get())
             .unwrap_or(2),
     };
+    let max_quarantined = file
+        .max_quarantined
+        .as_deref()
+        .map(QuarantineLimit::parse)
+        .transpose()
+        .map_err(|e| Error::config(format!("ingest.max_quarantined: {e}")))?;
     // Queues hold a few chunks per thread: keep them a small share of the budget.
     let chunk_bytes = chunk_bytes
         .min(memory_limit / (16 * threads as u64))
@@ -795,6 +846,7 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         threads,
         sources_dir: file.sources_dir,
         sources: BTreeMap::new(),
+        max_quarantined,
     })
 }
 
@@ -948,6 +1000,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Your own source mappings (<sources_dir>/<name>.sql, used with `ingest --source <name>`); a file
 # named like an embedded source (ga4, snowplow, segment, rees46, diginetica) replaces it.
 # sources_dir = "./sources"
+# The data-quality gate: an ingest (or run) with more rows quarantined as invalid than this exits 1
+# after landing what is valid. A row count ("0") or a share of the rows read ("0.5%"); rows a source
+# mapping rejects on purpose (rejected_by_source, unmapped_line) do not count. Default: no limit.
+# max_quarantined = "1%"
 
 [clean]
 # A session-less event more than this after the previous one of the same anonymous_id starts a new

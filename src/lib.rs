@@ -2,6 +2,26 @@
 //!
 //! The binary is a thin shell over [`run`]; integration tests drive the same code.
 
+/// `println!` that hands back the write's error instead of panicking, so `clicklake tables |
+/// head` ends quietly with success when `head` closes stdout ([`error::is_broken_pipe`]):
+/// `outln!(...)?`.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+    }};
+}
+
+/// `print!` that hands back the write's error (see [`outln!`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)
+    }};
+}
+
 pub mod audit;
 pub mod build;
 pub mod catalog;

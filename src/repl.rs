@@ -239,10 +239,13 @@ pub async fn run(
                     lines.remember(&line);
                     match meta {
                         Meta::Quit => break,
-                        Meta::Help => println!("{HELP}"),
-                        Meta::ListTables => list_tables(ctx),
+                        Meta::Help => outln!("{HELP}")?,
+                        Meta::ListTables => list_tables(ctx)?,
                         Meta::Describe(t) => {
                             if let Err(e) = describe(lake, ctx, &t).await {
+                                if crate::error::is_broken_pipe(&e) {
+                                    return Err(e);
+                                }
                                 failures += 1;
                                 eprintln!("error: {}", crate::error::one_line(&e));
                             }
@@ -335,14 +338,15 @@ async fn execute(
     0
 }
 
-fn list_tables(ctx: &SessionContext) {
+fn list_tables(ctx: &SessionContext) -> std::io::Result<()> {
     let names = crate::catalog::registered_tables(ctx);
     if names.is_empty() {
-        println!("(no tables yet: run ingest)");
+        outln!("(no tables yet: run ingest)")?;
     }
     for n in names {
-        println!("{n}");
+        outln!("{n}")?;
     }
+    Ok(())
 }
 
 /// Columns, types and nullability of one table, and its partition columns.
@@ -357,19 +361,19 @@ async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Res
         .map(|f| f.name().len())
         .max()
         .unwrap_or(0);
-    println!("{table}");
+    outln!("{table}")?;
     for f in schema.fields() {
-        println!(
+        outln!(
             "  {:<width$}  {}{}",
             f.name(),
             f.data_type(),
             if f.is_nullable() { "" } else { " NOT NULL" }
-        );
+        )?;
     }
     if let Some(t) = lake.open_table(table).await? {
         let parts = t.snapshot()?.metadata().partition_columns().to_vec();
         if !parts.is_empty() {
-            println!("  partitioned by {}", parts.join(", "));
+            outln!("  partitioned by {}", parts.join(", "))?;
         }
     }
     Ok(())

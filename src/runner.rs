@@ -30,6 +30,8 @@ pub struct RunRequest {
     /// Wait this long for another run's lease instead of exiting 75 at once.
     pub wait: Option<Duration>,
     pub check: bool,
+    /// The quarantine gate on the run's ingest (`--max-quarantined`, `[ingest] max_quarantined`).
+    pub max_quarantined: Option<crate::config::QuarantineLimit>,
 }
 
 /// The summary `run --json` prints and `_runs.summary` keeps.
@@ -113,9 +115,10 @@ pub async fn run(
     // lease for ever: the lease is renewed while the process lives, so every later tick would
     // exit 75. Past max_duration the stages are dropped and the run ends as failed.
     let limit = cfg.run.max_duration;
+    let mut gate = None;
     let result = match tokio::time::timeout(
         limit,
-        stages(lake, cfg, &req, printer, &lease, &mut summary),
+        stages(lake, cfg, &req, printer, &lease, &mut summary, &mut gate),
     )
     .await
     {
@@ -133,6 +136,10 @@ pub async fn run(
         Ok(()) => {
             if summary.check.as_ref().is_some_and(|c| c.failed > 0) {
                 summary.outcome = "checks_failed";
+            }
+            if let Some(over) = &gate {
+                summary.outcome = "checks_failed";
+                summary.error = Some(over.clone());
             }
         }
         Err(e) => {
@@ -169,6 +176,7 @@ async fn stages(
     printer: &Printer,
     lease: &Lease,
     summary: &mut RunSummary,
+    gate: &mut Option<String>,
 ) -> Result<()> {
     crate::pause("run-stages").await;
     if let Some(inbox) = &req.inbox {
@@ -189,6 +197,10 @@ async fn stages(
             printer,
         )
         .await?;
+        // Over the gate, the valid rows still go on through clean and build; the run fails
+        // (exit 1) at the end, as for a failing check.
+        let mut ingested = ingested;
+        *gate = ingested.apply_gate(req.max_quarantined);
         summary.ingest = Some(ingested);
         summary
             .stage_seconds

@@ -29,9 +29,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: BuildArgs) -> anyhow::Result<E
     )
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else if !cfg.quiet {
-        print!("{}", render(&summary));
+        out!("{}", render(&summary))?;
     }
     Ok(ExitCode::SUCCESS)
 }

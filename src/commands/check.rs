@@ -16,9 +16,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
         .or(cfg.build.checks_dir.as_deref());
     let report = check::run(lake, cfg, dir, args.select.as_deref()).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else if !(cfg.quiet && report.failed == 0) {
-        print!("{}", check::render(&report));
+        out!("{}", check::render(&report))?;
     }
     if report.passed == 0 && report.failed == 0 && report.skipped > 0 {
         // A CI gate that checked nothing must not pass: a mistyped lake URL, or checks run

@@ -56,10 +56,10 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
     };
     let results = crate::lease::exclusive(lake, cfg.run.lease_ttl, "compact", work).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&results)?);
+        outln!("{}", serde_json::to_string(&results)?)?;
     } else if !cfg.quiet {
         for r in &results {
-            println!(
+            outln!(
                 "{:<22} {} small files → {} (in {} partitions){}",
                 r.table,
                 r.files_removed,
@@ -68,9 +68,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
                 r.version
                     .map(|v| format!(", version {v}"))
                     .unwrap_or_default()
-            );
+            )?;
         }
-        println!("target file size {}", format_bytes(target.get()));
+        outln!("target file size {}", format_bytes(target.get()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

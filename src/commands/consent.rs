@@ -86,13 +86,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result
     .await?;
     if !cfg.quiet {
         let withdrawn = rows.iter().filter(|d| !d.granted).count();
-        println!(
+        outln!(
             "imported {} consent decisions ({} grants, {} withdrawals) into consents version {version}; \
              the next build applies them",
             rows.len(),
             rows.len() - withdrawn,
             withdrawn
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -55,9 +55,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<E
     })
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string(&receipt)?);
+        outln!("{}", serde_json::to_string(&receipt)?)?;
     } else if !cfg.quiet {
-        print!("{}", render(&receipt));
+        out!("{}", render(&receipt))?;
     }
     Ok(ExitCode::SUCCESS)
 }

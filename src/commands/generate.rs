@@ -28,7 +28,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         compress: args.compress,
     })
     .with_context(|| format!("generating into {}", args.out.display()))?;
-    println!(
+    outln!(
         "wrote {} lines ({} events, {} quarantine-bound, {} blank, {} resent) in {} file(s) to {}",
         m.lines_total,
         m.unique_events,
@@ -37,6 +37,6 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         m.exact_duplicates + m.conflicting_duplicates,
         m.files.len(),
         args.out.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

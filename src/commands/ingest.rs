@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::cli::IngestArgs;
 use crate::config::{format_bytes, Config};
+use crate::error::Error;
 use crate::ingest::{self, IngestRequest, IngestSummary};
 use crate::printer::Printer;
 use crate::storage::Lake;
@@ -20,13 +21,17 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         drop_pii: args.drop_pii,
         lease_held: false,
     };
-    let summary = ingest::run(lake, cfg, req, &printer).await?;
+    let mut summary = ingest::run(lake, cfg, req, &printer).await?;
+    let over = summary.apply_gate(args.max_quarantined.or(cfg.ingest.max_quarantined));
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else if !cfg.quiet {
-        print!("{}", render(&summary));
+        out!("{}", render(&summary))?;
     }
-    Ok(ExitCode::SUCCESS)
+    match over {
+        Some(message) => Err(Error::ChecksFailed(message).into()),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 pub fn render(s: &IngestSummary) -> String {
@@ -73,6 +78,13 @@ pub fn render(s: &IngestSummary) -> String {
     }
     for (reason, n) in &s.quarantined_by_reason {
         out.push_str(&format!("    {reason:<28} {n}\n"));
+    }
+    if let Some(limit) = &s.max_quarantined {
+        out.push_str(&format!(
+            "  invalid      {} (max_quarantined {limit}: {})\n",
+            s.invalid,
+            if s.over_max_quarantined { "OVER" } else { "ok" }
+        ));
     }
     if s.erased > 0 {
         out.push_str(&format!(

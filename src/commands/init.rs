@@ -24,12 +24,12 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &InitArgs) -> anyhow::Result<E
     } else {
         false
     };
-    println!("lake ready at {}", lake.root());
+    outln!("lake ready at {}", lake.root())?;
     for def in catalog::ALL {
-        println!("  {:<16} {}", def.name, lake.table_url(def.name));
+        outln!("  {:<16} {}", def.name, lake.table_url(def.name))?;
     }
     if wrote_config {
-        println!("wrote {} (commented template)", args.config_out.display());
+        outln!("wrote {} (commented template)", args.config_out.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }

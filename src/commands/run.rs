@@ -23,6 +23,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         source: args.source.unwrap_or_else(|| cfg.run.source.clone()),
         wait,
         check: cfg.run.check && !args.no_check,
+        max_quarantined: args.max_quarantined.or(cfg.ingest.max_quarantined),
     };
     runner::validate(&req, cfg)?;
     let printer = Printer::new(cfg);
@@ -32,16 +33,23 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         Err(Error::Locked(_)) if cfg.quiet => return Ok(ExitCode::from(exit::LOCKED)),
         Err(e) => return Err(e.into()),
     };
-    let failed_checks = summary.check.as_ref().is_some_and(|c| c.failed > 0);
+    let over_gate = summary
+        .ingest
+        .as_ref()
+        .is_some_and(|i| i.over_max_quarantined);
+    let failed_checks = summary.check.as_ref().is_some_and(|c| c.failed > 0) || over_gate;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else if !cfg.quiet {
-        print!("{}", render(&summary));
+        out!("{}", render(&summary))?;
     } else if failed_checks {
         // Quiet is for when all is well: failures still speak.
-        if let Some(report) = &summary.check {
-            print!("{}", check::render(report));
+        if let Some(report) = summary.check.as_ref().filter(|c| c.failed > 0) {
+            out!("{}", check::render(report))?;
         }
+    }
+    if let Some(over) = summary.error.as_ref().filter(|_| over_gate && !args.json) {
+        eprintln!("error: {over}");
     }
     Ok(if failed_checks {
         ExitCode::from(exit::CHECKS_FAILED)
@@ -67,11 +75,15 @@ pub fn render(s: &RunSummary) -> String {
             format!("no new files ({} already ingested)", i.files_skipped)
         } else {
             format!(
-                "{} file(s), {} lines: {} landed, {} quarantined, {}",
+                "{} file(s), {} lines: {} landed, {} quarantined{}, {}",
                 i.files_read,
                 i.lines,
                 i.landed,
                 i.quarantined,
+                match (&i.max_quarantined, i.over_max_quarantined) {
+                    (Some(limit), true) => format!(" (OVER max_quarantined {limit})"),
+                    _ => String::new(),
+                },
                 format_bytes(i.bytes_read)
             )
         };

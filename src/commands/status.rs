@@ -139,9 +139,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else if !(cfg.quiet && report.stale.is_empty()) {
-        print!("{}", render(&report));
+        out!("{}", render(&report))?;
     }
     if report.stale.is_empty() {
         Ok(ExitCode::SUCCESS)

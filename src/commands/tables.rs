@@ -85,19 +85,24 @@ pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
 pub async fn run(lake: &Lake, args: &TablesArgs) -> anyhow::Result<ExitCode> {
     let infos = collect(lake).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&infos)?);
+        outln!("{}", serde_json::to_string(&infos)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         "{:<22} {:>8} {:>12} {:>7} {:>11} {:>10}  partitioned by",
-        "table", "version", "rows", "files", "size", "partitions"
-    );
+        "table",
+        "version",
+        "rows",
+        "files",
+        "size",
+        "partitions"
+    )?;
     for t in &infos {
         if !t.exists {
-            println!("{:<22} {:>8}", t.name, "-");
+            outln!("{:<22} {:>8}", t.name, "-")?;
             continue;
         }
-        println!(
+        outln!(
             "{:<22} {:>8} {:>12} {:>7} {:>11} {:>10}  {}",
             t.name,
             t.version.map(|v| v.to_string()).unwrap_or_default(),
@@ -106,7 +111,7 @@ pub async fn run(lake: &Lake, args: &TablesArgs) -> anyhow::Result<ExitCode> {
             format_bytes(t.bytes),
             t.partitions,
             t.partition_columns.join(", ")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -73,7 +73,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
     )
     .await?;
     if args.json {
-        println!("{}", serde_json::to_string(&results)?);
+        outln!("{}", serde_json::to_string(&results)?)?;
     } else if !cfg.quiet {
         let verb = if args.dry_run {
             "would delete"
@@ -81,7 +81,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
             "deleted"
         };
         for r in &results {
-            println!("{:<22} {verb} {} files", r.table, r.files_deleted);
+            outln!("{:<22} {verb} {} files", r.table, r.files_deleted)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, INGESTED_FILES, QUARANTINE, RAW_EVENTS};
 use crate::cli::InputFormat;
-use crate::config::Config;
+use crate::config::{Config, QuarantineLimit};
 use crate::delta;
 use crate::error::{Error, Result};
 use crate::fault;
@@ -44,6 +44,7 @@ use crate::printer::Printer;
 use crate::storage::Lake;
 use input::InputFile;
 use parse::{LineStats, ParseSettings, SegmentResolver};
+use reason::Reason;
 
 /// What a user asked `ingest` to do, validated.
 pub struct IngestRequest {
@@ -139,7 +140,53 @@ pub struct IngestSummary {
     pub mb_per_sec: f64,
     pub raw_events_version: Option<i64>,
     pub quarantine_version: Option<i64>,
+    /// Rows quarantined as invalid: every reason but those a source mapping chooses on purpose
+    /// (`rejected_by_source`, `unmapped_line`). The quarantine gate counts these.
+    pub invalid: u64,
+    /// The quarantine gate applied to this batch (`0`, `1%`), if any.
+    pub max_quarantined: Option<String>,
+    /// The batch had more invalid rows than `max_quarantined` allows (exit 1).
+    pub over_max_quarantined: bool,
     pub files: Vec<FileSummary>,
+}
+
+/// Reasons a source mapping gives on purpose (an app outside the allow-list, a GA4 event it
+/// ignores): filtering, not bad data.
+const CHOSEN_BY_SOURCE: [Reason; 2] = [Reason::RejectedBySource, Reason::UnmappedLine];
+
+impl IngestSummary {
+    /// The data-quality gate: with a limit, records it, and when the batch's invalid rows are
+    /// over it returns the one line to fail with (the rows have landed; exit 1, like a check).
+    pub fn apply_gate(&mut self, limit: Option<QuarantineLimit>) -> Option<String> {
+        let limit = limit?;
+        self.max_quarantined = Some(limit.to_string());
+        let rows = self.landed + self.quarantined;
+        if !limit.exceeded(self.invalid, rows) {
+            return None;
+        }
+        self.over_max_quarantined = true;
+        let chosen = CHOSEN_BY_SOURCE.map(|r| r.code());
+        let mut reasons: Vec<(&String, &u64)> = self
+            .quarantined_by_reason
+            .iter()
+            .filter(|(r, _)| !chosen.contains(&r.as_str()))
+            .collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let reasons = reasons
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Some(format!(
+            "{} of {} rows quarantined as invalid ({:.2}%), more than max_quarantined {limit} \
+             allows: {reasons}; the valid rows landed, the rest are in quarantine \
+             (batch_id = '{}')",
+            self.invalid,
+            rows,
+            100.0 * self.invalid as f64 / rows.max(1) as f64,
+            self.batch_id
+        ))
+    }
 }
 
 /// How much of a file still has to land.
@@ -452,6 +499,12 @@ pub async fn run(
         .nonzero()
         .map(|(r, n)| (r.code().to_string(), n))
         .collect();
+    summary.invalid = stats_total
+        .quarantined
+        .nonzero()
+        .filter(|(r, _)| !CHOSEN_BY_SOURCE.contains(r))
+        .map(|(_, n)| n)
+        .sum();
     summary.extra_rows = stats_total.extra_rows;
     summary.erased = stats_total.erased;
     summary.dropped_values = stats_total.dropped_values;

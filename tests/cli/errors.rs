@@ -348,3 +348,39 @@ fn an_unknown_table_to_compact_or_vacuum_is_a_usage_error_before_any_io() {
     }
     assert!(!ctx.path("lake").exists(), "nothing written");
 }
+
+#[test]
+fn a_stdout_closed_by_the_reader_ends_every_command_quietly_with_success() {
+    // `clicklake tables | head -1`: `tables`, `status` and the others panicked with a backtrace
+    // ("failed printing to stdout: Broken pipe") when the reader had gone.
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    let f = f.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["tables"],
+        &["tables", "--json"],
+        &["status"],
+        &["ingest", "--json", f],
+        &["sql", "-c", "SELECT * FROM raw_events"],
+        &["generate", "--events", "3000", "--out", "-"],
+    ];
+    for args in commands {
+        let mut child = ctx
+            .std_cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader goes before the command has opened the lake, let alone printed.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("error"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! `clicklake ingest`: validation, quarantine, the line-count invariant, exactly-once landing.
 
 use crate::both_backends;
-use crate::context::{Backend, TestContext};
+use crate::context::{stderr_of, Backend, TestContext};
 
 /// (line, reason, words the detail must contain) for fixtures/native/every_reason.ndjson.
 const EXPECTED_QUARANTINE: &[(u64, &str, &[&str])] = &[
@@ -417,4 +417,106 @@ fn escaped_nested_and_non_utf8_lines() {
         ctx.query("SELECT line_number, reason, detail FROM quarantine"),
         vec!["5,broken_json,line is not valid UTF-8"]
     );
+}
+
+#[test]
+fn the_quarantine_gate_fails_a_producer_with_too_many_invalid_rows() {
+    let ctx = TestContext::new(Backend::Local);
+    let m = ctx.generate("gen", &["--events", "2000", "--dirty", "--seed", "9"]);
+    // The generator's own bookkeeping: every dirty line it wrote is invalid.
+    let invalid: u64 = m["quarantine_by_reason"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    let valid = m["valid_lines"].as_u64().unwrap();
+    assert!(invalid > 0);
+    let gen = ctx.path("gen").display().to_string();
+    let out = ctx.run(&["ingest", "--max-quarantined", "0", &gen]);
+    let err = crate::context::one_line_failure(
+        &out,
+        1,
+        &[
+            &format!("{invalid} of {} rows", valid + invalid),
+            "max_quarantined 0",
+        ],
+    );
+    assert!(err.contains("the valid rows landed"), "{err}");
+    // The gate judges; it does not hold back the valid rows or the evidence.
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), valid);
+    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), invalid);
+    // Under a share it allows, the same batch passes, and --json says so.
+    let share = 100.0 * invalid as f64 / (valid + invalid) as f64;
+    let loose = format!("{:.1}%", share + 0.5);
+    let s = ctx.ingest_json(&["--force", "--max-quarantined", &loose, &gen]);
+    assert_eq!(s["invalid"], invalid);
+    assert_eq!(s["over_max_quarantined"], false);
+    let tight = format!("{:.1}%", share - 0.5);
+    let out = ctx.run(&[
+        "ingest",
+        "--force",
+        "--json",
+        "--max-quarantined",
+        &tight,
+        &gen,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["over_max_quarantined"], true);
+    // Rows a source mapping rejects on purpose (GA4's automatic events) are not invalid.
+    let ga4 = ctx.fixture("sources/ga4-obfuscated-sample.ndjson");
+    let s = ctx.ingest_json(&[
+        "--source",
+        "ga4",
+        "--max-quarantined",
+        "0",
+        ga4.to_str().unwrap(),
+    ]);
+    assert!(
+        s["quarantined_by_reason"]["rejected_by_source"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(s["invalid"], 0);
+    // A limit that is not one: exit 2 before anything is read.
+    let out = ctx.run(&["ingest", "--max-quarantined", "5x", &gen]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_run_over_the_quarantine_gate_still_cleans_and_builds_and_exits_1() {
+    let ctx = TestContext::new(Backend::Local);
+    let m = ctx.generate("inbox", &["--events", "2000", "--dirty", "--seed", "9"]);
+    std::fs::remove_file(ctx.path("inbox/_manifest.json")).ok();
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_quarantined = \"0.1%\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["run", "--inbox", "inbox", "--no-check"]);
+    crate::context::one_line_failure(&out, 1, &["max_quarantined 0.1%"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("OVER max_quarantined 0.1%"), "{stdout}");
+    // The valid rows went all the way through.
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events"),
+        m["valid_lines"].as_u64().unwrap()
+    );
+    assert!(ctx.count("SELECT count(*) FROM fact_sessions") > 0);
+    assert_eq!(
+        ctx.query("SELECT outcome FROM _runs"),
+        vec!["checks_failed".to_string()]
+    );
+    // The next tick has nothing new: success.
+    ctx.ok(&["run", "--inbox", "inbox", "--no-check"]);
+    // A bad limit in the file is a configuration error naming the key.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_quarantined = \"lots\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["run", "--inbox", "inbox"]);
+    crate::context::one_line_failure(&out, 2, &["ingest.max_quarantined"]);
 }
