@@ -133,6 +133,11 @@ pub struct CsvHeader {
     pub delimiter: u8,
     /// For a source mapping: the record field feeding each declared column.
     pub positions: Vec<usize>,
+    /// Why the file's first line cannot serve as its header (no `event_id` column, a column
+    /// named twice, an open quote…). Then every record of the file, that line included, is
+    /// quarantined with this detail: a file with a bad header must neither stop the other files
+    /// of an ingest (one such file in a cron inbox would stop every tick) nor vanish.
+    pub unusable: Option<String>,
 }
 
 impl CsvHeader {
@@ -158,7 +163,22 @@ impl CsvHeader {
             mapping,
             delimiter,
             positions: Vec::new(),
+            unusable: None,
         })
+    }
+
+    /// The header of a file whose first line cannot be one: see [`CsvHeader::unusable`].
+    pub fn unusable(delimiter: u8, why: String) -> CsvHeader {
+        CsvHeader {
+            columns: Vec::new(),
+            mapping: Vec::new(),
+            delimiter,
+            positions: Vec::new(),
+            unusable: Some(format!(
+                "the file's first line is not a usable CSV header: {why}; every line of the \
+                 file is quarantined (fix the header and ingest the file again)"
+            )),
+        }
     }
 
     /// Splits a header line into trimmed column names.
@@ -183,6 +203,7 @@ impl CsvHeader {
             columns,
             delimiter,
             positions,
+            unusable: None,
         })
     }
 }
@@ -1546,17 +1567,17 @@ pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> CResult<ChunkOutput> {
             let mut fields = Fields::new();
             let parsed = match chunk.format {
                 Format::Ndjson => parse_json_line(rec, &mut fields),
-                Format::Csv => match std::str::from_utf8(rec) {
-                    Ok(text) => parse_csv_record(
-                        text,
-                        chunk
-                            .csv_header
-                            .as_ref()
-                            .expect("CSV chunks carry their header"),
-                        &mut fields,
-                    ),
-                    Err(_) => Err("CSV row is not valid UTF-8".to_string()),
-                },
+                Format::Csv => {
+                    let header = chunk
+                        .csv_header
+                        .as_ref()
+                        .expect("CSV chunks carry their header");
+                    match (&header.unusable, std::str::from_utf8(rec)) {
+                        (Some(why), _) => Err(why.clone()),
+                        (None, Ok(text)) => parse_csv_record(text, header, &mut fields),
+                        (None, Err(_)) => Err("CSV row is not valid UTF-8".to_string()),
+                    }
+                }
             };
             match parsed {
                 Err(msg) => out.quarantine(line_no, rec, Reason::BrokenJson, &msg),
@@ -1611,6 +1632,9 @@ fn parse_source_chunk(chunk: &Chunk, s: &ParseSettings, source: &Source) -> CRes
                         Format::Csv => {
                             let h = header.expect("CSV chunks carry their header");
                             match split_csv_record(text, h.delimiter) {
+                                _ if h.unusable.is_some() => {
+                                    LineState::Broken(h.unusable.clone().expect("checked"))
+                                }
                                 None => {
                                     LineState::Broken("CSV row has an unterminated quote".into())
                                 }

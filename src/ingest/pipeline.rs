@@ -163,21 +163,22 @@ fn read_file(
             format = Format::Csv;
         }
     }
+    // A first line that cannot be the header goes back to the data, to be quarantined with
+    // every other line of the file (see `CsvHeader::unusable`).
+    let mut carry: Vec<u8> = Vec::new();
     if format == Format::Csv {
-        let usage = |e: String| Error::usage(format!("{}:1: {e}", file.display));
-        match &settings.source {
+        let header = match &settings.source {
             None => {
-                let Some(header) = first_line(&mut reader).map_err(io_err)? else {
+                let Some(line) = first_line(&mut reader).map_err(io_err)? else {
                     return Ok((
                         0,
                         opened.raw_bytes.load(Ordering::Relaxed),
                         hash_of(&opened.hash),
                     ));
                 };
-                csv_header = Some(Arc::new(
-                    CsvHeader::parse(&header, file.delimiter).map_err(usage)?,
-                ));
                 next_line = 2;
+                CsvHeader::parse(trimmed(&line), file.delimiter)
+                    .map_err(|why| (line, file.delimiter, why))
             }
             Some(source) => {
                 // A mapped source: its header setting decides whether line 1 names the columns;
@@ -197,8 +198,8 @@ fn read_file(
                         CsvHeader::names(line, delimiter).is_ok_and(|n| n == source.columns)
                     }
                 };
-                let columns = if has_header {
-                    let Some(header) = first_line(&mut reader).map_err(io_err)? else {
+                if has_header {
+                    let Some(line) = first_line(&mut reader).map_err(io_err)? else {
                         return Ok((
                             0,
                             opened.raw_bytes.load(Ordering::Relaxed),
@@ -206,19 +207,26 @@ fn read_file(
                         ));
                     };
                     next_line = 2;
-                    CsvHeader::names(&header, delimiter).map_err(usage)?
+                    CsvHeader::names(trimmed(&line), delimiter)
+                        .and_then(|columns| CsvHeader::for_source(source, columns, delimiter))
+                        .map_err(|why| (line, delimiter, why))
                 } else {
-                    source.columns.clone()
-                };
-                csv_header = Some(Arc::new(
-                    CsvHeader::for_source(source, columns, delimiter).map_err(usage)?,
-                ));
+                    CsvHeader::for_source(source, source.columns.clone(), delimiter)
+                        .map_err(|why| (Vec::new(), delimiter, why))
+                }
             }
-        }
+        };
+        csv_header = Some(Arc::new(match header {
+            Ok(h) => h,
+            Err((line, delimiter, why)) => {
+                carry = line;
+                next_line = 1;
+                CsvHeader::unusable(delimiter, why)
+            }
+        }));
     }
 
     let mut chunks = 0u64;
-    let mut carry: Vec<u8> = Vec::new();
     let mut last_bytes = 0u64;
     loop {
         let mut buf = std::mem::take(&mut carry);
@@ -279,17 +287,19 @@ fn read_file(
     ))
 }
 
-/// Reads the first line without its terminator; `None` for an empty input.
+/// Reads the first line with its terminator; `None` for an empty input.
 fn first_line(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
     reader.read_until(b'\n', &mut line)?;
-    if line.is_empty() {
-        return Ok(None);
+    Ok((!line.is_empty()).then_some(line))
+}
+
+/// A line without its terminator.
+fn trimmed(mut line: &[u8]) -> &[u8] {
+    while let [rest @ .., b'\n' | b'\r'] = line {
+        line = rest;
     }
-    while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        line.pop();
-    }
-    Ok(Some(line))
+    line
 }
 
 fn hash_of(slot: &Option<Arc<std::sync::Mutex<Option<String>>>>) -> Option<String> {

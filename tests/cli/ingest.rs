@@ -520,3 +520,63 @@ fn a_run_over_the_quarantine_gate_still_cleans_and_builds_and_exits_1() {
     let out = ctx.run(&["run", "--inbox", "inbox"]);
     crate::context::one_line_failure(&out, 2, &["ingest.max_quarantined"]);
 }
+
+both_backends!(
+    a_csv_file_with_an_unusable_header_is_quarantined_whole_and_stops_nothing,
+    |backend: Backend| {
+        // One such file in a cron inbox stopped every tick with exit 2, the good files with it.
+        let ctx = TestContext::new(backend);
+        let m = ctx.generate("inbox", &["--events", "300", "--files", "1", "--seed", "3"]);
+        std::fs::remove_file(ctx.path("inbox/_manifest.json")).ok();
+        let row = "2026-11-20T10:00:00Z,page_view,a1";
+        // A column named twice; and a file without a header (its first row taken for one).
+        std::fs::write(
+            ctx.path("inbox/twice.csv"),
+            format!("event_id,event_id,event_time,event_type,anonymous_id\nd1,d2,{row}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            ctx.path("inbox/headless.csv"),
+            format!("h1,{row}\nh2,{row}\r\nh3,{row}"),
+        )
+        .unwrap();
+        let inbox = match &ctx.s3 {
+            None => ctx.path("inbox").display().to_string(),
+            Some(_) => {
+                for f in ["events-0001.ndjson", "twice.csv", "headless.csv"] {
+                    ctx.upload_to_inbox(&ctx.path(&format!("inbox/{f}")), &format!("in/{f}"));
+                }
+                "s3://inbox/in/".to_string()
+            }
+        };
+        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ingest = &s["ingest"];
+        let valid = m["valid_lines"].as_u64().unwrap();
+        // Every line of both files, each first line included, is accounted for in quarantine.
+        assert_eq!(ingest["landed"].as_u64(), Some(valid), "{ingest}");
+        assert_eq!(ingest["quarantined"].as_u64(), Some(5), "{ingest}");
+        assert_eq!(ingest["lines"].as_u64(), Some(valid + 5), "{ingest}");
+        assert_eq!(
+            ctx.query(
+                "SELECT regexp_replace(source_file, '.*/', ''), line_number, reason, \
+                 position('not a usable CSV header' IN detail) > 0, raw FROM quarantine \
+                 ORDER BY 1, 2"
+            ),
+            vec![
+                format!("headless.csv,1,broken_json,true,\"h1,{row}\""),
+                format!("headless.csv,2,broken_json,true,\"h2,{row}\""),
+                format!("headless.csv,3,broken_json,true,\"h3,{row}\""),
+                "twice.csv,1,broken_json,true,\"event_id,event_id,event_time,event_type,anonymous_id\""
+                    .to_string(),
+                format!("twice.csv,2,broken_json,true,\"d1,d2,{row}\""),
+            ]
+        );
+        assert_eq!(ctx.count("SELECT count(*) FROM events"), valid);
+        // The files are done: the next tick has nothing new.
+        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["ingest"]["files_read"], 0, "{s}");
+    }
+);

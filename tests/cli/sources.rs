@@ -280,6 +280,30 @@ fn a_user_source_works_without_rebuilding_and_a_broken_one_is_exit_2() {
         vec!["2026-01-05T10:15:00Z,3.50"]
     );
 
+    // An export whose header lacks a column the mapping reads: every line of it, header
+    // included, is quarantined, naming the column; nothing lands and nothing stops.
+    let renamed = ctx.path("till-renamed.txt");
+    std::fs::write(
+        &renamed,
+        "sku|time|basket|amount\nA1|05/01/2026 10:15|b1|3.50\n",
+    )
+    .unwrap();
+    let s = ctx.ingest_json(&["--source", "pos", renamed.to_str().unwrap()]);
+    assert_eq!(
+        (s["landed"].as_u64(), s["quarantined"].as_u64()),
+        (Some(0), Some(2)),
+        "{s}"
+    );
+    let rows = ctx.query(
+        "SELECT line_number, reason, detail FROM quarantine \
+         WHERE source_file LIKE '%till-renamed%' ORDER BY 1",
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].starts_with("1,broken_json,") && rows[0].contains("when"),
+        "{rows:?}"
+    );
+
     // A mapping that does not plan: exit 2, naming the file and the SQL problem, nothing read.
     std::fs::write(
         dir.join("broken.sql"),
