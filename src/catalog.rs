@@ -150,6 +150,21 @@ pub async fn open_existing(lake: &Lake, names: &[String]) -> Result<Vec<(String,
     Ok(opened)
 }
 
+/// The lake is there: its `raw_events` table exists (every lake that ever ingested has it).
+/// Commands that maintain or erase call this before taking the lock or writing anything, so a
+/// mistyped `--lake` is exit 2 instead of a new lake holding one `_audit` row, or an erasure
+/// reported as "recorded" in a lake nobody reads.
+pub async fn require_lake(lake: &Lake) -> Result<()> {
+    if lake.table_exists(RAW_EVENTS.name).await? {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "no lake at {}: it has no raw_events table (is --lake right? `clicklake ingest` creates \
+         the lake)",
+        crate::storage::redact(lake.root())
+    )))
+}
+
 /// The tables named, checked against the lake's catalog, or every existing one.
 pub async fn existing_tables(lake: &Lake, names: &[String]) -> Result<Vec<String>> {
     let all = check_table_names(names)?;

@@ -39,6 +39,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<E
         kind.as_str(),
         if args.dry_run { " (dry run)" } else { "" }
     );
+    // A mistyped lake must not answer "recorded": the person would stay in the real one.
+    crate::catalog::require_lake(lake).await?;
     // The same lock as `run`: an erasure never interleaves with a cron tick (exit 75 if one runs).
     let run_id = format!("erase-{}", uuid::Uuid::new_v4().simple());
     let lease = crate::lease::Lease::acquire(lake, &run_id, cfg.run.lease_ttl, None).await?;

@@ -348,7 +348,18 @@ pub fn wait_for_a_lease(ctx: &TestContext) {
         None => unreachable!("a table directory has a parent"),
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !lease_dir.is_dir() || std::fs::read_dir(&lease_dir).unwrap().count() == 0 {
+    // A held lease: one without `released_at` (an earlier ingest leaves its released one).
+    let held = || {
+        std::fs::read_dir(&lease_dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                std::fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|v| v.get("run_id").is_some() && v["released_at"].is_null())
+            })
+        })
+    };
+    while !held() {
         assert!(std::time::Instant::now() < deadline, "no lease appeared");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -349,6 +349,31 @@ fn an_unknown_table_to_compact_or_vacuum_is_a_usage_error_before_any_io() {
     assert!(!ctx.path("lake").exists(), "nothing written");
 }
 
+crate::both_backends!(
+    maintenance_and_erasure_on_a_mistyped_lake_are_usage_errors_that_write_nothing,
+    |backend: Backend| {
+        // `erase` answered "recorded in erasures" for a lake URL that held nothing, creating
+        // one; the person stayed in the real lake. `vacuum` created a lake with an `_audit` row.
+        let ctx = TestContext::new(backend);
+        let commands: [&[&str]; 5] = [
+            &["compact"],
+            &["vacuum"],
+            &["vacuum", "events"],
+            &["erase", "--user-id", "u0001"],
+            &["erase", "--email", "jane@example.com", "--dry-run"],
+        ];
+        for args in commands {
+            let out = ctx.run(args);
+            assert_usage_error(&out, &["no lake at", "raw_events"]);
+            one_line(&out);
+        }
+        // The lake's directory (on s3s-fs, its prefix in the bucket) was never created.
+        let root = ctx.table_dir("raw_events");
+        let root = root.parent().unwrap();
+        assert!(!root.exists(), "nothing written under {}", root.display());
+    }
+);
+
 #[test]
 fn a_stdout_closed_by_the_reader_ends_every_command_quietly_with_success() {
     // `clicklake tables | head -1`: `tables`, `status` and the others panicked with a backtrace

@@ -265,6 +265,8 @@ fn erase_needs_one_subject_and_the_key() {
         stderr_of(&out)
     );
     // A run holding the lake's lease: erase waits its turn.
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
     let holder = ctx.spawn_paused("run-after-lease:4", &["run"]);
     crate::context::wait_for_a_lease(&ctx);
     let out = ctx.run(&["erase", "--user-id", "a"]);

@@ -130,6 +130,8 @@ both_backends!(
     |backend| {
         let ctx = TestContext::new(backend);
         std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"3s\"\n").unwrap();
+        let f = ctx.fixture("native/every_reason.ndjson");
+        ctx.ok(&["ingest", f.to_str().unwrap()]);
         // A live holder: a run paused right after taking the lease (it keeps renewing it).
         let holder = ctx.spawn_paused("run-after-lease:6", &["run"]);
         wait_for_a_lease(&ctx);
