@@ -317,11 +317,16 @@ pub struct Counting<R> {
     inner: R,
     pub count: Arc<AtomicU64>,
     hasher: Option<Sha256>,
+    /// Set when reading the file's own bytes failed (a disk or network error), as opposed to
+    /// a decompressor failing on bytes that were read.
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| {
+            self.failed.store(true, Ordering::Relaxed);
+        })?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(h) = &mut self.hasher {
             h.update(&buf[..n]);
@@ -359,6 +364,10 @@ pub struct Opened {
     pub reader: Box<dyn BufRead + Send>,
     pub raw_bytes: Arc<AtomicU64>,
     pub hash: Option<Arc<std::sync::Mutex<Option<String>>>>,
+    /// `gzip` or `zstd` when the file is compressed.
+    pub compression: Option<&'static str>,
+    /// Reading the file's bytes failed (see `Counting::failed`).
+    pub read_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Opens an input on the calling (non-async) thread.
@@ -382,10 +391,12 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
         Location::Stdin => Box::new(std::io::stdin()),
     };
     let hashing = matches!(file.location, Location::Stdin);
+    let read_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counting = Counting {
         inner: source,
         count: count.clone(),
         hasher: hashing.then(Sha256::new),
+        failed: read_failed.clone(),
     };
     let hash_slot = hashing.then(|| Arc::new(std::sync::Mutex::new(None)));
     let counting: Box<dyn Read + Send> = match &hash_slot {
@@ -399,22 +410,31 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
     let magic = buffered
         .fill_buf()
         .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
-    let reader: Box<dyn BufRead + Send> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            flate2::bufread::MultiGzDecoder::new(buffered),
-        ))
+    let (reader, compression): (Box<dyn BufRead + Send>, _) = if magic.starts_with(&[0x1f, 0x8b]) {
+        let dec = flate2::bufread::MultiGzDecoder::new(buffered);
+        (
+            Box::new(BufReader::with_capacity(1 << 20, dec)),
+            Some("gzip"),
+        )
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         let dec = zstd::stream::read::Decoder::with_buffer(buffered)
             .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
-        Box::new(BufReader::with_capacity(1 << 20, dec))
+        // zstd's reader fills the buffer it is given in one call and, when the stream breaks
+        // midway, returns the error without what it decoded before: one block (128 KiB) at a
+        // time, a truncated file loses at most its last block.
+        (
+            Box::new(BufReader::with_capacity(128 << 10, dec)),
+            Some("zstd"),
+        )
     } else {
-        Box::new(buffered)
+        (Box::new(buffered), None)
     };
     Ok(Opened {
         reader,
         raw_bytes: count,
         hash: hash_slot,
+        compression,
+        read_failed,
     })
 }
 

@@ -259,6 +259,9 @@ pub struct Chunk {
     pub data: Vec<u8>,
     pub format: Format,
     pub csv_header: Option<Arc<CsvHeader>>,
+    /// The file's compressed stream broke here (`data` is empty): one quarantine row for the
+    /// unreadable rest of the file, with this detail.
+    pub corrupt: Option<String>,
 }
 
 /// Counts from one chunk.
@@ -1550,6 +1553,12 @@ fn is_blank(rec: &[u8]) -> bool {
 
 /// Parses and validates one chunk.
 pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> CResult<ChunkOutput> {
+    if let Some(why) = &chunk.corrupt {
+        let mut out = Out::new(chunk, s);
+        out.stats.lines += 1;
+        out.quarantine(chunk.first_line, b"", Reason::BrokenJson, why);
+        return out.finish(chunk.file_idx);
+    }
     if let Some(source) = &s.source {
         return parse_source_chunk(chunk, s, source);
     }

@@ -228,13 +228,34 @@ fn read_file(
 
     let mut chunks = 0u64;
     let mut last_bytes = 0u64;
+    // A compressed file whose stream breaks (truncated, corrupt) while its bytes read fine is
+    // bad data, not a failed run: what decoded lands or is quarantined as usual, and one row
+    // quarantines the rest. Stopping instead would stop every later run at the same file (an
+    // object in an s3:// inbox never changes). A failed read of the bytes themselves (disk,
+    // network), and stdin, whose identity needs the whole stream, still stop the ingest.
+    let mut corrupt: Option<String> = None;
     loop {
         let mut buf = std::mem::take(&mut carry);
         buf.reserve(opts.chunk_bytes);
-        let n = (&mut reader)
+        let n = match (&mut reader)
             .take(opts.chunk_bytes as u64)
             .read_to_end(&mut buf)
-            .map_err(io_err)?;
+        {
+            Ok(n) => n,
+            Err(e) => match opened.compression {
+                Some(kind)
+                    if !opened.read_failed.load(Ordering::Relaxed)
+                        && !matches!(file.location, input::Location::Stdin) =>
+                {
+                    corrupt = Some(format!(
+                        "the file's {kind} stream is truncated or corrupt here: {e}; nothing \
+                         after this point could be read (send the file again)"
+                    ));
+                    0
+                }
+                _ => return Err(io_err(e)),
+            },
+        };
         let eof = n == 0;
         let now = opened.raw_bytes.load(Ordering::Relaxed);
         (opts.on_bytes)(now - last_bytes);
@@ -267,6 +288,7 @@ fn read_file(
             data: buf,
             format,
             csv_header: csv_header.clone(),
+            corrupt: None,
         };
         next_line += physical;
         chunks += 1;
@@ -277,9 +299,24 @@ fn read_file(
             break;
         }
     }
-    // Drain to EOF so the content hash (stdin) is complete.
-    let mut sink = [0u8; 1];
-    let _ = reader.read(&mut sink).map_err(io_err)?;
+    if let Some(why) = corrupt {
+        tracing::warn!("{}:{next_line}: {why}", file.display);
+        let chunk = Chunk {
+            file_idx: idx,
+            source_file: source.clone(),
+            first_line: next_line,
+            data: Vec::new(),
+            format,
+            csv_header: csv_header.clone(),
+            corrupt: Some(why),
+        };
+        chunks += 1;
+        let _ = tx.send(chunk);
+    } else {
+        // Drain to EOF so the content hash (stdin) is complete.
+        let mut sink = [0u8; 1];
+        let _ = reader.read(&mut sink).map_err(io_err)?;
+    }
     Ok((
         chunks,
         opened.raw_bytes.load(Ordering::Relaxed),

@@ -49,15 +49,36 @@ fn unreadable_input() {
 }
 
 #[test]
-fn corrupt_gzip_names_the_file() {
+fn corrupt_gzip_is_quarantined_from_a_file_and_a_failure_from_stdin() {
     let ctx = TestContext::new(Backend::Local);
     let mut bytes = vec![0x1f, 0x8b, 0x08, 0x00];
     bytes.extend_from_slice(b"this is not deflate data at all");
-    std::fs::write(ctx.path("broken.ndjson.gz"), bytes).unwrap();
-    let out = ctx.run(&["ingest", "broken.ndjson.gz"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("broken.ndjson.gz"));
+    std::fs::write(ctx.path("broken.ndjson.gz"), &bytes).unwrap();
+    // A file: bad data, one quarantine row at line 1; the file is done.
+    let s = ctx.ingest_json(&["broken.ndjson.gz"]);
+    assert_eq!(
+        (s["lines"].as_u64(), s["quarantined"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        ctx.query("SELECT line_number, reason, raw FROM quarantine"),
+        vec!["1,broken_json,".to_string()]
+    );
     assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 0);
+    // Stdin has no identity until it is read whole: exit 3, naming it, nothing landed.
+    let out = ctx
+        .cmd()
+        .args(["ingest", "-"])
+        .write_stdin(bytes)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("cannot read -: corrupt deflate stream"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), 1);
 }
 
 #[test]

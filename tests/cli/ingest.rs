@@ -580,3 +580,74 @@ both_backends!(
         assert_eq!(s["ingest"]["files_read"], 0, "{s}");
     }
 );
+
+both_backends!(
+    a_truncated_compressed_file_lands_what_decodes_and_quarantines_the_rest,
+    |backend: Backend| {
+        // A cut-off .gz in the inbox stopped every run at it (exit 3), the good files with it;
+        // an object in an s3:// inbox never changes, so it would have stopped them for good.
+        use std::io::Write as _;
+        let ctx = TestContext::new(backend);
+        ctx.generate("gen", &["--events", "6000", "--files", "3", "--seed", "5"]);
+        let files = crate::context::ndjson_files(&ctx.path("gen"));
+        std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+        std::fs::copy(&files[0], ctx.path("inbox/whole.ndjson")).unwrap();
+        let text = std::fs::read(&files[1]).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&text).unwrap();
+        let gz = gz.finish().unwrap();
+        std::fs::write(ctx.path("inbox/cut.ndjson.gz"), &gz[..gz.len() / 2]).unwrap();
+        let zst = zstd::encode_all(&std::fs::read(&files[2]).unwrap()[..], 3).unwrap();
+        std::fs::write(ctx.path("inbox/cut.ndjson.zst"), &zst[..zst.len() / 2]).unwrap();
+        let inbox = match &ctx.s3 {
+            None => ctx.path("inbox").display().to_string(),
+            Some(_) => {
+                for f in ["whole.ndjson", "cut.ndjson.gz", "cut.ndjson.zst"] {
+                    ctx.upload_to_inbox(&ctx.path(&format!("inbox/{f}")), &format!("in/{f}"));
+                }
+                "s3://inbox/in/".to_string()
+            }
+        };
+        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ingest = &s["ingest"];
+        assert_eq!(ingest["files_read"], 3, "{ingest}");
+        assert_eq!(ingest["balanced"], true, "{ingest}");
+        let whole_lines = std::fs::read_to_string(&files[0]).unwrap().lines().count() as u64;
+        for (file, kind, all) in [
+            ("cut.ndjson.gz", "gzip", &files[1]),
+            ("cut.ndjson.zst", "zstd", &files[2]),
+        ] {
+            let all = std::fs::read_to_string(all).unwrap().lines().count() as u64;
+            let landed = ctx.count(&format!(
+                "SELECT count(*) FROM raw_events WHERE source_file LIKE '%/{file}'"
+            ));
+            // One row for the unreadable rest, after the last line that decoded (a cut line
+            // before it is quarantined as broken JSON).
+            let rows = ctx.query(&format!(
+                "SELECT line_number, raw FROM quarantine WHERE source_file LIKE '%/{file}' \
+                 AND detail LIKE '%{kind} stream is truncated or corrupt%'"
+            ));
+            assert_eq!(rows.len(), 1, "{file}: {rows:?}");
+            let at: u64 = rows[0].trim_end_matches(',').parse().unwrap();
+            let before = ctx.count(&format!(
+                "SELECT count(*) FROM quarantine WHERE source_file LIKE '%/{file}'"
+            )) - 1;
+            assert_eq!(
+                at,
+                landed + before + 1,
+                "{file}: the row after the last line read"
+            );
+            assert!(landed > 0 && landed < all, "{file}: {landed} of {all}");
+        }
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM raw_events WHERE source_file LIKE '%/whole.ndjson'"),
+            whole_lines
+        );
+        // The files are done: the next run has nothing new.
+        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["ingest"]["files_read"], 0, "{s}");
+    }
+);
