@@ -193,7 +193,8 @@ pub struct FileIngest {
     pub threads: Option<u64>,
     /// A directory of the user's source mappings (`<name>.sql`), read at run time.
     pub sources_dir: Option<PathBuf>,
-    pub max_quarantined: Option<String>,
+    /// A row count (`5` or `"5"`) or a share (`"0.5%"`).
+    pub max_quarantined: Option<toml::Value>,
 }
 
 /// Settings for S3 and S3-compatible stores.
@@ -426,7 +427,10 @@ impl Config {
 
         let memory_limit = match (&args.memory_limit, &file.memory_limit) {
             (Some(v), _) => {
-                parse_size(v).map_err(|e| Error::config(format!("--memory-limit: {e}")))?
+                // The flag or, through clap, the environment variable: name both.
+                parse_size(v).map_err(|e| {
+                    Error::config(format!("--memory-limit / CLICKLAKE_MEMORY_LIMIT: {e}"))
+                })?
             }
             (None, Some(v)) => {
                 parse_size(v).map_err(|e| Error::config(format!("memory_limit: {e}")))?
@@ -435,7 +439,8 @@ impl Config {
         };
         if memory_limit < 64 * 1024 * 1024 {
             return Err(Error::config(format!(
-                "--memory-limit: {} is below the minimum of 64MiB",
+                "--memory-limit / CLICKLAKE_MEMORY_LIMIT / memory_limit: {} is below the minimum \
+                 of 64MiB",
                 format_bytes(memory_limit)
             )));
         }
@@ -826,12 +831,16 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
             .map(|n| n.get())
             .unwrap_or(2),
     };
-    let max_quarantined = file
-        .max_quarantined
-        .as_deref()
-        .map(QuarantineLimit::parse)
-        .transpose()
-        .map_err(|e| Error::config(format!("ingest.max_quarantined: {e}")))?;
+    let max_quarantined = match &file.max_quarantined {
+        None => None,
+        Some(toml::Value::String(text)) => Some(QuarantineLimit::parse(text)),
+        Some(toml::Value::Integer(n)) => Some(QuarantineLimit::parse(&n.to_string())),
+        Some(other) => Some(Err(format!(
+            "{other} is not a row count (0, 100) or a percentage (\"0.5%\")"
+        ))),
+    }
+    .transpose()
+    .map_err(|e| Error::config(format!("ingest.max_quarantined: {e}")))?;
     // Queues hold a few chunks per thread: keep them a small share of the budget.
     let chunk_bytes = chunk_bytes
         .min(memory_limit / (16 * threads as u64))
@@ -1003,7 +1012,7 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # The data-quality gate: an ingest (or run) with more rows quarantined as invalid than this exits 1
 # after landing what is valid. A row count ("0") or a share of the rows read ("0.5%"); rows a source
 # mapping rejects on purpose (rejected_by_source, unmapped_line) do not count. Default: no limit.
-# max_quarantined = "1%"
+# max_quarantined = "1%"          # or a count: max_quarantined = 0
 
 [clean]
 # A session-less event more than this after the previous one of the same anonymous_id starts a new

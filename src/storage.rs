@@ -45,8 +45,12 @@ impl std::fmt::Debug for Lake {
 impl Lake {
     /// Validates the lake URL from the config. No I/O.
     pub fn from_config(cfg: &Config) -> Result<Lake> {
-        let root = parse_location(&cfg.lake, true)
-            .map_err(|e| Error::config(format!("--lake {:?}: {e}", cfg.lake)))?;
+        let root = parse_location(&cfg.lake, true).map_err(|e| {
+            Error::config(format!(
+                "lake {:?} (--lake / CLICKLAKE_LAKE / lake): {e}",
+                cfg.lake
+            ))
+        })?;
         Ok(Lake {
             options: storage_options(&root, &cfg.storage),
             root,

@@ -51,12 +51,117 @@ pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result
         return Err(Error::usage("no consent decisions in the input").into());
     }
     lake.ensure_root()?;
-    let mut table = catalog::ensure_table(lake, &CONSENTS).await?;
+    // Under the lock, so two imports cannot both find a decision new.
+    let work = async {
+        let mut table = catalog::ensure_table(lake, &CONSENTS).await?;
+        let mut seen = imported(cfg, &table).await?;
+        let fresh: Vec<&Decision> = rows.iter().filter(|d| seen.insert(d.key())).collect();
+        if fresh.is_empty() {
+            return Ok::<_, Error>((None, fresh.len(), 0));
+        }
+        let withdrawn = fresh.iter().filter(|d| !d.granted).count();
+        let batch = decisions_batch(&fresh)?;
+        let version = delta::append_batch(&mut table, batch, cfg, HashMap::new()).await?;
+        Ok((Some(version), fresh.len(), withdrawn))
+    };
+    let (version, new, withdrawn) =
+        crate::lease::exclusive(lake, cfg.run.lease_ttl, "consent", work).await?;
+    if !cfg.quiet {
+        let known = rows.len() - new;
+        let again = match known {
+            0 => String::new(),
+            n => format!("; {n} already imported (the same decision at the same time) skipped"),
+        };
+        match version {
+            Some(version) => outln!(
+                "imported {new} consent decisions ({} grants, {withdrawn} withdrawals) into \
+                 consents version {version}{again}; the next build applies them",
+                new - withdrawn,
+            )?,
+            None => outln!(
+                "nothing new: all {} consent decisions were imported before",
+                rows.len()
+            )?,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What makes a decision the same one: who, what for, which way, when, under which text. The
+/// file and line it came from do not: importing an export again adds nothing.
+type DecisionKey = (
+    Option<String>,
+    Option<String>,
+    String,
+    bool,
+    i64,
+    Option<String>,
+);
+
+impl Decision {
+    fn key(&self) -> DecisionKey {
+        (
+            self.user_id.clone(),
+            self.anonymous_id.clone(),
+            self.purpose.clone(),
+            self.granted,
+            self.decided_at,
+            self.version.clone(),
+        )
+    }
+}
+
+/// The decisions the table holds already.
+async fn imported(
+    cfg: &Config,
+    table: &deltalake::DeltaTable,
+) -> Result<std::collections::HashSet<DecisionKey>, Error> {
+    let ctx = catalog::session(cfg.memory_limit)?;
+    catalog::register(&ctx, CONSENTS.name, table).await?;
+    let batches = ctx
+        .sql(
+            "SELECT user_id, anonymous_id, purpose, granted, CAST(decided_at AS BIGINT), version \
+             FROM consents",
+        )
+        .await?
+        .collect()
+        .await?;
+    let mut keys = std::collections::HashSet::new();
+    for b in batches {
+        let (users, anons, purposes, versions) = (
+            catalog::strings(b.column(0))?,
+            catalog::strings(b.column(1))?,
+            catalog::strings(b.column(2))?,
+            catalog::strings(b.column(5))?,
+        );
+        let granted = arrow::array::AsArray::as_boolean(b.column(3));
+        let at = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(4));
+        for (i, (((u, a), p), v)) in users
+            .into_iter()
+            .zip(anons)
+            .zip(purposes)
+            .zip(versions)
+            .enumerate()
+        {
+            keys.insert((
+                u,
+                a,
+                p.unwrap_or_default(),
+                granted.value(i),
+                at.value(i),
+                v,
+            ));
+        }
+    }
+    Ok(keys)
+}
+
+fn decisions_batch(rows: &[&Decision]) -> Result<RecordBatch, Error> {
     let now = chrono::Utc::now().timestamp_micros();
     let s = |f: &dyn Fn(&Decision) -> Option<String>| {
-        Arc::new(StringArray::from_iter(rows.iter().map(f))) as arrow::array::ArrayRef
+        Arc::new(StringArray::from_iter(rows.iter().map(|d| f(d)))) as arrow::array::ArrayRef
     };
-    let batch = RecordBatch::try_new(
+    Ok(RecordBatch::try_new(
         (CONSENTS.schema)(),
         vec![
             s(&|d| d.user_id.clone()),
@@ -76,25 +181,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result
                     .with_timezone("UTC"),
             ),
         ],
-    )?;
-    let version = crate::lease::exclusive(
-        lake,
-        cfg.run.lease_ttl,
-        "consent",
-        delta::append_batch(&mut table, batch, cfg, HashMap::new()),
-    )
-    .await?;
-    if !cfg.quiet {
-        let withdrawn = rows.iter().filter(|d| !d.granted).count();
-        outln!(
-            "imported {} consent decisions ({} grants, {} withdrawals) into consents version {version}; \
-             the next build applies them",
-            rows.len(),
-            rows.len() - withdrawn,
-            withdrawn
-        )?;
-    }
-    Ok(ExitCode::SUCCESS)
+    )?)
 }
 
 type Fields = HashMap<String, String>;

@@ -483,6 +483,14 @@ fn the_quarantine_gate_fails_a_producer_with_too_many_invalid_rows() {
     // A limit that is not one: exit 2 before anything is read.
     let out = ctx.run(&["ingest", "--max-quarantined", "5x", &gen]);
     assert_eq!(out.status.code(), Some(2));
+    // The config key takes a TOML integer as well as a string.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_quarantined = 0\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["ingest", "--force", &gen]);
+    crate::context::one_line_failure(&out, 1, &["max_quarantined 0"]);
 }
 
 #[test]

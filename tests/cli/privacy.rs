@@ -375,6 +375,26 @@ fn an_anonymous_imported_decision_applies_to_the_stitched_customer() {
         0,
         "the withdrawal takes the customer out of personalization"
     );
+    // Importing the export again adds nothing (a daily import of a full export would otherwise
+    // grow the table by its whole size each day); a new decision beside old ones is added alone.
+    let again = ctx.ok(&["consent", decisions.to_str().unwrap()]);
+    assert!(again.starts_with("nothing new: all 2"), "{again}");
+    assert_eq!(ctx.count("SELECT count(*) FROM consents"), 2);
+    std::fs::write(
+        &decisions,
+        "anonymous_id,purpose,status,decided_at\n\
+         anon-erase-me,personalization,withdrawn,2026-02-03T00:00:00Z\n\
+         anon-nobody,marketing,withdrawn,2026-02-04T00:00:00Z\n\
+         anon-nobody,marketing,withdrawn,2026-02-04T00:00:00Z\n",
+    )
+    .unwrap();
+    let more = ctx.ok(&["consent", decisions.to_str().unwrap()]);
+    assert!(
+        more.starts_with("imported 1 consent decisions (0 grants, 1 withdrawals)")
+            && more.contains("2 already imported"),
+        "{more}"
+    );
+    assert_eq!(ctx.count("SELECT count(*) FROM consents"), 3);
 }
 
 const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
