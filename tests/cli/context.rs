@@ -276,6 +276,27 @@ impl TestContext {
         dst
     }
 
+    /// The inbox holding `files` of this test's `inbox/` directory: that directory, or on S3
+    /// the same files uploaded under `s3://inbox/in/`.
+    pub fn inbox_of(&self, files: &[&str]) -> String {
+        match &self.s3 {
+            None => self.path("inbox").display().to_string(),
+            Some(_) => {
+                for f in files {
+                    self.upload_to_inbox(&self.path(&format!("inbox/{f}")), &format!("in/{f}"));
+                }
+                "s3://inbox/in/".to_string()
+            }
+        }
+    }
+
+    /// `run --inbox INBOX --json --no-check`, which must succeed; its summary.
+    pub fn run_inbox_json(&self, inbox: &str) -> serde_json::Value {
+        let out = self.run(&["run", "--inbox", inbox, "--json", "--no-check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        serde_json::from_slice(&out.stdout).expect("run --json prints one object")
+    }
+
     /// Puts a local file into the s3s-fs `inbox` bucket under `key` (s3s-fs stores objects as
     /// files); returns its s3:// URL.
     pub fn upload_to_inbox(&self, local: &Path, key: &str) -> String {

@@ -548,18 +548,8 @@ both_backends!(
             format!("h1,{row}\nh2,{row}\r\nh3,{row}"),
         )
         .unwrap();
-        let inbox = match &ctx.s3 {
-            None => ctx.path("inbox").display().to_string(),
-            Some(_) => {
-                for f in ["events-0001.ndjson", "twice.csv", "headless.csv"] {
-                    ctx.upload_to_inbox(&ctx.path(&format!("inbox/{f}")), &format!("in/{f}"));
-                }
-                "s3://inbox/in/".to_string()
-            }
-        };
-        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let inbox = ctx.inbox_of(&["events-0001.ndjson", "twice.csv", "headless.csv"]);
+        let s = ctx.run_inbox_json(&inbox);
         let ingest = &s["ingest"];
         let valid = m["valid_lines"].as_u64().unwrap();
         // Every line of both files, each first line included, is accounted for in quarantine.
@@ -583,8 +573,7 @@ both_backends!(
         );
         assert_eq!(ctx.count("SELECT count(*) FROM events"), valid);
         // The files are done: the next tick has nothing new.
-        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = ctx.run_inbox_json(&inbox);
         assert_eq!(s["ingest"]["files_read"], 0, "{s}");
     }
 );
@@ -607,18 +596,8 @@ both_backends!(
         std::fs::write(ctx.path("inbox/cut.ndjson.gz"), &gz[..gz.len() / 2]).unwrap();
         let zst = zstd::encode_all(&std::fs::read(&files[2]).unwrap()[..], 3).unwrap();
         std::fs::write(ctx.path("inbox/cut.ndjson.zst"), &zst[..zst.len() / 2]).unwrap();
-        let inbox = match &ctx.s3 {
-            None => ctx.path("inbox").display().to_string(),
-            Some(_) => {
-                for f in ["whole.ndjson", "cut.ndjson.gz", "cut.ndjson.zst"] {
-                    ctx.upload_to_inbox(&ctx.path(&format!("inbox/{f}")), &format!("in/{f}"));
-                }
-                "s3://inbox/in/".to_string()
-            }
-        };
-        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let inbox = ctx.inbox_of(&["whole.ndjson", "cut.ndjson.gz", "cut.ndjson.zst"]);
+        let s = ctx.run_inbox_json(&inbox);
         let ingest = &s["ingest"];
         assert_eq!(ingest["files_read"], 3, "{ingest}");
         assert_eq!(ingest["balanced"], true, "{ingest}");
@@ -654,8 +633,7 @@ both_backends!(
             whole_lines
         );
         // The files are done: the next run has nothing new.
-        let out = ctx.run(&["run", "--inbox", &inbox, "--json", "--no-check"]);
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = ctx.run_inbox_json(&inbox);
         assert_eq!(s["ingest"]["files_read"], 0, "{s}");
     }
 );
