@@ -38,6 +38,11 @@ pub struct GlobalArgs {
     )]
     pub memory_limit: Option<String>,
 
+    /// When another command holds the lake's lock (run, erase, clean, build, compact, vacuum,
+    /// consent), wait up to this long for it (e.g. 10m) instead of exiting 75 at once
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub wait: Option<String>,
+
     /// Log format on stderr
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -287,11 +292,6 @@ pub struct RunArgs {
     /// Source format of the inbox's files (config: run.source) [default: native]
     #[arg(long)]
     pub source: Option<String>,
-
-    /// When another run holds the lock, wait up to this long for it (e.g. 10m) instead of
-    /// exiting 75 at once
-    #[arg(long, value_name = "DURATION")]
-    pub wait: Option<String>,
 
     /// Skip the data checks (config: run.check = false)
     #[arg(long)]

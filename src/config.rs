@@ -387,6 +387,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub quiet: bool,
     pub verbose: u8,
+    /// `--wait`: how long a command waits for the lake's lock before exiting 75.
+    pub wait: Option<Duration>,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
 }
@@ -425,6 +427,11 @@ impl Config {
             return Err(Error::config("--lake / CLICKLAKE_LAKE / lake is empty"));
         }
 
+        let wait = args
+            .wait
+            .as_deref()
+            .map(|w| parse_duration(w).map_err(|e| Error::usage(format!("--wait: {e}"))))
+            .transpose()?;
         let memory_limit = match (&args.memory_limit, &file.memory_limit) {
             (Some(v), _) => {
                 // The flag or, through clap, the environment variable: name both.
@@ -466,6 +473,7 @@ impl Config {
             privacy,
             log_format: args.log_format,
             quiet: args.quiet,
+            wait,
             verbose: args.verbose,
             config_file,
         })

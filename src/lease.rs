@@ -98,17 +98,17 @@ pub struct Lease {
 
 /// Runs `work` under the lake's lease, as `run` and `erase` do, for a command that changes the
 /// lake's tables on its own (`clean`, `build`, `compact`, `vacuum`, `consent`): exit 75 naming the holder
-/// when another command holds it. One writer at a time is what keeps an erasure complete: a
+/// when another command holds it (or wait for it, `--wait`). One writer at a time is what keeps an erasure complete: a
 /// clean or build that read a person's rows before the erasure would otherwise write them back
 /// after it.
 pub async fn exclusive<T, E: From<Error>>(
     lake: &Lake,
-    ttl: Duration,
+    cfg: &crate::config::Config,
     command: &str,
     work: impl std::future::Future<Output = std::result::Result<T, E>>,
 ) -> std::result::Result<T, E> {
     let run_id = format!("{command}-{}", uuid::Uuid::new_v4().simple());
-    let lease = Lease::acquire(lake, &run_id, ttl, None).await?;
+    let lease = Lease::acquire(lake, &run_id, cfg.run.lease_ttl, cfg.wait).await?;
     let result = work.await;
     if let Err(e) = lease.release().await {
         tracing::warn!("cannot release the lease (it lapses on its own): {e}");

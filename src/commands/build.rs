@@ -21,13 +21,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: BuildArgs) -> anyhow::Result<E
         full_refresh: args.full_refresh,
         as_of,
     };
-    let summary = crate::lease::exclusive(
-        lake,
-        cfg.run.lease_ttl,
-        "build",
-        build::run(lake, &cfg, req, &printer),
-    )
-    .await?;
+    let summary =
+        crate::lease::exclusive(lake, &cfg, "build", build::run(lake, &cfg, req, &printer)).await?;
     if args.json {
         outln!("{}", serde_json::to_string(&summary)?)?;
     } else if !cfg.quiet {

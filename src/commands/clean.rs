@@ -18,13 +18,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CleanArgs) -> anyhow::Result<E
     let req = CleanRequest {
         full_refresh: args.full_refresh,
     };
-    let summary = crate::lease::exclusive(
-        lake,
-        cfg.run.lease_ttl,
-        "clean",
-        clean::run(lake, &cfg, req, &printer),
-    )
-    .await?;
+    let summary =
+        crate::lease::exclusive(lake, &cfg, "clean", clean::run(lake, &cfg, req, &printer)).await?;
     if args.json {
         outln!("{}", serde_json::to_string(&summary)?)?;
     } else if !cfg.quiet {

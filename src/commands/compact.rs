@@ -55,7 +55,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
         }
         Ok::<_, Error>(results)
     };
-    let results = crate::lease::exclusive(lake, cfg.run.lease_ttl, "compact", work).await?;
+    let results = crate::lease::exclusive(lake, cfg, "compact", work).await?;
     if args.json {
         outln!("{}", serde_json::to_string(&results)?)?;
     } else if !cfg.quiet {

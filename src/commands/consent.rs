@@ -64,8 +64,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result
         let version = delta::append_batch(&mut table, batch, cfg, HashMap::new()).await?;
         Ok((Some(version), fresh.len(), withdrawn))
     };
-    let (version, new, withdrawn) =
-        crate::lease::exclusive(lake, cfg.run.lease_ttl, "consent", work).await?;
+    let (version, new, withdrawn) = crate::lease::exclusive(lake, cfg, "consent", work).await?;
     if !cfg.quiet {
         let known = rows.len() - new;
         let again = match known {

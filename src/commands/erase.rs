@@ -43,7 +43,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<E
     crate::catalog::require_lake(lake).await?;
     // The same lock as `run`: an erasure never interleaves with a cron tick (exit 75 if one runs).
     let run_id = format!("erase-{}", uuid::Uuid::new_v4().simple());
-    let lease = crate::lease::Lease::acquire(lake, &run_id, cfg.run.lease_ttl, None).await?;
+    let lease = crate::lease::Lease::acquire(lake, &run_id, cfg.run.lease_ttl, cfg.wait).await?;
     let result = erase::erase(lake, cfg, req).await;
     if let Err(e) = lease.release().await {
         tracing::warn!("cannot release the lease (it lapses on its own): {e}");

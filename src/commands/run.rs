@@ -6,22 +6,17 @@ use std::process::ExitCode;
 
 use crate::check;
 use crate::cli::RunArgs;
-use crate::config::{format_bytes, parse_duration, Config};
+use crate::config::{format_bytes, Config};
 use crate::error::{exit, Error};
 use crate::printer::Printer;
 use crate::runner::{self, RunRequest, RunSummary};
 use crate::storage::Lake;
 
 pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let wait = args
-        .wait
-        .as_deref()
-        .map(|w| parse_duration(w).map_err(|e| Error::usage(format!("--wait: {e}"))))
-        .transpose()?;
     let req = RunRequest {
         inbox: args.inbox.or_else(|| cfg.run.inbox.clone()),
         source: args.source.unwrap_or_else(|| cfg.run.source.clone()),
-        wait,
+        wait: cfg.wait,
         check: cfg.run.check && !args.no_check,
         max_quarantined: args.max_quarantined.or(cfg.ingest.max_quarantined),
     };

@@ -59,7 +59,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         }
         Ok::<_, anyhow::Error>(results)
     };
-    let results = crate::lease::exclusive(lake, cfg.run.lease_ttl, "vacuum", work).await?;
+    let results = crate::lease::exclusive(lake, cfg, "vacuum", work).await?;
     let deleted: u64 = results.iter().map(|r| r.files_deleted).sum();
     crate::audit::record(
         lake,

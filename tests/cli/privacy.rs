@@ -271,7 +271,13 @@ fn erase_needs_one_subject_and_the_key() {
     crate::context::wait_for_a_lease(&ctx);
     let out = ctx.run(&["erase", "--user-id", "a"]);
     assert_eq!(out.status.code(), Some(75), "{}", stderr_of(&out));
-    holder.wait_with_output().unwrap();
+    assert!(stderr_of(&out).contains("--wait"), "{}", stderr_of(&out));
+    // With --wait it takes its turn once the run is done.
+    let out = ctx.run(&["erase", "--user-id", "a", "--wait", "60s", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let holder = holder.wait_with_output().unwrap();
+    assert!(holder.status.success(), "{}", stderr_of(&holder));
+    assert_eq!(ctx.count("SELECT count(*) FROM erasures"), 1);
 }
 
 /// A decision imported with `clicklake consent` changes no event: the build after it recomputes
