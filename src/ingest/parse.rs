@@ -831,6 +831,21 @@ fn parse_instant(text: &str, formats: Option<&[String]>) -> Option<i64> {
         .find_map(|f| parse_with_format(text, f))
 }
 
+/// CSV exports carry epoch times as plain digits; the unit follows from their count, as every
+/// instant from 2001-09-09 to 2286-11-20 has 10 digits in seconds, 13 in milliseconds, 16 in
+/// microseconds and 19 in nanoseconds. Any other count is no time a clickstream holds (`0`, a
+/// clock that was never set, a truncated value): `None`, quarantined, not landed in 1970.
+fn epoch_us(digits: &str) -> Option<i64> {
+    let n: i64 = digits.parse().ok()?;
+    match digits.len() {
+        10 => n.checked_mul(1_000_000),
+        13 => n.checked_mul(1_000),
+        16 => Some(n),
+        19 => Some(n / 1_000),
+        _ => None,
+    }
+}
+
 fn timestamp(
     v: &Val,
     name: &str,
@@ -843,12 +858,14 @@ fn timestamp(
         Val::Str(s) => {
             let t = s.trim();
             if format == Format::Csv && !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) {
-                // CSV carries epoch milliseconds as plain digits.
-                return t
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|ms| ms.checked_mul(1000))
-                    .ok_or_else(|| TsError::Bad(format!("{name} {v} is out of range")));
+                return epoch_us(t).ok_or_else(|| {
+                    TsError::Bad(format!(
+                        "{name} {v} is an epoch number of {} digits: not seconds (10), \
+                         milliseconds (13), microseconds (16) or nanoseconds (19) of a time \
+                         after 2001-09-09",
+                        t.len()
+                    ))
+                });
             }
             parse_instant(t, formats).ok_or_else(|| {
                 TsError::Bad(match formats {
@@ -1857,6 +1874,20 @@ fn name_of(batch: &RecordBatch, i: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epoch_number_is_read_in_the_unit_its_digits_give() {
+        // 2025-11-20T10:00:00Z in each unit.
+        let us = 1_763_632_800_000_000;
+        assert_eq!(epoch_us("1763632800"), Some(us));
+        assert_eq!(epoch_us("1763632800000"), Some(us));
+        assert_eq!(epoch_us("1763632800000000"), Some(us));
+        assert_eq!(epoch_us("1763632800000000123"), Some(us));
+        // Never set, cut short, or too long: no time at all.
+        for bad in ["0", "176363280", "17636328000", "99999999999999999999"] {
+            assert_eq!(epoch_us(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_flat_reader_reads_what_serde_reads_and_leaves_the_rest_to_it() {

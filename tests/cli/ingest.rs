@@ -116,6 +116,31 @@ fn native_csv_with_quotes_epoch_millis_and_multiline_fields() {
             r#"c6,9,2026-01-05T10:08:00Z,"{""note"":""say \""hi\""""}""#,
         ]
     );
+    // Epoch digits in the unit their count gives; a clock never set (0) or seconds cut short
+    // are quarantined, not landed in 1970.
+    let epochs = ctx.path("epochs.csv");
+    std::fs::write(
+        &epochs,
+        "event_id,event_time,event_type,anonymous_id\n\
+         s,1767607200,page_view,a\nus,1767607200000000,page_view,a\n\
+         zero,0,page_view,a\ncut,176760720,page_view,a\n",
+    )
+    .unwrap();
+    ctx.ingest_json(&[epochs.to_str().unwrap()]);
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, CAST(event_time AS VARCHAR) FROM raw_events \
+             WHERE source_file LIKE '%epochs.csv' ORDER BY 1"
+        ),
+        vec!["s,2026-01-05T10:00:00Z", "us,2026-01-05T10:00:00Z"]
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT line_number, reason FROM quarantine WHERE source_file LIKE '%epochs.csv' \
+             ORDER BY 1"
+        ),
+        vec!["4,bad_timestamp", "5,bad_timestamp"]
+    );
 }
 
 fn assert_matches_manifest(ctx: &TestContext, s: &serde_json::Value, m: &serde_json::Value) {
