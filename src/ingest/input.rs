@@ -368,6 +368,9 @@ pub struct Opened {
     pub compression: Option<&'static str>,
     /// Reading the file's bytes failed (see `Counting::failed`).
     pub read_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The file is in a format clicklake does not read, known by its first bytes (Parquet,
+    /// bzip2…): what it is.
+    pub unsupported: Option<&'static str>,
 }
 
 /// Opens an input on the calling (non-async) thread.
@@ -410,6 +413,7 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
     let magic = buffered
         .fill_buf()
         .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
+    let unsupported = unsupported_format(magic);
     let (reader, compression): (Box<dyn BufRead + Send>, _) = if magic.starts_with(&[0x1f, 0x8b]) {
         let dec = flate2::bufread::MultiGzDecoder::new(buffered);
         (
@@ -430,12 +434,34 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
         (Box::new(buffered), None)
     };
     Ok(Opened {
+        unsupported,
         reader,
         raw_bytes: count,
         hash: hash_slot,
         compression,
         read_failed,
     })
+}
+
+/// Formats a file can be in that clicklake does not read, by their first bytes: read as lines,
+/// each would be quarantined as broken JSON, thousands of rows saying nothing useful.
+fn unsupported_format(magic: &[u8]) -> Option<&'static str> {
+    // Only magics no text line starts with (binary bytes, or text too odd to be a header).
+    const KNOWN: [(&[u8], &str); 5] = [
+        (b"PAR1", "a Parquet file"),
+        (b"Obj\x01", "an Avro file"),
+        (b"ARROW1\x00", "an Arrow IPC file"),
+        (b"PK\x03\x04", "a zip archive"),
+        (b"\xfd7zXZ\x00", "xz-compressed"),
+    ];
+    // bzip2: "BZh", the block size digit, then the block magic (the digits of pi).
+    if magic.len() >= 10 && magic.starts_with(b"BZh") && &magic[4..10] == b"1AY&SY" {
+        return Some("bzip2-compressed");
+    }
+    KNOWN
+        .iter()
+        .find(|(m, _)| magic.starts_with(m))
+        .map(|(_, what)| *what)
 }
 
 /// Publishes the content hash of a fully read stream.

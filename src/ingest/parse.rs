@@ -259,8 +259,8 @@ pub struct Chunk {
     pub data: Vec<u8>,
     pub format: Format,
     pub csv_header: Option<Arc<CsvHeader>>,
-    /// The file's compressed stream broke here (`data` is empty): one quarantine row for the
-    /// unreadable rest of the file, with this detail.
+    /// The rest of the file, from `first_line`, cannot be read (a compressed stream that broke,
+    /// a format clicklake does not read; `data` is empty): one quarantine row with this detail.
     pub corrupt: Option<String>,
 }
 

@@ -147,6 +147,27 @@ fn read_file(
     let source: Arc<str> = Arc::from(file.display.as_str());
     let io_err = |e: std::io::Error| Error::runtime(format!("cannot read {}: {e}", file.display));
 
+    if let Some(what) = opened.unsupported {
+        let why = format!(
+            "the file is {what}, not NDJSON or CSV (plain, gzip or zstd): nothing in it was read"
+        );
+        if matches!(file.location, input::Location::Stdin) {
+            // Stdin's identity is the hash of all of it: it cannot be recorded as done unread.
+            return Err(Error::usage(format!("stdin: {why}")));
+        }
+        tracing::warn!("{}: {why}", file.display);
+        let chunk = Chunk {
+            file_idx: idx,
+            source_file: Arc::from(file.display.as_str()),
+            first_line: 1,
+            data: Vec::new(),
+            format: file.format,
+            csv_header: None,
+            corrupt: Some(why),
+        };
+        let _ = tx.send(chunk);
+        return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
+    }
     let mut next_line: u64 = 1;
     let mut csv_header = None;
     let mut format = file.format;

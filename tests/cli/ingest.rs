@@ -662,3 +662,62 @@ both_backends!(
         assert_eq!(s["ingest"]["files_read"], 0, "{s}");
     }
 );
+
+#[test]
+fn a_file_in_a_format_clicklake_does_not_read_is_one_quarantine_row() {
+    // A Parquet export or a bzip2 file in the inbox was read as lines: thousands of
+    // `broken_json` rows of binary garbage that said nothing of what the file was.
+    let ctx = TestContext::new(Backend::Local);
+    let f = ctx.fixture("native/every_reason.ndjson");
+    ctx.ok(&["ingest", f.to_str().unwrap()]);
+    std::fs::create_dir_all(ctx.path("odd")).unwrap();
+    let parquet = std::fs::read_dir(ctx.table_dir("raw_events"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .expect("a data file of raw_events");
+    std::fs::copy(&parquet, ctx.path("odd/export.parquet")).unwrap();
+    std::fs::write(
+        ctx.path("odd/events.ndjson.bz2"),
+        b"BZh91AY&SY\x00\x01\x02junk",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.path("odd/events.ndjson.xz"),
+        b"\xfd7zXZ\x00\x00\x04junk",
+    )
+    .unwrap();
+    let s = ctx.ingest_json(&[ctx.path("odd").to_str().unwrap()]);
+    assert_eq!(
+        (s["lines"].as_u64(), s["quarantined"].as_u64()),
+        (Some(3), Some(3)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT regexp_replace(source_file, '.*/', ''), line_number, reason, detail \
+             FROM quarantine WHERE source_file LIKE '%/odd/%' ORDER BY 1"
+        ),
+        [
+            ("events.ndjson.bz2", "bzip2-compressed"),
+            ("events.ndjson.xz", "xz-compressed"),
+            ("export.parquet", "a Parquet file"),
+        ]
+        .map(|(file, what)| format!(
+            "{file},1,broken_json,\"the file is {what}, not NDJSON or CSV (plain, gzip or zstd): \
+             nothing in it was read\""
+        ))
+        .to_vec()
+    );
+    // From stdin it cannot be recorded as done unread: exit 2, nothing landed.
+    let out = ctx
+        .cmd()
+        .args(["ingest", "-"])
+        .write_stdin(std::fs::read(&parquet).unwrap())
+        .output()
+        .unwrap();
+    crate::context::one_line_failure(&out, 2, &["stdin", "a Parquet file"]);
+}
