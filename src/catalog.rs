@@ -150,6 +150,13 @@ pub async fn open_existing(lake: &Lake, names: &[String]) -> Result<Vec<(String,
     Ok(opened)
 }
 
+/// What `compact` and `vacuum` check before they take the lock: the tables named are the
+/// lake's (before any I/O), and the lake is there ([`require_lake`]).
+pub async fn check_maintenance(lake: &Lake, names: &[String]) -> Result<()> {
+    check_table_names(names)?;
+    require_lake(lake).await
+}
+
 /// The lake is there: its `raw_events` table exists (every lake that ever ingested has it).
 /// Commands that maintain or erase call this before taking the lock or writing anything, so a
 /// mistyped `--lake` is exit 2 instead of a new lake holding one `_audit` row, or an erasure

@@ -33,9 +33,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         ))
         .into());
     }
-    // Named tables are checked before the lease is taken.
-    catalog::check_table_names(&args.tables)?;
-    catalog::require_lake(lake).await?;
+    // Before the lease is taken: a misspelt table or lake writes nothing.
+    catalog::check_maintenance(lake, &args.tables).await?;
     let work = async {
         let mut results = Vec::new();
         for (name, table) in catalog::open_existing(lake, &args.tables).await? {

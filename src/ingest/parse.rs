@@ -264,6 +264,29 @@ pub struct Chunk {
     pub corrupt: Option<String>,
 }
 
+impl Chunk {
+    /// The rest of a file from `first_line` that cannot be read: one quarantine row saying
+    /// `why` (see [`Chunk::corrupt`]), and a warning in the log.
+    pub fn unreadable(
+        file_idx: usize,
+        source_file: &Arc<str>,
+        first_line: u64,
+        format: Format,
+        why: String,
+    ) -> Chunk {
+        tracing::warn!("{source_file}:{first_line}: {why}");
+        Chunk {
+            file_idx,
+            source_file: source_file.clone(),
+            first_line,
+            data: Vec::new(),
+            format,
+            csv_header: None,
+            corrupt: Some(why),
+        }
+    }
+}
+
 /// Counts from one chunk.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LineStats {
@@ -1657,21 +1680,24 @@ fn parse_source_chunk(chunk: &Chunk, s: &ParseSettings, source: &Source) -> CRes
                         },
                         Format::Csv => {
                             let h = header.expect("CSV chunks carry their header");
-                            match split_csv_record(text, h.delimiter) {
-                                _ if h.unusable.is_some() => {
-                                    LineState::Broken(h.unusable.clone().expect("checked"))
-                                }
-                                None => {
+                            // Without a usable header no record is split at all.
+                            let fields = match &h.unusable {
+                                Some(why) => Err(why.clone()),
+                                None => Ok(split_csv_record(text, h.delimiter)),
+                            };
+                            match fields {
+                                Err(why) => LineState::Broken(why),
+                                Ok(None) => {
                                     LineState::Broken("CSV row has an unterminated quote".into())
                                 }
-                                Some(v) if v.len() != h.columns.len() => {
+                                Ok(Some(v)) if v.len() != h.columns.len() => {
                                     LineState::Broken(format!(
                                         "CSV row has {} fields, the header has {}",
                                         v.len(),
                                         h.columns.len()
                                     ))
                                 }
-                                Some(v) => {
+                                Ok(Some(v)) => {
                                     rows.push(
                                         line_no,
                                         text,

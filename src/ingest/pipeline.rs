@@ -155,17 +155,7 @@ fn read_file(
             // Stdin's identity is the hash of all of it: it cannot be recorded as done unread.
             return Err(Error::usage(format!("stdin: {why}")));
         }
-        tracing::warn!("{}: {why}", file.display);
-        let chunk = Chunk {
-            file_idx: idx,
-            source_file: Arc::from(file.display.as_str()),
-            first_line: 1,
-            data: Vec::new(),
-            format: file.format,
-            csv_header: None,
-            corrupt: Some(why),
-        };
-        let _ = tx.send(chunk);
+        let _ = tx.send(Chunk::unreadable(idx, &source, 1, file.format, why));
         return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
     }
     let mut next_line: u64 = 1;
@@ -321,18 +311,8 @@ fn read_file(
         }
     }
     if let Some(why) = corrupt {
-        tracing::warn!("{}:{next_line}: {why}", file.display);
-        let chunk = Chunk {
-            file_idx: idx,
-            source_file: source.clone(),
-            first_line: next_line,
-            data: Vec::new(),
-            format,
-            csv_header: csv_header.clone(),
-            corrupt: Some(why),
-        };
         chunks += 1;
-        let _ = tx.send(chunk);
+        let _ = tx.send(Chunk::unreadable(idx, &source, next_line, format, why));
     } else {
         // Drain to EOF so the content hash (stdin) is complete.
         let mut sink = [0u8; 1];
