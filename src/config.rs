@@ -190,6 +190,7 @@ pub struct FileIngest {
     pub zstd_level: Option<i32>,
     pub commit_every: Option<String>,
     pub chunk_size: Option<String>,
+    pub max_line_size: Option<String>,
     pub threads: Option<u64>,
     /// A directory of the user's source mappings (`<name>.sql`), read at run time.
     pub sources_dir: Option<PathBuf>,
@@ -224,6 +225,9 @@ pub struct IngestConfig {
     pub commit_every: u64,
     /// Bytes of input per parsed chunk (one record batch each).
     pub chunk_bytes: usize,
+    /// A line (a CSV record) longer than this is quarantined with only its beginning kept, and
+    /// is never held in memory whole.
+    pub max_line_bytes: usize,
     /// Parser threads.
     pub threads: usize,
     /// The user's source mappings: `<sources_dir>/<name>.sql`.
@@ -832,6 +836,17 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
             "ingest.chunk_size: must be within 64KiB..=256MiB",
         ));
     }
+    let max_line_bytes = match &file.max_line_size {
+        Some(v) => {
+            parse_size(v).map_err(|e| Error::config(format!("ingest.max_line_size: {e}")))?
+        }
+        None => 16 << 20,
+    };
+    if !(1 << 10..=1 << 30).contains(&max_line_bytes) {
+        return Err(Error::config(
+            "ingest.max_line_size: must be within 1KiB..=1GiB",
+        ));
+    }
     let threads = match file.threads {
         Some(0) => return Err(Error::config("ingest.threads: must be at least 1")),
         Some(n) => n as usize,
@@ -860,6 +875,7 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         zstd_level,
         commit_every,
         chunk_bytes: chunk_bytes as usize,
+        max_line_bytes: max_line_bytes as usize,
         threads,
         sources_dir: file.sources_dir,
         sources: BTreeMap::new(),
@@ -1014,6 +1030,9 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Input bytes per parsed batch, and parser threads (default: all cores).
 # chunk_size = "4MiB"
 # threads = 2
+# A line (a CSV record) longer than this is quarantined (broken_json) with its first 8 KiB in raw,
+# and never held in memory whole: a JSON dump on one line, a CSV quote that never closes.
+# max_line_size = "16MiB"
 # Your own source mappings (<sources_dir>/<name>.sql, used with `ingest --source <name>`); a file
 # named like an embedded source (ga4, snowplow, segment, rees46, diginetica) replaces it.
 # sources_dir = "./sources"

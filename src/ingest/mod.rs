@@ -16,6 +16,7 @@
 //! referenced by a commit. `--force` lands a file again with the next marker version.
 
 pub mod input;
+pub mod json_array;
 pub mod parse;
 pub mod pipeline;
 pub mod reason;
@@ -762,6 +763,7 @@ async fn land(
     let opts = pipeline::PipelineOptions {
         threads: cfg.ingest.threads,
         chunk_bytes: cfg.ingest.chunk_bytes,
+        max_line_bytes: cfg.ingest.max_line_bytes,
         on_bytes: Arc::new(move |n| pb.inc(n)),
     };
     let files: Vec<(usize, InputFile)> = group.iter().map(|p| p.file.clone()).enumerate().collect();

@@ -259,8 +259,9 @@ pub struct Chunk {
     pub data: Vec<u8>,
     pub format: Format,
     pub csv_header: Option<Arc<CsvHeader>>,
-    /// The rest of the file, from `first_line`, cannot be read (a compressed stream that broke,
-    /// a format clicklake does not read; `data` is empty): one quarantine row with this detail.
+    /// One quarantine row at `first_line` with this detail and `data` as its raw text: the rest
+    /// of the file cannot be read (a compressed stream that broke, a format clicklake does not
+    /// read; `data` is empty), or the line is over `max_line_size` (`data` is its beginning).
     pub corrupt: Option<String>,
 }
 
@@ -1334,7 +1335,8 @@ fn records<'d>(data: &'d [u8], format: Format, first_line: u64, mut f: impl FnMu
         };
         let (rec_end, next) = match end {
             Some(e) => (e, e + 1),
-            None => (n, n),
+            // The last record; in CSV one whose quote never closes can end with a line end.
+            None => (n - usize::from(data[n - 1] == b'\n'), n),
         };
         let mut rec = &data[start..rec_end];
         if rec.last() == Some(&b'\r') {
@@ -1596,7 +1598,7 @@ pub fn parse_chunk(chunk: &Chunk, s: &ParseSettings) -> CResult<ChunkOutput> {
     if let Some(why) = &chunk.corrupt {
         let mut out = Out::new(chunk, s);
         out.stats.lines += 1;
-        out.quarantine(chunk.first_line, b"", Reason::BrokenJson, why);
+        out.quarantine(chunk.first_line, &chunk.data, Reason::BrokenJson, why);
         return out.finish(chunk.file_idx);
     }
     if let Some(source) = &s.source {

@@ -10,11 +10,12 @@
 //! Delta writers buffer, whatever the input size.
 
 use std::io::{BufRead, Read};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::input::{self, InputFile};
+use super::json_array;
 use super::parse::{parse_chunk, Chunk, ChunkOutput, CsvHeader, Format, ParseSettings};
 use super::source::Header;
 use crate::error::{Error, Result};
@@ -53,6 +54,8 @@ impl Pipeline {
 pub struct PipelineOptions {
     pub threads: usize,
     pub chunk_bytes: usize,
+    /// A line (CSV record) longer than this is quarantined with its beginning only.
+    pub max_line_bytes: usize,
     /// Called with the number of raw bytes read, for progress.
     pub on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
 }
@@ -158,6 +161,11 @@ fn read_file(
         let _ = tx.send(Chunk::unreadable(idx, &source, 1, file.format, why));
         return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
     }
+    // A UTF-8 byte order mark (Excel's "CSV UTF-8", PowerShell) is not part of the first line.
+    // (A stream that breaks at once is handled with the reads below.)
+    if matches!(reader.fill_buf(), Ok(head) if head.starts_with(b"\xEF\xBB\xBF")) {
+        reader.consume(3);
+    }
     let mut next_line: u64 = 1;
     let mut csv_header = None;
     let mut format = file.format;
@@ -174,139 +182,139 @@ fn read_file(
             format = Format::Csv;
         }
     }
+    if format == Format::Ndjson
+        && matches!(reader.fill_buf(), Ok(head) if json_array::starts_array(head))
+    {
+        reader = Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            json_array::ArrayLines::new(reader),
+        ));
+    }
     // A first line that cannot be the header goes back to the data, to be quarantined with
     // every other line of the file (see `CsvHeader::unusable`).
     let mut carry: Vec<u8> = Vec::new();
     if format == Format::Csv {
-        let header = match &settings.source {
-            None => {
-                let Some(line) = first_line(&mut reader).map_err(io_err)? else {
-                    return Ok((
-                        0,
-                        opened.raw_bytes.load(Ordering::Relaxed),
-                        hash_of(&opened.hash),
-                    ));
-                };
-                next_line = 2;
-                CsvHeader::parse(trimmed(&line), file.delimiter)
-                    .map_err(|why| (line, file.delimiter, why))
+        match csv_header_of(&mut reader, file, settings, opts.max_line_bytes) {
+            Ok(None) => {
+                return Ok((
+                    0,
+                    opened.raw_bytes.load(Ordering::Relaxed),
+                    hash_of(&opened.hash),
+                ))
             }
-            Some(source) => {
-                // A mapped source: its header setting decides whether line 1 names the columns;
-                // a .tsv file is tab-separated whatever the mapping declares.
-                let delimiter = if file.delimiter == b'\t' {
-                    b'\t'
-                } else {
-                    source.delimiter
-                };
-                let has_header = match source.header {
-                    Header::Yes => true,
-                    Header::No => false,
-                    Header::Auto => {
-                        let head = reader.fill_buf().map_err(io_err)?;
-                        let end = memchr::memchr(b'\n', head).unwrap_or(head.len());
-                        let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
-                        CsvHeader::names(line, delimiter).is_ok_and(|n| n == source.columns)
-                    }
-                };
-                if has_header {
-                    let Some(line) = first_line(&mut reader).map_err(io_err)? else {
-                        return Ok((
-                            0,
-                            opened.raw_bytes.load(Ordering::Relaxed),
-                            hash_of(&opened.hash),
-                        ));
-                    };
-                    next_line = 2;
-                    CsvHeader::names(trimmed(&line), delimiter)
-                        .and_then(|columns| CsvHeader::for_source(source, columns, delimiter))
-                        .map_err(|why| (line, delimiter, why))
-                } else {
-                    CsvHeader::for_source(source, source.columns.clone(), delimiter)
-                        .map_err(|why| (Vec::new(), delimiter, why))
-                }
+            Ok(Some((header, unused, first))) => {
+                csv_header = Some(Arc::new(header));
+                carry = unused;
+                next_line = first;
             }
-        };
-        csv_header = Some(Arc::new(match header {
-            Ok(h) => h,
-            Err((line, delimiter, why)) => {
-                carry = line;
-                next_line = 1;
-                CsvHeader::unusable(delimiter, why)
+            Err(e) => {
+                let why = broken_stream(e, opened.compression, &opened.read_failed, file)?;
+                let _ = tx.send(Chunk::unreadable(idx, &source, 1, format, why));
+                return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
             }
-        }));
+        }
     }
 
     let mut chunks = 0u64;
     let mut last_bytes = 0u64;
-    // A compressed file whose stream breaks (truncated, corrupt) while its bytes read fine is
-    // bad data, not a failed run: what decoded lands or is quarantined as usual, and one row
-    // quarantines the rest. Stopping instead would stop every later run at the same file (an
-    // object in an s3:// inbox never changes). A failed read of the bytes themselves (disk,
-    // network), and stdin, whose identity needs the whole stream, still stop the ingest.
+    // A compressed stream that breaks is bad data, not a failed run (see `broken_stream`): what
+    // decoded lands or is quarantined as usual, and one row quarantines the rest. Stopping
+    // instead would stop every later run at the same file (an s3:// object never changes).
     let mut corrupt: Option<String> = None;
+    let mut eof = false;
     loop {
         let mut buf = std::mem::take(&mut carry);
-        buf.reserve(opts.chunk_bytes);
-        let n = match (&mut reader)
-            .take(opts.chunk_bytes as u64)
-            .read_to_end(&mut buf)
-        {
-            Ok(n) => n,
-            Err(e) => match opened.compression {
-                Some(kind)
-                    if !opened.read_failed.load(Ordering::Relaxed)
-                        && !matches!(file.location, input::Location::Stdin) =>
-                {
-                    corrupt = Some(format!(
-                        "the file's {kind} stream is truncated or corrupt here: {e}; nothing \
-                         after this point could be read (send the file again)"
-                    ));
-                    0
+        if !eof {
+            buf.reserve(opts.chunk_bytes);
+            match (&mut reader)
+                .take(opts.chunk_bytes as u64)
+                .read_to_end(&mut buf)
+            {
+                Ok(n) => eof = n == 0,
+                Err(e) => {
+                    corrupt = Some(broken_stream(
+                        e,
+                        opened.compression,
+                        &opened.read_failed,
+                        file,
+                    )?);
+                    eof = true;
                 }
-                _ => return Err(io_err(e)),
-            },
-        };
-        let eof = n == 0;
-        let now = opened.raw_bytes.load(Ordering::Relaxed);
-        (opts.on_bytes)(now - last_bytes);
-        last_bytes = now;
+            }
+            let now = opened.raw_bytes.load(Ordering::Relaxed);
+            (opts.on_bytes)(now - last_bytes);
+            last_bytes = now;
+        }
         if eof && buf.is_empty() {
             break;
         }
         // Cut at the last record end; the tail waits for the next read (or is the last line).
-        let cut = if eof {
-            buf.len()
-        } else {
-            match format {
-                Format::Ndjson => memchr::memrchr(b'\n', &buf).map(|i| i + 1),
-                Format::Csv => last_csv_record_end(&buf).map(|i| i + 1),
-            }
-            .unwrap_or(0)
+        let cut = match (eof, format) {
+            (true, Format::Csv) => open_quote_cut(&buf).unwrap_or(buf.len()),
+            (true, Format::Ndjson) => buf.len(),
+            (false, Format::Ndjson) => memchr::memrchr(b'\n', &buf).map_or(0, |i| i + 1),
+            (false, Format::Csv) => last_csv_record_end(&buf).map_or(0, |i| i + 1),
         };
-        if cut == 0 {
+        if cut == 0 && buf.len() < opts.max_line_bytes {
             // One record longer than a chunk: keep reading into the same buffer.
             carry = buf;
+            continue;
+        }
+        if cut == 0 {
+            // A record over the limit. In CSV with a line end in it, a quote opened and never
+            // closed: that line is quarantined (an open quote) and reading resumes after it.
+            if let (Format::Csv, Some(nl)) = (format, memchr::memchr(b'\n', &buf)) {
+                carry = buf.split_off(nl + 1);
+                let chunk = data_chunk(idx, &source, next_line, buf, format, &csv_header);
+                chunks += 1;
+                next_line += 1;
+                if tx.send(chunk).is_err() {
+                    break;
+                }
+                continue;
+            }
+            // One line over the limit: keep its beginning, skip the rest of it unread.
+            let (rest, ended, broke) = match skip_line(&mut reader) {
+                Ok((rest, ended)) => (rest, ended, false),
+                Err(e) => {
+                    corrupt = Some(broken_stream(
+                        e,
+                        opened.compression,
+                        &opened.read_failed,
+                        file,
+                    )?);
+                    (0, false, true)
+                }
+            };
+            let len = buf.len() as u64 + rest;
+            buf.truncate(LONG_LINE_KEPT);
+            let why = format!(
+                "the line is {len} bytes{}, over max_line_size ({}): raw keeps its first {} \
+                 bytes",
+                if broke { " or more" } else { "" },
+                crate::config::format_bytes(opts.max_line_bytes as u64),
+                buf.len()
+            );
+            tracing::warn!("{source}:{next_line}: {why}");
+            chunks += 1;
+            let chunk = Chunk {
+                corrupt: Some(why),
+                ..data_chunk(idx, &source, next_line, buf, format, &csv_header)
+            };
+            next_line += 1;
+            if tx.send(chunk).is_err() {
+                break;
+            }
+            eof |= !ended;
             continue;
         }
         carry = buf.split_off(cut);
         let physical =
             memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
-        let chunk = Chunk {
-            file_idx: idx,
-            source_file: source.clone(),
-            first_line: next_line,
-            data: buf,
-            format,
-            csv_header: csv_header.clone(),
-            corrupt: None,
-        };
+        let chunk = data_chunk(idx, &source, next_line, buf, format, &csv_header);
         next_line += physical;
         chunks += 1;
         if tx.send(chunk).is_err() {
-            break;
-        }
-        if eof {
             break;
         }
     }
@@ -325,10 +333,158 @@ fn read_file(
     ))
 }
 
-/// Reads the first line with its terminator; `None` for an empty input.
-fn first_line(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+/// How much of a line over `max_line_size` its quarantine row keeps in `raw`.
+const LONG_LINE_KEPT: usize = 8 << 10;
+
+fn data_chunk(
+    file_idx: usize,
+    source: &Arc<str>,
+    first_line: u64,
+    data: Vec<u8>,
+    format: Format,
+    csv_header: &Option<Arc<CsvHeader>>,
+) -> Chunk {
+    Chunk {
+        file_idx,
+        source_file: source.clone(),
+        first_line,
+        data,
+        format,
+        csv_header: csv_header.clone(),
+        corrupt: None,
+    }
+}
+
+/// Skips to the end of the current line without keeping it: (bytes skipped, whether a line end
+/// was found before the end of the input).
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<(u64, bool)> {
+    let mut skipped = 0u64;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((skipped, false));
+        }
+        if let Some(i) = memchr::memchr(b'\n', buf) {
+            reader.consume(i + 1);
+            return Ok((skipped + i as u64, true));
+        }
+        let n = buf.len();
+        reader.consume(n);
+        skipped += n as u64;
+    }
+}
+
+/// Where the last records of a CSV input must be cut when a quote opens in one of them and never
+/// closes: read by the rules, that record would run to the end of the file and take every later
+/// line with it. The records before it go as usual; the line the quote opened on is quarantined
+/// alone (an open quote), and reading resumes at the next line. `None` when every quote closes,
+/// or when the open record is a single line anyway.
+fn open_quote_cut(buf: &[u8]) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut record_start = 0;
+    for i in memchr::memchr2_iter(b'"', b'\n', buf) {
+        if buf[i] == b'"' {
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            record_start = i + 1;
+        }
+    }
+    if !in_quotes {
+        return None;
+    }
+    if record_start > 0 {
+        return Some(record_start);
+    }
+    memchr::memchr(b'\n', buf)
+        .map(|nl| nl + 1)
+        .filter(|&end| end < buf.len())
+}
+
+/// A read error in a compressed file whose bytes read fine: the stream is broken (truncated,
+/// corrupt), which is bad data: the detail of the quarantine row that marks it. A failed read of
+/// the bytes themselves (disk, network), and any failure of stdin, whose identity needs the whole
+/// stream, stop the ingest.
+fn broken_stream(
+    e: std::io::Error,
+    compression: Option<&str>,
+    read_failed: &AtomicBool,
+    file: &InputFile,
+) -> Result<String> {
+    match compression {
+        Some(kind)
+            if !read_failed.load(Ordering::Relaxed)
+                && !matches!(file.location, input::Location::Stdin) =>
+        {
+            Ok(format!(
+                "the file's {kind} stream is truncated or corrupt here: {e}; nothing after this \
+                 point could be read (send the file again)"
+            ))
+        }
+        _ => Err(Error::runtime(format!("cannot read {}: {e}", file.display))),
+    }
+}
+
+/// Reads a CSV file's header, if it has one: (the header, bytes read that are data after all,
+/// the line number of the first data line); `None` for an empty file. A first line that cannot
+/// be the header is returned as data, with a header that quarantines every line.
+fn csv_header_of(
+    reader: &mut Box<dyn BufRead + Send>,
+    file: &InputFile,
+    settings: &ParseSettings,
+    max_line_bytes: usize,
+) -> std::io::Result<Option<(CsvHeader, Vec<u8>, u64)>> {
+    let header = match &settings.source {
+        None => {
+            let Some(line) = first_line(reader, max_line_bytes)? else {
+                return Ok(None);
+            };
+            CsvHeader::parse(trimmed(&line), file.delimiter)
+                .map_err(|why| (line, file.delimiter, why))
+        }
+        Some(source) => {
+            // A mapped source: its header setting decides whether line 1 names the columns;
+            // a .tsv file is tab-separated whatever the mapping declares.
+            let delimiter = if file.delimiter == b'\t' {
+                b'\t'
+            } else {
+                source.delimiter
+            };
+            let has_header = match source.header {
+                Header::Yes => true,
+                Header::No => false,
+                Header::Auto => {
+                    let head = reader.fill_buf()?;
+                    let end = memchr::memchr(b'\n', head).unwrap_or(head.len());
+                    let line = head[..end].strip_suffix(b"\r").unwrap_or(&head[..end]);
+                    CsvHeader::names(line, delimiter).is_ok_and(|n| n == source.columns)
+                }
+            };
+            if !has_header {
+                return Ok(Some(
+                    match CsvHeader::for_source(source, source.columns.clone(), delimiter) {
+                        Ok(header) => (header, Vec::new(), 1),
+                        Err(why) => (CsvHeader::unusable(delimiter, why), Vec::new(), 1),
+                    },
+                ));
+            }
+            let Some(line) = first_line(reader, max_line_bytes)? else {
+                return Ok(None);
+            };
+            CsvHeader::names(trimmed(&line), delimiter)
+                .and_then(|columns| CsvHeader::for_source(source, columns, delimiter))
+                .map_err(|why| (line, delimiter, why))
+        }
+    };
+    Ok(Some(match header {
+        Ok(header) => (header, Vec::new(), 2),
+        Err((line, delimiter, why)) => (CsvHeader::unusable(delimiter, why), line, 1),
+    }))
+}
+
+/// Reads the first line with its terminator, up to `max` bytes; `None` for an empty input.
+fn first_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
-    reader.read_until(b'\n', &mut line)?;
+    reader.take(max as u64).read_until(b'\n', &mut line)?;
     Ok((!line.is_empty()).then_some(line))
 }
 

@@ -721,3 +721,184 @@ fn a_file_in_a_format_clicklake_does_not_read_is_one_quarantine_row() {
         .unwrap();
     crate::context::one_line_failure(&out, 2, &["stdin", "a Parquet file"]);
 }
+
+/// A line over `max_line_size` is quarantined by its beginning and never held whole: a 256 MB
+/// line took 1.5 GB of memory and five seconds before, and quarantined the whole of itself. In
+/// CSV, a quote that never closes took every later line of the file into one quarantined record.
+#[test]
+fn an_overlong_line_or_an_open_csv_quote_costs_one_row_in_bounded_memory() {
+    let ctx = TestContext::new(Backend::Local);
+    let head =
+        r#""event_time":"2026-01-05T10:00:00Z","event_type":"page_view","anonymous_id":"a1""#;
+    let long = ctx.path("long.ndjson");
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&long).unwrap());
+        writeln!(w, r#"{{"event_id":"before",{head}}}"#).unwrap();
+        write!(w, r#"{{"event_id":"huge",{head},"blob":""#).unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..256 {
+            w.write_all(&block).unwrap();
+        }
+        writeln!(w, r#""}}"#).unwrap();
+        writeln!(w, r#"{{"event_id":"after",{head}}}"#).unwrap();
+    }
+    let long_len = format!(r#"{{"event_id":"huge",{head},"blob":""#).len() + (256 << 20) + 2;
+    let mut cmd = ctx.std_cmd();
+    cmd.args(["ingest", "--json", long.to_str().unwrap()]);
+    let (status, stdout, max_rss_kb) = crate::context::run_with_rusage(cmd);
+    assert!(status.success(), "ingest failed");
+    let s: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(
+        (s["landed"].as_u64(), s["quarantined"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    assert!(
+        max_rss_kb < 320 * 1024,
+        "peak RSS {} MiB",
+        max_rss_kb / 1024
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT line_number, reason, detail, length(raw), substr(raw, 1, 18) FROM quarantine"
+        ),
+        [format!(
+            "2,broken_json,\"the line is {long_len} bytes, over max_line_size (16.0 MiB): raw keeps \
+             its first 8192 bytes\",8192,\"{{\"\"event_id\"\":\"\"huge\"\"\""
+        )]
+    );
+    assert_eq!(
+        ctx.query("SELECT event_id FROM raw_events ORDER BY event_id"),
+        ["after", "before"]
+    );
+
+    // CSV: a quote opened on line 3 never closes. In a file longer than max_line_size, and at
+    // the end of a short one, only that line is quarantined and every line after it lands.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_line_size = \"64KiB\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(ctx.path("csv")).unwrap();
+    let row = |id: &str, url: &str| format!("{id},2026-01-05T10:00:00Z,page_view,a1,{url}\n");
+    let mut big = String::from("event_id,event_time,event_type,anonymous_id,page_url\n");
+    big += &row("b1", "https://x.example/1");
+    big += &row("b2", "\"https://x.example/oops");
+    for i in 3..3000 {
+        big += &row(
+            &format!("b{i}"),
+            "\"https://x.example/a, \"\"quoted\"\" one\"",
+        );
+    }
+    assert!(big.len() > 128 << 10);
+    std::fs::write(ctx.path("csv/big.csv"), &big).unwrap();
+    let mut small = String::from("event_id,event_time,event_type,anonymous_id,page_url\n");
+    for (id, url) in [("s1", "u1"), ("s2", "\"u2"), ("s3", "u3"), ("s4", "\"u4\"")] {
+        small += &row(id, url);
+    }
+    std::fs::write(ctx.path("csv/small.csv"), &small).unwrap();
+    let s = ctx.ingest_json(&[ctx.path("csv").to_str().unwrap()]);
+    assert_eq!(
+        (
+            s["lines"].as_u64(),
+            s["landed"].as_u64(),
+            s["quarantined"].as_u64()
+        ),
+        (Some(3003), Some(3001), Some(2)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT regexp_replace(source_file, '.*/', ''), line_number, detail, raw \
+             FROM quarantine WHERE source_file LIKE '%.csv' ORDER BY 1"
+        ),
+        [
+            "big.csv,3,CSV row has an unterminated quote,\
+             \"b2,2026-01-05T10:00:00Z,page_view,a1,\"\"https://x.example/oops\"",
+            "small.csv,3,CSV row has an unterminated quote,\
+             \"s2,2026-01-05T10:00:00Z,page_view,a1,\"\"u2\"",
+        ]
+    );
+    assert_eq!(
+        ctx.query(
+            "SELECT count(*), count(DISTINCT page_url) FROM raw_events WHERE regexp_like(event_id, '^b[0-9]+$')"
+        ),
+        ["2998,2"]
+    );
+    assert_eq!(
+        ctx.query("SELECT event_id, page_url FROM raw_events WHERE event_id LIKE 's%' ORDER BY 1"),
+        ["s1,u1", "s3,u3", "s4,u4"]
+    );
+    // A size that is not one, or outside the range, is a configuration error naming the key.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_line_size = \"10B\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["ingest", "--force", long.to_str().unwrap()]);
+    crate::context::one_line_failure(&out, 2, &["ingest.max_line_size"]);
+}
+
+/// A JSON array file (on one line or pretty-printed, plain or gzip) is one row per element, as
+/// DuckDB reads it; before, the whole file was one `broken_json` row. A UTF-8 byte order mark
+/// (Excel's "CSV UTF-8", PowerShell) no longer breaks an NDJSON file's first line.
+#[test]
+fn a_json_array_file_is_one_row_per_element() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::create_dir_all(ctx.path("in")).unwrap();
+    let ev = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","event_time":"2026-01-05T10:00:00Z","event_type":"page_view","anonymous_id":"a1"}}"#
+        )
+    };
+    let compact = format!("[{},{}, {}]", ev("c1"), ev("c2"), ev("c3"));
+    std::fs::write(ctx.path("in/compact.json"), compact).unwrap();
+    let pretty = "\u{feff}[\n  {\n    \"event_id\": \"p1\",\n    \"event_time\": \"2026-01-05T10:00:00Z\",\n    \
+                  \"event_type\": \"page_view\",\n    \"anonymous_id\": \"a1\",\n    \"page_url\": \"https://x.example/[a],{b}\"\n  },\n  \
+                  {\"event_id\": \"p2\", \"anonymous_id\": \"a1\"},\n  \
+                  {\"event_id\": \"p3\", \"event_time\": \"2026-01-05T10:00:00Z\", \"event_type\": \"page_view\", \
+                  \"anonymous_id\": \"a1\", \"page_url\": \"line\nbreak\"},\n  [1, 2],\n  \
+                  {\"event_id\": \"p5\", \"event_time\": \"2026-01-05T10:00:00Z\", \"event_type\": \"page_view\", \
+                  \"anonymous_id\": \"a1\", \"properties\": {\"nested\": [{\"k\": \"v\"}]}}\n]\n";
+    {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(pretty.as_bytes()).unwrap();
+        std::fs::write(ctx.path("in/pretty.json.gz"), gz.finish().unwrap()).unwrap();
+    }
+    std::fs::write(ctx.path("in/bom.ndjson"), format!("\u{feff}{}\n", ev("n1"))).unwrap();
+    let s = ctx.ingest_json(&[ctx.path("in").to_str().unwrap()]);
+    assert_eq!(
+        (
+            s["lines"].as_u64(),
+            s["landed"].as_u64(),
+            s["quarantined"].as_u64()
+        ),
+        (Some(9), Some(6), Some(3)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query("SELECT event_id, page_url FROM raw_events ORDER BY 1"),
+        [
+            "c1,",
+            "c2,",
+            "c3,",
+            "n1,",
+            "p1,\"https://x.example/[a],{b}\"",
+            "p5,"
+        ]
+    );
+    // The line number of an element is its position in the array.
+    assert_eq!(
+        ctx.query(
+            "SELECT regexp_replace(source_file, '.*/', ''), line_number, reason, \
+             regexp_like(detail, 'control character') FROM quarantine ORDER BY 2"
+        ),
+        [
+            "pretty.json.gz,2,missing_event_time,false",
+            "pretty.json.gz,3,broken_json,true",
+            "pretty.json.gz,4,broken_json,false",
+        ]
+    );
+}
