@@ -146,6 +146,11 @@ pub struct IngestArgs {
     #[arg(long, value_name = "N|P%", value_parser = crate::config::QuarantineLimit::parse)]
     pub max_quarantined: Option<crate::config::QuarantineLimit>,
 
+    /// Leave files found in a directory, prefix or glob for a later run until they have not
+    /// been written for this long, e.g. 1m (config: ingest.min_file_age)
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub min_file_age: Option<std::time::Duration>,
+
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -301,6 +306,11 @@ pub struct RunArgs {
     /// this as invalid: a count or a share (0.5%) (config: ingest.max_quarantined)
     #[arg(long, value_name = "N|P%", value_parser = crate::config::QuarantineLimit::parse)]
     pub max_quarantined: Option<crate::config::QuarantineLimit>,
+
+    /// Leave inbox files for a later run until they have not been written for this long, e.g.
+    /// 1m, in case a producer is still writing them (config: ingest.min_file_age)
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+    pub min_file_age: Option<std::time::Duration>,
 
     /// Print one JSON summary object
     #[arg(long)]

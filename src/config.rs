@@ -191,6 +191,7 @@ pub struct FileIngest {
     pub commit_every: Option<String>,
     pub chunk_size: Option<String>,
     pub max_line_size: Option<String>,
+    pub min_file_age: Option<String>,
     pub threads: Option<u64>,
     /// A directory of the user's source mappings (`<name>.sql`), read at run time.
     pub sources_dir: Option<PathBuf>,
@@ -228,6 +229,9 @@ pub struct IngestConfig {
     /// A line (a CSV record) longer than this is quarantined with only its beginning kept, and
     /// is never held in memory whole.
     pub max_line_bytes: usize,
+    /// Files found by listing (a directory, prefix or glob) written more recently than this are
+    /// left for a later run: a producer may still be writing them.
+    pub min_file_age: Duration,
     /// Parser threads.
     pub threads: usize,
     /// The user's source mappings: `<sources_dir>/<name>.sql`.
@@ -847,6 +851,12 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
             "ingest.max_line_size: must be within 1KiB..=1GiB",
         ));
     }
+    let min_file_age = match &file.min_file_age {
+        Some(v) => {
+            parse_duration(v).map_err(|e| Error::config(format!("ingest.min_file_age: {e}")))?
+        }
+        None => Duration::ZERO,
+    };
     let threads = match file.threads {
         Some(0) => return Err(Error::config("ingest.threads: must be at least 1")),
         Some(n) => n as usize,
@@ -876,6 +886,7 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         commit_every,
         chunk_bytes: chunk_bytes as usize,
         max_line_bytes: max_line_bytes as usize,
+        min_file_age,
         threads,
         sources_dir: file.sources_dir,
         sources: BTreeMap::new(),
@@ -1033,6 +1044,9 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # A line (a CSV record) longer than this is quarantined (broken_json) with its first 8 KiB in raw,
 # and never held in memory whole: a JSON dump on one line, a CSV quote that never closes.
 # max_line_size = "16MiB"
+# Files found in a directory, prefix or glob written less than this long ago are left for a later
+# run, in case a producer is still writing them (files named on the command line are read at once).
+# min_file_age = "1m"
 # Your own source mappings (<sources_dir>/<name>.sql, used with `ingest --source <name>`); a file
 # named like an embedded source (ga4, snowplow, segment, rees46, diginetica) replaces it.
 # sources_dir = "./sources"

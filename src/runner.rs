@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub check: bool,
     /// The quarantine gate on the run's ingest (`--max-quarantined`, `[ingest] max_quarantined`).
     pub max_quarantined: Option<crate::config::QuarantineLimit>,
+    /// Inbox files written more recently than this wait for a later run.
+    pub min_file_age: Duration,
 }
 
 /// The summary `run --json` prints and `_runs.summary` keeps.
@@ -193,6 +195,7 @@ async fn stages(
                 inbox: true,
                 drop_pii: false,
                 lease_held: true,
+                min_file_age: req.min_file_age,
             },
             printer,
         )

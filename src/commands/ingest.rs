@@ -20,6 +20,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         inbox: false,
         drop_pii: args.drop_pii,
         lease_held: false,
+        min_file_age: args.min_file_age.unwrap_or(cfg.ingest.min_file_age),
     };
     let mut summary = ingest::run(lake, cfg, req, &printer).await?;
     let over = summary.apply_gate(args.max_quarantined.or(cfg.ingest.max_quarantined));
@@ -36,9 +37,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
 
 pub fn render(s: &IngestSummary) -> String {
     let mut out = String::new();
+    let waiting = match s.files_waiting {
+        0 => String::new(),
+        n => format!(", {n} waiting (written less than min_file_age ago)"),
+    };
     if s.files_read == 0 {
         out.push_str(&format!(
-            "nothing new to ingest: {} file(s) already ingested\n",
+            "nothing new to ingest: {} file(s) already ingested{waiting}\n",
             s.files_skipped
         ));
         return out;
@@ -48,7 +53,7 @@ pub fn render(s: &IngestSummary) -> String {
         s.batch_id, s.source
     ));
     out.push_str(&format!(
-        "  files        {} read, {} skipped (already ingested)\n",
+        "  files        {} read, {} skipped (already ingested){waiting}\n",
         s.files_read, s.files_skipped
     ));
     if s.extra_rows > 0 {

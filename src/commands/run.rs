@@ -19,6 +19,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         wait: cfg.wait,
         check: cfg.run.check && !args.no_check,
         max_quarantined: args.max_quarantined.or(cfg.ingest.max_quarantined),
+        min_file_age: args.min_file_age.unwrap_or(cfg.ingest.min_file_age),
     };
     runner::validate(&req, cfg)?;
     let printer = Printer::new(cfg);
@@ -66,11 +67,18 @@ pub fn render(s: &RunSummary) -> String {
         s.run_id, s.outcome, s.seconds, s.lake
     );
     if let Some(i) = &s.ingest {
+        let waiting = match i.files_waiting {
+            0 => String::new(),
+            n => format!(", {n} waiting (written < min_file_age ago)"),
+        };
         let line = if i.files_read == 0 {
-            format!("no new files ({} already ingested)", i.files_skipped)
+            format!(
+                "no new files ({} already ingested{waiting})",
+                i.files_skipped
+            )
         } else {
             format!(
-                "{} file(s), {} lines: {} landed, {} quarantined{}, {}",
+                "{} file(s){waiting}, {} lines: {} landed, {} quarantined{}, {}",
                 i.files_read,
                 i.lines,
                 i.landed,

@@ -47,6 +47,10 @@ pub struct InputFile {
     pub key: Option<String>,
     pub format: Format,
     pub delimiter: u8,
+    /// When the file was last written (local mtime, object last-modified).
+    pub modified: Option<std::time::SystemTime>,
+    /// Found by listing a directory, prefix or glob, rather than named: `min_file_age` applies.
+    pub listed: bool,
 }
 
 fn has_glob(s: &str) -> bool {
@@ -108,6 +112,8 @@ pub async fn discover(
                     _ => Format::Ndjson,
                 },
                 delimiter: b',',
+                modified: None,
+                listed: false,
             });
         } else if input.contains("://") {
             discover_object(input, lake, forced, inbox, &mut out).await?;
@@ -120,7 +126,7 @@ pub async fn discover(
     Ok(out)
 }
 
-fn local_file(path: &Path, forced: InputFormat) -> Result<InputFile> {
+fn local_file(path: &Path, forced: InputFormat, listed: bool) -> Result<InputFile> {
     let abs = std::path::absolute(path)
         .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
     let meta = std::fs::metadata(&abs)
@@ -128,9 +134,8 @@ fn local_file(path: &Path, forced: InputFormat) -> Result<InputFile> {
     // Opening proves readability now rather than halfway through a run.
     std::fs::File::open(&abs)
         .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
-    let mtime = meta
-        .modified()
-        .ok()
+    let modified = meta.modified().ok();
+    let mtime = modified
         .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos().to_string())
         .unwrap_or_default();
@@ -145,6 +150,8 @@ fn local_file(path: &Path, forced: InputFormat) -> Result<InputFile> {
         version_tag: mtime,
         format,
         delimiter,
+        modified,
+        listed,
     })
 }
 
@@ -161,7 +168,7 @@ fn discover_local(input: &str, forced: InputFormat, out: &mut Vec<InputFile>) ->
             return Err(Error::usage(format!("{input}: no file matches")));
         }
         for p in found {
-            out.push(local_file(&p, forced)?);
+            out.push(local_file(&p, forced, true)?);
         }
         return Ok(());
     }
@@ -173,10 +180,10 @@ fn discover_local(input: &str, forced: InputFormat, out: &mut Vec<InputFile>) ->
         walk(path, &mut files).map_err(|e| Error::usage(format!("cannot read {input}: {e}")))?;
         files.sort();
         for p in files {
-            out.push(local_file(&p, forced)?);
+            out.push(local_file(&p, forced, true)?);
         }
     } else {
-        out.push(local_file(path, forced)?);
+        out.push(local_file(path, forced, false)?);
     }
     Ok(())
 }
@@ -221,7 +228,7 @@ async fn discover_object(
     }
     let (store, path) = lake.store_for(&url)?;
     let bucket_url = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
-    let mut push = |meta: object_store::ObjectMeta| {
+    let mut push = |meta: object_store::ObjectMeta, listed: bool| {
         let display = format!("{bucket_url}/{}", meta.location);
         let tag = meta
             .e_tag
@@ -244,6 +251,8 @@ async fn discover_object(
             version_tag: tag,
             format,
             delimiter,
+            modified: Some(meta.last_modified.into()),
+            listed,
         });
     };
     let key = path.as_ref();
@@ -260,7 +269,7 @@ async fn discover_object(
         if metas.is_empty() {
             return Err(Error::usage(format!("{input}: no object matches")));
         }
-        metas.into_iter().for_each(&mut push);
+        metas.into_iter().for_each(|m| push(m, true));
         return Ok(());
     }
     let as_prefix = |metas: Vec<object_store::ObjectMeta>| -> Vec<object_store::ObjectMeta> {
@@ -275,7 +284,7 @@ async fn discover_object(
     } else {
         match store.head(&path).await {
             Ok(meta) => {
-                push(meta);
+                push(meta, false);
                 return Ok(());
             }
             Err(e) => Some(e),
@@ -293,7 +302,7 @@ async fn discover_object(
             Some(e) => format!("cannot read {input}: {e}"),
         }));
     }
-    metas.into_iter().for_each(&mut push);
+    metas.into_iter().for_each(|m| push(m, true));
     Ok(())
 }
 

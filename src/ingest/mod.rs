@@ -59,6 +59,8 @@ pub struct IngestRequest {
     pub drop_pii: bool,
     /// The caller holds the lake's lease (`run`); otherwise each group's commits take it.
     pub lease_held: bool,
+    /// Listed files written more recently than this are left for a later run.
+    pub min_file_age: std::time::Duration,
 }
 
 /// Keeps an ingest's commits apart from erasures. `run` and `erase` hold the lake's lease from
@@ -119,6 +121,8 @@ pub struct IngestSummary {
     pub source: String,
     pub files_read: u64,
     pub files_skipped: u64,
+    /// Files left for a later run: written less than `min_file_age` ago.
+    pub files_waiting: u64,
     pub lines: u64,
     pub blank_lines: u64,
     pub landed: u64,
@@ -356,6 +360,7 @@ pub async fn run(
     };
 
     // Decide, per file, what still has to land.
+    let settled = std::time::SystemTime::now() - req.min_file_age;
     let mut plan: Vec<Planned> = Vec::new();
     let mut heal: Vec<(InputFile, i64)> = Vec::new();
     for file in files {
@@ -372,6 +377,19 @@ pub async fn run(
             summary.files.push(FileSummary {
                 source_file: file.display.clone(),
                 status: "skipped: already ingested",
+                bytes: file.size.unwrap_or(0),
+                ..Default::default()
+            });
+            continue;
+        }
+        // A producer may still be writing a file it has just put in a directory: read now, its
+        // first half would land, then all of it again once it changed (a new identity).
+        if file.listed && !req.min_file_age.is_zero() && file.modified.is_some_and(|m| m > settled)
+        {
+            summary.files_waiting += 1;
+            summary.files.push(FileSummary {
+                source_file: file.display.clone(),
+                status: "waiting: written less than min_file_age ago",
                 bytes: file.size.unwrap_or(0),
                 ..Default::default()
             });

@@ -290,6 +290,21 @@ impl TestContext {
         }
     }
 
+    /// Makes `inbox/<file>` (and on S3 its copy in the inbox bucket) look written `age` ago.
+    pub fn backdate_inbox_file(&self, file: &str, age: std::time::Duration) {
+        let mut paths = vec![self.path(&format!("inbox/{file}"))];
+        if let Some(s3) = &self.s3 {
+            paths.push(s3.root.join("inbox").join("in").join(file));
+        }
+        for p in paths {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now() - age))
+                .unwrap_or_else(|e| panic!("backdate {}: {e}", p.display()));
+        }
+    }
+
     /// `run --inbox INBOX --json --no-check`, which must succeed; its summary.
     pub fn run_inbox_json(&self, inbox: &str) -> serde_json::Value {
         let out = self.run(&["run", "--inbox", inbox, "--json", "--no-check"]);

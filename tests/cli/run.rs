@@ -448,3 +448,82 @@ fn a_run_past_max_duration_is_stopped_and_releases_its_lease() {
         stderr_of(&out)
     );
 }
+
+both_backends!(
+    a_file_written_less_than_min_file_age_ago_waits_for_a_later_tick,
+    |backend| {
+        // A producer writing straight into the inbox: a tick that read the file halfway landed
+        // its first half, then, once the file changed (a new identity), all of it again, and a
+        // half-written last line stayed in quarantine.
+        let ctx = TestContext::new(backend);
+        let line = |id: &str| {
+            format!(
+                "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+                 \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
+            )
+        };
+        std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+        std::fs::write(ctx.path("inbox/settled.ndjson"), line("s1") + &line("s2")).unwrap();
+        std::fs::write(ctx.path("inbox/fresh.ndjson"), line("f1")).unwrap();
+        let inbox = ctx.inbox_of(&["settled.ndjson", "fresh.ndjson"]);
+        ctx.backdate_inbox_file("settled.ndjson", Duration::from_secs(7200));
+        let tick = |args: &[&str]| {
+            let mut all = vec!["run", "--inbox", &inbox, "--json", "--no-check"];
+            all.extend_from_slice(args);
+            let out = ctx.run(&all);
+            assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let i = &s["ingest"];
+            (
+                i["files_read"].as_u64(),
+                i["files_skipped"].as_u64(),
+                i["files_waiting"].as_u64(),
+            )
+        };
+        assert_eq!(tick(&["--min-file-age", "1h"]), (Some(1), Some(0), Some(1)));
+        assert_eq!(
+            ctx.query("SELECT event_id FROM events ORDER BY 1"),
+            ["s1", "s2"]
+        );
+        // Still too young on the next tick; the settled file is done.
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            "[ingest]\nmin_file_age = \"1h\"\n",
+        )
+        .unwrap();
+        assert_eq!(tick(&[]), (Some(0), Some(1), Some(1)));
+        // Once it has not changed for long enough, it lands, once.
+        ctx.backdate_inbox_file("fresh.ndjson", Duration::from_secs(7200));
+        assert_eq!(tick(&[]), (Some(1), Some(1), Some(0)));
+        assert_eq!(
+            ctx.query("SELECT event_id FROM events ORDER BY 1"),
+            ["f1", "s1", "s2"]
+        );
+        // A file named on the command line is read at once, whatever its age.
+        std::fs::write(ctx.path("named.ndjson"), line("n1")).unwrap();
+        let s = ctx.ingest_json(&["--min-file-age", "1h", "named.ndjson"]);
+        assert_eq!(
+            (s["files_read"].as_u64(), s["landed"].as_u64()),
+            (Some(1), Some(1))
+        );
+        // A duration that is not one: exit 2 naming the flag or the key.
+        let out = ctx.run(&["run", "--inbox", &inbox, "--min-file-age", "soon"]);
+        assert_eq!(out.status.code(), Some(2));
+        let first = stderr_of(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            first.contains("--min-file-age") && first.contains("soon"),
+            "{first}"
+        );
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            "[ingest]\nmin_file_age = \"soon\"\n",
+        )
+        .unwrap();
+        let out = ctx.run(&["run", "--inbox", &inbox]);
+        crate::context::one_line_failure(&out, 2, &["ingest.min_file_age"]);
+    }
+);
