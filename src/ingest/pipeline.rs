@@ -438,8 +438,17 @@ fn csv_header_of(
             let Some(line) = first_line(reader, max_line_bytes)? else {
                 return Ok(None);
             };
-            CsvHeader::parse(trimmed(&line), file.delimiter)
-                .map_err(|why| (line, file.delimiter, why))
+            // Like DuckDB's sniffer: a header that names the required columns when split at
+            // `;` (spreadsheets in much of Europe), a tab or `|` gives the file's delimiter.
+            let text = trimmed(&line);
+            let header = CsvHeader::parse(text, file.delimiter).or_else(|why| {
+                [b',', b';', b'\t', b'|']
+                    .into_iter()
+                    .filter(|d| *d != file.delimiter)
+                    .find_map(|d| CsvHeader::parse(text, d).ok())
+                    .ok_or(why)
+            });
+            header.map_err(|why| (line, file.delimiter, why))
         }
         Some(source) => {
             // A mapped source: its header setting decides whether line 1 names the columns;

@@ -902,3 +902,56 @@ fn a_json_array_file_is_one_row_per_element() {
         ]
     );
 }
+
+/// A CSV file delimited by `;` (a European spreadsheet's export), a tab or `|` lands like one
+/// delimited by commas: its header names the delimiter, as DuckDB's sniffer finds it. Before,
+/// every line of it was quarantined for a header "without an event_id column".
+#[test]
+fn a_csv_header_delimited_by_semicolons_tabs_or_pipes_gives_the_delimiter() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::create_dir_all(ctx.path("in")).unwrap();
+    for (name, d) in [("semi.csv", ";"), ("tab.csv", "\t"), ("pipe.csv", "|")] {
+        let cols = [
+            "event_id",
+            "event_time",
+            "event_type",
+            "anonymous_id",
+            "page_url",
+        ];
+        let row = [
+            name,
+            "2026-01-05T10:00:00Z",
+            "page_view",
+            "a1",
+            "https://x.example/a,b",
+        ];
+        std::fs::write(
+            ctx.path(&format!("in/{name}")),
+            format!("{}\n{}\n", cols.join(d), row.join(d)),
+        )
+        .unwrap();
+    }
+    // A header that is not one in any of them is still quarantined with the reason.
+    std::fs::write(ctx.path("in/none.csv"), "id;time;type\n1;2;3\n").unwrap();
+    let s = ctx.ingest_json(&[ctx.path("in").to_str().unwrap()]);
+    assert_eq!(
+        (s["landed"].as_u64(), s["quarantined"].as_u64()),
+        (Some(3), Some(2)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query("SELECT event_id, page_url FROM raw_events ORDER BY 1"),
+        [
+            "pipe.csv,\"https://x.example/a,b\"",
+            "semi.csv,\"https://x.example/a,b\"",
+            "tab.csv,\"https://x.example/a,b\""
+        ]
+    );
+    assert_eq!(
+        ctx.count(
+            "SELECT count(*) FROM quarantine WHERE source_file LIKE '%none.csv' \
+             AND detail LIKE '%header has no event_id column (columns: id;time;type)%'"
+        ),
+        2
+    );
+}
