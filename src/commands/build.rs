@@ -21,6 +21,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: BuildArgs) -> anyhow::Result<E
         full_refresh: args.full_refresh,
         as_of,
     };
+    // A mistyped --lake is a usage error, not "nothing to do" on every tick.
+    crate::catalog::require_lake(lake).await?;
     let summary =
         crate::lease::exclusive(lake, &cfg, "build", build::run(lake, &cfg, req, &printer)).await?;
     if args.json {

@@ -18,6 +18,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CleanArgs) -> anyhow::Result<E
     let req = CleanRequest {
         full_refresh: args.full_refresh,
     };
+    // A mistyped --lake is a usage error, not "nothing to do" on every tick.
+    crate::catalog::require_lake(lake).await?;
     let summary =
         crate::lease::exclusive(lake, &cfg, "clean", clean::run(lake, &cfg, req, &printer)).await?;
     if args.json {

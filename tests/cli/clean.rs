@@ -291,10 +291,16 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
 }
 
 #[test]
-fn clean_before_any_ingest_says_there_is_nothing() {
+fn clean_and_build_before_any_ingest_succeed_with_nothing_in_them() {
+    // A lake made by `init` that nothing has landed in yet (the first cron ticks): exit 0.
+    // Where there is no lake at all, it is exit 2 (see errors.rs, a mistyped lake).
     let ctx = TestContext::new(Backend::Local);
+    ctx.ok(&["init"]);
     let out = ctx.ok(&["clean"]);
-    assert!(out.contains("raw_events does not exist yet"), "{out}");
+    assert!(out.contains("raw rows      0 consumed"), "{out}");
+    ctx.ok(&["build"]);
+    assert_eq!(ctx.count("SELECT count(*) FROM events"), 0);
+    assert_eq!(ctx.count("SELECT count(*) FROM fact_sessions"), 0);
 }
 
 #[test]
