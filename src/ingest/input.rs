@@ -269,6 +269,7 @@ async fn discover_object(
         if metas.is_empty() {
             return Err(Error::usage(format!("{input}: no object matches")));
         }
+        with_etags(&store, &mut metas, input).await?;
         metas.into_iter().for_each(|m| push(m, true));
         return Ok(());
     }
@@ -290,7 +291,8 @@ async fn discover_object(
             Err(e) => Some(e),
         }
     };
-    let metas = as_prefix(list_all(&store, key, input).await?);
+    let mut metas = as_prefix(list_all(&store, key, input).await?);
+    with_etags(&store, &mut metas, input).await?;
     if metas.is_empty() && inbox {
         return Ok(());
     }
@@ -303,6 +305,41 @@ async fn discover_object(
         }));
     }
     metas.into_iter().for_each(|m| push(m, true));
+    Ok(())
+}
+
+/// Fills in the ETag of listed objects whose listing had none (some S3-compatible stores omit
+/// it), from a HEAD of each. A file's identity is its URL, size and ETag: without this, the same
+/// object found by listing (identified by its last-modified time) and named on its own (by its
+/// ETag) would be two files, and land twice. S3, MinIO and the other stores that list ETags cost
+/// nothing here.
+async fn with_etags(
+    store: &Arc<dyn ObjectStore>,
+    metas: &mut Vec<object_store::ObjectMeta>,
+    input: &str,
+) -> Result<()> {
+    let missing: Vec<usize> = (0..metas.len())
+        .filter(|&i| metas[i].e_tag.is_none())
+        .collect();
+    let heads: Vec<(usize, object_store::Result<object_store::ObjectMeta>)> =
+        futures::stream::iter(missing)
+            .map(|i| {
+                let path = metas[i].location.clone();
+                async move { (i, store.head(&path).await) }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+    let mut gone = Vec::new();
+    for (i, head) in heads {
+        match head {
+            Ok(head) => metas[i].e_tag = head.e_tag,
+            // Deleted since the listing: nothing to read.
+            Err(object_store::Error::NotFound { .. }) => gone.push(metas[i].location.clone()),
+            Err(e) => return Err(Error::runtime(format!("cannot read {input}: {e}"))),
+        }
+    }
+    metas.retain(|m| !gone.contains(&m.location));
     Ok(())
 }
 

@@ -527,3 +527,36 @@ both_backends!(
         crate::context::one_line_failure(&out, 2, &["ingest.min_file_age"]);
     }
 );
+
+/// An object found by listing an inbox and the same object named on its own are one file. The
+/// listing of some S3-compatible stores (s3s-fs here) has no ETag, so a listed object was known
+/// by its last-modified time and a named one by its ETag: `ingest s3://…/that-file`, after `run`
+/// had landed it, landed it a second time.
+#[test]
+fn an_inbox_object_named_on_its_own_after_a_run_listed_it_is_the_same_file() {
+    let ctx = TestContext::new(Backend::S3);
+    std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+    let name = "my events ü.ndjson";
+    std::fs::write(
+        ctx.path(&format!("inbox/{name}")),
+        "{\"event_id\":\"o1\",\"event_time\":\"2026-01-05T10:00:00Z\",\"event_type\":\"page_view\",\
+         \"anonymous_id\":\"a1\"}\n",
+    )
+    .unwrap();
+    let inbox = ctx.inbox_of(&[name]);
+    let s = ctx.run_inbox_json(&inbox);
+    assert_eq!(s["ingest"]["files_read"], 1, "{s}");
+    for named in [format!("{inbox}{name}"), format!("{inbox}*.ndjson")] {
+        let s = ctx.ingest_json(&[&named]);
+        assert_eq!(
+            (s["files_read"].as_u64(), s["files_skipped"].as_u64()),
+            (Some(0), Some(1)),
+            "{named}: {s}"
+        );
+    }
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 1);
+    assert_eq!(
+        ctx.query("SELECT source_file FROM ingested_files"),
+        [format!("s3://inbox/in/{name}")]
+    );
+}
