@@ -161,6 +161,7 @@ fn read_file(
         let _ = tx.send(Chunk::unreadable(idx, &source, 1, file.format, why));
         return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
     }
+    let stream_broke = |e| broken_stream(e, opened.compression, &opened.read_failed, file);
     // A UTF-8 byte order mark (Excel's "CSV UTF-8", PowerShell) is not part of the first line.
     // (A stream that breaks at once is handled with the reads below.)
     if matches!(reader.fill_buf(), Ok(head) if head.starts_with(b"\xEF\xBB\xBF")) {
@@ -208,7 +209,7 @@ fn read_file(
                 next_line = first;
             }
             Err(e) => {
-                let why = broken_stream(e, opened.compression, &opened.read_failed, file)?;
+                let why = stream_broke(e)?;
                 let _ = tx.send(Chunk::unreadable(idx, &source, 1, format, why));
                 return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
             }
@@ -232,12 +233,7 @@ fn read_file(
             {
                 Ok(n) => eof = n == 0,
                 Err(e) => {
-                    corrupt = Some(broken_stream(
-                        e,
-                        opened.compression,
-                        &opened.read_failed,
-                        file,
-                    )?);
+                    corrupt = Some(stream_broke(e)?);
                     eof = true;
                 }
             }
@@ -277,12 +273,7 @@ fn read_file(
             let (rest, ended, broke) = match skip_line(&mut reader) {
                 Ok((rest, ended)) => (rest, ended, false),
                 Err(e) => {
-                    corrupt = Some(broken_stream(
-                        e,
-                        opened.compression,
-                        &opened.read_failed,
-                        file,
-                    )?);
+                    corrupt = Some(stream_broke(e)?);
                     (0, false, true)
                 }
             };

@@ -430,6 +430,12 @@ pub fn one_line_failure(out: &Output, code: i32, words: &[&str]) -> String {
     err
 }
 
+/// An ingest summary's (lines, landed, quarantined).
+pub fn line_counts(s: &serde_json::Value) -> (u64, u64, u64) {
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));
+    (n("lines"), n("landed"), n("quarantined"))
+}
+
 /// Runs both backends of a test body.
 #[macro_export]
 macro_rules! both_backends {
