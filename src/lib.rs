@@ -117,11 +117,17 @@ fn init_logging(cfg: &Config) {
 
 /// Test hook: `CLICKLAKE_PAUSE=<point>:<seconds>` sleeps that long at that point, so a test can
 /// hold a run in the middle (to see its lease renewed, for example). `<point>-blocking` sleeps
-/// on a blocking thread instead, as a stuck thread would.
+/// on a blocking thread instead, as a stuck thread would. With `CLICKLAKE_PAUSE_MARK=<file>`,
+/// that file is created when the pause starts, so the test knows the point was reached.
 pub async fn pause(point: &str) {
     if let Ok(v) = std::env::var("CLICKLAKE_PAUSE") {
         if let Some((p, secs)) = v.split_once(':') {
             let secs = std::time::Duration::from_secs_f64(secs.parse().unwrap_or(0.0));
+            if p == point || p.strip_suffix("-blocking") == Some(point) {
+                if let Ok(mark) = std::env::var("CLICKLAKE_PAUSE_MARK") {
+                    let _ = std::fs::write(mark, point);
+                }
+            }
             if p == point {
                 tokio::time::sleep(secs).await;
             } else if p.strip_suffix("-blocking") == Some(point) {

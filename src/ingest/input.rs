@@ -419,18 +419,24 @@ pub struct Opened {
     pub unsupported: Option<&'static str>,
 }
 
-/// Opens an input on the calling (non-async) thread.
-pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
+/// Opens an input on the calling (non-async) thread; `None` when the file was deleted since it
+/// was found (a producer's cleanup, another consumer): there is nothing left to read.
+pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Opened>> {
     let count = Arc::new(AtomicU64::new(0));
+    let failed =
+        |e: &dyn std::fmt::Display| Error::runtime(format!("cannot read {}: {e}", file.display));
     let source: Box<dyn Read + Send> = match &file.location {
-        Location::Local(p) => Box::new(
-            std::fs::File::open(p)
-                .map_err(|e| Error::usage(format!("cannot read {}: {e}", p.display())))?,
-        ),
+        Location::Local(p) => match std::fs::File::open(p) {
+            Ok(f) => Box::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(failed(&e)),
+        },
         Location::Object { store, path } => {
-            let get = rt
-                .block_on(store.get(path))
-                .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
+            let get = match rt.block_on(store.get(path)) {
+                Ok(get) => get,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(failed(&e)),
+            };
             Box::new(ObjectReader {
                 rt: rt.clone(),
                 stream: get.into_stream(),
@@ -479,14 +485,14 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Opened> {
     } else {
         (Box::new(buffered), None)
     };
-    Ok(Opened {
+    Ok(Some(Opened {
         unsupported,
         reader,
         raw_bytes: count,
         hash: hash_slot,
         compression,
         read_failed,
-    })
+    }))
 }
 
 /// Formats a file can be in that clicklake does not read, by their first bytes: read as lines,

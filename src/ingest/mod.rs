@@ -339,6 +339,7 @@ pub async fn run(
         return Err(Error::usage("no input files found"));
     }
     tracing::info!(files = files.len(), "inputs discovered");
+    crate::pause("ingest-after-discovery").await;
 
     lake.ensure_root()?;
     let mut raw = catalog::ensure_table(lake, &RAW_EVENTS).await?;
@@ -562,6 +563,8 @@ struct FileState {
     chunks_sent: Option<u64>,
     raw_bytes: u64,
     content_hash: Option<String>,
+    /// Deleted between being found and being read: not landed, not recorded.
+    gone: bool,
 }
 
 /// Lands one group of files: parses them, writes raw and quarantine files, then commits each
@@ -588,7 +591,33 @@ async fn run_group(
     fault("after-data-files");
     crate::pause("ingest-after-data-files").await;
 
-    let mut planned = group;
+    // A file deleted before it was read has nothing to commit and is not recorded as ingested:
+    // if it comes back, it is read then.
+    let (kept, gone): (Vec<_>, Vec<_>) = group.into_iter().zip(state).partition(|(_, st)| !st.gone);
+    let vanished: Vec<FileSummary> = gone
+        .iter()
+        .map(|(p, _)| FileSummary {
+            source_file: p.file.display.clone(),
+            status: "vanished: deleted before it was read",
+            bytes: p.file.size.unwrap_or(0),
+            ..Default::default()
+        })
+        .collect();
+    let (mut planned, state): (Vec<Planned>, Vec<FileState>) = kept.into_iter().unzip();
+    if planned.is_empty() {
+        return Ok(GroupResult {
+            files: vanished,
+            stats: LineStats::default(),
+            files_read: 0,
+            files_skipped: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            data_files: 0,
+            partitions: BTreeSet::new(),
+            raw_version: None,
+            quarantine_version: None,
+        });
+    }
     if let Some(skipped) =
         resolve_stdin(&mut planned, &state, raw, quarantine, known, force).await?
     {
@@ -598,7 +627,11 @@ async fn run_group(
     let committed = commit_group(
         planned, state, raw_adds, q_adds, settings, cfg, raw, quarantine, registry,
     )
-    .await;
+    .await
+    .map(|mut result| {
+        result.files.extend(vanished);
+        result
+    });
     if let Some(lease) = lease {
         if let Err(e) = lease.release().await {
             tracing::warn!("cannot release the lease (it lapses on its own): {e}");
@@ -835,6 +868,10 @@ async fn land(
                 state[file_idx].chunks_sent = Some(chunks);
                 state[file_idx].raw_bytes = raw_bytes;
                 state[file_idx].content_hash = content_hash;
+            }
+            pipeline::Event::FileGone { file_idx } => {
+                state[file_idx].chunks_sent = Some(0);
+                state[file_idx].gone = true;
             }
             pipeline::Event::Failed(e) => {
                 failure = Some(e);

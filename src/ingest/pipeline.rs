@@ -30,6 +30,11 @@ pub enum Event {
         raw_bytes: u64,
         content_hash: Option<String>,
     },
+    /// The file was deleted between being found and being read: nothing of it lands, and it
+    /// is not recorded as ingested.
+    FileGone {
+        file_idx: usize,
+    },
     Failed(Error),
 }
 
@@ -108,24 +113,24 @@ pub fn start(
     let settings_r = settings;
     threads.push(std::thread::spawn(move || {
         for (idx, file) in files {
-            match read_file(idx, &file, &chunk_tx, &opts, &rt, &settings_r) {
-                Ok((chunks, raw_bytes, content_hash)) => {
-                    if reader_tx
-                        .blocking_send(Event::FileDone {
-                            file_idx: idx,
-                            chunks,
-                            raw_bytes,
-                            content_hash,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
+            let done = match read_file(idx, &file, &chunk_tx, &opts, &rt, &settings_r) {
+                Ok(Some((chunks, raw_bytes, content_hash))) => Event::FileDone {
+                    file_idx: idx,
+                    chunks,
+                    raw_bytes,
+                    content_hash,
+                },
+                Ok(None) => {
+                    tracing::warn!("{}: deleted before it was read; skipped", file.display);
+                    Event::FileGone { file_idx: idx }
                 }
                 Err(e) => {
                     let _ = reader_tx.blocking_send(Event::Failed(e));
                     return;
                 }
+            };
+            if reader_tx.blocking_send(done).is_err() {
+                return;
             }
         }
     }));
@@ -136,7 +141,8 @@ pub fn start(
     }
 }
 
-/// Reads one file and sends its chunks. Returns (chunks sent, raw bytes, stdin content hash).
+/// Reads one file and sends its chunks. Returns (chunks sent, raw bytes, stdin content hash), or
+/// `None` when the file no longer exists.
 fn read_file(
     idx: usize,
     file: &InputFile,
@@ -144,8 +150,10 @@ fn read_file(
     opts: &PipelineOptions,
     rt: &tokio::runtime::Handle,
     settings: &ParseSettings,
-) -> Result<(u64, u64, Option<String>)> {
-    let opened = input::open(file, rt)?;
+) -> Result<Option<(u64, u64, Option<String>)>> {
+    let Some(opened) = input::open(file, rt)? else {
+        return Ok(None);
+    };
     let mut reader = opened.reader;
     let source: Arc<str> = Arc::from(file.display.as_str());
     let io_err = |e: std::io::Error| Error::runtime(format!("cannot read {}: {e}", file.display));
@@ -159,7 +167,7 @@ fn read_file(
             return Err(Error::usage(format!("stdin: {why}")));
         }
         let _ = tx.send(Chunk::unreadable(idx, &source, 1, file.format, why));
-        return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
+        return Ok(Some((1, opened.raw_bytes.load(Ordering::Relaxed), None)));
     }
     let stream_broke = |e| broken_stream(e, opened.compression, &opened.read_failed, file);
     // A UTF-8 byte order mark (Excel's "CSV UTF-8", PowerShell) is not part of the first line.
@@ -197,11 +205,11 @@ fn read_file(
     if format == Format::Csv {
         match csv_header_of(&mut reader, file, settings, opts.max_line_bytes) {
             Ok(None) => {
-                return Ok((
+                return Ok(Some((
                     0,
                     opened.raw_bytes.load(Ordering::Relaxed),
                     hash_of(&opened.hash),
-                ))
+                )));
             }
             Ok(Some((header, unused, first))) => {
                 csv_header = Some(Arc::new(header));
@@ -211,7 +219,7 @@ fn read_file(
             Err(e) => {
                 let why = stream_broke(e)?;
                 let _ = tx.send(Chunk::unreadable(idx, &source, 1, format, why));
-                return Ok((1, opened.raw_bytes.load(Ordering::Relaxed), None));
+                return Ok(Some((1, opened.raw_bytes.load(Ordering::Relaxed), None)));
             }
         }
     }
@@ -317,11 +325,11 @@ fn read_file(
         let mut sink = [0u8; 1];
         let _ = reader.read(&mut sink).map_err(io_err)?;
     }
-    Ok((
+    Ok(Some((
         chunks,
         opened.raw_bytes.load(Ordering::Relaxed),
         hash_of(&opened.hash),
-    ))
+    )))
 }
 
 /// How much of a line over `max_line_size` its quarantine row keeps in `raw`.

@@ -290,6 +290,12 @@ impl TestContext {
         }
     }
 
+    /// Deletes `key` from the s3s-fs `inbox` bucket (it stores objects as files).
+    pub fn delete_from_inbox(&self, key: &str) {
+        let s3 = self.s3.as_ref().expect("an s3 context");
+        std::fs::remove_file(s3.root.join("inbox").join(key)).expect("delete from bucket");
+    }
+
     /// Makes `inbox/<file>` (and on S3 its copy in the inbox bucket) look written `age` ago.
     pub fn backdate_inbox_file(&self, file: &str, age: std::time::Duration) {
         let mut paths = vec![self.path(&format!("inbox/{file}"))];

@@ -560,3 +560,73 @@ fn an_inbox_object_named_on_its_own_after_a_run_listed_it_is_the_same_file() {
         [format!("s3://inbox/in/{name}")]
     );
 }
+
+both_backends!(
+    an_inbox_file_deleted_before_it_was_read_is_skipped_and_the_others_land,
+    |backend: Backend| {
+        // A cleanup job or another consumer deletes a file between the listing and the read:
+        // that stopped the whole tick (exit 2 for a local file, 3 for an object) and nothing of
+        // the other files landed.
+        let ctx = TestContext::new(backend);
+        std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+        let line = |id: &str| {
+            format!(
+                "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+                 \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
+            )
+        };
+        for name in ["a", "b", "c"] {
+            std::fs::write(ctx.path(&format!("inbox/{name}.ndjson")), line(name)).unwrap();
+        }
+        let inbox = ctx.inbox_of(&["a.ndjson", "b.ndjson", "c.ndjson"]);
+        let mark = ctx.path("paused");
+        let child = ctx
+            .std_cmd()
+            .env("CLICKLAKE_PAUSE", "ingest-after-discovery:3")
+            .env("CLICKLAKE_PAUSE_MARK", &mark)
+            .args(["run", "--inbox", &inbox, "--json", "--no-check"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let started = Instant::now();
+        while !mark.exists() {
+            assert!(started.elapsed() < Duration::from_secs(60), "never paused");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The run has listed the inbox and waits before reading: b goes now.
+        std::fs::remove_file(ctx.path("inbox/b.ndjson")).unwrap();
+        if ctx.s3.is_some() {
+            ctx.delete_from_inbox("in/b.ndjson");
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["ingest"]["files_read"], 2, "{s}");
+        let vanished: Vec<&serde_json::Value> = s["ingest"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["status"] == "vanished: deleted before it was read")
+            .collect();
+        assert_eq!(vanished.len(), 1, "{s}");
+        assert!(vanished[0]["source_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("b.ndjson"));
+        assert_eq!(
+            ctx.query("SELECT event_id FROM events ORDER BY 1"),
+            ["a", "c"]
+        );
+        // It is not recorded as ingested: if it comes back, the next tick reads it.
+        assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 2);
+        std::fs::write(ctx.path("inbox/b.ndjson"), line("b")).unwrap();
+        let inbox = ctx.inbox_of(&["b.ndjson"]);
+        let s = ctx.run_inbox_json(&inbox);
+        assert_eq!(s["ingest"]["files_read"], 1, "{s}");
+        assert_eq!(
+            ctx.query("SELECT event_id FROM events ORDER BY 1"),
+            ["a", "b", "c"]
+        );
+    }
+);
