@@ -33,6 +33,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::{Add, Transaction};
 use deltalake::writer::DeltaWriter;
 use deltalake::DeltaTable;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::catalog::{self, INGESTED_FILES, QUARANTINE, RAW_EVENTS};
@@ -362,26 +363,19 @@ pub async fn run(
 
     // Decide, per file, what still has to land.
     let settled = std::time::SystemTime::now() - req.min_file_age;
-    let mut plan: Vec<Planned> = Vec::new();
-    let mut heal: Vec<(InputFile, i64)> = Vec::new();
+    let mut pending: Vec<InputFile> = Vec::new();
     for file in files {
-        let Some(key) = file.key.clone() else {
-            plan.push(Planned {
-                file,
-                mode: Mode::Full,
-                version: 1,
-            });
-            continue;
-        };
-        if known.contains_key(&key) && !req.force {
-            summary.files_skipped += 1;
-            summary.files.push(FileSummary {
-                source_file: file.display.clone(),
-                status: "skipped: already ingested",
-                bytes: file.size.unwrap_or(0),
-                ..Default::default()
-            });
-            continue;
+        if let Some(key) = &file.key {
+            if known.contains_key(key) && !req.force {
+                summary.files_skipped += 1;
+                summary.files.push(FileSummary {
+                    source_file: file.display.clone(),
+                    status: "skipped: already ingested",
+                    bytes: file.size.unwrap_or(0),
+                    ..Default::default()
+                });
+                continue;
+            }
         }
         // A producer may still be writing a file it has just put in a directory: read now, its
         // first half would land, then all of it again once it changed (a new identity).
@@ -396,8 +390,36 @@ pub async fn run(
             });
             continue;
         }
-        let r = delta::txn_version(&raw, &app_id(&key)).await?;
-        let q = delta::txn_version(&quarantine, &app_id(&key)).await?;
+        pending.push(file);
+    }
+    // A new file's markers in raw_events and quarantine say whether an earlier ingest crashed
+    // after committing some of it. Each look-up replays the tables' logs since their last
+    // checkpoint (a request per commit on S3), so they run side by side.
+    let (raw_ref, quarantine_ref) = (&raw, &quarantine);
+    let looked_up: Vec<(InputFile, Option<i64>, Option<i64>)> = futures::stream::iter(pending)
+        .map(|file| async move {
+            let Some(key) = file.key.as_deref().map(app_id) else {
+                return Ok((file, None, None));
+            };
+            let r = delta::txn_version(raw_ref, &key).await?;
+            let q = delta::txn_version(quarantine_ref, &key).await?;
+            Ok::<_, Error>((file, r, q))
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut heal: Vec<(InputFile, i64)> = Vec::new();
+    for (file, r, q) in looked_up {
+        if file.key.is_none() {
+            // stdin: its identity is known once it has been read.
+            plan.push(Planned {
+                file,
+                mode: Mode::Full,
+                version: 1,
+            });
+            continue;
+        }
         match (r, q, req.force) {
             (Some(rv), q, false) if rv >= q.unwrap_or(0) => {
                 heal.push((file.clone(), rv));
