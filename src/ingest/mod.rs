@@ -115,6 +115,18 @@ pub struct FileSummary {
     pub bytes: u64,
 }
 
+impl FileSummary {
+    /// A file this ingest did not read, and why (`status`).
+    fn unread(file: &InputFile, status: &'static str) -> FileSummary {
+        FileSummary {
+            source_file: file.display.clone(),
+            status,
+            bytes: file.size.unwrap_or(0),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Default)]
 pub struct IngestSummary {
     pub batch_id: String,
@@ -368,12 +380,9 @@ pub async fn run(
         if let Some(key) = &file.key {
             if known.contains_key(key) && !req.force {
                 summary.files_skipped += 1;
-                summary.files.push(FileSummary {
-                    source_file: file.display.clone(),
-                    status: "skipped: already ingested",
-                    bytes: file.size.unwrap_or(0),
-                    ..Default::default()
-                });
+                summary
+                    .files
+                    .push(FileSummary::unread(&file, "skipped: already ingested"));
                 continue;
             }
         }
@@ -382,12 +391,10 @@ pub async fn run(
         if file.listed && !req.min_file_age.is_zero() && file.modified.is_some_and(|m| m > settled)
         {
             summary.files_waiting += 1;
-            summary.files.push(FileSummary {
-                source_file: file.display.clone(),
-                status: "waiting: written less than min_file_age ago",
-                bytes: file.size.unwrap_or(0),
-                ..Default::default()
-            });
+            summary.files.push(FileSummary::unread(
+                &file,
+                "waiting: written less than min_file_age ago",
+            ));
             continue;
         }
         pending.push(file);
@@ -424,12 +431,10 @@ pub async fn run(
             (Some(rv), q, false) if rv >= q.unwrap_or(0) => {
                 heal.push((file.clone(), rv));
                 summary.files_skipped += 1;
-                summary.files.push(FileSummary {
-                    source_file: file.display.clone(),
-                    status: "skipped: already ingested (history row recovered)",
-                    bytes: file.size.unwrap_or(0),
-                    ..Default::default()
-                });
+                summary.files.push(FileSummary::unread(
+                    &file,
+                    "skipped: already ingested (history row recovered)",
+                ));
             }
             (r, Some(qv), false) if qv > r.unwrap_or(0) => plan.push(Planned {
                 file,
@@ -564,6 +569,7 @@ pub async fn run(
     Ok(summary)
 }
 
+#[derive(Default)]
 struct GroupResult {
     files: Vec<FileSummary>,
     stats: LineStats,
@@ -618,26 +624,13 @@ async fn run_group(
     let (kept, gone): (Vec<_>, Vec<_>) = group.into_iter().zip(state).partition(|(_, st)| !st.gone);
     let vanished: Vec<FileSummary> = gone
         .iter()
-        .map(|(p, _)| FileSummary {
-            source_file: p.file.display.clone(),
-            status: "vanished: deleted before it was read",
-            bytes: p.file.size.unwrap_or(0),
-            ..Default::default()
-        })
+        .map(|(p, _)| FileSummary::unread(&p.file, "vanished: deleted before it was read"))
         .collect();
     let (mut planned, state): (Vec<Planned>, Vec<FileState>) = kept.into_iter().unzip();
     if planned.is_empty() {
         return Ok(GroupResult {
             files: vanished,
-            stats: LineStats::default(),
-            files_read: 0,
-            files_skipped: 0,
-            bytes_read: 0,
-            bytes_written: 0,
-            data_files: 0,
-            partitions: BTreeSet::new(),
-            raw_version: None,
-            quarantine_version: None,
+            ..Default::default()
         });
     }
     if let Some(skipped) =
@@ -960,23 +953,12 @@ async fn resolve_stdin(
         let q = delta::txn_version(quarantine, &app_id(&key)).await?;
         if (known.contains_key(&key) || r.is_some()) && !force {
             // Same bytes as an earlier stdin ingest: land nothing.
-            let bytes = st.raw_bytes;
             return Ok(Some(GroupResult {
-                files: vec![FileSummary {
-                    source_file: "-".into(),
-                    status: "skipped: already ingested",
-                    bytes,
-                    ..Default::default()
-                }],
-                stats: LineStats::default(),
-                files_read: 0,
+                // p.file.size is the bytes read now.
+                files: vec![FileSummary::unread(&p.file, "skipped: already ingested")],
                 files_skipped: 1,
-                bytes_read: bytes,
-                bytes_written: 0,
-                data_files: 0,
-                partitions: BTreeSet::new(),
-                raw_version: None,
-                quarantine_version: None,
+                bytes_read: st.raw_bytes,
+                ..Default::default()
             }));
         }
         p.version = r.unwrap_or(0).max(q.unwrap_or(0)) + 1;

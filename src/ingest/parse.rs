@@ -266,13 +266,15 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The rest of a file from `first_line` that cannot be read: one quarantine row saying
-    /// `why` (see [`Chunk::corrupt`]), and a warning in the log.
+    /// What cannot be read from `first_line` on (the rest of the file, or the rest of a line over
+    /// `max_line_size`): one quarantine row saying `why` with `kept` as its raw text (see
+    /// [`Chunk::corrupt`]), and a warning in the log.
     pub fn unreadable(
         file_idx: usize,
         source_file: &Arc<str>,
         first_line: u64,
         format: Format,
+        kept: Vec<u8>,
         why: String,
     ) -> Chunk {
         tracing::warn!("{source_file}:{first_line}: {why}");
@@ -280,7 +282,7 @@ impl Chunk {
             file_idx,
             source_file: source_file.clone(),
             first_line,
-            data: Vec::new(),
+            data: kept,
             format,
             csv_header: None,
             corrupt: Some(why),

@@ -166,7 +166,14 @@ fn read_file(
             // Stdin's identity is the hash of all of it: it cannot be recorded as done unread.
             return Err(Error::usage(format!("stdin: {why}")));
         }
-        let _ = tx.send(Chunk::unreadable(idx, &source, 1, file.format, why));
+        let _ = tx.send(Chunk::unreadable(
+            idx,
+            &source,
+            1,
+            file.format,
+            Vec::new(),
+            why,
+        ));
         return Ok(Some((1, opened.raw_bytes.load(Ordering::Relaxed), None)));
     }
     let stream_broke = |e| broken_stream(e, opened.compression, &opened.read_failed, file);
@@ -218,7 +225,7 @@ fn read_file(
             }
             Err(e) => {
                 let why = stream_broke(e)?;
-                let _ = tx.send(Chunk::unreadable(idx, &source, 1, format, why));
+                let _ = tx.send(Chunk::unreadable(idx, &source, 1, format, Vec::new(), why));
                 return Ok(Some((1, opened.raw_bytes.load(Ordering::Relaxed), None)));
             }
         }
@@ -294,12 +301,8 @@ fn read_file(
                 crate::config::format_bytes(opts.max_line_bytes as u64),
                 buf.len()
             );
-            tracing::warn!("{source}:{next_line}: {why}");
             chunks += 1;
-            let chunk = Chunk {
-                corrupt: Some(why),
-                ..data_chunk(idx, &source, next_line, buf, format, &csv_header)
-            };
+            let chunk = Chunk::unreadable(idx, &source, next_line, format, buf, why);
             next_line += 1;
             if tx.send(chunk).is_err() {
                 break;
@@ -319,7 +322,14 @@ fn read_file(
     }
     if let Some(why) = corrupt {
         chunks += 1;
-        let _ = tx.send(Chunk::unreadable(idx, &source, next_line, format, why));
+        let _ = tx.send(Chunk::unreadable(
+            idx,
+            &source,
+            next_line,
+            format,
+            Vec::new(),
+            why,
+        ));
     } else {
         // Drain to EOF so the content hash (stdin) is complete.
         let mut sink = [0u8; 1];
