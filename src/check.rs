@@ -5,6 +5,10 @@
 //! unique, `-- not_null:`, `-- references: col -> table.col`, `-- accepted_values: col in (…)`),
 //! the embedded reconciliations of `sql/checks/`, and the user's own `.sql` files
 //! (`--checks-dir` / `check.dir`). A check over a table the lake does not have yet is skipped.
+//!
+//! As in dbt, a check's offending rows are judged by its severity and thresholds: header lines
+//! `-- severity: warn`, `-- warn_if: > 10`, `-- error_if: >= 100` in a check file, and
+//! `[check] warn = [names]` for any check. A warning is reported but does not fail the run.
 
 use std::path::Path;
 
@@ -19,6 +23,7 @@ use crate::delta;
 use crate::error::{query_mistake, root_message, Error, Result};
 use crate::models::{self, Model};
 use crate::storage::Lake;
+use std::fmt;
 
 const EMBEDDED: &[(&str, &str)] = &[
     (
@@ -53,14 +58,143 @@ pub struct Check {
     pub sql: String,
     /// Tables it reads; it is skipped when one is missing.
     pub tables: Vec<String>,
+    pub severity: Severity,
+    pub warn_if: Threshold,
+    pub error_if: Threshold,
+}
+
+/// Whether offending rows fail the check or only warn (dbt's `severity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warn,
+}
+
+/// A condition on the number of offending rows, `> 10` or `!= 0` (dbt's `warn_if` / `error_if`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    op: &'static str,
+    count: u64,
+}
+
+impl Default for Threshold {
+    /// Any offending row.
+    fn default() -> Self {
+        Threshold { op: "!=", count: 0 }
+    }
+}
+
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.op, self.count)
+    }
+}
+
+impl Threshold {
+    /// `> 10`, `>=1`, `!= 0`, `= 0`… (an operator, then a whole number).
+    fn parse(text: &str) -> Option<Threshold> {
+        let text = text.trim();
+        let op = ["!=", "<>", ">=", "<=", "==", ">", "<", "="]
+            .into_iter()
+            .find(|op| text.starts_with(op))?;
+        let count = text[op.len()..].trim().parse().ok()?;
+        let op = match op {
+            "<>" => "!=",
+            "==" => "=",
+            op => op,
+        };
+        Some(Threshold { op, count })
+    }
+
+    fn met(&self, rows: u64) -> bool {
+        match self.op {
+            ">" => rows > self.count,
+            ">=" => rows >= self.count,
+            "<" => rows < self.count,
+            "<=" => rows <= self.count,
+            "=" => rows == self.count,
+            _ => rows != self.count,
+        }
+    }
+}
+
+impl Check {
+    fn new(name: String, origin: String, sql: String, tables: Vec<String>) -> Check {
+        Check {
+            name,
+            origin,
+            sql,
+            tables,
+            severity: Severity::Error,
+            warn_if: Threshold::default(),
+            error_if: Threshold::default(),
+        }
+    }
+
+    /// A check file's `-- severity:`, `-- warn_if:` and `-- error_if:` header lines.
+    fn with_header(mut self) -> Result<Check> {
+        let bad = |key: &str, value: &str, expected: &str| {
+            Error::config(format!(
+                "check {} ({}): `-- {key}: {value}` must be {expected}",
+                self.name, self.origin
+            ))
+        };
+        if let Some(value) = models::directive(&self.sql, "severity") {
+            self.severity = match value.to_ascii_lowercase().as_str() {
+                "error" => Severity::Error,
+                "warn" => Severity::Warn,
+                _ => return Err(bad("severity", &value, "`error` or `warn`")),
+            };
+        }
+        for key in ["warn_if", "error_if"] {
+            if let Some(value) = models::directive(&self.sql, key) {
+                let threshold = Threshold::parse(&value).ok_or_else(|| {
+                    bad(key, &value, "a comparison with a whole number, e.g. `> 10`")
+                })?;
+                if key == "warn_if" {
+                    self.warn_if = threshold;
+                } else {
+                    self.error_if = threshold;
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// The non-default threshold behind a `warn` or `fail`, for the report.
+    fn threshold_met(&self, status: &str) -> Option<String> {
+        let (key, threshold) = match status {
+            "warn" => ("warn_if", self.warn_if),
+            "fail" => ("error_if", self.error_if),
+            _ => return None,
+        };
+        (threshold != Threshold::default()).then(|| format!("{key} {threshold}"))
+    }
+
+    /// `pass`, `warn` or `fail` for this many offending rows: an error-severity check fails when
+    /// `error_if` holds, and any check warns when `warn_if` holds.
+    fn judge(&self, rows: u64) -> &'static str {
+        if self.severity == Severity::Error && self.error_if.met(rows) {
+            "fail"
+        } else if self.warn_if.met(rows) {
+            "warn"
+        } else {
+            "pass"
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct CheckResult {
     pub name: String,
     pub origin: String,
-    /// `pass`, `fail` or `skip`.
+    /// `pass`, `warn`, `fail` or `skip`.
     pub status: &'static str,
+    pub severity: Severity,
+    /// The `warn_if` / `error_if` that held, when the check sets one (e.g. `error_if > 100`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<String>,
     pub offending_rows: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -73,24 +207,30 @@ pub struct CheckResult {
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub passed: u64,
+    /// Checks whose offending rows only warn: reported, not failed.
+    pub warned: u64,
     pub failed: u64,
     pub skipped: u64,
     pub checks: Vec<CheckResult>,
 }
 
-/// Every check: from the star models' headers, the embedded reconciliations and `user_dir`.
+/// Every check: from the star models' headers, the embedded reconciliations and `user_dir`,
+/// with `[check] warn` applied.
 pub fn all_checks(cfg: &Config, user_dir: Option<&Path>) -> Result<Vec<Check>> {
     let mut out = Vec::new();
     for model in models::load("star", cfg.build.sql_dir.as_deref())? {
         out.extend(model_checks(&model)?);
     }
     for (name, sql) in EMBEDDED {
-        out.push(Check {
-            name: name.to_string(),
-            origin: format!("embedded:sql/checks/{name}.sql"),
-            sql: sql.to_string(),
-            tables: tables_named_in(sql),
-        });
+        out.push(
+            Check::new(
+                name.to_string(),
+                format!("embedded:sql/checks/{name}.sql"),
+                sql.to_string(),
+                tables_named_in(sql),
+            )
+            .with_header()?,
+        );
     }
     if let Some(dir) = user_dir {
         let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -102,17 +242,22 @@ pub fn all_checks(cfg: &Config, user_dir: Option<&Path>) -> Result<Vec<Check>> {
         for path in files {
             let sql = std::fs::read_to_string(&path)
                 .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-            out.push(Check {
-                name: path
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("check")
-                    .to_string(),
-                origin: path.display().to_string(),
-                tables: tables_named_in(&sql),
-                sql,
-            });
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("check")
+                .to_string();
+            let tables = tables_named_in(&sql);
+            out.push(Check::new(name, path.display().to_string(), sql, tables).with_header()?);
         }
+    }
+    for name in &cfg.build.warn_checks {
+        let check = out.iter_mut().find(|c| &c.name == name).ok_or_else(|| {
+            Error::config(format!(
+                "[check] warn: no check is named {name:?} (`clicklake check` lists them)"
+            ))
+        })?;
+        check.severity = Severity::Warn;
     }
     Ok(out)
 }
@@ -138,12 +283,12 @@ fn model_checks(model: &Model) -> Result<Vec<Check>> {
     let mut push = |kind: &str, what: &str, sql: String, extra: Option<&str>| {
         let mut tables = vec![t.clone()];
         tables.extend(extra.map(str::to_string));
-        out.push(Check {
-            name: format!("{kind}({t}.{what})"),
-            origin: model.origin.clone(),
+        out.push(Check::new(
+            format!("{kind}({t}.{what})"),
+            model.origin.clone(),
             sql,
             tables,
-        });
+        ));
     };
     let grain = match model.directive_list("grain") {
         g if !g.is_empty() => g,
@@ -254,6 +399,7 @@ pub async fn run(
     register_raw_cleaned(&ctx, lake, &mut present).await?;
     let mut report = CheckReport {
         passed: 0,
+        warned: 0,
         failed: 0,
         skipped: 0,
         checks: Vec::new(),
@@ -289,22 +435,27 @@ pub async fn run(
                 name: check.name,
                 origin: check.origin,
                 status: "skip",
+                severity: check.severity,
+                threshold: None,
                 offending_rows: 0,
                 sample: None,
                 sql: check.sql,
             });
             continue;
         };
-        let status = if rows == 0 { "pass" } else { "fail" };
-        if rows == 0 {
-            report.passed += 1;
-        } else {
-            report.failed += 1;
+        let status = check.judge(rows);
+        let threshold = check.threshold_met(status);
+        match status {
+            "pass" => report.passed += 1,
+            "warn" => report.warned += 1,
+            _ => report.failed += 1,
         }
         report.checks.push(CheckResult {
             name: check.name,
             origin: check.origin,
             status,
+            severity: check.severity,
+            threshold,
             offending_rows: rows,
             reason: None,
             sample,
@@ -378,18 +529,33 @@ async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
 
 /// The human report: one line per check, offending samples under failures, a summary line.
 pub fn render(report: &CheckReport) -> String {
+    let mut out = render_flagged(report, false);
+    out.push_str(&format!("{}\n", summary_line(report)));
+    out
+}
+
+/// The report's lines, without the summary line; with `flagged_only`, only warnings and
+/// failures (what `run` prints under its stage line).
+pub fn render_flagged(report: &CheckReport, flagged_only: bool) -> String {
     let mut out = String::new();
     for c in &report.checks {
         match c.status {
+            "pass" | "skip" if flagged_only => {}
             "pass" => out.push_str(&format!("PASS  {}\n", c.name)),
             "skip" => out.push_str(&format!(
                 "SKIP  {} ({})\n",
                 c.name,
                 c.reason.as_deref().unwrap_or("")
             )),
-            _ => {
+            status => {
+                let label = if status == "warn" { "WARN" } else { "FAIL" };
+                let threshold = c
+                    .threshold
+                    .as_ref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default();
                 out.push_str(&format!(
-                    "FAIL  {}: {} offending row(s)  [{}]\n",
+                    "{label}  {}: {} offending row(s){threshold}  [{}]\n",
                     c.name, c.offending_rows, c.origin
                 ));
                 if let Some(s) = &c.sample {
@@ -400,16 +566,34 @@ pub fn render(report: &CheckReport) -> String {
             }
         }
     }
-    out.push_str(&format!(
-        "{} passed, {} failed, {} skipped\n",
-        report.passed, report.failed, report.skipped
-    ));
     out
+}
+
+/// `80 passed, 1 warned, 0 failed, 2 skipped`.
+pub fn summary_line(report: &CheckReport) -> String {
+    format!(
+        "{} passed, {} warned, {} failed, {} skipped",
+        report.passed, report.warned, report.failed, report.skipped
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_read_as_dbt_writes_them() {
+        let met = |text: &str, rows: u64| Threshold::parse(text).unwrap().met(rows);
+        assert!(met(">10", 11) && !met("> 10", 10));
+        assert!(met(">= 1", 1) && !met(">=1", 0));
+        assert!(met("<> 0", 2) && !met("!=0", 0));
+        assert!(met("== 3", 3) && met("= 3", 3) && !met("=3", 4));
+        assert!(met("< 2", 1) && !met("<= 2", 3));
+        assert_eq!(Threshold::parse("<> 0").unwrap().to_string(), "!= 0");
+        for bad in ["", "10", "> ten", ">", "~ 1", "> -1", "> 1.5"] {
+            assert_eq!(Threshold::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn model_headers_become_checks() {

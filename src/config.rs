@@ -146,6 +146,8 @@ pub struct FileBuild {
 pub struct FileCheck {
     /// A directory of `.sql` checks, each returning offending rows.
     pub dir: Option<PathBuf>,
+    /// Checks (by name) whose offending rows only warn.
+    pub warn: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +300,8 @@ pub struct BuildConfig {
     pub sql_dir: Option<PathBuf>,
     /// User checks: every `.sql` file here is a check returning offending rows.
     pub checks_dir: Option<PathBuf>,
+    /// `[check] warn`: checks (by name) whose offending rows only warn.
+    pub warn_checks: Vec<String>,
     /// The segments, in priority order (best first).
     pub segments: Vec<Segment>,
 }
@@ -690,6 +694,7 @@ fn merge_build(
     Ok(BuildConfig {
         sql_dir: file.sql_dir,
         checks_dir: check.dir,
+        warn_checks: check.warn.unwrap_or_default(),
         segments: out,
     })
 }
@@ -1070,6 +1075,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 [check]
 # Your own data tests: every .sql file here is a query returning offending rows (check --checks-dir).
 # dir = "./checks"
+# Checks (by name, as `clicklake check` prints them) whose offending rows only warn: reported as
+# WARN, not failing the run. A check file can say so itself: `-- severity: warn`, or thresholds
+# `-- warn_if: > 0` and `-- error_if: > 100` on the number of offending rows.
+# warn = ["accepted_values(fact_sessions.device)"]
 
 [run]
 # `clicklake run` (the cron entry point) ingests new files from here: a local directory or an

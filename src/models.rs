@@ -40,14 +40,7 @@ impl Model {
     /// The value of a `-- key: value` line in the model's leading comment block (dbt's
     /// `config()`), e.g. `materialized`, `unique_key`, `partition_by`, `not_null`.
     pub fn directive(&self, key: &str) -> Option<String> {
-        self.sql
-            .lines()
-            .map(str::trim)
-            .take_while(|l| l.is_empty() || l.starts_with("--"))
-            .filter_map(|l| l.strip_prefix("--"))
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().to_string())
+        directive(&self.sql, key)
     }
 
     /// A comma-separated directive as a list (empty when absent).
@@ -61,6 +54,17 @@ impl Model {
             })
             .unwrap_or_default()
     }
+}
+
+/// The value of a `-- key: value` line in a query's leading comment block.
+pub fn directive(sql: &str, key: &str) -> Option<String> {
+    sql.lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with("--"))
+        .filter_map(|l| l.strip_prefix("--"))
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
 }
 
 const CLEAN: &[(&str, &str)] = &[

@@ -20,7 +20,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
     } else if !(cfg.quiet && report.failed == 0) {
         out!("{}", check::render(&report))?;
     }
-    if report.passed == 0 && report.failed == 0 && report.skipped > 0 {
+    if report.passed == 0 && report.warned == 0 && report.failed == 0 && report.skipped > 0 {
         // A CI gate that checked nothing must not pass: a mistyped lake URL, or checks run
         // before anything was ingested.
         return Err(Error::usage(format!(

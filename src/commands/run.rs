@@ -111,14 +111,9 @@ pub fn render(s: &RunSummary) -> String {
         out.push_str(&format!("  build   {line:<64} {}\n", secs("build")));
     }
     if let Some(c) = &s.check {
-        let line = format!(
-            "{} passed, {} failed, {} skipped",
-            c.passed, c.failed, c.skipped
-        );
+        let line = check::summary_line(c);
         out.push_str(&format!("  check   {line:<64} {}\n", secs("check")));
-        if c.failed > 0 {
-            out.push_str(&check::render(c));
-        }
+        out.push_str(&check::render_flagged(c, true));
     }
     out
 }

@@ -471,6 +471,116 @@ fn a_failing_user_check_exits_1_with_its_rows() {
 }
 
 #[test]
+fn a_check_that_only_warns_is_reported_and_does_not_fail_check_or_run() {
+    let ctx = TestContext::new(Backend::Local);
+    let inbox = ctx.path("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(
+        ctx.fixture("star/sessions.ndjson"),
+        inbox.join("sessions.ndjson"),
+    )
+    .unwrap();
+    let checks = ctx.path("checks");
+    std::fs::create_dir_all(&checks).unwrap();
+    let write = |name: &str, sql: &str| std::fs::write(checks.join(name), sql).unwrap();
+    // dbt's thresholds on the number of offending rows: two rows warn, three would fail.
+    write(
+        "rows.sql",
+        "-- warn_if: > 1\n-- error_if: > 2\nSELECT x FROM (VALUES (1), (2)) t(x)",
+    );
+    write(
+        "abandoned.sql",
+        "-- severity: warn\nSELECT session_key FROM fact_sessions WHERE cart_abandoned",
+    );
+    // Fails on its own; `[check] warn` makes it a warning.
+    write(
+        "gbp.sql",
+        "SELECT session_key FROM fact_sessions WHERE currency = 'GBP' OR cart_abandoned",
+    );
+    // Under both thresholds, offending rows pass (error_if alone defaults to `!= 0`).
+    write(
+        "quiet.sql",
+        "-- warn_if: > 5\n-- error_if: > 10\nSELECT 1 AS x",
+    );
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[check]\ndir = \"checks\"\nwarn = [\"gbp\"]\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["run", "--inbox", inbox.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains(" 3 warned, 0 failed, 0 skipped"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("WARN  abandoned: 1 offending row(s)"),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("PASS  "),
+        "run lists only what is flagged: {summary}"
+    );
+    assert_eq!(
+        ctx.query("SELECT outcome FROM _runs"),
+        ["success"],
+        "warnings are not a failed run"
+    );
+
+    let out = ctx.run(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&json["warned"], &json["failed"]), (&3.into(), &0.into()));
+    let status_of = |name: &str| {
+        let c = json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {json}"));
+        (c["status"].clone(), c["severity"].clone())
+    };
+    assert_eq!(status_of("rows"), ("warn".into(), "error".into()));
+    let rows = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "rows");
+    assert_eq!(rows.unwrap()["threshold"], "warn_if > 1");
+    assert_eq!(status_of("abandoned"), ("warn".into(), "warn".into()));
+    assert_eq!(status_of("gbp"), ("warn".into(), "warn".into()));
+    assert_eq!(status_of("quiet"), ("pass".into(), "error".into()));
+
+    // Past error_if, the same check fails.
+    write(
+        "rows.sql",
+        "-- warn_if: > 1\n-- error_if: > 2\nSELECT x FROM (VALUES (1), (2), (3)) t(x)",
+    );
+    let out = ctx.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("FAIL  rows: 3 offending row(s) (error_if > 2)"),
+        "{report}"
+    );
+    assert!(report.contains(" 2 warned, 1 failed, "), "{report}");
+
+    // Bad severities, thresholds and names are configuration errors naming what is wrong.
+    write("rows.sql", "-- severity: fatal\nSELECT 1");
+    one_line_failure(&ctx.run(&["check"]), 2, &["rows.sql", "severity: fatal"]);
+    write("rows.sql", "-- error_if: more than 3\nSELECT 1");
+    one_line_failure(&ctx.run(&["check"]), 2, &["rows.sql", "error_if"]);
+    write("rows.sql", "SELECT 1 WHERE false");
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[check]\ndir = \"checks\"\nwarn = [\"gpb\"]\n",
+    )
+    .unwrap();
+    one_line_failure(&ctx.run(&["check"]), 2, &["[check] warn", "\"gpb\""]);
+}
+
+#[test]
 fn a_build_killed_between_tables_finishes_on_the_next_run() {
     let ctx = TestContext::new(Backend::Local);
     ctx.generate(
