@@ -80,6 +80,9 @@ pub enum Command {
     Check(CheckArgs),
     /// List the lake's tables with rows, files, size, partitions and version
     Tables(TablesArgs),
+    /// A table's commits, newest first (Delta's DESCRIBE HISTORY): version, time, operation,
+    /// the clicklake command behind it, files and rows added and removed
+    History(HistoryArgs),
     /// Rewrite small files into files of about the target size (Delta OPTIMIZE); no rows change
     Compact(CompactArgs),
     /// Delete data files no version within the retention period references
@@ -313,6 +316,25 @@ pub struct RunArgs {
     pub min_file_age: Option<std::time::Duration>,
 
     /// Print one JSON summary object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The table, e.g. events or fact_sessions
+    pub table: String,
+
+    /// Show at most this many of the newest commits
+    #[arg(long, value_name = "N", default_value_t = 20, conflicts_with = "all",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+
+    /// Show every commit the log still holds
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print one JSON array, newest commit first
     #[arg(long)]
     pub json: bool,
 }

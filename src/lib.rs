@@ -74,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Command::Build(args) => commands::build::run(&cfg, &lake, args).await,
                     Command::Check(args) => commands::check::run(&cfg, &lake, args).await,
                     Command::Tables(args) => commands::tables::run(&lake, &args).await,
+                    Command::History(args) => commands::history::run(&lake, &args).await,
                     Command::Status(args) => commands::status::run(&cfg, &lake, args).await,
                     Command::Compact(args) => commands::compact::run(&cfg, &lake, args).await,
                     Command::Vacuum(args) => commands::vacuum::run(&cfg, &lake, args).await,

@@ -7,6 +7,7 @@ pub mod compact;
 pub mod consent;
 pub mod erase;
 pub mod generate;
+pub mod history;
 pub mod ingest;
 pub mod init;
 pub mod run;

@@ -77,6 +77,73 @@ both_backends!(
         let events = ctx.query("SELECT * FROM events ORDER BY event_id");
         ctx.ok(&["clean", "-q", "--full-refresh"]);
         assert_eq!(events, ctx.query("SELECT * FROM events ORDER BY event_id"));
+
+        // The history names every commit, newest first, and its figures add up to the tables.
+        let history = |table: &str, extra: &[&str]| -> Vec<serde_json::Value> {
+            let mut args = vec!["history", table, "--json"];
+            args.extend_from_slice(extra);
+            serde_json::from_str(&ctx.ok(&args)).unwrap()
+        };
+        let raw = history("raw_events", &["--all"]);
+        let version = |t: &str| {
+            let tables: serde_json::Value =
+                serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+            tables
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["name"] == t)
+                .unwrap()["version"]
+                .as_i64()
+                .unwrap()
+        };
+        let versions: Vec<i64> = raw.iter().map(|c| c["version"].as_i64().unwrap()).collect();
+        assert_eq!(
+            versions,
+            (0..=version("raw_events")).rev().collect::<Vec<_>>()
+        );
+        let landed: u64 = raw
+            .iter()
+            .filter(|c| c["data_change"] == true)
+            .map(|c| c["rows_added"].as_u64().unwrap())
+            .sum();
+        assert_eq!(landed, ctx.count("SELECT count(*) FROM raw_events"));
+        let ingests = raw.iter().filter(|c| c["clicklake"]["command"] == "ingest");
+        assert_eq!(ingests.count(), 4, "one commit per ingest: {raw:?}");
+        let compactions: Vec<_> = raw
+            .iter()
+            .filter(|c| c["operation"] == "OPTIMIZE")
+            .collect();
+        assert!(!compactions.is_empty());
+        assert!(compactions
+            .iter()
+            .all(|c| c["data_change"] == false && c["files_removed"].as_u64().unwrap() > 1));
+
+        let events = history("events", &["--limit", "2"]);
+        assert_eq!(events.len(), 2);
+        let newest = &events[0];
+        assert_eq!(newest["version"].as_i64().unwrap(), version("events"));
+        assert_eq!(
+            (
+                &newest["clicklake"]["command"],
+                &newest["clicklake"]["mode"]
+            ),
+            (&"clean".into(), &"full".into()),
+            "{newest}"
+        );
+        // A full refresh replaces every file: it adds every row the table holds.
+        assert_eq!(
+            newest["rows_added"].as_u64().unwrap(),
+            ctx.count("SELECT count(*) FROM events")
+        );
+        let text = ctx.ok(&["history", "events"]);
+        assert!(
+            text.lines().any(|l| l.contains("clean incremental")),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l.contains("OPTIMIZE*")), "{text}");
+        let out = ctx.run(&["history", "evnts"]);
+        crate::context::one_line_failure(&out, 2, &["unknown table \"evnts\""]);
     }
 );
 

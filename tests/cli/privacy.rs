@@ -231,6 +231,13 @@ both_backends!(
             err.contains("not registered") && err.contains("raw_events"),
             "{err}"
         );
+        // The history starts after the erasure and says why.
+        let history = ctx.ok(&["history", "raw_events"]);
+        assert!(
+            history.contains("are no longer in the log: log retention removed them"),
+            "{history}"
+        );
+        assert!(!history.contains("ingest"), "{history}");
 
         // The next clean and build rebuild in full and stay clean; re-landing the original file
         // does not bring the person back.
