@@ -3,7 +3,7 @@
 with DuckDB (`threads=2` unless told otherwise), so the benchmark compares equal work.
 
     duckdb_reference.py ingest OUT_DIR FILE...   read NDJSON, classify invalid lines with clicklake's
-                                                 11 quarantine rules (first failing rule wins),
+                                                 12 quarantine rules (first failing rule wins),
                                                  normalise, dedup by event_id (earliest received_at,
                                                  then file, line), write date x segment
                                                  partitioned zstd Parquet to OUT_DIR/events and
@@ -52,6 +52,7 @@ def q(s):
 def ingest(out, files):
     con = connect()
     skew = int(os.environ.get("MAX_FUTURE_SKEW_S", "86400"))
+    past_skew = int(os.environ.get("MAX_PAST_SKEW_S", str(365 * 86400)))
     types = ", ".join(q(t) for t in EVENT_TYPES)
     file_list = "[" + ", ".join(q(f) for f in files) + "]"
     # One VARCHAR column per physical line (no delimiter or quote can occur: \x1f never does).
@@ -111,6 +112,7 @@ def ingest(out, files):
             WHEN lower(trim(event_type, E' \\t')) = 'purchase'
                  AND coalesce(trim(order_id), '') = '' THEN 'purchase_without_order_id'
             WHEN et > coalesce(ra_given, now()) + INTERVAL ({skew}) SECOND THEN 'future_event_time'
+            WHEN et < ra_given - INTERVAL ({past_skew}) SECOND THEN 'stale_event_time'
             WHEN coalesce(trim(user_id), '') = '' AND coalesce(trim(anonymous_id), '') = ''
               THEN 'missing_anonymous_id'
             WHEN (t_currency = 'VARCHAR' AND trim(currency) <> ''

@@ -187,6 +187,7 @@ pub struct FileStorage {
 #[serde(deny_unknown_fields)]
 pub struct FileIngest {
     pub max_future_skew: Option<String>,
+    pub max_past_skew: Option<String>,
     pub target_file_size: Option<String>,
     pub row_group_rows: Option<u64>,
     pub zstd_level: Option<i32>,
@@ -219,6 +220,8 @@ pub struct StorageConfig {
 pub struct IngestConfig {
     /// `future_event_time`: event_time later than received_at by more than this.
     pub max_future_skew: Duration,
+    /// `stale_event_time`: event_time earlier than a given received_at by more than this.
+    pub max_past_skew: Duration,
     /// Data files roll over at about this size.
     pub target_file_size: u64,
     pub row_group_rows: usize,
@@ -814,6 +817,12 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         }
         None => Duration::from_secs(24 * 3600),
     };
+    let max_past_skew = match &file.max_past_skew {
+        Some(v) => {
+            parse_duration(v).map_err(|e| Error::config(format!("ingest.max_past_skew: {e}")))?
+        }
+        None => Duration::from_secs(365 * 24 * 3600),
+    };
     let target_file_size = match &file.target_file_size {
         Some(v) => {
             parse_size(v).map_err(|e| Error::config(format!("ingest.target_file_size: {e}")))?
@@ -885,6 +894,7 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         .max(64 << 10);
     Ok(IngestConfig {
         max_future_skew,
+        max_past_skew,
         target_file_size,
         row_group_rows: row_group_rows as usize,
         zstd_level,
@@ -1037,6 +1047,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 [ingest]
 # A row whose event_time is later than its received_at by more than this is quarantined (future_event_time).
 # max_future_skew = "1d"
+# A row whose event_time is earlier than the received_at it gives by more than this is
+# quarantined (stale_event_time): a device clock reset to 1970 or 2000. Rows without a
+# received_at (a backfill of old exports) are not checked.
+# max_past_skew = "365d"
 # Data files roll over at about this size.
 # target_file_size = "256MiB"
 # row_group_rows = 1048576

@@ -123,6 +123,7 @@ pub fn writer(
 /// (a hash per row, then a copy of every column). Fails if the rows are not of one partition.
 pub async fn write_partition(
     writer: &mut RecordBatchWriter,
+    table: &str,
     partition_columns: &[String],
     batch: arrow::array::RecordBatch,
 ) -> Result<()> {
@@ -134,12 +135,13 @@ pub async fn write_partition(
             "a batch to write holds rows of more than one partition",
         ));
     }
-    write_one_partition(writer, partition_columns, batch).await
+    write_one_partition(writer, table, partition_columns, batch).await
 }
 
 /// [`write_partition`] of a batch (not empty) its caller has found to be of one partition.
 async fn write_one_partition(
     writer: &mut RecordBatchWriter,
+    table: &str,
     partition_columns: &[String],
     batch: arrow::array::RecordBatch,
 ) -> Result<()> {
@@ -157,7 +159,8 @@ async fn write_one_partition(
     let values = values.into_iter().collect();
     writer
         .write_partition(batch, &values, deltalake::writer::WriteMode::Default)
-        .await?;
+        .await
+        .map_err(|e| write_failed(table, e))?;
     Ok(())
 }
 
@@ -210,8 +213,9 @@ pub async fn append_batch(
     use deltalake::writer::DeltaWriter;
     let props = writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let mut w = writer(table, props, cfg.ingest.target_file_size)?;
-    w.write(batch).await?;
-    let adds = w.flush().await?;
+    let name = table_name(table);
+    w.write(batch).await.map_err(|e| write_failed(&name, e))?;
+    let adds = w.flush().await.map_err(|e| write_failed(&name, e))?;
     commit_append(table, adds, Vec::new(), metadata).await
 }
 
@@ -368,7 +372,13 @@ impl TableSink {
         }
         let conformed = self.conform(&batch)?;
         self.rows += conformed.num_rows() as u64;
-        write_one_partition(&mut self.writer, &self.partition_columns, conformed).await?;
+        write_one_partition(
+            &mut self.writer,
+            &self.table,
+            &self.partition_columns,
+            conformed,
+        )
+        .await?;
         self.flush_if_full().await
     }
 
@@ -459,7 +469,7 @@ pub fn is_data_change(action: &serde_json::Value) -> bool {
 
 /// A failed data-file write, named as one: deltalake reports a failed upload of a Parquet file as
 /// "Failed to parse parquet", which reads like a corrupt input.
-fn write_failed(table: &str, e: deltalake::DeltaTableError) -> Error {
+pub fn write_failed(table: &str, e: deltalake::DeltaTableError) -> Error {
     let cause = match &e {
         deltalake::DeltaTableError::Parquet { source } => source.to_string(),
         other => other.to_string(),
@@ -702,10 +712,10 @@ mod tests {
         };
         let partitions = ["p".to_string()];
         let mut w = writer(&table, WriterProperties::default(), 1 << 20).unwrap();
-        write_partition(&mut w, &partitions, batch(["a", "a"]))
+        write_partition(&mut w, "t", &partitions, batch(["a", "a"]))
             .await
             .unwrap();
-        let err = write_partition(&mut w, &partitions, batch(["a", "b"]))
+        let err = write_partition(&mut w, "t", &partitions, batch(["a", "b"]))
             .await
             .unwrap_err();
         assert!(

@@ -77,6 +77,32 @@ impl Error {
     }
 }
 
+/// Installs a panic hook that keeps one known, already handled panic off stderr and passes every
+/// other panic to the default hook.
+///
+/// When a data file's upload fails at its last step (a full disk, a file-size limit, a store that
+/// refuses the completion), deltalake aborts the upload under `catch_unwind`, and object_store's
+/// `BufWriter::abort` panics "Already shut down" by design in that state. deltalake recovers and
+/// returns the write error, which clicklake reports in one line (exit 3), but the default hook
+/// would first print the panic, with a backtrace under `RUST_BACKTRACE`, once per open file.
+pub fn quiet_handled_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str));
+        let in_buffered_abort = info.location().is_some_and(|l| {
+            l.file().contains("object_store") && l.file().ends_with("buffered.rs")
+        });
+        if in_buffered_abort && message == Some("Already shut down") {
+            return;
+        }
+        default(info)
+    }));
+}
+
 /// One line for a DataFusion error: its root cause, without backtrace or line breaks.
 pub fn root_message(e: &datafusion::error::DataFusionError) -> String {
     e.find_root().strip_backtrace().replace('\n', " ")

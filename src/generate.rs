@@ -36,8 +36,9 @@ pub struct Options {
 }
 
 /// Bumped whenever the same seed and options would write different files. 2: sessions spread
-/// over every requested day (version 1 assumed 6 events a session and ended early).
-pub const GENERATOR_VERSION: u32 = 2;
+/// over every requested day (version 1 assumed 6 events a session and ended early). 3: dirt
+/// includes `stale_event_time` (a clock reset to 1970).
+pub const GENERATOR_VERSION: u32 = 3;
 
 /// What the generator knows it wrote.
 #[derive(Debug, Serialize, Default, Clone, serde::Deserialize)]
@@ -728,6 +729,11 @@ impl Gen {
             }
             Reason::FutureEventTime => {
                 ev.event_time_us = ev.received_us + 3 * 86_400_000_000;
+                self.render(&ev, false, None)
+            }
+            Reason::StaleEventTime => {
+                // A device whose clock was reset: 1970-01-01 at the same time of day.
+                ev.event_time_us %= 86_400_000_000;
                 self.render(&ev, false, None)
             }
             Reason::MissingAnonymousId => {

@@ -10,6 +10,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    clicklake::error::quiet_handled_panics();
     let outcome = no_transparent_huge_pages()
         .map_err(anyhow::Error::from)
         .and_then(|()| clicklake::run(clicklake::cli::Cli::parse()));

@@ -465,6 +465,7 @@ pub async fn run(
         batch_id: Arc::from(batch_id.as_str()),
         ingested_at_us: now.timestamp_micros(),
         max_future_skew_us: cfg.ingest.max_future_skew.as_micros() as i64,
+        max_past_skew_us: cfg.ingest.max_past_skew.as_micros().min(i64::MAX as u128) as i64,
         segments: Arc::new(load_segments(lake).await?),
         raw_schema: (RAW_EVENTS.schema)(),
         quarantine_schema: (QUARANTINE.schema)(),
@@ -851,16 +852,28 @@ async fn land(
                 rows_seen += out.stats.lines;
                 let step = async {
                     for part in out.raw {
-                        delta::write_partition(&mut raw_w, &raw_partitions, part).await?;
+                        delta::write_partition(&mut raw_w, RAW_EVENTS.name, &raw_partitions, part)
+                            .await?;
                     }
                     if modes[out.file_idx] == Mode::Full && out.quarantine.num_rows() > 0 {
-                        q_w.write(out.quarantine).await?;
+                        q_w.write(out.quarantine)
+                            .await
+                            .map_err(|e| delta::write_failed(QUARANTINE.name, e))?;
                     }
                     if raw_w.buffer_len() > flush_at {
-                        raw_adds.extend(raw_w.flush().await?);
+                        raw_adds.extend(
+                            raw_w
+                                .flush()
+                                .await
+                                .map_err(|e| delta::write_failed(RAW_EVENTS.name, e))?,
+                        );
                     }
                     if q_w.buffer_len() > flush_at {
-                        q_adds.extend(q_w.flush().await?);
+                        q_adds.extend(
+                            q_w.flush()
+                                .await
+                                .map_err(|e| delta::write_failed(QUARANTINE.name, e))?,
+                        );
                     }
                     Ok::<(), Error>(())
                 };
@@ -921,8 +934,17 @@ async fn land(
             p.file.display
         )));
     }
-    raw_adds.extend(raw_w.flush().await?);
-    q_adds.extend(q_w.flush().await?);
+    raw_adds.extend(
+        raw_w
+            .flush()
+            .await
+            .map_err(|e| delta::write_failed(RAW_EVENTS.name, e))?,
+    );
+    q_adds.extend(
+        q_w.flush()
+            .await
+            .map_err(|e| delta::write_failed(QUARANTINE.name, e))?,
+    );
     Ok(Landed {
         state,
         raw_adds,

@@ -241,6 +241,8 @@ pub struct ParseSettings {
     /// Ingest time, used as `received_at` when a row has none and as `ingested_at`.
     pub ingested_at_us: i64,
     pub max_future_skew_us: i64,
+    /// `stale_event_time`: event_time earlier than a given received_at by more than this.
+    pub max_past_skew_us: i64,
     pub segments: Arc<SegmentResolver>,
     pub raw_schema: SchemaRef,
     pub quarantine_schema: SchemaRef,
@@ -1127,11 +1129,12 @@ fn validate<'a>(
         }
         Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
     };
-    let received_at = match timestamp(&f.v[F_RECEIVED_AT], "received_at", format, ts_formats) {
-        Ok(t) => t,
-        Err(TsError::Missing) => s.ingested_at_us,
-        Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
-    };
+    let (received_at, received_given) =
+        match timestamp(&f.v[F_RECEIVED_AT], "received_at", format, ts_formats) {
+            Ok(t) => (t, true),
+            Err(TsError::Missing) => (s.ingested_at_us, false),
+            Err(TsError::Bad(m)) => return Err((BadTimestamp, format!("field {m}"))),
+        };
     let event_type = match &f.v[F_EVENT_TYPE] {
         Val::Str(t) => {
             let norm = t.trim_matches([' ', '\t']).to_ascii_lowercase();
@@ -1185,18 +1188,31 @@ fn validate<'a>(
             format!("field order_id is {} on a purchase", f.v[F_ORDER_ID]),
         ));
     }
+    let fmt = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+            .unwrap_or_default()
+    };
     if event_time > received_at.saturating_add(s.max_future_skew_us) {
-        let fmt = |us: i64| {
-            chrono::DateTime::from_timestamp_micros(us)
-                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-                .unwrap_or_default()
-        };
         return Err((
             FutureEventTime,
             format!(
                 "field event_time: {} is more than {}s after received_at {}",
                 fmt(event_time),
                 s.max_future_skew_us / 1_000_000,
+                fmt(received_at)
+            ),
+        ));
+    }
+    // A device clock reset (1970, 2000-01-01) or a replayed year-old buffer: only against a
+    // received_at the row gives (a backfill without one is as old as it says).
+    if received_given && event_time < received_at.saturating_sub(s.max_past_skew_us) {
+        return Err((
+            StaleEventTime,
+            format!(
+                "field event_time: {} is more than {}s before received_at {}",
+                fmt(event_time),
+                s.max_past_skew_us / 1_000_000,
                 fmt(received_at)
             ),
         ));

@@ -12,6 +12,7 @@ pub enum Reason {
     NegativePrice,
     PurchaseWithoutOrderId,
     FutureEventTime,
+    StaleEventTime,
     MissingAnonymousId,
     InvalidField,
     /// A source mapping's `_reject` said so (e.g. an app_id outside the allow-list).
@@ -23,9 +24,9 @@ pub enum Reason {
 impl Reason {
     /// The rules of the canonical format: every reason but the last two, which only a source
     /// mapping gives.
-    pub const NATIVE: &'static [Reason] = Reason::ALL.split_at(11).0;
+    pub const NATIVE: &'static [Reason] = Reason::ALL.split_at(12).0;
 
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BrokenJson,
         Reason::MissingEventId,
         Reason::MissingEventTime,
@@ -35,6 +36,7 @@ impl Reason {
         Reason::NegativePrice,
         Reason::PurchaseWithoutOrderId,
         Reason::FutureEventTime,
+        Reason::StaleEventTime,
         Reason::MissingAnonymousId,
         Reason::InvalidField,
         Reason::RejectedBySource,
@@ -52,6 +54,7 @@ impl Reason {
             Reason::NegativePrice => "negative_price",
             Reason::PurchaseWithoutOrderId => "purchase_without_order_id",
             Reason::FutureEventTime => "future_event_time",
+            Reason::StaleEventTime => "stale_event_time",
             Reason::MissingAnonymousId => "missing_anonymous_id",
             Reason::InvalidField => "invalid_field",
             Reason::RejectedBySource => "rejected_by_source",
@@ -70,7 +73,7 @@ impl Reason {
 
 /// Counts per reason, indexed by [`Reason::index`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReasonCounts(pub [u64; 13]);
+pub struct ReasonCounts(pub [u64; Reason::ALL.len()]);
 
 impl ReasonCounts {
     pub fn add(&mut self, r: Reason) {

@@ -90,6 +90,74 @@ both_backends!(every_quarantine_reason_with_detail, |backend: Backend| {
 });
 
 #[test]
+fn an_event_time_long_before_its_received_at_is_stale() {
+    let ctx = TestContext::new(Backend::Local);
+    let line = |id: &str, event_time: &str, received_at: Option<&str>| {
+        let received = received_at
+            .map(|r| format!(r#","received_at":"{r}""#))
+            .unwrap_or_default();
+        format!(
+            r#"{{"event_id":"{id}","event_time":"{event_time}"{received},"event_type":"page_view","anonymous_id":"a1"}}"#
+        )
+    };
+    let lines = [
+        // A device clock reset to 1970, sent today.
+        line(
+            "reset",
+            "1970-01-01T00:03:12Z",
+            Some("2026-03-02T10:00:00Z"),
+        ),
+        // Sent from an offline buffer 200 days late: late, not stale.
+        line(
+            "offline",
+            "2025-08-14T10:00:00Z",
+            Some("2026-03-02T10:00:00Z"),
+        ),
+        // A backfill of old exports without received_at is as old as it says.
+        line("backfill", "2019-11-01T10:00:00Z", None),
+    ];
+    std::fs::write(ctx.path("in.ndjson"), lines.join("\n") + "\n").unwrap();
+    let s = ctx.ingest_json(&[ctx.path("in.ndjson").to_str().unwrap()]);
+    assert_eq!(
+        (s["landed"].as_u64(), s["quarantined"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
+    let rows = ctx.query("SELECT line_number, reason, detail FROM quarantine");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].starts_with("1,stale_event_time,")
+            && rows[0].contains("1970-01-01T00:03:12Z is more than 31536000s before received_at"),
+        "{rows:?}"
+    );
+    // A tighter window is a setting.
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_past_skew = \"30d\"\n",
+    )
+    .unwrap();
+    let s = ctx.ingest_json(&["--force", ctx.path("in.ndjson").to_str().unwrap()]);
+    assert_eq!(
+        (s["landed"].as_u64(), s["quarantined"].as_u64()),
+        (Some(1), Some(2)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.count(
+            "SELECT count(*) FROM quarantine WHERE reason = 'stale_event_time' AND line_number = 2"
+        ),
+        1
+    );
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nmax_past_skew = \"a year\"\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["ingest", ctx.path("in.ndjson").to_str().unwrap()]);
+    crate::context::one_line_failure(&out, 2, &["ingest.max_past_skew"]);
+}
+
+#[test]
 fn native_csv_with_quotes_epoch_millis_and_multiline_fields() {
     let ctx = TestContext::new(Backend::Local);
     let file = ctx.fixture("native/events.csv");

@@ -120,6 +120,55 @@ both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
 /// before it writes the object (`put_object` in its s3.rs), so two commits racing for one version
 /// can both be accepted there and one is overwritten — a race in the test server, not an atomic
 /// store such as S3, MinIO or local disk. CI saw it once under load.
+/// A data file that cannot be written (a full disk; here a file-size limit, which fails the
+/// same write calls) stops the ingest with one error line, exit 3 and nothing committed, and
+/// without a panic's text; the next run lands every line once.
+#[test]
+fn a_write_failing_like_a_full_disk_is_one_line_and_commits_nothing() {
+    use std::os::unix::process::CommandExt;
+    let ctx = TestContext::new(Backend::Local);
+    let m = ctx.generate("gen", &["--events", "6000", "--files", "3", "--dirty"]);
+    let dir = ctx.path("gen");
+    ctx.ok(&["init"]);
+    let mut cmd = ctx.std_cmd();
+    cmd.args(["ingest", dir.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1");
+    // SAFETY: between fork and exec this calls only async-signal-safe functions (signal and
+    // setrlimit) on values of its own.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Writes past the limit fail with EFBIG instead of killing the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 16 << 10,
+                rlim_max: 16 << 10,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("writing a data file of ") && errors[0].contains("File too large"),
+        "{err}"
+    );
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 0);
+    assert_eq!(ctx.count("SELECT count(*) FROM ingested_files"), 0);
+    let s = ctx.ingest_json(&[dir.to_str().unwrap()]);
+    assert_eq!(s["files_read"], 3, "{s}");
+    check_exact(&ctx, &m, 3);
+}
+
 #[test]
 fn concurrent_ingests_lose_nothing() {
     let ctx = TestContext::new(Backend::Local);
