@@ -140,6 +140,10 @@ print(k)')
              (SELECT count(*) FROM fact_orders) AS orders,
              (SELECT count(*) FROM agg_user_features) AS user_features,
              (SELECT count(*) FROM agg_product_daily) AS product_daily" 2>/dev/null
+    "$bin" "${flags[@]}" sql --format json -o "$lake/by_reason.json" -c \
+      "SELECT reason, count(*) AS n FROM quarantine GROUP BY 1" 2>/dev/null
+    "$bin" "${flags[@]}" sql --format json -o "$lake/revenue.json" -c \
+      "SELECT currency, CAST(sum(revenue) AS VARCHAR) AS revenue FROM fact_orders GROUP BY 1" 2>/dev/null
     # Files written per partition, from each table's Delta log (the s3s-fs bucket is a directory).
     if [ "$STORE" = s3 ]; then lakedir="$s3root/bench/r$s3runs"; else lakedir="$lake/lake"; fi
     "$PY" scripts/lake_files.py "$lakedir" raw_events quarantine events fact_sessions fact_orders \
@@ -174,7 +178,12 @@ for line in sys.stdin:
       # The quick path the issue quoted (no per-rule classification): speed only.
       stage duck-simple "$n" "$run" -- "$PY" scripts/duckdb_reference.py simple "$lake/duck-simple" "${backlog[@]}"
       rm -rf "$lake/duck-simple"
-      python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[0]))' "$lake/counts.json" \
+      python3 -c '
+import json, sys
+counts = json.load(open(sys.argv[1]))[0]
+counts["quarantined_by_reason"] = {r["reason"]: r["n"] for r in json.load(open(sys.argv[2]))}
+counts["revenue_by_currency"] = {r["currency"]: r["revenue"] for r in json.load(open(sys.argv[3]))}
+print(json.dumps(counts))' "$lake/counts.json" "$lake/by_reason.json" "$lake/revenue.json" \
         | python3 -c '
 import json, sys
 ours = json.loads(sys.stdin.read())

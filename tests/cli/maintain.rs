@@ -24,18 +24,14 @@ both_backends!(
         }
         ctx.ok(&["clean", "-q"]);
         ctx.ok(&["build", "-q"]);
-        let files = |t: &str| {
+        // A table's line of `tables --json`.
+        let table_info = |t: &str| -> serde_json::Value {
             let tables: serde_json::Value =
                 serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
-            tables
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == t)
-                .unwrap()["files"]
-                .as_u64()
-                .unwrap()
+            let info = tables.as_array().unwrap().iter().find(|x| x["name"] == t);
+            info.unwrap().clone()
         };
+        let files = |t: &str| table_info(t)["files"].as_u64().unwrap();
         let raw_before =
             ctx.query("SELECT * FROM raw_events ORDER BY event_id, source_file, line_number");
 
@@ -85,18 +81,7 @@ both_backends!(
             serde_json::from_str(&ctx.ok(&args)).unwrap()
         };
         let raw = history("raw_events", &["--all"]);
-        let version = |t: &str| {
-            let tables: serde_json::Value =
-                serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
-            tables
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == t)
-                .unwrap()["version"]
-                .as_i64()
-                .unwrap()
-        };
+        let version = |t: &str| table_info(t)["version"].as_i64().unwrap();
         let versions: Vec<i64> = raw.iter().map(|c| c["version"].as_i64().unwrap()).collect();
         assert_eq!(
             versions,
