@@ -366,34 +366,53 @@ fn model_checks(model: &Model) -> Result<Vec<Check>> {
     Ok(out)
 }
 
-/// The checks whose name contains `select` (all when None). Selecting none is a usage error: in
-/// CI a misspelt `--select` would otherwise pass every build without checking anything.
-fn selected(checks: Vec<Check>, select: Option<&str>) -> Result<Vec<Check>> {
-    let Some(text) = select else {
-        return Ok(checks);
-    };
-    let names: Vec<String> = checks.iter().map(|c| c.name.clone()).collect();
+/// Which checks to run, by parts of their names (dbt's `--select` / `--exclude`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Selection<'a> {
+    /// Run only the checks whose name contains one of these (all when empty).
+    pub select: &'a [String],
+    /// Leave out the checks whose name contains one of these.
+    pub exclude: &'a [String],
+}
+
+/// The checks `selection` picks. A text that matches no check is a usage error: in CI a misspelt
+/// `--select` would otherwise pass every build without checking anything, and a misspelt
+/// `--exclude` would leave in the check it meant to take out.
+fn selected(checks: Vec<Check>, selection: Selection) -> Result<Vec<Check>> {
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    for (flag, texts) in [
+        ("--select", selection.select),
+        ("--exclude", selection.exclude),
+    ] {
+        if let Some(text) = texts.iter().find(|t| !names.iter().any(|n| n.contains(*t))) {
+            return Err(Error::usage(format!(
+                "{flag} {text:?}: no check's name contains it (checks: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    let hit = |c: &Check, texts: &[String]| texts.iter().any(|t| c.name.contains(t.as_str()));
     let chosen: Vec<Check> = checks
         .into_iter()
-        .filter(|c| c.name.contains(text))
+        .filter(|c| selection.select.is_empty() || hit(c, selection.select))
+        .filter(|c| !hit(c, selection.exclude))
         .collect();
     if chosen.is_empty() {
-        return Err(Error::usage(format!(
-            "--select {text:?}: no check's name contains it (checks: {})",
-            names.join(", ")
-        )));
+        return Err(Error::usage(
+            "--exclude leaves no check to run (a gate that checks nothing must not pass)",
+        ));
     }
     Ok(chosen)
 }
 
-/// Runs the checks whose name contains `select` (all when None).
+/// Runs the checks `selection` picks.
 pub async fn run(
     lake: &Lake,
     cfg: &Config,
     user_dir: Option<&Path>,
-    select: Option<&str>,
+    selection: Selection<'_>,
 ) -> Result<CheckReport> {
-    let checks = selected(all_checks(cfg, user_dir)?, select)?;
+    let checks = selected(all_checks(cfg, user_dir)?, selection)?;
     let ctx = catalog::session(cfg.memory_limit)?;
     let mut present = catalog::register_all(&ctx, lake, None).await?;
     register_raw_cleaned(&ctx, lake, &mut present).await?;

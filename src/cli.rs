@@ -203,9 +203,15 @@ pub struct CheckArgs {
     #[arg(long, value_name = "DIR")]
     pub checks_dir: Option<PathBuf>,
 
-    /// Only run checks whose name contains this text (exit 2 when none does).
+    /// Only run checks whose name contains this text; repeat it for several (exit 2 when one
+    /// matches nothing)
     #[arg(long, value_name = "TEXT")]
-    pub select: Option<String>,
+    pub select: Vec<String>,
+
+    /// Leave out checks whose name contains this text; repeat it for several (exit 2 when one
+    /// matches nothing)
+    #[arg(long, value_name = "TEXT")]
+    pub exclude: Vec<String>,
 
     /// Print the report as one JSON object.
     #[arg(long)]

@@ -247,7 +247,15 @@ async fn stages(
 
     if req.check {
         let t = Instant::now();
-        summary.check = Some(check::run(lake, cfg, cfg.build.checks_dir.as_deref(), None).await?);
+        summary.check = Some(
+            check::run(
+                lake,
+                cfg,
+                cfg.build.checks_dir.as_deref(),
+                check::Selection::default(),
+            )
+            .await?,
+        );
         summary
             .stage_seconds
             .push(("check", t.elapsed().as_secs_f64()));

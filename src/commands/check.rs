@@ -14,7 +14,11 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
         .checks_dir
         .as_deref()
         .or(cfg.build.checks_dir.as_deref());
-    let report = check::run(lake, cfg, dir, args.select.as_deref()).await?;
+    let selection = check::Selection {
+        select: &args.select,
+        exclude: &args.exclude,
+    };
+    let report = check::run(lake, cfg, dir, selection).await?;
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else if !(cfg.quiet && report.failed == 0) {

@@ -203,6 +203,39 @@ fn a_check_selection_matching_nothing_is_a_usage_error() {
     ctx.ok(&["clean"]);
     let report = ctx.ok(&["check", "--select", "unique_event_id"]);
     assert!(report.contains("events_unique_event_id"), "{report}");
+    // Several selections add up; exclusions take away.
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["check", "--json"];
+        all.extend_from_slice(args);
+        let json: serde_json::Value = serde_json::from_str(&ctx.ok(&all)).unwrap();
+        let checks = json["checks"].as_array().unwrap().iter();
+        checks
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&["--select", "unique_event_id", "--select", "reconcile"]),
+        ["events_unique_event_id", "events_reconcile_raw"]
+    );
+    let all = names(&[]);
+    let without = names(&["--exclude", "fact_", "--exclude", "reconcile"]);
+    assert!(!without.is_empty() && without.len() < all.len());
+    assert!(without
+        .iter()
+        .all(|n| !n.contains("fact_") && !n.contains("reconcile")));
+    assert_eq!(
+        without.len(),
+        all.iter()
+            .filter(|n| !n.contains("fact_") && !n.contains("reconcile"))
+            .count()
+    );
+    // A misspelt exclusion would leave its check in; excluding everything checks nothing.
+    let out = ctx.run(&["check", "--exclude", "facts_"]);
+    assert_usage_error(&out, &["--exclude \"facts_\""]);
+    one_line(&out);
+    let out = ctx.run(&["check", "--select", "events_", "--exclude", "events_"]);
+    assert_usage_error(&out, &["leaves no check"]);
+    one_line(&out);
 }
 
 #[test]

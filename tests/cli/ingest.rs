@@ -244,7 +244,7 @@ both_backends!(
         // Every quarantine kind is present in the generated dirt.
         assert_eq!(
             m["quarantine_by_reason"].as_object().unwrap().len(),
-            11,
+            12,
             "{m}"
         );
         assert!(
