@@ -34,14 +34,16 @@ pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result
     for path in &args.files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::usage(format!("{path}: cannot read: {e}")))?;
+        // Excel's "CSV UTF-8" and PowerShell start a file with a byte order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let name = std::path::Path::new(path)
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| path.clone());
-        let records = if path.ends_with(".csv") {
-            csv_records(path, &text)?
+        let records = if path.ends_with(".csv") || path.ends_with(".tsv") {
+            csv_records(path, text)?
         } else {
-            json_records(path, &text)?
+            json_records(path, text)?
         };
         for (line, fields) in records {
             rows.push(decision(cfg, path, &name, line, &fields)?);
@@ -185,8 +187,26 @@ fn decisions_batch(rows: &[&Decision]) -> Result<RecordBatch, Error> {
 
 type Fields = HashMap<String, String>;
 
+/// The delimiter whose split of the header line names a `purpose` column: `,`, or as DuckDB's
+/// sniffer finds it, `;` (spreadsheets in much of Europe), a tab or `|`.
+fn delimiter_of(path: &str, text: &str) -> u8 {
+    let header = text.lines().next().unwrap_or_default();
+    let names_purpose = |d: u8| {
+        header
+            .split(d as char)
+            .any(|name| name.trim().trim_matches('"') == "purpose")
+    };
+    let first = if path.ends_with(".tsv") { b'\t' } else { b',' };
+    [first, b',', b';', b'\t', b'|']
+        .into_iter()
+        .find(|d| names_purpose(*d))
+        .unwrap_or(first)
+}
+
 fn csv_records(path: &str, text: &str) -> Result<Vec<(u64, Fields)>, Error> {
-    let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter_of(path, text))
+        .from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
         .map_err(|e| Error::usage(format!("{path}:1: {e}")))?

@@ -408,6 +408,17 @@ fn an_anonymous_imported_decision_applies_to_the_stitched_customer() {
         "{more}"
     );
     assert_eq!(ctx.count("SELECT count(*) FROM consents"), 3);
+    // The same export from a European spreadsheet (`;`, a byte order mark) reads the same.
+    let excel = ctx.path("consents-excel.csv");
+    std::fs::write(
+        &excel,
+        "\u{feff}anonymous_id;purpose;status;decided_at\r\n\
+         anon-erase-me;personalization;withdrawn;2026-02-03T00:00:00Z\r\n\
+         anon-nobody;marketing;withdrawn;2026-02-04T00:00:00Z\r\n",
+    )
+    .unwrap();
+    let same = ctx.ok(&["consent", excel.to_str().unwrap()]);
+    assert!(same.starts_with("nothing new: all 2"), "{same}");
 }
 
 const KEEP_KEY: &str = "md5(concat('user', chr(31), 'user-keep'))";
