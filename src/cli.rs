@@ -395,6 +395,11 @@ pub struct SqlArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
+
+    /// A value for `${NAME}` in the -c / -f statements, inserted as text (quote it in the SQL:
+    /// `DATE '${day}'`); repeatable. A `${NAME}` without a value is exit 2
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

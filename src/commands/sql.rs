@@ -30,6 +30,11 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         ),
         (None, None) => (String::new(), None),
     };
+    let text = match (&origin, args.params.is_empty()) {
+        (Some(origin), _) => substitute_params(&text, &parse_params(&args.params)?, origin)?,
+        (None, true) => text,
+        (None, false) => return Err(Error::usage("--param needs -c SQL or -f PATH").into()),
+    };
     let as_of = match (args.as_of_version, &args.as_of_time) {
         (Some(v), _) if v < 0 => {
             return Err(Error::usage("--as-of-version: a version is 0 or more").into())
@@ -90,6 +95,68 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         run_statement(cfg, lake, &ctx, statement, &name, &out).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--param NAME=VALUE` arguments as (name, value) pairs: each name once, an identifier.
+fn parse_params(params: &[String]) -> Result<Vec<(String, String)>, Error> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for p in params {
+        let (name, value) = p.split_once('=').ok_or_else(|| {
+            Error::usage(format!(
+                "--param {p:?}: write NAME=VALUE, e.g. day=2026-11-26"
+            ))
+        })?;
+        if !is_param_name(name) {
+            return Err(Error::usage(format!(
+                "--param {p:?}: {name:?} is not a name (letters, digits and _, not first a digit)"
+            )));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(Error::usage(format!("--param {name} is given twice")));
+        }
+        out.push((name.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+fn is_param_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `text` with every `${NAME}` replaced by its `--param` value. A reference to a name without a
+/// value is a usage error naming it; `${` not followed by a name and `}` is left as it is.
+fn substitute_params(
+    text: &str,
+    params: &[(String, String)],
+    origin: &str,
+) -> Result<String, Error> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find('}').map(|end| (&after[..end], end)) {
+            Some((name, end)) if is_param_name(name) => {
+                let value = params.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                    Error::usage(format!(
+                        "{origin}: ${{{name}}} has no value (pass --param {name}=VALUE)"
+                    ))
+                })?;
+                out.push_str(&value.1);
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str("${");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The text on one line, cut at 80 characters.
@@ -387,5 +454,35 @@ fn user_error(name: &str, e: DataFusionError) -> anyhow::Error {
     match query_mistake(&e) {
         Some(message) => Error::usage(format!("in {name}: {message}")).into(),
         None => Error::from(e).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_fill_their_references_and_nothing_else() {
+        let params = parse_params(&["day=2026-01-05".into(), "seg=vip's".into()]).unwrap();
+        let sql = "SELECT '${x' AS a, ${ day} AS b FROM events \
+                   WHERE event_date = DATE '${day}' AND segment = '${seg}' -- ${day}";
+        assert_eq!(
+            substitute_params(sql, &params, "q").unwrap(),
+            "SELECT '${x' AS a, ${ day} AS b FROM events \
+             WHERE event_date = DATE '2026-01-05' AND segment = 'vip's' -- 2026-01-05"
+        );
+        let err = substitute_params("SELECT ${other}", &params, "q.sql").unwrap_err();
+        assert!(
+            err.to_string().contains("q.sql: ${other} has no value"),
+            "{err}"
+        );
+        for bad in ["day", "1day=x", "=x", "a-b=1"] {
+            assert!(parse_params(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(parse_params(&["a=1".into(), "a=2".into()]).is_err());
+        assert_eq!(
+            parse_params(&["expr=a=b".into()]).unwrap(),
+            [("expr".to_string(), "a=b".to_string())]
+        );
     }
 }

@@ -192,6 +192,52 @@ fn sql_files_run_statement_by_statement_and_stop_at_the_first_error() {
     let out = ctx.run(&["sql", "-f", "missing.sql"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(crate::context::stderr_of(&out).contains("missing.sql"));
+
+    // A report file with parameters, as cron runs it for each day.
+    std::fs::write(
+        ctx.path("day.sql"),
+        "SELECT count(*) AS n FROM raw_events WHERE event_date = DATE '${day}' AND event_type = '${type}';\n",
+    )
+    .unwrap();
+    let day = |d: &str, t: &str| {
+        let day = format!("day={d}");
+        let ty = format!("type={t}");
+        let args = [
+            "sql", "--format", "csv", "-f", "day.sql", "--param", &day, "--param", &ty,
+        ];
+        ctx.ok(&args)
+    };
+    let literal = |d: &str, t: &str| {
+        let sql = format!(
+            "SELECT count(*) AS n FROM raw_events WHERE event_date = DATE '{d}' AND event_type = '{t}'"
+        );
+        ctx.ok(&["sql", "--format", "csv", "-c", &sql])
+    };
+    assert_eq!(day("2026-01-05", "purchase"), "n\n1\n");
+    assert_eq!(
+        day("2026-01-05", "purchase"),
+        literal("2026-01-05", "purchase")
+    );
+    assert_eq!(
+        day("2026-01-04", "page_view"),
+        literal("2026-01-04", "page_view")
+    );
+    assert_eq!(day("2026-01-06", "purchase"), "n\n0\n");
+    crate::context::one_line_failure(
+        &ctx.run(&["sql", "-f", "day.sql", "--param", "day=2026-01-05"]),
+        2,
+        &["day.sql", "${type} has no value", "--param type=VALUE"],
+    );
+    crate::context::one_line_failure(
+        &ctx.run(&["sql", "-c", "SELECT 1", "--param", "day"]),
+        2,
+        &["--param \"day\"", "NAME=VALUE"],
+    );
+    crate::context::one_line_failure(
+        &ctx.run(&["sql", "--param", "a=1"]),
+        2,
+        &["-c SQL or -f PATH"],
+    );
 }
 
 // A lookup by visitor reads only the row groups whose bloom filter on `anonymous_id` admits the
