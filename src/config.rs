@@ -618,8 +618,10 @@ fn merge_clean(file: FileClean) -> Result<CleanConfig> {
         }
         None => Duration::from_secs(30 * 60),
     };
-    if session_gap.is_zero() {
-        return Err(Error::config("clean.session_gap must be greater than zero"));
+    if session_gap.is_zero() || session_gap > Duration::from_secs(365 * 86_400) {
+        return Err(Error::config(
+            "clean.session_gap must be greater than zero and at most 365d",
+        ));
     }
     Ok(CleanConfig {
         session_gap,
@@ -952,14 +954,27 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     Ok((num * mult as f64) as u64)
 }
 
-/// Parses `90s`, `30m`, `24h`, `7d`, `1w`, combinations like `1h30m`, or plain seconds.
+/// The longest duration any setting takes: a century. Longer ones mean "forever", and would
+/// overflow the clock arithmetic they feed (now + wait, now − retention).
+const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
+
+/// Parses `90s`, `30m`, `24h`, `7d`, `1w`, combinations like `1h30m`, or plain seconds, up to
+/// 36500d.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let secs = duration_secs(text)?;
+    if secs > MAX_DURATION_SECS {
+        return Err(format!("{text:?} is longer than 36500d"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn duration_secs(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
     if t.is_empty() {
         return Err("empty duration".into());
     }
     if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return Ok(secs);
     }
     let mut total = 0u64;
     let mut num = String::new();
@@ -972,7 +987,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{text:?} is not a duration (try 30m, 24h or 7d)"))?;
         num.clear();
-        total += n * match c {
+        let unit: u64 = match c {
             's' => 1,
             'm' => 60,
             'h' => 3600,
@@ -980,13 +995,17 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             'w' => 7 * 86400,
             _ => return Err(format!("{text:?} is not a duration (try 30m, 24h or 7d)")),
         };
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(|| format!("{text:?} is longer than 36500d"))?;
     }
     if !num.is_empty() {
         return Err(format!(
             "{text:?} is not a duration: a number needs a unit (s, m, h, d, w)"
         ));
     }
-    Ok(Duration::from_secs(total))
+    Ok(total)
 }
 
 /// A duration the way [`parse_duration`] reads them, largest units first: `2d3h`, `5m`, `42s`.
@@ -1165,6 +1184,12 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
         assert!(parse_duration("30").is_ok());
         assert!(parse_duration("3x").is_err());
+        // Overflow is an error, not a panic (or a wrapped, tiny duration in release).
+        assert!(parse_duration("9999999999999999d").is_err());
+        assert!(parse_duration("18446744073709551615s1s").is_err());
+        assert!(parse_duration("36500d").is_ok());
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("3153600001").is_err());
         for text in ["7d", "1h30m", "42s", "2d3h4m5s"] {
             let d = parse_duration(text).unwrap();
             assert_eq!(format_duration(d), text);

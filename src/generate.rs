@@ -732,8 +732,13 @@ impl Gen {
                 self.render(&ev, false, None)
             }
             Reason::StaleEventTime => {
-                // A device whose clock was reset: 1970-01-01 at the same time of day.
-                ev.event_time_us %= 86_400_000_000;
+                // A device whose clock was reset: 1970-01-01 at the same time of day (or, for
+                // data that starts in 1970, 400 days before it was received).
+                const DAY_US: i64 = 86_400_000_000;
+                ev.event_time_us %= DAY_US;
+                if ev.received_us - ev.event_time_us <= 366 * DAY_US {
+                    ev.event_time_us = ev.received_us - 400 * DAY_US;
+                }
                 self.render(&ev, false, None)
             }
             Reason::MissingAnonymousId => {

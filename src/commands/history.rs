@@ -56,7 +56,8 @@ pub async fn run(lake: &Lake, args: &HistoryArgs) -> anyhow::Result<ExitCode> {
     let oldest = if args.all {
         0
     } else {
-        (newest + 1 - args.limit as i64).max(0)
+        let limit = i64::try_from(args.limit).unwrap_or(i64::MAX);
+        (newest + 1).saturating_sub(limit).max(0)
     };
     let commits: Vec<Option<Commit>> = futures::stream::iter((oldest..=newest).rev())
         .map(|version| {

@@ -33,6 +33,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         ))
         .into());
     }
+    let retention = chrono::Duration::from_std(retain)
+        .map_err(|_| Error::usage(format!("--retain {}: too long", args.retain)))?;
     // Before the lease is taken: a misspelt table or lake writes nothing.
     catalog::check_maintenance(lake, &args.tables).await?;
     let work = async {
@@ -40,7 +42,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<
         for (name, table) in catalog::open_existing(lake, &args.tables).await? {
             let (_, metrics) = table
                 .vacuum()
-                .with_retention_period(chrono::Duration::from_std(retain)?)
+                .with_retention_period(retention)
                 // Full, not deltalake's default Lite (which deletes only files the log removed): a
                 // crashed run's uncommitted files are in no log entry, and only a listing finds them.
                 // They are deleted once older than the retention, like everything else.

@@ -464,7 +464,7 @@ pub async fn run(
     let settings = Arc::new(ParseSettings {
         batch_id: Arc::from(batch_id.as_str()),
         ingested_at_us: now.timestamp_micros(),
-        max_future_skew_us: cfg.ingest.max_future_skew.as_micros() as i64,
+        max_future_skew_us: cfg.ingest.max_future_skew.as_micros().min(i64::MAX as u128) as i64,
         max_past_skew_us: cfg.ingest.max_past_skew.as_micros().min(i64::MAX as u128) as i64,
         segments: Arc::new(load_segments(lake).await?),
         raw_schema: (RAW_EVENTS.schema)(),
