@@ -228,13 +228,47 @@ impl Lake {
             TableAsOf::Time(t) => builder.with_timestamp(t),
         };
         match builder.load().await {
-            Ok(t) => Ok(Some(t)),
+            // For a time before the oldest commit the log holds (before the table was created,
+            // or before log retention removed the older ones), deltalake loads that oldest
+            // commit; the table as it was then is unknown, so it is absent, as Delta's own
+            // time travel refuses it.
+            Ok(t) => match as_of {
+                TableAsOf::Time(at) => {
+                    let listed = t
+                        .version()
+                        .and_then(|v| t.snapshot().ok()?.version_timestamp(v));
+                    // A version read from a checkpoint has no listed commit file: its commit
+                    // info says when it was made.
+                    let committed = match (listed, t.version()) {
+                        (Some(ms), _) => Some(ms),
+                        (None, Some(v)) => commit_timestamp(&t, v as i64).await,
+                        (None, None) => None,
+                    };
+                    Ok(committed
+                        .is_none_or(|ms| ms <= at.timestamp_millis())
+                        .then_some(t))
+                }
+                TableAsOf::Version(_) => Ok(Some(t)),
+            },
             Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
             // No commit that early (or that version was cleaned up): it did not exist then.
             Err(deltalake::DeltaTableError::InvalidVersion(_)) => Ok(None),
             Err(e) => Err(Error::Delta(e)),
         }
     }
+}
+
+/// The `timestamp` of commit `version`'s commit info, if the log still holds it.
+async fn commit_timestamp(table: &DeltaTable, version: i64) -> Option<i64> {
+    let bytes = table
+        .log_store()
+        .read_commit_entry(version as _)
+        .await
+        .ok()??;
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .find_map(|action| action["commitInfo"]["timestamp"].as_i64())
 }
 
 /// A point in a table's history.

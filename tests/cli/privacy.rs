@@ -231,6 +231,15 @@ both_backends!(
             err.contains("not registered") && err.contains("raw_events"),
             "{err}"
         );
+        // Nor by time: before the erasure, the table is unknown (not its oldest version left).
+        let out = ctx.run(&[
+            "sql",
+            "--as-of-time",
+            "2000-01-01T00:00:00Z",
+            "-c",
+            "SELECT count(*) FROM raw_events",
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
         // The history starts after the erasure and says why.
         let history = ctx.ok(&["history", "raw_events"]);
         assert!(

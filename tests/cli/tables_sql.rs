@@ -325,6 +325,21 @@ both_backends!(time_travel_by_version_and_time, |backend: Backend| {
         err.contains("not registered") && err.contains("raw_events"),
         "{err}"
     );
+    // A time before the first commit: the table did not exist (deltalake alone would load
+    // its oldest version).
+    let out = ctx.run(&[
+        "sql",
+        "--as-of-time",
+        "2000-01-01T00:00:00Z",
+        "-c",
+        "SELECT count(*) FROM raw_events",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = crate::context::stderr_of(&out);
+    assert!(
+        err.contains("not registered") && err.contains("raw_events"),
+        "{err}"
+    );
     let out = ctx.run(&["sql", "--as-of-time", "yesterday", "-c", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(2));
 });
