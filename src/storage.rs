@@ -233,21 +233,10 @@ impl Lake {
             // commit; the table as it was then is unknown, so it is absent, as Delta's own
             // time travel refuses it.
             Ok(t) => match as_of {
-                TableAsOf::Time(at) => {
-                    let listed = t
-                        .version()
-                        .and_then(|v| t.snapshot().ok()?.version_timestamp(v));
-                    // A version read from a checkpoint has no listed commit file: its commit
-                    // info says when it was made.
-                    let committed = match (listed, t.version()) {
-                        (Some(ms), _) => Some(ms),
-                        (None, Some(v)) => commit_timestamp(&t, v as i64).await,
-                        (None, None) => None,
-                    };
-                    Ok(committed
-                        .is_none_or(|ms| ms <= at.timestamp_millis())
-                        .then_some(t))
-                }
+                TableAsOf::Time(at) => Ok(committed_ms(&t)
+                    .await
+                    .is_none_or(|ms| ms <= at.timestamp_millis())
+                    .then_some(t)),
                 TableAsOf::Version(_) => Ok(Some(t)),
             },
             Err(deltalake::DeltaTableError::NotATable(_)) => Ok(None),
@@ -255,6 +244,17 @@ impl Lake {
             Err(deltalake::DeltaTableError::InvalidVersion(_)) => Ok(None),
             Err(e) => Err(Error::Delta(e)),
         }
+    }
+}
+
+/// When the loaded version of `table` was committed, in milliseconds since the epoch: the commit
+/// file's time, or for a version read from a checkpoint (no commit file is listed then) its
+/// commit info's `timestamp`.
+pub async fn committed_ms(table: &DeltaTable) -> Option<i64> {
+    let version = table.version()?;
+    match table.snapshot().ok()?.version_timestamp(version) {
+        Some(ms) => Some(ms),
+        None => commit_timestamp(table, version as i64).await,
     }
 }
 

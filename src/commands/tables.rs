@@ -60,7 +60,7 @@ pub async fn collect(lake: &Lake) -> anyhow::Result<Vec<TableInfo>> {
             let state = table.snapshot()?;
             info.partition_columns = state.metadata().partition_columns().to_vec();
             let mut parts = BTreeSet::new();
-            info.last_commit_ms = table.version().and_then(|v| state.version_timestamp(v));
+            info.last_commit_ms = crate::storage::committed_ms(&table).await;
             for f in state.log_data().iter() {
                 info.files += 1;
                 info.small_files += ((f.size() as u64) < SMALL_FILE_BYTES) as u64;

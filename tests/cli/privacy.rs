@@ -240,6 +240,18 @@ both_backends!(
             "SELECT count(*) FROM raw_events",
         ]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        // Every table still knows when it was last committed (the erasure's checkpoint is the
+        // newest version of some, and a checkpoint lists no commit file).
+        let tables: serde_json::Value =
+            serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+        for t in tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["exists"] == true)
+        {
+            assert!(t["last_commit_ms"].as_i64().is_some(), "{t}");
+        }
         // The history starts after the erasure and says why.
         let history = ctx.ok(&["history", "raw_events"]);
         assert!(
