@@ -436,6 +436,19 @@ pub fn one_line_failure(out: &Output, code: i32, words: &[&str]) -> String {
     err
 }
 
+/// `sql FLAG VALUE` (time travel) must leave `raw_events` out: exit 2, and the note names it in
+/// a line of its own (no log line of the delta kernel).
+pub fn assert_raw_events_absent_at(ctx: &TestContext, flag: &str, value: &str) {
+    let out = ctx.run(&["sql", flag, value, "-c", "SELECT count(*) FROM raw_events"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+    assert!(!err.contains("ERROR") && !err.contains("kernel"), "{err}");
+    assert!(
+        err.contains("not registered") && err.contains("raw_events"),
+        "{err}"
+    );
+}
+
 /// An ingest summary's (lines, landed, quarantined).
 pub fn line_counts(s: &serde_json::Value) -> (u64, u64, u64) {
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k} in {s}"));

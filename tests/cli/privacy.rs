@@ -217,29 +217,9 @@ both_backends!(
         );
         // Time travel cannot reach them either: the log before the erasure is gone, and the
         // query says so in one line of its own (the delta kernel's log line is not shown).
-        let out = ctx.run(&[
-            "sql",
-            "--as-of-version",
-            "1",
-            "-c",
-            "SELECT count(*) FROM raw_events",
-        ]);
-        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
-        let err = stderr_of(&out);
-        assert!(!err.contains("ERROR") && !err.contains("kernel"), "{err}");
-        assert!(
-            err.contains("not registered") && err.contains("raw_events"),
-            "{err}"
-        );
+        crate::context::assert_raw_events_absent_at(&ctx, "--as-of-version", "1");
         // Nor by time: before the erasure, the table is unknown (not its oldest version left).
-        let out = ctx.run(&[
-            "sql",
-            "--as-of-time",
-            "2000-01-01T00:00:00Z",
-            "-c",
-            "SELECT count(*) FROM raw_events",
-        ]);
-        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        crate::context::assert_raw_events_absent_at(&ctx, "--as-of-time", "2000-01-01T00:00:00Z");
         // Every table still knows when it was last committed (the erasure's checkpoint is the
         // newest version of some, and a checkpoint lists no commit file).
         let tables: serde_json::Value =

@@ -312,34 +312,10 @@ both_backends!(time_travel_by_version_and_time, |backend: Backend| {
     let at = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     assert_eq!(count(&["--as-of-time", &at]), "3");
     // A version a table does not have yet: the table is left out, and the note says so.
-    let out = ctx.run(&[
-        "sql",
-        "--as-of-version",
-        "7",
-        "-c",
-        "SELECT count(*) FROM raw_events",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = crate::context::stderr_of(&out);
-    assert!(
-        err.contains("not registered") && err.contains("raw_events"),
-        "{err}"
-    );
+    crate::context::assert_raw_events_absent_at(&ctx, "--as-of-version", "7");
     // A time before the first commit: the table did not exist (deltalake alone would load
     // its oldest version).
-    let out = ctx.run(&[
-        "sql",
-        "--as-of-time",
-        "2000-01-01T00:00:00Z",
-        "-c",
-        "SELECT count(*) FROM raw_events",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = crate::context::stderr_of(&out);
-    assert!(
-        err.contains("not registered") && err.contains("raw_events"),
-        "{err}"
-    );
+    crate::context::assert_raw_events_absent_at(&ctx, "--as-of-time", "2000-01-01T00:00:00Z");
     let out = ctx.run(&["sql", "--as-of-time", "yesterday", "-c", "SELECT 1"]);
     assert_eq!(out.status.code(), Some(2));
 });
