@@ -106,6 +106,14 @@ fn init_logging(cfg: &Config) {
         (false, 2) => "clicklake=debug,info",
         _ => "trace",
     };
+    // A data file whose upload fails at its last step makes deltalake warn that the upload's
+    // parts are left for the store's lifecycle cleanup: true on S3, but a local lake has no
+    // parts, and the error that follows says what failed.
+    let local = !cfg.lake.contains("://") || cfg.lake.starts_with("file://");
+    let default = match (local, cfg.verbose) {
+        (true, 0) => format!("{default},deltalake_core::datafile::writer=error"),
+        _ => default.to_string(),
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
