@@ -97,6 +97,11 @@ pub async fn discover(
 ) -> Result<Vec<InputFile>> {
     let mut out: Vec<InputFile> = Vec::new();
     for input in inputs {
+        let input = if is_own_stdin(input)? {
+            "-"
+        } else {
+            input.as_str()
+        };
         if input == "-" {
             if out.iter().any(|f| matches!(f.location, Location::Stdin)) {
                 return Err(Error::usage("stdin (-) is named twice"));
@@ -124,6 +129,37 @@ pub async fn discover(
     let mut seen = std::collections::HashSet::new();
     out.retain(|f| seen.insert(f.display.clone()));
     Ok(out)
+}
+
+/// Whether `input` names this process's stdin by a path (`/dev/stdin`, `/dev/fd/0`): then it is
+/// read as `-`, identified by its content. A pipe has no size or time that tells one content from
+/// another, so by its path every run would land it again. Any other path that is not a regular
+/// file (a named pipe, a device) is a usage error saying so.
+fn is_own_stdin(input: &str) -> Result<bool> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if input == "-" || input.contains("://") || has_glob(input) {
+        return Ok(false);
+    }
+    let Ok(meta) = std::fs::metadata(input) else {
+        return Ok(false);
+    };
+    let ty = meta.file_type();
+    if !(ty.is_fifo() || ty.is_char_device() || ty.is_socket()) {
+        return Ok(false);
+    }
+    // SAFETY: fstat on descriptor 0 writes only into the zeroed struct passed to it.
+    let stdin = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(0, &mut st) == 0).then_some((st.st_dev as u64, st.st_ino as u64))
+    };
+    if stdin == Some((meta.dev(), meta.ino())) {
+        return Ok(true);
+    }
+    Err(Error::usage(format!(
+        "{input} is not a regular file (a pipe or a device): its content could not be told \
+         from an earlier one's, so it would land again on every run; pipe it in as `-` \
+         (`... | clicklake ingest -`), which is ingested once per content"
+    )))
 }
 
 fn local_file(path: &Path, forced: InputFormat, listed: bool) -> Result<InputFile> {

@@ -369,7 +369,7 @@ both_backends!(stdin_is_ingested_once_per_content, |backend: Backend| {
     let out = ctx
         .cmd()
         .args(["ingest", "-"])
-        .write_stdin(data)
+        .write_stdin(data.clone())
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -377,9 +377,36 @@ both_backends!(stdin_is_ingested_once_per_content, |backend: Backend| {
         String::from_utf8_lossy(&out.stdout).contains("nothing new"),
         "{out:?}"
     );
+    // Named by a path (`/dev/stdin`, as `producer | clicklake ingest /dev/stdin` does), the
+    // pipe is stdin all the same: the same bytes are skipped, not landed a second time.
+    for path in ["/dev/stdin", "/dev/fd/0"] {
+        let out = ctx
+            .cmd()
+            .args(["ingest", path])
+            .write_stdin(data.clone())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("nothing new"),
+            "{path}: {out:?}"
+        );
+    }
     assert_eq!(
         ctx.count("SELECT count(*) FROM raw_events"),
         m["valid_lines"].as_u64().unwrap()
+    );
+    // Another pipe by its path could not be told from an earlier content: refused.
+    let fifo = ctx.path("fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo (coreutils) is needed");
+    crate::context::one_line_failure(
+        &ctx.run(&["ingest", fifo.to_str().unwrap()]),
+        2,
+        &["not a regular file", "ingest -"],
     );
 });
 
