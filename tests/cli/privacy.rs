@@ -272,6 +272,14 @@ fn erase_needs_one_subject_and_the_key() {
         "{}",
         stderr_of(&out)
     );
+    // An id given as the e-mail would record an erasure of nobody.
+    for bad in ["u0000004", "@example.com", "jane@"] {
+        crate::context::one_line_failure(
+            &ctx.run(&["erase", "--email", bad]),
+            2,
+            &["is not an e-mail address", "--user-id"],
+        );
+    }
     // A run holding the lake's lease: erase waits its turn.
     let f = ctx.fixture("native/every_reason.ndjson");
     ctx.ok(&["ingest", f.to_str().unwrap()]);
