@@ -224,18 +224,6 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erase
             req.kind.as_str().replace('_', "-")
         )));
     }
-    // A user id or a name passed as the e-mail matches nothing, and would record an erasure
-    // that blocks nobody while the person stays.
-    if req.kind == SubjectKind::Email
-        && !value
-            .split_once('@')
-            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
-    {
-        return Err(Error::usage(format!(
-            "--email {value:?} is not an e-mail address (NAME@DOMAIN); for an id use --user-id \
-             or --anonymous-id"
-        )));
-    }
     let subject = match req.kind {
         SubjectKind::Email => key.email(value),
         kind => key.pseudonym(kind.as_str(), value),

@@ -22,6 +22,20 @@ pub async fn run(cfg: &Config, lake: &Lake, args: EraseArgs) -> anyhow::Result<E
             .into())
         }
     };
+    // A user id or a name passed as the e-mail matches nothing, and would record an erasure
+    // that blocks nobody while the person stays.
+    let address = value.trim();
+    if kind == SubjectKind::Email
+        && !address
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+    {
+        return Err(Error::usage(format!(
+            "--email {address:?} is not an e-mail address (NAME@DOMAIN); for an id use \
+             --user-id or --anonymous-id"
+        ))
+        .into());
+    }
     if cfg.privacy.key.is_none() {
         return Err(Error::usage(
             "erase needs the pseudonymisation key to match pseudonymised columns and to record \
