@@ -208,6 +208,7 @@ pub async fn run(
     lake: &Lake,
     ctx: &SessionContext,
     format: OutputFormat,
+    time_travel: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut lines = Lines::open()?;
     let interactive = lines.interactive();
@@ -270,12 +271,24 @@ pub async fn run(
         if statement_complete(&buffer) {
             lines.remember(&buffer);
             let text = std::mem::take(&mut buffer);
-            failures += execute(cfg, lake, ctx, &text, format, max_rows, interactive).await;
+            let out = Output {
+                format,
+                path: None,
+                max_rows,
+                time_travel,
+            };
+            failures += execute(cfg, lake, ctx, &text, &out, interactive).await;
         }
     }
     // Piped input may end without a final `;`.
     if !buffer.trim().is_empty() {
-        failures += execute(cfg, lake, ctx, &buffer, format, max_rows, interactive).await;
+        let out = Output {
+            format,
+            path: None,
+            max_rows,
+            time_travel,
+        };
+        failures += execute(cfg, lake, ctx, &buffer, &out, interactive).await;
     }
     lines.save();
     if failures > 0 && !interactive {
@@ -291,8 +304,7 @@ async fn execute(
     lake: &Lake,
     ctx: &SessionContext,
     text: &str,
-    format: OutputFormat,
-    max_rows: Option<usize>,
+    out: &Output<'_>,
     interactive: bool,
 ) -> usize {
     let statements = match DFParser::parse_sql_with_dialect(text, &GenericDialect {}) {
@@ -303,15 +315,10 @@ async fn execute(
         }
     };
     let many = statements.len() > 1;
-    let out = Output {
-        format,
-        path: None,
-        max_rows,
-    };
     for (i, statement) in statements.into_iter().enumerate() {
         let name = statement_name(&statement, i, many);
         let started = std::time::Instant::now();
-        let work = run_statement(cfg, lake, ctx, statement, &name, &out);
+        let work = run_statement(cfg, lake, ctx, statement, &name, out);
         let result = if interactive {
             tokio::select! {
                 r = work => r,

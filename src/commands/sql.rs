@@ -54,7 +54,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         }
         let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
         catalog::register_all(&ctx, lake, as_of).await?;
-        return crate::repl::run(cfg, lake, &ctx, args.format).await;
+        return crate::repl::run(cfg, lake, &ctx, args.format, as_of.is_some()).await;
     }
     let statements = DFParser::parse_sql_with_dialect(&text, &GenericDialect {})
         .map_err(|e| Error::usage(format!("{}: {e}", origin.as_deref().unwrap_or("SQL"))))?;
@@ -91,6 +91,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             format: args.format,
             path: args.output.as_deref(),
             max_rows: None,
+            time_travel: as_of.is_some(),
         };
         run_statement(cfg, lake, &ctx, statement, &name, &out).await?;
     }
@@ -235,6 +236,8 @@ pub(crate) struct Output<'a> {
     pub path: Option<&'a str>,
     /// Table format only: show at most this many rows (the rest are counted, not held).
     pub max_rows: Option<usize>,
+    /// The tables are registered as of a version or time (`--as-of-…`).
+    pub time_travel: bool,
 }
 
 /// Plans and runs one statement, streaming its result to the output.
@@ -250,7 +253,7 @@ pub(crate) async fn run_statement(
     let (format, output) = (out.format, out.path);
     let state = ctx.state();
     let plan = state.statement_to_plan(statement).await.map_err(|e| {
-        match missing_table_hint(ctx, &e) {
+        match missing_table_hint(ctx, &e, out.time_travel) {
             Some(hint) => Error::usage(format!("in {name}: {}; {hint}", root_message(&e))).into(),
             None => user_error(name, e),
         }
@@ -415,6 +418,7 @@ fn lake_write(plan: &LogicalPlan) -> Option<String> {
 fn missing_table_hint(
     ctx: &datafusion::prelude::SessionContext,
     e: &DataFusionError,
+    time_travel: bool,
 ) -> Option<String> {
     let DataFusionError::Plan(message) = e.find_root() else {
         return None;
@@ -436,6 +440,12 @@ fn missing_table_hint(
     }
     let missing = quoted.rsplit('.').next().unwrap_or(quoted);
     let names = catalog::registered_tables(ctx);
+    if time_travel {
+        return Some(match names.is_empty() {
+            true => "no table existed at that version or time".to_string(),
+            false => format!("the tables at that version or time: {}", names.join(", ")),
+        });
+    }
     let mut hint = match names.is_empty() {
         true => "the lake has no tables yet (run `clicklake ingest`)".to_string(),
         false => format!("the lake's tables: {}", names.join(", ")),

@@ -447,6 +447,11 @@ pub fn assert_raw_events_absent_at(ctx: &TestContext, flag: &str, value: &str) {
         err.contains("not registered") && err.contains("raw_events"),
         "{err}"
     );
+    // The hint speaks of that point in time, not of the lake as it is now.
+    assert!(
+        err.contains("at that version or time") && !err.contains("`clicklake"),
+        "{err}"
+    );
 }
 
 /// An ingest summary's (lines, landed, quarantined).
