@@ -223,6 +223,12 @@ pub async fn run(
     let mut max_rows = interactive.then_some(DEFAULT_MAX_ROWS);
     let mut buffer = String::new();
     let mut failures = 0usize;
+    let output = |format, max_rows| Output {
+        format,
+        path: None,
+        max_rows,
+        time_travel,
+    };
     loop {
         let prompt = if buffer.is_empty() { PROMPT } else { CONTINUE };
         let line = match lines.read(prompt)? {
@@ -271,23 +277,13 @@ pub async fn run(
         if statement_complete(&buffer) {
             lines.remember(&buffer);
             let text = std::mem::take(&mut buffer);
-            let out = Output {
-                format,
-                path: None,
-                max_rows,
-                time_travel,
-            };
+            let out = output(format, max_rows);
             failures += execute(cfg, lake, ctx, &text, &out, interactive).await;
         }
     }
     // Piped input may end without a final `;`.
     if !buffer.trim().is_empty() {
-        let out = Output {
-            format,
-            path: None,
-            max_rows,
-            time_travel,
-        };
+        let out = output(format, max_rows);
         failures += execute(cfg, lake, ctx, &buffer, &out, interactive).await;
     }
     lines.save();

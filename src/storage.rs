@@ -260,14 +260,9 @@ pub async fn committed_ms(table: &DeltaTable) -> Option<i64> {
 
 /// The `timestamp` of commit `version`'s commit info, if the log still holds it.
 async fn commit_timestamp(table: &DeltaTable, version: i64) -> Option<i64> {
-    let bytes = table
-        .log_store()
-        .read_commit_entry(version as _)
-        .await
-        .ok()??;
-    bytes
-        .split(|b| *b == b'\n')
-        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+    let actions = crate::delta::commit_actions(table, version).await.ok()??;
+    actions
+        .iter()
         .find_map(|action| action["commitInfo"]["timestamp"].as_i64())
 }
 

@@ -147,11 +147,13 @@ fn is_own_stdin(input: &str) -> Result<bool> {
     if !(ty.is_fifo() || ty.is_char_device() || ty.is_socket()) {
         return Ok(false);
     }
-    // SAFETY: fstat on descriptor 0 writes only into the zeroed struct passed to it.
-    let stdin = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        (libc::fstat(0, &mut st) == 0).then_some((st.st_dev as u64, st.st_ino as u64))
-    };
+    use std::os::fd::AsFd;
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata())
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
     if stdin == Some((meta.dev(), meta.ino())) {
         return Ok(true);
     }
