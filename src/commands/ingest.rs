@@ -52,8 +52,12 @@ pub fn render(s: &IngestSummary) -> String {
         "ingest batch {} (source {})\n",
         s.batch_id, s.source
     ));
+    let appended = match s.files_appended {
+        0 => String::new(),
+        n => format!(" ({n} grown since their last ingest: only the appended lines)"),
+    };
     out.push_str(&format!(
-        "  files        {} read, {} skipped (already ingested){waiting}\n",
+        "  files        {} read{appended}, {} skipped (already ingested){waiting}\n",
         s.files_read, s.files_skipped
     ));
     if s.extra_rows > 0 {

@@ -3,7 +3,8 @@
 //! Inputs are local files, directories (recursively; names starting with `_` or `.` are skipped,
 //! as in Hive/Spark), globs, `s3://` objects, prefixes or globs, and `-` for stdin. gzip and zstd
 //! are recognised by their magic bytes, whatever the file is called. Every file gets an identity
-//! (path + size + mtime, or URL + size + ETag) that makes ingest exactly-once per file.
+//! (path + size + mtime, or URL + size + ETag) that makes ingest exactly-once per file. A plain
+//! local file read before that has grown is read from where that read stopped (`Resume`).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,65 @@ pub struct InputFile {
     pub modified: Option<std::time::SystemTime>,
     /// Found by listing a directory, prefix or glob, rather than named: `min_file_age` applies.
     pub listed: bool,
+    /// A local file that grew since an earlier ingest read it: read only what was appended.
+    pub resume: Option<Resume>,
+}
+
+/// Where reading a grown file starts: the end of what an earlier ingest consumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// Bytes of the file consumed before (read from here).
+    pub offset: u64,
+    /// The line number of the first line read (lines consumed before + 1).
+    pub next_line: u64,
+}
+
+/// How far an ingest read a plain local file, recorded with its commits so that the next
+/// ingest of the grown file reads only the appended bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TailEnd {
+    /// Where the next read of the grown file starts: the end of the bytes read, or the start of
+    /// a last line cut short without a line end (a producer's buffer flushed mid-line), which
+    /// is read again whole once the file has grown.
+    pub consumed: u64,
+    /// The bytes read (the file's length when it was read).
+    pub end: u64,
+    /// Physical lines before `consumed`, a CSV header included.
+    pub lines: u64,
+}
+
+/// A sample of a file's first `consumed` bytes: its first, middle and last 4 KiB (with the
+/// length), as Filebeat fingerprints files. A grown file whose sample at the recorded length is
+/// unchanged was appended to; any other change means a new file (rotated, rewritten,
+/// truncated). `None` when the file cannot be read or is shorter than `consumed`.
+pub fn fingerprint(path: &Path, consumed: u64) -> Option<i64> {
+    use std::io::{Seek, SeekFrom};
+    const SAMPLE: u64 = 4096;
+    let mut f = std::fs::File::open(path).ok()?;
+    if f.metadata().ok()?.len() < consumed {
+        return None;
+    }
+    let mut h = Sha256::new();
+    h.update(consumed.to_le_bytes());
+    let mid = (consumed / 2).saturating_sub(SAMPLE / 2);
+    for start in [0, mid, consumed.saturating_sub(SAMPLE)] {
+        let len = SAMPLE.min(consumed - start);
+        let mut buf = vec![0u8; len as usize];
+        f.seek(SeekFrom::Start(start)).ok()?;
+        f.read_exact(&mut buf).ok()?;
+        h.update(&buf);
+    }
+    let d = h.finalize();
+    // Positive, so that no Delta reader stumbles on a negative transaction version.
+    Some(i64::from_le_bytes(d[..8].try_into().ok()?) & i64::MAX)
+}
+
+impl InputFile {
+    /// The bytes this ingest will read of it, as far as known.
+    pub fn to_read(&self) -> u64 {
+        let from = self.resume.map_or(0, |r| r.offset);
+        self.size.unwrap_or(0).saturating_sub(from)
+    }
 }
 
 fn has_glob(s: &str) -> bool {
@@ -119,6 +179,7 @@ pub async fn discover(
                 delimiter: b',',
                 modified: None,
                 listed: false,
+                resume: None,
             });
         } else if input.contains("://") {
             discover_object(input, lake, forced, inbox, &mut out).await?;
@@ -190,6 +251,7 @@ fn local_file(path: &Path, forced: InputFormat, listed: bool) -> Result<InputFil
         delimiter,
         modified,
         listed,
+        resume: None,
     })
 }
 
@@ -291,6 +353,7 @@ async fn discover_object(
             delimiter,
             modified: Some(meta.last_modified.into()),
             listed,
+            resume: None,
         });
     };
     let key = path.as_ref();
@@ -465,7 +528,13 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
         |e: &dyn std::fmt::Display| Error::runtime(format!("cannot read {}: {e}", file.display));
     let source: Box<dyn Read + Send> = match &file.location {
         Location::Local(p) => match std::fs::File::open(p) {
-            Ok(f) => Box::new(f),
+            Ok(mut f) => {
+                if let Some(r) = file.resume {
+                    use std::io::{Seek, SeekFrom};
+                    f.seek(SeekFrom::Start(r.offset)).map_err(|e| failed(&e))?;
+                }
+                Box::new(f)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(failed(&e)),
         },
@@ -503,8 +572,12 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
     let magic = buffered
         .fill_buf()
         .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
-    let unsupported = unsupported_format(magic);
-    let (reader, compression): (Box<dyn BufRead + Send>, _) = if magic.starts_with(&[0x1f, 0x8b]) {
+    // Appended bytes are plain text like the rest of the file, whatever they start with.
+    let resumed = file.resume.is_some();
+    let unsupported = unsupported_format(magic).filter(|_| !resumed);
+    let (reader, compression): (Box<dyn BufRead + Send>, _) = if resumed {
+        (Box::new(buffered), None)
+    } else if magic.starts_with(&[0x1f, 0x8b]) {
         let dec = flate2::bufread::MultiGzDecoder::new(buffered);
         (
             Box::new(BufReader::with_capacity(1 << 20, dec)),

@@ -7,6 +7,7 @@
 //! ```text
 //!  1. commit quarantine   adds + txn "clicklake/file/<key>" = v   (per file)
 //!  2. commit raw_events   adds + txn "clicklake/file/<key>" = v   (per file)
+//!                         + txn "clicklake/tail/<path>/…"         (how far a local file was read)
 //!  3. commit ingested_files  one row per file (the load history; a cache of 1+2)
 //! ```
 //!
@@ -22,7 +23,7 @@ pub mod pipeline;
 pub mod reason;
 pub mod source;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -113,6 +114,9 @@ pub struct FileSummary {
     /// Rows beyond one per line (a source mapping's one row per product).
     pub extra_rows: u64,
     pub bytes: u64,
+    /// A file read before that has grown: the line its appended part starts at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_line: Option<u64>,
 }
 
 impl FileSummary {
@@ -136,6 +140,8 @@ pub struct IngestSummary {
     pub files_skipped: u64,
     /// Files left for a later run: written less than `min_file_age` ago.
     pub files_waiting: u64,
+    /// Files read before that have grown, of which only the appended lines were read.
+    pub files_appended: u64,
     pub lines: u64,
     pub blank_lines: u64,
     pub landed: u64,
@@ -256,28 +262,113 @@ async fn load_segments(lake: &Lake) -> Result<SegmentResolver> {
     Ok(SegmentResolver::new(by_user))
 }
 
-/// The load history: file key → (batch id) for every recorded file.
+/// The load history: file key → (batch id) for every recorded file, and the local paths read
+/// before (a grown one may be read from where the last ingest stopped).
 async fn load_registry(
     ctx: &SessionContext,
     table: &DeltaTable,
-) -> Result<HashMap<String, String>> {
+) -> Result<(HashMap<String, String>, HashSet<String>)> {
     catalog::register(ctx, INGESTED_FILES.name, table).await?;
     let batches = ctx
-        .sql("SELECT file_key, batch_id FROM ingested_files")
+        .sql("SELECT file_key, batch_id, source_file FROM ingested_files")
         .await?
         .collect()
         .await?;
     let mut out = HashMap::new();
+    let mut paths = HashSet::new();
     for b in batches {
         let keys = crate::catalog::strings(b.column(0))?;
         let ids = crate::catalog::strings(b.column(1))?;
-        for (k, id) in keys.into_iter().zip(ids) {
+        let files = crate::catalog::strings(b.column(2))?;
+        for ((k, id), f) in keys.into_iter().zip(ids).zip(files) {
             if let Some(k) = k {
                 out.insert(k, id.unwrap_or_default());
             }
+            if let Some(f) = f.filter(|f| f.starts_with('/')) {
+                paths.insert(f.to_string());
+            }
         }
     }
-    Ok(out)
+    Ok((out, paths))
+}
+
+/// What an earlier ingest recorded, with its `raw_events` commit, about how far it read a plain
+/// local file: `Delta` application transactions keyed by the path, so that they are committed
+/// atomically with the rows they account for.
+#[derive(Clone, Copy, Debug)]
+struct TailMarks {
+    consumed: i64,
+    end: i64,
+    lines: i64,
+    fingerprint: i64,
+}
+
+fn tail_app_ids(display: &str) -> [String; 4] {
+    let base = format!("clicklake/tail/{}", input::file_key(&["local", display]));
+    ["consumed", "end", "lines", "fingerprint"].map(|m| format!("{base}/{m}"))
+}
+
+async fn tail_marks(raw: &DeltaTable, display: &str) -> Result<Option<TailMarks>> {
+    let mut found = Vec::with_capacity(4);
+    for id in tail_app_ids(display) {
+        match delta::txn_version(raw, &id).await? {
+            Some(v) => found.push(v),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(TailMarks {
+        consumed: found[0],
+        end: found[1],
+        lines: found[2],
+        fingerprint: found[3],
+    }))
+}
+
+/// The markers that let the next ingest of a grown file read only what was appended.
+fn tail_txns(p: &Planned, st: &FileState) -> Vec<Transaction> {
+    let (input::Location::Local(path), Some(tail)) = (&p.file.location, st.tail) else {
+        return Vec::new();
+    };
+    let Some(fingerprint) = input::fingerprint(path, tail.end) else {
+        return Vec::new();
+    };
+    let [c, e, l, f] = tail_app_ids(&p.file.display);
+    vec![
+        Transaction::new(c, tail.consumed as i64),
+        Transaction::new(e, tail.end as i64),
+        Transaction::new(l, tail.lines as i64),
+        Transaction::new(f, fingerprint),
+    ]
+}
+
+/// How a local file read before relates to what was read of it.
+#[derive(Debug, PartialEq, Eq)]
+enum Growth {
+    /// A new file (or one rewritten, truncated or rotated): read all of it.
+    New,
+    /// The same bytes as read before and nothing more (touched, or copied over itself).
+    Unchanged,
+    /// The bytes read before, then more: read from where the last ingest stopped.
+    Appended(input::Resume),
+}
+
+fn growth(file: &InputFile, marks: Option<TailMarks>) -> Growth {
+    let (Some(m), input::Location::Local(path), Some(size)) = (marks, &file.location, file.size)
+    else {
+        return Growth::New;
+    };
+    let end = m.end.max(0) as u64;
+    let consumed = m.consumed.clamp(0, m.end) as u64;
+    if end == 0 || end > size || input::fingerprint(path, end) != Some(m.fingerprint) {
+        return Growth::New;
+    }
+    if end == size {
+        return Growth::Unchanged;
+    }
+    Growth::Appended(input::Resume {
+        offset: consumed,
+        next_line: m.lines.max(0) as u64 + 1,
+    })
 }
 
 /// The privacy treatment of this run: the configured personal columns, the key, the allow-list
@@ -359,7 +450,7 @@ pub async fn run(
     let mut quarantine = catalog::ensure_table(lake, &QUARANTINE).await?;
     let mut registry = catalog::ensure_table(lake, &INGESTED_FILES).await?;
     let ctx = catalog::session(cfg.memory_limit)?;
-    let known = load_registry(&ctx, &registry).await?;
+    let (known, paths_read) = load_registry(&ctx, &registry).await?;
 
     let now = chrono::Utc::now();
     let batch_id = format!(
@@ -402,22 +493,31 @@ pub async fn run(
     // A new file's markers in raw_events and quarantine say whether an earlier ingest crashed
     // after committing some of it. Each look-up replays the tables' logs since their last
     // checkpoint (a request per commit on S3), so they run side by side.
-    let (raw_ref, quarantine_ref) = (&raw, &quarantine);
-    let looked_up: Vec<(InputFile, Option<i64>, Option<i64>)> = futures::stream::iter(pending)
+    // A local file read before may have grown: its tail markers say how far it was read.
+    let (raw_ref, quarantine_ref, paths_ref) = (&raw, &quarantine, &paths_read);
+    let force = req.force;
+    type LookedUp = (InputFile, Option<i64>, Option<i64>, Option<TailMarks>);
+    let looked_up: Vec<LookedUp> = futures::stream::iter(pending)
         .map(|file| async move {
             let Some(key) = file.key.as_deref().map(app_id) else {
-                return Ok((file, None, None));
+                return Ok((file, None, None, None));
             };
             let r = delta::txn_version(raw_ref, &key).await?;
             let q = delta::txn_version(quarantine_ref, &key).await?;
-            Ok::<_, Error>((file, r, q))
+            let tail = match &file.location {
+                input::Location::Local(_) if !force && paths_ref.contains(&file.display) => {
+                    tail_marks(raw_ref, &file.display).await?
+                }
+                _ => None,
+            };
+            Ok::<_, Error>((file, r, q, tail))
         })
         .buffered(16)
         .try_collect()
         .await?;
     let mut plan: Vec<Planned> = Vec::new();
     let mut heal: Vec<(InputFile, i64)> = Vec::new();
-    for (file, r, q) in looked_up {
+    for (mut file, r, q, tail) in looked_up {
         if file.key.is_none() {
             // stdin: its identity is known once it has been read.
             plan.push(Planned {
@@ -436,16 +536,33 @@ pub async fn run(
                     "skipped: already ingested (history row recovered)",
                 ));
             }
-            (r, Some(qv), false) if qv > r.unwrap_or(0) => plan.push(Planned {
-                file,
-                mode: Mode::RawOnly,
-                version: qv,
-            }),
-            (r, q, _) => plan.push(Planned {
-                file,
-                mode: Mode::Full,
-                version: r.unwrap_or(0).max(q.unwrap_or(0)) + 1,
-            }),
+            (r, q, force) => {
+                let mode = match (r, q, force) {
+                    (r, Some(qv), false) if qv > r.unwrap_or(0) => Mode::RawOnly,
+                    _ => Mode::Full,
+                };
+                match growth(&file, tail) {
+                    Growth::New => {}
+                    Growth::Unchanged => {
+                        summary.files_skipped += 1;
+                        summary.files.push(FileSummary::unread(
+                            &file,
+                            "skipped: nothing appended since its last ingest",
+                        ));
+                        continue;
+                    }
+                    Growth::Appended(resume) => file.resume = Some(resume),
+                }
+                let version = match mode {
+                    Mode::RawOnly => q.unwrap_or(1),
+                    Mode::Full => r.unwrap_or(0).max(q.unwrap_or(0)) + 1,
+                };
+                plan.push(Planned {
+                    file,
+                    mode,
+                    version,
+                });
+            }
         }
     }
     if !heal.is_empty() {
@@ -478,7 +595,7 @@ pub async fn run(
     let mut group_bytes = 0u64;
     for p in plan {
         let stdin = p.file.key.is_none();
-        let size = p.file.size.unwrap_or(0);
+        let size = p.file.to_read();
         let start_new = groups.is_empty()
             || stdin
             || groups
@@ -493,11 +610,7 @@ pub async fn run(
         groups.last_mut().expect("a group").push(p);
     }
 
-    let total_bytes: u64 = groups
-        .iter()
-        .flatten()
-        .map(|p| p.file.size.unwrap_or(0))
-        .sum();
+    let total_bytes: u64 = groups.iter().flatten().map(|p| p.file.to_read()).sum();
     let progress = printer.bytes_progress(total_bytes, "ingest");
     let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
     let mut stats_total = LineStats::default();
@@ -538,6 +651,11 @@ pub async fn run(
     }
     progress.finish_and_clear();
 
+    summary.files_appended = summary
+        .files
+        .iter()
+        .filter(|f| f.from_line.is_some())
+        .count() as u64;
     summary.lines = stats_total.lines;
     summary.blank_lines = stats_total.blank;
     summary.landed = stats_total.landed;
@@ -592,6 +710,8 @@ struct FileState {
     chunks_sent: Option<u64>,
     raw_bytes: u64,
     content_hash: Option<String>,
+    /// How far a plain local file was read (see `tail_txns`).
+    tail: Option<input::TailEnd>,
     /// Deleted between being found and being read: not landed, not recorded.
     gone: bool,
 }
@@ -696,6 +816,7 @@ async fn commit_group(
             .map(|(p, st)| {
                 serde_json::json!({
                     "source_file": p.file.display,
+                    "from_line": p.file.resume.map_or(1, |r| r.next_line),
                     "lines": st.stats.lines,
                     "landed": st.stats.landed,
                     "quarantined": st.stats.quarantined.total(),
@@ -730,6 +851,12 @@ async fn commit_group(
         .iter()
         .zip(&keys)
         .map(|(p, k)| Transaction::new(app_id(k), p.version))
+        .chain(
+            planned
+                .iter()
+                .zip(&state)
+                .flat_map(|(p, st)| tail_txns(p, st)),
+        )
         .collect();
     let raw_files = raw_adds.len();
     let raw_version = Some(delta::commit_append(raw, raw_adds, r_txns, meta("raw_events")).await?);
@@ -771,10 +898,12 @@ async fn commit_group(
         bytes_read += st.raw_bytes;
         files.push(FileSummary {
             source_file: p.file.display.clone(),
-            status: match p.mode {
-                Mode::Full => "ingested",
-                Mode::RawOnly => "ingested (completed an interrupted run)",
+            status: match (p.mode, p.file.resume) {
+                (Mode::Full, None) => "ingested",
+                (Mode::Full, Some(_)) => "ingested: the lines appended since its last ingest",
+                (Mode::RawOnly, _) => "ingested (completed an interrupted run)",
             },
+            from_line: p.file.resume.map(|r| r.next_line),
             lines: st.stats.lines,
             blank_lines: st.stats.blank,
             landed: st.stats.landed,
@@ -892,10 +1021,12 @@ async fn land(
                 chunks,
                 raw_bytes,
                 content_hash,
+                tail,
             } => {
                 state[file_idx].chunks_sent = Some(chunks);
                 state[file_idx].raw_bytes = raw_bytes;
                 state[file_idx].content_hash = content_hash;
+                state[file_idx].tail = tail;
             }
             pipeline::Event::FileGone { file_idx } => {
                 state[file_idx].chunks_sent = Some(0);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::input::{self, InputFile};
+use super::input::{self, InputFile, TailEnd};
 use super::json_array;
 use super::parse::{parse_chunk, Chunk, ChunkOutput, CsvHeader, Format, ParseSettings};
 use super::source::Header;
@@ -29,6 +29,8 @@ pub enum Event {
         chunks: u64,
         raw_bytes: u64,
         content_hash: Option<String>,
+        /// How far a plain local file was read, to read only what is appended next time.
+        tail: Option<TailEnd>,
     },
     /// The file was deleted between being found and being read: nothing of it lands, and it
     /// is not recorded as ingested.
@@ -114,11 +116,12 @@ pub fn start(
     threads.push(std::thread::spawn(move || {
         for (idx, file) in files {
             let done = match read_file(idx, &file, &chunk_tx, &opts, &rt, &settings_r) {
-                Ok(Some((chunks, raw_bytes, content_hash))) => Event::FileDone {
+                Ok(Some(read)) => Event::FileDone {
                     file_idx: idx,
-                    chunks,
-                    raw_bytes,
-                    content_hash,
+                    chunks: read.chunks,
+                    raw_bytes: read.raw_bytes,
+                    content_hash: read.content_hash,
+                    tail: read.tail,
                 },
                 Ok(None) => {
                     tracing::warn!("{}: deleted before it was read; skipped", file.display);
@@ -141,8 +144,16 @@ pub fn start(
     }
 }
 
-/// Reads one file and sends its chunks. Returns (chunks sent, raw bytes, stdin content hash), or
-/// `None` when the file no longer exists.
+/// What reading one file did.
+struct ReadDone {
+    chunks: u64,
+    raw_bytes: u64,
+    /// stdin's content hash.
+    content_hash: Option<String>,
+    tail: Option<TailEnd>,
+}
+
+/// Reads one file and sends its chunks, or returns `None` when the file no longer exists.
 fn read_file(
     idx: usize,
     file: &InputFile,
@@ -150,11 +161,22 @@ fn read_file(
     opts: &PipelineOptions,
     rt: &tokio::runtime::Handle,
     settings: &ParseSettings,
-) -> Result<Option<(u64, u64, Option<String>)>> {
+) -> Result<Option<ReadDone>> {
     let Some(opened) = input::open(file, rt)? else {
         return Ok(None);
     };
+    // Only plain local text files can grow by appends and be read from where this read stops
+    // (not JSON array files: their lines are elements, not byte ranges).
+    let mut tailable = matches!(file.location, input::Location::Local(_))
+        && opened.compression.is_none()
+        && opened.unsupported.is_none();
     let mut reader = opened.reader;
+    let untailed = |chunks| ReadDone {
+        chunks,
+        raw_bytes: opened.raw_bytes.load(Ordering::Relaxed),
+        content_hash: hash_of(&opened.hash),
+        tail: None,
+    };
     let source: Arc<str> = Arc::from(file.display.as_str());
     let io_err = |e: std::io::Error| Error::runtime(format!("cannot read {}: {e}", file.display));
 
@@ -174,15 +196,18 @@ fn read_file(
             Vec::new(),
             why,
         ));
-        return Ok(Some((1, opened.raw_bytes.load(Ordering::Relaxed), None)));
+        return Ok(Some(untailed(1)));
     }
     let stream_broke = |e| broken_stream(e, opened.compression, &opened.read_failed, file);
     // A UTF-8 byte order mark (Excel's "CSV UTF-8", PowerShell) is not part of the first line.
     // (A stream that breaks at once is handled with the reads below.)
-    if matches!(reader.fill_buf(), Ok(head) if head.starts_with(b"\xEF\xBB\xBF")) {
+    let resume = file.resume;
+    if resume.is_none()
+        && matches!(reader.fill_buf(), Ok(head) if head.starts_with(b"\xEF\xBB\xBF"))
+    {
         reader.consume(3);
     }
-    let mut next_line: u64 = 1;
+    let mut next_line: u64 = resume.map_or(1, |r| r.next_line);
     let mut csv_header = None;
     let mut format = file.format;
     if let Some(source) = &settings.source {
@@ -199,8 +224,10 @@ fn read_file(
         }
     }
     if format == Format::Ndjson
+        && resume.is_none()
         && matches!(reader.fill_buf(), Ok(head) if json_array::starts_array(head))
     {
+        tailable = false;
         reader = Box::new(std::io::BufReader::with_capacity(
             1 << 20,
             json_array::ArrayLines::new(reader),
@@ -209,14 +236,13 @@ fn read_file(
     // A first line that cannot be the header goes back to the data, to be quarantined with
     // every other line of the file (see `CsvHeader::unusable`).
     let mut carry: Vec<u8> = Vec::new();
-    if format == Format::Csv {
+    if format == Format::Csv && resume.is_some() {
+        // Appended rows: the header is the file's first line, read as when the file was new.
+        csv_header = Some(Arc::new(resumed_csv_header(file, rt, settings, opts)?));
+    } else if format == Format::Csv {
         match csv_header_of(&mut reader, file, settings, opts.max_line_bytes) {
             Ok(None) => {
-                return Ok(Some((
-                    0,
-                    opened.raw_bytes.load(Ordering::Relaxed),
-                    hash_of(&opened.hash),
-                )));
+                return Ok(Some(untailed(0)));
             }
             Ok(Some((header, unused, first))) => {
                 csv_header = Some(Arc::new(header));
@@ -226,13 +252,15 @@ fn read_file(
             Err(e) => {
                 let why = stream_broke(e)?;
                 let _ = tx.send(Chunk::unreadable(idx, &source, 1, format, Vec::new(), why));
-                return Ok(Some((1, opened.raw_bytes.load(Ordering::Relaxed), None)));
+                return Ok(Some(untailed(1)));
             }
         }
     }
 
     let mut chunks = 0u64;
     let mut last_bytes = 0u64;
+    // The length of an unterminated last line that is not whole JSON (see `cut_last_line`).
+    let mut held_back: Option<u64> = None;
     // A compressed stream that breaks is bad data, not a failed run (see `broken_stream`): what
     // decoded lands or is quarantined as usual, and one row quarantines the rest. Stopping
     // instead would stop every later run at the same file (an s3:// object never changes).
@@ -311,6 +339,9 @@ fn read_file(
             continue;
         }
         carry = buf.split_off(cut);
+        if eof && carry.is_empty() && format == Format::Ndjson {
+            held_back = cut_last_line(&buf);
+        }
         let physical =
             memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
         let chunk = data_chunk(idx, &source, next_line, buf, format, &csv_header);
@@ -321,6 +352,7 @@ fn read_file(
         }
     }
     if let Some(why) = corrupt {
+        tailable = false;
         chunks += 1;
         let _ = tx.send(Chunk::unreadable(
             idx,
@@ -335,11 +367,58 @@ fn read_file(
         let mut sink = [0u8; 1];
         let _ = reader.read(&mut sink).map_err(io_err)?;
     }
-    Ok(Some((
+    let raw_bytes = opened.raw_bytes.load(Ordering::Relaxed);
+    Ok(Some(ReadDone {
         chunks,
-        opened.raw_bytes.load(Ordering::Relaxed),
-        hash_of(&opened.hash),
-    )))
+        raw_bytes,
+        content_hash: hash_of(&opened.hash),
+        tail: tailable.then(|| {
+            let end = resume.map_or(0, |r| r.offset) + raw_bytes;
+            TailEnd {
+                consumed: end - held_back.unwrap_or(0),
+                end,
+                lines: next_line - 1 - u64::from(held_back.is_some()),
+            }
+        }),
+    }))
+}
+
+/// The length of the last line of a file's last NDJSON chunk when it has no line end and is not
+/// a whole JSON value: a line a producer was still writing. It is read (and quarantined as
+/// broken JSON) now, and read again whole from its start once the file has grown.
+fn cut_last_line(buf: &[u8]) -> Option<u64> {
+    if buf.last() == Some(&b'\n') {
+        return None;
+    }
+    let start = memchr::memrchr(b'\n', buf).map_or(0, |i| i + 1);
+    let line = trimmed(&buf[start..]);
+    if line.is_empty() || serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok() {
+        return None;
+    }
+    Some((buf.len() - start) as u64)
+}
+
+/// The header of a CSV file read from an offset: its first line, read as `csv_header_of` reads
+/// it when the file is new (a first line that cannot be the header quarantines every line).
+fn resumed_csv_header(
+    file: &InputFile,
+    rt: &tokio::runtime::Handle,
+    settings: &ParseSettings,
+    opts: &PipelineOptions,
+) -> Result<CsvHeader> {
+    let whole = InputFile {
+        resume: None,
+        ..file.clone()
+    };
+    let unreadable = || Error::runtime(format!("cannot read the header of {}", file.display));
+    let mut opened = input::open(&whole, rt)?.ok_or_else(unreadable)?;
+    if matches!(opened.reader.fill_buf(), Ok(head) if head.starts_with(b"\xEF\xBB\xBF")) {
+        opened.reader.consume(3);
+    }
+    match csv_header_of(&mut opened.reader, &whole, settings, opts.max_line_bytes) {
+        Ok(Some((header, _, _))) => Ok(header),
+        _ => Err(unreadable()),
+    }
 }
 
 /// How much of a line over `max_line_size` its quarantine row keeps in `raw`.

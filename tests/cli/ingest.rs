@@ -1034,3 +1034,191 @@ fn a_csv_header_delimited_by_semicolons_tabs_or_pipes_gives_the_delimiter() {
         2
     );
 }
+
+// A log a producer keeps appending to, ingested on every cron tick: each tick landed the whole
+// file again (a new size, so a new identity), so a day-long log was landed hundreds of times.
+// Now only the appended lines are read, with their line numbers, and a line the producer was
+// still writing is read again whole once it is complete.
+both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
+    let ctx = TestContext::new(backend);
+    let line = |id: &str| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
+        )
+    };
+    std::fs::create_dir_all(ctx.path("logs")).unwrap();
+    let log = ctx.path("logs/app.ndjson");
+    let dir = ctx.path("logs");
+    let dir = dir.to_str().unwrap();
+    let append = |text: &str| {
+        use std::io::Write;
+        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    let e3 = line("e3");
+    let (e3_head, e3_rest) = e3.split_at(30);
+    std::fs::write(&log, line("e1") + &line("e2") + e3_head).unwrap();
+    let lines = |s: &serde_json::Value| {
+        (
+            s["files_read"].as_u64().unwrap(),
+            s["lines"].as_u64().unwrap(),
+            s["landed"].as_u64().unwrap(),
+            s["quarantined"].as_u64().unwrap(),
+        )
+    };
+    // The buffer flushed mid-line: the cut line is quarantined for now.
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(lines(&s), (1, 3, 2, 1), "{s}");
+    assert_eq!(s["files_appended"], 0, "{s}");
+    // Nothing changed: nothing is read.
+    assert_eq!(lines(&ctx.ingest_json(&[dir])), (0, 0, 0, 0));
+
+    append(&(e3_rest.to_string() + &line("e4") + "{\"event_time\":\"2026-01-05T10:00:00Z\"}\n"));
+    let s = ctx.ingest_json(&[dir]);
+    // From the cut line (3, now whole) on: e3, e4 and one without an event_id.
+    assert_eq!(lines(&s), (1, 3, 2, 1), "{s}");
+    assert_eq!(s["files_appended"], 1, "{s}");
+    assert_eq!(s["files"][0]["from_line"], 3, "{s}");
+    assert!(
+        s["files"][0]["status"]
+            .as_str()
+            .unwrap()
+            .contains("appended"),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query("SELECT event_id, line_number FROM raw_events ORDER BY 2"),
+        ["e1,1", "e2,2", "e3,3", "e4,4"]
+    );
+    assert_eq!(
+        ctx.query("SELECT line_number, reason FROM quarantine ORDER BY 1"),
+        ["3,broken_json", "5,missing_event_id"]
+    );
+
+    // Touched, not changed: nothing appended, nothing read.
+    std::fs::File::options()
+        .write(true)
+        .open(&log)
+        .and_then(|f| {
+            f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        })
+        .unwrap();
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(lines(&s), (0, 0, 0, 0), "{s}");
+    assert!(
+        s["files"][0]["status"]
+            .as_str()
+            .unwrap()
+            .contains("nothing appended"),
+        "{s}"
+    );
+
+    // Rotated: a new file under the same name is read whole, from line 1.
+    std::fs::write(
+        &log,
+        line("r1") + &line("r2") + &line("r3") + &line("r4") + &line("r5"),
+    )
+    .unwrap();
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(lines(&s), (1, 5, 5, 0), "{s}");
+    assert_eq!(s["files_appended"], 0, "{s}");
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events WHERE event_id LIKE 'r%' AND line_number = 1"),
+        1
+    );
+    // --force reads all of a grown file again, on purpose.
+    append(&line("r6"));
+    let s = ctx.ingest_json(&["--force", dir]);
+    assert_eq!(lines(&s), (1, 6, 6, 0), "{s}");
+
+    // CSV: the appended rows are read with the header of the file's first line.
+    let csv = ctx.path("logs/orders.csv");
+    std::fs::write(
+        &csv,
+        "anonymous_id,event_type,event_time,event_id\n\
+         a2,page_view,2026-01-05T11:00:00Z,c1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        lines(&ctx.ingest_json(&[csv.to_str().unwrap()])),
+        (1, 1, 1, 0)
+    );
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::options().append(true).open(&csv).unwrap();
+        f.write_all(
+            b"a2,add_to_cart,2026-01-05T11:01:00Z,c2\na3,page_view,2026-01-05T11:02:00Z,c3\n",
+        )
+        .unwrap();
+    }
+    let s = ctx.ingest_json(&[csv.to_str().unwrap()]);
+    assert_eq!(lines(&s), (1, 2, 2, 0), "{s}");
+    assert_eq!(s["files"][0]["from_line"], 3, "{s}");
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, event_type, anonymous_id, line_number FROM raw_events \
+             WHERE event_id LIKE 'c%' ORDER BY 1"
+        ),
+        [
+            "c1,page_view,a2,2",
+            "c2,add_to_cart,a2,3",
+            "c3,page_view,a3,4"
+        ]
+    );
+});
+
+/// A run killed between an appended part's quarantine and raw_events commits completes that part
+/// on the next run: its valid rows land once, its quarantine rows are not written again.
+#[test]
+fn an_interrupted_append_is_completed_once() {
+    let ctx = TestContext::new(Backend::Local);
+    let log = ctx.path("app.ndjson");
+    let line = |id: &str| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
+        )
+    };
+    std::fs::write(&log, line("e1")).unwrap();
+    let path = log.to_str().unwrap();
+    ctx.ingest_json(&[path]);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
+        f.write_all((line("e2") + "not json\n" + &line("e3")).as_bytes())
+            .unwrap();
+    }
+    let crashed = ctx
+        .cmd()
+        .env("CLICKLAKE_FAULT", "after-quarantine-commit")
+        .args(["ingest", path])
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let s = ctx.ingest_json(&[path]);
+    assert_eq!(s["files"][0]["from_line"], 2, "{s}");
+    assert_eq!(s["landed"], 2, "{s}");
+    assert_eq!(s["quarantine_version"], serde_json::Value::Null, "{s}");
+    assert_eq!(
+        ctx.query("SELECT event_id, line_number FROM raw_events ORDER BY 2"),
+        ["e1,1", "e2,2", "e3,4"]
+    );
+    assert_eq!(
+        ctx.query("SELECT line_number, reason FROM quarantine"),
+        ["3,broken_json"]
+    );
+    // And the next append is read from after it.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
+        f.write_all(line("e4").as_bytes()).unwrap();
+    }
+    let s = ctx.ingest_json(&[path]);
+    assert_eq!(
+        (s["lines"].as_u64(), s["landed"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 4);
+}
