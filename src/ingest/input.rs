@@ -63,6 +63,9 @@ pub struct Resume {
     pub offset: u64,
     /// The line number of the first line read (lines consumed before + 1).
     pub next_line: u64,
+    /// The earlier read ended with a whole line that had no line end: a line end appended
+    /// right after it ends that line, and is not an empty line of its own.
+    pub after_unterminated: bool,
 }
 
 /// How far an ingest read a plain local file, recorded with its commits so that the next
@@ -83,6 +86,16 @@ pub struct TailEnd {
 /// length), as Filebeat fingerprints files. A grown file whose sample at the recorded length is
 /// unchanged was appended to; any other change means a new file (rotated, rewritten,
 /// truncated). `None` when the file cannot be read or is shorter than `consumed`.
+/// The byte at `offset` of a local file, if it has one.
+pub fn byte_at(path: &Path, offset: u64) -> Option<u8> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b).ok()?;
+    Some(b[0])
+}
+
 pub fn fingerprint(path: &Path, consumed: u64) -> Option<i64> {
     use std::io::{Seek, SeekFrom};
     const SAMPLE: u64 = 4096;

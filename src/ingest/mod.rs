@@ -365,9 +365,14 @@ fn growth(file: &InputFile, marks: Option<TailMarks>) -> Growth {
     if end == size {
         return Growth::Unchanged;
     }
+    if consumed == 0 {
+        // All that was read is one line cut mid-write: read it all again.
+        return Growth::New;
+    }
     Growth::Appended(input::Resume {
         offset: consumed,
         next_line: m.lines.max(0) as u64 + 1,
+        after_unterminated: input::byte_at(path, consumed - 1).is_some_and(|b| b != b'\n'),
     })
 }
 

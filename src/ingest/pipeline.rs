@@ -207,6 +207,14 @@ fn read_file(
     {
         reader.consume(3);
     }
+    if resume.is_some_and(|r| r.after_unterminated) {
+        // The line end of the line read last time, not an empty line.
+        match reader.fill_buf() {
+            Ok(head) if head.starts_with(b"\r\n") => reader.consume(2),
+            Ok(head) if head.starts_with(b"\n") => reader.consume(1),
+            _ => {}
+        }
+    }
     let mut next_line: u64 = resume.map_or(1, |r| r.next_line);
     let mut csv_header = None;
     let mut format = file.format;

@@ -1222,3 +1222,75 @@ fn an_interrupted_append_is_completed_once() {
     );
     assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 4);
 }
+
+/// A generated dirty file appended to a log in random pieces (cut mid-line, mid-character, right
+/// before and right after a line end), ingested after every piece, lands exactly the rows one
+/// read of the whole file lands, at the same line numbers; the quarantine holds the whole file's
+/// rows plus, at most, one cut copy per piece.
+#[test]
+fn a_file_appended_in_random_pieces_lands_what_one_read_of_it_lands() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate("gen", &["--events", "1500", "--files", "1", "--dirty"]);
+    let bytes = std::fs::read(ctx.path("gen/events-0001.ndjson")).unwrap();
+    std::fs::write(ctx.path("whole.ndjson"), &bytes).unwrap();
+    ctx.ingest_json(&[ctx.path("whole.ndjson").to_str().unwrap()]);
+
+    // Cut points: pseudo-random, plus one right before and one right after a line end.
+    let mut cuts: Vec<usize> = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..10 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        cuts.push((x % bytes.len() as u64) as usize);
+    }
+    let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
+    let nl2 = nl + 1 + bytes[nl + 1..].iter().position(|b| *b == b'\n').unwrap();
+    cuts.extend([nl, nl2 + 1, bytes.len()]);
+    cuts.sort_unstable();
+    cuts.dedup();
+    std::fs::create_dir_all(ctx.path("logs")).unwrap();
+    let log = ctx.path("logs/app.ndjson");
+    std::fs::write(&log, b"").unwrap();
+    let dir = ctx.path("logs");
+    let mut from = 0;
+    let mut appended = 0;
+    for cut in &cuts {
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::options().append(true).open(&log).unwrap();
+            f.write_all(&bytes[from..*cut]).unwrap();
+        }
+        from = *cut;
+        let s = ctx.ingest_json(&[dir.to_str().unwrap()]);
+        assert_eq!(s["balanced"], true, "{s}");
+        appended += s["files_appended"].as_u64().unwrap();
+    }
+    assert!(appended >= cuts.len() as u64 - 2, "{appended} of {cuts:?}");
+
+    let rows = |file: &str, table: &str, cols: &str| {
+        ctx.query(&format!(
+            "SELECT {cols} FROM {table} WHERE source_file LIKE '%{file}' ORDER BY 1, 2"
+        ))
+    };
+    let raw_cols = "line_number, event_id, event_type, event_time, anonymous_id";
+    let whole = rows("/whole.ndjson", "raw_events", raw_cols);
+    assert!(whole.len() > 1400, "{}", whole.len());
+    assert_eq!(rows("/logs/app.ndjson", "raw_events", raw_cols), whole);
+
+    let q_cols = "line_number, reason";
+    let whole_q = rows("/whole.ndjson", "quarantine", q_cols);
+    let mut extra = rows("/logs/app.ndjson", "quarantine", q_cols);
+    for row in &whole_q {
+        let at = extra
+            .iter()
+            .position(|r| r == row)
+            .unwrap_or_else(|| panic!("{row} of the whole file is not quarantined: {extra:?}"));
+        extra.remove(at);
+    }
+    assert!(extra.len() < cuts.len(), "{extra:?}");
+    assert!(
+        extra.iter().all(|r| r.ends_with(",broken_json")),
+        "{extra:?}"
+    );
+}
