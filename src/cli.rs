@@ -365,14 +365,15 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
-    /// SQL to run: one statement, or several separated by `;`
+    /// SQL to run: one statement, or several separated by `;`; repeatable, run in order (as
+    /// with psql and datafusion-cli)
     #[arg(
         short = 'c',
         long = "command",
         value_name = "SQL",
         conflicts_with = "file"
     )]
-    pub command: Option<String>,
+    pub command: Vec<String>,
 
     /// A file of statements separated by `;`, run in order; the first failing one stops the run
     /// (exit 2 naming it)

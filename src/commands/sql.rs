@@ -20,21 +20,29 @@ use crate::error::{query_mistake, root_message, Error};
 use crate::storage::{Lake, TableAsOf};
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
-    // Arguments first, before any I/O on the lake.
-    let (text, origin) = match (&args.command, &args.file) {
-        (Some(c), _) => (c.clone(), Some(format!("SQL `{}`", shorten(c)))),
-        (None, Some(path)) => (
+    // Arguments first, before any I/O on the lake: each -c (or the -f file) with its origin.
+    let sources: Vec<(String, String)> = match (args.command.as_slice(), &args.file) {
+        ([one], _) => vec![(one.clone(), format!("SQL `{}`", shorten(one)))],
+        (many, _) if !many.is_empty() => many
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), format!("-c #{} `{}`", i + 1, shorten(c))))
+            .collect(),
+        (_, Some(path)) => vec![(
             std::fs::read_to_string(path)
                 .map_err(|e| Error::usage(format!("-f {}: {e}", path.display())))?,
-            Some(path.display().to_string()),
-        ),
-        (None, None) => (String::new(), None),
+            path.display().to_string(),
+        )],
+        (_, None) => Vec::new(),
     };
-    let text = match (&origin, args.params.is_empty()) {
-        (Some(origin), _) => substitute_params(&text, &parse_params(&args.params)?, origin)?,
-        (None, true) => text,
-        (None, false) => return Err(Error::usage("--param needs -c SQL or -f PATH").into()),
-    };
+    if sources.is_empty() && !args.params.is_empty() {
+        return Err(Error::usage("--param needs -c SQL or -f PATH").into());
+    }
+    let params = parse_params(&args.params)?;
+    let sources = sources
+        .into_iter()
+        .map(|(text, origin)| Ok((substitute_params(&text, &params, &origin)?, origin)))
+        .collect::<Result<Vec<_>, Error>>()?;
     let as_of = match (args.as_of_version, &args.as_of_time) {
         (Some(v), _) if v < 0 => {
             return Err(Error::usage("--as-of-version: a version is 0 or more").into())
@@ -47,7 +55,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         )),
         (None, None) => None,
     };
-    if origin.is_none() {
+    if sources.is_empty() {
         // No -c and no -f: the REPL (a terminal) or statements piped on stdin.
         if args.output.is_some() {
             return Err(Error::usage("--output needs -c SQL or -f PATH").into());
@@ -56,17 +64,17 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         catalog::register_all(&ctx, lake, as_of).await?;
         return crate::repl::run(cfg, lake, &ctx, args.format, as_of.is_some()).await;
     }
-    let statements = DFParser::parse_sql_with_dialect(&text, &GenericDialect {})
-        .map_err(|e| Error::usage(format!("{}: {e}", origin.as_deref().unwrap_or("SQL"))))?;
+    let mut statements = Vec::new();
+    for (text, origin) in &sources {
+        let parsed = DFParser::parse_sql_with_dialect(text, &GenericDialect {})
+            .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
+        if parsed.is_empty() {
+            return Err(Error::usage(format!("{origin}: no statement")).into());
+        }
+        statements.extend(parsed);
+    }
     if args.output.is_some() && statements.len() > 1 {
         return Err(Error::usage("--output takes the result of one statement").into());
-    }
-    if statements.is_empty() {
-        return Err(Error::usage(format!(
-            "{}: no statement",
-            origin.as_deref().unwrap_or("SQL")
-        ))
-        .into());
     }
     let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
     let registered = catalog::register_all(&ctx, lake, as_of).await?;

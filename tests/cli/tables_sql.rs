@@ -192,6 +192,23 @@ fn sql_files_run_statement_by_statement_and_stop_at_the_first_error() {
     let out = ctx.run(&["sql", "-f", "missing.sql"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(crate::context::stderr_of(&out).contains("missing.sql"));
+    // Several -c, as psql and datafusion-cli take them: run in order, the file's output again; a
+    // `--` comment ends with its -c. A -c that does not parse is named, and nothing runs.
+    assert_eq!(
+        ctx.ok(&[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT count(*) AS n FROM raw_events -- the landed rows",
+            "-c",
+            "SELECT 'second' AS s;",
+        ]),
+        "n\n3\ns\nsecond\n"
+    );
+    let out = ctx.run(&["sql", "-c", "SELECT 1 AS a", "-c", "SELEC 2"]);
+    crate::context::one_line_failure(&out, 2, &["-c #2 `SELEC 2`"]);
+    assert!(out.stdout.is_empty());
 
     // A report file with parameters, as cron runs it for each day.
     std::fs::write(
