@@ -309,18 +309,18 @@ fn tail_app_ids(display: &str) -> [String; 4] {
 }
 
 async fn tail_marks(raw: &DeltaTable, display: &str) -> Result<Option<TailMarks>> {
-    let mut found = Vec::with_capacity(4);
-    for id in tail_app_ids(display) {
-        match delta::txn_version(raw, &id).await? {
-            Some(v) => found.push(v),
-            None => return Ok(None),
-        }
-    }
+    // Each look-up replays the log since the last checkpoint: side by side.
+    let ids = tail_app_ids(display);
+    let found = futures::future::try_join_all(ids.iter().map(|id| delta::txn_version(raw, id)))
+        .await?;
+    let [Some(consumed), Some(end), Some(lines), Some(fingerprint)] = found[..] else {
+        return Ok(None);
+    };
     Ok(Some(TailMarks {
-        consumed: found[0],
-        end: found[1],
-        lines: found[2],
-        fingerprint: found[3],
+        consumed,
+        end,
+        lines,
+        fingerprint,
     }))
 }
 
@@ -507,14 +507,20 @@ pub async fn run(
             let Some(key) = file.key.as_deref().map(app_id) else {
                 return Ok((file, None, None, None));
             };
-            let r = delta::txn_version(raw_ref, &key).await?;
-            let q = delta::txn_version(quarantine_ref, &key).await?;
-            let tail = match &file.location {
-                input::Location::Local(_) if !force && paths_ref.contains(&file.display) => {
-                    tail_marks(raw_ref, &file.display).await?
+            let read_before = matches!(file.location, input::Location::Local(_))
+                && !force
+                && paths_ref.contains(&file.display);
+            let tail = async {
+                match read_before {
+                    true => tail_marks(raw_ref, &file.display).await,
+                    false => Ok(None),
                 }
-                _ => None,
             };
+            let (r, q, tail) = futures::try_join!(
+                delta::txn_version(raw_ref, &key),
+                delta::txn_version(quarantine_ref, &key),
+                tail
+            )?;
             Ok::<_, Error>((file, r, q, tail))
         })
         .buffered(16)
