@@ -55,7 +55,19 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         .map(|v| parse_duration(v).map_err(|e| Error::usage(format!("--max-lag: {e}"))))
         .transpose()?
         .or(cfg.status.max_lag);
-    let limit_of = |table: &str| cfg.status.max_lag_tables.get(table).copied().or(max_lag);
+    // Records of what people and commands did (consent imports, erasures, runs, the audit
+    // trail) change when those happen, not as data flows: the lake-wide limit would call them
+    // stale an hour after the last consent import. They get a limit only by name.
+    let records = [
+        catalog::CONSENTS.name,
+        catalog::ERASURES.name,
+        catalog::RUNS.name,
+        catalog::AUDIT.name,
+    ];
+    let limit_of = |table: &str| {
+        let lake_wide = max_lag.filter(|_| !records.contains(&table));
+        cfg.status.max_lag_tables.get(table).copied().or(lake_wide)
+    };
     let now = chrono::Utc::now();
     let infos = tables::collect(lake).await?;
     let ctx = catalog::session(cfg.memory_limit)?;

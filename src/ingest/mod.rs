@@ -311,8 +311,8 @@ fn tail_app_ids(display: &str) -> [String; 4] {
 async fn tail_marks(raw: &DeltaTable, display: &str) -> Result<Option<TailMarks>> {
     // Each look-up replays the log since the last checkpoint: side by side.
     let ids = tail_app_ids(display);
-    let found = futures::future::try_join_all(ids.iter().map(|id| delta::txn_version(raw, id)))
-        .await?;
+    let found =
+        futures::future::try_join_all(ids.iter().map(|id| delta::txn_version(raw, id))).await?;
     let [Some(consumed), Some(end), Some(lines), Some(fingerprint)] = found[..] else {
         return Ok(None);
     };

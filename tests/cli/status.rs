@@ -52,6 +52,43 @@ both_backends!(
             "{err}"
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("STALE"));
+        // Consent imports, erasures, runs and the audit trail happen when people and commands
+        // act, not as data flows: the lake-wide limit leaves them out (a lake without a consent
+        // import for an hour is not stale), and a limit by name applies.
+        let out = ctx.run(&["status", "--max-lag", "1s", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let records = ["consents", "erasures", "_runs", "_audit"];
+        let listed: Vec<&serde_json::Value> = report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| records.contains(&t["table"].as_str().unwrap()))
+            .collect();
+        assert!(!listed.is_empty(), "{report}");
+        for t in listed {
+            assert_eq!(t["max_lag_seconds"], serde_json::Value::Null, "{t}");
+            assert_eq!(t["stale"], false, "{t}");
+        }
+        assert!(
+            report["stale"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| !records.contains(&t.as_str().unwrap())),
+            "{report}"
+        );
+        let named = &listed_name(&report, &records);
+        std::fs::write(
+            ctx.path("clicklake.toml"),
+            format!("[status.max_lag_tables]\n{named} = \"1s\"\n"),
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let out = ctx.run(&["status", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["stale"], serde_json::json!([named]), "{report}");
+        std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
 
         // Quiet when all is well: nothing on stdout or stderr.
         let out = ctx.run(&["--quiet", "status", "--max-lag", "5d"]);
@@ -93,6 +130,18 @@ both_backends!(
         assert!(stderr_of(&out).contains("--max-lag"), "{}", stderr_of(&out));
     }
 );
+
+/// The first of `names` the status report lists.
+fn listed_name(report: &serde_json::Value, names: &[&str]) -> String {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["table"].as_str())
+        .find(|t| names.contains(t))
+        .unwrap_or_else(|| panic!("none of {names:?} in {report}"))
+        .to_string()
+}
 
 /// Monitoring pointed at a lake that has nothing (a mistyped URL, a wiped prefix, nothing ever
 /// ingested) must alert, and a CI gate that could run no check must not pass.
