@@ -20,6 +20,7 @@ use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 
@@ -181,6 +182,140 @@ fn is_one_partition(
         }
     }
     Ok(true)
+}
+
+/// A table's application transaction (`txn`) markers, to look many up. The kernel's look-up
+/// replays the log since the last checkpoint, and the checkpoint itself when the id is not in
+/// the commits after it (a request per commit on S3), for every id; ingest looks up several per
+/// new file. This reads the checkpoint's `txn` column and the commits after it once. A log laid
+/// out otherwise (a multi-part or V2 checkpoint, one newer than the version read, a commit
+/// missing) falls back to one look-up per id.
+pub struct Markers<'a> {
+    table: &'a DeltaTable,
+    index: Option<HashMap<String, i64>>,
+}
+
+impl<'a> Markers<'a> {
+    pub async fn load(table: &'a DeltaTable) -> Result<Markers<'a>> {
+        let index = match table.version() {
+            Some(version) => txn_index(table, version).await?,
+            None => Some(HashMap::new()),
+        };
+        Ok(Markers { table, index })
+    }
+
+    /// The version recorded for `app_id` at the version the table was read at, if any.
+    pub async fn get(&self, app_id: &str) -> Result<Option<i64>> {
+        match &self.index {
+            Some(index) => Ok(index.get(app_id).copied()),
+            None => txn_version(self.table, app_id).await,
+        }
+    }
+
+    /// Whether the markers were read in one pass (not one look-up per id).
+    pub fn indexed(&self) -> bool {
+        self.index.is_some()
+    }
+}
+
+/// Every `txn` marker of `table` at `version`: the last checkpoint at or before it, then the
+/// commits after it, later ones winning. `None` when the log is not laid out for that.
+async fn txn_index(table: &DeltaTable, version: u64) -> Result<Option<HashMap<String, i64>>> {
+    use object_store::ObjectStoreExt;
+    let store = table.log_store().object_store(None);
+    let last = object_store::path::Path::from("_delta_log/_last_checkpoint");
+    let checkpoint = match store.get(&last).await {
+        Ok(get) => {
+            let hint: serde_json::Value =
+                serde_json::from_slice(&get.bytes().await?).map_err(|e| {
+                    Error::runtime(format!("{}: _last_checkpoint: {e}", table_name(table)))
+                })?;
+            let single = hint.get("parts").is_none_or(|p| p.is_null())
+                && hint.get("v2Checkpoint").is_none_or(|p| p.is_null());
+            match hint["version"].as_u64() {
+                Some(c) if single && c <= version => Some(c),
+                _ => return Ok(None),
+            }
+        }
+        Err(object_store::Error::NotFound { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut index = HashMap::new();
+    if let Some(c) = checkpoint {
+        let path = object_store::path::Path::from(format!("_delta_log/{c:020}.checkpoint.parquet"));
+        let bytes = match store.get(&path).await {
+            Ok(get) => get.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        checkpoint_txns(bytes, &mut index)?;
+    }
+    let first = checkpoint.map_or(0, |c| c + 1);
+    let log = table.log_store();
+    let commits: Vec<Option<bytes::Bytes>> = futures::stream::iter(first..=version)
+        .map(|v| {
+            let log = log.clone();
+            async move { log.read_commit_entry(v as _).await }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for (i, commit) in commits.into_iter().enumerate() {
+        let Some(bytes) = commit else {
+            return Ok(None);
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            // Only lines with a txn action are parsed (a commit's adds are most of it).
+            if memchr::memmem::find(line, b"\"txn\"").is_none() {
+                continue;
+            }
+            let action: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+                Error::runtime(format!(
+                    "{} commit {}: {e}",
+                    table_name(table),
+                    first + i as u64
+                ))
+            })?;
+            let Some(txn) = action.get("txn") else {
+                continue;
+            };
+            if let (Some(id), Some(v)) = (txn["appId"].as_str(), txn["version"].as_i64()) {
+                index.insert(id.to_string(), v);
+            }
+        }
+    }
+    Ok(Some(index))
+}
+
+/// The `txn` rows of a checkpoint file.
+fn checkpoint_txns(bytes: bytes::Bytes, index: &mut HashMap<String, i64>) -> Result<()> {
+    use arrow::array::{Array, AsArray};
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use deltalake::parquet::arrow::ProjectionMask;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let Ok(column) = builder.schema().index_of("txn") else {
+        return Ok(());
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let txn = batch.column(0).as_struct();
+        let (Some(ids), Some(versions)) =
+            (txn.column_by_name("appId"), txn.column_by_name("version"))
+        else {
+            return Ok(());
+        };
+        let ids = arrow::compute::cast(ids, &arrow::datatypes::DataType::Utf8)?;
+        let ids = ids.as_string::<i32>();
+        let versions = arrow::compute::cast(versions, &arrow::datatypes::DataType::Int64)?;
+        let versions = versions.as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..txn.len() {
+            if txn.is_valid(i) && ids.is_valid(i) && versions.is_valid(i) {
+                index.insert(ids.value(i).to_string(), versions.value(i));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The version recorded for an application id, if any.

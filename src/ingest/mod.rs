@@ -308,11 +308,9 @@ fn tail_app_ids(display: &str) -> [String; 4] {
     ["consumed", "end", "lines", "fingerprint"].map(|m| format!("{base}/{m}"))
 }
 
-async fn tail_marks(raw: &DeltaTable, display: &str) -> Result<Option<TailMarks>> {
-    // Each look-up replays the log since the last checkpoint: side by side.
+async fn tail_marks(raw: &delta::Markers<'_>, display: &str) -> Result<Option<TailMarks>> {
     let ids = tail_app_ids(display);
-    let found =
-        futures::future::try_join_all(ids.iter().map(|id| delta::txn_version(raw, id))).await?;
+    let found = futures::future::try_join_all(ids.iter().map(|id| raw.get(id))).await?;
     let [Some(consumed), Some(end), Some(lines), Some(fingerprint)] = found[..] else {
         return Ok(None);
     };
@@ -496,10 +494,17 @@ pub async fn run(
         pending.push(file);
     }
     // A new file's markers in raw_events and quarantine say whether an earlier ingest crashed
-    // after committing some of it. Each look-up replays the tables' logs since their last
-    // checkpoint (a request per commit on S3), so they run side by side.
-    // A local file read before may have grown: its tail markers say how far it was read.
-    let (raw_ref, quarantine_ref, paths_ref) = (&raw, &quarantine, &paths_read);
+    // after committing some of it; a local file read before may have grown, and its tail
+    // markers say how far it was read. All are read once per table (see `delta::Markers`).
+    let (raw_markers, quarantine_markers) = futures::try_join!(
+        delta::Markers::load(&raw),
+        delta::Markers::load(&quarantine)
+    )?;
+    tracing::debug!(
+        indexed = raw_markers.indexed() && quarantine_markers.indexed(),
+        "txn markers read"
+    );
+    let (raw_ref, quarantine_ref, paths_ref) = (&raw_markers, &quarantine_markers, &paths_read);
     let force = req.force;
     type LookedUp = (InputFile, Option<i64>, Option<i64>, Option<TailMarks>);
     let looked_up: Vec<LookedUp> = futures::stream::iter(pending)
@@ -516,11 +521,8 @@ pub async fn run(
                     false => Ok(None),
                 }
             };
-            let (r, q, tail) = futures::try_join!(
-                delta::txn_version(raw_ref, &key),
-                delta::txn_version(quarantine_ref, &key),
-                tail
-            )?;
+            let (r, q, tail) =
+                futures::try_join!(raw_ref.get(&key), quarantine_ref.get(&key), tail)?;
             Ok::<_, Error>((file, r, q, tail))
         })
         .buffered(16)

@@ -280,3 +280,85 @@ fn a_clean_meeting_another_writer_says_so_and_changes_nothing() {
     ctx.ok(&["clean", "--full-refresh"]);
     assert_eq!(ctx.query(shape), incremental, "rows, event ids, sessions");
 }
+
+// Ingest reads every file marker of raw_events and quarantine once (the last checkpoint and the
+// commits after it) instead of replaying the log for each new file. A file whose run crashed
+// long ago has its markers in a checkpoint now: after-raw-commit, it is recognised as landed
+// (its history row recovered); after-quarantine-commit, its valid rows land and its quarantine
+// rows are not written again.
+both_backends!(markers_in_a_checkpoint_are_found, |backend: Backend| {
+    let ctx = TestContext::new(backend);
+    let line = |id: &str| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\nnot json\n"
+        )
+    };
+    for (name, point) in [
+        ("landed", "after-raw-commit"),
+        ("half", "after-quarantine-commit"),
+    ] {
+        let path = ctx.path(&format!("{name}.ndjson"));
+        std::fs::write(&path, line(name)).unwrap();
+        let crashed = ctx
+            .cmd()
+            .env("CLICKLAKE_FAULT", point)
+            .args(["ingest", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}");
+    }
+    // 60 more commits to each table (one per file): the log is checkpointed every 50.
+    std::fs::create_dir_all(ctx.path("more")).unwrap();
+    for i in 0..60 {
+        std::fs::write(
+            ctx.path(&format!("more/f{i:02}.ndjson")),
+            line(&format!("m{i}")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\ncommit_every = \"1\"\n",
+    )
+    .unwrap();
+    let s = ctx.ingest_json(&[ctx.path("more").to_str().unwrap()]);
+    assert_eq!(s["files_read"], 60, "{s}");
+    let log = ctx.table_dir("raw_events").join("_delta_log");
+    let checkpoints = std::fs::read_dir(&log)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".checkpoint."))
+                .count()
+        })
+        .unwrap_or(0);
+    assert!(checkpoints > 0, "no checkpoint in {}", log.display());
+
+    let out = ctx.run(&[
+        "-vv",
+        "ingest",
+        "--json",
+        ctx.path("landed.ndjson").to_str().unwrap(),
+        ctx.path("half.ndjson").to_str().unwrap(),
+    ]);
+    let err = crate::context::stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    // Read in one pass, not one look-up per marker.
+    assert!(err.contains("txn markers read indexed=true"), "{err}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = |i: usize| s["files"][i]["status"].as_str().unwrap().to_string();
+    assert!(status(0).contains("history row recovered"), "{s}");
+    assert!(status(1).contains("completed an interrupted run"), "{s}");
+    assert_eq!(s["landed"], 1, "{s}");
+    assert_eq!(s["quarantine_version"], serde_json::Value::Null, "{s}");
+    for id in ["landed", "half"] {
+        assert_eq!(
+            ctx.count(&format!(
+                "SELECT count(*) FROM raw_events WHERE event_id = '{id}'"
+            )),
+            1,
+            "{id}"
+        );
+    }
+    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), 62);
+});
