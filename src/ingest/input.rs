@@ -66,12 +66,47 @@ pub struct Resume {
     /// The earlier read ended with a whole line that had no line end: a line end appended
     /// right after it ends that line, and is not an empty line of its own.
     pub after_unterminated: bool,
+    /// The file (device and inode) the offset belongs to: one renamed in its place between
+    /// planning and reading (a log rotated) is not read from that offset.
+    pub identity: FileIdentity,
+}
+
+/// A local file's device and inode: what a file is, whatever it is called. A log renamed by
+/// rotation (`app.log` → `app.log.1`) is the same file, and a file written in place of it is a
+/// new one. Inodes are reused after a deletion: the fingerprint tells those apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+
+    pub fn of_path(path: &Path) -> Option<FileIdentity> {
+        std::fs::metadata(path).ok().map(|m| FileIdentity::of(&m))
+    }
+
+    /// The key its tail markers are recorded under.
+    pub fn key(&self) -> String {
+        file_key(&["inode", &self.dev.to_string(), &self.ino.to_string()])
+    }
 }
 
 /// How far an ingest read a plain local file, recorded with its commits so that the next
 /// ingest of the grown file reads only the appended bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TailEnd {
+    /// The file that was read.
+    pub identity: FileIdentity,
+    /// `fingerprint` of its first `end` bytes, taken from the handle it was read through.
+    pub fingerprint: i64,
     /// Where the next read of the grown file starts: the end of the bytes read, or the start of
     /// a last line cut short without a line end (a producer's buffer flushed mid-line), which
     /// is read again whole once the file has grown.
@@ -88,18 +123,30 @@ pub struct TailEnd {
 /// truncated). `None` when the file cannot be read or is shorter than `consumed`.
 /// The byte at `offset` of a local file, if it has one.
 pub fn byte_at(path: &Path, offset: u64) -> Option<u8> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
-    f.seek(SeekFrom::Start(offset)).ok()?;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
     let mut b = [0u8; 1];
-    f.read_exact(&mut b).ok()?;
+    f.read_exact_at(&mut b, offset).ok()?;
     Some(b[0])
 }
 
-pub fn fingerprint(path: &Path, consumed: u64) -> Option<i64> {
-    use std::io::{Seek, SeekFrom};
+/// `fingerprint_file` of the file at `path`, if it is `identity`.
+pub fn fingerprint(path: &Path, identity: FileIdentity, consumed: u64) -> Option<i64> {
+    let f = std::fs::File::open(path).ok()?;
+    if FileIdentity::of(&f.metadata().ok()?) != identity {
+        return None;
+    }
+    fingerprint_file(&f, consumed)
+}
+
+/// A sample of a file's first `consumed` bytes: its first, middle and last 4 KiB (with the
+/// length), as Filebeat fingerprints files. A grown file whose sample at the recorded length is
+/// unchanged was appended to; any other change means a new file (rewritten, truncated, or an
+/// inode reused). `None` when the file cannot be read or is shorter than `consumed`. Reads at
+/// offsets, so a handle being read from is not moved.
+pub fn fingerprint_file(f: &std::fs::File, consumed: u64) -> Option<i64> {
+    use std::os::unix::fs::FileExt;
     const SAMPLE: u64 = 4096;
-    let mut f = std::fs::File::open(path).ok()?;
     if f.metadata().ok()?.len() < consumed {
         return None;
     }
@@ -109,8 +156,7 @@ pub fn fingerprint(path: &Path, consumed: u64) -> Option<i64> {
     for start in [0, mid, consumed.saturating_sub(SAMPLE)] {
         let len = SAMPLE.min(consumed - start);
         let mut buf = vec![0u8; len as usize];
-        f.seek(SeekFrom::Start(start)).ok()?;
-        f.read_exact(&mut buf).ok()?;
+        f.read_exact_at(&mut buf, start).ok()?;
         h.update(&buf);
     }
     let d = h.finalize();
@@ -522,6 +568,9 @@ impl Read for ObjectReader {
 /// stdin, the content hash once fully read.
 pub struct Opened {
     pub reader: Box<dyn BufRead + Send>,
+    /// A local file's handle (shared with the reader; read only at offsets): the file that is
+    /// read, whatever is renamed in its place meanwhile.
+    pub local: Option<std::fs::File>,
     pub raw_bytes: Arc<AtomicU64>,
     pub hash: Option<Arc<std::sync::Mutex<Option<String>>>>,
     /// `gzip` or `zstd` when the file is compressed.
@@ -539,13 +588,21 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
     let count = Arc::new(AtomicU64::new(0));
     let failed =
         |e: &dyn std::fmt::Display| Error::runtime(format!("cannot read {}: {e}", file.display));
+    let mut local = None;
     let source: Box<dyn Read + Send> = match &file.location {
         Location::Local(p) => match std::fs::File::open(p) {
             Ok(mut f) => {
                 if let Some(r) = file.resume {
                     use std::io::{Seek, SeekFrom};
+                    let meta = f.metadata().map_err(|e| failed(&e))?;
+                    if FileIdentity::of(&meta) != r.identity {
+                        // Renamed away (rotated) since the plan: as if gone; the next run
+                        // reads both files as they are then.
+                        return Ok(None);
+                    }
                     f.seek(SeekFrom::Start(r.offset)).map_err(|e| failed(&e))?;
                 }
+                local = f.try_clone().ok();
                 Box::new(f)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -610,6 +667,7 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
         (Box::new(buffered), None)
     };
     Ok(Some(Opened {
+        local,
         unsupported,
         reader,
         raw_bytes: count,

@@ -303,13 +303,16 @@ struct TailMarks {
     fingerprint: i64,
 }
 
-fn tail_app_ids(display: &str) -> [String; 4] {
-    let base = format!("clicklake/tail/{}", input::file_key(&["local", display]));
+fn tail_app_ids(identity: input::FileIdentity) -> [String; 4] {
+    let base = format!("clicklake/tail/{}", identity.key());
     ["consumed", "end", "lines", "fingerprint"].map(|m| format!("{base}/{m}"))
 }
 
-async fn tail_marks(raw: &delta::Markers<'_>, display: &str) -> Result<Option<TailMarks>> {
-    let ids = tail_app_ids(display);
+async fn tail_marks(
+    raw: &delta::Markers<'_>,
+    identity: input::FileIdentity,
+) -> Result<Option<TailMarks>> {
+    let ids = tail_app_ids(identity);
     let found = futures::future::try_join_all(ids.iter().map(|id| raw.get(id))).await?;
     let [Some(consumed), Some(end), Some(lines), Some(fingerprint)] = found[..] else {
         return Ok(None);
@@ -323,19 +326,16 @@ async fn tail_marks(raw: &delta::Markers<'_>, display: &str) -> Result<Option<Ta
 }
 
 /// The markers that let the next ingest of a grown file read only what was appended.
-fn tail_txns(p: &Planned, st: &FileState) -> Vec<Transaction> {
-    let (input::Location::Local(path), Some(tail)) = (&p.file.location, st.tail) else {
+fn tail_txns(st: &FileState) -> Vec<Transaction> {
+    let Some(tail) = &st.tail else {
         return Vec::new();
     };
-    let Some(fingerprint) = input::fingerprint(path, tail.end) else {
-        return Vec::new();
-    };
-    let [c, e, l, f] = tail_app_ids(&p.file.display);
+    let [c, e, l, f] = tail_app_ids(tail.identity);
     vec![
         Transaction::new(c, tail.consumed as i64),
         Transaction::new(e, tail.end as i64),
         Transaction::new(l, tail.lines as i64),
-        Transaction::new(f, fingerprint),
+        Transaction::new(f, tail.fingerprint),
     ]
 }
 
@@ -350,14 +350,15 @@ enum Growth {
     Appended(input::Resume),
 }
 
-fn growth(file: &InputFile, marks: Option<TailMarks>) -> Growth {
-    let (Some(m), input::Location::Local(path), Some(size)) = (marks, &file.location, file.size)
+fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> Growth {
+    let (Some((identity, m)), input::Location::Local(path), Some(size)) =
+        (marks, &file.location, file.size)
     else {
         return Growth::New;
     };
     let end = m.end.max(0) as u64;
     let consumed = m.consumed.clamp(0, m.end) as u64;
-    if end == 0 || end > size || input::fingerprint(path, end) != Some(m.fingerprint) {
+    if end == 0 || end > size || input::fingerprint(path, identity, end) != Some(m.fingerprint) {
         return Growth::New;
     }
     if end == size {
@@ -371,6 +372,7 @@ fn growth(file: &InputFile, marks: Option<TailMarks>) -> Growth {
         offset: consumed,
         next_line: m.lines.max(0) as u64 + 1,
         after_unterminated: input::byte_at(path, consumed - 1).is_some_and(|b| b != b'\n'),
+        identity,
     })
 }
 
@@ -506,19 +508,28 @@ pub async fn run(
     );
     let (raw_ref, quarantine_ref, paths_ref) = (&raw_markers, &quarantine_markers, &paths_read);
     let force = req.force;
-    type LookedUp = (InputFile, Option<i64>, Option<i64>, Option<TailMarks>);
+    type LookedUp = (
+        InputFile,
+        Option<i64>,
+        Option<i64>,
+        Option<(input::FileIdentity, TailMarks)>,
+    );
     let looked_up: Vec<LookedUp> = futures::stream::iter(pending)
         .map(|file| async move {
             let Some(key) = file.key.as_deref().map(app_id) else {
                 return Ok((file, None, None, None));
             };
-            let read_before = matches!(file.location, input::Location::Local(_))
-                && !force
-                && paths_ref.contains(&file.display);
+            // By inode: a log renamed by rotation is read on from where it was read, under
+            // its new name. Without the index, only for paths read before (look-ups cost).
+            let identity = match &file.location {
+                input::Location::Local(path) if !force => input::FileIdentity::of_path(path)
+                    .filter(|_| raw_ref.indexed() || paths_ref.contains(&file.display)),
+                _ => None,
+            };
             let tail = async {
-                match read_before {
-                    true => tail_marks(raw_ref, &file.display).await,
-                    false => Ok(None),
+                match identity {
+                    Some(id) => Ok(tail_marks(raw_ref, id).await?.map(|m| (id, m))),
+                    None => Ok(None),
                 }
             };
             let (r, q, tail) =
@@ -586,6 +597,7 @@ pub async fn run(
         append_registry(&mut registry, &rows, cfg).await?;
     }
 
+    crate::pause("ingest-after-plan").await;
     let (privacy, erasures_version) = landing(lake, cfg, req.drop_pii).await?;
     let guard = CommitGuard {
         lease_held: req.lease_held,
@@ -758,7 +770,7 @@ async fn run_group(
     let (kept, gone): (Vec<_>, Vec<_>) = group.into_iter().zip(state).partition(|(_, st)| !st.gone);
     let vanished: Vec<FileSummary> = gone
         .iter()
-        .map(|(p, _)| FileSummary::unread(&p.file, "vanished: deleted before it was read"))
+        .map(|(p, _)| FileSummary::unread(&p.file, "vanished: deleted or renamed away before it was read"))
         .collect();
     let (mut planned, state): (Vec<Planned>, Vec<FileState>) = kept.into_iter().unzip();
     if planned.is_empty() {
@@ -864,12 +876,7 @@ async fn commit_group(
         .iter()
         .zip(&keys)
         .map(|(p, k)| Transaction::new(app_id(k), p.version))
-        .chain(
-            planned
-                .iter()
-                .zip(&state)
-                .flat_map(|(p, st)| tail_txns(p, st)),
-        )
+        .chain(state.iter().flat_map(tail_txns))
         .collect();
     let raw_files = raw_adds.len();
     let raw_version = Some(delta::commit_append(raw, raw_adds, r_txns, meta("raw_events")).await?);

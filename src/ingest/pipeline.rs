@@ -124,7 +124,10 @@ pub fn start(
                     tail: read.tail,
                 },
                 Ok(None) => {
-                    tracing::warn!("{}: deleted before it was read; skipped", file.display);
+                    tracing::warn!(
+                        "{}: deleted or renamed away before it was read; skipped",
+                        file.display
+                    );
                     Event::FileGone { file_idx: idx }
                 }
                 Err(e) => {
@@ -380,14 +383,19 @@ fn read_file(
         chunks,
         raw_bytes,
         content_hash: hash_of(&opened.hash),
-        tail: tailable.then(|| {
-            let end = resume.map_or(0, |r| r.offset) + raw_bytes;
-            TailEnd {
-                consumed: end - held_back.unwrap_or(0),
-                end,
-                lines: next_line - 1 - u64::from(held_back.is_some()),
-            }
-        }),
+        tail: tailable
+            .then(|| {
+                let end = resume.map_or(0, |r| r.offset) + raw_bytes;
+                let handle = opened.local.as_ref()?;
+                Some(TailEnd {
+                    identity: input::FileIdentity::of(&handle.metadata().ok()?),
+                    fingerprint: input::fingerprint_file(handle, end)?,
+                    consumed: end - held_back.unwrap_or(0),
+                    end,
+                    lines: next_line - 1 - u64::from(held_back.is_some()),
+                })
+            })
+            .flatten(),
     }))
 }
 

@@ -1114,7 +1114,23 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         "{s}"
     );
 
-    // Rotated: a new file under the same name is read whole, from line 1.
+    // Rotated as logrotate does: renamed, and a new file created under the name. The renamed
+    // file is the same file (inode): read on from where it was read; the new one whole.
+    append(&line("e5"));
+    std::fs::rename(&log, ctx.path("logs/app.ndjson.1")).unwrap();
+    std::fs::write(&log, line("n1") + &line("n2")).unwrap();
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(lines(&s), (2, 3, 3, 0), "{s}");
+    assert_eq!(s["files_appended"], 1, "{s}");
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, line_number, source_file LIKE '%app.ndjson.1' FROM raw_events \
+             WHERE event_id IN ('e5', 'n1', 'n2') ORDER BY 1"
+        ),
+        ["e5,6,true", "n1,1,false", "n2,2,false"]
+    );
+
+    // Rewritten in place: a new file under the same name is read whole, from line 1.
     std::fs::write(
         &log,
         line("r1") + &line("r2") + &line("r3") + &line("r4") + &line("r5"),
@@ -1129,7 +1145,7 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
     );
     // --force reads all of a grown file again, on purpose.
     append(&line("r6"));
-    let s = ctx.ingest_json(&["--force", dir]);
+    let s = ctx.ingest_json(&["--force", log.to_str().unwrap()]);
     assert_eq!(lines(&s), (1, 6, 6, 0), "{s}");
 
     // CSV: the appended rows are read with the header of the file's first line.
@@ -1292,5 +1308,67 @@ fn a_file_appended_in_random_pieces_lands_what_one_read_of_it_lands() {
     assert!(
         extra.iter().all(|r| r.ends_with(",broken_json")),
         "{extra:?}"
+    );
+}
+
+/// A log rotated between the ingest's plan (read app.ndjson on from byte N) and its reading: the
+/// file now under the name is another one, which is not read from byte N. It is left for the
+/// next run, which reads the rotated file on from where it was read and the new one whole.
+#[test]
+fn a_log_rotated_while_an_ingest_plans_it_is_not_read_from_the_old_offset() {
+    let ctx = TestContext::new(Backend::Local);
+    let line = |id: &str| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
+        )
+    };
+    std::fs::create_dir_all(ctx.path("logs")).unwrap();
+    let log = ctx.path("logs/app.ndjson");
+    std::fs::write(&log, line("e1") + &line("e2")).unwrap();
+    let dir = ctx.path("logs");
+    let dir = dir.to_str().unwrap();
+    ctx.ingest_json(&[dir]);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
+        f.write_all(line("e3").as_bytes()).unwrap();
+    }
+    let mark = ctx.path("paused");
+    let child = ctx
+        .std_cmd()
+        .env("CLICKLAKE_PAUSE", "ingest-after-plan:3")
+        .env("CLICKLAKE_PAUSE_MARK", &mark)
+        .args(["ingest", "--json", dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let started = std::time::Instant::now();
+    while !mark.exists() {
+        assert!(started.elapsed().as_secs() < 60, "never paused");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Planned: app.ndjson from line 3. Rotated now, with a longer new file under the name.
+    std::fs::rename(&log, ctx.path("logs/app.ndjson.1")).unwrap();
+    std::fs::write(&log, line("n1") + &line("n2") + &line("n3") + &line("n4")).unwrap();
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        s["files"][0]["status"], "vanished: deleted or renamed away before it was read",
+        "{s}"
+    );
+    assert_eq!(s["landed"], 0, "{s}");
+
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(
+        (s["files_read"].as_u64(), s["landed"].as_u64()),
+        (Some(2), Some(5)),
+        "{s}"
+    );
+    assert_eq!(
+        ctx.query("SELECT event_id, line_number FROM raw_events ORDER BY 1"),
+        ["e1,1", "e2,2", "e3,3", "n1,1", "n2,2", "n3,3", "n4,4"]
     );
 }

@@ -607,7 +607,7 @@ both_backends!(
             .as_array()
             .unwrap()
             .iter()
-            .filter(|f| f["status"] == "vanished: deleted before it was read")
+            .filter(|f| f["status"] == "vanished: deleted or renamed away before it was read")
             .collect();
         assert_eq!(vanished.len(), 1, "{s}");
         assert!(vanished[0]["source_file"]
