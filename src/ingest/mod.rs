@@ -7,7 +7,7 @@
 //! ```text
 //!  1. commit quarantine   adds + txn "clicklake/file/<key>" = v   (per file)
 //!  2. commit raw_events   adds + txn "clicklake/file/<key>" = v   (per file)
-//!                         + txn "clicklake/tail/<path>/…"         (how far a local file was read)
+//!                         + txn "clicklake/tail/<inode>/…"        (how far a local file was read)
 //!  3. commit ingested_files  one row per file (the load history; a cache of 1+2)
 //! ```
 //!
@@ -293,7 +293,7 @@ async fn load_registry(
 }
 
 /// What an earlier ingest recorded, with its `raw_events` commit, about how far it read a plain
-/// local file: `Delta` application transactions keyed by the path, so that they are committed
+/// local file: Delta application transactions keyed by the file's device and inode, committed
 /// atomically with the rows they account for.
 #[derive(Clone, Copy, Debug)]
 struct TailMarks {
@@ -770,7 +770,12 @@ async fn run_group(
     let (kept, gone): (Vec<_>, Vec<_>) = group.into_iter().zip(state).partition(|(_, st)| !st.gone);
     let vanished: Vec<FileSummary> = gone
         .iter()
-        .map(|(p, _)| FileSummary::unread(&p.file, "vanished: deleted or renamed away before it was read"))
+        .map(|(p, _)| {
+            FileSummary::unread(
+                &p.file,
+                "vanished: deleted or renamed away before it was read",
+            )
+        })
         .collect();
     let (mut planned, state): (Vec<Planned>, Vec<FileState>) = kept.into_iter().unzip();
     if planned.is_empty() {
