@@ -177,6 +177,18 @@ fn detail_of(c: &Commit) -> String {
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_else(|| n.to_string()),
             Value::String(s) => s.clone(),
+            // An ingest's files, with how many of them were read on from where an earlier ingest
+            // stopped (grown logs).
+            Value::Array(a) if k == "files" => {
+                let appended = a
+                    .iter()
+                    .filter(|f| f["from_line"].as_u64().is_some_and(|l| l > 1))
+                    .count();
+                match appended {
+                    0 => a.len().to_string(),
+                    n => format!("{} ({n} appended)", a.len()),
+                }
+            }
             Value::Array(a) => a.len().to_string(),
             Value::Object(_) => continue,
             other => other.to_string(),
@@ -284,5 +296,18 @@ mod tests {
         assert!(!c.data_change);
         assert_eq!(command_of(&c), "compact");
         assert!(render(&[c]).contains("OPTIMIZE*"));
+        // An ingest that read one grown log on from line 175, and a new file whole; the tail
+        // markers are not input versions.
+        let ingest: Vec<Value> = [
+            r#"{"commitInfo":{"timestamp":1,"operation":"WRITE","clicklake":{"command":"ingest","batch_id":"b1","files":[{"source_file":"/l/app.log","from_line":175},{"source_file":"/l/new.log","from_line":1}]}}}"#,
+            r#"{"txn":{"appId":"clicklake/tail/abc/consumed","version":4096}}"#,
+        ]
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+        assert_eq!(
+            detail_of(&summarize(9, &ingest)),
+            "batch_id=b1 files=2 (1 appended)"
+        );
     }
 }
