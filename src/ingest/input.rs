@@ -130,6 +130,26 @@ pub fn byte_at(path: &Path, offset: u64) -> Option<u8> {
     Some(b[0])
 }
 
+/// Where the line that ends at `end` (without a line end) starts: after the last line end
+/// before it, or 0. Reads backwards from `end` in blocks.
+pub fn line_start(path: &Path, end: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 64 << 10;
+    let f = std::fs::File::open(path).ok()?;
+    let mut hi = end;
+    let mut buf = vec![0u8; BLOCK as usize];
+    while hi > 0 {
+        let lo = hi.saturating_sub(BLOCK);
+        let block = &mut buf[..(hi - lo) as usize];
+        f.read_exact_at(block, lo).ok()?;
+        if let Some(i) = memchr::memrchr(b'\n', block) {
+            return Some(lo + i as u64 + 1);
+        }
+        hi = lo;
+    }
+    Some(0)
+}
+
 /// `fingerprint_file` of the file at `path`, if it is `identity`.
 pub fn fingerprint(path: &Path, identity: FileIdentity, consumed: u64) -> Option<i64> {
     let f = std::fs::File::open(path).ok()?;

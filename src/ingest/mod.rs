@@ -293,36 +293,62 @@ async fn load_registry(
 }
 
 /// What an earlier ingest recorded, with its `raw_events` commit, about how far it read a plain
-/// local file: Delta application transactions keyed by the file's device and inode, committed
-/// atomically with the rows they account for.
+/// local file: two Delta application transactions keyed by the file's device and inode,
+/// committed atomically with the rows they account for (`tail_txns`). Two, not four: every
+/// marker stays in the table's checkpoints for good.
 #[derive(Clone, Copy, Debug)]
 struct TailMarks {
-    consumed: i64,
-    end: i64,
-    lines: i64,
+    /// The bytes read.
+    end: u64,
+    /// Lines before the resume point.
+    lines: u64,
+    /// The last line had no line end and was not whole: read again from its start.
+    held_back: bool,
+    /// The low `FINGERPRINT_BITS` of `input::fingerprint` at `end`.
     fingerprint: i64,
 }
 
-fn tail_app_ids(identity: input::FileIdentity) -> [String; 4] {
+const FINGERPRINT_BITS: u32 = 23;
+const FINGERPRINT_MASK: i64 = (1 << FINGERPRINT_BITS) - 1;
+
+impl TailMarks {
+    /// `end`, and the lines, the held-back flag and the fingerprint packed in one version:
+    /// lines (up to 2^39) << 24 | held << 23 | 23 bits of fingerprint.
+    fn pack(&self) -> (i64, i64) {
+        let packed = ((self.lines as i64) << (FINGERPRINT_BITS + 1))
+            | (i64::from(self.held_back) << FINGERPRINT_BITS)
+            | (self.fingerprint & FINGERPRINT_MASK);
+        (self.end as i64, packed)
+    }
+
+    fn unpack(end: i64, packed: i64) -> Option<TailMarks> {
+        if end < 0 || packed < 0 {
+            return None;
+        }
+        Some(TailMarks {
+            end: end as u64,
+            lines: (packed >> (FINGERPRINT_BITS + 1)) as u64,
+            held_back: (packed >> FINGERPRINT_BITS) & 1 == 1,
+            fingerprint: packed & FINGERPRINT_MASK,
+        })
+    }
+}
+
+fn tail_app_ids(identity: input::FileIdentity) -> [String; 2] {
     let base = format!("clicklake/tail/{}", identity.key());
-    ["consumed", "end", "lines", "fingerprint"].map(|m| format!("{base}/{m}"))
+    [format!("{base}/end"), format!("{base}/lines")]
 }
 
 async fn tail_marks(
     raw: &delta::Markers<'_>,
     identity: input::FileIdentity,
 ) -> Result<Option<TailMarks>> {
-    let ids = tail_app_ids(identity);
-    let found = futures::future::try_join_all(ids.iter().map(|id| raw.get(id))).await?;
-    let [Some(consumed), Some(end), Some(lines), Some(fingerprint)] = found[..] else {
-        return Ok(None);
-    };
-    Ok(Some(TailMarks {
-        consumed,
-        end,
-        lines,
-        fingerprint,
-    }))
+    let [end, packed] = tail_app_ids(identity);
+    let (end, packed) = futures::try_join!(raw.get(&end), raw.get(&packed))?;
+    Ok(match (end, packed) {
+        (Some(end), Some(packed)) => TailMarks::unpack(end, packed),
+        _ => None,
+    })
 }
 
 /// The markers that let the next ingest of a grown file read only what was appended.
@@ -330,12 +356,17 @@ fn tail_txns(st: &FileState) -> Vec<Transaction> {
     let Some(tail) = &st.tail else {
         return Vec::new();
     };
-    let [c, e, l, f] = tail_app_ids(tail.identity);
+    let marks = TailMarks {
+        end: tail.end,
+        lines: tail.lines,
+        held_back: tail.consumed < tail.end,
+        fingerprint: tail.fingerprint,
+    };
+    let (end, packed) = marks.pack();
+    let [end_id, packed_id] = tail_app_ids(tail.identity);
     vec![
-        Transaction::new(c, tail.consumed as i64),
-        Transaction::new(e, tail.end as i64),
-        Transaction::new(l, tail.lines as i64),
-        Transaction::new(f, tail.fingerprint),
+        Transaction::new(end_id, end),
+        Transaction::new(packed_id, packed),
     ]
 }
 
@@ -356,21 +387,26 @@ fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> 
     else {
         return Growth::New;
     };
-    let end = m.end.max(0) as u64;
-    let consumed = m.consumed.clamp(0, m.end) as u64;
-    if end == 0 || end > size || input::fingerprint(path, identity, end) != Some(m.fingerprint) {
+    let end = m.end;
+    let same = input::fingerprint(path, identity, end).map(|f| f & FINGERPRINT_MASK);
+    if end == 0 || end > size || same != Some(m.fingerprint) {
         return Growth::New;
     }
     if end == size {
         return Growth::Unchanged;
     }
+    // A last line held back is read again from its start.
+    let consumed = match m.held_back {
+        true => input::line_start(path, end).unwrap_or(0),
+        false => end,
+    };
     if consumed == 0 {
         // All that was read is one line cut mid-write: read it all again.
         return Growth::New;
     }
     Growth::Appended(input::Resume {
         offset: consumed,
-        next_line: m.lines.max(0) as u64 + 1,
+        next_line: m.lines + 1,
         after_unterminated: input::byte_at(path, consumed - 1).is_some_and(|b| b != b'\n'),
         identity,
     })
@@ -1214,4 +1250,54 @@ async fn append_registry(table: &mut DeltaTable, rows: &[RegistryRow], cfg: &Con
     )?;
     delta::append_batch(table, batch, cfg, HashMap::new()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_marks_survive_packing() {
+        for m in [
+            TailMarks {
+                end: 0,
+                lines: 0,
+                held_back: false,
+                fingerprint: 0,
+            },
+            TailMarks {
+                end: (1 << 40) + 7,
+                lines: (1 << 39) - 1,
+                held_back: true,
+                fingerprint: FINGERPRINT_MASK,
+            },
+            TailMarks {
+                end: 118_343_636,
+                lines: 205_230,
+                held_back: false,
+                fingerprint: 0x2a_5f3c,
+            },
+        ] {
+            let (end, packed) = m.pack();
+            assert!(packed >= 0, "{m:?}");
+            let back = TailMarks::unpack(end, packed).unwrap();
+            assert_eq!(
+                (back.end, back.lines, back.held_back, back.fingerprint),
+                (m.end, m.lines, m.held_back, m.fingerprint)
+            );
+        }
+        assert!(TailMarks::unpack(-1, 0).is_none());
+    }
+
+    #[test]
+    fn a_held_back_line_starts_after_the_last_line_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let long = "x".repeat(200_000);
+        std::fs::write(&path, format!("{{\"a\":1}}\n{long}")).unwrap();
+        assert_eq!(input::line_start(&path, 8 + 200_000), Some(8));
+        assert_eq!(input::line_start(&path, 5), Some(0));
+        std::fs::write(&path, "one\ntwo\nthr").unwrap();
+        assert_eq!(input::line_start(&path, 11), Some(8));
+    }
 }
