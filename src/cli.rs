@@ -154,6 +154,11 @@ pub struct IngestArgs {
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub min_file_age: Option<std::time::Duration>,
 
+    /// Leave out files found in a directory, prefix or glob whose name matches this pattern,
+    /// e.g. '*.gz'; repeatable, added to the config's (config: ingest.ignore)
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
+
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,
@@ -320,6 +325,11 @@ pub struct RunArgs {
     /// 1m, in case a producer is still writing them (config: ingest.min_file_age)
     #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub min_file_age: Option<std::time::Duration>,
+
+    /// Leave out inbox files whose name matches this pattern, e.g. '*.gz'; repeatable, added to
+    /// the config's (config: ingest.ignore)
+    #[arg(long, value_name = "PATTERN")]
+    pub ignore: Vec<String>,
 
     /// Print one JSON summary object
     #[arg(long)]

@@ -195,6 +195,8 @@ pub struct FileIngest {
     pub chunk_size: Option<String>,
     pub max_line_size: Option<String>,
     pub min_file_age: Option<String>,
+    /// Name patterns (globs) of files to leave out of directory, prefix and glob listings.
+    pub ignore: Option<Vec<String>>,
     pub threads: Option<u64>,
     /// A directory of the user's source mappings (`<name>.sql`), read at run time.
     pub sources_dir: Option<PathBuf>,
@@ -237,6 +239,8 @@ pub struct IngestConfig {
     /// Files found by listing (a directory, prefix or glob) written more recently than this are
     /// left for a later run: a producer may still be writing them.
     pub min_file_age: Duration,
+    /// Files found by listing whose name matches one of these are left out (`*.gz`, `*.tmp`).
+    pub ignore: Vec<glob::Pattern>,
     /// Parser threads.
     pub threads: usize,
     /// The user's source mappings: `<sources_dir>/<name>.sql`.
@@ -873,6 +877,8 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         }
         None => Duration::ZERO,
     };
+    let ignore = parse_ignore(file.ignore.as_deref().unwrap_or_default())
+        .map_err(|e| Error::config(format!("ingest.ignore: {e}")))?;
     let threads = match file.threads {
         Some(0) => return Err(Error::config("ingest.threads: must be at least 1")),
         Some(n) => n as usize,
@@ -904,6 +910,7 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         chunk_bytes: chunk_bytes as usize,
         max_line_bytes: max_line_bytes as usize,
         min_file_age,
+        ignore,
         threads,
         sources_dir: file.sources_dir,
         sources: BTreeMap::new(),
@@ -960,6 +967,22 @@ const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
 
 /// Parses `90s`, `30m`, `24h`, `7d`, `1w`, combinations like `1h30m`, or plain seconds, up to
 /// 36500d.
+/// File-name patterns (`*.gz`): globs matched against a file's name alone. A pattern with a `/`
+/// would never match a name, so it is refused.
+pub fn parse_ignore(patterns: &[String]) -> std::result::Result<Vec<glob::Pattern>, String> {
+    patterns
+        .iter()
+        .map(|p| {
+            if p.is_empty() || p.contains('/') {
+                return Err(format!(
+                    "{p:?}: a pattern matches a file's name (e.g. \"*.gz\"), not a path"
+                ));
+            }
+            glob::Pattern::new(p).map_err(|e| format!("{p:?}: {e}"))
+        })
+        .collect()
+}
+
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let secs = duration_secs(text)?;
     if secs > MAX_DURATION_SECS {
@@ -1085,6 +1108,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Files found in a directory, prefix or glob written less than this long ago are left for a later
 # run, in case a producer is still writing them (files named on the command line are read at once).
 # min_file_age = "1m"
+# Names of files to leave out when listing a directory, prefix or glob (names starting with `_` or
+# `.` always are); files named on the command line are read anyway. E.g. rotated logs compressed
+# after they were read as plain files, or a producer's temporary files.
+# ignore = ["*.gz", "*.tmp"]
 # Your own source mappings (<sources_dir>/<name>.sql, used with `ingest --source <name>`); a file
 # named like an embedded source (ga4, snowplow, segment, rees46, diginetica) replaces it.
 # sources_dir = "./sources"

@@ -34,6 +34,8 @@ pub struct RunRequest {
     pub max_quarantined: Option<crate::config::QuarantineLimit>,
     /// Inbox files written more recently than this wait for a later run.
     pub min_file_age: Duration,
+    /// Inbox files whose name matches one of these are left out.
+    pub ignore: Vec<glob::Pattern>,
 }
 
 /// The summary `run --json` prints and `_runs.summary` keeps.
@@ -196,6 +198,7 @@ async fn stages(
                 drop_pii: false,
                 lease_held: true,
                 min_file_age: req.min_file_age,
+                ignore: req.ignore.clone(),
             },
             printer,
         )

@@ -21,6 +21,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         drop_pii: args.drop_pii,
         lease_held: false,
         min_file_age: args.min_file_age.unwrap_or(cfg.ingest.min_file_age),
+        ignore: super::run::ignore_patterns(cfg, &args.ignore)?,
     };
     let mut summary = ingest::run(lake, cfg, req, &printer).await?;
     let over = summary.apply_gate(args.max_quarantined.or(cfg.ingest.max_quarantined));
@@ -37,10 +38,13 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
 
 pub fn render(s: &IngestSummary) -> String {
     let mut out = String::new();
-    let waiting = match s.files_waiting {
+    let mut waiting = match s.files_waiting {
         0 => String::new(),
         n => format!(", {n} waiting (written less than min_file_age ago)"),
     };
+    if s.files_ignored > 0 {
+        waiting.push_str(&format!(", {} ignored", s.files_ignored));
+    }
     if s.files_read == 0 {
         out.push_str(&format!(
             "nothing new to ingest: {} file(s) already ingested{waiting}\n",

@@ -12,6 +12,15 @@ use crate::printer::Printer;
 use crate::runner::{self, RunRequest, RunSummary};
 use crate::storage::Lake;
 
+/// The config's `[ingest] ignore` patterns and the `--ignore` ones, validated before any I/O.
+pub fn ignore_patterns(cfg: &Config, flags: &[String]) -> Result<Vec<glob::Pattern>, Error> {
+    let mut patterns = cfg.ingest.ignore.clone();
+    patterns.extend(
+        crate::config::parse_ignore(flags).map_err(|e| Error::usage(format!("--ignore {e}")))?,
+    );
+    Ok(patterns)
+}
+
 pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<ExitCode> {
     let req = RunRequest {
         inbox: args.inbox.or_else(|| cfg.run.inbox.clone()),
@@ -20,6 +29,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         check: cfg.run.check && !args.no_check,
         max_quarantined: args.max_quarantined.or(cfg.ingest.max_quarantined),
         min_file_age: args.min_file_age.unwrap_or(cfg.ingest.min_file_age),
+        ignore: ignore_patterns(cfg, &args.ignore)?,
     };
     runner::validate(&req, cfg)?;
     let printer = Printer::new(cfg);

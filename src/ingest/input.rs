@@ -185,6 +185,11 @@ pub fn fingerprint_file(f: &std::fs::File, consumed: u64) -> Option<i64> {
 }
 
 impl InputFile {
+    /// The file's name: the last part of its path or URL.
+    pub fn name(&self) -> &str {
+        self.display.rsplit('/').next().unwrap_or(&self.display)
+    }
+
     /// The bytes this ingest will read of it, as far as known.
     pub fn to_read(&self) -> u64 {
         let from = self.resume.map_or(0, |r| r.offset);

@@ -63,6 +63,8 @@ pub struct IngestRequest {
     pub lease_held: bool,
     /// Listed files written more recently than this are left for a later run.
     pub min_file_age: std::time::Duration,
+    /// Listed files whose name matches one of these are left out.
+    pub ignore: Vec<glob::Pattern>,
 }
 
 /// Keeps an ingest's commits apart from erasures. `run` and `erase` hold the lake's lease from
@@ -142,6 +144,8 @@ pub struct IngestSummary {
     pub files_waiting: u64,
     /// Files read before that have grown, of which only the appended lines were read.
     pub files_appended: u64,
+    /// Files found by listing that `[ingest] ignore` / `--ignore` left out.
+    pub files_ignored: u64,
     pub lines: u64,
     pub blank_lines: u64,
     pub landed: u64,
@@ -476,7 +480,10 @@ pub async fn run(
         &cfg.ingest.sources,
     )
     .await?;
-    let files = input::discover(&req.inputs, lake, req.format, req.inbox).await?;
+    let mut files = input::discover(&req.inputs, lake, req.format, req.inbox).await?;
+    let found = files.len();
+    files.retain(|f| !f.listed || !req.ignore.iter().any(|p| p.matches(f.name())));
+    let ignored = (found - files.len()) as u64;
     if files.is_empty() && req.inbox {
         return Ok(IngestSummary::default());
     }
@@ -502,6 +509,7 @@ pub async fn run(
     let mut summary = IngestSummary {
         batch_id: batch_id.clone(),
         source: req.source.clone(),
+        files_ignored: ignored,
         ..Default::default()
     };
 

@@ -1130,6 +1130,51 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         ["e5,6,true", "n1,1,false", "n2,2,false"]
     );
 
+    // logrotate's `compress` later turns app.ndjson.1 into app.ndjson.2.gz: a new file with
+    // lines already landed, left out by name.
+    {
+        use std::io::Write;
+        let rotated = ctx.path("logs/app.ndjson.1");
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(ctx.path("logs/app.ndjson.2.gz")).unwrap(),
+            flate2::Compression::default(),
+        );
+        gz.write_all(&std::fs::read(&rotated).unwrap()).unwrap();
+        gz.finish().unwrap();
+        std::fs::remove_file(rotated).unwrap();
+    }
+    let s = ctx.ingest_json(&["--ignore", "*.gz", "--ignore", "*.tmp", dir]);
+    assert_eq!(
+        (lines(&s), s["files_ignored"].as_u64()),
+        ((0, 0, 0, 0), Some(1)),
+        "{s}"
+    );
+    std::fs::write(
+        ctx.path("clicklake.toml"),
+        "[ingest]\nignore = [\"*.gz\"]\n",
+    )
+    .unwrap();
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(
+        (lines(&s), s["files_ignored"].as_u64()),
+        ((0, 0, 0, 0), Some(1)),
+        "{s}"
+    );
+    // A file named on the command line is read whatever its name.
+    let named = ctx.path("logs/app.ndjson.2.gz");
+    let s = ctx.ingest_json(&[named.to_str().unwrap()]);
+    assert_eq!(s["files_read"], 1, "{s}");
+    std::fs::remove_file(&named).unwrap();
+    // A pattern is a file name's, checked before any I/O.
+    crate::context::one_line_failure(
+        &ctx.run(&["ingest", "--ignore", "logs/*.gz", dir]),
+        2,
+        &["--ignore", "logs/*.gz", "not a path"],
+    );
+    std::fs::write(ctx.path("clicklake.toml"), "[ingest]\nignore = [\"[\"]\n").unwrap();
+    crate::context::one_line_failure(&ctx.run(&["ingest", dir]), 2, &["ingest.ignore"]);
+    std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
+
     // Rewritten in place: a new file under the same name is read whole, from line 1.
     std::fs::write(
         &log,
