@@ -77,10 +77,13 @@ pub fn render(s: &RunSummary) -> String {
         s.run_id, s.outcome, s.seconds, s.lake
     );
     if let Some(i) = &s.ingest {
-        let waiting = match i.files_waiting {
+        let mut waiting = match i.files_waiting {
             0 => String::new(),
             n => format!(", {n} waiting (written < min_file_age ago)"),
         };
+        if i.files_ignored > 0 {
+            waiting.push_str(&format!(", {} ignored", i.files_ignored));
+        }
         let line = if i.files_read == 0 {
             format!(
                 "no new files ({} already ingested{waiting})",
