@@ -505,3 +505,21 @@ pub fn run_with_rusage(mut cmd: StdCommand) -> (std::process::ExitStatus, Vec<u8
         usage.ru_maxrss,
     )
 }
+
+/// One valid canonical event line (with its line end): a page view of visitor `a1`.
+pub fn event_line(id: &str) -> String {
+    format!(
+        "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
+         \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
+    )
+}
+
+/// Appends `bytes` to the file at `path`, as a producer writing a log does.
+pub fn append_to(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::File::options()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+}

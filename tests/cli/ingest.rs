@@ -1041,21 +1041,12 @@ fn a_csv_header_delimited_by_semicolons_tabs_or_pipes_gives_the_delimiter() {
 // still writing is read again whole once it is complete.
 both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
     let ctx = TestContext::new(backend);
-    let line = |id: &str| {
-        format!(
-            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
-             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
-        )
-    };
+    let line = crate::context::event_line;
     std::fs::create_dir_all(ctx.path("logs")).unwrap();
     let log = ctx.path("logs/app.ndjson");
     let dir = ctx.path("logs");
     let dir = dir.to_str().unwrap();
-    let append = |text: &str| {
-        use std::io::Write;
-        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-    };
+    let append = |text: &str| crate::context::append_to(&log, text.as_bytes());
     let e3 = line("e3");
     let (e3_head, e3_rest) = e3.split_at(30);
     std::fs::write(&log, line("e1") + &line("e2") + e3_head).unwrap();
@@ -1205,14 +1196,10 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         lines(&ctx.ingest_json(&[csv.to_str().unwrap()])),
         (1, 1, 1, 0)
     );
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::options().append(true).open(&csv).unwrap();
-        f.write_all(
-            b"a2,add_to_cart,2026-01-05T11:01:00Z,c2\na3,page_view,2026-01-05T11:02:00Z,c3\n",
-        )
-        .unwrap();
-    }
+    crate::context::append_to(
+        &csv,
+        b"a2,add_to_cart,2026-01-05T11:01:00Z,c2\na3,page_view,2026-01-05T11:02:00Z,c3\n",
+    );
     let s = ctx.ingest_json(&[csv.to_str().unwrap()]);
     assert_eq!(lines(&s), (1, 2, 2, 0), "{s}");
     assert_eq!(s["files"][0]["from_line"], 3, "{s}");
@@ -1235,21 +1222,11 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
 fn an_interrupted_append_is_completed_once() {
     let ctx = TestContext::new(Backend::Local);
     let log = ctx.path("app.ndjson");
-    let line = |id: &str| {
-        format!(
-            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
-             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
-        )
-    };
+    let line = crate::context::event_line;
     std::fs::write(&log, line("e1")).unwrap();
     let path = log.to_str().unwrap();
     ctx.ingest_json(&[path]);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
-        f.write_all((line("e2") + "not json\n" + &line("e3")).as_bytes())
-            .unwrap();
-    }
+    crate::context::append_to(&log, (line("e2") + "not json\n" + &line("e3")).as_bytes());
     let crashed = ctx
         .cmd()
         .env("CLICKLAKE_FAULT", "after-quarantine-commit")
@@ -1270,11 +1247,7 @@ fn an_interrupted_append_is_completed_once() {
         ["3,broken_json"]
     );
     // And the next append is read from after it.
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
-        f.write_all(line("e4").as_bytes()).unwrap();
-    }
+    crate::context::append_to(&log, line("e4").as_bytes());
     let s = ctx.ingest_json(&[path]);
     assert_eq!(
         (s["lines"].as_u64(), s["landed"].as_u64()),
@@ -1317,11 +1290,7 @@ fn a_file_appended_in_random_pieces_lands_what_one_read_of_it_lands() {
     let mut from = 0;
     let mut appended = 0;
     for cut in &cuts {
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::options().append(true).open(&log).unwrap();
-            f.write_all(&bytes[from..*cut]).unwrap();
-        }
+        crate::context::append_to(&log, &bytes[from..*cut]);
         from = *cut;
         let s = ctx.ingest_json(&[dir.to_str().unwrap()]);
         assert_eq!(s["balanced"], true, "{s}");
@@ -1362,23 +1331,14 @@ fn a_file_appended_in_random_pieces_lands_what_one_read_of_it_lands() {
 #[test]
 fn a_log_rotated_while_an_ingest_plans_it_is_not_read_from_the_old_offset() {
     let ctx = TestContext::new(Backend::Local);
-    let line = |id: &str| {
-        format!(
-            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
-             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
-        )
-    };
+    let line = crate::context::event_line;
     std::fs::create_dir_all(ctx.path("logs")).unwrap();
     let log = ctx.path("logs/app.ndjson");
     std::fs::write(&log, line("e1") + &line("e2")).unwrap();
     let dir = ctx.path("logs");
     let dir = dir.to_str().unwrap();
     ctx.ingest_json(&[dir]);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::options().append(true).open(&log).unwrap();
-        f.write_all(line("e3").as_bytes()).unwrap();
-    }
+    crate::context::append_to(&log, line("e3").as_bytes());
     let mark = ctx.path("paused");
     let child = ctx
         .std_cmd()

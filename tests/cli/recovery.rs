@@ -288,12 +288,8 @@ fn a_clean_meeting_another_writer_says_so_and_changes_nothing() {
 // rows are not written again.
 both_backends!(markers_in_a_checkpoint_are_found, |backend: Backend| {
     let ctx = TestContext::new(backend);
-    let line = |id: &str| {
-        format!(
-            "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
-             \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\nnot json\n"
-        )
-    };
+    // A valid line and a broken one: each file has rows for both tables.
+    let line = |id: &str| crate::context::event_line(id) + "not json\n";
     for (name, point) in [
         ("landed", "after-raw-commit"),
         ("half", "after-quarantine-commit"),

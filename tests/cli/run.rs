@@ -456,12 +456,7 @@ both_backends!(
         // its first half, then, once the file changed (a new identity), all of it again, and a
         // half-written last line stayed in quarantine.
         let ctx = TestContext::new(backend);
-        let line = |id: &str| {
-            format!(
-                "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
-                 \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
-            )
-        };
+        let line = crate::context::event_line;
         std::fs::create_dir_all(ctx.path("inbox")).unwrap();
         std::fs::write(ctx.path("inbox/settled.ndjson"), line("s1") + &line("s2")).unwrap();
         std::fs::write(ctx.path("inbox/fresh.ndjson"), line("f1")).unwrap();
@@ -569,12 +564,7 @@ both_backends!(
         // the other files landed.
         let ctx = TestContext::new(backend);
         std::fs::create_dir_all(ctx.path("inbox")).unwrap();
-        let line = |id: &str| {
-            format!(
-                "{{\"event_id\":\"{id}\",\"event_time\":\"2026-01-05T10:00:00Z\",\
-                 \"event_type\":\"page_view\",\"anonymous_id\":\"a1\"}}\n"
-            )
-        };
+        let line = crate::context::event_line;
         for name in ["a", "b", "c"] {
             std::fs::write(ctx.path(&format!("inbox/{name}.ndjson")), line(name)).unwrap();
         }
