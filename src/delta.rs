@@ -243,12 +243,12 @@ async fn txn_index(table: &DeltaTable, version: u64) -> Result<Option<HashMap<St
     let mut index = HashMap::new();
     if let Some(c) = checkpoint {
         let path = object_store::path::Path::from(format!("_delta_log/{c:020}.checkpoint.parquet"));
-        let bytes = match store.get(&path).await {
-            Ok(get) => get.bytes().await?,
+        let size = match store.head(&path).await {
+            Ok(meta) => meta.size,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        checkpoint_txns(bytes, &mut index)?;
+        checkpoint_txns(store.clone(), path, size, &mut index).await?;
     }
     let first = checkpoint.map_or(0, |c| c + 1);
     let log = table.log_store();
@@ -287,17 +287,25 @@ async fn txn_index(table: &DeltaTable, version: u64) -> Result<Option<HashMap<St
     Ok(Some(index))
 }
 
-/// The `txn` rows of a checkpoint file.
-fn checkpoint_txns(bytes: bytes::Bytes, index: &mut HashMap<String, i64>) -> Result<()> {
+/// The `txn` rows of a checkpoint file. Only its `txn` column is fetched (ranged reads): a
+/// checkpoint is mostly `add` actions with their statistics.
+async fn checkpoint_txns(
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+    index: &mut HashMap<String, i64>,
+) -> Result<()> {
     use arrow::array::{Array, AsArray};
-    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
     use deltalake::parquet::arrow::ProjectionMask;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let reader = RangeReader { store, path, size };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
     let Ok(column) = builder.schema().index_of("txn") else {
         return Ok(());
     };
     let mask = ProjectionMask::roots(builder.parquet_schema(), [column]);
-    for batch in builder.with_projection(mask).build()? {
+    let mut batches = builder.with_projection(mask).build()?;
+    while let Some(batch) = batches.next().await {
         let batch = batch?;
         let txn = batch.column(0).as_struct();
         let (Some(ids), Some(versions)) =
@@ -316,6 +324,51 @@ fn checkpoint_txns(bytes: bytes::Bytes, index: &mut HashMap<String, i64>) -> Res
         }
     }
     Ok(())
+}
+
+/// A Parquet file in an object store, read by ranges (only the columns asked for are fetched).
+struct RangeReader {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+impl deltalake::parquet::arrow::async_reader::AsyncFileReader for RangeReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, deltalake::parquet::errors::Result<bytes::Bytes>> {
+        use futures::FutureExt;
+        use object_store::ObjectStoreExt;
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| deltalake::parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        deltalake::parquet::errors::Result<
+            Arc<deltalake::parquet::file::metadata::ParquetMetaData>,
+        >,
+    > {
+        use futures::FutureExt;
+        async move {
+            let size = self.size;
+            let metadata = deltalake::parquet::file::metadata::ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
 }
 
 /// The version recorded for an application id, if any.
