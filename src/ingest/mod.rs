@@ -542,10 +542,14 @@ pub async fn run(
     // A new file's markers in raw_events and quarantine say whether an earlier ingest crashed
     // after committing some of it; a local file read before may have grown, and its tail
     // markers say how far it was read. All are read once per table (see `delta::Markers`).
-    let (raw_markers, quarantine_markers) = futures::try_join!(
-        delta::Markers::load(&raw),
-        delta::Markers::load(&quarantine)
-    )?;
+    let (raw_markers, quarantine_markers) = match pending.is_empty() {
+        // An idle tick: every file is known, nothing to look up.
+        true => (delta::Markers::none(&raw), delta::Markers::none(&quarantine)),
+        false => futures::try_join!(
+            delta::Markers::load(&raw),
+            delta::Markers::load(&quarantine)
+        )?,
+    };
     tracing::debug!(
         indexed = raw_markers.indexed() && quarantine_markers.indexed(),
         "txn markers read"
