@@ -544,7 +544,10 @@ pub async fn run(
     // markers say how far it was read. All are read once per table (see `delta::Markers`).
     let (raw_markers, quarantine_markers) = match pending.is_empty() {
         // An idle tick: every file is known, nothing to look up.
-        true => (delta::Markers::none(&raw), delta::Markers::none(&quarantine)),
+        true => (
+            delta::Markers::none(&raw),
+            delta::Markers::none(&quarantine),
+        ),
         false => futures::try_join!(
             delta::Markers::load(&raw),
             delta::Markers::load(&quarantine)
