@@ -392,7 +392,10 @@ fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> 
         return Growth::New;
     };
     let end = m.end;
-    let same = input::fingerprint(path, identity, end).map(|f| f & FINGERPRINT_MASK);
+    let Some(file) = input::Reopened::open(path, identity) else {
+        return Growth::New;
+    };
+    let same = file.fingerprint(end).map(|f| f & FINGERPRINT_MASK);
     if end == 0 || end > size || same != Some(m.fingerprint) {
         return Growth::New;
     }
@@ -401,7 +404,7 @@ fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> 
     }
     // A last line held back is read again from its start.
     let consumed = match m.held_back {
-        true => input::line_start(path, end).unwrap_or(0),
+        true => file.line_start(end).unwrap_or(0),
         false => end,
     };
     if consumed == 0 {
@@ -411,7 +414,7 @@ fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> 
     Growth::Appended(input::Resume {
         offset: consumed,
         next_line: m.lines + 1,
-        after_unterminated: input::byte_at(path, consumed - 1).is_some_and(|b| b != b'\n'),
+        after_unterminated: file.byte_at(consumed - 1).is_some_and(|b| b != b'\n'),
         identity,
     })
 }
@@ -1308,11 +1311,15 @@ mod tests {
     fn a_held_back_line_starts_after_the_last_line_end() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
+        let reopen = || {
+            let id = input::FileIdentity::of_path(&path).unwrap();
+            input::Reopened::open(&path, id).unwrap()
+        };
         let long = "x".repeat(200_000);
         std::fs::write(&path, format!("{{\"a\":1}}\n{long}")).unwrap();
-        assert_eq!(input::line_start(&path, 8 + 200_000), Some(8));
-        assert_eq!(input::line_start(&path, 5), Some(0));
+        assert_eq!(reopen().line_start(8 + 200_000), Some(8));
+        assert_eq!(reopen().line_start(5), Some(0));
         std::fs::write(&path, "one\ntwo\nthr").unwrap();
-        assert_eq!(input::line_start(&path, 11), Some(8));
+        assert_eq!(reopen().line_start(11), Some(8));
     }
 }

@@ -263,8 +263,7 @@ both_backends!(incremental_build_equals_full_rebuild, |backend: Backend| {
 #[test]
 fn a_segment_change_closes_a_history_row_and_opens_another() {
     let ctx = TestContext::new(Backend::Local);
-    std::fs::write(
-        ctx.path("clicklake.toml"),
+    ctx.write_config(
         r#"
 [[segments]]
 name = "active"
@@ -277,8 +276,7 @@ kind = "dynamic"
 rule = "sessions_30d = 0"
 priority = 2
 "#,
-    )
-    .unwrap();
+    );
     let fixture = ctx.fixture("star/sessions.ndjson");
     pipeline(&ctx, fixture.to_str().unwrap());
     build_json(&ctx, &["--as-of", "2026-03-05T00:00:00Z"]);
@@ -405,11 +403,9 @@ fn a_bad_segment_rule_is_a_config_error_before_anything_is_written() {
         ("no_such_feature > 1", "no_such_feature"),
         ("orders_lifetime >= 1) OR (1 = 1", "unexpected"),
     ] {
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            format!("[[segments]]\nname = \"broken\"\nrule = \"{rule}\"\n"),
-        )
-        .unwrap();
+        ctx.write_config(format!(
+            "[[segments]]\nname = \"broken\"\nrule = \"{rule}\"\n"
+        ));
         let out = ctx.run(&["build"]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
         let err = stderr_of(&out);
@@ -502,11 +498,7 @@ fn a_check_that_only_warns_is_reported_and_does_not_fail_check_or_run() {
         "quiet.sql",
         "-- warn_if: > 5\n-- error_if: > 10\nSELECT 1 AS x",
     );
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[check]\ndir = \"checks\"\nwarn = [\"gbp\"]\n",
-    )
-    .unwrap();
+    ctx.write_config("[check]\ndir = \"checks\"\nwarn = [\"gbp\"]\n");
     let out = ctx.run(&["run", "--inbox", inbox.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -572,11 +564,7 @@ fn a_check_that_only_warns_is_reported_and_does_not_fail_check_or_run() {
     write("rows.sql", "-- error_if: more than 3\nSELECT 1");
     one_line_failure(&ctx.run(&["check"]), 2, &["rows.sql", "error_if"]);
     write("rows.sql", "SELECT 1 WHERE false");
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[check]\ndir = \"checks\"\nwarn = [\"gpb\"]\n",
-    )
-    .unwrap();
+    ctx.write_config("[check]\ndir = \"checks\"\nwarn = [\"gpb\"]\n");
     one_line_failure(&ctx.run(&["check"]), 2, &["[check] warn", "\"gpb\""]);
 }
 

@@ -185,6 +185,11 @@ impl TestContext {
             .expect("spawn clicklake")
     }
 
+    /// Writes `text` as this test's `clicklake.toml` (read by every later command).
+    pub fn write_config(&self, text: impl AsRef<[u8]>) {
+        std::fs::write(self.path("clicklake.toml"), text).expect("write clicklake.toml");
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run")
     }

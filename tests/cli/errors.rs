@@ -102,11 +102,7 @@ fn bad_flags_and_config() {
         &ctx.run(&["ingest", "--source", "nope", f.to_str().unwrap()]),
         &["--source nope", "native"],
     );
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "lake = \"./l\"\n[ingest]\nzstd_levle = 3\n",
-    )
-    .unwrap();
+    ctx.write_config("lake = \"./l\"\n[ingest]\nzstd_levle = 3\n");
     let out = ctx.run(&["tables"]);
     assert_usage_error(&out, &["zstd_levle", "clicklake.toml", "line 3"]);
     one_line(&out);
@@ -266,11 +262,7 @@ fn ingest_many_small_chunks(
 ) -> (TestContext, std::process::Output) {
     let ctx = TestContext::new(Backend::Local);
     ctx.generate("gen", &["--events", "20000", "--files", "1"]);
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nthreads = 2\nchunk_size = \"64KiB\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nthreads = 2\nchunk_size = \"64KiB\"\n");
     let mut cmd = ctx.cmd();
     adjust(&mut cmd);
     let out = cmd

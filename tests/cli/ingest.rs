@@ -131,11 +131,7 @@ fn an_event_time_long_before_its_received_at_is_stale() {
         "{rows:?}"
     );
     // A tighter window is a setting.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_past_skew = \"30d\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_past_skew = \"30d\"\n");
     let s = ctx.ingest_json(&["--force", ctx.path("in.ndjson").to_str().unwrap()]);
     assert_eq!(
         (s["landed"].as_u64(), s["quarantined"].as_u64()),
@@ -148,11 +144,7 @@ fn an_event_time_long_before_its_received_at_is_stale() {
         ),
         1
     );
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_past_skew = \"a year\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_past_skew = \"a year\"\n");
     let out = ctx.run(&["ingest", ctx.path("in.ndjson").to_str().unwrap()]);
     crate::context::one_line_failure(&out, 2, &["ingest.max_past_skew"]);
 }
@@ -604,11 +596,7 @@ fn the_quarantine_gate_fails_a_producer_with_too_many_invalid_rows() {
     let out = ctx.run(&["ingest", "--max-quarantined", "5x", &gen]);
     assert_eq!(out.status.code(), Some(2));
     // The config key takes a TOML integer as well as a string.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_quarantined = 0\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_quarantined = 0\n");
     let out = ctx.run(&["ingest", "--force", &gen]);
     crate::context::one_line_failure(&out, 1, &["max_quarantined 0"]);
 }
@@ -618,11 +606,7 @@ fn a_run_over_the_quarantine_gate_still_cleans_and_builds_and_exits_1() {
     let ctx = TestContext::new(Backend::Local);
     let m = ctx.generate("inbox", &["--events", "2000", "--dirty", "--seed", "9"]);
     std::fs::remove_file(ctx.path("inbox/_manifest.json")).ok();
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_quarantined = \"0.1%\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_quarantined = \"0.1%\"\n");
     let out = ctx.run(&["run", "--inbox", "inbox", "--no-check"]);
     crate::context::one_line_failure(&out, 1, &["max_quarantined 0.1%"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -640,11 +624,7 @@ fn a_run_over_the_quarantine_gate_still_cleans_and_builds_and_exits_1() {
     // The next tick has nothing new: success.
     ctx.ok(&["run", "--inbox", "inbox", "--no-check"]);
     // A bad limit in the file is a configuration error naming the key.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_quarantined = \"lots\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_quarantined = \"lots\"\n");
     let out = ctx.run(&["run", "--inbox", "inbox"]);
     crate::context::one_line_failure(&out, 2, &["ingest.max_quarantined"]);
 }
@@ -870,11 +850,7 @@ fn an_overlong_line_or_an_open_csv_quote_costs_one_row_in_bounded_memory() {
 
     // CSV: a quote opened on line 3 never closes. In a file longer than max_line_size, and at
     // the end of a short one, only that line is quarantined and every line after it lands.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_line_size = \"64KiB\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_line_size = \"64KiB\"\n");
     std::fs::create_dir_all(ctx.path("csv")).unwrap();
     let row = |id: &str, url: &str| format!("{id},2026-01-05T10:00:00Z,page_view,a1,{url}\n");
     let mut big = String::from("event_id,event_time,event_type,anonymous_id,page_url\n");
@@ -918,11 +894,7 @@ fn an_overlong_line_or_an_open_csv_quote_costs_one_row_in_bounded_memory() {
         ["s1,u1", "s3,u3", "s4,u4"]
     );
     // A size that is not one, or outside the range, is a configuration error naming the key.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nmax_line_size = \"10B\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nmax_line_size = \"10B\"\n");
     let out = ctx.run(&["ingest", "--force", long.to_str().unwrap()]);
     crate::context::one_line_failure(&out, 2, &["ingest.max_line_size"]);
 }
@@ -1140,11 +1112,7 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         ((0, 0, 0, 0), Some(1)),
         "{s}"
     );
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\nignore = [\"*.gz\"]\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\nignore = [\"*.gz\"]\n");
     let s = ctx.ingest_json(&[dir]);
     assert_eq!(
         (lines(&s), s["files_ignored"].as_u64()),
@@ -1162,7 +1130,7 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         2,
         &["--ignore", "logs/*.gz", "not a path"],
     );
-    std::fs::write(ctx.path("clicklake.toml"), "[ingest]\nignore = [\"[\"]\n").unwrap();
+    ctx.write_config("[ingest]\nignore = [\"[\"]\n");
     crate::context::one_line_failure(&ctx.run(&["ingest", dir]), 2, &["ingest.ignore"]);
     std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
 

@@ -118,11 +118,7 @@ fn personal_data_without_a_key_is_refused_unless_dropped() {
 #[test]
 fn an_allow_list_drops_other_columns_and_counts_them() {
     let ctx = TestContext::new(Backend::Local);
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[privacy]\nallowed_columns = [\"product_id\", \"price\", \"currency\", \"order_id\", \"revenue\", \"quantity\"]\n",
-    )
-    .unwrap();
+    ctx.write_config("[privacy]\nallowed_columns = [\"product_id\", \"price\", \"currency\", \"order_id\", \"revenue\", \"quantity\"]\n");
     let file = ctx.fixture("privacy/people.ndjson");
     let s = ctx.ingest_json(&[file.to_str().unwrap()]);
     // Per landed row: email, ip, page_url, category, brand and the `nickname` property go (15
@@ -489,11 +485,7 @@ both_backends!(
         assert_eq!(funnel_sessions(&ctx), sessions_before - 1);
 
         // require_consent: only customers with a personalization grant are personalised.
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            "[privacy]\nrequire_consent = true\n",
-        )
-        .unwrap();
+        ctx.write_config("[privacy]\nrequire_consent = true\n");
         ctx.ok(&["build"]);
         assert_eq!(ctx.count("SELECT count(*) FROM agg_user_features"), 1);
         assert_eq!(in_features(&ctx), 1);

@@ -78,11 +78,7 @@ both_backends!(kill_9_at_random_moments_then_rerun, |backend: Backend| {
     let dir = ctx.path("gen");
     // Small commit groups so kills land before, between and after commits; a single parser
     // thread so a run lasts long enough to be interrupted.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\ncommit_every = \"8MiB\"\nthreads = 1\nchunk_size = \"256KiB\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\ncommit_every = \"8MiB\"\nthreads = 1\nchunk_size = \"256KiB\"\n");
     let mut interrupted = 0;
     for delay_ms in [30u64, 90, 180, 300, 450, 600] {
         let mut child = ctx
@@ -313,11 +309,7 @@ both_backends!(markers_in_a_checkpoint_are_found, |backend: Backend| {
         )
         .unwrap();
     }
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[ingest]\ncommit_every = \"1\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[ingest]\ncommit_every = \"1\"\n");
     let s = ctx.ingest_json(&[ctx.path("more").to_str().unwrap()]);
     assert_eq!(s["files_read"], 60, "{s}");
     let log = ctx.table_dir("raw_events").join("_delta_log");

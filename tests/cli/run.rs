@@ -57,11 +57,7 @@ both_backends!(
             std::fs::create_dir_all(ctx.path("inbox")).unwrap();
             ctx.path("inbox").display().to_string()
         };
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            format!("[run]\ninbox = \"{inbox}\"\n"),
-        )
-        .unwrap();
+        ctx.write_config(format!("[run]\ninbox = \"{inbox}\"\n"));
         let out = ctx.run(&["--quiet", "run"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
         assert!(out.stdout.is_empty() && out.stderr.is_empty());
@@ -129,7 +125,7 @@ both_backends!(
     a_held_lease_exits_75_naming_its_holder_and_a_dead_holders_is_taken_over,
     |backend| {
         let ctx = TestContext::new(backend);
-        std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"3s\"\n").unwrap();
+        ctx.write_config("[run]\nlease_ttl = \"3s\"\n");
         let f = ctx.fixture("native/every_reason.ndjson");
         ctx.ok(&["ingest", f.to_str().unwrap()]);
         // A live holder: a run paused right after taking the lease (it keeps renewing it).
@@ -179,7 +175,7 @@ both_backends!(
 
         // A run that dies holding the lease (killed, or a crash) on this host: the next command
         // sees its process is gone and takes the lease at once, without waiting for it to lapse.
-        std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"10m\"\n").unwrap();
+        ctx.write_config("[run]\nlease_ttl = \"10m\"\n");
         let out = ctx
             .cmd()
             .env("CLICKLAKE_FAULT", "run-after-lease")
@@ -243,7 +239,7 @@ fn another_hosts_lease_holds_until_it_lapses() {
 #[test]
 fn a_running_run_renews_its_lease_past_its_time_to_live() {
     let ctx = TestContext::new(Backend::Local);
-    std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"1s\"\n").unwrap();
+    ctx.write_config("[run]\nlease_ttl = \"1s\"\n");
     let mut holder = ctx.spawn_paused("run-after-lease:5", &["run"]);
     wait_for_a_lease(&ctx);
     // Well past the 1s time to live: only renewal keeps the lease.
@@ -267,11 +263,7 @@ fn failed_checks_exit_1_and_speak_even_when_quiet() {
     .unwrap();
     std::fs::create_dir_all(ctx.path("inbox")).unwrap();
     std::fs::copy(&fixture, ctx.path("inbox/sessions.ndjson")).unwrap();
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[run]\ninbox = \"inbox\"\n[check]\ndir = \"checks\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[run]\ninbox = \"inbox\"\n[check]\ndir = \"checks\"\n");
     let out = ctx.run(&["--quiet", "run"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let shown = String::from_utf8_lossy(&out.stdout);
@@ -297,11 +289,7 @@ fn a_failing_stage_is_recorded_and_releases_the_lease() {
         "SELECT no_such_column FROM events",
     )
     .unwrap();
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[run]\ninbox = \"inbox\"\n[build]\nsql_dir = \"models\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[run]\ninbox = \"inbox\"\n[build]\nsql_dir = \"models\"\n");
     let out = ctx.run(&["--quiet", "run"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
@@ -335,7 +323,7 @@ fn run_rejects_bad_arguments_before_any_io() {
     let out = ctx.run(&["run", "--source", "klingon"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("klingon"), "{}", stderr_of(&out));
-    std::fs::write(ctx.path("clicklake.toml"), "[run]\nlease_ttl = \"0s\"\n").unwrap();
+    ctx.write_config("[run]\nlease_ttl = \"0s\"\n");
     let out = ctx.run(&["run"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -356,11 +344,7 @@ both_backends!(
         for f in &files {
             inbox = deliver(&ctx, f);
         }
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            format!("[run]\ninbox = \"{inbox}\"\ncheck = false\n"),
-        )
-        .unwrap();
+        ctx.write_config(format!("[run]\ninbox = \"{inbox}\"\ncheck = false\n"));
         // Both start together; whoever takes the lease holds it for 3 s before working.
         let spawn = || {
             ctx.std_cmd()
@@ -411,7 +395,7 @@ both_backends!(
 #[test]
 fn a_run_past_max_duration_is_stopped_and_releases_its_lease() {
     let ctx = TestContext::new(Backend::Local);
-    std::fs::write(ctx.path("clicklake.toml"), "[run]\nmax_duration = \"1s\"\n").unwrap();
+    ctx.write_config("[run]\nmax_duration = \"1s\"\n");
     // Stuck in an await, then on a blocking thread: the process must end either way (it used to
     // wait for a stuck blocking thread at exit, so the cron job never ended).
     for (i, pause) in ["run-stages:60", "run-stages-blocking:60"]
@@ -439,7 +423,7 @@ fn a_run_past_max_duration_is_stopped_and_releases_its_lease() {
     let out = ctx.run(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     // A limit under a second is a configuration error, before any I/O.
-    std::fs::write(ctx.path("clicklake.toml"), "[run]\nmax_duration = \"0s\"\n").unwrap();
+    ctx.write_config("[run]\nmax_duration = \"0s\"\n");
     let out = ctx.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
@@ -481,11 +465,7 @@ both_backends!(
             ["s1", "s2"]
         );
         // Still too young on the next tick; the settled file is done.
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            "[ingest]\nmin_file_age = \"1h\"\n",
-        )
-        .unwrap();
+        ctx.write_config("[ingest]\nmin_file_age = \"1h\"\n");
         assert_eq!(tick(&[]), (Some(0), Some(1), Some(1)));
         // Once it has not changed for long enough, it lands, once.
         ctx.backdate_inbox_file("fresh.ndjson", Duration::from_secs(7200));
@@ -513,11 +493,7 @@ both_backends!(
             first.contains("--min-file-age") && first.contains("soon"),
             "{first}"
         );
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            "[ingest]\nmin_file_age = \"soon\"\n",
-        )
-        .unwrap();
+        ctx.write_config("[ingest]\nmin_file_age = \"soon\"\n");
         let out = ctx.run(&["run", "--inbox", &inbox]);
         crate::context::one_line_failure(&out, 2, &["ingest.min_file_age"]);
     }

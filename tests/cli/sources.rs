@@ -11,7 +11,7 @@ both_backends!(
     snowplow_sample_through_the_whole_pipeline,
     |backend: Backend| {
         let ctx = TestContext::new(backend);
-        std::fs::write(ctx.path("clicklake.toml"), SNOWPLOW_CONFIG).unwrap();
+        ctx.write_config(SNOWPLOW_CONFIG);
         let file = ctx.fixture("sources/snowplow-ecommerce-events.csv");
         let s = ctx.ingest_json(&["--source", "snowplow", file.to_str().unwrap()]);
         // 834 events; actions carrying several products become one row per product: 848 rows, of
@@ -258,11 +258,7 @@ fn a_user_source_works_without_rebuilding_and_a_broken_one_is_exit_2() {
          FROM source WHERE sku <> 'VOID'\n",
     )
     .unwrap();
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        format!("[ingest]\nsources_dir = \"{}\"\n", dir.display()),
-    )
-    .unwrap();
+    ctx.write_config(format!("[ingest]\nsources_dir = \"{}\"\n", dir.display()));
     let data = ctx.path("till.txt");
     std::fs::write(
         &data,

@@ -78,11 +78,7 @@ both_backends!(
             "{report}"
         );
         let named = &listed_name(&report, &records);
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            format!("[status.max_lag_tables]\n{named} = \"1s\"\n"),
-        )
-        .unwrap();
+        ctx.write_config(format!("[status.max_lag_tables]\n{named} = \"1s\"\n"));
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let out = ctx.run(&["status", "--json"]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
@@ -96,11 +92,7 @@ both_backends!(
         assert!(out.stdout.is_empty() && out.stderr.is_empty());
 
         // Per-table limits in the config override --max-lag for those tables.
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            "[status]\nmax_lag = \"5d\"\n[status.max_lag_tables]\nevents = \"1h\"\n",
-        )
-        .unwrap();
+        ctx.write_config("[status]\nmax_lag = \"5d\"\n[status.max_lag_tables]\nevents = \"1h\"\n");
         let out = ctx.run(&["status", "--json"]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -111,11 +103,7 @@ both_backends!(
             err.contains("raw_events (lag") && err.contains("events (lag"),
             "{err}"
         );
-        std::fs::write(
-            ctx.path("clicklake.toml"),
-            "[status.max_lag_tables]\nevents = \"soon\"\n",
-        )
-        .unwrap();
+        ctx.write_config("[status.max_lag_tables]\nevents = \"soon\"\n");
         let out = ctx.run(&["status"]);
         assert_eq!(out.status.code(), Some(2));
         assert!(
@@ -181,11 +169,7 @@ fn a_lake_without_its_tables_is_stale_and_has_nothing_to_check() {
     ctx.ok(&["check"]);
     ctx.ok(&["status", "--max-lag", "36500d"]);
     // A table given its own limit is expected to exist.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[status.max_lag_tables]\nfact_orders = \"1d\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[status.max_lag_tables]\nfact_orders = \"1d\"\n");
     let out = ctx.run(&["status", "--max-lag", "36500d"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     assert!(
@@ -194,11 +178,7 @@ fn a_lake_without_its_tables_is_stale_and_has_nothing_to_check() {
         stderr_of(&out)
     );
     // A misspelt one is a configuration error, not a table that never turns up.
-    std::fs::write(
-        ctx.path("clicklake.toml"),
-        "[status.max_lag_tables]\nfact_ordrs = \"1d\"\n",
-    )
-    .unwrap();
+    ctx.write_config("[status.max_lag_tables]\nfact_ordrs = \"1d\"\n");
     let out = ctx.run(&["status"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
