@@ -232,6 +232,11 @@ pub struct CompactArgs {
     #[arg(long, value_name = "SIZE")]
     pub target_size: Option<String>,
 
+    /// Compact a table only when at least this many of its files can be merged away (small
+    /// files beyond the first of each partition)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub min_files: u64,
+
     /// Print one JSON array
     #[arg(long)]
     pub json: bool,
@@ -315,6 +320,10 @@ pub struct RunArgs {
     /// Skip the data checks (config: run.check = false)
     #[arg(long)]
     pub no_check: bool,
+
+    /// Skip the compaction after the build (config: run.compact_min_files = 0)
+    #[arg(long)]
+    pub no_compact: bool,
 
     /// Fail the run (exit 1, after every stage ran) when its ingest quarantines more rows than
     /// this as invalid: a count or a share (0.5%) (config: ingest.max_quarantined)

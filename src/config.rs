@@ -106,6 +106,9 @@ pub struct FileRun {
     pub check: Option<bool>,
     /// A run taking longer is stopped, recorded as failed and its lease released (default 2h).
     pub max_duration: Option<String>,
+    /// Compact a table after the build once this many of its files can be merged away
+    /// (default 20; 0 never).
+    pub compact_min_files: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +129,8 @@ pub struct RunConfig {
     pub lease_ttl: Duration,
     pub check: bool,
     pub max_duration: Duration,
+    /// Compact a table after the build once this many of its files can be merged away; 0 never.
+    pub compact_min_files: u64,
 }
 
 /// `[status]`: freshness limits.
@@ -588,6 +593,7 @@ fn merge_run(file: FileRun) -> Result<RunConfig> {
         lease_ttl,
         check: file.check.unwrap_or(true),
         max_duration,
+        compact_min_files: file.compact_min_files.unwrap_or(20),
     })
 }
 
@@ -835,6 +841,11 @@ fn merge_ingest(file: FileIngest, memory_limit: u64) -> Result<IngestConfig> {
         }
         None => 256 * 1024 * 1024,
     };
+    if target_file_size == 0 {
+        return Err(Error::config(
+            "ingest.target_file_size must be greater than zero",
+        ));
+    }
     let commit_every = match &file.commit_every {
         Some(v) => parse_size(v).map_err(|e| Error::config(format!("ingest.commit_every: {e}")))?,
         None => 4 * 1024 * 1024 * 1024,
@@ -1150,6 +1161,9 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # max_duration = "2h"   # a longer run is stopped, recorded as failed, and its lease released
 # Run the data checks after the build.
 # check = true
+# Then compact each table (Delta OPTIMIZE) once this many of its files can be merged away: every
+# tick adds small files, and each scan opens every file (flag run --no-compact). 0: never.
+# compact_min_files = 20
 
 [privacy]
 # Personal columns never stored in clear (any of email, ip, user_id). email and user_id become

@@ -29,6 +29,7 @@ pub mod check;
 pub mod clean;
 pub mod cli;
 pub mod commands;
+pub mod compaction;
 pub mod config;
 pub mod delta;
 pub mod erase;

@@ -36,6 +36,8 @@ pub struct RunRequest {
     pub min_file_age: Duration,
     /// Inbox files whose name matches one of these are left out.
     pub ignore: Vec<glob::Pattern>,
+    /// Compact a table after the build once this many of its files can be merged away; 0 never.
+    pub compact_min_files: u64,
 }
 
 /// The summary `run --json` prints and `_runs.summary` keeps.
@@ -55,6 +57,9 @@ pub struct RunSummary {
     pub clean: Option<CleanSummary>,
     pub build: Option<BuildSummary>,
     pub check: Option<CheckReport>,
+    /// The tables compaction looked at (`None` when it was off, or the run stopped before it).
+    pub compact: Option<Vec<crate::compaction::Compacted>>,
+    pub compact_min_files: u64,
     /// Wall seconds per stage that ran, in order.
     pub stage_seconds: Vec<(&'static str, f64)>,
 }
@@ -113,6 +118,8 @@ pub async fn run(
         clean: None,
         build: None,
         check: None,
+        compact: None,
+        compact_min_files: req.compact_min_files,
         stage_seconds: Vec::new(),
     };
     // A run that stops making progress (a stuck store request, an engine hang) must not hold the
@@ -262,6 +269,23 @@ async fn stages(
         summary
             .stage_seconds
             .push(("check", t.elapsed().as_secs_f64()));
+    }
+
+    // Last, so a slow compaction never delays the data: every tick adds small files to the
+    // tables it touches, and a lake nobody compacts gets slower with every tick.
+    if req.compact_min_files > 0 {
+        lease.ensure_held()?;
+        let t = Instant::now();
+        let settings = crate::compaction::Settings {
+            // Validated with the config.
+            target: std::num::NonZeroU64::new(cfg.ingest.target_file_size)
+                .unwrap_or(std::num::NonZeroU64::MIN),
+            min_files: req.compact_min_files,
+        };
+        summary.compact = Some(crate::compaction::compact(lake, cfg, &[], settings).await?);
+        summary
+            .stage_seconds
+            .push(("compact", t.elapsed().as_secs_f64()));
     }
     Ok(())
 }

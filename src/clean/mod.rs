@@ -189,8 +189,9 @@ pub async fn run(
             false
         }
         Plan::Incremental(paths) if paths.is_empty() => {
-            // Only markers (e.g. files whose every line was quarantined): record the version.
-            summary.mode = "incremental";
+            // No new rows: commits of markers only (files whose every line was quarantined) or
+            // of compactions. Nothing to clean; the version is recorded.
+            summary.mode = "up_to_date";
             let version = delta::commit(
                 &mut events,
                 Vec::new(),

@@ -1,27 +1,16 @@
 //! `clicklake compact`: rewrite each partition's small files into files of about the target size
-//! (Delta OPTIMIZE). The commit adds and removes files with `dataChange = false`, so incremental
-//! clean and build see no new rows (a clean whose new raw files were folded into others falls back
-//! to a full refresh and says so).
+//! (Delta OPTIMIZE; see [`crate::compaction`]). No rows change, and incremental clean and build see
+//! no new rows; raw_events files not yet cleaned are left for after the next clean.
 
 use std::num::NonZeroU64;
 use std::process::ExitCode;
 
-use serde::Serialize;
-
 use crate::catalog;
 use crate::cli::CompactArgs;
+use crate::compaction::{self, Settings};
 use crate::config::{format_bytes, parse_size, Config};
 use crate::error::Error;
 use crate::storage::Lake;
-
-#[derive(Debug, Serialize)]
-struct Compacted {
-    table: String,
-    files_removed: u64,
-    files_added: u64,
-    partitions: u64,
-    version: Option<i64>,
-}
 
 pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result<ExitCode> {
     let target = match &args.target_size {
@@ -30,37 +19,24 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CompactArgs) -> anyhow::Result
     };
     let target = NonZeroU64::new(target)
         .ok_or_else(|| Error::usage("--target-size must be greater than zero"))?;
+    let settings = Settings {
+        target,
+        min_files: args.min_files,
+    };
     // Before the lease is taken: a misspelt table or lake writes nothing.
     catalog::check_maintenance(lake, &args.tables).await?;
-    let work = async {
-        let mut results = Vec::new();
-        for (name, table) in catalog::open_existing(lake, &args.tables).await? {
-            let (table, metrics) = table
-                .optimize()
-                .with_target_size(target)
-                .with_writer_properties(crate::delta::writer_properties(
-                    cfg.ingest.zstd_level,
-                    cfg.ingest.row_group_rows,
-                )?)
-                .await
-                .map_err(|e| Error::runtime(format!("compacting {name}: {e}")))?;
-            results.push(Compacted {
-                table: name,
-                files_removed: metrics.num_files_removed,
-                files_added: metrics.num_files_added,
-                partitions: metrics.partitions_optimized,
-                version: table.version().map(|v| v as i64),
-            });
-        }
-        Ok::<_, Error>(results)
-    };
+    let work = compaction::compact(lake, cfg, &args.tables, settings);
     let results = crate::lease::exclusive(lake, cfg, "compact", work).await?;
     if args.json {
         outln!("{}", serde_json::to_string(&results)?)?;
     } else if !cfg.quiet {
         for r in &results {
+            let skipped = match &r.skipped {
+                Some(why) => format!(" (left alone: {why})"),
+                None => String::new(),
+            };
             outln!(
-                "{:<22} {} small files → {} (in {} partitions){}",
+                "{:<22} {} small files → {} (in {} partitions){}{skipped}",
                 r.table,
                 r.files_removed,
                 r.files_added,

@@ -27,6 +27,11 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         source: args.source.unwrap_or_else(|| cfg.run.source.clone()),
         wait: cfg.wait,
         check: cfg.run.check && !args.no_check,
+        compact_min_files: if args.no_compact {
+            0
+        } else {
+            cfg.run.compact_min_files
+        },
         max_quarantined: args.max_quarantined.or(cfg.ingest.max_quarantined),
         min_file_age: args.min_file_age.unwrap_or(cfg.ingest.min_file_age),
         ignore: ignore_patterns(cfg, &args.ignore)?,
@@ -104,6 +109,10 @@ pub fn render(s: &RunSummary) -> String {
             )
         };
         out.push_str(&format!("  ingest  {line:<64} {}\n", secs("ingest")));
+    } else if s.inbox.is_none() && s.clean.is_some() {
+        // Not an error (ingest may run on its own schedule), but a cron user who forgot the
+        // inbox should not read "nothing new" as "no new files arrived".
+        out.push_str("  ingest  skipped: no inbox (set [run] inbox or pass --inbox)\n");
     }
     if let Some(c) = &s.clean {
         let line = match c.mode {
@@ -127,6 +136,10 @@ pub fn render(s: &RunSummary) -> String {
         let line = check::summary_line(c);
         out.push_str(&format!("  check   {line:<64} {}\n", secs("check")));
         out.push_str(&check::render_flagged(c, true));
+    }
+    if let Some(c) = &s.compact {
+        let line = crate::compaction::summary_line(c, s.compact_min_files);
+        out.push_str(&format!("  compact {line:<64} {}\n", secs("compact")));
     }
     out
 }

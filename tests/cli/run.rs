@@ -190,9 +190,15 @@ both_backends!(
             "{}",
             stderr_of(&out)
         );
-        // Released at the end: the next run need not wait.
+        // Released at the end: the next run need not wait. With no inbox it says ingest was
+        // skipped, so "nothing new" is not read as "no files arrived".
         let out = ctx.run(&["run"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("ingest  skipped: no inbox (set [run] inbox or pass --inbox)"),
+            "{stdout}"
+        );
     }
 );
 
@@ -594,5 +600,99 @@ both_backends!(
             ctx.query("SELECT event_id FROM events ORDER BY 1"),
             ["a", "b", "c"]
         );
+    }
+);
+
+both_backends!(
+    run_compacts_the_tables_whose_small_files_pile_up,
+    |backend| {
+        // Every tick adds files to every table it touches. Without compaction each scan opens
+        // all of them, and a lake run from cron got slower with every tick (a tick on a tiny
+        // lake took 0.8 s at first and 10 s after 77 ticks).
+        let ctx = TestContext::new(backend);
+        ctx.generate(
+            "gen",
+            &[
+                "--events", "1200", "--files", "6", "--dirty", "--seed", "21", "--days", "2",
+            ],
+        );
+        ctx.write_config("[run]\ncompact_min_files = 3\n");
+        let mut ticks: Vec<serde_json::Value> = Vec::new();
+        let mut text = String::new();
+        for (i, file) in data_files(&ctx.path("gen")).iter().enumerate() {
+            let inbox = deliver(&ctx, file);
+            if i == 2 {
+                text = ctx.ok(&["run", "--inbox", &inbox, "--no-check"]);
+            } else {
+                ticks.push(run_json(&ctx, &["--inbox", &inbox, "--no-check"]));
+            }
+        }
+        assert!(text.contains("\n  compact "), "{text}");
+        // Merged, not copied: raw_events holds each landed row once.
+        let landed: u64 = ticks
+            .iter()
+            .map(|s| s["ingest"]["landed"].as_u64().unwrap())
+            .sum();
+        let landed_in_text: u64 = text
+            .lines()
+            .find_map(|l| l.split(" lines: ").nth(1))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM raw_events"),
+            landed + landed_in_text
+        );
+        // Compaction folded files the later cleans did not need by name: every clean after the
+        // first stayed incremental.
+        for (i, s) in ticks.iter().enumerate().skip(1) {
+            assert_eq!(s["clean"]["mode"], "incremental", "tick {i}: {s}");
+        }
+        let merged = |table: &str| -> u64 {
+            ticks
+                .iter()
+                .flat_map(|s| s["compact"].as_array().unwrap().clone())
+                .filter(|c| c["table"] == table)
+                .map(|c| c["files_removed"].as_u64().unwrap())
+                .sum()
+        };
+        let compactions: Vec<_> = ticks.iter().map(|s| s["compact"].clone()).collect();
+        for table in ["raw_events", "events", "fact_sessions", "_runs"] {
+            assert!(
+                merged(table) > 0,
+                "{table} was never compacted: {compactions:?}"
+            );
+        }
+        // What is left is below the threshold everywhere: a compaction that asks for as many
+        // mergeable files finds no table to merge.
+        let after: serde_json::Value =
+            serde_json::from_str(&ctx.ok(&["compact", "--json", "--min-files", "3"])).unwrap();
+        for c in after.as_array().unwrap() {
+            assert!(c["mergeable"].as_u64().unwrap() < 3, "{c}");
+            assert_eq!(c["files_removed"], 0, "{c}");
+        }
+        assert_eq!(
+            ctx.count("SELECT count(*) FROM raw_events"),
+            landed + landed_in_text
+        );
+
+        // The same rows as a full rebuild.
+        let events = ctx.query("SELECT * FROM events ORDER BY event_id");
+        let sessions = ctx.query("SELECT * FROM fact_sessions ORDER BY session_key");
+        ctx.ok(&["clean", "-q", "--full-refresh"]);
+        ctx.ok(&["build", "-q", "--full-refresh"]);
+        assert_eq!(events, ctx.query("SELECT * FROM events ORDER BY event_id"));
+        assert_eq!(
+            sessions,
+            ctx.query("SELECT * FROM fact_sessions ORDER BY session_key")
+        );
+
+        // Off by flag or by config.
+        assert!(run_json(&ctx, &["--no-compact"])["compact"].is_null());
+        ctx.write_config("[run]\ncompact_min_files = 0\n");
+        assert!(run_json(&ctx, &[])["compact"].is_null());
+        ctx.write_config("[run]\ncompact_min_files = -1\n");
+        let out = ctx.run(&["run"]);
+        crate::context::one_line_failure(&out, 2, &["clicklake.toml (line 2)", "-1"]);
     }
 );
