@@ -473,7 +473,10 @@ pub async fn ensure_table(lake: &Lake, def: &TableDef) -> Result<DeltaTable> {
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(def.partition_columns.iter().map(|s| s.to_string()))
         .with_save_mode(SaveMode::Ignore)
-        .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("50"))
+        .with_configuration_property(
+            deltalake::TableProperty::CheckpointInterval,
+            Some(crate::delta::CHECKPOINT_INTERVAL),
+        )
         .await;
     match created {
         Ok(t) => Ok(t),

@@ -123,6 +123,7 @@ async fn survey(lake: &Lake, name: String, settings: Settings) -> Result<(DeltaT
         .open_table(&name)
         .await?
         .ok_or_else(|| Error::runtime(format!("{name} disappeared while compacting")))?;
+    let table = shorten_checkpoint_interval(&name, table).await?;
     let mergeable = mergeable_files(&table, settings.target.get())?;
     let waiting = match name.as_str() {
         "raw_events" if mergeable > 0 => not_yet_cleaned(lake, &table).await?,
@@ -150,6 +151,29 @@ async fn survey(lake: &Lake, name: String, settings: Settings) -> Result<(DeltaT
         skipped,
     };
     Ok((table, result))
+}
+
+/// A table made by an earlier clicklake, which set `delta.checkpointInterval` to 50, gets
+/// [`delta::CHECKPOINT_INTERVAL`] (one commit); an interval set otherwise is left as it is.
+async fn shorten_checkpoint_interval(name: &str, table: DeltaTable) -> Result<DeltaTable> {
+    const KEY: &str = "delta.checkpointInterval";
+    let configured = table
+        .snapshot()?
+        .metadata()
+        .configuration()
+        .get(KEY)
+        .cloned();
+    if configured.as_deref() != Some("50") {
+        return Ok(table);
+    }
+    table
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            KEY.to_string(),
+            delta::CHECKPOINT_INTERVAL.to_string(),
+        )]))
+        .await
+        .map_err(|e| Error::runtime(format!("{name}: setting {KEY}: {e}")))
 }
 
 /// Why `raw_events` must wait: rows landed in it after the version the last clean consumed (see

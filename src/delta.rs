@@ -80,6 +80,13 @@ const BLOOM_FPP: f64 = 0.01;
 
 /// Parquet settings for every file clicklake writes: zstd, large row groups, statistics on
 /// (except where they cannot prune).
+/// Every this many commits a table's log gets a checkpoint (Delta's `checkpointInterval`; Spark's
+/// default). Opening a table reads the last checkpoint and replays the commits after it, and a
+/// cron tick opens every table a few times: replaying up to 49 commits made a tick on a small
+/// lake twice as slow just before a checkpoint as just after one. With `run` compacting, a
+/// checkpoint lists few files and is cheap to write.
+pub const CHECKPOINT_INTERVAL: &str = "10";
+
 pub fn writer_properties(zstd_level: i32, row_group_rows: usize) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(zstd_level)
         .map_err(|e| Error::config(format!("zstd level {zstd_level}: {e}")))?;

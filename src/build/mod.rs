@@ -1916,7 +1916,10 @@ async fn create_table(
         } else {
             SaveMode::Ignore
         })
-        .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("50"))
+        .with_configuration_property(
+            deltalake::TableProperty::CheckpointInterval,
+            Some(crate::delta::CHECKPOINT_INTERVAL),
+        )
         .await?;
     Ok(created)
 }

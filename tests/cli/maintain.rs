@@ -294,3 +294,58 @@ fn files_in_table(ctx: &TestContext) -> usize {
     let tables: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
     tables[0]["files"].as_u64().unwrap() as usize
 }
+
+/// A tick opens every table a few times, and each open replays the commits since the last
+/// checkpoint: tables are checkpointed every 10 commits, and tables made by an earlier clicklake
+/// (every 50) are changed to 10 by their next compaction.
+#[test]
+fn tables_are_checkpointed_every_ten_commits_old_ones_once_compacted() {
+    let ctx = TestContext::new(Backend::Local);
+    let line = crate::context::event_line;
+    let config = |table: &str, version: u32| -> Option<String> {
+        let log = ctx
+            .table_dir(table)
+            .join(format!("_delta_log/{version:020}.json"));
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().find_map(|l| {
+            let action: serde_json::Value = serde_json::from_str(l).unwrap();
+            action["metaData"]["configuration"]["delta.checkpointInterval"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    std::fs::write(ctx.path("e0.ndjson"), line("e0")).unwrap();
+    ctx.ok(&["ingest", "-q", "e0.ndjson"]);
+    assert_eq!(config("raw_events", 0).as_deref(), Some("10"));
+    // As an earlier clicklake made it.
+    let first = ctx
+        .table_dir("raw_events")
+        .join("_delta_log/00000000000000000000.json");
+    let text = std::fs::read_to_string(&first).unwrap();
+    let old = text.replace(
+        r#""delta.checkpointInterval":"10""#,
+        r#""delta.checkpointInterval":"50""#,
+    );
+    assert_ne!(old, text);
+    std::fs::write(&first, old).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&ctx.ok(&["compact", "--json", "raw_events"])).unwrap();
+    assert_eq!(out[0]["version"], 2, "one commit sets the interval: {out}");
+    assert_eq!(config("raw_events", 2).as_deref(), Some("10"));
+    let history = ctx.ok(&["history", "raw_events"]);
+    assert!(history.contains("SET TBLPROPERTIES"), "{history}");
+    // Once is enough.
+    let out: serde_json::Value =
+        serde_json::from_str(&ctx.ok(&["compact", "--json", "raw_events"])).unwrap();
+    assert_eq!(out[0]["version"], 2, "{out}");
+    // Every tenth commit (deltalake writes it at version 9, 19, …) is a checkpoint.
+    for i in 1..=8 {
+        std::fs::write(ctx.path("e.ndjson"), line(&format!("e{i}"))).unwrap();
+        ctx.ok(&["ingest", "-q", "e.ndjson"]);
+    }
+    let checkpoint = ctx
+        .table_dir("raw_events")
+        .join("_delta_log/00000000000000000009.checkpoint.parquet");
+    assert!(checkpoint.exists(), "no checkpoint at version 9");
+    assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 9);
+}

@@ -300,7 +300,7 @@ both_backends!(markers_in_a_checkpoint_are_found, |backend: Backend| {
             .unwrap();
         assert!(!crashed.status.success(), "{point}");
     }
-    // 60 more commits to each table (one per file): the log is checkpointed every 50.
+    // 60 more commits to each table (one per file): the log is checkpointed every 10.
     std::fs::create_dir_all(ctx.path("more")).unwrap();
     for i in 0..60 {
         std::fs::write(
