@@ -110,12 +110,41 @@ pub const ALL: &[&TableDef] = &[
     &AUDIT,
 ];
 
-/// The tables `build` writes: one per embedded star model, named after its file.
+/// The tables of the star models in the configured `[build] sql_dir` (see [`use_star_dir`]).
+static CONFIGURED_STAR_TABLES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Makes the tables of the models in `<dir>/star/` part of the lake's tables (for `sql`,
+/// `tables`, `status`, `check`, `compact` and `history`), as the embedded models' are: a model of
+/// the user's own, added with `[build] sql_dir`, builds a table analysts query like any other.
+/// Called once, with the configuration; an unreadable directory adds nothing here (`build`
+/// reports it).
+pub fn use_star_dir(dir: Option<&std::path::Path>) {
+    let mut names: Vec<String> = dir
+        .and_then(|d| std::fs::read_dir(d.join("star")).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|f| f.ends_with(".sql"))
+        .map(|f| crate::models::view_name(&f))
+        .collect();
+    names.sort();
+    let _ = CONFIGURED_STAR_TABLES.set(names);
+}
+
+/// The tables `build` writes: one per embedded star model, named after its file, and one per
+/// model of the configured `[build] sql_dir` that adds a table.
 pub fn star_tables() -> Vec<String> {
-    crate::models::embedded("star")
+    let mut tables: Vec<String> = crate::models::embedded("star")
         .iter()
         .map(|(file, _)| crate::models::view_name(file))
-        .collect()
+        .collect();
+    for name in CONFIGURED_STAR_TABLES.get().into_iter().flatten() {
+        if !tables.contains(name) {
+            tables.push(name.clone());
+        }
+    }
+    tables
 }
 
 /// Whether `name` is one of the lake's own tables (fixed or built by `build`).

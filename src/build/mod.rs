@@ -90,6 +90,8 @@ pub struct BuildSummary {
     /// RFC 3339, UTC.
     pub as_of: Option<String>,
     pub tables: Vec<TableBuild>,
+    /// Rows of `events_changes` removed once every table had read them.
+    pub changes_pruned: u64,
     pub seconds: f64,
 }
 
@@ -248,8 +250,52 @@ pub async fn run(
     if any_built {
         summary.mode = "built";
     }
+    summary.changes_pruned = prune_changes(lake, data_version).await?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Marks the events version through which `events_changes` was emptied (a `txn` marker on it).
+pub const CHANGES_PRUNED_APP_ID: &str = "clicklake/build/changes_pruned";
+
+/// Every star table now reflects `data_version`, the latest events commit that changed rows (a
+/// table current since then keeps its older marker, but no change was recorded after it), so the
+/// change records of the cleans up to it are read by no later build. They are removed (one
+/// commit, no file rewritten), or every tick's build would read all the change records since the
+/// lake began. The version is recorded with them: a table that reflects an older one (a model
+/// added back) is built in full. Returns the rows removed.
+async fn prune_changes(lake: &Lake, data_version: i64) -> Result<u64> {
+    let Some(mut table) = lake.open_table(catalog::EVENTS_CHANGES.name).await? else {
+        return Ok(0);
+    };
+    let files: Vec<_> = table.snapshot()?.log_data().iter().collect();
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let rows: u64 = files
+        .iter()
+        .map(|f| f.num_records().unwrap_or(0) as u64)
+        .sum();
+    let removes: Vec<deltalake::kernel::Action> = files
+        .iter()
+        .map(|f| deltalake::kernel::Action::Remove(f.remove_action(true)))
+        .collect();
+    let info = HashMap::from([(
+        "clicklake".to_string(),
+        serde_json::json!({"command": "build", "mode": "prune", "events_version": data_version}),
+    )]);
+    delta::commit(
+        &mut table,
+        removes,
+        vec![deltalake::kernel::Transaction::new(
+            CHANGES_PRUNED_APP_ID,
+            data_version,
+        )],
+        info,
+        deltalake::protocol::SaveMode::Overwrite,
+    )
+    .await?;
+    Ok(rows)
 }
 
 /// The versions a build reads: of `events` (the latest, and the latest that changed rows) and
@@ -1039,6 +1085,14 @@ async fn changed_keys(
     let Some(table) = lake.open_table(catalog::EVENTS_CHANGES.name).await? else {
         return Ok(Err("events_changes is missing".into()));
     };
+    if let Some(pruned) = delta::txn_version(&table, CHANGES_PRUNED_APP_ID).await? {
+        if from < pruned {
+            return Ok(Err(format!(
+                "the change records through events version {pruned} were removed after a \
+                 build, and it reflects version {from}"
+            )));
+        }
+    }
     let ctx = catalog::session(256 << 20)?;
     catalog::register(&ctx, "events_changes", &table).await?;
     let ids = MemTable::try_new(

@@ -1006,3 +1006,69 @@ fn a_clean_by_an_earlier_version_rebuilds_the_tables_keyed_by_what_it_did_not_re
     let reason = table_of(&s, "agg_user_interest")["reason"].to_string();
     assert!(reason.contains("recorded no user_key changes"), "{reason}");
 }
+
+/// Once every star table has read the change records of a clean, the build removes them: each
+/// tick's build read every change record since the lake began. A table that comes back after
+/// builds that removed records it needed (a model dropped, then added back) is built in full.
+#[test]
+fn change_records_are_removed_once_read_and_a_table_that_missed_them_is_rebuilt() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate(
+        "gen",
+        &[
+            "--events", "2400", "--files", "4", "--dirty", "--seed", "31", "--days", "2",
+        ],
+    );
+    let tick = |i: u32, args: &[&str]| -> serde_json::Value {
+        let file = ctx.path(&format!("gen/events-000{i}.ndjson"));
+        ctx.ok(&["ingest", "-q", file.to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        build_json(&ctx, args)
+    };
+    let changes = || ctx.count("SELECT count(*) FROM events_changes");
+    // A model of the user's own, incremental by order, added with the config. Its table is one
+    // of the lake's: `sql` queries it, `tables` lists it.
+    let sql_dir = ctx.override_model(
+        "star",
+        "20_order_events.sql",
+        "-- materialized: incremental\n-- unique_key: order_id\n\
+         SELECT order_id, count(*) AS purchase_events FROM events \
+         WHERE event_type = 'purchase' AND order_id IS NOT NULL GROUP BY order_id\n",
+    );
+    let with_model = format!("[build]\nsql_dir = {sql_dir:?}\n");
+    ctx.write_config(&with_model);
+    tick(1, &[]);
+    assert!(ctx.ok(&["tables"]).contains("order_events"));
+    let s = tick(2, &[]);
+    assert_eq!(table_mode(&s, "order_events"), "incremental", "{s}");
+    assert!(s["changes_pruned"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(changes(), 0, "read by every table, removed");
+    // Built without it: the records of this clean are removed although it never read them.
+    ctx.write_config("");
+    let s = tick(3, &[]);
+    assert!(s["changes_pruned"].as_u64().unwrap() > 0, "{s}");
+    // Back: built in full, and it holds what its query over all events gives.
+    ctx.write_config(&with_model);
+    let s = tick(4, &[]);
+    assert_eq!(table_mode(&s, "order_events"), "full", "{s}");
+    let reason = table_of(&s, "order_events")["reason"].as_str().unwrap();
+    assert!(reason.contains("change records"), "{reason}");
+    assert_eq!(
+        ctx.query("SELECT order_id, purchase_events FROM order_events ORDER BY order_id"),
+        ctx.query(
+            "SELECT order_id, count(*) FROM events WHERE event_type = 'purchase' \
+             AND order_id IS NOT NULL GROUP BY order_id ORDER BY order_id"
+        )
+    );
+    // A build with nothing new removes nothing and commits nothing.
+    let version = |t: &str| -> i64 {
+        let tables: serde_json::Value =
+            serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+        let t = tables.as_array().unwrap().iter().find(|x| x["name"] == t);
+        t.unwrap()["version"].as_i64().unwrap()
+    };
+    let before = version("events_changes");
+    let s = build_json(&ctx, &[]);
+    assert_eq!(s["changes_pruned"], 0, "{s}");
+    assert_eq!(version("events_changes"), before);
+}
