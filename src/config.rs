@@ -481,6 +481,8 @@ impl Config {
         ingest.sources = file.sources;
         let clean = merge_clean(file.clean)?;
         let build = merge_build(file.build, file.check, file.segments)?;
+        // Before `[status]`, which may name the tables of these models.
+        crate::catalog::use_star_dir(build.sql_dir.as_deref());
         let run = merge_run(file.run)?;
         let status = merge_status(file.status)?;
         let privacy = merge_privacy(env, file.privacy)?;

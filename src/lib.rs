@@ -58,7 +58,6 @@ use storage::Lake;
 /// Runs one command line to completion and returns its exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(&cli.global)?;
-    catalog::use_star_dir(cfg.build.sql_dir.as_deref());
     init_logging(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

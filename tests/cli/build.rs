@@ -1039,6 +1039,14 @@ fn change_records_are_removed_once_read_and_a_table_that_missed_them_is_rebuilt(
     ctx.write_config(&with_model);
     tick(1, &[]);
     assert!(ctx.ok(&["tables"]).contains("order_events"));
+    // A freshness limit may name it.
+    ctx.write_config(format!(
+        "{with_model}[status.max_lag_tables]\norder_events = \"2d\"\n"
+    ));
+    let status = ctx.run(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(1), "{}", stderr_of(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("order_events"));
+    ctx.write_config(&with_model);
     let s = tick(2, &[]);
     assert_eq!(table_mode(&s, "order_events"), "incremental", "{s}");
     assert!(s["changes_pruned"].as_u64().unwrap() > 0, "{s}");
