@@ -209,9 +209,7 @@ pub fn summary_line(results: &[Compacted], min_files: u64) -> String {
     let done: Vec<&Compacted> = results.iter().filter(|r| r.files_removed > 0).collect();
     if done.is_empty() {
         let most = results.iter().map(|r| r.mergeable).max().unwrap_or(0);
-        return format!(
-            "nothing to merge (at most {most} mergeable file(s) per table, min_files {min_files})"
-        );
+        return format!("no table has {min_files} mergeable files (most: {most})");
     }
     let removed: u64 = done.iter().map(|r| r.files_removed).sum();
     let added: u64 = done.iter().map(|r| r.files_added).sum();
@@ -223,4 +221,39 @@ pub fn summary_line(results: &[Compacted], min_files: u64) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compacted(table: &str, mergeable: u64, removed: u64, added: u64) -> Compacted {
+        Compacted {
+            table: table.into(),
+            files_removed: removed,
+            files_added: added,
+            partitions: 1,
+            version: Some(3),
+            mergeable,
+            skipped: None,
+        }
+    }
+
+    #[test]
+    fn the_run_line_names_what_was_merged_or_how_far_from_merging() {
+        let idle = [compacted("events", 7, 0, 0), compacted("_runs", 12, 0, 0)];
+        assert_eq!(
+            summary_line(&idle, 20),
+            "no table has 20 mergeable files (most: 12)"
+        );
+        let merged = [
+            compacted("events", 25, 30, 5),
+            compacted("_runs", 3, 0, 0),
+            compacted("raw_events", 21, 22, 1),
+        ];
+        assert_eq!(
+            summary_line(&merged, 20),
+            "2 table(s): 52 small files → 6 (events, raw_events)"
+        );
+    }
 }
