@@ -1,6 +1,6 @@
 //! `clicklake run`, the cron entry point: under the lake's lease, ingest what is new in the inbox,
-//! then clean, build and check, each doing only incremental work, and append a record of the run
-//! to the `_runs` table.
+//! then clean, build and check, each doing only incremental work, compact the tables whose small
+//! files piled up, and append a record of the run to the `_runs` table.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
