@@ -99,8 +99,8 @@ pub enum Command {
     /// Run SQL over the lake's tables: `-c`, `-f`, or a REPL (statements on stdin when piped)
     Sql(SqlArgs),
     /// The cron entry point: under the lake's lock, ingest new files from the inbox, then clean,
-    /// build and check incrementally, and compact where small files piled up; record the run in
-    /// `_runs`. Exit 75 when another run holds the lock.
+    /// build and check incrementally, vacuum once a day and compact where small files piled up;
+    /// record the run in `_runs`. Exit 75 when another run holds the lock.
     Run(RunArgs),
     /// Write realistic sample clickstream in the canonical format
     Generate(GenerateArgs),

@@ -109,6 +109,9 @@ pub struct FileRun {
     /// Compact a table after the build once this many of its files can be merged away
     /// (default 20; 0 never).
     pub compact_min_files: Option<u64>,
+    /// Vacuum every table (7 days' retention) once this long has passed since the last vacuum
+    /// (default 1d; "0s" never).
+    pub vacuum_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +134,8 @@ pub struct RunConfig {
     pub max_duration: Duration,
     /// Compact a table after the build once this many of its files can be merged away; 0 never.
     pub compact_min_files: u64,
+    /// Vacuum every table once this long has passed since the last vacuum; `None` never.
+    pub vacuum_every: Option<Duration>,
 }
 
 /// `[status]`: freshness limits.
@@ -596,6 +601,13 @@ fn merge_run(file: FileRun) -> Result<RunConfig> {
         check: file.check.unwrap_or(true),
         max_duration,
         compact_min_files: file.compact_min_files.unwrap_or(20),
+        vacuum_every: match &file.vacuum_every {
+            Some(v) => Some(
+                parse_duration(v).map_err(|e| Error::config(format!("run.vacuum_every: {e}")))?,
+            )
+            .filter(|d| !d.is_zero()),
+            None => Some(Duration::from_secs(86_400)),
+        },
     })
 }
 
@@ -1166,6 +1178,9 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # Then compact each table (Delta OPTIMIZE) once this many of its files can be merged away: every
 # tick adds small files, and each scan opens every file (flag run --no-compact). 0: never.
 # compact_min_files = 20
+# And vacuum every table (files no version of the last 7 days references) once this long has
+# passed since the last vacuum, so the files compaction replaced do not pile up. "0s": never.
+# vacuum_every = "1d"
 
 [privacy]
 # Personal columns never stored in clear (any of email, ip, user_id). email and user_id become

@@ -48,6 +48,7 @@ pub mod repl;
 pub mod runner;
 pub mod sqlfn;
 pub mod storage;
+pub mod vacuum;
 
 use std::process::ExitCode;
 

@@ -60,6 +60,8 @@ pub struct RunSummary {
     /// The tables compaction looked at (`None` when it was off, or the run stopped before it).
     pub compact: Option<Vec<crate::compaction::Compacted>>,
     pub compact_min_files: u64,
+    /// The tables vacuumed, on the runs where one was due (`[run] vacuum_every`).
+    pub vacuum: Option<Vec<crate::vacuum::Vacuumed>>,
     /// Wall seconds per stage that ran, in order.
     pub stage_seconds: Vec<(&'static str, f64)>,
 }
@@ -120,6 +122,7 @@ pub async fn run(
         check: None,
         compact: None,
         compact_min_files: req.compact_min_files,
+        vacuum: None,
         stage_seconds: Vec::new(),
     };
     // A run that stops making progress (a stuck store request, an engine hang) must not hold the
@@ -271,8 +274,41 @@ async fn stages(
             .push(("check", t.elapsed().as_secs_f64()));
     }
 
-    // Last, so a slow compaction never delays the data: every tick adds small files to the
-    // tables it touches, and a lake nobody compacts gets slower with every tick.
+    // Once a day (by default), the files compaction and rewrites replaced are deleted once no
+    // version of the last 7 days references them, as `vacuum` does.
+    if let Some(every) = cfg.run.vacuum_every {
+        let t = Instant::now();
+        let due = match crate::vacuum::last_vacuum(lake).await? {
+            Some(last) => (Utc::now() - last).to_std().unwrap_or_default() >= every,
+            None => true,
+        };
+        if due {
+            lease.ensure_held()?;
+            let retention = chrono::Duration::days(VACUUM_RETENTION_DAYS);
+            let vacuumed = crate::vacuum::vacuum(lake, &[], retention, false).await?;
+            let deleted: u64 = vacuumed.iter().map(|v| v.files_deleted).sum();
+            crate::audit::record(
+                lake,
+                cfg,
+                "vacuum",
+                "success",
+                &format!(
+                    "by run {}: retain {VACUUM_RETENTION_DAYS}d: {deleted} files in {} tables",
+                    summary.run_id,
+                    vacuumed.len()
+                ),
+            )
+            .await?;
+            summary.vacuum = Some(vacuumed);
+            summary
+                .stage_seconds
+                .push(("vacuum", t.elapsed().as_secs_f64()));
+        }
+    }
+
+    // Last, so a slow compaction never delays the data, and after the vacuum, whose audit row is
+    // one more small file: every tick adds small files to the tables it touches, and a lake
+    // nobody compacts gets slower with every tick.
     if req.compact_min_files > 0 {
         lease.ensure_held()?;
         let t = Instant::now();
@@ -289,6 +325,9 @@ async fn stages(
     }
     Ok(())
 }
+
+/// The retention of the vacuum `run` does, `vacuum`'s default.
+const VACUUM_RETENTION_DAYS: i64 = 7;
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

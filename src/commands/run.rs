@@ -137,6 +137,14 @@ pub fn render(s: &RunSummary) -> String {
         out.push_str(&format!("  check   {line:<64} {}\n", secs("check")));
         out.push_str(&check::render_flagged(c, true));
     }
+    if let Some(v) = &s.vacuum {
+        let deleted: u64 = v.iter().map(|t| t.files_deleted).sum();
+        let line = format!(
+            "{deleted} unreferenced files deleted in {} tables (retain 7d)",
+            v.len()
+        );
+        out.push_str(&format!("  vacuum  {line:<64} {}\n", secs("vacuum")));
+    }
     if let Some(c) = &s.compact {
         let line = crate::compaction::summary_line(c, s.compact_min_files);
         out.push_str(&format!("  compact {line:<64} {}\n", secs("compact")));
