@@ -79,7 +79,8 @@ both_backends!(
         );
         let named = &listed_name(&report, &records);
         ctx.write_config(format!("[status.max_lag_tables]\n{named} = \"1s\"\n"));
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // Lags are whole seconds and stale means over the limit: 2 s is the first lag over 1s.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
         let out = ctx.run(&["status", "--json"]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
