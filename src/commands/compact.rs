@@ -1,6 +1,6 @@
 //! `clicklake compact`: rewrite each partition's small files into files of about the target size
 //! (Delta OPTIMIZE; see [`crate::compaction`]). No rows change, and incremental clean and build see
-//! no new rows; raw_events files not yet cleaned are left for after the next clean.
+//! no new rows; raw_events waits while it holds files not yet cleaned.
 
 use std::num::NonZeroU64;
 use std::process::ExitCode;
