@@ -284,7 +284,7 @@ async fn stages(
         };
         if due {
             lease.ensure_held()?;
-            let retention = chrono::Duration::days(VACUUM_RETENTION_DAYS);
+            let retention = chrono::Duration::days(crate::vacuum::RETENTION_DAYS);
             let vacuumed = crate::vacuum::vacuum(lake, &[], retention, false).await?;
             let deleted: u64 = vacuumed.iter().map(|v| v.files_deleted).sum();
             crate::audit::record(
@@ -293,8 +293,9 @@ async fn stages(
                 "vacuum",
                 "success",
                 &format!(
-                    "by run {}: retain {VACUUM_RETENTION_DAYS}d: {deleted} files in {} tables",
+                    "by run {}: retain {}d: {deleted} files in {} tables",
                     summary.run_id,
+                    crate::vacuum::RETENTION_DAYS,
                     vacuumed.len()
                 ),
             )
@@ -325,9 +326,6 @@ async fn stages(
     }
     Ok(())
 }
-
-/// The retention of the vacuum `run` does, `vacuum`'s default.
-const VACUUM_RETENTION_DAYS: i64 = 7;
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)

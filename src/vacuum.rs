@@ -10,6 +10,10 @@ use crate::catalog;
 use crate::error::{Error, Result};
 use crate::storage::Lake;
 
+/// The retention `vacuum` defaults to, the shortest it allows without `--allow-short-retention`,
+/// and the one `run` vacuums with: a running query or clean may still read younger files.
+pub const RETENTION_DAYS: i64 = 7;
+
 /// What vacuum did to one table.
 #[derive(Debug, Serialize)]
 pub struct Vacuumed {

@@ -140,8 +140,9 @@ pub fn render(s: &RunSummary) -> String {
     if let Some(v) = &s.vacuum {
         let deleted: u64 = v.iter().map(|t| t.files_deleted).sum();
         let line = format!(
-            "{deleted} unreferenced files deleted in {} tables (retain 7d)",
-            v.len()
+            "{deleted} unreferenced files deleted in {} tables (retain {}d)",
+            v.len(),
+            crate::vacuum::RETENTION_DAYS
         );
         out.push_str(&format!("  vacuum  {line:<64} {}\n", secs("vacuum")));
     }

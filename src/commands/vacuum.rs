@@ -12,7 +12,7 @@ use crate::storage::Lake;
 pub async fn run(cfg: &Config, lake: &Lake, args: VacuumArgs) -> anyhow::Result<ExitCode> {
     let retain =
         parse_duration(&args.retain).map_err(|e| Error::usage(format!("--retain: {e}")))?;
-    let minimum = std::time::Duration::from_secs(7 * 86_400);
+    let minimum = std::time::Duration::from_secs(crate::vacuum::RETENTION_DAYS as u64 * 86_400);
     if retain < minimum && !args.allow_short_retention {
         return Err(Error::usage(format!(
             "--retain {}: under 7 days a running query or clean may still read the files; \
