@@ -731,7 +731,7 @@ fn merge_build(
 fn read_file_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config(format!("cannot read config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
+    let mut file: FileConfig = toml::from_str(&text).map_err(|e| {
         let msg = e.message().to_string();
         let location = e
             .span()
@@ -741,7 +741,50 @@ fn read_file_config(path: &Path) -> Result<FileConfig> {
             })
             .unwrap_or_default();
         Error::config(format!("{}{location}: {msg}", path.display()))
-    })
+    })?;
+    file.resolve_paths(path.parent().unwrap_or(Path::new("")));
+    Ok(file)
+}
+
+impl FileConfig {
+    /// Relative paths in a config file are relative to the file's directory, as in Cargo.toml
+    /// or a dbt project, so `clicklake --config /srv/shop/clicklake.toml run` from cron (whose
+    /// working directory is the home directory) finds `lake = "./lake"` and `sql_dir = "sql"`
+    /// beside the file. Flags and environment variables stay relative to the working directory.
+    /// Object store URLs (`s3://…`, `file://…`) are left as written.
+    fn resolve_paths(&mut self, base: &Path) {
+        if base.as_os_str().is_empty() {
+            return;
+        }
+        let path = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let location = |l: &mut String| {
+            if !l.contains("://") && Path::new(l.as_str()).is_relative() && !l.trim().is_empty() {
+                *l = base.join(l.as_str()).display().to_string();
+            }
+        };
+        if let Some(l) = self.lake.as_mut() {
+            location(l);
+        }
+        if let Some(i) = self.run.inbox.as_mut() {
+            location(i);
+        }
+        for p in [
+            self.privacy.key_file.as_mut(),
+            self.clean.sql_dir.as_mut(),
+            self.build.sql_dir.as_mut(),
+            self.check.dir.as_mut(),
+            self.ingest.sources_dir.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            path(p);
+        }
+    }
 }
 
 fn env_nonempty<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Option<&'a String> {
@@ -1090,6 +1133,7 @@ pub fn format_bytes(n: u64) -> String {
 /// The commented template `clicklake init` writes.
 pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environment variables, which override this file.
 # Unknown keys are errors, so a typo never silently falls back to a default.
+# Relative paths below are relative to this file's directory.
 
 # Where the lake lives: a local path, file:///abs/path, or s3://bucket/prefix.
 # (flag --lake, env CLICKLAKE_LAKE)
@@ -1229,6 +1273,28 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_in_a_config_file_are_beside_it_and_urls_are_left_alone() {
+        let read = |text: &str| {
+            let mut f: FileConfig = toml::from_str(text).unwrap();
+            f.resolve_paths(Path::new("/srv/shop"));
+            f
+        };
+        let f = read(
+            "lake = \"lake\"\n[run]\ninbox = \"in/*.ndjson\"\n[privacy]\nkey_file = \"/etc/k\"\n\
+             [ingest]\nsources_dir = \"./src\"\n",
+        );
+        assert_eq!(f.lake.as_deref(), Some("/srv/shop/lake"));
+        assert_eq!(f.run.inbox.as_deref(), Some("/srv/shop/in/*.ndjson"));
+        assert_eq!(f.privacy.key_file, Some(PathBuf::from("/etc/k")));
+        assert_eq!(f.ingest.sources_dir, Some(PathBuf::from("/srv/shop/./src")));
+        let f = read("lake = \"s3://b/p\"\n[run]\ninbox = \"file:///x\"\n");
+        assert_eq!(f.lake.as_deref(), Some("s3://b/p"));
+        assert_eq!(f.run.inbox.as_deref(), Some("file:///x"));
+        // An empty value stays empty, for its own error.
+        assert_eq!(read("lake = \"\"\n").lake.as_deref(), Some(""));
+    }
 
     #[test]
     fn sizes_and_durations_parse() {

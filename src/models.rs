@@ -185,9 +185,11 @@ pub fn load(layer: &str, sql_dir: Option<&Path>) -> Result<Vec<Model>> {
     // A models directory need not override every layer: `<dir>/<layer>/` may be absent.
     if let Some(dir) = sql_dir.filter(|d| !d.is_dir() || d.join(layer).exists()) {
         let dir: PathBuf = dir.join(layer);
+        let section = if layer == "star" { "build" } else { layer };
         let entries = std::fs::read_dir(&dir).map_err(|e| {
             Error::config(format!(
-                "--sql-dir: cannot read {} ({e}); it must hold a {layer}/ directory of .sql models",
+                "--sql-dir / [{section}] sql_dir: cannot read {} ({e}); it must hold a {layer}/ \
+                 directory of .sql models",
                 dir.display()
             ))
         })?;

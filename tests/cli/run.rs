@@ -725,3 +725,88 @@ both_backends!(
         crate::context::one_line_failure(&out, 2, &["clicklake.toml (line 2)", "-1"]);
     }
 );
+
+#[test]
+fn a_config_file_elsewhere_resolves_its_relative_paths_beside_itself() {
+    // Cron runs in the home directory: `clicklake --config /srv/shop/clicklake.toml run`. The
+    // file's relative paths (lake, inbox, models, checks) are the project's, beside the file.
+    let ctx = TestContext::new(Backend::Local);
+    let project = ctx.path("srv/shop");
+    std::fs::create_dir_all(project.join("incoming")).unwrap();
+    std::fs::create_dir_all(project.join("checks")).unwrap();
+    std::fs::create_dir_all(project.join("models/star")).unwrap();
+    std::fs::copy(
+        ctx.fixture("star/sessions.ndjson"),
+        project.join("incoming/sessions.ndjson"),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("checks/no_orders_over_30.sql"),
+        "SELECT order_id, revenue FROM fact_orders WHERE revenue > 30",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("models/star/20_order_events.sql"),
+        "SELECT order_id, count(*) AS purchase_events FROM events \
+         WHERE event_type = 'purchase' AND order_id IS NOT NULL GROUP BY order_id\n",
+    )
+    .unwrap();
+    let config = project.join("clicklake.toml");
+    std::fs::write(
+        &config,
+        "lake = \"./lake\"\n[run]\ninbox = \"incoming\"\n[build]\nsql_dir = \"models\"\n\
+         [check]\ndir = \"checks\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend_from_slice(args);
+        ctx.cmd()
+            .env_remove("CLICKLAKE_LAKE")
+            .args(&all)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["run", "--json"]);
+    // The project's check found the orders over 30: it was read from srv/shop/checks.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["ingest"]["files_read"], 1, "{s}");
+    assert!(
+        project.join("lake/raw_events/_delta_log").is_dir(),
+        "the lake is beside the config file"
+    );
+    assert!(!ctx.path("lake").exists(), "not in the working directory");
+    let out = run(&[
+        "sql",
+        "-c",
+        "SELECT count(*) > 0 FROM order_events",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        Some("true")
+    );
+    let out = run(&["check", "--json"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no_orders_over_30"));
+
+    // A models directory that is not there names the setting and the path it resolved to.
+    std::fs::write(
+        project.join("clicklake.toml"),
+        "lake = \"./lake\"\n[build]\nsql_dir = \"nope\"\n",
+    )
+    .unwrap();
+    let out = run(&["build"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("[build] sql_dir") && err.contains("srv/shop/nope/star"),
+        "{err}"
+    );
+    // A flag stays relative to the working directory.
+    let out = run(&["--lake", "here", "tables"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(!project.join("here").exists());
+}
