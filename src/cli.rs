@@ -159,6 +159,12 @@ pub struct IngestArgs {
     #[arg(long, value_name = "PATTERN")]
     pub ignore: Vec<String>,
 
+    /// Validate every line and report what would land and what would be quarantined, listing
+    /// the first rejected rows by file and line; read no lake, write nothing. Exits 1 when any
+    /// row is invalid (or more than --max-quarantined)
+    #[arg(long, conflicts_with = "force")]
+    pub dry_run: bool,
+
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,

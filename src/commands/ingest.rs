@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::cli::IngestArgs;
-use crate::config::{format_bytes, Config};
+use crate::config::{format_bytes, Config, QuarantineLimit};
 use crate::error::Error;
 use crate::ingest::{self, IngestRequest, IngestSummary};
 use crate::printer::Printer;
@@ -23,6 +23,23 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
         min_file_age: args.min_file_age.unwrap_or(cfg.ingest.min_file_age),
         ignore: super::run::ignore_patterns(cfg, &args.ignore)?,
     };
+    if args.dry_run {
+        // Validation is the point: any invalid row fails it unless a limit says otherwise.
+        let mut report = ingest::dry_run::run(lake, cfg, req, &printer).await?;
+        let limit = args.max_quarantined.or(cfg.ingest.max_quarantined);
+        let over = report
+            .summary
+            .apply_gate(limit.or(Some(QuarantineLimit::Rows(0))));
+        if args.json {
+            outln!("{}", serde_json::to_string(&report)?)?;
+        } else if !cfg.quiet || over.is_some() {
+            out!("{}", ingest::dry_run::render(&report))?;
+        }
+        return match over {
+            Some(message) => Err(Error::ChecksFailed(message).into()),
+            None => Ok(ExitCode::SUCCESS),
+        };
+    }
     let mut summary = ingest::run(lake, cfg, req, &printer).await?;
     let over = summary.apply_gate(args.max_quarantined.or(cfg.ingest.max_quarantined));
     if args.json {

@@ -16,6 +16,7 @@
 //! re-records the history row (marked `recovered`). Data files of a killed run are never
 //! referenced by a commit. `--force` lands a file again with the next marker version.
 
+pub mod dry_run;
 pub mod input;
 pub mod json_array;
 pub mod parse;
@@ -205,14 +206,20 @@ impl IngestSummary {
             .map(|(r, n)| format!("{r} {n}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let outcome = if self.batch_id == dry_run::BATCH_ID {
+            "a dry run: nothing was written".to_string()
+        } else {
+            format!(
+                "the valid rows landed, the rest are in quarantine (batch_id = '{}')",
+                self.batch_id
+            )
+        };
         Some(format!(
             "{} of {} rows quarantined as invalid ({:.2}%), more than max_quarantined {limit} \
-             allows: {reasons}; the valid rows landed, the rest are in quarantine \
-             (batch_id = '{}')",
+             allows: {reasons}; {outcome}",
             self.invalid,
             rows,
             100.0 * self.invalid as f64 / rows.max(1) as f64,
-            self.batch_id
         ))
     }
 }
@@ -735,36 +742,46 @@ pub async fn run(
         .iter()
         .filter(|f| f.from_line.is_some())
         .count() as u64;
-    summary.lines = stats_total.lines;
-    summary.blank_lines = stats_total.blank;
-    summary.landed = stats_total.landed;
-    summary.quarantined = stats_total.quarantined.total();
-    summary.quarantined_by_reason = stats_total
-        .quarantined
-        .nonzero()
-        .map(|(r, n)| (r.code().to_string(), n))
-        .collect();
-    summary.invalid = stats_total
-        .quarantined
-        .nonzero()
-        .filter(|(r, _)| !CHOSEN_BY_SOURCE.contains(r))
-        .map(|(_, n)| n)
-        .sum();
-    summary.extra_rows = stats_total.extra_rows;
-    summary.erased = stats_total.erased;
-    summary.dropped_values = stats_total.dropped_values;
-    summary.balanced = stats_total.balanced();
     summary.partitions_written = partitions.len() as u64;
-    summary.seconds = started.elapsed().as_secs_f64();
-    summary.rows_per_sec = summary.lines as f64 / summary.seconds.max(1e-9);
-    summary.mb_per_sec = summary.bytes_read as f64 / 1e6 / summary.seconds.max(1e-9);
-    if !summary.balanced {
-        return Err(Error::runtime(format!(
+    summary.add_totals(&stats_total, started)?;
+    Ok(summary)
+}
+
+impl IngestSummary {
+    /// The line accounting of every file read, and the speed; an error when a line is
+    /// unaccounted for.
+    fn add_totals(&mut self, stats_total: &LineStats, started: Instant) -> Result<()> {
+        let summary = self;
+        summary.lines = stats_total.lines;
+        summary.blank_lines = stats_total.blank;
+        summary.landed = stats_total.landed;
+        summary.quarantined = stats_total.quarantined.total();
+        summary.quarantined_by_reason = stats_total
+            .quarantined
+            .nonzero()
+            .map(|(r, n)| (r.code().to_string(), n))
+            .collect();
+        summary.invalid = stats_total
+            .quarantined
+            .nonzero()
+            .filter(|(r, _)| !CHOSEN_BY_SOURCE.contains(r))
+            .map(|(_, n)| n)
+            .sum();
+        summary.extra_rows = stats_total.extra_rows;
+        summary.erased = stats_total.erased;
+        summary.dropped_values = stats_total.dropped_values;
+        summary.balanced = stats_total.balanced();
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary.rows_per_sec = summary.lines as f64 / summary.seconds.max(1e-9);
+        summary.mb_per_sec = summary.bytes_read as f64 / 1e6 / summary.seconds.max(1e-9);
+        if !summary.balanced {
+            return Err(Error::runtime(format!(
             "line accounting is off: {} lines + {} extra rows != {} landed + {} quarantined + {} blank + {} erased",
             summary.lines, summary.extra_rows, summary.landed, summary.quarantined, summary.blank_lines, summary.erased
         )));
+        }
+        Ok(())
     }
-    Ok(summary)
 }
 
 #[derive(Default)]

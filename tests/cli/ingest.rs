@@ -1345,3 +1345,129 @@ fn a_log_rotated_while_an_ingest_plans_it_is_not_read_from_the_old_offset() {
         ["e1,1", "e2,2", "e3,3", "n1,1", "n2,2", "n3,3", "n4,4"]
     );
 }
+
+/// Files under `dir`, recursively (0 when it does not exist).
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { files_under(&p) } else { 1 })
+        .sum()
+}
+
+both_backends!(
+    a_dry_run_validates_every_line_lists_the_rejected_ones_and_writes_nothing,
+    |backend: Backend| {
+        let ctx = TestContext::new(backend);
+        let m = ctx.generate(
+            "gen",
+            &["--events", "8000", "--files", "3", "--dirty", "--seed", "5"],
+        );
+        let fixture = ctx.fixture("native/every_reason.ndjson");
+        let generated = if ctx.s3.is_some() {
+            for f in crate::context::ndjson_files(&ctx.path("gen")) {
+                let path = std::path::PathBuf::from(f);
+                let name = path.file_name().unwrap().to_str().unwrap();
+                ctx.upload_to_inbox(&path, &format!("incoming/{name}"));
+            }
+            "s3://inbox/incoming/".to_string()
+        } else {
+            ctx.path("gen").display().to_string()
+        };
+        let inputs = [fixture.to_str().unwrap(), generated.as_str()];
+        let lake_files = || match &ctx.s3 {
+            Some(s3) => files_under(&s3.root.join(crate::context::BUCKET)),
+            None => files_under(&ctx.path("lake")),
+        };
+
+        // Text: every invalid row fails it (exit 1, one line on stderr); the first rejected rows
+        // are listed by file and line.
+        let mut args = vec!["ingest", "--dry-run"];
+        args.extend(inputs);
+        let out = ctx.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(err.contains("a dry run: nothing was written"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("nothing written"), "{text}");
+        let listed: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("every_reason.ndjson:"))
+            .collect();
+        assert_eq!(listed.len(), EXPECTED_QUARANTINE.len(), "{text}");
+        for (l, (line, reason, words)) in listed.iter().zip(EXPECTED_QUARANTINE) {
+            assert!(
+                l.contains(&format!("every_reason.ndjson:{line}: {reason}")),
+                "{l}"
+            );
+            assert!(words.iter().all(|w| l.contains(w)), "{l}");
+        }
+        assert_eq!(lake_files(), 0, "a dry run writes nothing");
+
+        // JSON, with a limit the rows stay under: exit 0, and the counts a real ingest of the
+        // same files then has, line for line.
+        let mut args = vec!["--max-quarantined", "100%", "--dry-run"];
+        args.extend(inputs);
+        let dry = ctx.ingest_json(&args);
+        assert_eq!(dry["dry_run"], true);
+        let fixture_valid = 3;
+        assert_eq!(
+            dry["landed"].as_u64().unwrap(),
+            m["valid_lines"].as_u64().unwrap() + fixture_valid
+        );
+        let rejected = dry["rejected"].as_array().unwrap();
+        assert!(dry["quarantined"].as_u64().unwrap() > 50, "{dry}");
+        assert_eq!(rejected.len(), 50, "the first 50");
+        assert_eq!(rejected[0]["line"], 2);
+        assert_eq!(rejected[0]["reason"], "broken_json");
+        assert!(rejected[15]["source_file"]
+            .as_str()
+            .unwrap()
+            .contains("events-0001"));
+        assert_eq!(lake_files(), 0, "a dry run writes nothing");
+        let real = ctx.ingest_json(&inputs);
+        for key in [
+            "lines",
+            "blank_lines",
+            "landed",
+            "quarantined",
+            "quarantined_by_reason",
+            "files_read",
+            "bytes_read",
+        ] {
+            assert_eq!(dry[key], real[key], "{key}");
+        }
+        // The rows listed are the rows the ingest quarantined.
+        let quarantined = ctx.query(
+            "SELECT line_number, reason FROM quarantine \
+             WHERE source_file LIKE '%every_reason%' ORDER BY line_number",
+        );
+        let listed: Vec<String> = rejected[..EXPECTED_QUARANTINE.len()]
+            .iter()
+            .map(|r| format!("{},{}", r["line"], r["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(quarantined, listed);
+
+        // No pseudonymisation key is needed to validate, whatever the personal columns.
+        ctx.write_config("[privacy]\npii_columns = [\"email\", \"ip\", \"user_id\"]\n");
+        let out = ctx
+            .cmd()
+            .env_remove("CLICKLAKE_PII_KEY")
+            .args([
+                "ingest",
+                "--dry-run",
+                "--max-quarantined",
+                "100%",
+                &generated,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        // --force lands again; a dry run lands nothing: the two do not go together.
+        let out = ctx.run(&["ingest", "--dry-run", "--force", &generated]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    }
+);

@@ -1,0 +1,274 @@
+//! `ingest --dry-run`: every line validated exactly as an ingest would, nothing written and no
+//! lake read. For CI jobs that check an event producer's output before it reaches the lake (as
+//! `dbt build --dry-run` or `terraform plan` report without applying): the summary counts what
+//! would land and what would be quarantined, and the first rejected rows are listed by file and
+//! line with their reason and detail.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::parse::{LineStats, ParseSettings, SegmentResolver};
+use super::{input, pipeline, source, FileSummary, IngestRequest, IngestSummary};
+use crate::catalog::{self, QUARANTINE, RAW_EVENTS};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::printer::Printer;
+use crate::storage::Lake;
+
+/// The batch id of a dry run's summary (no batch is written).
+pub const BATCH_ID: &str = "dry-run";
+
+/// How many rejected rows a dry run lists (the first, by file and line).
+pub const REJECTED_SHOWN: usize = 50;
+
+/// One rejected row of a dry run.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rejected {
+    #[serde(skip)]
+    file_idx: usize,
+    pub line: i64,
+    pub source_file: String,
+    pub reason: String,
+    pub detail: String,
+}
+
+/// What a dry run found: the summary an ingest would print (nothing landed: `landed` counts
+/// the rows that would), and the first rejected rows.
+#[derive(Debug, Serialize)]
+pub struct DryRun {
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub summary: IngestSummary,
+    /// The first [`REJECTED_SHOWN`] quarantined rows, by file (in the order given) and line.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Validates every line of `req`'s files. `lake` only lends its store settings to `s3://`
+/// inputs; nothing of it is read or written.
+pub async fn run(
+    lake: &Lake,
+    cfg: &Config,
+    req: IngestRequest,
+    printer: &Printer,
+) -> Result<DryRun> {
+    let started = Instant::now();
+    let source = source::load(
+        &req.source,
+        cfg.ingest.sources_dir.as_deref(),
+        &cfg.ingest.sources,
+    )
+    .await?;
+    let mut files = input::discover(&req.inputs, lake, req.format, false).await?;
+    let found = files.len();
+    files.retain(|f| !f.listed || !req.ignore.iter().any(|p| p.matches(f.name())));
+    if files.is_empty() {
+        return Err(Error::usage("no input files found"));
+    }
+    let mut summary = IngestSummary {
+        batch_id: BATCH_ID.into(),
+        source: req.source.clone(),
+        files_ignored: (found - files.len()) as u64,
+        ..Default::default()
+    };
+    // Personal values are checked as they would land; without a key they are validated, not
+    // pseudonymised (nothing is stored), and quarantined text is masked all the same.
+    let p = &cfg.privacy;
+    let privacy = crate::privacy::Landing {
+        key: p.key.clone(),
+        drop_pii: req.drop_pii || p.key.is_none(),
+        email: p.email,
+        ip: p.ip,
+        user_id: p.user_id && p.key.is_some(),
+        ip_mode: Some(p.ip_mode),
+        allowed: p
+            .allowed_columns
+            .as_ref()
+            .map(|c| c.iter().cloned().collect()),
+        erased: Default::default(),
+    };
+    let settings = Arc::new(ParseSettings {
+        batch_id: Arc::from(BATCH_ID),
+        ingested_at_us: chrono::Utc::now().timestamp_micros(),
+        max_future_skew_us: cfg.ingest.max_future_skew.as_micros().min(i64::MAX as u128) as i64,
+        max_past_skew_us: cfg.ingest.max_past_skew.as_micros().min(i64::MAX as u128) as i64,
+        segments: Arc::new(SegmentResolver::default()),
+        raw_schema: (RAW_EVENTS.schema)(),
+        quarantine_schema: (QUARANTINE.schema)(),
+        source,
+        privacy: Arc::new(privacy),
+    });
+
+    let total_bytes: u64 = files.iter().map(|f| f.to_read()).sum();
+    let progress = printer.bytes_progress(total_bytes, "validate");
+    let pb = progress.clone();
+    let opts = pipeline::PipelineOptions {
+        threads: cfg.ingest.threads,
+        chunk_bytes: cfg.ingest.chunk_bytes,
+        max_line_bytes: cfg.ingest.max_line_bytes,
+        on_bytes: Arc::new(move |n| pb.inc(n)),
+    };
+    let mut per_file: Vec<(LineStats, u64, bool)> =
+        files.iter().map(|_| Default::default()).collect();
+    let mut pipe = pipeline::start(
+        files.iter().cloned().enumerate().collect(),
+        settings,
+        opts,
+        tokio::runtime::Handle::current(),
+    );
+    let mut rejected: Vec<Rejected> = Vec::new();
+    let mut failure = None;
+    while let Some(ev) = pipe.events.recv().await {
+        match ev {
+            pipeline::Event::Output(out) => {
+                per_file[out.file_idx].0.merge(&out.stats);
+                if let Err(e) = collect_rejected(&mut rejected, out.file_idx, &out.quarantine) {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            pipeline::Event::FileDone {
+                file_idx,
+                raw_bytes,
+                ..
+            } => per_file[file_idx].1 = raw_bytes,
+            pipeline::Event::FileGone { file_idx } => per_file[file_idx].2 = true,
+            pipeline::Event::Failed(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let joined = tokio::task::spawn_blocking(move || pipe.join());
+    if let Some(e) = failure {
+        let _ = joined.await;
+        return Err(e);
+    }
+    joined
+        .await
+        .map_err(|e| Error::runtime(format!("parser threads: {e}")))?;
+    progress.finish_and_clear();
+
+    let mut total = LineStats::default();
+    for (file, (stats, bytes, gone)) in files.iter().zip(&per_file) {
+        if *gone {
+            summary.files.push(FileSummary {
+                source_file: file.display.clone(),
+                status: "vanished: deleted or renamed away before it was read",
+                ..Default::default()
+            });
+            continue;
+        }
+        total.merge(stats);
+        summary.files_read += 1;
+        summary.bytes_read += bytes;
+        summary.files.push(FileSummary {
+            source_file: file.display.clone(),
+            status: "validated",
+            lines: stats.lines,
+            blank_lines: stats.blank,
+            landed: stats.landed,
+            quarantined: stats.quarantined.total(),
+            extra_rows: stats.extra_rows,
+            bytes: *bytes,
+            from_line: None,
+        });
+    }
+    summary.add_totals(&total, started)?;
+    rejected.sort();
+    rejected.truncate(REJECTED_SHOWN);
+    Ok(DryRun {
+        dry_run: true,
+        summary,
+        rejected,
+    })
+}
+
+/// Adds a chunk's quarantined rows to `rejected`, keeping about the first [`REJECTED_SHOWN`].
+fn collect_rejected(
+    rejected: &mut Vec<Rejected>,
+    file_idx: usize,
+    batch: &arrow::record_batch::RecordBatch,
+) -> Result<()> {
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::runtime(format!("internal error: quarantine has no {name}")))
+    };
+    let reasons = catalog::strings(column("reason")?)?;
+    let details = catalog::strings(column("detail")?)?;
+    let files = catalog::strings(column("source_file")?)?;
+    let lines = column("line_number")?
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .ok_or_else(|| Error::runtime("internal error: quarantine line_number is not Int64"))?;
+    for (i, ((reason, detail), file)) in reasons.into_iter().zip(details).zip(files).enumerate() {
+        rejected.push(Rejected {
+            file_idx,
+            line: lines.value(i),
+            source_file: file.unwrap_or_default(),
+            reason: reason.unwrap_or_default(),
+            detail: detail.unwrap_or_default(),
+        });
+    }
+    // Bounded: the rows kept are the first by file and line of all those seen so far.
+    if rejected.len() > 4 * REJECTED_SHOWN {
+        rejected.sort();
+        rejected.truncate(REJECTED_SHOWN);
+    }
+    Ok(())
+}
+
+/// The text report: what would land, per reason what would be quarantined, then the first
+/// rejected rows as `file:line: reason: detail`.
+pub fn render(d: &DryRun) -> String {
+    let s = &d.summary;
+    let mut out = format!(
+        "dry run (source {}): nothing written, the lake not read\n",
+        s.source
+    );
+    out.push_str(&format!(
+        "  files        {} validated{}\n",
+        s.files_read,
+        match s.files_ignored {
+            0 => String::new(),
+            n => format!(", {n} ignored"),
+        }
+    ));
+    let extra = match s.extra_rows {
+        0 => String::new(),
+        n => format!(" + {n} extra rows"),
+    };
+    out.push_str(&format!(
+        "  lines        {}{extra} = {} valid + {} quarantined + {} blank\n",
+        s.lines, s.landed, s.quarantined, s.blank_lines
+    ));
+    let mut reasons: Vec<_> = s.quarantined_by_reason.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (reason, n) in reasons {
+        out.push_str(&format!("    {reason:<28} {n}\n"));
+    }
+    if !d.rejected.is_empty() {
+        let of = if s.quarantined as usize > d.rejected.len() {
+            format!(" (the first {} of {})", d.rejected.len(), s.quarantined)
+        } else {
+            String::new()
+        };
+        out.push_str(&format!("  rejected{of}:\n"));
+        for r in &d.rejected {
+            let detail = match r.detail.as_str() {
+                "" => String::new(),
+                d => format!(": {d}"),
+            };
+            out.push_str(&format!(
+                "    {}:{}: {}{detail}\n",
+                r.source_file, r.line, r.reason
+            ));
+        }
+    }
+    out
+}
