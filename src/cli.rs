@@ -108,7 +108,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Where to write the config template
+    /// Where to write the config template when `--config` names none (a `--config` file that
+    /// does not exist yet is written there instead)
     #[arg(long, default_value = "clicklake.toml")]
     pub config_out: PathBuf,
 }

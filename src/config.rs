@@ -424,9 +424,11 @@ pub struct Config {
 
 impl Config {
     /// Merge flags, environment and file into a validated config. Reads only the config file.
-    pub fn load(args: &GlobalArgs) -> Result<Config> {
+    /// `init` may name a config file that does not exist yet (`for_init`): it writes it.
+    pub fn load(args: &GlobalArgs, for_init: bool) -> Result<Config> {
         let env: BTreeMap<String, String> = std::env::vars().collect();
         let (file, path) = match &args.config {
+            Some(p) if for_init && !p.exists() => (FileConfig::default(), Some(p.clone())),
             Some(p) => (read_file_config(p)?, Some(p.clone())),
             None => {
                 let default = PathBuf::from("clicklake.toml");
@@ -447,11 +449,16 @@ impl Config {
         file: FileConfig,
         config_file: Option<PathBuf>,
     ) -> Result<Config> {
+        // The default lake is `lake/` beside the config file, like the file's own paths.
+        let default_lake = || match config_file.as_deref().and_then(Path::parent) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("lake").display().to_string(),
+            _ => "./lake".to_string(),
+        };
         let lake = args
             .lake
             .clone()
             .or(file.lake.clone())
-            .unwrap_or_else(|| "./lake".to_string());
+            .unwrap_or_else(default_lake);
         if lake.trim().is_empty() {
             return Err(Error::config("--lake / CLICKLAKE_LAKE / lake is empty"));
         }

@@ -58,7 +58,7 @@ use storage::Lake;
 
 /// Runs one command line to completion and returns its exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load(&cli.global)?;
+    let cfg = Config::load(&cli.global, matches!(cli.command, Command::Init(_)))?;
     init_logging(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -17,9 +17,15 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &InitArgs) -> anyhow::Result<E
             .await
             .with_context(|| format!("creating table {}", def.name))?;
     }
-    let wrote_config = if cfg.config_file.is_none() && !args.config_out.exists() {
-        std::fs::write(&args.config_out, TEMPLATE)
-            .with_context(|| format!("writing {}", args.config_out.display()))?;
+    // The config file named by `--config` / CLICKLAKE_CONFIG, else `--config-out`: written
+    // when it does not exist yet, never overwritten.
+    let config_out = cfg.config_file.as_ref().unwrap_or(&args.config_out);
+    let wrote_config = if !config_out.exists() {
+        if let Some(dir) = config_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(config_out, TEMPLATE)
+            .with_context(|| format!("writing {}", config_out.display()))?;
         true
     } else {
         false
@@ -29,7 +35,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &InitArgs) -> anyhow::Result<E
         outln!("  {:<16} {}", def.name, lake.table_url(def.name))?;
     }
     if wrote_config {
-        outln!("wrote {} (commented template)", args.config_out.display())?;
+        outln!("wrote {} (commented template)", config_out.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }

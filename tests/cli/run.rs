@@ -809,4 +809,34 @@ fn a_config_file_elsewhere_resolves_its_relative_paths_beside_itself() {
     let out = run(&["--lake", "here", "tables"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(!project.join("here").exists());
+
+    // `init` writes the template at a `--config` that does not exist yet; without a `lake` key
+    // the lake is beside the file.
+    let other = ctx.path("srv/other/clicklake.toml");
+    let init = |args: &[&str]| {
+        ctx.cmd()
+            .env_remove("CLICKLAKE_LAKE")
+            .args(["--config", other.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = init(&["init"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let template = std::fs::read_to_string(&other).unwrap();
+    assert!(template.contains("# lake = \"./lake\""), "{template}");
+    assert!(ctx.path("srv/other/lake/raw_events/_delta_log").is_dir());
+    assert!(!ctx.path("clicklake.toml").exists() && !ctx.path("lake").exists());
+    // Never over an existing file.
+    std::fs::write(&other, "# mine\n").unwrap();
+    assert!(init(&["init"]).status.success());
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "# mine\n");
+    // Any other command still wants the file it names.
+    let out = ctx
+        .cmd()
+        .args(["--config", "srv/none/clicklake.toml", "tables"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("srv/none/clicklake.toml"));
 }
