@@ -202,6 +202,8 @@ pub struct CheckResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<String>,
     pub sql: String,
+    /// Wall seconds the check's query took (checks run a few at a time, so these overlap).
+    pub seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +213,8 @@ pub struct CheckReport {
     pub warned: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Wall seconds of the whole run, tables opened included.
+    pub seconds: f64,
     pub checks: Vec<CheckResult>,
 }
 
@@ -412,6 +416,7 @@ pub async fn run(
     user_dir: Option<&Path>,
     selection: Selection<'_>,
 ) -> Result<CheckReport> {
+    let started = std::time::Instant::now();
     let checks = selected(all_checks(cfg, user_dir)?, selection)?;
     let ctx = catalog::session(cfg.memory_limit)?;
     let mut present = catalog::register_all(&ctx, lake, None).await?;
@@ -421,17 +426,20 @@ pub async fn run(
         warned: 0,
         failed: 0,
         skipped: 0,
+        seconds: 0.0,
         checks: Vec::new(),
     };
     // Checks run a few at a time: on an object store each spends most of its time waiting for
     // requests. `buffered` keeps the report in the checks' order.
-    let outcomes: Vec<Result<Option<Outcome>>> =
+    let outcomes: Vec<Result<Option<(Outcome, f64)>>> =
         futures::stream::iter(checks.iter().map(|check| {
             let runnable = check.tables.iter().all(|t| present.contains(t));
             let ctx = &ctx;
             async move {
                 if runnable {
-                    run_one(ctx, check).await.map(Some)
+                    let started = std::time::Instant::now();
+                    let outcome = run_one(ctx, check).await?;
+                    Ok(Some((outcome, started.elapsed().as_secs_f64())))
                 } else {
                     Ok(None)
                 }
@@ -441,7 +449,7 @@ pub async fn run(
         .collect()
         .await;
     for (check, outcome) in checks.into_iter().zip(outcomes) {
-        let Some((rows, sample)) = outcome? else {
+        let Some(((rows, sample), seconds)) = outcome? else {
             let missing: Vec<&str> = check
                 .tables
                 .iter()
@@ -459,6 +467,7 @@ pub async fn run(
                 offending_rows: 0,
                 sample: None,
                 sql: check.sql,
+                seconds: 0.0,
             });
             continue;
         };
@@ -479,8 +488,10 @@ pub async fn run(
             reason: None,
             sample,
             sql: check.sql,
+            seconds,
         });
     }
+    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -549,7 +560,11 @@ async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
 /// The human report: one line per check, offending samples under failures, a summary line.
 pub fn render(report: &CheckReport) -> String {
     let mut out = render_flagged(report, false);
-    out.push_str(&format!("{}\n", summary_line(report)));
+    out.push_str(&format!(
+        "{} in {:.2}s\n",
+        summary_line(report),
+        report.seconds
+    ));
     out
 }
 
@@ -560,7 +575,7 @@ pub fn render_flagged(report: &CheckReport, flagged_only: bool) -> String {
     for c in &report.checks {
         match c.status {
             "pass" | "skip" if flagged_only => {}
-            "pass" => out.push_str(&format!("PASS  {}\n", c.name)),
+            "pass" => out.push_str(&format!("PASS  {} ({:.2}s)\n", c.name, c.seconds)),
             "skip" => out.push_str(&format!(
                 "SKIP  {} ({})\n",
                 c.name,
@@ -574,8 +589,8 @@ pub fn render_flagged(report: &CheckReport, flagged_only: bool) -> String {
                     .map(|t| format!(" ({t})"))
                     .unwrap_or_default();
                 out.push_str(&format!(
-                    "{label}  {}: {} offending row(s){threshold}  [{}]\n",
-                    c.name, c.offending_rows, c.origin
+                    "{label}  {}: {} offending row(s){threshold}  [{}] ({:.2}s)\n",
+                    c.name, c.offending_rows, c.origin, c.seconds
                 ));
                 if let Some(s) = &c.sample {
                     for line in s.lines() {

@@ -524,6 +524,20 @@ fn a_check_that_only_warns_is_reported_and_does_not_fail_check_or_run() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((&json["warned"], &json["failed"]), (&3.into(), &0.into()));
+    // Every check that ran says how long it took; none took longer than the whole run.
+    let total = json["seconds"].as_f64().unwrap();
+    for c in json["checks"].as_array().unwrap() {
+        let secs = c["seconds"].as_f64().unwrap_or_else(|| panic!("{c}"));
+        assert!((0.0..=total).contains(&secs), "{c}");
+    }
+    assert!(
+        json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["seconds"].as_f64().unwrap() > 0.0),
+        "{json}"
+    );
     let status_of = |name: &str| {
         let c = json["checks"]
             .as_array()
