@@ -10,13 +10,7 @@
 -- require_consent = true`: everyone without a grant); agg_funnel_daily leaves out the sessions
 -- of customers who withdrew `analytics`.
 --
--- Incremental: `events` holds every event of the customers whose events changed since the last
--- build (clean records the customer of each changed row, before and after, so a visitor
--- stitched to a user moves from its anonymous key to the user's): their decisions are recomputed,
--- everyone else's rows are kept. Decisions imported with `clicklake consent` change no event, so
--- a build after an import recomputes the table in full.
--- materialized: incremental
--- unique_key: user_key
+-- materialized: table
 -- grain: user_key, purpose
 -- not_null: user_key, purpose, granted, decided_at, source
 -- Consent events already carry their customer (every row of a visitor has the same
