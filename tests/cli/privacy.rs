@@ -562,3 +562,79 @@ fn an_ingest_running_during_an_erasure_does_not_land_the_erased_person() {
     assert_eq!(rows_of("raw_events"), 0);
     assert_eq!(s["balanced"], true, "{s}");
 }
+
+#[test]
+fn consent_decisions_follow_their_customer_across_ticks_as_a_full_build_has_them() {
+    let (ctx, _) = people_lake(Backend::Local);
+    let decisions = ctx.path("consents.csv");
+    std::fs::write(
+        &decisions,
+        "anonymous_id,user_id,purpose,status,decided_at\n\
+         anon-later,,personalization,withdrawn,2026-02-03T00:00:00Z\n\
+         ,user-keep,marketing,granted,2026-02-03T00:00:00Z\n",
+    )
+    .unwrap();
+    ctx.ok(&["consent", decisions.to_str().unwrap()]);
+    let tick = |name: &str, lines: &[&str]| {
+        let file = ctx.path(name);
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        ctx.ingest_json(&[file.to_str().unwrap()]);
+        ctx.ok(&["clean", "-q"]);
+        ctx.ok(&["build", "-q"]);
+    };
+    let consent = || {
+        ctx.query(
+            "SELECT user_key, purpose, granted, decided_at, source FROM user_consent \
+             ORDER BY user_key, purpose",
+        )
+    };
+    let later_anon = "md5(concat('anonymous', chr(31), 'anon-later'))";
+    let later_user = "md5(concat('user', chr(31), 'user-later'))";
+    let rows_of = |key: &str| {
+        ctx.query(&format!(
+            "SELECT purpose, granted FROM user_consent WHERE user_key = {key} ORDER BY purpose"
+        ))
+    };
+
+    // Decisions from the import and from events, per customer; the latest wins.
+    tick(
+        "a.ndjson",
+        &[
+            r#"{"event_id":"k1","event_time":"2026-02-02T09:00:00Z","event_type":"page_view","anonymous_id":"anon-later","session_id":"s-later-1"}"#,
+            r#"{"event_id":"k2","event_time":"2026-02-02T09:30:00Z","event_type":"consent_granted","user_id":"user-keep","anonymous_id":"anon-keep","purposes":["analytics"]}"#,
+            r#"{"event_id":"k3","event_time":"2026-02-02T10:00:00Z","event_type":"consent_withdrawn","anonymous_id":"anon-cookie","purpose":"marketing"}"#,
+        ],
+    );
+    assert_eq!(rows_of(later_anon), ["personalization,false"]);
+    tick(
+        "b.ndjson",
+        &[
+            r#"{"event_id":"k4","event_time":"2026-02-02T11:00:00Z","event_type":"consent_withdrawn","user_id":"user-keep","anonymous_id":"anon-keep","purposes":["analytics"]}"#,
+        ],
+    );
+    assert_eq!(
+        rows_of(KEEP_KEY),
+        ["analytics,false", "marketing,true"],
+        "the later withdrawal wins"
+    );
+    // A login stitches anon-later to user-later: its imported anonymous decision moves to the
+    // user's key.
+    tick(
+        "c.ndjson",
+        &[
+            r#"{"event_id":"k5","event_time":"2026-02-02T12:00:00Z","event_type":"identify","user_id":"user-later","anonymous_id":"anon-later","session_id":"s-later-1"}"#,
+        ],
+    );
+    assert_eq!(rows_of(later_anon), Vec::<String>::new());
+    assert_eq!(rows_of(later_user), ["personalization,false"]);
+    assert_eq!(
+        ctx.count(&format!(
+            "SELECT count(*) FROM agg_user_interest WHERE user_key = {later_user}"
+        )),
+        0
+    );
+    let incremental = consent();
+    assert_eq!(incremental.len(), 4, "{incremental:#?}");
+    ctx.ok(&["build", "-q", "--full-refresh"]);
+    assert_eq!(consent(), incremental);
+}
