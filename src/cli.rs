@@ -228,6 +228,11 @@ pub struct CheckArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+
+    /// Also write the report as JUnit XML to this file, for CI systems that show test results
+    /// (GitLab, Jenkins, Azure Pipelines, CircleCI): one test case per check
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
