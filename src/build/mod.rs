@@ -464,6 +464,14 @@ impl Run<'_> {
             tokio::task::JoinSet::new();
         let mut in_flight: Vec<usize> = Vec::new();
         let waited_on_by = readers_count(upstream);
+        // A table's rows as last built, to start the longer of two jobs first (see
+        // `first_to_start`).
+        let mut last_rows: Vec<u64> = vec![0; models.len()];
+        for job in pending.iter() {
+            if let Some(t) = &job.existing {
+                last_rows[job.index] = delta::table_rows(t).unwrap_or(0);
+            }
+        }
         let mut failed: Option<Error> = None;
         loop {
             while failed.is_none() && running.len() < parallel {
@@ -472,17 +480,18 @@ impl Run<'_> {
                         .iter()
                         .any(|i| in_flight.contains(i) || pending.iter().any(|j| j.index == *i))
                 };
-                // Of the tables ready, the one most others wait on (then file order): it starts
-                // the longest chain, and the tables nothing reads fill the other core meanwhile.
-                let Some(at) = pending
+                let ready: Vec<usize> = pending
                     .iter()
-                    .enumerate()
-                    .filter(|(_, j)| !waiting_on(j))
-                    .max_by_key(|(_, j)| (waited_on_by[j.index], std::cmp::Reverse(j.index)))
-                    .map(|(at, _)| at)
-                else {
+                    .filter(|j| !waiting_on(j))
+                    .map(|j| j.index)
+                    .collect();
+                let Some(next) = first_to_start(&ready, &waited_on_by, &last_rows) else {
                     break;
                 };
+                let at = pending
+                    .iter()
+                    .position(|j| j.index == next)
+                    .expect("a pending job");
                 let job = pending.remove(at);
                 let model = models[job.index].clone();
                 let reads_from: Vec<String> = upstream[job.index]
@@ -607,6 +616,17 @@ fn readers_count(upstream: &[Vec<usize>]) -> Vec<usize> {
         }
     }
     readers.iter().map(HashSet::len).collect()
+}
+
+/// Of the tables ready to build (model indexes), the one to start first: the one most other
+/// tables wait on, then the larger as last built, then the first in file order. It starts the
+/// longest chain; of tables as many wait on, the longer job goes first (it would hold up the end
+/// if it started last), and the tables nothing reads fill the other core meanwhile.
+fn first_to_start(ready: &[usize], waited_on_by: &[usize], last_rows: &[u64]) -> Option<usize> {
+    ready
+        .iter()
+        .copied()
+        .max_by_key(|&i| (waited_on_by[i], last_rows[i], std::cmp::Reverse(i)))
 }
 
 fn names_of(models: &[Model], indexes: &[usize]) -> String {
@@ -1981,6 +2001,26 @@ async fn create_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_most_wait_on_starts_first_then_the_larger_then_file_order() {
+        // Models 0..4: 1 and 2 are each waited on by two tables, 1 had 136K rows last time and 2
+        // had 575K (fact_orders and agg_user_interest at 10M); 3 and 4 by none.
+        let waited_on_by = [0, 2, 2, 0, 0];
+        let last_rows = [0, 136_000, 575_000, 772_000, 0];
+        assert_eq!(
+            first_to_start(&[1, 2, 3], &waited_on_by, &last_rows),
+            Some(2)
+        );
+        assert_eq!(
+            first_to_start(&[1, 3, 4], &waited_on_by, &last_rows),
+            Some(1)
+        );
+        assert_eq!(first_to_start(&[3, 4], &waited_on_by, &last_rows), Some(3));
+        // A first build knows no sizes: file order.
+        assert_eq!(first_to_start(&[4, 1, 2], &waited_on_by, &[0; 5]), Some(1));
+        assert_eq!(first_to_start(&[], &waited_on_by, &last_rows), None);
+    }
 
     /// A 1M-event build under `--memory-limit 64MiB` ran out of memory with two tables sharing
     /// the pool and completes with one; a limit of 1 GiB still builds two at once.
