@@ -9,9 +9,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::parse::{LineStats, ParseSettings, SegmentResolver};
-use super::{input, pipeline, source, FileSummary, IngestRequest, IngestSummary};
-use crate::catalog::{self, QUARANTINE, RAW_EVENTS};
+use super::parse::{LineStats, SegmentResolver};
+use super::{
+    landing_of, parse_settings, pipeline, source_and_files, FileSummary, IngestRequest,
+    IngestSummary,
+};
+use crate::catalog;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::printer::Printer;
@@ -54,51 +57,32 @@ pub async fn run(
     printer: &Printer,
 ) -> Result<DryRun> {
     let started = Instant::now();
-    let source = source::load(
-        &req.source,
-        cfg.ingest.sources_dir.as_deref(),
-        &cfg.ingest.sources,
-    )
-    .await?;
-    let mut files = input::discover(&req.inputs, lake, req.format, false).await?;
-    let found = files.len();
-    files.retain(|f| !f.listed || !req.ignore.iter().any(|p| p.matches(f.name())));
+    let (source, files, ignored) = source_and_files(lake, cfg, &req).await?;
     if files.is_empty() {
         return Err(Error::usage("no input files found"));
     }
     let mut summary = IngestSummary {
         batch_id: BATCH_ID.into(),
         source: req.source.clone(),
-        files_ignored: (found - files.len()) as u64,
+        files_ignored: ignored,
         ..Default::default()
     };
     // Personal values are checked as they would land; without a key they are validated, not
-    // pseudonymised (nothing is stored), and quarantined text is masked all the same.
-    let p = &cfg.privacy;
-    let privacy = crate::privacy::Landing {
-        key: p.key.clone(),
-        drop_pii: req.drop_pii || p.key.is_none(),
-        email: p.email,
-        ip: p.ip,
-        user_id: p.user_id && p.key.is_some(),
-        ip_mode: Some(p.ip_mode),
-        allowed: p
-            .allowed_columns
-            .as_ref()
-            .map(|c| c.iter().cloned().collect()),
-        erased: Default::default(),
-    };
-    let settings = Arc::new(ParseSettings {
-        batch_id: Arc::from(BATCH_ID),
-        ingested_at_us: chrono::Utc::now().timestamp_micros(),
-        max_future_skew_us: cfg.ingest.max_future_skew.as_micros().min(i64::MAX as u128) as i64,
-        max_past_skew_us: cfg.ingest.max_past_skew.as_micros().min(i64::MAX as u128) as i64,
-        segments: Arc::new(SegmentResolver::default()),
-        raw_schema: (RAW_EVENTS.schema)(),
-        quarantine_schema: (QUARANTINE.schema)(),
+    // pseudonymised (nothing is stored), and quarantined text is masked all the same. No lake
+    // is read: no erasures, and every row in the `unsegmented` or `anonymous` segment.
+    let mut privacy = landing_of(cfg, req.drop_pii, Default::default());
+    if privacy.key.is_none() {
+        privacy.drop_pii = true;
+        privacy.user_id = false;
+    }
+    let settings = parse_settings(
+        cfg,
+        BATCH_ID,
+        chrono::Utc::now().timestamp_micros(),
+        SegmentResolver::default(),
         source,
-        privacy: Arc::new(privacy),
-    });
+        privacy,
+    );
 
     let total_bytes: u64 = files.iter().map(|f| f.to_read()).sum();
     let progress = printer.bytes_progress(total_bytes, "validate");

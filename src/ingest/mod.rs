@@ -460,7 +460,13 @@ async fn landing(
             ));
         }
     }
-    let landing = crate::privacy::Landing {
+    Ok((landing_of(cfg, drop_pii, erased), erasures_version))
+}
+
+/// The configured treatment of personal columns, with the pseudonyms of the people erased.
+fn landing_of(cfg: &Config, drop_pii: bool, erased: HashSet<String>) -> crate::privacy::Landing {
+    let p = &cfg.privacy;
+    crate::privacy::Landing {
         key: p.key.clone(),
         drop_pii,
         email: p.email,
@@ -472,18 +478,16 @@ async fn landing(
             .as_ref()
             .map(|c| c.iter().cloned().collect()),
         erased,
-    };
-    Ok((landing, erasures_version))
+    }
 }
 
-#[tracing::instrument(name = "ingest", skip_all, fields(inputs = req.inputs.len(), force = req.force))]
-pub async fn run(
+/// The request's source mapping, the files its inputs name (those `ignore` leaves out taken
+/// away), and how many were left out.
+async fn source_and_files(
     lake: &Lake,
     cfg: &Config,
-    req: IngestRequest,
-    printer: &Printer,
-) -> Result<IngestSummary> {
-    let started = Instant::now();
+    req: &IngestRequest,
+) -> Result<(Option<Arc<source::Source>>, Vec<InputFile>, u64)> {
     let source = source::load(
         &req.source,
         cfg.ingest.sources_dir.as_deref(),
@@ -494,6 +498,40 @@ pub async fn run(
     let found = files.len();
     files.retain(|f| !f.listed || !req.ignore.iter().any(|p| p.matches(f.name())));
     let ignored = (found - files.len()) as u64;
+    Ok((source, files, ignored))
+}
+
+/// How every chunk of one ingest is parsed and validated.
+fn parse_settings(
+    cfg: &Config,
+    batch_id: &str,
+    now_us: i64,
+    segments: SegmentResolver,
+    source: Option<Arc<source::Source>>,
+    privacy: crate::privacy::Landing,
+) -> Arc<ParseSettings> {
+    Arc::new(ParseSettings {
+        batch_id: Arc::from(batch_id),
+        ingested_at_us: now_us,
+        max_future_skew_us: cfg.ingest.max_future_skew.as_micros().min(i64::MAX as u128) as i64,
+        max_past_skew_us: cfg.ingest.max_past_skew.as_micros().min(i64::MAX as u128) as i64,
+        segments: Arc::new(segments),
+        raw_schema: (RAW_EVENTS.schema)(),
+        quarantine_schema: (QUARANTINE.schema)(),
+        source,
+        privacy: Arc::new(privacy),
+    })
+}
+
+#[tracing::instrument(name = "ingest", skip_all, fields(inputs = req.inputs.len(), force = req.force))]
+pub async fn run(
+    lake: &Lake,
+    cfg: &Config,
+    req: IngestRequest,
+    printer: &Printer,
+) -> Result<IngestSummary> {
+    let started = Instant::now();
+    let (source, files, ignored) = source_and_files(lake, cfg, &req).await?;
     if files.is_empty() && req.inbox {
         return Ok(IngestSummary::default());
     }
@@ -664,17 +702,14 @@ pub async fn run(
         lease_held: req.lease_held,
         erasures_version,
     };
-    let settings = Arc::new(ParseSettings {
-        batch_id: Arc::from(batch_id.as_str()),
-        ingested_at_us: now.timestamp_micros(),
-        max_future_skew_us: cfg.ingest.max_future_skew.as_micros().min(i64::MAX as u128) as i64,
-        max_past_skew_us: cfg.ingest.max_past_skew.as_micros().min(i64::MAX as u128) as i64,
-        segments: Arc::new(load_segments(lake).await?),
-        raw_schema: (RAW_EVENTS.schema)(),
-        quarantine_schema: (QUARANTINE.schema)(),
+    let settings = parse_settings(
+        cfg,
+        &batch_id,
+        now.timestamp_micros(),
+        load_segments(lake).await?,
         source,
-        privacy: Arc::new(privacy),
-    });
+        privacy,
+    );
 
     // Groups of about `commit_every` input bytes; stdin always alone (its identity comes last).
     let mut groups: Vec<Vec<Planned>> = Vec::new();

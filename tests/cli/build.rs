@@ -524,25 +524,19 @@ fn a_failing_user_check_exits_1_with_its_rows() {
         "{report}"
     );
     assert!(report.contains("PASS  orders_have_items"), "{report}");
-    let out = ctx.run(&[
+    let with_junit = [
         "check",
         "--checks-dir",
         "checks",
         "--json",
         "--junit",
         "reports/checks.xml",
-    ]);
+    ];
+    let out = ctx.run(&with_junit);
     assert_eq!(out.status.code(), Some(2), "the directory does not exist");
     assert!(stderr_of(&out).contains("--junit"), "{}", stderr_of(&out));
     std::fs::create_dir_all(ctx.path("reports")).unwrap();
-    let out = ctx.run(&[
-        "check",
-        "--checks-dir",
-        "checks",
-        "--json",
-        "--junit",
-        "reports/checks.xml",
-    ]);
+    let out = ctx.run(&with_junit);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["failed"], 1);
