@@ -657,6 +657,23 @@ pub fn junit(report: &CheckReport) -> String {
     out
 }
 
+/// `--junit PATH`, before any I/O: a usage error when the file's directory does not exist.
+pub fn check_junit_path(path: Option<&Path>) -> Result<()> {
+    match path.and_then(Path::parent) {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::usage(format!(
+            "--junit: directory {} does not exist",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the report as JUnit XML (see [`junit`]) to `path`.
+pub fn write_junit(path: &Path, report: &CheckReport) -> Result<()> {
+    std::fs::write(path, junit(report))
+        .map_err(|e| Error::usage(format!("--junit: cannot write {}: {e}", path.display())))
+}
+
 /// Text as XML character data or an attribute value. Characters XML 1.0 does not allow (control
 /// characters other than tab and line breaks) become U+FFFD.
 fn xml_escape(text: &str) -> String {

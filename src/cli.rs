@@ -355,6 +355,11 @@ pub struct RunArgs {
     /// Print one JSON summary object
     #[arg(long)]
     pub json: bool,
+
+    /// Also write the checks' report as JUnit XML to this file (as `check --junit`), for CI
+    /// systems that show test results
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -19,19 +19,10 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
         exclude: &args.exclude,
     };
     // A report nobody can write is a usage error before any check runs.
-    if let Some(dir) = args.junit.as_deref().and_then(std::path::Path::parent) {
-        if !dir.as_os_str().is_empty() && !dir.is_dir() {
-            return Err(Error::usage(format!(
-                "--junit: directory {} does not exist",
-                dir.display()
-            ))
-            .into());
-        }
-    }
+    check::check_junit_path(args.junit.as_deref())?;
     let report = check::run(lake, cfg, dir, selection).await?;
     if let Some(path) = &args.junit {
-        std::fs::write(path, check::junit(&report))
-            .map_err(|e| Error::usage(format!("--junit: cannot write {}: {e}", path.display())))?;
+        check::write_junit(path, &report)?;
     }
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;

@@ -37,6 +37,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         ignore: ignore_patterns(cfg, &args.ignore)?,
     };
     runner::validate(&req, cfg)?;
+    check::check_junit_path(args.junit.as_deref())?;
     let printer = Printer::new(cfg);
     let summary = match runner::run(lake, cfg, req, &printer).await {
         Ok(s) => s,
@@ -49,6 +50,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         .as_ref()
         .is_some_and(|i| i.over_max_quarantined);
     let failed_checks = summary.check.as_ref().is_some_and(|c| c.failed > 0) || over_gate;
+    if let (Some(path), Some(report)) = (&args.junit, &summary.check) {
+        check::write_junit(path, report)?;
+    }
     if args.json {
         outln!("{}", serde_json::to_string(&summary)?)?;
     } else if !cfg.quiet {

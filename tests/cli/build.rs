@@ -423,68 +423,6 @@ fn a_bad_segment_rule_is_a_config_error_before_anything_is_written() {
     }
 }
 
-/// The test cases of a JUnit report, read as a CI system reads them: (name, `pass` /
-/// `failure` / `skipped`, the failure's text), after checking the suite's counts add up.
-fn junit_cases(path: &std::path::Path) -> Vec<(String, String, String)> {
-    use quick_xml::events::Event;
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut reader = quick_xml::Reader::from_str(&text);
-    let mut cases: Vec<(String, String, String)> = Vec::new();
-    let mut in_failure = false;
-    let mut declared = (0usize, 0usize);
-    loop {
-        match reader
-            .read_event()
-            .unwrap_or_else(|e| panic!("{e}: {text}"))
-        {
-            Event::Eof => break,
-            Event::Start(e) | Event::Empty(e) => {
-                let attr = |name: &[u8]| {
-                    e.try_get_attribute(name)
-                        .unwrap()
-                        .map(|a| a.unescape_value().unwrap().to_string())
-                        .unwrap_or_default()
-                };
-                match e.name().as_ref() {
-                    b"testsuite" => {
-                        declared = (
-                            attr(b"tests").parse().unwrap(),
-                            attr(b"failures").parse().unwrap(),
-                        )
-                    }
-                    b"testcase" => cases.push((attr(b"name"), "pass".into(), String::new())),
-                    b"failure" => {
-                        cases.last_mut().unwrap().1 = "failure".into();
-                        in_failure = true;
-                    }
-                    b"skipped" => cases.last_mut().unwrap().1 = "skipped".into(),
-                    _ => {}
-                }
-            }
-            Event::Text(t) if in_failure => {
-                cases.last_mut().unwrap().2 += &t.decode().unwrap();
-            }
-            Event::GeneralRef(r) if in_failure => {
-                let name = r.decode().unwrap();
-                let ch = match name.as_ref() {
-                    "apos" => "'",
-                    "quot" => "\"",
-                    "lt" => "<",
-                    "gt" => ">",
-                    "amp" => "&",
-                    other => panic!("entity {other}"),
-                };
-                cases.last_mut().unwrap().2 += ch;
-            }
-            Event::End(e) if e.name().as_ref() == b"failure" => in_failure = false,
-            _ => {}
-        }
-    }
-    let failures = cases.iter().filter(|c| c.1 == "failure").count();
-    assert_eq!(declared, (cases.len(), failures), "{text}");
-    cases
-}
-
 #[test]
 fn a_failing_user_check_exits_1_with_its_rows() {
     let ctx = TestContext::new(Backend::Local);
@@ -496,7 +434,7 @@ fn a_failing_user_check_exits_1_with_its_rows() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("SKIP  unique(fact_sessions.session_key)")
     );
-    let cases = junit_cases(&ctx.path("before.xml"));
+    let cases = crate::context::junit_cases(&ctx.path("before.xml"));
     assert!(cases
         .iter()
         .any(|c| c.0 == "unique(fact_sessions.session_key)" && c.1 == "skipped"));
@@ -541,7 +479,7 @@ fn a_failing_user_check_exits_1_with_its_rows() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["failed"], 1);
     // The JUnit report has every check as a test case and the failure with its rows and query.
-    let cases = junit_cases(&ctx.path("reports/checks.xml"));
+    let cases = crate::context::junit_cases(&ctx.path("reports/checks.xml"));
     assert_eq!(cases.len(), json["checks"].as_array().unwrap().len());
     let failed: Vec<_> = cases.iter().filter(|c| c.1 == "failure").collect();
     assert_eq!(failed.len(), 1, "{cases:?}");

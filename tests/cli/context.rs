@@ -528,3 +528,65 @@ pub fn append_to(path: &Path, bytes: &[u8]) {
         .and_then(|mut f| f.write_all(bytes))
         .unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
 }
+
+/// The test cases of a JUnit report, read as a CI system reads them: (name, `pass` /
+/// `failure` / `skipped`, the failure's text), after checking the suite's counts add up.
+pub fn junit_cases(path: &std::path::Path) -> Vec<(String, String, String)> {
+    use quick_xml::events::Event;
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&text);
+    let mut cases: Vec<(String, String, String)> = Vec::new();
+    let mut in_failure = false;
+    let mut declared = (0usize, 0usize);
+    loop {
+        match reader
+            .read_event()
+            .unwrap_or_else(|e| panic!("{e}: {text}"))
+        {
+            Event::Eof => break,
+            Event::Start(e) | Event::Empty(e) => {
+                let attr = |name: &[u8]| {
+                    e.try_get_attribute(name)
+                        .unwrap()
+                        .map(|a| a.unescape_value().unwrap().to_string())
+                        .unwrap_or_default()
+                };
+                match e.name().as_ref() {
+                    b"testsuite" => {
+                        declared = (
+                            attr(b"tests").parse().unwrap(),
+                            attr(b"failures").parse().unwrap(),
+                        )
+                    }
+                    b"testcase" => cases.push((attr(b"name"), "pass".into(), String::new())),
+                    b"failure" => {
+                        cases.last_mut().unwrap().1 = "failure".into();
+                        in_failure = true;
+                    }
+                    b"skipped" => cases.last_mut().unwrap().1 = "skipped".into(),
+                    _ => {}
+                }
+            }
+            Event::Text(t) if in_failure => {
+                cases.last_mut().unwrap().2 += &t.decode().unwrap();
+            }
+            Event::GeneralRef(r) if in_failure => {
+                let name = r.decode().unwrap();
+                let ch = match name.as_ref() {
+                    "apos" => "'",
+                    "quot" => "\"",
+                    "lt" => "<",
+                    "gt" => ">",
+                    "amp" => "&",
+                    other => panic!("entity {other}"),
+                };
+                cases.last_mut().unwrap().2 += ch;
+            }
+            Event::End(e) if e.name().as_ref() == b"failure" => in_failure = false,
+            _ => {}
+        }
+    }
+    let failures = cases.iter().filter(|c| c.1 == "failure").count();
+    assert_eq!(declared, (cases.len(), failures), "{text}");
+    cases
+}

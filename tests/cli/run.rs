@@ -270,13 +270,22 @@ fn failed_checks_exit_1_and_speak_even_when_quiet() {
     std::fs::create_dir_all(ctx.path("inbox")).unwrap();
     std::fs::copy(&fixture, ctx.path("inbox/sessions.ndjson")).unwrap();
     ctx.write_config("[run]\ninbox = \"inbox\"\n[check]\ndir = \"checks\"\n");
-    let out = ctx.run(&["--quiet", "run"]);
+    let out = ctx.run(&["run", "--junit", "no/such/dir/run.xml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert!(!ctx.path("lake").exists(), "refused before any I/O");
+    let out = ctx.run(&["--quiet", "run", "--junit", "run.xml"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         shown.contains("FAIL") && shown.contains("no_orders_over_30"),
         "{shown}"
     );
+    // The run's checks as JUnit, as `check --junit` writes them.
+    let cases = crate::context::junit_cases(&ctx.path("run.xml"));
+    assert!(cases.len() > 50, "{cases:?}");
+    let failed: Vec<_> = cases.iter().filter(|c| c.1 == "failure").collect();
+    assert_eq!(failed.len(), 1, "{cases:?}");
+    assert_eq!(failed[0].0, "no_orders_over_30");
     assert_eq!(
         ctx.query("SELECT outcome, checks_failed FROM _runs"),
         vec!["checks_failed,1"]
