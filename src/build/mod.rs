@@ -272,10 +272,7 @@ async fn prune_changes(lake: &Lake, data_version: i64) -> Result<u64> {
     if files.is_empty() {
         return Ok(0);
     }
-    let rows: u64 = files
-        .iter()
-        .map(|f| f.num_records().unwrap_or(0) as u64)
-        .sum();
+    let rows = delta::table_rows(&table)?;
     let removes: Vec<deltalake::kernel::Action> = files
         .iter()
         .map(|f| deltalake::kernel::Action::Remove(f.remove_action(true)))

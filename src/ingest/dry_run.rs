@@ -101,13 +101,13 @@ pub async fn run(
         opts,
         tokio::runtime::Handle::current(),
     );
-    let mut rejected: Vec<Rejected> = Vec::new();
+    let mut rejected = FirstRejected::default();
     let mut failure = None;
     while let Some(ev) = pipe.events.recv().await {
         match ev {
             pipeline::Event::Output(out) => {
                 per_file[out.file_idx].0.merge(&out.stats);
-                if let Err(e) = collect_rejected(&mut rejected, out.file_idx, &out.quarantine) {
+                if let Err(e) = rejected.add(out.file_idx, &out.quarantine) {
                     failure = Some(e);
                     break;
                 }
@@ -160,51 +160,78 @@ pub async fn run(
         });
     }
     summary.add_totals(&total, started)?;
-    rejected.sort();
-    rejected.truncate(REJECTED_SHOWN);
     Ok(DryRun {
         dry_run: true,
         summary,
-        rejected,
+        rejected: rejected.into_rows(),
     })
 }
 
-/// Adds a chunk's quarantined rows to `rejected`, keeping about the first [`REJECTED_SHOWN`].
-fn collect_rejected(
-    rejected: &mut Vec<Rejected>,
-    file_idx: usize,
-    batch: &arrow::record_batch::RecordBatch,
-) -> Result<()> {
-    if batch.num_rows() == 0 {
-        return Ok(());
+/// The first [`REJECTED_SHOWN`] rejected rows by file and line, gathered from chunks that arrive
+/// in any order. Once it holds that many, a row after the last of them is passed over without
+/// its strings being copied: a file of a million bad lines costs no more than one of fifty.
+#[derive(Default)]
+struct FirstRejected {
+    rows: Vec<Rejected>,
+    /// (file, line) of the last row kept, once `REJECTED_SHOWN` are kept.
+    cutoff: Option<(usize, i64)>,
+}
+
+impl FirstRejected {
+    /// Adds a chunk's quarantined rows that may be among the first.
+    fn add(&mut self, file_idx: usize, batch: &arrow::record_batch::RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 || self.cutoff.is_some_and(|(f, _)| file_idx > f) {
+            return Ok(());
+        }
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| Error::runtime(format!("internal error: quarantine has no {name}")))
+        };
+        let reasons = catalog::utf8(column("reason")?)?;
+        let details = catalog::utf8(column("detail")?)?;
+        let files = catalog::utf8(column("source_file")?)?;
+        let lines = column("line_number")?
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or_else(|| Error::runtime("internal error: quarantine line_number is not Int64"))?;
+        let text =
+            |a: &arrow::array::StringArray, i: usize| match arrow::array::Array::is_null(a, i) {
+                true => String::new(),
+                false => a.value(i).to_string(),
+            };
+        for i in 0..batch.num_rows() {
+            let line = lines.value(i);
+            if self.cutoff.is_some_and(|cut| (file_idx, line) > cut) {
+                continue;
+            }
+            self.rows.push(Rejected {
+                file_idx,
+                line,
+                source_file: text(&files, i),
+                reason: text(&reasons, i),
+                detail: text(&details, i),
+            });
+        }
+        if self.rows.len() > 4 * REJECTED_SHOWN {
+            self.settle();
+        }
+        Ok(())
     }
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| Error::runtime(format!("internal error: quarantine has no {name}")))
-    };
-    let reasons = catalog::strings(column("reason")?)?;
-    let details = catalog::strings(column("detail")?)?;
-    let files = catalog::strings(column("source_file")?)?;
-    let lines = column("line_number")?
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .ok_or_else(|| Error::runtime("internal error: quarantine line_number is not Int64"))?;
-    for (i, ((reason, detail), file)) in reasons.into_iter().zip(details).zip(files).enumerate() {
-        rejected.push(Rejected {
-            file_idx,
-            line: lines.value(i),
-            source_file: file.unwrap_or_default(),
-            reason: reason.unwrap_or_default(),
-            detail: detail.unwrap_or_default(),
-        });
+
+    /// Keeps the first rows only, in order.
+    fn settle(&mut self) {
+        self.rows.sort();
+        self.rows.truncate(REJECTED_SHOWN);
+        if self.rows.len() == REJECTED_SHOWN {
+            self.cutoff = self.rows.last().map(|r| (r.file_idx, r.line));
+        }
     }
-    // Bounded: the rows kept are the first by file and line of all those seen so far.
-    if rejected.len() > 4 * REJECTED_SHOWN {
-        rejected.sort();
-        rejected.truncate(REJECTED_SHOWN);
+
+    fn into_rows(mut self) -> Vec<Rejected> {
+        self.settle();
+        self.rows
     }
-    Ok(())
 }
 
 /// The text report: what would land, per reason what would be quarantined, then the first
@@ -255,4 +282,52 @@ pub fn render(d: &DryRun) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::record_batch::RecordBatch;
+
+    use super::*;
+
+    fn chunk(file: &str, lines: std::ops::Range<i64>) -> RecordBatch {
+        let n = (lines.end - lines.start) as usize;
+        let schema = catalog::quarantine_schema();
+        let columns: Vec<arrow::array::ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> arrow::array::ArrayRef {
+                match f.name().as_str() {
+                    "line_number" => Arc::new(Int64Array::from_iter_values(lines.clone())),
+                    "source_file" => Arc::new(StringArray::from(vec![file; n])),
+                    "reason" => Arc::new(StringArray::from(vec!["broken_json"; n])),
+                    _ => arrow::array::new_null_array(f.data_type(), n),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    #[test]
+    fn the_first_rejected_rows_by_file_and_line_whatever_order_the_chunks_come_in() {
+        let mut first = FirstRejected::default();
+        // File 1 first, then file 0's later chunk, then its earlier one: 3,000 rows in all.
+        first.add(1, &chunk("b", 1..1001)).unwrap();
+        first.add(0, &chunk("a", 1001..2001)).unwrap();
+        assert!(first.cutoff.is_some(), "full after the first chunks");
+        first.add(0, &chunk("a", 1..1001)).unwrap();
+        assert!(first.rows.len() <= 4 * REJECTED_SHOWN + 1000);
+        let rows = first.into_rows();
+        let got: Vec<(String, i64)> = rows
+            .iter()
+            .map(|r| (r.source_file.clone(), r.line))
+            .collect();
+        let want: Vec<(String, i64)> = (1..=50).map(|l| ("a".to_string(), l)).collect();
+        assert_eq!(got, want);
+        assert_eq!(rows[0].reason, "broken_json");
+        assert_eq!(rows[0].detail, "");
+    }
 }
