@@ -270,7 +270,8 @@ fn read_file(
 
     let mut chunks = 0u64;
     let mut last_bytes = 0u64;
-    // The length of an unterminated last line that is not whole JSON (see `cut_last_line`).
+    // The length of an unterminated last line that is not whole JSON or a whole CSV record (see
+    // `cut_last_line` and `cut_last_csv_record`).
     let mut held_back: Option<u64> = None;
     // A compressed stream that breaks is bad data, not a failed run (see `broken_stream`): what
     // decoded lands or is quarantined as usual, and one row quarantines the rest. Stopping
@@ -350,8 +351,12 @@ fn read_file(
             continue;
         }
         carry = buf.split_off(cut);
-        if eof && carry.is_empty() && format == Format::Ndjson {
-            held_back = cut_last_line(&buf);
+        if eof && carry.is_empty() {
+            held_back = match (format, &csv_header) {
+                (Format::Ndjson, _) => cut_last_line(&buf),
+                (Format::Csv, Some(header)) => cut_last_csv_record(&buf, header),
+                (Format::Csv, None) => None,
+            };
         }
         let physical =
             memchr::memchr_iter(b'\n', &buf).count() as u64 + u64::from(buf.last() != Some(&b'\n'));
@@ -412,6 +417,28 @@ fn cut_last_line(buf: &[u8]) -> Option<u64> {
         return None;
     }
     Some((buf.len() - start) as u64)
+}
+
+/// As [`cut_last_line`] for CSV: the length of the last record of a file's last chunk when it
+/// has no line end and is not a whole record (a quote left open, or fewer or more fields than
+/// the header names). A record on several lines (a quoted line end in it) is not held back: a
+/// grown file is read on from the start of a line. Nor is one cut in its last field with the
+/// field count intact: it cannot be told from a whole row (see the README).
+fn cut_last_csv_record(buf: &[u8], header: &CsvHeader) -> Option<u64> {
+    if buf.last() == Some(&b'\n') || header.unusable.is_some() {
+        return None;
+    }
+    let line_start = memchr::memrchr(b'\n', buf);
+    if last_csv_record_end(buf) != line_start {
+        return None;
+    }
+    let start = line_start.map_or(0, |i| i + 1);
+    let record = trimmed(&buf[start..]);
+    let whole = std::str::from_utf8(record)
+        .ok()
+        .and_then(|text| super::parse::split_csv_record(text, header.delimiter))
+        .is_some_and(|fields| fields.len() == header.columns.len());
+    (!record.is_empty() && !whole).then_some((buf.len() - start) as u64)
 }
 
 /// The header of a CSV file read from an offset: its first line, read as `csv_header_of` reads
