@@ -127,6 +127,7 @@ pub async fn run(
             "the clean layer needs at least three models: normalized, candidates, and the final one",
         ));
     }
+    check_chain(&models, cfg).await?;
     let mut summary = CleanSummary {
         mode: "up_to_date",
         ..Default::default()
@@ -890,6 +891,69 @@ fn string_table(column: &str, values: Vec<String>) -> Result<MemTable> {
     let array = arrow::array::StringArray::from_iter_values(values);
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(array)])?;
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+/// Plans the chain over empty inputs before the lake is touched: a model that does not plan
+/// (an override under `--sql-dir`), or a last model that does not return every column of
+/// `events` with its type, is a configuration error naming the file, even on a run with
+/// nothing to clean.
+async fn check_chain(models: &[Model], cfg: &Config) -> Result<()> {
+    let ctx = catalog::model_session(cfg.memory_limit)?;
+    let raw = MemTable::try_new((RAW_EVENTS.schema)(), vec![vec![]])?;
+    ctx.register_table("raw_input", Arc::new(raw))?;
+    ctx.register_table("events_carried", empty_events()?)?;
+    let params = datafusion::common::ParamValues::from(vec![(
+        "session_gap_us",
+        ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
+    )]);
+    let last = models.last().expect("checked: at least three models");
+    let output = models::plan_chain(&ctx, models, &params).await?;
+    let returned = output.schema().as_arrow().clone();
+    for field in (EVENTS.schema)().fields() {
+        let problem = match returned.field_with_name(field.name()) {
+            Err(_) => format!(
+                "returns no column {} (it returns {})",
+                field.name(),
+                returned
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(f) if !same_kind(f.data_type(), field.data_type()) => format!(
+                "returns {} as {}, and `events` stores it as {}: CAST it",
+                field.name(),
+                f.data_type(),
+                field.data_type()
+            ),
+            Ok(_) => continue,
+        };
+        return Err(Error::config(format!(
+            "SQL model {}: the last clean model must return every column of `events` with its \
+             type; it {problem}",
+            last.origin
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a model's column of type `returned` can be written to a column of type `stored`
+/// without changing its meaning: the same type, or another layout of it (string views,
+/// dictionaries, an integer of another width, another timestamp unit with a time zone as the stored one
+/// has, a decimal of the same scale). Not a string where a timestamp is stored, say: that would
+/// parse every value as the rows are written, and fail halfway on a bad one.
+fn same_kind(returned: &arrow::datatypes::DataType, stored: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType as T;
+    match (returned, stored) {
+        (T::Dictionary(_, value), _) => same_kind(value, stored),
+        (T::Null, _) => true,
+        (T::Utf8 | T::LargeUtf8 | T::Utf8View, T::Utf8 | T::LargeUtf8 | T::Utf8View) => true,
+        (a, b) if a.is_integer() && b.is_integer() => true,
+        (T::Timestamp(_, a), T::Timestamp(_, b)) => a.is_some() == b.is_some(),
+        (T::Decimal128(_, a), T::Decimal128(_, b)) => a == b,
+        (a, b) => a.equals_datatype(b),
+    }
 }
 
 fn empty_events() -> Result<Arc<MemTable>> {

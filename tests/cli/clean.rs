@@ -288,6 +288,51 @@ fn a_broken_model_override_is_a_config_error_naming_the_file() {
         ctx.count("SELECT count(*) FROM events WHERE event_type = 'page_view'"),
         0
     );
+
+    // The last model must return every column of `events`, with its type: checked before the
+    // lake is read, so also on a run with nothing to clean. (A missing event_id used to panic
+    // once rows flowed; a timestamp returned as text was parsed value by value as rows were
+    // written.)
+    let events_version = || {
+        std::fs::read_dir(ctx.table_dir("events").join("_delta_log"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("json".as_ref()))
+            .count()
+    };
+    let version = events_version();
+    let sql_dir = ctx.override_edited_model(
+        "clean",
+        "07_sessionized.sql",
+        "\n    d.event_id,\n",
+        "\n    d.event_id AS id,\n",
+    );
+    let out = ctx.run(&["clean", "--full-refresh", "--sql-dir", &sql_dir]);
+    one_line_failure(
+        &out,
+        2,
+        &[
+            "07_sessionized.sql",
+            "must return every column of `events`",
+            "returns no column event_id (it returns id, event_time,",
+        ],
+    );
+    let sql_dir = ctx.override_edited_model(
+        "clean",
+        "07_sessionized.sql",
+        "\n    d.event_time,\n",
+        "\n    CAST(d.event_time AS VARCHAR) AS event_time,\n",
+    );
+    let out = ctx.run(&["clean", "--sql-dir", &sql_dir]);
+    one_line_failure(
+        &out,
+        2,
+        &[
+            "07_sessionized.sql",
+            "returns event_time as Utf8",
+            "stores it as Timestamp(µs, \"UTC\"): CAST it",
+        ],
+    );
+    assert_eq!(events_version(), version, "nothing was written");
 }
 
 #[test]
