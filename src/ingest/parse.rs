@@ -859,6 +859,26 @@ fn parse_instant(text: &str, formats: Option<&[String]>) -> Option<i64> {
         .find_map(|f| parse_with_format(text, f))
 }
 
+/// What to change in a text that is an ISO 8601 date and time but not RFC 3339, for the
+/// quarantine's detail (a producer's fix is then one line): no time zone at all (which would be
+/// a guess), or an offset without its colon. Empty for anything else.
+fn rfc3339_hint(text: &str) -> &'static str {
+    let local = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+    if local
+        .iter()
+        .any(|f| chrono::NaiveDateTime::parse_from_str(text, f).is_ok())
+    {
+        return ": it has no time zone (add Z for UTC, or its offset, e.g. +01:00)";
+    }
+    if local
+        .iter()
+        .any(|f| chrono::DateTime::parse_from_str(text, &format!("{f}%#z")).is_ok())
+    {
+        return ": write its offset as ±HH:MM (e.g. +01:00)";
+    }
+    ""
+}
+
 /// CSV exports carry epoch times as plain digits; the unit follows from their count, as every
 /// instant from 2001-09-09 to 2286-11-20 has 10 digits in seconds, 13 in milliseconds, 16 in
 /// microseconds and 19 in nanoseconds. Any other count is no time a clickstream holds (`0`, a
@@ -897,7 +917,7 @@ fn timestamp(
             }
             parse_instant(t, formats).ok_or_else(|| {
                 TsError::Bad(match formats {
-                    None => format!("{name} {v} is not an RFC 3339 instant"),
+                    None => format!("{name} {v} is not an RFC 3339 instant{}", rfc3339_hint(t)),
                     Some(_) => format!("{name} {v} matches no timestamp format of the source"),
                 })
             })
@@ -2051,5 +2071,37 @@ mod tests {
         let off = parse_rfc3339_us("2026-01-05T12:00:00+02:00").unwrap();
         assert_eq!(z, off);
         assert!(parse_rfc3339_us("2026-02-30T10:00:00Z").is_none());
+    }
+
+    #[test]
+    fn an_iso_time_that_is_not_rfc_3339_says_what_to_change() {
+        let detail = |text: &str| match timestamp(
+            &Val::Str(Cow::Borrowed(text)),
+            "field event_time",
+            Format::Ndjson,
+            None,
+        ) {
+            Err(TsError::Bad(why)) => why,
+            _ => panic!("{text} was accepted"),
+        };
+        for zoneless in ["2026-01-05T10:00:00", "2026-01-05 10:00:00.250"] {
+            assert!(
+                detail(zoneless).ends_with(
+                    "is not an RFC 3339 instant: it has no time zone (add Z for UTC, or its \
+                     offset, e.g. +01:00)"
+                ),
+                "{}",
+                detail(zoneless)
+            );
+        }
+        for colonless in ["2026-01-05T10:00:00+0100", "2026-01-05T10:00:00.5-05"] {
+            assert!(
+                detail(colonless).ends_with(": write its offset as ±HH:MM (e.g. +01:00)"),
+                "{}",
+                detail(colonless)
+            );
+        }
+        assert!(detail("05/01/2026 10:00").ends_with("is not an RFC 3339 instant"));
+        assert!(detail("2026-02-30T10:00:00").ends_with("is not an RFC 3339 instant"));
     }
 }
