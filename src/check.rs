@@ -670,13 +670,18 @@ pub fn check_junit_path(path: Option<&Path>) -> Result<()> {
 
 /// Writes the report as JUnit XML (see [`junit`]) to `path`.
 pub fn write_junit(path: &Path, report: &CheckReport) -> Result<()> {
-    std::fs::write(path, junit(report))
+    write_junit_xml(path, &junit(report))
+}
+
+/// Writes a JUnit report made elsewhere (`ingest --dry-run --junit`) to `path`.
+pub fn write_junit_xml(path: &Path, xml: &str) -> Result<()> {
+    std::fs::write(path, xml)
         .map_err(|e| Error::usage(format!("--junit: cannot write {}: {e}", path.display())))
 }
 
 /// Text as XML character data or an attribute value. Characters XML 1.0 does not allow (control
 /// characters other than tab and line breaks) become U+FFFD.
-fn xml_escape(text: &str) -> String {
+pub(crate) fn xml_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for ch in text.chars() {
         match ch {

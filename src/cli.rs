@@ -166,6 +166,12 @@ pub struct IngestArgs {
     #[arg(long, conflicts_with = "force")]
     pub dry_run: bool,
 
+    /// With --dry-run, also write the result as JUnit XML to this file, for CI systems that show
+    /// test results: one test case per input file, failed when it has rejected rows and the run
+    /// fails
+    #[arg(long, value_name = "PATH", requires = "dry_run")]
+    pub junit: Option<PathBuf>,
+
     /// Print the summary as one JSON object
     #[arg(long)]
     pub json: bool,

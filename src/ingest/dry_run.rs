@@ -46,6 +46,9 @@ pub struct DryRun {
     pub summary: IngestSummary,
     /// The first [`REJECTED_SHOWN`] quarantined rows, by file (in the order given) and line.
     pub rejected: Vec<Rejected>,
+    /// Per entry of `summary.files`, its rejected rows per reason (for the JUnit report).
+    #[serde(skip)]
+    pub reasons_by_file: Vec<Vec<(&'static str, u64)>>,
 }
 
 /// Validates every line of `req`'s files. `lake` only lends its store settings to `s3://`
@@ -135,7 +138,15 @@ pub async fn run(
     progress.finish_and_clear();
 
     let mut total = LineStats::default();
+    let mut reasons_by_file = Vec::with_capacity(files.len());
     for (file, (stats, bytes, gone)) in files.iter().zip(&per_file) {
+        reasons_by_file.push(
+            stats
+                .quarantined
+                .nonzero()
+                .map(|(r, n)| (r.code(), n))
+                .collect(),
+        );
         if *gone {
             summary.files.push(FileSummary {
                 source_file: file.display.clone(),
@@ -164,7 +175,86 @@ pub async fn run(
         dry_run: true,
         summary,
         rejected: rejected.into_rows(),
+        reasons_by_file,
     })
+}
+
+/// The dry run as JUnit XML: one `testcase` per input file, with the source as its class name.
+/// A file with rejected rows is a `failure` when the run fails its gate (`failing`), else it
+/// passes with them in `system-out` (as a check's warning); either way the text gives the
+/// counts per reason and the file's rows among the first listed. A file that vanished before
+/// it was read is `skipped`.
+pub fn junit(d: &DryRun, failing: bool) -> String {
+    use crate::check::xml_escape;
+    let s = &d.summary;
+    let mut cases = String::new();
+    let (mut failures, mut skipped) = (0, 0);
+    for (i, f) in s.files.iter().enumerate() {
+        let open = format!(
+            "    <testcase classname=\"{}\" name=\"{}\"",
+            xml_escape(&format!("ingest --dry-run --source {}", s.source)),
+            xml_escape(&f.source_file)
+        );
+        if f.status != "validated" {
+            skipped += 1;
+            cases.push_str(&format!(
+                "{open}>\n      <skipped message=\"{}\"/>\n    </testcase>\n",
+                xml_escape(f.status)
+            ));
+            continue;
+        }
+        if f.quarantined == 0 {
+            cases.push_str(&format!("{open}/>\n"));
+            continue;
+        }
+        let message = format!("{} of {} lines rejected", f.quarantined, f.lines);
+        let mut text = format!("{message}\n");
+        for (reason, n) in d.reasons_by_file.get(i).into_iter().flatten() {
+            text.push_str(&format!("  {reason:<28} {n}\n"));
+        }
+        let listed: Vec<&Rejected> = d.rejected.iter().filter(|r| r.file_idx == i).collect();
+        if !listed.is_empty() {
+            text.push('\n');
+        }
+        for r in &listed {
+            let detail = match r.detail.as_str() {
+                "" => String::new(),
+                d => format!(": {d}"),
+            };
+            text.push_str(&format!("line {}: {}{detail}\n", r.line, r.reason));
+        }
+        if (listed.len() as u64) < f.quarantined {
+            text.push_str(&format!(
+                "({} more: a dry run lists the first {REJECTED_SHOWN} rejected rows of all its files)\n",
+                f.quarantined - listed.len() as u64
+            ));
+        }
+        if failing {
+            failures += 1;
+            cases.push_str(&format!(
+                "{open}>\n      <failure message=\"{}\" type=\"rejected\">{}</failure>\n    </testcase>\n",
+                xml_escape(&message),
+                xml_escape(&text)
+            ));
+        } else {
+            cases.push_str(&format!(
+                "{open}>\n      <system-out>{}</system-out>\n    </testcase>\n",
+                xml_escape(&text)
+            ));
+        }
+    }
+    let counts = format!(
+        "tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{:.3}\"",
+        s.files.len(),
+        s.seconds
+    );
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuites name=\"clicklake ingest --dry-run\" {counts}>\n\
+         \x20 <testsuite name=\"clicklake ingest --dry-run\" {counts}>\n\
+         {cases}\
+         \x20 </testsuite>\n</testsuites>\n"
+    )
 }
 
 /// The first [`REJECTED_SHOWN`] rejected rows by file and line, gathered from chunks that arrive

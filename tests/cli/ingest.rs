@@ -1403,11 +1403,35 @@ both_backends!(
         };
 
         // Text: every invalid row fails it (exit 1, one line on stderr); the first rejected rows
-        // are listed by file and line.
-        let mut args = vec!["ingest", "--dry-run"];
+        // are listed by file and line. With --junit, a CI system sees one failed test case per
+        // file with rejected rows.
+        let junit = ctx.path("reports/dry-run.xml");
+        std::fs::create_dir_all(junit.parent().unwrap()).unwrap();
+        let mut args = vec!["ingest", "--dry-run", "--junit", junit.to_str().unwrap()];
         args.extend(inputs);
         let out = ctx.run(&args);
         assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+        let cases = crate::context::junit_cases(&junit);
+        assert_eq!(
+            cases.len(),
+            4,
+            "the fixture and 3 generated files: {cases:?}"
+        );
+        assert!(cases.iter().all(|c| c.1 == "failure"), "{cases:?}");
+        let (name, _, text) = &cases[0];
+        assert!(name.ends_with("every_reason.ndjson"), "{name}");
+        assert!(
+            text.starts_with(&format!("{} of ", EXPECTED_QUARANTINE.len())),
+            "{text}"
+        );
+        for (line, reason, _) in EXPECTED_QUARANTINE {
+            assert!(text.contains(&format!("\nline {line}: {reason}")), "{text}");
+        }
+        assert!(
+            cases[3].2.contains("more: a dry run lists the first 50"),
+            "{}",
+            cases[3].2
+        );
         let err = stderr_of(&out);
         assert!(err.contains("a dry run: nothing was written"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -1429,9 +1453,21 @@ both_backends!(
 
         // JSON, with a limit the rows stay under: exit 0, and the counts a real ingest of the
         // same files then has, line for line.
-        let mut args = vec!["--max-quarantined", "100%", "--dry-run"];
+        let mut args = vec![
+            "--max-quarantined",
+            "100%",
+            "--dry-run",
+            "--junit",
+            junit.to_str().unwrap(),
+        ];
         args.extend(inputs);
         let dry = ctx.ingest_json(&args);
+        let cases = crate::context::junit_cases(&junit);
+        assert_eq!(cases.len(), 4, "{cases:?}");
+        assert!(
+            cases.iter().all(|c| c.1 == "pass"),
+            "within the limit: {cases:?}"
+        );
         assert_eq!(dry["dry_run"], true);
         let fixture_valid = 3;
         assert_eq!(
@@ -1489,5 +1525,16 @@ both_backends!(
         // --force lands again; a dry run lands nothing: the two do not go together.
         let out = ctx.run(&["ingest", "--dry-run", "--force", &generated]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        // --junit reports a dry run only; into a missing directory it fails before any read.
+        let out = ctx.run(&["ingest", "--junit", junit.to_str().unwrap(), &generated]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+        let out = ctx.run(&[
+            "ingest",
+            "--dry-run",
+            "--junit",
+            ctx.path("no/such/dir/r.xml").to_str().unwrap(),
+            &generated,
+        ]);
+        crate::context::one_line_failure(&out, 2, &["--junit: directory", "does not exist"]);
     }
 );
