@@ -859,10 +859,17 @@ fn parse_instant(text: &str, formats: Option<&[String]>) -> Option<i64> {
         .find_map(|f| parse_with_format(text, f))
 }
 
+/// The detail's hint for epoch digits in the native JSON schema.
+const EPOCH_HINT: &str =
+    ": send text such as \"2026-01-05T10:00:00Z\" (epoch digits are read from CSV only)";
+
 /// What to change in a text that is an ISO 8601 date and time but not RFC 3339, for the
 /// quarantine's detail (a producer's fix is then one line): no time zone at all (which would be
 /// a guess), or an offset without its colon. Empty for anything else.
 fn rfc3339_hint(text: &str) -> &'static str {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return EPOCH_HINT;
+    }
     let local = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
     if local
         .iter()
@@ -923,7 +930,11 @@ fn timestamp(
             })
         }
         Val::Num(_) => Err(TsError::Bad(format!(
-            "{name} {v} is a bare number, not an RFC 3339 instant"
+            "{name} {v} is a bare number, not an RFC 3339 instant{}",
+            match formats {
+                None => EPOCH_HINT,
+                Some(_) => "",
+            }
         ))),
         other => Err(TsError::Bad(format!(
             "{name} {other} is not an RFC 3339 instant"
@@ -2101,6 +2112,7 @@ mod tests {
                 detail(colonless)
             );
         }
+        assert!(detail("1767607200123").ends_with("(epoch digits are read from CSV only)"));
         assert!(detail("05/01/2026 10:00").ends_with("is not an RFC 3339 instant"));
         assert!(detail("2026-02-30T10:00:00").ends_with("is not an RFC 3339 instant"));
     }

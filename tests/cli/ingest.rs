@@ -13,7 +13,12 @@ const EXPECTED_QUARANTINE: &[(u64, &str, &[&str])] = &[
     (
         7,
         "bad_timestamp",
-        &["event_time", "1767607200000", "bare number"],
+        &[
+            "event_time",
+            "1767607200000",
+            "bare number",
+            "epoch digits are read from CSV only",
+        ],
     ),
     (8, "bad_timestamp", &["received_at", "yesterday"]),
     (9, "unknown_event_type", &["event_type", "hover"]),
