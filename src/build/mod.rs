@@ -772,6 +772,7 @@ async fn validate_plans(
 ) -> Result<HashMap<String, Vec<String>>> {
     let mut events_columns = HashMap::new();
     let started = Instant::now();
+    let mut physical = Vec::with_capacity(models.len());
     let scratch = catalog::star_session(cfg.memory_limit)?;
     for name in ["events_all", "events", "segment_rules", "consents"] {
         scratch.register_table(name, ctx.table_provider(name).await?)?;
@@ -792,16 +793,22 @@ async fn validate_plans(
             .await
             .and_then(|df| df.with_param_values(params.clone()))
             .map_err(|e| models::model_error(model, e))?;
-        // Physical planning catches type errors the logical plan lets through.
+        // Physical planning catches type errors the logical plan lets through. It runs on a
+        // task of its own, beside the logical planning of the models after it (half the time
+        // of planning them all, most of it planning the scans of `events`).
         let state = scratch.state();
         let optimized = state
             .optimize(df.logical_plan())
             .map_err(|e| models::model_error(model, e))?;
-        state
-            .query_planner()
-            .create_physical_plan(&optimized, &state)
-            .await
-            .map_err(|e| models::model_error(model, e))?;
+        let (plan, origin) = (optimized.clone(), model.clone());
+        physical.push(tokio::spawn(async move {
+            state
+                .query_planner()
+                .create_physical_plan(&plan, &state)
+                .await
+                .map(|_| ())
+                .map_err(|e| models::model_error(&origin, e))
+        }));
         events_columns.insert(model.name.clone(), scanned_columns(&optimized, "events")?);
         if let Some(key) = incremental_key(model) {
             if df.schema().inner().field_with_name(&key).is_err() {
@@ -828,6 +835,11 @@ async fn validate_plans(
             "build: {} planned",
             model.name
         );
+    }
+    // The first model (in file order) whose physical plan fails is the error.
+    for task in physical {
+        task.await
+            .map_err(|e| Error::runtime(format!("planning a model: {e}")))??;
     }
     Ok(events_columns)
 }
