@@ -940,9 +940,9 @@ async fn check_chain(models: &[Model], cfg: &Config) -> Result<()> {
 
 /// Whether a model's column of type `returned` can be written to a column of type `stored`
 /// without changing its meaning: the same type, or another layout of it (string views,
-/// dictionaries, an integer of another width, another timestamp unit with a time zone as the stored one
-/// has, a decimal of the same scale). Not a string where a timestamp is stored, say: that would
-/// parse every value as the rows are written, and fail halfway on a bad one.
+/// dictionaries, an integer of another width, another timestamp unit with a time zone where the
+/// stored one has one, a decimal of the same scale). Not a string where a timestamp is stored,
+/// say: that would parse every value as the rows are written, and fail halfway on a bad one.
 fn same_kind(returned: &arrow::datatypes::DataType, stored: &arrow::datatypes::DataType) -> bool {
     use arrow::datatypes::DataType as T;
     match (returned, stored) {
