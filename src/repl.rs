@@ -352,6 +352,44 @@ fn list_tables(ctx: &SessionContext) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A column type as SQL names it (what `CAST(x AS …)` takes), as DuckDB's `DESCRIBE` shows it:
+/// `VARCHAR` rather than the engine's `Utf8View`; anything without a SQL name as Arrow's.
+fn sql_type(t: &arrow::datatypes::DataType) -> String {
+    use arrow::datatypes::DataType as T;
+    match t {
+        T::Utf8 | T::LargeUtf8 | T::Utf8View => "VARCHAR".into(),
+        T::Boolean => "BOOLEAN".into(),
+        T::Int8 => "TINYINT".into(),
+        T::Int16 => "SMALLINT".into(),
+        T::Int32 => "INTEGER".into(),
+        T::Int64 => "BIGINT".into(),
+        T::UInt8 => "TINYINT UNSIGNED".into(),
+        T::UInt16 => "SMALLINT UNSIGNED".into(),
+        T::UInt32 => "INTEGER UNSIGNED".into(),
+        T::UInt64 => "BIGINT UNSIGNED".into(),
+        T::Float32 => "REAL".into(),
+        T::Float64 => "DOUBLE".into(),
+        T::Decimal128(p, s) | T::Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
+        T::Date32 | T::Date64 => "DATE".into(),
+        T::Timestamp(_, Some(tz)) => format!("TIMESTAMP WITH TIME ZONE ({tz})"),
+        T::Timestamp(_, None) => "TIMESTAMP".into(),
+        T::Binary | T::LargeBinary | T::BinaryView => "BYTEA".into(),
+        T::Dictionary(_, value) => sql_type(value),
+        T::List(item) | T::LargeList(item) | T::ListView(item) => {
+            format!("{}[]", sql_type(item.data_type()))
+        }
+        T::Struct(fields) => format!(
+            "STRUCT({})",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), sql_type(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Columns, types and nullability of one table, and its partition columns.
 async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Result<()> {
     let provider = ctx.table_provider(table).await.map_err(|_| {
@@ -369,7 +407,7 @@ async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Res
         outln!(
             "  {:<width$}  {}{}",
             f.name(),
-            f.data_type(),
+            sql_type(f.data_type()),
             if f.is_nullable() { "" } else { " NOT NULL" }
         )?;
     }
@@ -385,6 +423,26 @@ async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_names_types_as_sql_does() {
+        use arrow::datatypes::{DataType as T, Field, TimeUnit};
+        assert_eq!(sql_type(&T::Utf8View), "VARCHAR");
+        assert_eq!(sql_type(&T::Decimal128(18, 2)), "DECIMAL(18, 2)");
+        assert_eq!(
+            sql_type(&T::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            "TIMESTAMP WITH TIME ZONE (UTC)"
+        );
+        assert_eq!(
+            sql_type(&T::List(std::sync::Arc::new(Field::new(
+                "item",
+                T::Int64,
+                true
+            )))),
+            "BIGINT[]"
+        );
+        assert_eq!(sql_type(&T::Duration(TimeUnit::Second)), "Duration(s)");
+    }
 
     #[test]
     fn meta_commands_parse() {

@@ -414,6 +414,18 @@ both_backends!(
             stdout.contains("  event_id ") && stdout.contains("partitioned by event_date, segment"),
             "{stdout}"
         );
+        // Types as SQL names them (what CAST takes), not the engine's layouts.
+        let described = |column: &str| {
+            lines
+                .iter()
+                .find(|l| l.split_whitespace().next() == Some(column))
+                .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|| panic!("{column} not described: {stdout}"))
+        };
+        assert_eq!(described("event_id"), "VARCHAR");
+        assert_eq!(described("event_time"), "TIMESTAMP WITH TIME ZONE (UTC)");
+        assert_eq!(described("price"), "DECIMAL(18, 2)");
+        assert_eq!(described("quantity"), "BIGINT");
         let events = ctx.count("SELECT count(*) FROM events");
         assert!(stdout.contains(&format!("| {events} ")), "{stdout}");
         assert!(stdout.contains("answer\n42\n"), "{stdout}");
