@@ -21,6 +21,7 @@ use crate::clean::CONSUMED_APP_ID;
 use crate::config::Config;
 use crate::delta;
 use crate::error::{query_mistake, root_message, Error, Result};
+use crate::junit;
 use crate::models::{self, Model};
 use crate::storage::Lake;
 use std::fmt;
@@ -603,99 +604,50 @@ pub fn render_flagged(report: &CheckReport, flagged_only: bool) -> String {
     out
 }
 
-/// The report as JUnit XML: one `testsuite` of one `testcase` per check (its origin as the
-/// class name, its seconds as the time). A failure is a `failure` with the offending rows, the
-/// sample and the query; a skipped check is `skipped` with the reason; a warning passes, with
-/// its offending rows in `system-out`, as CI systems show dbt's warnings.
+/// The report as JUnit XML: one test case per check (its origin as the class name, its seconds
+/// as the time). A failure carries the offending rows, the sample and the query; a skipped check
+/// its reason; a warning passes, with its offending rows as output, as CI systems show dbt's
+/// warnings.
 pub fn junit(report: &CheckReport) -> String {
-    let total = report.checks.len();
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let counts = format!(
-        "tests=\"{total}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{:.3}\"",
-        report.failed, report.skipped, report.seconds
-    );
-    out.push_str(&format!("<testsuites name=\"clicklake check\" {counts}>\n"));
-    out.push_str(&format!(
-        "  <testsuite name=\"clicklake check\" {counts}>\n"
-    ));
-    for c in &report.checks {
-        let open = format!(
-            "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-            xml_escape(&c.origin),
-            xml_escape(&c.name),
-            c.seconds
-        );
-        let detail = || {
-            let mut text = format!("{} offending row(s)", c.offending_rows);
-            if let Some(t) = &c.threshold {
-                text.push_str(&format!(" ({t})"));
+    let cases: Vec<junit::Case> = report
+        .checks
+        .iter()
+        .map(|c| {
+            let detail = || {
+                let mut text = format!("{} offending row(s)", c.offending_rows);
+                if let Some(t) = &c.threshold {
+                    text.push_str(&format!(" ({t})"));
+                }
+                if let Some(sample) = &c.sample {
+                    text.push_str(&format!("\n{sample}"));
+                }
+                text.push_str(&format!("\n\n{}", c.sql));
+                text
+            };
+            let outcome = match c.status {
+                "pass" => junit::Outcome::Pass,
+                "skip" => junit::Outcome::Skipped(c.reason.clone().unwrap_or_default()),
+                "warn" => junit::Outcome::PassWithOutput(format!("WARN: {}", detail())),
+                _ => junit::Outcome::Failure {
+                    message: format!("{} offending row(s)", c.offending_rows),
+                    kind: "check",
+                    text: detail(),
+                },
+            };
+            junit::Case {
+                classname: c.origin.clone(),
+                name: c.name.clone(),
+                seconds: Some(c.seconds),
+                outcome,
             }
-            if let Some(sample) = &c.sample {
-                text.push_str(&format!("\n{sample}"));
-            }
-            text.push_str(&format!("\n\n{}", c.sql));
-            xml_escape(&text)
-        };
-        match c.status {
-            "pass" => out.push_str(&format!("{open}/>\n")),
-            "skip" => out.push_str(&format!(
-                "{open}>\n      <skipped message=\"{}\"/>\n    </testcase>\n",
-                xml_escape(c.reason.as_deref().unwrap_or(""))
-            )),
-            "warn" => out.push_str(&format!(
-                "{open}>\n      <system-out>WARN: {}</system-out>\n    </testcase>\n",
-                detail()
-            )),
-            _ => out.push_str(&format!(
-                "{open}>\n      <failure message=\"{} offending row(s)\" type=\"check\">{}</failure>\n    </testcase>\n",
-                c.offending_rows,
-                detail()
-            )),
-        }
-    }
-    out.push_str("  </testsuite>\n</testsuites>\n");
-    out
-}
-
-/// `--junit PATH`, before any I/O: a usage error when the file's directory does not exist.
-pub fn check_junit_path(path: Option<&Path>) -> Result<()> {
-    match path.and_then(Path::parent) {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(Error::usage(format!(
-            "--junit: directory {} does not exist",
-            dir.display()
-        ))),
-        _ => Ok(()),
-    }
+        })
+        .collect();
+    junit::report("clicklake check", report.seconds, &cases)
 }
 
 /// Writes the report as JUnit XML (see [`junit`]) to `path`.
 pub fn write_junit(path: &Path, report: &CheckReport) -> Result<()> {
-    write_junit_xml(path, &junit(report))
-}
-
-/// Writes a JUnit report made elsewhere (`ingest --dry-run --junit`) to `path`.
-pub fn write_junit_xml(path: &Path, xml: &str) -> Result<()> {
-    std::fs::write(path, xml)
-        .map_err(|e| Error::usage(format!("--junit: cannot write {}: {e}", path.display())))
-}
-
-/// Text as XML character data or an attribute value. Characters XML 1.0 does not allow (control
-/// characters other than tab and line breaks) become U+FFFD.
-pub(crate) fn xml_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(ch),
-            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
-            c => out.push(c),
-        }
-    }
-    out
+    junit::write(path, &junit(report))
 }
 
 /// `80 passed, 1 warned, 0 failed, 2 skipped`.
@@ -709,15 +661,6 @@ pub fn summary_line(report: &CheckReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn junit_text_is_escaped_and_holds_no_character_xml_forbids() {
-        assert_eq!(
-            xml_escape("a < b && c > 'd' \"e\"\tf\n"),
-            "a &lt; b &amp;&amp; c &gt; &apos;d&apos; &quot;e&quot;\tf\n"
-        );
-        assert_eq!(xml_escape("bell\u{7} nul\u{0}"), "bell\u{FFFD} nul\u{FFFD}");
-    }
 
     #[test]
     fn thresholds_read_as_dbt_writes_them() {

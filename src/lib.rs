@@ -37,6 +37,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod generate;
 pub mod ingest;
+pub mod junit;
 pub mod lease;
 pub mod memory;
 pub mod models;

@@ -19,7 +19,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
         exclude: &args.exclude,
     };
     // A report nobody can write is a usage error before any check runs.
-    check::check_junit_path(args.junit.as_deref())?;
+    crate::junit::check_path(args.junit.as_deref())?;
     let report = check::run(lake, cfg, dir, selection).await?;
     if let Some(path) = &args.junit {
         check::write_junit(path, &report)?;

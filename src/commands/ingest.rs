@@ -11,7 +11,7 @@ use crate::printer::Printer;
 use crate::storage::Lake;
 
 pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<ExitCode> {
-    crate::check::check_junit_path(args.junit.as_deref())?;
+    crate::junit::check_path(args.junit.as_deref())?;
     let printer = Printer::new(cfg);
     let req = IngestRequest {
         inputs: args.inputs,
@@ -33,7 +33,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: IngestArgs) -> anyhow::Result<
             .apply_gate(limit.or(Some(QuarantineLimit::Rows(0))));
         if let Some(path) = &args.junit {
             let xml = ingest::dry_run::junit(&report, over.is_some());
-            crate::check::write_junit_xml(path, &xml)?;
+            crate::junit::write(path, &xml)?;
         }
         if args.json {
             outln!("{}", serde_json::to_string(&report)?)?;

@@ -37,7 +37,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: RunArgs) -> anyhow::Result<Exi
         ignore: ignore_patterns(cfg, &args.ignore)?,
     };
     runner::validate(&req, cfg)?;
-    check::check_junit_path(args.junit.as_deref())?;
+    crate::junit::check_path(args.junit.as_deref())?;
     let printer = Printer::new(cfg);
     let summary = match runner::run(lake, cfg, req, &printer).await {
         Ok(s) => s,

@@ -179,82 +179,71 @@ pub async fn run(
     })
 }
 
-/// The dry run as JUnit XML: one `testcase` per input file, with the source as its class name.
-/// A file with rejected rows is a `failure` when the run fails its gate (`failing`), else it
-/// passes with them in `system-out` (as a check's warning); either way the text gives the
-/// counts per reason and the file's rows among the first listed. A file that vanished before
-/// it was read is `skipped`.
+/// The dry run as JUnit XML: one test case per input file, with the source as its class name.
+/// A file with rejected rows fails when the run fails its gate (`failing`), else it passes with
+/// them as output (as a check's warning); either way the text gives the counts per reason and
+/// the file's rows among the first listed. A file that vanished before it was read is skipped.
 pub fn junit(d: &DryRun, failing: bool) -> String {
-    use crate::check::xml_escape;
+    use crate::junit::{Case, Outcome};
     let s = &d.summary;
-    let mut cases = String::new();
-    let (mut failures, mut skipped) = (0, 0);
-    for (i, f) in s.files.iter().enumerate() {
-        let open = format!(
-            "    <testcase classname=\"{}\" name=\"{}\"",
-            xml_escape(&format!("ingest --dry-run --source {}", s.source)),
-            xml_escape(&f.source_file)
-        );
-        if f.status != "validated" {
-            skipped += 1;
-            cases.push_str(&format!(
-                "{open}>\n      <skipped message=\"{}\"/>\n    </testcase>\n",
-                xml_escape(f.status)
-            ));
-            continue;
-        }
-        if f.quarantined == 0 {
-            cases.push_str(&format!("{open}/>\n"));
-            continue;
-        }
-        let message = format!("{} of {} lines rejected", f.quarantined, f.lines);
-        let mut text = format!("{message}\n");
-        for (reason, n) in d.reasons_by_file.get(i).into_iter().flatten() {
-            text.push_str(&format!("  {reason:<28} {n}\n"));
-        }
-        let listed: Vec<&Rejected> = d.rejected.iter().filter(|r| r.file_idx == i).collect();
-        if !listed.is_empty() {
-            text.push('\n');
-        }
-        for r in &listed {
-            let detail = match r.detail.as_str() {
-                "" => String::new(),
-                d => format!(": {d}"),
+    let classname = format!("ingest --dry-run --source {}", s.source);
+    let cases: Vec<Case> = s
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let outcome = if f.status != "validated" {
+                Outcome::Skipped(f.status.to_string())
+            } else if f.quarantined == 0 {
+                Outcome::Pass
+            } else {
+                let message = format!("{} of {} lines rejected", f.quarantined, f.lines);
+                let text = rejected_text(d, i, &message, f.quarantined);
+                match failing {
+                    true => Outcome::Failure {
+                        message,
+                        kind: "rejected",
+                        text,
+                    },
+                    false => Outcome::PassWithOutput(text),
+                }
             };
-            text.push_str(&format!("line {}: {}{detail}\n", r.line, r.reason));
-        }
-        if (listed.len() as u64) < f.quarantined {
-            text.push_str(&format!(
-                "({} more: a dry run lists the first {REJECTED_SHOWN} rejected rows of all its files)\n",
-                f.quarantined - listed.len() as u64
-            ));
-        }
-        if failing {
-            failures += 1;
-            cases.push_str(&format!(
-                "{open}>\n      <failure message=\"{}\" type=\"rejected\">{}</failure>\n    </testcase>\n",
-                xml_escape(&message),
-                xml_escape(&text)
-            ));
-        } else {
-            cases.push_str(&format!(
-                "{open}>\n      <system-out>{}</system-out>\n    </testcase>\n",
-                xml_escape(&text)
-            ));
-        }
+            Case {
+                classname: classname.clone(),
+                name: f.source_file.clone(),
+                seconds: None,
+                outcome,
+            }
+        })
+        .collect();
+    crate::junit::report("clicklake ingest --dry-run", s.seconds, &cases)
+}
+
+/// The rejected rows of file `i` of a dry run: `message`, its counts per reason, then its rows
+/// among the first listed as `line N: reason: detail`.
+fn rejected_text(d: &DryRun, i: usize, message: &str, quarantined: u64) -> String {
+    let mut text = format!("{message}\n");
+    for (reason, n) in d.reasons_by_file.get(i).into_iter().flatten() {
+        text.push_str(&format!("  {reason:<28} {n}\n"));
     }
-    let counts = format!(
-        "tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{:.3}\"",
-        s.files.len(),
-        s.seconds
-    );
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <testsuites name=\"clicklake ingest --dry-run\" {counts}>\n\
-         \x20 <testsuite name=\"clicklake ingest --dry-run\" {counts}>\n\
-         {cases}\
-         \x20 </testsuite>\n</testsuites>\n"
-    )
+    let listed: Vec<&Rejected> = d.rejected.iter().filter(|r| r.file_idx == i).collect();
+    if !listed.is_empty() {
+        text.push('\n');
+    }
+    for r in &listed {
+        let detail = match r.detail.as_str() {
+            "" => String::new(),
+            d => format!(": {d}"),
+        };
+        text.push_str(&format!("line {}: {}{detail}\n", r.line, r.reason));
+    }
+    if (listed.len() as u64) < quarantined {
+        text.push_str(&format!(
+            "({} more: a dry run lists the first {REJECTED_SHOWN} rejected rows of all its files)\n",
+            quarantined - listed.len() as u64
+        ));
+    }
+    text
 }
 
 /// The first [`REJECTED_SHOWN`] rejected rows by file and line, gathered from chunks that arrive
