@@ -159,10 +159,7 @@ pub async fn run(
 
     let progress = printer.spinner("clean");
     let ctx = model_context(cfg, &raw, &events)?;
-    let params = datafusion::common::ParamValues::from(vec![(
-        "session_gap_us",
-        ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
-    )]);
+    let params = chain_params(cfg);
     let markers = || {
         vec![
             Transaction::new(CONSUMED_APP_ID, raw_version),
@@ -897,17 +894,13 @@ fn string_table(column: &str, values: Vec<String>) -> Result<MemTable> {
 /// (an override under `--sql-dir`), or a last model that does not return every column of
 /// `events` with its type, is a configuration error naming the file, even on a run with
 /// nothing to clean.
-async fn check_chain(models: &[Model], cfg: &Config) -> Result<()> {
+async fn check_chain(models: &[Model], cfg: &Config) -> Result<datafusion::dataframe::DataFrame> {
     let ctx = catalog::model_session(cfg.memory_limit)?;
     let raw = MemTable::try_new((RAW_EVENTS.schema)(), vec![vec![]])?;
     ctx.register_table("raw_input", Arc::new(raw))?;
     ctx.register_table("events_carried", empty_events()?)?;
-    let params = datafusion::common::ParamValues::from(vec![(
-        "session_gap_us",
-        ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
-    )]);
     let last = models.last().expect("checked: at least three models");
-    let output = models::plan_chain(&ctx, models, &params).await?;
+    let output = models::plan_chain(&ctx, models, &chain_params(cfg)).await?;
     let returned = output.schema().as_arrow().clone();
     for field in (EVENTS.schema)().fields() {
         let problem = match returned.field_with_name(field.name()) {
@@ -935,7 +928,15 @@ async fn check_chain(models: &[Model], cfg: &Config) -> Result<()> {
             last.origin
         )));
     }
-    Ok(())
+    Ok(output)
+}
+
+/// The bound parameters of the clean models.
+fn chain_params(cfg: &Config) -> datafusion::common::ParamValues {
+    datafusion::common::ParamValues::from(vec![(
+        "session_gap_us",
+        ScalarValue::Int64(Some(cfg.clean.session_gap.as_micros() as i64)),
+    )])
 }
 
 /// Whether a model's column of type `returned` can be written to a column of type `stored`
@@ -1106,16 +1107,14 @@ mod tests {
     #[tokio::test]
     async fn embedded_models_plan_against_the_real_schemas() {
         let models = models::load("clean", None).unwrap();
-        let ctx = catalog::model_session(256 << 20).unwrap();
-        let raw = MemTable::try_new((RAW_EVENTS.schema)(), vec![vec![]]).unwrap();
-        ctx.register_table("raw_input", Arc::new(raw)).unwrap();
-        ctx.register_table("events_carried", empty_events().unwrap())
-            .unwrap();
-        let params = datafusion::common::ParamValues::from(vec![(
-            "session_gap_us",
-            ScalarValue::Int64(Some(1_800_000_000)),
-        )]);
-        let df = models::plan_chain(&ctx, &models, &params).await.unwrap();
+        let cfg = Config::merge(
+            &Default::default(),
+            &Default::default(),
+            Default::default(),
+            None,
+        )
+        .unwrap();
+        let df = check_chain(&models, &cfg).await.unwrap();
         let plan = df.clone().create_physical_plan().await.unwrap();
         let schema = plan.schema();
         for field in (EVENTS.schema)().fields() {
