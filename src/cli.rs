@@ -407,8 +407,8 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct SqlArgs {
-    /// SQL to run: one statement, or several separated by `;`; repeatable, run in order (as
-    /// with psql and datafusion-cli)
+    /// SQL to run: one statement, or several separated by `;`, or one meta-command (`\d events`);
+    /// repeatable, run in order (as with psql and datafusion-cli)
     #[arg(
         short = 'c',
         long = "command",

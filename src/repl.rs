@@ -28,7 +28,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use rustyline::error::ReadlineError;
 
 use crate::cli::OutputFormat;
-use crate::commands::sql::{run_statement, statement_name, Output};
+use crate::commands::sql::{run_statement, sql_type, statement_name, Output};
 use crate::config::Config;
 use crate::error::exit;
 use crate::storage::Lake;
@@ -135,7 +135,7 @@ fn history_path() -> Option<PathBuf> {
 
 /// What a meta-command asks for.
 #[derive(Debug, PartialEq)]
-enum Meta {
+pub(crate) enum Meta {
     Quit,
     Help,
     ListTables,
@@ -146,7 +146,7 @@ enum Meta {
 
 /// Parses a line that starts with `\` or `.` (or is `exit`/`quit`); `Err` is a message for the
 /// user; `Ok(None)` means the line is SQL.
-fn parse_meta(line: &str) -> Result<Option<Meta>, String> {
+pub(crate) fn parse_meta(line: &str) -> Result<Option<Meta>, String> {
     let line = line.trim().trim_end_matches(';').trim();
     let mut words = line.split_whitespace();
     let Some(cmd) = words.next() else {
@@ -219,14 +219,16 @@ pub async fn run(
             lake.root()
         );
     }
-    let mut format = format;
-    let mut max_rows = interactive.then_some(DEFAULT_MAX_ROWS);
+    let mut settings = Settings {
+        format,
+        max_rows: interactive.then_some(DEFAULT_MAX_ROWS),
+    };
     let mut buffer = String::new();
     let mut failures = 0usize;
-    let output = |format, max_rows| Output {
-        format,
+    let output = |settings: &Settings| Output {
+        format: settings.format,
         path: None,
-        max_rows,
+        max_rows: settings.max_rows,
         time_travel,
     };
     loop {
@@ -244,21 +246,14 @@ pub async fn run(
                 Ok(None) => {}
                 Ok(Some(meta)) => {
                     lines.remember(&line);
-                    match meta {
-                        Meta::Quit => break,
-                        Meta::Help => outln!("{HELP}")?,
-                        Meta::ListTables => list_tables(ctx)?,
-                        Meta::Describe(t) => {
-                            if let Err(e) = describe(lake, ctx, &t).await {
-                                if crate::error::is_broken_pipe(&e) {
-                                    return Err(e);
-                                }
-                                failures += 1;
-                                eprintln!("error: {}", crate::error::one_line(&e));
-                            }
+                    match run_meta(meta, lake, ctx, &mut settings).await {
+                        Ok(Flow::Quit) => break,
+                        Ok(Flow::Continue) => {}
+                        Err(e) if crate::error::is_broken_pipe(&e) => return Err(e),
+                        Err(e) => {
+                            failures += 1;
+                            eprintln!("error: {}", crate::error::one_line(&e));
                         }
-                        Meta::Format(f) => format = f,
-                        Meta::MaxRows(n) => max_rows = n,
                     }
                     continue;
                 }
@@ -277,13 +272,13 @@ pub async fn run(
         if statement_complete(&buffer) {
             lines.remember(&buffer);
             let text = std::mem::take(&mut buffer);
-            let out = output(format, max_rows);
+            let out = output(&settings);
             failures += execute(cfg, lake, ctx, &text, &out, interactive).await;
         }
     }
     // Piped input may end without a final `;`.
     if !buffer.trim().is_empty() {
-        let out = output(format, max_rows);
+        let out = output(&settings);
         failures += execute(cfg, lake, ctx, &buffer, &out, interactive).await;
     }
     lines.save();
@@ -341,6 +336,38 @@ async fn execute(
     0
 }
 
+/// How results are shown; meta-commands change it for the statements after them.
+pub(crate) struct Settings {
+    pub format: OutputFormat,
+    /// Table format only: rows shown (the rest are counted); `None` for all.
+    pub max_rows: Option<usize>,
+}
+
+/// What the caller does after a meta-command.
+pub(crate) enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Runs one meta-command, in the REPL or from `sql -c '\d events'` as psql runs them: listings on
+/// stdout, `\format` and `\maxrows` into `settings` for the statements that follow.
+pub(crate) async fn run_meta(
+    meta: Meta,
+    lake: &Lake,
+    ctx: &SessionContext,
+    settings: &mut Settings,
+) -> anyhow::Result<Flow> {
+    match meta {
+        Meta::Quit => return Ok(Flow::Quit),
+        Meta::Help => outln!("{HELP}")?,
+        Meta::ListTables => list_tables(ctx)?,
+        Meta::Describe(t) => describe(lake, ctx, &t).await?,
+        Meta::Format(f) => settings.format = f,
+        Meta::MaxRows(n) => settings.max_rows = n,
+    }
+    Ok(Flow::Continue)
+}
+
 fn list_tables(ctx: &SessionContext) -> std::io::Result<()> {
     let names = crate::catalog::registered_tables(ctx);
     if names.is_empty() {
@@ -350,44 +377,6 @@ fn list_tables(ctx: &SessionContext) -> std::io::Result<()> {
         outln!("{n}")?;
     }
     Ok(())
-}
-
-/// A column type as SQL names it (what `CAST(x AS …)` takes), as DuckDB's `DESCRIBE` shows it:
-/// `VARCHAR` rather than the engine's `Utf8View`; anything without a SQL name as Arrow's.
-fn sql_type(t: &arrow::datatypes::DataType) -> String {
-    use arrow::datatypes::DataType as T;
-    match t {
-        T::Utf8 | T::LargeUtf8 | T::Utf8View => "VARCHAR".into(),
-        T::Boolean => "BOOLEAN".into(),
-        T::Int8 => "TINYINT".into(),
-        T::Int16 => "SMALLINT".into(),
-        T::Int32 => "INTEGER".into(),
-        T::Int64 => "BIGINT".into(),
-        T::UInt8 => "TINYINT UNSIGNED".into(),
-        T::UInt16 => "SMALLINT UNSIGNED".into(),
-        T::UInt32 => "INTEGER UNSIGNED".into(),
-        T::UInt64 => "BIGINT UNSIGNED".into(),
-        T::Float32 => "REAL".into(),
-        T::Float64 => "DOUBLE".into(),
-        T::Decimal128(p, s) | T::Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
-        T::Date32 | T::Date64 => "DATE".into(),
-        T::Timestamp(_, Some(tz)) => format!("TIMESTAMP WITH TIME ZONE ({tz})"),
-        T::Timestamp(_, None) => "TIMESTAMP".into(),
-        T::Binary | T::LargeBinary | T::BinaryView => "BYTEA".into(),
-        T::Dictionary(_, value) => sql_type(value),
-        T::List(item) | T::LargeList(item) | T::ListView(item) => {
-            format!("{}[]", sql_type(item.data_type()))
-        }
-        T::Struct(fields) => format!(
-            "STRUCT({})",
-            fields
-                .iter()
-                .map(|f| format!("{} {}", f.name(), sql_type(f.data_type())))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other.to_string(),
-    }
 }
 
 /// Columns, types and nullability of one table, and its partition columns.
@@ -423,26 +412,6 @@ async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn describe_names_types_as_sql_does() {
-        use arrow::datatypes::{DataType as T, Field, TimeUnit};
-        assert_eq!(sql_type(&T::Utf8View), "VARCHAR");
-        assert_eq!(sql_type(&T::Decimal128(18, 2)), "DECIMAL(18, 2)");
-        assert_eq!(
-            sql_type(&T::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
-            "TIMESTAMP WITH TIME ZONE (UTC)"
-        );
-        assert_eq!(
-            sql_type(&T::List(std::sync::Arc::new(Field::new(
-                "item",
-                T::Int64,
-                true
-            )))),
-            "BIGINT[]"
-        );
-        assert_eq!(sql_type(&T::Duration(TimeUnit::Second)), "Duration(s)");
-    }
 
     #[test]
     fn meta_commands_parse() {

@@ -17,6 +17,7 @@ use crate::catalog;
 use crate::cli::{OutputFormat, SqlArgs};
 use crate::config::Config;
 use crate::error::{query_mistake, root_message, Error};
+use crate::repl::{Flow, Meta, Settings};
 use crate::storage::{Lake, TableAsOf};
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
@@ -64,17 +65,28 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         catalog::register_all(&ctx, lake, as_of).await?;
         return crate::repl::run(cfg, lake, &ctx, args.format, as_of.is_some()).await;
     }
-    let mut statements = Vec::new();
+    let mut items = Vec::new();
     for (text, origin) in &sources {
+        // A `-c` may be one meta-command (`\d events`), as in psql.
+        if args.file.is_none() {
+            match crate::repl::parse_meta(text) {
+                Ok(Some(meta)) => {
+                    items.push(Item::Meta(meta));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(msg) => return Err(Error::usage(format!("{origin}: {msg}")).into()),
+            }
+        }
         let parsed = DFParser::parse_sql_with_dialect(text, &GenericDialect {})
             .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
         if parsed.is_empty() {
             return Err(Error::usage(format!("{origin}: no statement")).into());
         }
-        statements.extend(parsed);
+        items.extend(parsed.into_iter().map(Item::Sql));
     }
-    if args.output.is_some() && statements.len() > 1 {
-        return Err(Error::usage("--output takes the result of one statement").into());
+    if args.output.is_some() && (items.len() > 1 || matches!(items[..], [Item::Meta(_)])) {
+        return Err(Error::usage("--output takes the result of one SQL statement").into());
     }
     let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
     let registered = catalog::register_all(&ctx, lake, as_of).await?;
@@ -92,18 +104,37 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             );
         }
     }
-    let many = statements.len() > 1;
-    for (i, statement) in statements.into_iter().enumerate() {
-        let name = statement_name(&statement, i, many);
-        let out = Output {
-            format: args.format,
-            path: args.output.as_deref(),
-            max_rows: None,
-            time_travel: as_of.is_some(),
-        };
-        run_statement(cfg, lake, &ctx, statement, &name, &out).await?;
+    let many = items.len() > 1;
+    let mut settings = Settings {
+        format: args.format,
+        max_rows: None,
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            Item::Meta(meta) => match crate::repl::run_meta(meta, lake, &ctx, &mut settings).await?
+            {
+                Flow::Continue => {}
+                Flow::Quit => break,
+            },
+            Item::Sql(statement) => {
+                let name = statement_name(&statement, i, many);
+                let out = Output {
+                    format: settings.format,
+                    path: args.output.as_deref(),
+                    max_rows: settings.max_rows,
+                    time_travel: as_of.is_some(),
+                };
+                run_statement(cfg, lake, &ctx, statement, &name, &out).await?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One thing to run from `-c` or `-f`, in order.
+enum Item {
+    Sql(Statement),
+    Meta(Meta),
 }
 
 /// `--param NAME=VALUE` arguments as (name, value) pairs: each name once, an identifier.
@@ -269,10 +300,15 @@ pub(crate) async fn run_statement(
     if let Some(refusal) = lake_write(&plan) {
         return Err(Error::usage(format!("in {name}: {refusal}")).into());
     }
-    let df = ctx
-        .execute_logical_plan(plan)
-        .await
-        .map_err(|e| user_error(name, e))?;
+    let df = match plan {
+        // DESCRIBE names types as SQL does (`VARCHAR`), as `\d TABLE` and DuckDB do, rather than
+        // as the engine lays them out (`Utf8View`).
+        LogicalPlan::DescribeTable(d) => ctx.read_batch(describe_batch(&d.schema)?)?,
+        plan => ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| user_error(name, e))?,
+    };
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(|e| user_error(name, e))?;
     let mut sink = open_sink(lake, output).await?;
@@ -379,6 +415,71 @@ pub(crate) async fn run_statement(
     Ok(())
 }
 
+/// A column type as SQL names it (what `CAST(x AS …)` takes), as DuckDB's `DESCRIBE` shows it:
+/// `VARCHAR` rather than the engine's `Utf8View`; anything without a SQL name as Arrow's.
+pub(crate) fn sql_type(t: &arrow::datatypes::DataType) -> String {
+    use arrow::datatypes::DataType as T;
+    match t {
+        T::Utf8 | T::LargeUtf8 | T::Utf8View => "VARCHAR".into(),
+        T::Boolean => "BOOLEAN".into(),
+        T::Int8 => "TINYINT".into(),
+        T::Int16 => "SMALLINT".into(),
+        T::Int32 => "INTEGER".into(),
+        T::Int64 => "BIGINT".into(),
+        T::UInt8 => "TINYINT UNSIGNED".into(),
+        T::UInt16 => "SMALLINT UNSIGNED".into(),
+        T::UInt32 => "INTEGER UNSIGNED".into(),
+        T::UInt64 => "BIGINT UNSIGNED".into(),
+        T::Float32 => "REAL".into(),
+        T::Float64 => "DOUBLE".into(),
+        T::Decimal128(p, s) | T::Decimal256(p, s) => format!("DECIMAL({p}, {s})"),
+        T::Date32 | T::Date64 => "DATE".into(),
+        T::Timestamp(_, Some(tz)) => format!("TIMESTAMP WITH TIME ZONE ({tz})"),
+        T::Timestamp(_, None) => "TIMESTAMP".into(),
+        T::Binary | T::LargeBinary | T::BinaryView => "BYTEA".into(),
+        T::Dictionary(_, value) => sql_type(value),
+        T::List(item) | T::LargeList(item) | T::ListView(item) => {
+            format!("{}[]", sql_type(item.data_type()))
+        }
+        T::Struct(fields) => format!(
+            "STRUCT({})",
+            fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), sql_type(f.data_type())))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// `DESCRIBE TABLE`'s result, with DataFusion's columns: `column_name`, `data_type` (as SQL names
+/// it), `is_nullable` (`YES`/`NO`).
+fn describe_batch(schema: &arrow::datatypes::Schema) -> anyhow::Result<arrow::array::RecordBatch> {
+    use arrow::array::StringArray;
+    let fields = schema.fields();
+    let column = |values: Vec<String>| std::sync::Arc::new(StringArray::from(values)) as _;
+    Ok(arrow::array::RecordBatch::try_from_iter([
+        (
+            "column_name",
+            column(fields.iter().map(|f| f.name().clone()).collect()),
+        ),
+        (
+            "data_type",
+            column(fields.iter().map(|f| sql_type(f.data_type())).collect()),
+        ),
+        (
+            "is_nullable",
+            column(
+                fields
+                    .iter()
+                    .map(|f| if f.is_nullable() { "YES" } else { "NO" }.to_string())
+                    .collect(),
+            ),
+        ),
+    ])?)
+}
+
 /// `clicklake sql` reads the lake; it does not change it. DataFusion would commit an `INSERT`
 /// into a lake table as a Delta append behind the lake's lock, past validation, deduplication and
 /// the erasure records, and a `DROP` or `CREATE OR REPLACE` of one would only hide it from this
@@ -478,6 +579,26 @@ fn user_error(name: &str, e: DataFusionError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describe_names_types_as_sql_does() {
+        use arrow::datatypes::{DataType as T, Field, TimeUnit};
+        assert_eq!(sql_type(&T::Utf8View), "VARCHAR");
+        assert_eq!(sql_type(&T::Decimal128(18, 2)), "DECIMAL(18, 2)");
+        assert_eq!(
+            sql_type(&T::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            "TIMESTAMP WITH TIME ZONE (UTC)"
+        );
+        assert_eq!(
+            sql_type(&T::List(std::sync::Arc::new(Field::new(
+                "item",
+                T::Int64,
+                true
+            )))),
+            "BIGINT[]"
+        );
+        assert_eq!(sql_type(&T::Duration(TimeUnit::Second)), "Duration(s)");
+    }
 
     #[test]
     fn params_fill_their_references_and_nothing_else() {

@@ -104,6 +104,37 @@ fn sql_output_formats() {
         "event_id,price\n"
     );
     assert_eq!(ctx.ok(&["sql", "--format", "json", "-c", none]), "[]\n");
+
+    // DESCRIBE names types as SQL does, in every format, as `\d` does.
+    let described = ctx.ok(&["sql", "--format", "csv", "-c", "DESCRIBE raw_events"]);
+    assert!(
+        described.starts_with("column_name,data_type,is_nullable\nevent_id,VARCHAR,"),
+        "{described}"
+    );
+    assert!(
+        described.contains("\nprice,\"DECIMAL(18, 2)\","),
+        "{described}"
+    );
+    assert!(!described.contains("Utf8"), "{described}");
+    // A -c may be a meta-command, as in psql; `\format` holds for the statements after it.
+    let meta = ctx.ok(&["sql", "-c", "\\d raw_events", "-c", "\\format csv", "-c", q]);
+    assert!(meta.starts_with("raw_events\n  event_id "), "{meta}");
+    assert!(
+        meta.contains("partitioned by event_date, segment"),
+        "{meta}"
+    );
+    assert!(
+        meta.ends_with("event_id,price\ne1,59.90\ne18,19.99\ne20,\n"),
+        "{meta}"
+    );
+    let out = ctx.run(&["sql", "-c", "\\d nothing_here"]);
+    one_line_failure(&out, 2, &["no table \"nothing_here\""]);
+    let out = ctx.run(&["sql", "-c", "\\bogus", "-c", q]);
+    one_line_failure(&out, 2, &["-c #1", "unknown command `\\bogus`"]);
+    assert!(
+        out.stdout.is_empty(),
+        "nothing runs before the arguments are checked"
+    );
 }
 
 both_backends!(
