@@ -390,9 +390,14 @@ fn selected(checks: Vec<Check>, selection: Selection) -> Result<Vec<Check>> {
         ("--exclude", selection.exclude),
     ] {
         if let Some(text) = texts.iter().find(|t| !names.iter().any(|n| n.contains(*t))) {
+            let hint = match closest_word(text, &names) {
+                Some(word) => format!("; did you mean {word:?}?"),
+                None => String::new(),
+            };
             return Err(Error::usage(format!(
-                "{flag} {text:?}: no check's name contains it (checks: {})",
-                names.join(", ")
+                "{flag} {text:?}: no check's name contains it{hint} (`clicklake check --list` \
+                 names the {} checks)",
+                names.len()
             )));
         }
     }
@@ -408,6 +413,67 @@ fn selected(checks: Vec<Check>, selection: Selection) -> Result<Vec<Check>> {
         ));
     }
     Ok(chosen)
+}
+
+/// The word of the checks' names closest to a misspelt `text`, when one is close. Names are made
+/// of tables, columns and kinds (`unique(dim_user.user_key)`) and a selection is a part of one,
+/// so a word scores by its closest stretch of about the text's length; the shortest word wins a
+/// tie (`dim_user` rather than `dim_user.user_key`).
+fn closest_word<'a>(text: &str, names: &[&'a str]) -> Option<&'a str> {
+    let n = text.chars().count();
+    let score = |word: &str| -> f64 {
+        let chars: Vec<char> = word.chars().collect();
+        let mut best = strsim::normalized_levenshtein(text, word);
+        for len in n.saturating_sub(1).max(1)..=n + 1 {
+            for window in chars.windows(len) {
+                let window: String = window.iter().collect();
+                best = best.max(strsim::normalized_levenshtein(text, &window));
+            }
+        }
+        best
+    };
+    let words = names
+        .iter()
+        .flat_map(|n| n.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.')))
+        .flat_map(|w| std::iter::once(w).chain(w.split('.')))
+        .filter(|w| !w.is_empty());
+    let mut best: Option<(f64, &str)> = None;
+    for word in words {
+        let s = score(word);
+        let better = match best {
+            None => true,
+            Some((b, w)) => s > b || (s == b && word.len() < w.len()),
+        };
+        if better {
+            best = Some((s, word));
+        }
+    }
+    best.filter(|(s, _)| *s >= 0.8).map(|(_, w)| w)
+}
+
+/// The checks `selection` picks, without running them (`check --list`).
+pub fn list(cfg: &Config, user_dir: Option<&Path>, selection: Selection<'_>) -> Result<Vec<Check>> {
+    selected(all_checks(cfg, user_dir)?, selection)
+}
+
+/// `check --list`: a line a check, `name  origin  severity  tables`, aligned.
+pub fn render_list(checks: &[Check]) -> String {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    let origin = checks.iter().map(|c| c.origin.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for c in checks {
+        let severity = match c.severity {
+            Severity::Error => "error",
+            Severity::Warn => "warn",
+        };
+        out.push_str(&format!(
+            "{:<width$}  {:<origin$}  {severity:<5}  {}\n",
+            c.name,
+            c.origin,
+            c.tables.join(", ")
+        ));
+    }
+    out
 }
 
 /// Runs the checks `selection` picks.
@@ -661,6 +727,26 @@ pub fn summary_line(report: &CheckReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_selection_is_matched_to_the_closest_word_of_the_names() {
+        let names = [
+            "unique(dim_user.user_key)",
+            "references(fact_orders.user_key->dim_user.user_key)",
+            "events_unique_event_id",
+            "fact_orders_revenue_matches_events",
+        ];
+        assert_eq!(closest_word("dim_usr", &names), Some("dim_user"));
+        assert_eq!(
+            closest_word("unique_evnt_id", &names),
+            Some("events_unique_event_id")
+        );
+        assert_eq!(
+            closest_word("fact_order_revenue", &names),
+            Some("fact_orders_revenue_matches_events")
+        );
+        assert_eq!(closest_word("zzzz", &names), None);
+    }
 
     #[test]
     fn thresholds_read_as_dbt_writes_them() {

@@ -231,7 +231,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "TEXT")]
     pub exclude: Vec<String>,
 
-    /// Print the report as one JSON object.
+    /// Print the report as one JSON object (with --list: an array of the checks).
     #[arg(long)]
     pub json: bool,
 
@@ -239,6 +239,11 @@ pub struct CheckArgs {
     /// (GitLab, Jenkins, Azure Pipelines, CircleCI): one test case per check
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
+
+    /// List the checks --select and --exclude pick, with where each comes from, its severity and
+    /// the tables it reads, without running them (as `dbt ls`); reads no table
+    #[arg(long, conflicts_with = "junit")]
+    pub list: bool,
 }
 
 #[derive(Debug, Args)]

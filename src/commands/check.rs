@@ -18,6 +18,28 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
         select: &args.select,
         exclude: &args.exclude,
     };
+    if args.list {
+        let checks = check::list(cfg, dir, selection)?;
+        if args.json {
+            let listed: Vec<serde_json::Value> = checks
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "name": c.name,
+                        "origin": c.origin,
+                        "severity": c.severity,
+                        "tables": c.tables,
+                        "warn_if": c.warn_if.to_string(),
+                        "error_if": c.error_if.to_string(),
+                    })
+                })
+                .collect();
+            outln!("{}", serde_json::to_string(&listed)?)?;
+        } else {
+            out!("{}", check::render_list(&checks))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // A report nobody can write is a usage error before any check runs.
     crate::junit::check_path(args.junit.as_deref())?;
     let report = check::run(lake, cfg, dir, selection).await?;

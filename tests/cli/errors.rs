@@ -191,9 +191,28 @@ fn a_check_selection_matching_nothing_is_a_usage_error() {
     let out = ctx.run(&["check", "--select", "unique_evnt_id"]);
     assert_usage_error(
         &out,
-        &["--select \"unique_evnt_id\"", "events_unique_event_id"],
+        &[
+            "--select \"unique_evnt_id\"",
+            "did you mean \"events_unique_event_id\"?",
+            "`clicklake check --list`",
+        ],
     );
     one_line(&out);
+    // --list names what a selection picks without reading the lake (there is none yet).
+    let listed = ctx.ok(&["check", "--list", "--select", "unique(dim_user"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.starts_with("unique(dim_user.user_key)  ")
+            && listed.trim_end().ends_with("dim_user"),
+        "{listed}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ctx.ok(&["check", "--list", "--json"])).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert!(listed.iter().any(|c| c["name"] == "events_unique_event_id"
+        && c["tables"] == serde_json::json!(["events"])
+        && c["severity"] == "error"));
+    assert!(!ctx.path("lake").exists(), "--list read or made the lake");
     let f = ctx.fixture("native/every_reason.ndjson");
     ctx.ok(&["ingest", f.to_str().unwrap()]);
     ctx.ok(&["clean"]);
