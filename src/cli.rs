@@ -406,6 +406,9 @@ pub enum OutputFormat {
     Tsv,
     Json,
     Ndjson,
+    /// One `column = value` line a column and a blank line between rows, for rows too wide for
+    /// a table (DuckDB's `.mode line`, psql's `\x`)
+    Line,
     /// zstd-compressed Parquet (with --output, or to a pipe)
     Parquet,
 }

@@ -9,8 +9,9 @@
 //! |---|---|
 //! | `\d`, `.tables` | list the tables |
 //! | `\d TABLE`, `.schema TABLE` | describe a table: columns, types, nullability, partitions |
-//! | `\format FORMAT` | switch the output format (table, csv, tsv, json, ndjson) |
-//! | `\maxrows N` | rows shown by the table format (the rest are counted); 0 for all |
+//! | `\format FORMAT` | switch the output format (table, csv, tsv, json, ndjson, line) |
+//! | `\x [on\|off]` | rows as `column = value` lines, for wide rows (psql's expanded display) |
+//! | `\maxrows N` | rows shown by the table and line formats (the rest are counted); 0 for all |
 //! | `\?`, `.help` | this list |
 //! | `\q`, `.quit`, `exit` | leave (Ctrl-D too) |
 //!
@@ -41,8 +42,9 @@ const DEFAULT_MAX_ROWS: usize = 40;
 const HELP: &str = "\
   \\d, .tables            list the tables
   \\d TABLE, .schema T    describe a table
-  \\format FORMAT         table, csv, tsv, json or ndjson
-  \\maxrows N             rows the table format shows (0: all)
+  \\format FORMAT         table, csv, tsv, json, ndjson or line
+  \\x [on|off]            rows as `column = value` lines (for wide rows)
+  \\maxrows N             rows the table and line formats show (0: all)
   \\q, .quit, exit        leave (or Ctrl-D)
   SQL ending with ;      run it (statements may span lines)";
 
@@ -141,6 +143,8 @@ pub(crate) enum Meta {
     ListTables,
     Describe(String),
     Format(OutputFormat),
+    /// `\x`: rows as `column = value` lines (on), as a table (off), or the other of the two.
+    Expanded(Option<bool>),
     MaxRows(Option<usize>),
 }
 
@@ -169,10 +173,13 @@ pub(crate) fn parse_meta(line: &str) -> Result<Option<Meta>, String> {
         ("\\?" | "\\h" | ".help", None) => Meta::Help,
         ("\\d" | "\\dt" | ".tables", None) => Meta::ListTables,
         ("\\d" | ".schema" | ".describe", Some(t)) => Meta::Describe(t.to_string()),
+        ("\\x", None) => Meta::Expanded(None),
+        ("\\x", Some("on")) => Meta::Expanded(Some(true)),
+        ("\\x", Some("off")) => Meta::Expanded(Some(false)),
         ("\\format" | ".mode", Some(f)) => match OutputFormat::from_str(f, true) {
             Ok(OutputFormat::Parquet) | Err(_) => {
                 return Err(format!(
-                    "{cmd}: {f:?} is not one of table, csv, tsv, json, ndjson"
+                    "{cmd}: {f:?} is not one of table, csv, tsv, json, ndjson, line"
                 ))
             }
             Ok(f) => Meta::Format(f),
@@ -363,6 +370,15 @@ pub(crate) async fn run_meta(
         Meta::ListTables => list_tables(ctx)?,
         Meta::Describe(t) => describe(lake, ctx, &t).await?,
         Meta::Format(f) => settings.format = f,
+        Meta::Expanded(on) => {
+            let on = on.unwrap_or(settings.format != OutputFormat::Line);
+            settings.format = if on {
+                OutputFormat::Line
+            } else {
+                OutputFormat::Table
+            };
+            eprintln!("expanded display is {}", if on { "on" } else { "off" });
+        }
         Meta::MaxRows(n) => settings.max_rows = n,
     }
     Ok(Flow::Continue)
@@ -429,6 +445,12 @@ mod tests {
             parse_meta("\\maxrows 0").unwrap(),
             Some(Meta::MaxRows(None))
         );
+        assert_eq!(parse_meta("\\x").unwrap(), Some(Meta::Expanded(None)));
+        assert_eq!(
+            parse_meta("\\x off").unwrap(),
+            Some(Meta::Expanded(Some(false)))
+        );
+        assert!(parse_meta("\\x maybe").is_err());
         assert_eq!(parse_meta("select 1;").unwrap(), None);
         assert_eq!(parse_meta("exit_rows > 1").unwrap(), None);
         assert!(parse_meta("\\format parquet").is_err());

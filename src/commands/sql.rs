@@ -342,6 +342,40 @@ pub(crate) async fn run_statement(
                     .await?;
             }
         }
+        OutputFormat::Line => {
+            let limit = out.max_rows.unwrap_or(usize::MAX);
+            let width = schema.fields().iter().map(|f| f.name().chars().count());
+            let width = width.max().unwrap_or(0);
+            let options = arrow::util::display::FormatOptions::default();
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| user_error(name, e))?;
+                let shown = b.num_rows().min(limit.saturating_sub(rows));
+                rows += b.num_rows();
+                if shown == 0 {
+                    continue;
+                }
+                let columns = b
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c, &options))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut text = String::new();
+                for row in 0..shown {
+                    if rows - b.num_rows() + row > 0 {
+                        text.push('\n');
+                    }
+                    for (field, column) in schema.fields().iter().zip(&columns) {
+                        use std::fmt::Write as _;
+                        writeln!(text, "{:>width$} = {}", field.name(), column.value(row))?;
+                    }
+                }
+                sink.write_all(text.as_bytes()).await?;
+            }
+            if rows > limit {
+                sink.write_all(format!("\n({limit} of {rows} rows shown)\n").as_bytes())
+                    .await?;
+            }
+        }
         OutputFormat::Csv | OutputFormat::Tsv => {
             let delim = if format == OutputFormat::Csv {
                 b','
@@ -406,7 +440,9 @@ pub(crate) async fn run_statement(
         sink.flush().await?;
         sink.shutdown().await?;
     }
-    if !cfg.quiet && (format == OutputFormat::Table || output.is_some()) {
+    if !cfg.quiet
+        && (matches!(format, OutputFormat::Table | OutputFormat::Line) || output.is_some())
+    {
         match output {
             Some(o) => eprintln!("{rows} row(s) written to {o}"),
             None => eprintln!("{rows} row(s)"),

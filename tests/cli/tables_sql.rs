@@ -104,6 +104,11 @@ fn sql_output_formats() {
         "event_id,price\n"
     );
     assert_eq!(ctx.ok(&["sql", "--format", "json", "-c", none]), "[]\n");
+    // Wide rows as `column = value` lines, names aligned, a blank line between rows.
+    assert_eq!(
+        ctx.ok(&["sql", "--format", "line", "-c", &format!("{q} LIMIT 2")]),
+        "event_id = e1\n   price = 59.90\n\nevent_id = e18\n   price = 19.99\n"
+    );
 
     // DESCRIBE names types as SQL does, in every format, as `\d` does.
     let described = ctx.ok(&["sql", "--format", "csv", "-c", "DESCRIBE raw_events"]);
@@ -432,6 +437,7 @@ both_backends!(
         ctx.ok(&["clean", "-q"]);
         let script =
             "\\d\n\\d events\nSELECT count(*) AS n\n  FROM events -- a comment; not the end\n  ;\n\
+                  \\x\nSELECT 6 * 7 AS answer, 'wide' AS row_kind;\n\\x\n\
                   \\format csv\nSELECT 41 + 1 AS answer;\n\\q\nSELECT 'after quit' AS late;\n";
         let out = ctx.cmd().arg("sql").write_stdin(script).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -460,6 +466,11 @@ both_backends!(
         let events = ctx.count("SELECT count(*) FROM events");
         assert!(stdout.contains(&format!("| {events} ")), "{stdout}");
         assert!(stdout.contains("answer\n42\n"), "{stdout}");
+        // `\x` switches to `column = value` lines, and back.
+        assert!(
+            stdout.contains("  answer = 42\nrow_kind = wide\n"),
+            "{stdout}"
+        );
         assert!(!stdout.contains("after quit"), "{stdout}");
 
         // A failing statement is reported and the rest still runs; piped input then exits 2.
