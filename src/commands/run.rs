@@ -99,10 +99,20 @@ pub fn render(s: &RunSummary) -> String {
                 i.files_skipped
             )
         } else {
+            // Every line is accounted for on this line, as in `ingest`'s summary.
+            let mut rest = String::new();
+            for (n, what) in [(i.blank_lines, "blank"), (i.erased, "erased")] {
+                if n > 0 {
+                    rest.push_str(&format!(", {n} {what}"));
+                }
+            }
+            let lines = match i.extra_rows {
+                0 => format!("{} lines", i.lines),
+                extra => format!("{} lines + {extra} extra rows", i.lines),
+            };
             format!(
-                "{} file(s){waiting}, {} lines: {} landed, {} quarantined{}, {}",
+                "{} file(s){waiting}, {lines}: {} landed, {} quarantined{}{rest}, {}",
                 i.files_read,
-                i.lines,
                 i.landed,
                 i.quarantined,
                 match (&i.max_quarantined, i.over_max_quarantined) {

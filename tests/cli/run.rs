@@ -849,3 +849,19 @@ fn a_config_file_elsewhere_resolves_its_relative_paths_beside_itself() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("srv/none/clicklake.toml"));
 }
+
+/// The run summary's ingest line accounts for every line, blank ones included, as `ingest` does:
+/// `3 lines: 1 landed, 1 quarantined` left a reader one line short.
+#[test]
+fn the_run_summary_accounts_for_every_line() {
+    let ctx = TestContext::new(Backend::Local);
+    std::fs::create_dir_all(ctx.path("inbox")).unwrap();
+    let file = crate::context::event_line("e1") + "\n{\"event_id\": \n";
+    std::fs::write(ctx.path("inbox/a.ndjson"), file).unwrap();
+    let inbox = ctx.path("inbox").display().to_string();
+    let text = ctx.ok(&["run", "--inbox", &inbox, "--no-check"]);
+    assert!(
+        text.contains("1 file(s), 3 lines: 1 landed, 1 quarantined, 1 blank, "),
+        "{text}"
+    );
+}
