@@ -12,10 +12,60 @@
 
 use std::io::{BufRead, Read};
 
-/// Whether a decompressed NDJSON input (its byte order mark skipped) is a JSON array: its first
-/// non-blank byte is `[`.
+/// Whether a decompressed NDJSON input (its byte order mark skipped), of which `head` is the
+/// start, is a JSON array: its first non-blank byte is `[`, unless that array closes on its first
+/// line and the next line starts an object. That file is NDJSON whose first line is an array (a
+/// line to quarantine as not an object), and read as an array it would count the array's
+/// elements as lines and number the lines after it wrongly. A first line that is longer than
+/// `head` is taken as an array's.
 pub fn starts_array(head: &[u8]) -> bool {
-    head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+    let Some(start) = head.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return false;
+    };
+    if head[start] != b'[' {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0u32, false, false);
+    let mut closed = None;
+    for (i, &b) in head.iter().enumerate().skip(start) {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                b'\n' => return true,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    closed = Some(i);
+                    break;
+                }
+            }
+            // The array goes on past its first line: an array file, pretty-printed.
+            b'\n' => return true,
+            _ => {}
+        }
+    }
+    let Some(end) = closed else {
+        return true;
+    };
+    let rest = &head[end + 1..];
+    let line_end = rest.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\r'));
+    match line_end {
+        Some(i) if rest[i] == b'\n' => {
+            let next = rest[i..].iter().find(|b| !b.is_ascii_whitespace());
+            next != Some(&b'{')
+        }
+        // More on the first line after the array (`, …`, another array), or nothing after it.
+        _ => true,
+    }
 }
 
 pub struct ArrayLines<R> {
@@ -159,5 +209,15 @@ mod tests {
         );
         assert!(starts_array(b" \n ["));
         assert!(!starts_array(b"{\"a\":[1]}"));
+        // An array on one line alone, or followed by arrays: an array file.
+        assert!(starts_array(b"[{\"a\":\"]\\\"\"}]\n"));
+        assert!(starts_array(b"[{\"a\":1}]\n[{\"a\":2}]\n"));
+        assert!(starts_array(b"[{\"a\":1}] [{\"a\":2}]\n{\"b\":1}\n"));
+        // Pretty-printed, or a first line longer than what was read: an array file.
+        assert!(starts_array(b"[\n  {\"a\": 1}\n]\n{\"b\":1}\n"));
+        assert!(starts_array(b"[{\"a\":\"a long"));
+        // NDJSON whose first line is an array (a producer's mistake): not an array file.
+        assert!(!starts_array(b"[1,2]\r\n\n{\"a\":1}\n"));
+        assert!(!starts_array(b"[{\"a\":\"]\"}]\n{\"b\":1}\n"));
     }
 }

@@ -932,14 +932,23 @@ fn a_json_array_file_is_one_row_per_element() {
         std::fs::write(ctx.path("in/pretty.json.gz"), gz.finish().unwrap()).unwrap();
     }
     std::fs::write(ctx.path("in/bom.ndjson"), format!("\u{feff}{}\n", ev("n1"))).unwrap();
+    // NDJSON whose first line is an array is NDJSON: that line is quarantined, and the lines
+    // after it keep their numbers (read as an array file it counted 1 and 2 as lines of their
+    // own, and the file as 3 lines long).
+    std::fs::write(
+        ctx.path("in/mixed.ndjson"),
+        format!("[1, 2]\n{}\n", ev("m1")),
+    )
+    .unwrap();
     let s = ctx.ingest_json(&[ctx.path("in").to_str().unwrap()]);
-    assert_eq!(crate::context::line_counts(&s), (9, 6, 3), "{s}");
+    assert_eq!(crate::context::line_counts(&s), (11, 7, 4), "{s}");
     assert_eq!(
         ctx.query("SELECT event_id, page_url FROM raw_events ORDER BY 1"),
         [
             "c1,",
             "c2,",
             "c3,",
+            "m1,",
             "n1,",
             "p1,\"https://x.example/[a],{b}\"",
             "p5,"
@@ -952,6 +961,7 @@ fn a_json_array_file_is_one_row_per_element() {
              regexp_like(detail, 'control character') FROM quarantine ORDER BY 2"
         ),
         [
+            "mixed.ndjson,1,broken_json,false",
             "pretty.json.gz,2,missing_event_time,false",
             "pretty.json.gz,3,broken_json,true",
             "pretty.json.gz,4,broken_json,false",
