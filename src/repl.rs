@@ -1,9 +1,10 @@
 //! The interactive side of `clicklake sql`: a read-eval-print loop over the lake's tables, in the
 //! manner of datafusion-cli and the DuckDB shell.
 //!
-//! On a terminal it reads with line editing and a history file; with stdin piped it reads the
-//! same input without prompts, so `echo '\d events' | clicklake sql` works in scripts. Statements
-//! may span lines and end with `;`. Meta-commands start a line:
+//! On a terminal it reads with line editing, Tab completion (keywords, tables, columns) and a
+//! history file; with stdin piped it reads the same input without prompts, so
+//! `echo '\d events' | clicklake sql` works in scripts. Statements may span lines and end with
+//! `;`. Meta-commands start a line:
 //!
 //! | command | does |
 //! |---|---|
@@ -48,11 +49,141 @@ const HELP: &str = "\
   \\q, .quit, exit        leave (or Ctrl-D)
   SQL ending with ;      run it (statements may span lines)";
 
+/// Words Tab completes besides the lake's tables and columns: the SQL an analyst types most.
+const KEYWORDS: &[&str] = &[
+    "select",
+    "from",
+    "where",
+    "group",
+    "by",
+    "order",
+    "having",
+    "limit",
+    "join",
+    "left",
+    "right",
+    "full",
+    "inner",
+    "outer",
+    "on",
+    "using",
+    "as",
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "null",
+    "like",
+    "ilike",
+    "between",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "distinct",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "with",
+    "union",
+    "all",
+    "desc",
+    "asc",
+    "cast",
+    "date",
+    "timestamp",
+    "interval",
+    "describe",
+    "explain",
+    "analyze",
+    "copy",
+    "to",
+    "date_trunc",
+    "approx_distinct",
+    "coalesce",
+    "current_date",
+    "now",
+    "over",
+    "partition",
+    "row_number",
+    "first_value",
+];
+
+/// Tab completion in the REPL: SQL keywords and the lake's table and column names, in the case
+/// the word was begun in (`sel` → `select`, `SEL` → `SELECT`).
+struct Completion {
+    /// Lower-case, sorted, each once.
+    words: Vec<String>,
+}
+
+impl Completion {
+    fn new(names: impl IntoIterator<Item = String>) -> Completion {
+        let mut words: Vec<String> = names
+            .into_iter()
+            .chain(KEYWORDS.iter().map(|k| k.to_string()))
+            .map(|w| w.to_lowercase())
+            .collect();
+        words.sort();
+        words.dedup();
+        Completion { words }
+    }
+
+    /// The candidates for the word that ends at `pos` in `line`, and where that word starts. A
+    /// word is letters, digits and `_`, so after `e.` only the column part is completed.
+    fn candidates(&self, line: &str, pos: usize) -> (usize, Vec<String>) {
+        let head = &line[..pos];
+        let start = head
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_alphanumeric() || *c == '_')
+            .last()
+            .map_or(pos, |(i, _)| i);
+        let word = &head[start..];
+        if word.is_empty() {
+            return (pos, Vec::new());
+        }
+        let lower = word.to_lowercase();
+        let upper = word.chars().any(char::is_uppercase) && !word.chars().any(char::is_lowercase);
+        let found = self
+            .words
+            .iter()
+            .filter(|w| w.starts_with(&lower))
+            .map(|w| if upper { w.to_uppercase() } else { w.clone() })
+            .collect();
+        (start, found)
+    }
+}
+
+impl rustyline::completion::Completer for Completion {
+    type Candidate = String;
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        Ok(self.candidates(line, pos))
+    }
+}
+
+impl rustyline::hint::Hinter for Completion {
+    type Hint = String;
+}
+impl rustyline::highlight::Highlighter for Completion {}
+impl rustyline::validate::Validator for Completion {}
+impl rustyline::Helper for Completion {}
+
+type Editor = rustyline::Editor<Completion, rustyline::history::DefaultHistory>;
+
 /// Where lines come from.
 enum Lines {
-    /// A terminal: line editing, history kept in a file.
+    /// A terminal: line editing, Tab completion, history kept in a file.
     Editor {
-        editor: Box<rustyline::DefaultEditor>,
+        editor: Box<Editor>,
         history: Option<PathBuf>,
     },
     /// Piped stdin: no prompts, no history.
@@ -67,12 +198,14 @@ enum Line {
 }
 
 impl Lines {
-    fn open() -> anyhow::Result<Lines> {
+    /// `names`: the tables and columns Tab completes.
+    fn open(names: Vec<String>) -> anyhow::Result<Lines> {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {
             return Ok(Lines::Piped(std::io::stdin().lock()));
         }
-        let mut editor = rustyline::DefaultEditor::new()?;
+        let mut editor = Editor::new()?;
+        editor.set_helper(Some(Completion::new(names)));
         let history = history_path();
         if let Some(path) = &history {
             // A missing history file is the first session, not an error.
@@ -217,7 +350,7 @@ pub async fn run(
     format: OutputFormat,
     time_travel: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut lines = Lines::open()?;
+    let mut lines = Lines::open(completion_names(ctx).await)?;
     let interactive = lines.interactive();
     if interactive && !cfg.quiet {
         eprintln!(
@@ -384,6 +517,18 @@ pub(crate) async fn run_meta(
     Ok(Flow::Continue)
 }
 
+/// The registered tables' names and their columns'.
+async fn completion_names(ctx: &SessionContext) -> Vec<String> {
+    let mut names = Vec::new();
+    for table in crate::catalog::registered_tables(ctx) {
+        if let Ok(provider) = ctx.table_provider(table.as_str()).await {
+            names.extend(provider.schema().fields().iter().map(|f| f.name().clone()));
+        }
+        names.push(table);
+    }
+    names
+}
+
 fn list_tables(ctx: &SessionContext) -> std::io::Result<()> {
     let names = crate::catalog::registered_tables(ctx);
     if names.is_empty() {
@@ -428,6 +573,26 @@ async fn describe(lake: &Lake, ctx: &SessionContext, table: &str) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tab_completes_keywords_tables_and_columns_in_the_case_begun() {
+        let c = Completion::new(["events".into(), "event_id".into(), "event_time".into()]);
+        assert_eq!(
+            c.candidates("select eve", 10),
+            (
+                7,
+                vec!["event_id".into(), "event_time".into(), "events".into()]
+            )
+        );
+        assert_eq!(c.candidates("SEL", 3), (0, vec!["SELECT".to_string()]));
+        assert_eq!(c.candidates("sel", 3).1, ["select"]);
+        // After a qualifier only the column part is completed; nothing begun, nothing offered.
+        assert_eq!(
+            c.candidates("SELECT e.event_t FROM events e", 16),
+            (9, vec!["event_time".to_string()])
+        );
+        assert_eq!(c.candidates("SELECT ", 7), (7, Vec::new()));
+    }
 
     #[test]
     fn meta_commands_parse() {
