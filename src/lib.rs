@@ -49,6 +49,7 @@ pub mod repl;
 pub mod runner;
 pub mod sqlfn;
 pub mod storage;
+pub mod summarize;
 pub mod vacuum;
 
 use std::process::ExitCode;

@@ -30,7 +30,9 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use rustyline::error::ReadlineError;
 
 use crate::cli::OutputFormat;
-use crate::commands::sql::{run_statement, sql_type, statement_name, Output};
+use crate::commands::sql::{
+    run_statement, run_summarize, sql_type, statement_name, text_name, Output,
+};
 use crate::config::Config;
 use crate::error::exit;
 use crate::storage::Lake;
@@ -47,6 +49,7 @@ const HELP: &str = "\
   \\x [on|off]            rows as `column = value` lines (for wide rows)
   \\maxrows N             rows the table and line formats show (0: all)
   \\q, .quit, exit        leave (or Ctrl-D)
+  SUMMARIZE TABLE;       profile every column (or SUMMARIZE SELECT …;)
   SQL ending with ;      run it (statements may span lines)";
 
 /// Words Tab completes besides the lake's tables and columns: the SQL an analyst types most.
@@ -438,18 +441,36 @@ async fn execute(
     out: &Output<'_>,
     interactive: bool,
 ) -> usize {
-    let statements = match DFParser::parse_sql_with_dialect(text, &GenericDialect {}) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
+    // One SUMMARIZE (which DataFusion does not parse), or statements.
+    let works: Vec<(String, Work)> = match crate::summarize::parse(text) {
+        Some(Ok(from)) => vec![(text_name(text.trim(), 0, false), Work::Summarize(from))],
+        Some(Err(msg)) => {
+            eprintln!("error: {msg}");
             return 1;
         }
+        None => match DFParser::parse_sql_with_dialect(text, &GenericDialect {}) {
+            Ok(statements) => {
+                let many = statements.len() > 1;
+                statements
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (statement_name(&s, i, many), Work::Sql(s)))
+                    .collect()
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        },
     };
-    let many = statements.len() > 1;
-    for (i, statement) in statements.into_iter().enumerate() {
-        let name = statement_name(&statement, i, many);
+    for (name, work) in works {
         let started = std::time::Instant::now();
-        let work = run_statement(cfg, lake, ctx, statement, &name, out);
+        let work = async {
+            match work {
+                Work::Sql(statement) => run_statement(cfg, lake, ctx, statement, &name, out).await,
+                Work::Summarize(from) => run_summarize(cfg, lake, ctx, &from, &name, out).await,
+            }
+        };
         let result = if interactive {
             tokio::select! {
                 r = work => r,
@@ -474,6 +495,13 @@ async fn execute(
         }
     }
     0
+}
+
+/// One statement of the REPL's input.
+enum Work {
+    Sql(datafusion::sql::parser::Statement),
+    /// The relation to summarize.
+    Summarize(String),
 }
 
 /// How results are shown; meta-commands change it for the statements after them.

@@ -67,6 +67,12 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     }
     let mut items = Vec::new();
     for (text, origin) in &sources {
+        // A `-c` (or a file) may be one SUMMARIZE, which DataFusion does not parse.
+        if let Some(from) = crate::summarize::parse(text) {
+            let from = from.map_err(|msg| Error::usage(format!("{origin}: {msg}")))?;
+            items.push(Item::Summarize(from, text.trim().to_string()));
+            continue;
+        }
         // A `-c` may be one meta-command (`\d events`), as in psql.
         if args.file.is_none() {
             match crate::repl::parse_meta(text) {
@@ -109,6 +115,12 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         format: args.format,
         max_rows: None,
     };
+    let out = |settings: &Settings| Output {
+        format: settings.format,
+        path: args.output.as_deref(),
+        max_rows: settings.max_rows,
+        time_travel: as_of.is_some(),
+    };
     for (i, item) in items.into_iter().enumerate() {
         match item {
             Item::Meta(meta) => match crate::repl::run_meta(meta, lake, &ctx, &mut settings).await?
@@ -118,13 +130,11 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             },
             Item::Sql(statement) => {
                 let name = statement_name(&statement, i, many);
-                let out = Output {
-                    format: settings.format,
-                    path: args.output.as_deref(),
-                    max_rows: settings.max_rows,
-                    time_travel: as_of.is_some(),
-                };
-                run_statement(cfg, lake, &ctx, statement, &name, &out).await?;
+                run_statement(cfg, lake, &ctx, statement, &name, &out(&settings)).await?;
+            }
+            Item::Summarize(from, text) => {
+                let name = text_name(&text, i, many);
+                run_summarize(cfg, lake, &ctx, &from, &name, &out(&settings)).await?;
             }
         }
     }
@@ -135,6 +145,8 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
 enum Item {
     Sql(Statement),
     Meta(Meta),
+    /// The relation to summarize, and the statement as written.
+    Summarize(String, String),
 }
 
 /// `--param NAME=VALUE` arguments as (name, value) pairs: each name once, an identifier.
@@ -210,7 +222,12 @@ fn shorten(text: &str) -> String {
 
 /// `statement 3 (SELECT …)` when there are several, else the statement's text, shortened.
 pub(crate) fn statement_name(statement: &Statement, index: usize, many: bool) -> String {
-    let short = shorten(&statement.to_string());
+    text_name(&statement.to_string(), index, many)
+}
+
+/// [`statement_name`] of a statement's text.
+pub(crate) fn text_name(text: &str, index: usize, many: bool) -> String {
+    let short = shorten(text);
     if many {
         format!("statement {} `{short}`", index + 1)
     } else {
@@ -288,15 +305,11 @@ pub(crate) async fn run_statement(
     name: &str,
     out: &Output<'_>,
 ) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let (format, output) = (out.format, out.path);
     let state = ctx.state();
-    let plan = state.statement_to_plan(statement).await.map_err(|e| {
-        match missing_table_hint(ctx, &e, out.time_travel) {
-            Some(hint) => Error::usage(format!("in {name}: {}; {hint}", root_message(&e))).into(),
-            None => user_error(name, e),
-        }
-    })?;
+    let plan = state
+        .statement_to_plan(statement)
+        .await
+        .map_err(|e| planning_error(ctx, name, e, out.time_travel))?;
     if let Some(refusal) = lake_write(&plan) {
         return Err(Error::usage(format!("in {name}: {refusal}")).into());
     }
@@ -309,6 +322,48 @@ pub(crate) async fn run_statement(
             .await
             .map_err(|e| user_error(name, e))?,
     };
+    write_result(cfg, lake, df, name, out).await
+}
+
+/// Runs `SUMMARIZE` of `from` (see [`crate::summarize`]) and writes its result.
+pub(crate) async fn run_summarize(
+    cfg: &Config,
+    lake: &Lake,
+    ctx: &datafusion::prelude::SessionContext,
+    from: &str,
+    name: &str,
+    out: &Output<'_>,
+) -> anyhow::Result<()> {
+    let df = crate::summarize::run(ctx, from)
+        .await
+        .map_err(|e| planning_error(ctx, name, e, out.time_travel))?;
+    write_result(cfg, lake, df, name, out).await
+}
+
+/// A statement that cannot be planned: a missing table named with the lake's tables, a user's
+/// mistake as exit 2.
+fn planning_error(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    e: DataFusionError,
+    time_travel: bool,
+) -> anyhow::Error {
+    match missing_table_hint(ctx, &e, time_travel) {
+        Some(hint) => Error::usage(format!("in {name}: {}; {hint}", root_message(&e))).into(),
+        None => user_error(name, e),
+    }
+}
+
+/// Streams `df`'s result to the output in its format.
+async fn write_result(
+    cfg: &Config,
+    lake: &Lake,
+    df: datafusion::prelude::DataFrame,
+    name: &str,
+    out: &Output<'_>,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (format, output) = (out.format, out.path);
     let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await.map_err(|e| user_error(name, e))?;
     let mut sink = open_sink(lake, output).await?;

@@ -110,6 +110,51 @@ fn sql_output_formats() {
         "event_id = e1\n   price = 59.90\n\nevent_id = e18\n   price = 19.99\n"
     );
 
+    // SUMMARIZE profiles every column in one pass, as DuckDB's does.
+    let summary = ctx.ok(&["sql", "--format", "csv", "-c", "SUMMARIZE raw_events"]);
+    let row = |column: &str| {
+        summary
+            .lines()
+            .find(|l| l.starts_with(&format!("{column},")))
+            .unwrap_or_else(|| panic!("{column} not summarized: {summary}"))
+            .to_string()
+    };
+    assert!(
+        summary.starts_with(
+            "column_name,column_type,min,max,approx_unique,avg,std,q25,q50,q75,count,null_percentage\n"
+        ),
+        "{summary}"
+    );
+    assert!(
+        row("price").starts_with("price,\"DECIMAL(18, 2)\",19.99,59.90,2,39.945,"),
+        "{}",
+        row("price")
+    );
+    assert!(row("price").ends_with(",2,33.33"), "{}", row("price"));
+    assert_eq!(row("event_id"), "event_id,VARCHAR,e1,e20,3,,,,,,3,0.0");
+    // Of a query, in a file, in the REPL; a table that is not there is exit 2 naming the tables.
+    let query = "SUMMARIZE SELECT price * 2 AS doubled FROM raw_events;";
+    let expected = "doubled,\"DECIMAL(38, 2)\",39.98,119.80,2,79.89,";
+    assert!(
+        ctx.ok(&["sql", "--format", "csv", "-c", query])
+            .contains(expected),
+        "{}",
+        ctx.ok(&["sql", "--format", "csv", "-c", query])
+    );
+    std::fs::write(ctx.path("profile.sql"), query).unwrap();
+    let file = ctx.path("profile.sql");
+    let from_file = ctx.ok(&["sql", "--format", "csv", "-f", file.to_str().unwrap()]);
+    assert!(from_file.contains(expected), "{from_file}");
+    let repl = ctx
+        .cmd()
+        .args(["sql", "--format", "csv"])
+        .write_stdin(format!("{query}\n"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&repl.stdout).contains(expected));
+    let out = ctx.run(&["sql", "-c", "SUMMARIZE raw_evnts"]);
+    one_line_failure(&out, 2, &["raw_evnts", "the lake's tables: "]);
+
     // DESCRIBE names types as SQL does, in every format, as `\d` does.
     let described = ctx.ok(&["sql", "--format", "csv", "-c", "DESCRIBE raw_events"]);
     assert!(
