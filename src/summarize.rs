@@ -133,26 +133,15 @@ pub async fn run(ctx: &SessionContext, from: &str) -> datafusion::error::Result<
             out.max.push(None);
             out.distinct.push(None);
         }
-        if p == Profile::Numeric {
-            for stat in [
-                &mut out.avg,
-                &mut out.std,
-                &mut out.q25,
-                &mut out.q50,
-                &mut out.q75,
-            ] {
-                stat.push(as_f64(next())?);
-            }
-        } else {
-            for stat in [
-                &mut out.avg,
-                &mut out.std,
-                &mut out.q25,
-                &mut out.q50,
-                &mut out.q75,
-            ] {
-                stat.push(None);
-            }
+        let numeric = p == Profile::Numeric;
+        for stat in [
+            &mut out.avg,
+            &mut out.std,
+            &mut out.q25,
+            &mut out.q50,
+            &mut out.q75,
+        ] {
+            stat.push(if numeric { as_f64(next())? } else { None });
         }
         out.count.push(count);
         out.nulls.push((rows > 0).then(|| {
