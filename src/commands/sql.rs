@@ -307,7 +307,7 @@ pub(crate) async fn run_statement(
 ) -> anyhow::Result<()> {
     let state = ctx.state();
     let plan = state
-        .statement_to_plan(statement)
+        .statement_to_plan(sorted_show_tables(statement))
         .await
         .map_err(|e| planning_error(ctx, name, e, out.time_travel))?;
     if let Some(refusal) = lake_write(&plan) {
@@ -323,6 +323,32 @@ pub(crate) async fn run_statement(
             .map_err(|e| user_error(name, e))?,
     };
     write_result(cfg, lake, df, name, out).await
+}
+
+/// A plain `SHOW TABLES` as the same rows in order, the lake's tables first by name; DataFusion
+/// lists them in the order of its hash map, different from one run to the next.
+fn sorted_show_tables(statement: Statement) -> Statement {
+    use datafusion::sql::sqlparser::ast::{ShowStatementOptions, Statement as Sql};
+    let plain = ShowStatementOptions {
+        show_in: None,
+        starts_with: None,
+        limit: None,
+        limit_from: None,
+        filter_position: None,
+    };
+    match &statement {
+        Statement::Statement(s) if matches!(s.as_ref(), Sql::ShowTables { show_options, .. } if *show_options == plain) =>
+        {
+            let sorted = "SELECT table_catalog, table_schema, table_name, table_type \
+                          FROM information_schema.tables \
+                          ORDER BY table_schema = 'information_schema', table_schema, table_name";
+            DFParser::parse_sql_with_dialect(sorted, &GenericDialect {})
+                .ok()
+                .and_then(|mut s| s.pop_front())
+                .unwrap_or(statement)
+        }
+        _ => statement,
+    }
 }
 
 /// Runs `SUMMARIZE` of `from` (see [`crate::summarize`]) and writes its result.

@@ -110,6 +110,23 @@ fn sql_output_formats() {
         "event_id = e1\n   price = 59.90\n\nevent_id = e18\n   price = 19.99\n"
     );
 
+    // SHOW TABLES: the lake's tables first, by name, the same on every run.
+    let shown = ctx.ok(&["sql", "--format", "csv", "-c", "SHOW TABLES"]);
+    let schemas_and_names: Vec<(String, String)> = shown
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].to_string(), f[2].to_string())
+        })
+        .collect();
+    let mut sorted = schemas_and_names.clone();
+    sorted.sort_by_key(|(schema, name)| {
+        (schema == "information_schema", schema.clone(), name.clone())
+    });
+    assert_eq!(schemas_and_names, sorted, "{shown}");
+    assert!(schemas_and_names.contains(&("public".into(), "raw_events".into())));
+
     // SUMMARIZE profiles every column in one pass, as DuckDB's does.
     let summary = ctx.ok(&["sql", "--format", "csv", "-c", "SUMMARIZE raw_events"]);
     let row = |column: &str| {
