@@ -27,6 +27,10 @@ pub fn parse(text: &str) -> Option<Result<String, String>> {
     };
     Some(match rest {
         "" => Err("SUMMARIZE needs a table, a file in quotes or a (query)".into()),
+        _ if rest.contains(';') => Err(
+            "SUMMARIZE is a statement of its own: give other statements their own -c (or line)"
+                .into(),
+        ),
         _ if starts("select") || starts("with") => Ok(format!("({rest})")),
         _ => Ok(rest.to_string()),
     })
@@ -211,6 +215,7 @@ mod tests {
         );
         assert_eq!(parse("SUMMARIZE (SELECT 1)"), Some(Ok("(SELECT 1)".into())));
         assert!(matches!(parse("summarize ;"), Some(Err(_))));
+        assert!(matches!(parse("SUMMARIZE events; SELECT 1;"), Some(Err(_))));
         assert_eq!(parse("SELECT 'summarize'"), None);
         assert_eq!(parse("summarized"), None);
     }
