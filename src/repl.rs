@@ -25,8 +25,6 @@ use std::process::ExitCode;
 
 use clap::ValueEnum;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::DFParser;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
 use rustyline::error::ReadlineError;
 
 use crate::cli::OutputFormat;
@@ -36,6 +34,7 @@ use crate::commands::sql::{
 use crate::config::Config;
 use crate::error::exit;
 use crate::storage::Lake;
+use crate::summarize::Piece;
 
 const PROMPT: &str = "clicklake> ";
 const CONTINUE: &str = "        -> ";
@@ -441,28 +440,21 @@ async fn execute(
     out: &Output<'_>,
     interactive: bool,
 ) -> usize {
-    // One SUMMARIZE (which DataFusion does not parse), or statements.
-    let works: Vec<(String, Work)> = match crate::summarize::parse(text) {
-        Some(Ok(from)) => vec![(text_name(text.trim(), 0, false), Work::Summarize(from))],
-        Some(Err(msg)) => {
-            eprintln!("error: {msg}");
+    let pieces = match crate::summarize::statements(text) {
+        Ok(pieces) => pieces,
+        Err(e) => {
+            eprintln!("error: {e}");
             return 1;
         }
-        None => match DFParser::parse_sql_with_dialect(text, &GenericDialect {}) {
-            Ok(statements) => {
-                let many = statements.len() > 1;
-                statements
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| (statement_name(&s, i, many), Work::Sql(s)))
-                    .collect()
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
-        },
     };
+    let many = pieces.len() > 1;
+    let works = pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| match piece {
+            Piece::Sql(s) => (statement_name(&s, i, many), Work::Sql(s)),
+            Piece::Summarize(from, text) => (text_name(&text, i, many), Work::Summarize(from)),
+        });
     for (name, work) in works {
         let started = std::time::Instant::now();
         let work = async {

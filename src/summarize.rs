@@ -27,13 +27,71 @@ pub fn parse(text: &str) -> Option<Result<String, String>> {
     };
     Some(match rest {
         "" => Err("SUMMARIZE needs a table, a file in quotes or a (query)".into()),
-        _ if rest.contains(';') => Err(
-            "SUMMARIZE is a statement of its own: give other statements their own -c (or line)"
-                .into(),
-        ),
         _ if starts("select") || starts("with") => Ok(format!("({rest})")),
         _ => Ok(rest.to_string()),
     })
+}
+
+/// One statement of a text: SQL for DataFusion, or a SUMMARIZE (which DataFusion does not parse).
+pub enum Piece {
+    Sql(datafusion::sql::parser::Statement),
+    /// The relation to summarize (SQL for a FROM clause), and the statement as written.
+    Summarize(String, String),
+}
+
+/// The statements of `text`, in order. DataFusion parses the text whole, as before, unless one of
+/// its statements is a SUMMARIZE: then the text is cut at its `;`s (outside strings, quoted names
+/// and comments, as SQL's tokenizer finds them) and each statement is parsed on its own.
+/// `Err` is the parser's message.
+pub fn statements(text: &str) -> Result<Vec<Piece>, String> {
+    use datafusion::sql::parser::DFParser;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    let parse_sql = |text: &str| {
+        DFParser::parse_sql_with_dialect(text, &GenericDialect {})
+            .map(|s| s.into_iter().map(Piece::Sql).collect::<Vec<_>>())
+            .map_err(|e| e.to_string())
+    };
+    let Some(cut) = cut_if_summarize(text) else {
+        return parse_sql(text);
+    };
+    let mut pieces = Vec::new();
+    for statement in cut {
+        match parse(&statement) {
+            Some(Ok(from)) => pieces.push(Piece::Summarize(from, statement.trim().to_string())),
+            Some(Err(message)) => return Err(message),
+            None => pieces.extend(parse_sql(&statement)?),
+        }
+    }
+    Ok(pieces)
+}
+
+/// `text` cut into its statements when one of them is a SUMMARIZE; `None` when none is (or when
+/// the text does not tokenize: the parser then says why).
+fn cut_if_summarize(text: &str) -> Option<Vec<String>> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let tokens = Tokenizer::new(&GenericDialect {}, text).tokenize().ok()?;
+    // Each statement's text, and whether it holds more than blanks and comments.
+    let mut cut: Vec<(String, bool)> = vec![(String::new(), false)];
+    for token in tokens {
+        let current = cut.last_mut().expect("one statement at least");
+        match token {
+            Token::SemiColon => cut.push((String::new(), false)),
+            // Blanks and comments before a statement are left out, so it starts with its
+            // first word.
+            Token::Whitespace(_) if !current.1 => {}
+            Token::Whitespace(_) => current.0.push_str(&token.to_string()),
+            _ => {
+                current.0.push_str(&token.to_string());
+                current.1 = true;
+            }
+        }
+    }
+    let statements: Vec<String> = cut.into_iter().filter(|s| s.1).map(|s| s.0).collect();
+    statements
+        .iter()
+        .any(|s| parse(s).is_some())
+        .then_some(statements)
 }
 
 /// What is computed for a column of this type, each level adding to the one before.
@@ -215,8 +273,35 @@ mod tests {
         );
         assert_eq!(parse("SUMMARIZE (SELECT 1)"), Some(Ok("(SELECT 1)".into())));
         assert!(matches!(parse("summarize ;"), Some(Err(_))));
-        assert!(matches!(parse("SUMMARIZE events; SELECT 1;"), Some(Err(_))));
         assert_eq!(parse("SELECT 'summarize'"), None);
         assert_eq!(parse("summarized"), None);
+    }
+
+    #[test]
+    fn a_summarize_among_statements_is_cut_out_at_its_semicolons() {
+        let kinds = |text: &str| -> Vec<String> {
+            statements(text)
+                .unwrap()
+                .into_iter()
+                .map(|p| match p {
+                    Piece::Sql(s) => format!("sql {s}"),
+                    Piece::Summarize(from, _) => format!("summarize {from}"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            kinds("SELECT 'a;b' AS x; -- a comment; still one\nSUMMARIZE events;\nSELECT 1 AS \"odd;name\" ;"),
+            [
+                "sql SELECT 'a;b' AS x",
+                "summarize events",
+                "sql SELECT 1 AS \"odd;name\""
+            ]
+        );
+        // Without a SUMMARIZE the text is parsed whole, as before.
+        assert_eq!(
+            kinds("SELECT 1; SELECT 2"),
+            ["sql SELECT 1", "sql SELECT 2"]
+        );
+        assert!(statements("SELEC 1").is_err());
     }
 }

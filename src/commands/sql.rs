@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::error::{query_mistake, root_message, Error};
 use crate::repl::{Flow, Meta, Settings};
 use crate::storage::{Lake, TableAsOf};
+use crate::summarize::Piece;
 
 pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<ExitCode> {
     // Arguments first, before any I/O on the lake: each -c (or the -f file) with its origin.
@@ -67,12 +68,6 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     }
     let mut items = Vec::new();
     for (text, origin) in &sources {
-        // A `-c` (or a file) may be one SUMMARIZE, which DataFusion does not parse.
-        if let Some(from) = crate::summarize::parse(text) {
-            let from = from.map_err(|msg| Error::usage(format!("{origin}: {msg}")))?;
-            items.push(Item::Summarize(from, text.trim().to_string()));
-            continue;
-        }
         // A `-c` may be one meta-command (`\d events`), as in psql.
         if args.file.is_none() {
             match crate::repl::parse_meta(text) {
@@ -84,12 +79,15 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
                 Err(msg) => return Err(Error::usage(format!("{origin}: {msg}")).into()),
             }
         }
-        let parsed = DFParser::parse_sql_with_dialect(text, &GenericDialect {})
+        let parsed = crate::summarize::statements(text)
             .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
         if parsed.is_empty() {
             return Err(Error::usage(format!("{origin}: no statement")).into());
         }
-        items.extend(parsed.into_iter().map(Item::Sql));
+        items.extend(parsed.into_iter().map(|p| match p {
+            Piece::Sql(s) => Item::Sql(s),
+            Piece::Summarize(from, text) => Item::Summarize(from, text),
+        }));
     }
     if args.output.is_some() && (items.len() > 1 || matches!(items[..], [Item::Meta(_)])) {
         return Err(Error::usage("--output takes the result of one SQL statement").into());

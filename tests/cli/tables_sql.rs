@@ -158,9 +158,15 @@ fn sql_output_formats() {
         "{}",
         ctx.ok(&["sql", "--format", "csv", "-c", query])
     );
-    std::fs::write(ctx.path("profile.sql"), query).unwrap();
+    // Among other statements, cut at the `;`s SQL's tokenizer finds (not the one in a string).
+    let script = format!("SELECT 'a;b' AS seven;\n-- the profile\n{query}\nSELECT 8 AS eight");
+    std::fs::write(ctx.path("profile.sql"), &script).unwrap();
     let file = ctx.path("profile.sql");
     let from_file = ctx.ok(&["sql", "--format", "csv", "-f", file.to_str().unwrap()]);
+    assert!(
+        from_file.starts_with("seven\na;b\ncolumn_name,") && from_file.ends_with("eight\n8\n"),
+        "{from_file}"
+    );
     assert!(from_file.contains(expected), "{from_file}");
     let repl = ctx
         .cmd()
