@@ -69,25 +69,34 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     let mut items = Vec::new();
     for (text, origin) in &sources {
         // A `-c` may be one meta-command (`\d events`), as in psql.
-        if args.file.is_none() {
-            match crate::repl::parse_meta(text) {
+        let parts = match args.file {
+            None => vec![(1, text.clone())],
+            Some(_) => script_parts(text),
+        };
+        let before = items.len();
+        for (line, part) in parts {
+            let at = match args.file {
+                Some(_) => format!("{origin}:{line}"),
+                None => origin.clone(),
+            };
+            match crate::repl::parse_meta(&part) {
                 Ok(Some(meta)) => {
                     items.push(Item::Meta(meta));
                     continue;
                 }
                 Ok(None) => {}
-                Err(msg) => return Err(Error::usage(format!("{origin}: {msg}")).into()),
+                Err(msg) => return Err(Error::usage(format!("{at}: {msg}")).into()),
             }
+            let parsed = crate::summarize::statements(&part)
+                .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
+            items.extend(parsed.into_iter().map(|p| match p {
+                Piece::Sql(s) => Item::Sql(s),
+                Piece::Summarize(from, text) => Item::Summarize(from, text),
+            }));
         }
-        let parsed = crate::summarize::statements(text)
-            .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
-        if parsed.is_empty() {
+        if items.len() == before {
             return Err(Error::usage(format!("{origin}: no statement")).into());
         }
-        items.extend(parsed.into_iter().map(|p| match p {
-            Piece::Sql(s) => Item::Sql(s),
-            Piece::Summarize(from, text) => Item::Summarize(from, text),
-        }));
     }
     if args.output.is_some() && (items.len() > 1 || matches!(items[..], [Item::Meta(_)])) {
         return Err(Error::usage("--output takes the result of one SQL statement").into());
@@ -137,6 +146,43 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A `-f` file's text as its SQL and its meta-commands, in order, each with the line it starts
+/// on: a line starting with `\` where a statement may start (not inside one, a string or a
+/// comment) is a meta-command, as in psql (`\format csv`, `\d events`). A file without one is
+/// one part, parsed whole as before.
+fn script_parts(text: &str) -> Vec<(usize, String)> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let at_statement_start = |sql: &str| match Tokenizer::new(&GenericDialect {}, sql).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .rev()
+            .find(|t| !matches!(t, Token::Whitespace(_)))
+            .is_none_or(|t| *t == Token::SemiColon),
+        Err(_) => false,
+    };
+    let mut parts = Vec::new();
+    let (mut sql, mut sql_line) = (String::new(), 1);
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('\\') && at_statement_start(&sql) {
+            if !sql.trim().is_empty() {
+                parts.push((sql_line, std::mem::take(&mut sql)));
+            }
+            parts.push((i + 1, line.trim().to_string()));
+            sql.clear();
+            sql_line = i + 2;
+            continue;
+        }
+        if sql.trim().is_empty() {
+            sql_line = i + 1;
+        }
+        sql.push_str(line);
+    }
+    if !sql.trim().is_empty() {
+        parts.push((sql_line, sql));
+    }
+    parts
 }
 
 /// One thing to run from `-c` or `-f`, in order.
@@ -694,6 +740,26 @@ fn user_error(name: &str, e: DataFusionError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_s_meta_commands_are_the_lines_where_a_statement_may_start() {
+        let parts = script_parts(
+            "\\format csv\nSELECT 1;\n\n  \\d events\nSELECT 'a\n\\not a command' AS s;\nSELECT\n",
+        );
+        assert_eq!(
+            parts,
+            [
+                (1, "\\format csv".to_string()),
+                (2, "SELECT 1;\n\n".to_string()),
+                (4, "\\d events".to_string()),
+                (5, "SELECT 'a\n\\not a command' AS s;\nSELECT\n".to_string()),
+            ]
+        );
+        assert_eq!(
+            script_parts("SELECT 1; SELECT 2"),
+            [(1, "SELECT 1; SELECT 2".to_string())]
+        );
+    }
 
     #[test]
     fn describe_names_types_as_sql_does() {

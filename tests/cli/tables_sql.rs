@@ -168,6 +168,23 @@ fn sql_output_formats() {
         "{from_file}"
     );
     assert!(from_file.contains(expected), "{from_file}");
+    // A file's meta-commands run where a statement may start, as in psql.
+    std::fs::write(
+        ctx.path("meta.sql"),
+        "\\format csv\nSELECT 5 AS five;\n\\d raw_events\nSELECT '\n\\x' AS s;\n",
+    )
+    .unwrap();
+    let meta = ctx.path("meta.sql");
+    let out = ctx.ok(&["sql", "-f", meta.to_str().unwrap()]);
+    assert!(out.starts_with("five\n5\nraw_events\n  event_id "), "{out}");
+    assert!(out.ends_with("s\n\"\n\\x\"\n"), "{out}");
+    std::fs::write(&meta, "SELECT 1;\n\\bogus\n").unwrap();
+    let out = ctx.run(&["sql", "-f", meta.to_str().unwrap()]);
+    one_line_failure(&out, 2, &["meta.sql:2: unknown command `\\bogus`"]);
+    assert!(
+        out.stdout.is_empty(),
+        "nothing runs before the file is checked"
+    );
     let repl = ctx
         .cmd()
         .args(["sql", "--format", "csv"])
