@@ -1278,6 +1278,20 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 "#;
 
 #[cfg(test)]
+impl Config {
+    /// The configuration without flags, environment or file: what unit tests plan models under.
+    pub fn defaults() -> Config {
+        Config::merge(
+            &Default::default(),
+            &Default::default(),
+            Default::default(),
+            None,
+        )
+        .expect("the defaults are valid")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -28,13 +28,10 @@ use datafusion::prelude::SessionContext;
 use rustyline::error::ReadlineError;
 
 use crate::cli::OutputFormat;
-use crate::commands::sql::{
-    run_statement, run_summarize, sql_type, statement_name, text_name, Output,
-};
+use crate::commands::sql::{piece_name, run_piece, sql_type, Output};
 use crate::config::Config;
 use crate::error::exit;
 use crate::storage::Lake;
-use crate::summarize::Piece;
 
 const PROMPT: &str = "clicklake> ";
 const CONTINUE: &str = "        -> ";
@@ -448,21 +445,10 @@ async fn execute(
         }
     };
     let many = pieces.len() > 1;
-    let works = pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, piece)| match piece {
-            Piece::Sql(s) => (statement_name(&s, i, many), Work::Sql(s)),
-            Piece::Summarize(from, text) => (text_name(&text, i, many), Work::Summarize(from)),
-        });
-    for (name, work) in works {
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let name = piece_name(&piece, i, many);
         let started = std::time::Instant::now();
-        let work = async {
-            match work {
-                Work::Sql(statement) => run_statement(cfg, lake, ctx, statement, &name, out).await,
-                Work::Summarize(from) => run_summarize(cfg, lake, ctx, &from, &name, out).await,
-            }
-        };
+        let work = run_piece(cfg, lake, ctx, piece, &name, out);
         let result = if interactive {
             tokio::select! {
                 r = work => r,
@@ -487,13 +473,6 @@ async fn execute(
         }
     }
     0
-}
-
-/// One statement of the REPL's input.
-enum Work {
-    Sql(datafusion::sql::parser::Statement),
-    /// The relation to summarize.
-    Summarize(String),
 }
 
 /// How results are shown; meta-commands change it for the statements after them.

@@ -70,6 +70,10 @@ pub fn statements(text: &str) -> Result<Vec<Piece>, String> {
 fn cut_if_summarize(text: &str) -> Option<Vec<String>> {
     use datafusion::sql::sqlparser::dialect::GenericDialect;
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    // Most texts have no SUMMARIZE: no need to tokenize them before the parser does.
+    if !text.to_ascii_lowercase().contains("summarize") {
+        return None;
+    }
     let tokens = Tokenizer::new(&GenericDialect {}, text).tokenize().ok()?;
     // Each statement's text, and whether it holds more than blanks and comments.
     let mut cut: Vec<(String, bool)> = vec![(String::new(), false)];

@@ -2072,13 +2072,7 @@ mod tests {
 
     /// The default configuration and the embedded star models.
     fn default_config_and_models() -> (Config, Vec<Model>) {
-        let cfg = Config::merge(
-            &Default::default(),
-            &Default::default(),
-            Default::default(),
-            None,
-        )
-        .unwrap();
+        let cfg = Config::defaults();
         (cfg, models::load("star", None).unwrap())
     }
 

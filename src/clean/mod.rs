@@ -1107,13 +1107,7 @@ mod tests {
     #[tokio::test]
     async fn embedded_models_plan_against_the_real_schemas() {
         let models = models::load("clean", None).unwrap();
-        let cfg = Config::merge(
-            &Default::default(),
-            &Default::default(),
-            Default::default(),
-            None,
-        )
-        .unwrap();
+        let cfg = Config::defaults();
         let df = check_chain(&models, &cfg).await.unwrap();
         let plan = df.clone().create_physical_plan().await.unwrap();
         let schema = plan.schema();

@@ -89,10 +89,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             }
             let parsed = crate::summarize::statements(&part)
                 .map_err(|e| Error::usage(format!("{origin}: {e}")))?;
-            items.extend(parsed.into_iter().map(|p| match p {
-                Piece::Sql(s) => Item::Sql(s),
-                Piece::Summarize(from, text) => Item::Summarize(from, text),
-            }));
+            items.extend(parsed.into_iter().map(Item::Piece));
         }
         if items.len() == before {
             return Err(Error::usage(format!("{origin}: no statement")).into());
@@ -135,13 +132,9 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
                 Flow::Continue => {}
                 Flow::Quit => break,
             },
-            Item::Sql(statement) => {
-                let name = statement_name(&statement, i, many);
-                run_statement(cfg, lake, &ctx, statement, &name, &out(&settings)).await?;
-            }
-            Item::Summarize(from, text) => {
-                let name = text_name(&text, i, many);
-                run_summarize(cfg, lake, &ctx, &from, &name, &out(&settings)).await?;
+            Item::Piece(piece) => {
+                let name = piece_name(&piece, i, many);
+                run_piece(cfg, lake, &ctx, piece, &name, &out(&settings)).await?;
             }
         }
     }
@@ -187,10 +180,8 @@ fn script_parts(text: &str) -> Vec<(usize, String)> {
 
 /// One thing to run from `-c` or `-f`, in order.
 enum Item {
-    Sql(Statement),
+    Piece(Piece),
     Meta(Meta),
-    /// The relation to summarize, and the statement as written.
-    Summarize(String, String),
 }
 
 /// `--param NAME=VALUE` arguments as (name, value) pairs: each name once, an identifier.
@@ -265,13 +256,11 @@ fn shorten(text: &str) -> String {
 }
 
 /// `statement 3 (SELECT …)` when there are several, else the statement's text, shortened.
-pub(crate) fn statement_name(statement: &Statement, index: usize, many: bool) -> String {
-    text_name(&statement.to_string(), index, many)
-}
-
-/// [`statement_name`] of a statement's text.
-pub(crate) fn text_name(text: &str, index: usize, many: bool) -> String {
-    let short = shorten(text);
+pub(crate) fn piece_name(piece: &Piece, index: usize, many: bool) -> String {
+    let short = shorten(&match piece {
+        Piece::Sql(statement) => statement.to_string(),
+        Piece::Summarize(_, text) => text.clone(),
+    });
     if many {
         format!("statement {} `{short}`", index + 1)
     } else {
@@ -341,7 +330,7 @@ pub(crate) struct Output<'a> {
 }
 
 /// Plans and runs one statement, streaming its result to the output.
-pub(crate) async fn run_statement(
+async fn run_statement(
     cfg: &Config,
     lake: &Lake,
     ctx: &datafusion::prelude::SessionContext,
@@ -395,19 +384,24 @@ fn sorted_show_tables(statement: Statement) -> Statement {
     }
 }
 
-/// Runs `SUMMARIZE` of `from` (see [`crate::summarize`]) and writes its result.
-pub(crate) async fn run_summarize(
+/// Runs one statement, SQL or `SUMMARIZE` (see [`crate::summarize`]), and writes its result.
+pub(crate) async fn run_piece(
     cfg: &Config,
     lake: &Lake,
     ctx: &datafusion::prelude::SessionContext,
-    from: &str,
+    piece: Piece,
     name: &str,
     out: &Output<'_>,
 ) -> anyhow::Result<()> {
-    let df = crate::summarize::run(ctx, from)
-        .await
-        .map_err(|e| planning_error(ctx, name, e, out.time_travel))?;
-    write_result(cfg, lake, df, name, out).await
+    match piece {
+        Piece::Sql(statement) => run_statement(cfg, lake, ctx, statement, name, out).await,
+        Piece::Summarize(from, _) => {
+            let df = crate::summarize::run(ctx, &from)
+                .await
+                .map_err(|e| planning_error(ctx, name, e, out.time_travel))?;
+            write_result(cfg, lake, df, name, out).await
+        }
+    }
 }
 
 /// A statement that cannot be planned: a missing table named with the lake's tables, a user's
