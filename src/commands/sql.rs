@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
@@ -81,7 +82,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             };
             match crate::repl::parse_meta(&part) {
                 Ok(Some(meta)) => {
-                    items.push(Item::Meta(meta));
+                    items.push(Item::Meta(meta, at));
                     continue;
                 }
                 Ok(None) => {}
@@ -95,7 +96,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
             return Err(Error::usage(format!("{origin}: no statement")).into());
         }
     }
-    if args.output.is_some() && (items.len() > 1 || matches!(items[..], [Item::Meta(_)])) {
+    if args.output.is_some() && (items.len() > 1 || matches!(items[..], [Item::Meta(..)])) {
         return Err(Error::usage("--output takes the result of one SQL statement").into());
     }
     let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
@@ -127,11 +128,15 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     };
     for (i, item) in items.into_iter().enumerate() {
         match item {
-            Item::Meta(meta) => match crate::repl::run_meta(meta, lake, &ctx, &mut settings).await?
-            {
-                Flow::Continue => {}
-                Flow::Quit => break,
-            },
+            Item::Meta(meta, at) => {
+                // A failing one (`\d` of a table that is not there) names where it was written.
+                let flow = crate::repl::run_meta(meta, lake, &ctx, &mut settings)
+                    .await
+                    .with_context(|| at)?;
+                if let Flow::Quit = flow {
+                    break;
+                }
+            }
             Item::Piece(piece) => {
                 let name = piece_name(&piece, i, many);
                 run_piece(cfg, lake, &ctx, piece, &name, &out(&settings)).await?;
@@ -181,7 +186,8 @@ fn script_parts(text: &str) -> Vec<(usize, String)> {
 /// One thing to run from `-c` or `-f`, in order.
 enum Item {
     Piece(Piece),
-    Meta(Meta),
+    /// The meta-command, and where it was written (`-c #2 …`, `FILE:LINE`).
+    Meta(Meta, String),
 }
 
 /// `--param NAME=VALUE` arguments as (name, value) pairs: each name once, an identifier.

@@ -185,6 +185,15 @@ fn sql_output_formats() {
         out.stdout.is_empty(),
         "nothing runs before the file is checked"
     );
+    // One that fails as it runs names its line too.
+    std::fs::write(&meta, "SELECT 1;\n\\d nothing_here\n").unwrap();
+    let out = ctx.run(&["sql", "-f", meta.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("meta.sql:2: no table \"nothing_here\""),
+        "{}",
+        stderr_of(&out)
+    );
     let repl = ctx
         .cmd()
         .args(["sql", "--format", "csv"])
@@ -218,7 +227,11 @@ fn sql_output_formats() {
         "{meta}"
     );
     let out = ctx.run(&["sql", "-c", "\\d nothing_here"]);
-    one_line_failure(&out, 2, &["no table \"nothing_here\""]);
+    one_line_failure(
+        &out,
+        2,
+        &["SQL `\\d nothing_here`: no table \"nothing_here\""],
+    );
     let out = ctx.run(&["sql", "-c", "\\bogus", "-c", q]);
     one_line_failure(&out, 2, &["-c #1", "unknown command `\\bogus`"]);
     assert!(
