@@ -286,6 +286,12 @@ pub struct EraseArgs {
     #[arg(long, value_name = "ADDRESS")]
     pub email: Option<String>,
 
+    /// Erase everyone a file names, one person per row, in one pass: CSV with a header (`,` `;`
+    /// tab `|`) or NDJSON, with a user_id, anonymous_id or email on each row (other columns,
+    /// such as a ticket number, are ignored). Repeatable.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["user_id", "anonymous_id", "email"])]
+    pub from: Vec<String>,
+
     /// Report what would be removed; change nothing
     #[arg(long)]
     pub dry_run: bool,

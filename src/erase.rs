@@ -1,15 +1,18 @@
-//! GDPR erasure: remove every row of one person from every table, then the files that held them.
+//! GDPR erasure: remove every row of one person, or of everyone a request file names, from
+//! every table, then the files that held them.
 //!
-//! 1. Resolve the person's identities from `raw_events` and `events`: the id given (pseudonymised
-//!    like at landing), every anonymous_id seen with their user_id (and the stitched one), every
-//!    user_id seen with their anonymous ids, their e-mail pseudonyms.
+//! 1. Resolve each person's identities from `raw_events` and `events`: the id given
+//!    (pseudonymised like at landing), every anonymous_id seen with their user_id (and the
+//!    stitched one), every user_id seen with their anonymous ids, their e-mail pseudonyms. Each
+//!    scan serves everyone of a batch at once (see [`resolve`]).
 //! 2. For every table, a predicate over the columns it has (user_id, stitched_user_id,
-//!    anonymous_id, email, user_key, session_key; quarantine: the raw line mentions an identity),
-//!    counted first; tables with matching rows get a Delta DELETE commit.
+//!    anonymous_id, email, user_key, session_key; quarantine: the raw line mentions an identity).
+//!    One grouped scan counts each person's rows; tables with matching rows get one commit that
+//!    rewrites the files holding any of them.
 //! 3. Vacuum the touched tables with zero retention, so no file any retained version references
 //!    still holds a removed row (time travel on those tables ends at the erasure).
-//! 4. Append an `erasures` row (pseudonyms only) whose identities are refused at every later
-//!    landing, and an `_audit` row.
+//! 4. Append an `erasures` row per person (pseudonyms only) whose identities are refused at every
+//!    later landing, and an `_audit` row.
 //!
 //! The next `clean` sees rows removed from raw_events and rebuilds `events` in full; the next
 //! `build` sees a commit on events it did not write and rebuilds the star schema in full.
@@ -28,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::storage::Lake;
 
 /// Which id the request names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectKind {
     UserId,
@@ -46,13 +49,52 @@ impl SubjectKind {
     }
 }
 
-pub struct EraseRequest {
+/// One person to erase, named by one of their ids.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Subject {
     pub kind: SubjectKind,
     pub value: String,
+}
+
+impl Subject {
+    /// The id as given, trimmed; an empty one, or an e-mail that is not `NAME@DOMAIN` (a user
+    /// id or a name in the e-mail column, which would match nobody and record an erasure that
+    /// blocks nobody while the person stays), is refused with the reason.
+    /// `ids_go_in` ends the e-mail message: where an id should have been given instead.
+    pub fn new(
+        kind: SubjectKind,
+        value: &str,
+        ids_go_in: &str,
+    ) -> std::result::Result<Subject, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err("empty".into());
+        }
+        if kind == SubjectKind::Email
+            && !value
+                .split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        {
+            return Err(format!(
+                "{value:?} is not an e-mail address (NAME@DOMAIN); for an id use {ids_go_in}"
+            ));
+        }
+        Ok(Subject {
+            kind,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Everyone one `erase` removes: their rows go in one commit per table.
+pub struct EraseRequest {
+    pub subjects: Vec<Subject>,
     pub dry_run: bool,
 }
 
-#[derive(Debug, Serialize, Default)]
+/// One table's part of an erasure: the rows of everyone erased, the files its commit rewrote
+/// and the files vacuumed after it.
+#[derive(Debug, Serialize, Default, Clone)]
 pub struct TableErasure {
     pub table: String,
     pub rows: u64,
@@ -60,7 +102,7 @@ pub struct TableErasure {
     pub files_deleted: u64,
 }
 
-/// The receipt.
+/// The receipt of a one-person erasure (`--user-id`, `--anonymous-id`, `--email`).
 #[derive(Debug, Serialize)]
 pub struct EraseReceipt {
     pub erasure_id: String,
@@ -76,20 +118,113 @@ pub struct EraseReceipt {
     pub requested_at: String,
 }
 
-#[derive(Debug, Serialize, Default)]
+/// One person of an erasure: what was found of them and removed.
+#[derive(Debug, Serialize)]
+pub struct PersonErasure {
+    pub erasure_id: String,
+    pub subject_kind: SubjectKind,
+    /// The HMAC pseudonym of the id given.
+    pub subject: String,
+    pub identities: IdentityCounts,
+    /// Table → this person's rows in it.
+    pub tables: BTreeMap<String, u64>,
+    pub rows_removed: u64,
+}
+
+/// What one `erase` did (or, with `--dry-run`, would do), for one person or a batch.
+#[derive(Debug, Serialize)]
+pub struct Erasure {
+    pub dry_run: bool,
+    pub requested_at: String,
+    pub people: Vec<PersonErasure>,
+    /// Per table, everyone's rows (a row two requests name counts once) and the files.
+    pub tables: Vec<TableErasure>,
+    pub rows_removed: u64,
+    pub files_rewritten: u64,
+    pub files_deleted: u64,
+}
+
+impl Erasure {
+    /// The receipt of a one-person erasure, in the shape `erase --json` has always printed.
+    pub fn receipt(&self) -> Option<EraseReceipt> {
+        let [person] = self.people.as_slice() else {
+            return None;
+        };
+        Some(EraseReceipt {
+            erasure_id: person.erasure_id.clone(),
+            dry_run: self.dry_run,
+            subject_kind: person.subject_kind,
+            subject: person.subject.clone(),
+            identities: person.identities.clone(),
+            tables: self.tables.clone(),
+            rows_removed: self.rows_removed,
+            files_rewritten: self.files_rewritten,
+            files_deleted: self.files_deleted,
+            requested_at: self.requested_at.clone(),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Default, Clone)]
 pub struct IdentityCounts {
     pub user_ids: usize,
     pub anonymous_ids: usize,
     pub emails: usize,
 }
 
-/// The stored forms of one person's ids, as they appear in the lake's columns.
-#[derive(Debug, Default)]
+/// The stored forms of one person's ids, as they appear in the lake's columns, and the keys the
+/// star schema gives them and their sessions.
+#[derive(Debug, Default, Clone)]
 struct Identities {
     user_ids: BTreeSet<String>,
     anonymous_ids: BTreeSet<String>,
     /// E-mail values as stored (pseudonyms when email is a personal column).
     emails: BTreeSet<String>,
+    user_keys: BTreeSet<String>,
+    session_keys: BTreeSet<String>,
+}
+
+impl Identities {
+    fn is_empty(&self) -> bool {
+        self.user_ids.is_empty() && self.anonymous_ids.is_empty() && self.emails.is_empty()
+    }
+
+    fn extend(&mut self, other: &Identities) {
+        self.user_ids.extend(other.user_ids.iter().cloned());
+        self.anonymous_ids
+            .extend(other.anonymous_ids.iter().cloned());
+        self.emails.extend(other.emails.iter().cloned());
+        self.user_keys.extend(other.user_keys.iter().cloned());
+        self.session_keys.extend(other.session_keys.iter().cloned());
+    }
+
+    /// The values a column of a personal table is matched against.
+    fn of(&self, column: Column) -> BTreeSet<String> {
+        match column {
+            Column::UserId | Column::StitchedUserId => self.user_ids.clone(),
+            Column::AnonymousId => self.anonymous_ids.clone(),
+            Column::Email => self.emails.clone(),
+            Column::UserKey => self.user_keys.clone(),
+            Column::SessionKey => self.session_keys.clone(),
+            Column::Key => self.user_keys.union(&self.session_keys).cloned().collect(),
+        }
+    }
+
+    /// Every id, for matching quarantined lines.
+    fn ids(&self) -> impl Iterator<Item = &String> {
+        self.user_ids
+            .iter()
+            .chain(&self.anonymous_ids)
+            .chain(&self.emails)
+    }
+}
+
+fn union(people: &[Identities]) -> Identities {
+    let mut all = Identities::default();
+    for p in people {
+        all.extend(p);
+    }
+    all
 }
 
 fn sql_list(values: &BTreeSet<String>) -> String {
@@ -100,152 +235,258 @@ fn sql_list(values: &BTreeSet<String>) -> String {
         .join(", ")
 }
 
-async fn strings_of(ctx: &SessionContext, sql: &str) -> Result<BTreeSet<String>> {
-    let batches = ctx.sql(sql).await?.collect().await?;
-    let mut out = BTreeSet::new();
-    for b in &batches {
-        out.extend(catalog::strings(b.column(0))?.into_iter().flatten());
+/// The rows of a query as strings (NULL as `None`).
+async fn rows_of(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+    let mut out = Vec::new();
+    for b in ctx.sql(sql).await?.collect().await? {
+        let columns = b
+            .columns()
+            .iter()
+            .map(catalog::strings)
+            .collect::<Result<Vec<_>>>()?;
+        for i in 0..b.num_rows() {
+            out.push(columns.iter().map(|c| c[i].clone()).collect());
+        }
     }
     Ok(out)
 }
 
-/// Expands the id given to every identity of the person (two rounds: ids seen together).
-async fn resolve(ctx: &SessionContext, tables: &[String], ids: &mut Identities) -> Result<()> {
-    let has = |t: &str| tables.iter().any(|x| x == t);
+/// Expands each person's ids to every identity of theirs, in two rounds over `raw_events` then
+/// `events` (ids seen together on a row; in `events` also the rows stitched to their user ids).
+/// Each table is scanned once a round for everyone: a scan returns the distinct id combinations
+/// of the rows matching anyone, and each person takes those matching their own ids as they
+/// stood before the scan, so a batch finds for each person what an erasure of them alone would.
+async fn resolve(ctx: &SessionContext, tables: &[String], people: &mut [Identities]) -> Result<()> {
     for _ in 0..2 {
-        let mut clauses = Vec::new();
-        if !ids.user_ids.is_empty() {
-            clauses.push(format!("user_id IN ({})", sql_list(&ids.user_ids)));
-        }
-        if !ids.anonymous_ids.is_empty() {
-            clauses.push(format!(
-                "anonymous_id IN ({})",
-                sql_list(&ids.anonymous_ids)
-            ));
-        }
-        if !ids.emails.is_empty() {
-            clauses.push(format!("email IN ({})", sql_list(&ids.emails)));
-        }
-        if clauses.is_empty() {
-            return Ok(());
-        }
-        let any = clauses.join(" OR ");
-        for t in ["raw_events", "events"].into_iter().filter(|t| has(t)) {
-            let stitched = if t == "events" {
-                if ids.user_ids.is_empty() {
-                    String::new()
-                } else {
-                    format!(" OR stitched_user_id IN ({})", sql_list(&ids.user_ids))
-                }
-            } else {
-                String::new()
+        for t in ["raw_events", "events"] {
+            if !tables.iter().any(|x| x == t) {
+                continue;
+            }
+            let all = union(people);
+            if all.is_empty() {
+                return Ok(());
+            }
+            let mut columns = vec![Column::UserId, Column::AnonymousId, Column::Email];
+            if t == "events" {
+                columns.push(Column::StitchedUserId);
+            }
+            let Some(w) = any_of(&columns, &all) else {
+                return Ok(());
             };
-            let w = format!("({any}{stitched})");
-            ids.user_ids.extend(
-                strings_of(
-                    ctx,
-                    &format!("SELECT DISTINCT user_id FROM {t} WHERE {w} AND user_id IS NOT NULL"),
-                )
-                .await?,
-            );
-            ids.anonymous_ids.extend(
-                strings_of(ctx, &format!("SELECT DISTINCT anonymous_id FROM {t} WHERE {w} AND anonymous_id IS NOT NULL")).await?,
-            );
-            ids.emails.extend(
-                strings_of(
-                    ctx,
-                    &format!("SELECT DISTINCT email FROM {t} WHERE {w} AND email IS NOT NULL"),
-                )
-                .await?,
-            );
+            let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
+            let seen = rows_of(
+                ctx,
+                &format!("SELECT DISTINCT {} FROM {t} WHERE {w}", names.join(", ")),
+            )
+            .await?;
+            for ids in people.iter_mut() {
+                let mut found = Identities::default();
+                for row in seen.iter().filter(|row| matches(&columns, row, ids)) {
+                    let add = |set: &mut BTreeSet<String>, v: &Option<String>| {
+                        if let Some(v) = v {
+                            set.insert(v.clone());
+                        }
+                    };
+                    add(&mut found.user_ids, &row[0]);
+                    add(&mut found.anonymous_ids, &row[1]);
+                    add(&mut found.emails, &row[2]);
+                }
+                ids.extend(&found);
+            }
         }
     }
     Ok(())
 }
 
-/// The DELETE predicate of one table from the columns it has; `None` if it holds no personal
-/// rows (aggregates, dimensions of products and dates, bookkeeping).
-fn predicate(
-    table: &str,
-    columns: &[String],
-    ids: &Identities,
-    user_keys: &BTreeSet<String>,
-    session_keys: &BTreeSet<String>,
-) -> Option<String> {
-    let has = |c: &str| columns.iter().any(|x| x == c);
-    let mut clauses = Vec::new();
-    let mut add = |column: &str, values: &BTreeSet<String>| {
-        if has(column) && !values.is_empty() {
-            clauses.push(format!("{column} IN ({})", sql_list(values)));
-        }
-    };
-    add("user_id", &ids.user_ids);
-    add("stitched_user_id", &ids.user_ids);
-    add("anonymous_id", &ids.anonymous_ids);
-    add("email", &ids.emails);
-    add("user_key", user_keys);
-    add("session_key", session_keys);
-    if table == catalog::EVENTS_CHANGES.name && has("key") {
-        let all: BTreeSet<String> = user_keys.union(session_keys).cloned().collect();
-        if !all.is_empty() {
-            clauses.push(format!("key IN ({})", sql_list(&all)));
-        }
-    }
-    if table == catalog::QUARANTINE.name && has("raw") {
-        // The raw line mentions an identity (e-mails appear masked as `pii:<pseudonym>`).
-        for v in ids
-            .user_ids
-            .iter()
-            .chain(&ids.anonymous_ids)
-            .chain(&ids.emails)
-        {
-            let v = v.replace('\'', "''");
-            if v.chars().count() >= 6 {
-                clauses.push(format!("strpos(raw, '{v}') > 0"));
-            } else {
-                clauses.push(format!("strpos(raw, '\"{v}\"') > 0"));
-            }
+/// The columns by which a table's rows name a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Column {
+    UserId,
+    StitchedUserId,
+    AnonymousId,
+    Email,
+    UserKey,
+    SessionKey,
+    /// `events_changes.key`: a customer's or a session's key.
+    Key,
+}
+
+impl Column {
+    const ALL: [Column; 7] = [
+        Column::UserId,
+        Column::StitchedUserId,
+        Column::AnonymousId,
+        Column::Email,
+        Column::UserKey,
+        Column::SessionKey,
+        Column::Key,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Column::UserId => "user_id",
+            Column::StitchedUserId => "stitched_user_id",
+            Column::AnonymousId => "anonymous_id",
+            Column::Email => "email",
+            Column::UserKey => "user_key",
+            Column::SessionKey => "session_key",
+            Column::Key => "key",
         }
     }
+}
+
+/// `column IN (...) OR ...` over the columns for which `ids` has values; `None` if none has.
+fn any_of(columns: &[Column], ids: &Identities) -> Option<String> {
+    let clauses: Vec<String> = columns
+        .iter()
+        .filter_map(|c| {
+            let values = ids.of(*c);
+            (!values.is_empty()).then(|| format!("{} IN ({})", c.name(), sql_list(&values)))
+        })
+        .collect();
     (!clauses.is_empty()).then(|| clauses.join(" OR "))
 }
 
-pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<EraseReceipt> {
+/// Whether a row (its values of `columns`, in order) names the person `ids`.
+fn matches(columns: &[Column], row: &[Option<String>], ids: &Identities) -> bool {
+    columns
+        .iter()
+        .zip(row)
+        .any(|(c, v)| v.as_ref().is_some_and(|v| ids.of(*c).contains(v)))
+}
+
+/// Whether a quarantined line mentions an id (e-mails appear masked as `pii:<pseudonym>`): a
+/// short id only as a whole JSON string, so `u1` does not match every line holding `u10`.
+fn mentions(raw: &str, id: &str) -> bool {
+    if id.chars().count() >= 6 {
+        raw.contains(id)
+    } else {
+        raw.contains(&format!("\"{id}\""))
+    }
+}
+
+/// How a table names people: the columns it has of [`Column::ALL`], and for `quarantine` its
+/// raw lines. `None` for tables without personal rows (aggregates, dimensions of products and
+/// dates, bookkeeping).
+struct Personal {
+    columns: Vec<Column>,
+    raw: bool,
+}
+
+impl Personal {
+    fn of(table: &str, columns: &[String]) -> Option<Personal> {
+        let has = |c: &str| columns.iter().any(|x| x == c);
+        let personal = Personal {
+            columns: Column::ALL
+                .into_iter()
+                .filter(|c| has(c.name()))
+                .filter(|c| *c != Column::Key || table == catalog::EVENTS_CHANGES.name)
+                .collect(),
+            raw: table == catalog::QUARANTINE.name && has("raw"),
+        };
+        (!personal.columns.is_empty() || personal.raw).then_some(personal)
+    }
+
+    /// The rows of `ids` as a predicate; `None` when they have no value to match.
+    fn predicate(&self, ids: &Identities) -> Option<String> {
+        let mut clauses: Vec<String> = any_of(&self.columns, ids).into_iter().collect();
+        if self.raw {
+            for v in ids.ids() {
+                let v = v.replace('\'', "''");
+                if v.chars().count() >= 6 {
+                    clauses.push(format!("strpos(raw, '{v}') > 0"));
+                } else {
+                    clauses.push(format!("strpos(raw, '\"{v}\"') > 0"));
+                }
+            }
+        }
+        (!clauses.is_empty()).then(|| clauses.join(" OR "))
+    }
+
+    /// Whether a grouped row (the values of `columns`, then `raw` when matched by it) is the
+    /// person `ids`'s.
+    fn matches(&self, row: &[Option<String>], ids: &Identities) -> bool {
+        matches(&self.columns, row, ids)
+            || (self.raw
+                && row[self.columns.len()]
+                    .as_deref()
+                    .is_some_and(|raw| ids.ids().any(|id| mentions(raw, id))))
+    }
+}
+
+/// `md5(concat(prefix, chr(31), id))` for every id: the customer keys of the star schema.
+async fn customer_keys(
+    ctx: &SessionContext,
+    prefix: &str,
+    ids: &BTreeSet<String>,
+) -> Result<HashMap<String, String>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let values = ids
+        .iter()
+        .map(|v| format!("('{}')", v.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = rows_of(
+        ctx,
+        &format!(
+            "SELECT column1, md5(concat('{prefix}', chr(31), column1)) FROM (VALUES {values})"
+        ),
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((r[0].clone()?, r[1].clone()?)))
+        .collect())
+}
+
+/// The stored form of a subject's id: pseudonymised when its column is.
+fn stored_seed(cfg: &Config, key: &crate::privacy::PiiKey, s: &Subject) -> Identities {
+    let mut ids = Identities::default();
+    match s.kind {
+        SubjectKind::UserId if cfg.privacy.user_id => {
+            ids.user_ids.insert(key.pseudonym("user_id", &s.value));
+        }
+        SubjectKind::UserId => {
+            ids.user_ids.insert(s.value.clone());
+        }
+        SubjectKind::AnonymousId => {
+            ids.anonymous_ids.insert(s.value.clone());
+        }
+        SubjectKind::Email if cfg.privacy.email => {
+            ids.emails.insert(key.email(&s.value));
+        }
+        SubjectKind::Email => {
+            ids.emails.insert(s.value.clone());
+        }
+    }
+    ids
+}
+
+pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasure> {
     let key = cfg.privacy.key.as_ref().ok_or_else(|| {
         Error::usage(
             "erase needs the pseudonymisation key to match pseudonymised columns and to record \
              the erasure: set CLICKLAKE_PII_KEY (or [privacy] key_file)",
         )
     })?;
-    let value = req.value.trim();
-    if value.is_empty() {
-        return Err(Error::usage(format!(
-            "--{}: empty",
-            req.kind.as_str().replace('_', "-")
-        )));
-    }
-    let subject = match req.kind {
-        SubjectKind::Email => key.email(value),
-        kind => key.pseudonym(kind.as_str(), value),
-    };
-    let mut ids = Identities::default();
-    match req.kind {
-        SubjectKind::UserId if cfg.privacy.user_id => {
-            ids.user_ids.insert(subject.clone());
-        }
-        SubjectKind::UserId => {
-            ids.user_ids.insert(value.to_string());
-        }
-        SubjectKind::AnonymousId => {
-            ids.anonymous_ids.insert(value.to_string());
-        }
-        SubjectKind::Email if cfg.privacy.email => {
-            ids.emails.insert(subject.clone());
-        }
-        SubjectKind::Email => {
-            ids.emails.insert(value.to_string());
-        }
-    }
+    // Each person once, in the order of the request.
+    let mut seen = BTreeSet::new();
+    let subjects: Vec<Subject> = req
+        .subjects
+        .iter()
+        .filter(|s| seen.insert((*s).clone()))
+        .cloned()
+        .collect();
+    let pseudonyms: Vec<String> = subjects
+        .iter()
+        .map(|s| match s.kind {
+            SubjectKind::Email => key.email(&s.value),
+            kind => key.pseudonym(kind.as_str(), &s.value),
+        })
+        .collect();
+    let mut people: Vec<Identities> = subjects.iter().map(|s| stored_seed(cfg, key, s)).collect();
 
     let ctx = catalog::session(cfg.memory_limit)?;
     let opened = catalog::open_existing(lake, &[]).await?;
@@ -253,62 +494,64 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erase
         catalog::register(&ctx, name, t).await?;
     }
     let names: Vec<String> = opened.iter().map(|(n, _)| n.clone()).collect();
-    resolve(&ctx, &names, &mut ids).await?;
+    resolve(&ctx, &names, &mut people).await?;
 
-    // Keys the star schema uses for this person and their sessions.
-    let mut user_keys = BTreeSet::new();
-    for u in &ids.user_ids {
-        user_keys.extend(
-            strings_of(
-                &ctx,
-                &format!(
-                    "SELECT md5(concat('user', chr(31), '{}'))",
-                    u.replace('\'', "''")
-                ),
-            )
-            .await?,
+    // Keys the star schema uses for these people and their sessions.
+    let all = union(&people);
+    let user_keys = customer_keys(&ctx, "user", &all.user_ids).await?;
+    let anonymous_keys = customer_keys(&ctx, "anonymous", &all.anonymous_ids).await?;
+    for ids in people.iter_mut() {
+        ids.user_keys.extend(
+            ids.user_ids
+                .iter()
+                .filter_map(|u| user_keys.get(u).cloned()),
+        );
+        ids.user_keys.extend(
+            ids.anonymous_ids
+                .iter()
+                .filter_map(|a| anonymous_keys.get(a).cloned()),
         );
     }
-    for a in &ids.anonymous_ids {
-        user_keys.extend(
-            strings_of(
-                &ctx,
-                &format!(
-                    "SELECT md5(concat('anonymous', chr(31), '{}'))",
-                    a.replace('\'', "''")
-                ),
-            )
-            .await?,
-        );
-    }
-    let mut session_keys = BTreeSet::new();
     if names.iter().any(|n| n == "events") {
-        if let Some(w) = predicate(
-            "events",
-            &[
-                "user_id".into(),
-                "stitched_user_id".into(),
-                "anonymous_id".into(),
-                "email".into(),
-            ],
-            &ids,
-            &BTreeSet::new(),
-            &BTreeSet::new(),
-        ) {
-            session_keys = strings_of(
+        let columns = [
+            Column::UserId,
+            Column::StitchedUserId,
+            Column::AnonymousId,
+            Column::Email,
+        ];
+        if let Some(w) = any_of(&columns, &union(&people)) {
+            let rows = rows_of(
                 &ctx,
-                &format!("SELECT DISTINCT session_key FROM events WHERE {w}"),
+                &format!(
+                    "SELECT DISTINCT user_id, stitched_user_id, anonymous_id, email, session_key \
+                     FROM events WHERE {w}"
+                ),
             )
             .await?;
+            for ids in people.iter_mut() {
+                let keys: Vec<String> = rows
+                    .iter()
+                    .filter(|r| matches(&columns, &r[..4], ids))
+                    .filter_map(|r| r[4].clone())
+                    .collect();
+                ids.session_keys.extend(keys);
+            }
         }
     }
 
     let requested_at = chrono::Utc::now();
-    let erasure_id = format!(
-        "{}-{}",
-        requested_at.format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let erasure_ids: Vec<String> = people
+        .iter()
+        .map(|_| {
+            format!(
+                "{}-{}",
+                requested_at.format("%Y%m%dT%H%M%SZ"),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        })
+        .collect();
+    let mut per_person: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); people.len()];
+    let all = union(&people);
     let skip = [
         catalog::ERASURES.name,
         catalog::AUDIT.name,
@@ -326,14 +569,46 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erase
             .fields()
             .map(|f| f.name().to_string())
             .collect();
-        let Some(w) = predicate(&name, &columns, &ids, &user_keys, &session_keys) else {
+        let Some(personal) = Personal::of(&name, &columns) else {
             continue;
         };
-        let rows = catalog::query_i64(&ctx, &format!("SELECT count(*) FROM {name} WHERE {w}"))
-            .await?
-            .unwrap_or(0) as u64;
+        let Some(w) = personal.predicate(&all) else {
+            continue;
+        };
+        // One scan counts everyone's rows: the matching rows grouped by the values that name
+        // people, each group then attributed to the people it names.
+        let mut keys: Vec<&str> = personal.columns.iter().map(|c| c.name()).collect();
+        if personal.raw {
+            keys.push("raw");
+        }
+        let grouped = rows_of(
+            &ctx,
+            &format!(
+                "SELECT {k}, CAST(count(*) AS VARCHAR) FROM {name} WHERE {w} GROUP BY {k}",
+                k = keys.join(", ")
+            ),
+        )
+        .await?;
+        let count = |row: &Vec<Option<String>>| {
+            row.last()
+                .cloned()
+                .flatten()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let rows: u64 = grouped.iter().map(count).sum();
         if rows == 0 {
             continue;
+        }
+        for (ids, counts) in people.iter().zip(per_person.iter_mut()) {
+            let mine: u64 = grouped
+                .iter()
+                .filter(|row| personal.matches(row, ids))
+                .map(count)
+                .sum();
+            if mine > 0 {
+                counts.insert(name.clone(), mine);
+            }
         }
         let mut entry = TableErasure {
             table: name.clone(),
@@ -342,60 +617,77 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erase
         };
         if !req.dry_run {
             let (files_rewritten, files_deleted) =
-                rewrite_without(cfg, table, &name, &w, &erasure_id).await?;
+                rewrite_without(cfg, table, &name, &w, &erasure_ids).await?;
             entry.files_rewritten = files_rewritten;
             entry.files_deleted = files_deleted;
         }
         tables.push(entry);
     }
 
-    // Every identity's pseudonym, as landing computes them from clear values.
-    let mut identities: BTreeSet<String> = BTreeSet::new();
-    identities.insert(subject.clone());
-    for u in &ids.user_ids {
-        identities.insert(if cfg.privacy.user_id {
-            u.clone()
-        } else {
-            key.pseudonym("user_id", u)
-        });
+    let mut out = Vec::new();
+    let mut records = Vec::new();
+    for ((((subject, pseudonym), ids), counts), erasure_id) in subjects
+        .iter()
+        .zip(pseudonyms)
+        .zip(&people)
+        .zip(per_person)
+        .zip(erasure_ids)
+    {
+        // Every identity's pseudonym, as landing computes them from clear values.
+        let mut identities: BTreeSet<String> = BTreeSet::new();
+        identities.insert(pseudonym.clone());
+        for u in &ids.user_ids {
+            identities.insert(if cfg.privacy.user_id {
+                u.clone()
+            } else {
+                key.pseudonym("user_id", u)
+            });
+        }
+        for a in &ids.anonymous_ids {
+            identities.insert(key.pseudonym("anonymous_id", a));
+        }
+        for e in &ids.emails {
+            identities.insert(if cfg.privacy.email {
+                e.clone()
+            } else {
+                key.email(e)
+            });
+        }
+        let person = PersonErasure {
+            erasure_id,
+            subject_kind: subject.kind,
+            subject: pseudonym,
+            identities: IdentityCounts {
+                user_ids: ids.user_ids.len(),
+                anonymous_ids: ids.anonymous_ids.len(),
+                emails: ids.emails.len(),
+            },
+            rows_removed: counts.values().sum(),
+            tables: counts,
+        };
+        records.push(identities);
+        out.push(person);
     }
-    for a in &ids.anonymous_ids {
-        identities.insert(key.pseudonym("anonymous_id", a));
-    }
-    for e in &ids.emails {
-        identities.insert(if cfg.privacy.email {
-            e.clone()
-        } else {
-            key.email(e)
-        });
-    }
-    let receipt = EraseReceipt {
-        erasure_id,
+    let erasure = Erasure {
         dry_run: req.dry_run,
-        subject_kind: req.kind,
-        subject,
-        identities: IdentityCounts {
-            user_ids: ids.user_ids.len(),
-            anonymous_ids: ids.anonymous_ids.len(),
-            emails: ids.emails.len(),
-        },
+        requested_at: requested_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        people: out,
         rows_removed: tables.iter().map(|t| t.rows).sum(),
         files_rewritten: tables.iter().map(|t| t.files_rewritten).sum(),
         files_deleted: tables.iter().map(|t| t.files_deleted).sum(),
         tables,
-        requested_at: requested_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
     if !req.dry_run {
         record(
             lake,
             cfg,
-            &receipt,
-            &identities,
+            &erasure,
+            &records,
             requested_at.timestamp_micros(),
         )
         .await?;
     }
-    Ok(receipt)
+    Ok(erasure)
 }
 
 const FILE_COLUMN: &str = "__clicklake_file";
@@ -409,18 +701,19 @@ async fn rewrite_without(
     mut table: deltalake::DeltaTable,
     name: &str,
     predicate: &str,
-    erasure_id: &str,
+    erasure_ids: &[String],
 ) -> Result<(u64, u64)> {
     use futures::StreamExt;
     let ctx = catalog::session(cfg.memory_limit)?;
     let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
     ctx.register_table("t", provider)?;
-    let files: Vec<String> = strings_of(
+    let files: Vec<String> = rows_of(
         &ctx,
         &format!("SELECT DISTINCT CAST({FILE_COLUMN} AS VARCHAR) FROM t WHERE {predicate}"),
     )
     .await?
     .into_iter()
+    .filter_map(|row| row.into_iter().next().flatten())
     .collect();
     if files.is_empty() {
         return Ok((0, 0));
@@ -453,7 +746,7 @@ async fn rewrite_without(
     actions.extend(adds.into_iter().map(deltalake::kernel::Action::Add));
     let metadata = HashMap::from([(
         "clicklake".to_string(),
-        serde_json::json!({ "command": "erase", "mode": "erase", "erasure_id": erasure_id }),
+        serde_json::json!({ "command": "erase", "mode": "erase", "erasure_ids": erasure_ids }),
     )]);
     delta::commit(
         &mut table,
@@ -486,43 +779,51 @@ async fn rewrite_without(
     Ok((files.len() as u64, vacuumed.files_deleted.len() as u64))
 }
 
+/// One `erasures` row per person: their pseudonyms (refused at every later landing), their rows
+/// per table, and the files of the commits that removed them (shared within a batch).
 async fn record(
     lake: &Lake,
     cfg: &Config,
-    r: &EraseReceipt,
-    identities: &BTreeSet<String>,
+    e: &Erasure,
+    identities: &[BTreeSet<String>],
     at_us: i64,
 ) -> Result<()> {
     let mut table = catalog::ensure_table(lake, &ERASURES).await?;
-    let per_table: BTreeMap<&str, u64> = r
-        .tables
-        .iter()
-        .map(|t| (t.table.as_str(), t.rows))
-        .collect();
-    let s = |v: String| Arc::new(StringArray::from(vec![v])) as arrow::array::ArrayRef;
-    let i = |v: u64| Arc::new(Int64Array::from(vec![v as i64])) as arrow::array::ArrayRef;
+    let files = |p: &PersonErasure, of: fn(&TableErasure) -> u64| -> i64 {
+        e.tables
+            .iter()
+            .filter(|t| p.tables.contains_key(&t.table))
+            .map(of)
+            .sum::<u64>() as i64
+    };
+    let people = &e.people;
+    let s = |f: &dyn Fn(&PersonErasure) -> String| {
+        Arc::new(StringArray::from_iter_values(people.iter().map(f))) as arrow::array::ArrayRef
+    };
+    let i = |f: &dyn Fn(&PersonErasure) -> i64| {
+        Arc::new(Int64Array::from_iter_values(people.iter().map(f))) as arrow::array::ArrayRef
+    };
     let batch = RecordBatch::try_new(
         (ERASURES.schema)(),
         vec![
-            s(r.erasure_id.clone()),
-            Arc::new(TimestampMicrosecondArray::from(vec![at_us]).with_timezone("UTC")),
-            s(r.subject_kind_str().to_string()),
-            s(r.subject.clone()),
-            s(serde_json::to_string(identities).expect("strings serialize")),
-            s(serde_json::to_string(&per_table).expect("map serializes")),
-            i(r.rows_removed),
-            i(r.tables.len() as u64),
-            i(r.files_rewritten),
-            i(r.files_deleted),
-            s(crate::lease::holder_name()),
+            s(&|p| p.erasure_id.clone()),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(people.iter().map(|_| at_us))
+                    .with_timezone("UTC"),
+            ),
+            s(&|p| p.subject_kind.as_str().to_string()),
+            s(&|p| p.subject.clone()),
+            Arc::new(StringArray::from_iter_values(identities.iter().map(
+                |ids| serde_json::to_string(ids).expect("strings serialize"),
+            ))),
+            s(&|p| serde_json::to_string(&p.tables).expect("map serializes")),
+            i(&|p| p.rows_removed as i64),
+            i(&|p| p.tables.len() as i64),
+            i(&|p| files(p, |t| t.files_rewritten)),
+            i(&|p| files(p, |t| t.files_deleted)),
+            s(&|_| crate::lease::holder_name()),
         ],
     )?;
     delta::append_batch(&mut table, batch, cfg, HashMap::new()).await?;
     Ok(())
-}
-
-impl EraseReceipt {
-    fn subject_kind_str(&self) -> &'static str {
-        self.subject_kind.as_str()
-    }
 }

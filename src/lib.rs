@@ -46,6 +46,7 @@ pub mod printer;
 pub mod privacy;
 mod range_cache;
 pub mod repl;
+pub mod request_file;
 pub mod runner;
 pub mod sqlfn;
 pub mod storage;

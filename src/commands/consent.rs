@@ -17,7 +17,20 @@ use crate::cli::ConsentArgs;
 use crate::config::Config;
 use crate::delta;
 use crate::error::Error;
+use crate::request_file::{self, Fields};
 use crate::storage::Lake;
+
+/// The columns a consent file may have (a CSV header must name one of them).
+const COLUMNS: &[&str] = &[
+    "user_id",
+    "anonymous_id",
+    "purpose",
+    "status",
+    "granted",
+    "decided_at",
+    "timestamp",
+    "version",
+];
 
 struct Decision {
     user_id: Option<String>,
@@ -32,19 +45,8 @@ struct Decision {
 pub async fn run(cfg: &Config, lake: &Lake, args: ConsentArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for path in &args.files {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::usage(format!("{path}: cannot read: {e}")))?;
-        // Excel's "CSV UTF-8" and PowerShell start a file with a byte order mark.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let name = std::path::Path::new(path)
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| path.clone());
-        let records = if path.ends_with(".csv") || path.ends_with(".tsv") {
-            csv_records(path, text)?
-        } else {
-            json_records(path, text)?
-        };
+        let name = request_file::file_name(path);
+        let records = request_file::read(path, COLUMNS)?;
         for (line, fields) in records {
             rows.push(decision(cfg, path, &name, line, &fields)?);
         }
@@ -183,75 +185,6 @@ fn decisions_batch(rows: &[&Decision]) -> Result<RecordBatch, Error> {
             ),
         ],
     )?)
-}
-
-type Fields = HashMap<String, String>;
-
-/// The delimiter whose split of the header line names a `purpose` column: `,`, or as DuckDB's
-/// sniffer finds it, `;` (spreadsheets in much of Europe), a tab or `|`.
-fn delimiter_of(path: &str, text: &str) -> u8 {
-    let header = text.lines().next().unwrap_or_default();
-    let names_purpose = |d: u8| {
-        header
-            .split(d as char)
-            .any(|name| name.trim().trim_matches('"') == "purpose")
-    };
-    let first = if path.ends_with(".tsv") { b'\t' } else { b',' };
-    [first, b',', b';', b'\t', b'|']
-        .into_iter()
-        .find(|d| names_purpose(*d))
-        .unwrap_or(first)
-}
-
-fn csv_records(path: &str, text: &str) -> Result<Vec<(u64, Fields)>, Error> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter_of(path, text))
-        .from_reader(text.as_bytes());
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| Error::usage(format!("{path}:1: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
-    let mut out = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map(|p| p.line()).unwrap_or(0);
-            Error::usage(format!("{path}:{line}: {e}"))
-        })?;
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
-        let fields = headers
-            .iter()
-            .cloned()
-            .zip(record.iter().map(|v| v.trim().to_string()))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        out.push((line, fields));
-    }
-    Ok(out)
-}
-
-fn json_records(path: &str, text: &str) -> Result<Vec<(u64, Fields)>, Error> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-            .map_err(|e| Error::usage(format!("{path}:{n}: not a JSON object: {e}")))?;
-        let fields = v
-            .into_iter()
-            .filter_map(|(k, v)| match v {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) if s.trim().is_empty() => None,
-                serde_json::Value::String(s) => Some((k, s.trim().to_string())),
-                other => Some((k, other.to_string())),
-            })
-            .collect();
-        out.push((n, fields));
-    }
-    Ok(out)
 }
 
 fn decision(

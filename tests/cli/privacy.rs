@@ -251,6 +251,147 @@ both_backends!(
     }
 );
 
+/// The `--dry-run --json` figures of erasing one person alone: (rows, user ids, anonymous ids).
+fn erased_alone(ctx: &TestContext, flag: &str, id: &str) -> (u64, u64, u64) {
+    let r: serde_json::Value =
+        serde_json::from_str(ctx.ok(&["erase", flag, id, "--dry-run", "--json"]).trim()).unwrap();
+    (
+        r["rows_removed"].as_u64().unwrap(),
+        r["identities"]["user_ids"].as_u64().unwrap(),
+        r["identities"]["anonymous_ids"].as_u64().unwrap(),
+    )
+}
+
+fn raw_events_version(ctx: &TestContext) -> i64 {
+    let tables: serde_json::Value = serde_json::from_str(&ctx.ok(&["tables", "--json"])).unwrap();
+    tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "raw_events")
+        .and_then(|t| t["version"].as_i64())
+        .unwrap()
+}
+
+/// A queue of erasure requests (a DSAR export) is one pass: each person found as an erasure of
+/// them alone finds them, everyone's rows gone in one commit per table, one `erasures` row each.
+#[test]
+fn erase_from_a_file_removes_everyone_it_names_in_one_pass() {
+    let (ctx, file) = people_lake(Backend::Local);
+    let alone_planted = erased_alone(&ctx, "--email", "planted.person@example.org");
+    let alone_keep = erased_alone(&ctx, "--user-id", "user-keep");
+    assert!(
+        alone_planted.0 > 10 && alone_keep.0 > 2,
+        "{alone_planted:?} {alone_keep:?}"
+    );
+
+    // Bad rows are refused before anything is read or written, naming file, line and field.
+    let bad = |name: &str, text: &str, words: &[&str]| {
+        let path = ctx.path(name);
+        std::fs::write(&path, text).unwrap();
+        crate::context::one_line_failure(
+            &ctx.run(&["erase", "--from", path.to_str().unwrap()]),
+            2,
+            words,
+        );
+    };
+    bad(
+        "two.csv",
+        "email,user_id\nplanted.person@example.org,\njane@example.org,user-keep\n",
+        &["two.csv:3: field email", "one id"],
+    );
+    bad(
+        "header.csv",
+        "id,ticket\nu1,T-1\n",
+        &["header.csv:1:", "user_id, anonymous_id, email"],
+    );
+    bad(
+        "mail.ndjson",
+        "{\"email\":\"user-keep\"}\n",
+        &["mail.ndjson:1: field email", "NAME@DOMAIN"],
+    );
+    bad(
+        "none.ndjson",
+        "{\"ticket\":\"T-9\"}\n",
+        &["none.ndjson:1: field user_id", "one person"],
+    );
+    let out = ctx.run(&["erase", "--from", "x.csv", "--user-id", "u"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    // A header and no rows: nothing to do, and nothing recorded.
+    let empty = ctx.path("empty.csv");
+    std::fs::write(&empty, "ticket,email\n").unwrap();
+    let said = ctx.ok(&["erase", "--from", empty.to_str().unwrap()]);
+    assert!(said.contains("nothing to erase"), "{said}");
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM _audit WHERE outcome <> 'dry_run'"),
+        0
+    );
+
+    // `;`-delimited, with a ticket column and the same person twice.
+    let requests = ctx.path("requests.csv");
+    std::fs::write(
+        &requests,
+        "ticket;email;user_id\nT-1; Planted.Person@example.org ;\nT-2;;user-keep\nT-3;;user-keep\n",
+    )
+    .unwrap();
+    let from = requests.to_str().unwrap();
+    let dry: serde_json::Value = serde_json::from_str(
+        ctx.ok(&["erase", "--from", from, "--dry-run", "--json"])
+            .trim(),
+    )
+    .unwrap();
+    let people = dry["people"].as_array().unwrap();
+    assert_eq!(people.len(), 2, "{dry}");
+    let found = |kind: &str| {
+        let p = people.iter().find(|p| p["subject_kind"] == kind).unwrap();
+        (
+            p["rows_removed"].as_u64().unwrap(),
+            p["identities"]["user_ids"].as_u64().unwrap(),
+            p["identities"]["anonymous_ids"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(found("email"), alone_planted, "{dry}");
+    assert_eq!(found("user_id"), alone_keep, "{dry}");
+    assert_eq!(dry["rows_removed"], alone_planted.0 + alone_keep.0, "{dry}");
+    assert!(ctx.count("SELECT count(*) FROM events WHERE user_id = 'user-keep'") > 0);
+
+    let raw_before = raw_events_version(&ctx);
+    let done = ctx.ok(&["erase", "--from", from]);
+    assert!(done.contains("erasure of 2 people"), "{done}");
+    assert_eq!(person_rows(&ctx), 0);
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM raw_events WHERE anonymous_id = 'anon-keep'"),
+        0
+    );
+    assert_eq!(ctx.count("SELECT count(*) FROM events"), 0);
+    let leaks = scan(
+        &lake_dir(&ctx),
+        &[
+            "anon-erase-me",
+            "anon-erase-phone",
+            "user-erase-me",
+            "user-keep",
+            "anon-keep",
+        ],
+    );
+    assert!(leaks.is_empty(), "{leaks:?}");
+    // One row per person, each with its own rows; one commit per table for both.
+    assert_eq!(
+        ctx.query("SELECT subject_kind, CAST(rows_removed_total AS VARCHAR) FROM erasures ORDER BY subject_kind"),
+        vec![
+            format!("email,{}", alone_planted.0),
+            format!("user_id,{}", alone_keep.0)
+        ]
+    );
+    // raw_events took one erase commit and its vacuum (start, end): erasing the two one by one
+    // would have taken six versions.
+    assert_eq!(raw_events_version(&ctx), raw_before + 3);
+    // Both stay erased: landing the file again stores none of their rows.
+    let again = ctx.ingest_json(&["--force", file.to_str().unwrap()]);
+    assert_eq!(again["erased"], 8, "{again}");
+    assert_eq!(again["landed"], 0, "{again}");
+}
+
 #[test]
 fn erase_needs_one_subject_and_the_key() {
     let ctx = TestContext::new(Backend::Local);
