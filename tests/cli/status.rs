@@ -20,8 +20,9 @@ both_backends!(
         ctx.ok(&["clean", "-q"]);
         ctx.ok(&["build", "-q"]);
 
-        // Events lie on the day that started three days ago (midnight UTC), so the latest one
-        // is two to four days old, depending on the time of day: within 5 days, not an hour.
+        // Events lie on the day that started three days ago (midnight UTC), and a session may
+        // run some minutes past its midnight, so the latest one is a little under two to four
+        // days old, depending on the time of day: within 5 days, not an hour.
         let out = ctx.run(&["status", "--max-lag", "5d", "--json"]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -36,7 +37,7 @@ both_backends!(
         };
         let events = table("events");
         let lag = events["lag_seconds"].as_i64().unwrap();
-        assert!((2 * 86_400..4 * 86_400).contains(&lag), "{events}");
+        assert!((86_400..4 * 86_400).contains(&lag), "{events}");
         // A star table is as fresh as the events it reflects.
         assert_eq!(
             table("fact_sessions")["latest_event_time"],
