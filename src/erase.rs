@@ -116,6 +116,9 @@ pub struct EraseReceipt {
     pub files_rewritten: u64,
     pub files_deleted: u64,
     pub requested_at: String,
+    /// Tables where an earlier erasure had been cut off after its commit, now finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted_finished: Vec<String>,
 }
 
 /// One person of an erasure: what was found of them and removed.
@@ -142,6 +145,9 @@ pub struct Erasure {
     pub rows_removed: u64,
     pub files_rewritten: u64,
     pub files_deleted: u64,
+    /// Tables where an earlier erasure had been cut off after its commit, now finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted_finished: Vec<String>,
 }
 
 impl Erasure {
@@ -161,6 +167,7 @@ impl Erasure {
             files_rewritten: self.files_rewritten,
             files_deleted: self.files_deleted,
             requested_at: self.requested_at.clone(),
+            interrupted_finished: self.interrupted_finished.clone(),
         })
     }
 }
@@ -559,6 +566,9 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         catalog::INGESTED_FILES.name,
     ];
     let mut tables = Vec::new();
+    let mut rewrites = Vec::new();
+    // Tables without rows of these people, where an earlier erasure may have been cut off.
+    let mut leftovers = Vec::new();
     for (name, table) in opened {
         if skip.contains(&name.as_str()) {
             continue;
@@ -573,6 +583,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
             continue;
         };
         let Some(w) = personal.predicate(&all) else {
+            leftovers.push((name, table));
             continue;
         };
         // One scan counts everyone's rows: the matching rows grouped by the values that name
@@ -581,6 +592,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         if personal.raw {
             keys.push("raw");
         }
+        let counting = std::time::Instant::now();
         let grouped = rows_of(
             &ctx,
             &format!(
@@ -597,7 +609,12 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
                 .unwrap_or(0)
         };
         let rows: u64 = grouped.iter().map(count).sum();
+        tracing::info!(
+            "{name}: {rows} rows of the people to erase, counted in {:.2} s",
+            counting.elapsed().as_secs_f64()
+        );
         if rows == 0 {
+            leftovers.push((name, table));
             continue;
         }
         for (ids, counts) in people.iter().zip(per_person.iter_mut()) {
@@ -610,18 +627,26 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
                 counts.insert(name.clone(), mine);
             }
         }
-        let mut entry = TableErasure {
+        tables.push(TableErasure {
             table: name.clone(),
             rows,
             ..Default::default()
-        };
-        if !req.dry_run {
-            let (files_rewritten, files_deleted) =
-                rewrite_without(cfg, table, &name, &w, &erasure_ids).await?;
-            entry.files_rewritten = files_rewritten;
-            entry.files_deleted = files_deleted;
+        });
+        rewrites.push((tables.len() - 1, table, w));
+    }
+    let mut interrupted_finished = Vec::new();
+    if !req.dry_run {
+        rewrite_all(cfg, rewrites, &mut tables, &erasure_ids).await?;
+        for (name, table) in leftovers {
+            if interrupted(&table).await? {
+                let deleted = finish(table, &name).await?;
+                tracing::warn!(
+                    "{name}: finished an erasure that was cut off after its commit: {deleted} \
+                     superseded files deleted"
+                );
+                interrupted_finished.push(name);
+            }
         }
-        tables.push(entry);
     }
 
     let mut out = Vec::new();
@@ -676,6 +701,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         files_rewritten: tables.iter().map(|t| t.files_rewritten).sum(),
         files_deleted: tables.iter().map(|t| t.files_deleted).sum(),
         tables,
+        interrupted_finished,
     };
     if !req.dry_run {
         record(
@@ -688,6 +714,52 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         .await?;
     }
     Ok(erasure)
+}
+
+/// Rewrites each table without its erased rows (entry index, table, predicate), two at a time
+/// on their own tasks (a rewrite's Parquet encoding runs on the task that writes, so two tables
+/// use both cores), filling in each entry's files.
+async fn rewrite_all(
+    cfg: &Config,
+    rewrites: Vec<(usize, deltalake::DeltaTable, String)>,
+    tables: &mut [TableErasure],
+    erasure_ids: &[String],
+) -> Result<()> {
+    const AT_ONCE: usize = 2;
+    let cfg = Arc::new(cfg.clone());
+    let ids = Arc::new(erasure_ids.to_vec());
+    let mut running = tokio::task::JoinSet::new();
+    let mut pending = rewrites.into_iter();
+    let mut failed = None;
+    loop {
+        // After a failure no new table starts, and the running ones finish (a commit is not
+        // cut off between itself and its vacuum).
+        while failed.is_none() && running.len() < AT_ONCE {
+            let Some((i, table, predicate)) = pending.next() else {
+                break;
+            };
+            let (cfg, ids, name) = (cfg.clone(), ids.clone(), tables[i].table.clone());
+            running.spawn(async move {
+                let files = rewrite_without(&cfg, table, &name, &predicate, &ids).await;
+                (i, files)
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            return failed.map_or(Ok(()), Err);
+        };
+        match done {
+            Ok((i, Ok((rewritten, deleted)))) => {
+                tables[i].files_rewritten = rewritten;
+                tables[i].files_deleted = deleted;
+            }
+            Ok((_, Err(e))) => {
+                failed.get_or_insert(e);
+            }
+            Err(e) => {
+                failed.get_or_insert(Error::runtime(format!("an erasure task failed: {e}")));
+            }
+        }
+    }
 }
 
 const FILE_COLUMN: &str = "__clicklake_file";
@@ -704,6 +776,15 @@ async fn rewrite_without(
     erasure_ids: &[String],
 ) -> Result<(u64, u64)> {
     use futures::StreamExt;
+    let started = std::time::Instant::now();
+    let mut phases: Vec<(&str, f64)> = Vec::new();
+    let mut lap = {
+        let mut last = started;
+        move |phase: &'static str, phases: &mut Vec<(&'static str, f64)>| {
+            phases.push((phase, last.elapsed().as_secs_f64()));
+            last = std::time::Instant::now();
+        }
+    };
     let ctx = catalog::session(cfg.memory_limit)?;
     let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
     ctx.register_table("t", provider)?;
@@ -715,6 +796,7 @@ async fn rewrite_without(
     .into_iter()
     .filter_map(|row| row.into_iter().next().flatten())
     .collect();
+    lap("find files", &mut phases);
     if files.is_empty() {
         return Ok((0, 0));
     }
@@ -742,6 +824,7 @@ async fn rewrite_without(
         sink.write(&batch?).await?;
     }
     let adds = sink.finish().await?;
+    lap("rewrite", &mut phases);
     let mut actions = delta::remove_actions(&table, &files, name)?;
     actions.extend(adds.into_iter().map(deltalake::kernel::Action::Add));
     let metadata = HashMap::from([(
@@ -756,7 +839,27 @@ async fn rewrite_without(
         deltalake::protocol::SaveMode::Overwrite,
     )
     .await?;
+    lap("commit", &mut phases);
     crate::fault("erase-after-commit");
+    let files_deleted = finish(table, name).await?;
+    lap("vacuum and checkpoint", &mut phases);
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(phase, s)| format!("{phase} {s:.2} s"))
+        .collect();
+    tracing::info!(
+        "{name}: {} files rewritten in {:.2} s ({})",
+        files.len(),
+        started.elapsed().as_secs_f64(),
+        phases.join(", ")
+    );
+    Ok((files.len() as u64, files_deleted))
+}
+
+/// The end of a table's erasure, after its commit: vacuums with zero retention (no file any
+/// retained version references still holds a removed row), writes a checkpoint and removes the
+/// older log entries (their file statistics could name an id). Returns the files deleted.
+async fn finish(table: deltalake::DeltaTable, name: &str) -> Result<u64> {
     let (mut table, vacuumed) = table
         .vacuum()
         .with_retention_period(chrono::Duration::zero())
@@ -776,7 +879,35 @@ async fn rewrite_without(
     )
     .await
     .map_err(|e| Error::runtime(format!("removing {name}'s older log entries: {e}")))?;
-    Ok((files.len() as u64, vacuumed.files_deleted.len() as u64))
+    Ok(vacuumed.files_deleted.len() as u64)
+}
+
+/// How many of a table's latest commits [`interrupted`] looks at.
+const INTERRUPTED_WINDOW: i64 = 10;
+
+/// Whether an erasure of `table` was cut off after its commit (a crash, a kill) and before
+/// [`finish`]: its superseded files still hold the erased rows. A finished erasure removes the
+/// log entries before its checkpoint, its own commit among them, so an erase commit still in
+/// the log is an unfinished one. The latest [`INTERRUPTED_WINDOW`] commits are read (at once):
+/// the erasure is meant to be run again right after it failed.
+async fn interrupted(table: &deltalake::DeltaTable) -> Result<bool> {
+    let Some(latest) = table.version() else {
+        return Ok(false);
+    };
+    let latest = latest as i64;
+    let versions = (latest - INTERRUPTED_WINDOW + 1).max(0)..=latest;
+    let reads = versions.map(|v| delta::commit_actions(table, v));
+    for actions in futures::future::join_all(reads).await {
+        let is_erase = |a: &serde_json::Value| {
+            a.pointer("/commitInfo/clicklake/command")
+                .and_then(|c| c.as_str())
+                == Some("erase")
+        };
+        if actions?.is_some_and(|actions| actions.iter().any(is_erase)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// One `erasures` row per person: their pseudonyms (refused at every later landing), their rows

@@ -169,6 +169,7 @@ fn render(r: &EraseReceipt) -> String {
         r.identities.emails
     ));
     out.push_str(&table_lines(&r.tables, r.rows_removed, r.dry_run));
+    out.push_str(&finished_lines(&r.interrupted_finished));
     if !r.dry_run {
         out.push_str("  recorded in  erasures (later ingests of this person's rows are refused)\n");
     }
@@ -204,6 +205,7 @@ fn render_batch(e: &Erasure) -> String {
         ));
     }
     out.push_str(&table_lines(&e.tables, e.rows_removed, e.dry_run));
+    out.push_str(&finished_lines(&e.interrupted_finished));
     if !e.dry_run {
         out.push_str(
             "  recorded in  erasures, one row per person (later ingests of their rows are refused)\n",
@@ -235,4 +237,15 @@ fn table_lines(tables: &[TableErasure], rows: u64, dry_run: bool) -> String {
         tables.len()
     ));
     out
+}
+
+fn finished_lines(tables: &[String]) -> String {
+    if tables.is_empty() {
+        return String::new();
+    }
+    format!(
+        "  finished     an earlier erasure cut off after its commit: {} (superseded files \
+         deleted, log checkpointed)\n",
+        tables.join(", ")
+    )
 }

@@ -392,6 +392,36 @@ fn erase_from_a_file_removes_everyone_it_names_in_one_pass() {
     assert_eq!(again["landed"], 0, "{again}");
 }
 
+/// An erasure killed right after a table's commit leaves that table's superseded files, which
+/// still hold the person; the next erasure (of anyone) finishes it, and removes what is left.
+#[test]
+fn an_erasure_cut_off_after_its_commit_is_finished_by_the_next_one() {
+    let (ctx, _) = people_lake(Backend::Local);
+    let ids = ["anon-erase-me", "anon-erase-phone", "user-erase-me"];
+    let out = ctx
+        .cmd()
+        .env("CLICKLAKE_FAULT", "erase-after-commit")
+        .args(["erase", "--email", "planted.person@example.org"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    assert!(!scan(&lake_dir(&ctx), &ids).is_empty());
+
+    let r = ctx.ok(&["erase", "--email", "planted.person@example.org", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
+    let finished = r["interrupted_finished"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!finished.is_empty(), "{r}");
+    assert_eq!(person_rows(&ctx), 0);
+    let leaks = scan(&lake_dir(&ctx), &ids);
+    assert!(leaks.is_empty(), "{leaks:?}");
+    // Once finished, a table is not finished again.
+    let r = ctx.ok(&["erase", "--user-id", "nobody", "--json"]);
+    assert!(!r.contains("interrupted_finished"), "{r}");
+}
+
 #[test]
 fn erase_needs_one_subject_and_the_key() {
     let ctx = TestContext::new(Backend::Local);
