@@ -217,6 +217,18 @@ impl Identities {
         }
     }
 
+    /// Whether `value` of `column` is one of these ids ([`Identities::of`] without a copy).
+    fn has(&self, column: Column, value: &String) -> bool {
+        match column {
+            Column::UserId | Column::StitchedUserId => self.user_ids.contains(value),
+            Column::AnonymousId => self.anonymous_ids.contains(value),
+            Column::Email => self.emails.contains(value),
+            Column::UserKey => self.user_keys.contains(value),
+            Column::SessionKey => self.session_keys.contains(value),
+            Column::Key => self.user_keys.contains(value) || self.session_keys.contains(value),
+        }
+    }
+
     /// Every id, for matching quarantined lines.
     fn ids(&self) -> impl Iterator<Item = &String> {
         self.user_ids
@@ -359,7 +371,7 @@ fn matches(columns: &[Column], row: &[Option<String>], ids: &Identities) -> bool
     columns
         .iter()
         .zip(row)
-        .any(|(c, v)| v.as_ref().is_some_and(|v| ids.of(*c).contains(v)))
+        .any(|(c, v)| v.as_ref().is_some_and(|v| ids.has(*c, v)))
 }
 
 /// Whether a quarantined line mentions an id (e-mails appear masked as `pii:<pseudonym>`): a
