@@ -361,6 +361,7 @@ pub async fn run(
     let mut settings = Settings {
         format,
         max_rows: interactive.then_some(DEFAULT_MAX_ROWS),
+        quiet: cfg.quiet,
     };
     let mut buffer = String::new();
     let mut failures = 0usize;
@@ -480,6 +481,8 @@ pub(crate) struct Settings {
     pub format: OutputFormat,
     /// Table format only: rows shown (the rest are counted); `None` for all.
     pub max_rows: Option<usize>,
+    /// `-q`: no status messages (`\x`'s "expanded display is on").
+    pub quiet: bool,
 }
 
 /// What the caller does after a meta-command.
@@ -509,7 +512,9 @@ pub(crate) async fn run_meta(
             } else {
                 OutputFormat::Table
             };
-            eprintln!("expanded display is {}", if on { "on" } else { "off" });
+            if !settings.quiet {
+                eprintln!("expanded display is {}", if on { "on" } else { "off" });
+            }
         }
         Meta::MaxRows(n) => settings.max_rows = n,
     }

@@ -119,6 +119,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     let mut settings = Settings {
         format: args.format,
         max_rows: None,
+        quiet: cfg.quiet,
     };
     let out = |settings: &Settings| Output {
         format: settings.format,

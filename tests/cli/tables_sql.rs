@@ -540,6 +540,25 @@ both_backends!(
         let out = ctx.cmd().arg("sql").write_stdin(script).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains("expanded display is on"),
+            "{}",
+            stderr_of(&out)
+        );
+        // `-q` keeps the status messages out of stderr, as it does for every command.
+        let quiet = ctx
+            .cmd()
+            .args(["sql", "-q"])
+            .write_stdin(script)
+            .output()
+            .unwrap();
+        assert_eq!(quiet.status.code(), Some(0), "{}", stderr_of(&quiet));
+        assert!(
+            !stderr_of(&quiet).contains("expanded display"),
+            "{}",
+            stderr_of(&quiet)
+        );
+        assert_eq!(quiet.stdout, out.stdout);
         let lines: Vec<&str> = stdout.lines().collect();
         assert!(
             lines.contains(&"raw_events") && lines.contains(&"events"),
