@@ -374,13 +374,15 @@ fn matches(columns: &[Column], row: &[Option<String>], ids: &Identities) -> bool
         .any(|(c, v)| v.as_ref().is_some_and(|v| ids.has(*c, v)))
 }
 
-/// Whether a quarantined line mentions an id (e-mails appear masked as `pii:<pseudonym>`): a
-/// short id only as a whole JSON string, so `u1` does not match every line holding `u10`.
-fn mentions(raw: &str, id: &str) -> bool {
+/// What a quarantined line holds when it mentions an id (e-mails appear masked as
+/// `pii:<pseudonym>`): the id, or a short one only as a whole JSON string, so `u1` does not
+/// match every line holding `u10`. The SQL predicate and the attribution of counted lines to
+/// people both search for it.
+fn needle(id: &str) -> std::borrow::Cow<'_, str> {
     if id.chars().count() >= 6 {
-        raw.contains(id)
+        id.into()
     } else {
-        raw.contains(&format!("\"{id}\""))
+        format!("\"{id}\"").into()
     }
 }
 
@@ -411,12 +413,8 @@ impl Personal {
         let mut clauses: Vec<String> = any_of(&self.columns, ids).into_iter().collect();
         if self.raw {
             for v in ids.ids() {
-                let v = v.replace('\'', "''");
-                if v.chars().count() >= 6 {
-                    clauses.push(format!("strpos(raw, '{v}') > 0"));
-                } else {
-                    clauses.push(format!("strpos(raw, '\"{v}\"') > 0"));
-                }
+                let v = needle(v).replace('\'', "''");
+                clauses.push(format!("strpos(raw, '{v}') > 0"));
             }
         }
         (!clauses.is_empty()).then(|| clauses.join(" OR "))
@@ -429,7 +427,7 @@ impl Personal {
             || (self.raw
                 && row[self.columns.len()]
                     .as_deref()
-                    .is_some_and(|raw| ids.ids().any(|id| mentions(raw, id))))
+                    .is_some_and(|raw| ids.ids().any(|id| raw.contains(needle(id).as_ref()))))
     }
 }
 
