@@ -94,7 +94,7 @@ pub enum Command {
     /// decided_at, version) into the consents table; the next build applies them
     Consent(ConsentArgs),
     /// Freshness of every table for alerting: latest commit and event time, lag, small files;
-    /// `--max-lag` exits 1 naming the stale tables
+    /// exits 1 naming the tables staler than `--max-lag` and any erasure that was cut off
     Status(StatusArgs),
     /// Run SQL over the lake's tables: `-c`, `-f`, or a REPL (statements on stdin when piped)
     Sql(SqlArgs),

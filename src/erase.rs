@@ -9,10 +9,18 @@
 //!    anonymous_id, email, user_key, session_key; quarantine: the raw line mentions an identity).
 //!    One grouped scan counts each person's rows; tables with matching rows get one commit that
 //!    rewrites the files holding any of them.
-//! 3. Vacuum the touched tables with zero retention, so no file any retained version references
-//!    still holds a removed row (time travel on those tables ends at the erasure).
-//! 4. Append an `erasures` row per person (pseudonyms only) whose identities are refused at every
-//!    later landing, and an `_audit` row.
+//! 3. Before the first commit, write a pending-erasure object (`_clicklake/erasures/pending/`:
+//!    the erasure ids, the subjects' pseudonyms and the tables to rewrite; see [`Pending`]).
+//! 4. Rewrite each table, then vacuum it with zero retention, so no file any retained version
+//!    references still holds a removed row (time travel on those tables ends at the erasure).
+//! 5. Append an `erasures` row per person (pseudonyms only) whose identities are refused at every
+//!    later landing, and an `_audit` row; then delete the pending object.
+//!
+//! An erasure cut off between 3 and 5 (a crash, a kill, a failed upload) leaves its pending
+//! object. Every later erasure finishes the tables any pending object names (the zero-retention
+//! vacuum, the checkpoint); a later erasure whose request names all of a pending one's people
+//! (running the failed request again) completes it and deletes its object. Until then `run`
+//! warns of it on every tick and `status` lists it.
 //!
 //! The next `clean` sees rows removed from raw_events and rebuilds `events` in full; the next
 //! `build` sees a commit on events it did not write and rebuilds the star schema in full.
@@ -22,7 +30,9 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use datafusion::prelude::SessionContext;
-use serde::Serialize;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, ERASURES};
 use crate::config::Config;
@@ -116,9 +126,13 @@ pub struct EraseReceipt {
     pub files_rewritten: u64,
     pub files_deleted: u64,
     pub requested_at: String,
-    /// Tables where an earlier erasure had been cut off after its commit, now finished.
+    /// Tables an earlier erasure that was cut off meant to rewrite, now finished.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interrupted_finished: Vec<String>,
+    /// Earlier erasures that were cut off and that this one completed (its request named all
+    /// their people).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted_completed: Vec<String>,
 }
 
 /// One person of an erasure: what was found of them and removed.
@@ -145,9 +159,13 @@ pub struct Erasure {
     pub rows_removed: u64,
     pub files_rewritten: u64,
     pub files_deleted: u64,
-    /// Tables where an earlier erasure had been cut off after its commit, now finished.
+    /// Tables an earlier erasure that was cut off meant to rewrite, now finished.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interrupted_finished: Vec<String>,
+    /// Earlier erasures that were cut off and that this one completed (its request named all
+    /// their people).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted_completed: Vec<String>,
 }
 
 impl Erasure {
@@ -168,6 +186,7 @@ impl Erasure {
             files_deleted: self.files_deleted,
             requested_at: self.requested_at.clone(),
             interrupted_finished: self.interrupted_finished.clone(),
+            interrupted_completed: self.interrupted_completed.clone(),
         })
     }
 }
@@ -512,6 +531,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
     }
     let names: Vec<String> = opened.iter().map(|(n, _)| n.clone()).collect();
     resolve(&ctx, &names, &mut people).await?;
+    let earlier = pending(lake).await?;
 
     // Keys the star schema uses for these people and their sessions.
     let all = union(&people);
@@ -644,20 +664,47 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         });
         rewrites.push((tables.len() - 1, table, w));
     }
+    // Tables an erasure that was cut off meant to rewrite: the rewritten ones are finished by
+    // their own vacuum; the others may still hold superseded files with its people's rows.
+    let unfinished: BTreeSet<&String> = earlier.iter().flat_map(|(_, p)| &p.tables).collect();
+    let subject_keys: Vec<String> = subjects
+        .iter()
+        .zip(&pseudonyms)
+        .map(|(s, p)| subject_key(s.kind, p))
+        .collect();
     let mut interrupted_finished = Vec::new();
+    let mut announced = None;
     if !req.dry_run {
+        let (store, root) = lake.root_store()?;
+        if !rewrites.is_empty() {
+            let p = Pending {
+                erasure_ids: erasure_ids.clone(),
+                started_at: requested_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                subjects: subject_keys.clone(),
+                tables: rewrites
+                    .iter()
+                    .map(|(i, _, _)| tables[*i].table.clone())
+                    .collect(),
+            };
+            announced = Some(announce(&store, &root, &p).await?);
+        }
         rewrite_all(cfg, rewrites, &mut tables, &erasure_ids).await?;
         for (name, table) in leftovers {
-            if interrupted(&table).await? {
+            if unfinished.contains(&name) {
                 let deleted = finish(table, &name).await?;
                 tracing::warn!(
-                    "{name}: finished an erasure that was cut off after its commit: {deleted} \
-                     superseded files deleted"
+                    "{name}: finished an earlier erasure that was cut off: {deleted} superseded \
+                     files deleted"
                 );
                 interrupted_finished.push(name);
             }
         }
     }
+    // Earlier erasures whose people this request names again are complete once it is recorded.
+    let completed: Vec<&(ObjectPath, Pending)> = earlier
+        .iter()
+        .filter(|(_, p)| p.subjects.iter().all(|s| subject_keys.contains(s)))
+        .collect();
 
     let mut out = Vec::new();
     let mut records = Vec::new();
@@ -712,6 +759,14 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         files_deleted: tables.iter().map(|t| t.files_deleted).sum(),
         tables,
         interrupted_finished,
+        interrupted_completed: if req.dry_run {
+            Vec::new()
+        } else {
+            completed
+                .iter()
+                .flat_map(|(_, p)| p.erasure_ids.iter().cloned())
+                .collect()
+        },
     };
     if !req.dry_run {
         record(
@@ -722,6 +777,13 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
             requested_at.timestamp_micros(),
         )
         .await?;
+        let (store, _) = lake.root_store()?;
+        for path in completed.iter().map(|(path, _)| path).chain(&announced) {
+            match store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(erasure)
 }
@@ -850,7 +912,7 @@ async fn rewrite_without(
     )
     .await?;
     lap("commit", &mut phases);
-    crate::fault("erase-after-commit");
+    crate::fault(&format!("erase-after-commit:{name}"));
     let files_deleted = finish(table, name).await?;
     lap("vacuum and checkpoint", &mut phases);
     let phases: Vec<String> = phases
@@ -892,32 +954,90 @@ async fn finish(table: deltalake::DeltaTable, name: &str) -> Result<u64> {
     Ok(vacuumed.files_deleted.len() as u64)
 }
 
-/// How many of a table's latest commits [`interrupted`] looks at.
-const INTERRUPTED_WINDOW: i64 = 10;
+/// An erasure under way, as the object it writes before its first commit and deletes once it
+/// is recorded in `erasures`: what a later erasure needs to finish its tables, and to know
+/// when it is complete. It holds no clear id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pending {
+    pub erasure_ids: Vec<String>,
+    pub started_at: String,
+    /// Each person of the request as `KIND:PSEUDONYM` (the pseudonym `erase` prints).
+    pub subjects: Vec<String>,
+    /// The tables it was about to rewrite.
+    pub tables: Vec<String>,
+}
 
-/// Whether an erasure of `table` was cut off after its commit (a crash, a kill) and before
-/// [`finish`]: its superseded files still hold the erased rows. A finished erasure removes the
-/// log entries before its checkpoint, its own commit among them, so an erase commit still in
-/// the log is an unfinished one. The latest [`INTERRUPTED_WINDOW`] commits are read (at once):
-/// the erasure is meant to be run again right after it failed.
-async fn interrupted(table: &deltalake::DeltaTable) -> Result<bool> {
-    let Some(latest) = table.version() else {
-        return Ok(false);
-    };
-    let latest = latest as i64;
-    let versions = (latest - INTERRUPTED_WINDOW + 1).max(0)..=latest;
-    let reads = versions.map(|v| delta::commit_actions(table, v));
-    for actions in futures::future::join_all(reads).await {
-        let is_erase = |a: &serde_json::Value| {
-            a.pointer("/commitInfo/clicklake/command")
-                .and_then(|c| c.as_str())
-                == Some("erase")
-        };
-        if actions?.is_some_and(|actions| actions.iter().any(is_erase)) {
-            return Ok(true);
-        }
+impl Pending {
+    /// One line naming this erasure as cut off, and what to do about it.
+    pub fn warning(&self) -> String {
+        format!(
+            "unfinished erasure: {} (started {}, {} {}, tables {}) was cut off before it was \
+             recorded; run the same erase request again",
+            self.erasure_ids.join(", "),
+            self.started_at,
+            self.subjects.len(),
+            if self.subjects.len() == 1 {
+                "person"
+            } else {
+                "people"
+            },
+            self.tables.join(", ")
+        )
     }
-    Ok(false)
+}
+
+fn pending_dir(root: &ObjectPath) -> ObjectPath {
+    root.clone()
+        .join("_clicklake")
+        .join("erasures")
+        .join("pending")
+}
+
+fn subject_key(kind: SubjectKind, pseudonym: &str) -> String {
+    format!("{}:{pseudonym}", kind.as_str())
+}
+
+/// The erasures that were cut off before they were recorded: their pending objects, oldest
+/// first.
+pub async fn pending(lake: &Lake) -> Result<Vec<(ObjectPath, Pending)>> {
+    let (store, root) = lake.root_store()?;
+    let listed = store.list_with_delimiter(Some(&pending_dir(&root))).await?;
+    let mut out = Vec::new();
+    for object in listed.objects {
+        let bytes = match store.get(&object.location).await {
+            Ok(r) => r.bytes().await?,
+            // Completed by another erasure between the listing and the read.
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let p: Pending = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::runtime(format!(
+                "{} is not a pending erasure ({e}); it was not written by clicklake: move it away",
+                object.location
+            ))
+        })?;
+        out.push((object.location, p));
+    }
+    out.sort_by(|a, b| a.1.started_at.cmp(&b.1.started_at));
+    Ok(out)
+}
+
+/// Writes `p`'s object before the first commit of its erasure.
+async fn announce(
+    store: &Arc<dyn ObjectStore>,
+    root: &ObjectPath,
+    p: &Pending,
+) -> Result<ObjectPath> {
+    let path = pending_dir(root).join(format!("{}.json", p.erasure_ids[0]));
+    let bytes = serde_json::to_vec_pretty(p).expect("a pending erasure serializes");
+    store
+        .put_opts(
+            &path,
+            PutPayload::from(bytes),
+            object_store::PutMode::Overwrite.into(),
+        )
+        .await?;
+    Ok(path)
 }
 
 /// One `erasures` row per person: their pseudonyms (refused at every later landing), their rows

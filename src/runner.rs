@@ -64,6 +64,10 @@ pub struct RunSummary {
     pub vacuum: Option<Vec<crate::vacuum::Vacuumed>>,
     /// Wall seconds per stage that ran, in order.
     pub stage_seconds: Vec<(&'static str, f64)>,
+    /// Ids of erasures that were cut off before they were recorded (`status` lists them); the
+    /// run warns of each until the same erase request is run again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unfinished_erasures: Vec<String>,
 }
 
 /// Validates the request before touching the lake.
@@ -124,7 +128,19 @@ pub async fn run(
         compact_min_files: req.compact_min_files,
         vacuum: None,
         stage_seconds: Vec::new(),
+        unfinished_erasures: Vec::new(),
     };
+    // A GDPR erasure that was cut off leaves some tables with its people's rows; only running the
+    // request again (which the run cannot: it holds no clear id) finishes it.
+    match crate::erase::pending(lake).await {
+        Ok(pending) => {
+            for (_, p) in pending {
+                tracing::warn!("{}", p.warning());
+                summary.unfinished_erasures.extend(p.erasure_ids);
+            }
+        }
+        Err(e) => tracing::warn!("cannot tell whether an erasure was cut off: {e}"),
+    }
     // A run that stops making progress (a stuck store request, an engine hang) must not hold the
     // lease for ever: the lease is renewed while the process lives, so every later tick would
     // exit 75. Past max_duration the stages are dropped and the run ends as failed.

@@ -169,7 +169,10 @@ fn render(r: &EraseReceipt) -> String {
         r.identities.emails
     ));
     out.push_str(&table_lines(&r.tables, r.rows_removed, r.dry_run));
-    out.push_str(&finished_lines(&r.interrupted_finished));
+    out.push_str(&finished_lines(
+        &r.interrupted_finished,
+        &r.interrupted_completed,
+    ));
     if !r.dry_run {
         out.push_str("  recorded in  erasures (later ingests of this person's rows are refused)\n");
     }
@@ -205,7 +208,10 @@ fn render_batch(e: &Erasure) -> String {
         ));
     }
     out.push_str(&table_lines(&e.tables, e.rows_removed, e.dry_run));
-    out.push_str(&finished_lines(&e.interrupted_finished));
+    out.push_str(&finished_lines(
+        &e.interrupted_finished,
+        &e.interrupted_completed,
+    ));
     if !e.dry_run {
         out.push_str(
             "  recorded in  erasures, one row per person (later ingests of their rows are refused)\n",
@@ -239,13 +245,20 @@ fn table_lines(tables: &[TableErasure], rows: u64, dry_run: bool) -> String {
     out
 }
 
-fn finished_lines(tables: &[String]) -> String {
-    if tables.is_empty() {
-        return String::new();
+fn finished_lines(tables: &[String], completed: &[String]) -> String {
+    let mut out = String::new();
+    if !tables.is_empty() {
+        out.push_str(&format!(
+            "  finished     {}: left by an earlier erasure that was cut off (superseded files \
+             deleted, log checkpointed)\n",
+            tables.join(", ")
+        ));
     }
-    format!(
-        "  finished     an earlier erasure cut off after its commit: {} (superseded files \
-         deleted, log checkpointed)\n",
-        tables.join(", ")
-    )
+    if !completed.is_empty() {
+        out.push_str(&format!(
+            "  completed    {}: cut off earlier, this request names all its people\n",
+            completed.join(", ")
+        ));
+    }
+    out
 }

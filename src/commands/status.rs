@@ -1,6 +1,8 @@
 //! `clicklake status`: freshness of every table, for alerting. Per table: version, rows, files,
 //! small files, latest commit time, latest event_time (tables that have one) and the lag to now.
-//! `--max-lag` exits 1 naming every table staler than allowed; `--json` for monitoring systems.
+//! `--max-lag` exits 1 naming every table staler than allowed; so does an erasure that was cut
+//! off (a pending record, see [`crate::erase::Pending`]) until its request runs again. `--json`
+//! for monitoring systems.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,6 +47,9 @@ pub struct StatusReport {
     pub tables: Vec<TableStatus>,
     /// The latest `clicklake run` recorded in `_runs`.
     pub last_run: Option<crate::runner::LastRun>,
+    /// Erasures cut off before they were recorded (see [`crate::erase::Pending`]): each is a
+    /// problem, like a stale table, until the same request is run again.
+    pub unfinished_erasures: Vec<crate::erase::Pending>,
 }
 
 pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -77,6 +82,11 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
         stale: Vec::new(),
         tables: Vec::new(),
         last_run: crate::runner::last_run(lake, cfg.memory_limit).await?,
+        unfinished_erasures: crate::erase::pending(lake)
+            .await?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect(),
     };
     let star = catalog::star_tables();
     let mut reflected: std::collections::HashMap<i64, Option<i64>> = Default::default();
@@ -152,13 +162,18 @@ pub async fn run(cfg: &Config, lake: &Lake, args: StatusArgs) -> anyhow::Result<
     }
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
-    } else if !(cfg.quiet && report.stale.is_empty()) {
+    } else if !(cfg.quiet && report.stale.is_empty() && report.unfinished_erasures.is_empty()) {
         out!("{}", render(&report))?;
     }
-    if report.stale.is_empty() {
+    if !args.json {
+        for p in &report.unfinished_erasures {
+            eprintln!("{}", p.warning());
+        }
+    }
+    if report.stale.is_empty() && report.unfinished_erasures.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
-        if !args.json {
+        if !args.json && !report.stale.is_empty() {
             let named: Vec<String> = report
                 .tables
                 .iter()

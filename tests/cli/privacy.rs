@@ -393,30 +393,86 @@ fn erase_from_a_file_removes_everyone_it_names_in_one_pass() {
 }
 
 /// An erasure killed right after a table's commit leaves that table's superseded files, which
-/// still hold the person; the next erasure (of anyone) finishes it, and removes what is left.
+/// still hold the person, and may leave tables it never reached. Until the same request runs
+/// again, `status` exits 1 naming it and `run` warns of it. An erasure of someone else, however
+/// many commits later, deletes those superseded files but cannot complete it; running the
+/// request again removes what is left and completes it.
 #[test]
-fn an_erasure_cut_off_after_its_commit_is_finished_by_the_next_one() {
+fn an_erasure_cut_off_is_reported_until_its_request_runs_again() {
     let (ctx, _) = people_lake(Backend::Local);
     let ids = ["anon-erase-me", "anon-erase-phone", "user-erase-me"];
+    let request = ["erase", "--email", "planted.person@example.org"];
     let out = ctx
         .cmd()
-        .env("CLICKLAKE_FAULT", "erase-after-commit")
-        .args(["erase", "--email", "planted.person@example.org"])
+        .env("CLICKLAKE_FAULT", "erase-after-commit:raw_events")
+        .args(request)
         .output()
         .unwrap();
     assert!(!out.status.success(), "{}", stderr_of(&out));
     assert!(!scan(&lake_dir(&ctx), &ids).is_empty());
 
-    let r = ctx.ok(&["erase", "--email", "planted.person@example.org", "--json"]);
+    let status = ctx.run(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(1), "{}", stderr_of(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let unfinished = &status["unfinished_erasures"][0];
+    assert_eq!(
+        unfinished["subjects"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    assert!(
+        unfinished["tables"]
+            .as_array()
+            .unwrap()
+            .contains(&"raw_events".into()),
+        "{status}"
+    );
+    let out = ctx.run(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("run the same erase request again"),
+        "{}",
+        stderr_of(&out)
+    );
+
+    // More commits on raw_events than any look back over its log would cover.
+    for i in 0..12 {
+        let f = ctx.path(&format!("more-{i}.ndjson"));
+        std::fs::write(&f, crate::context::event_line(&format!("more-{i}"))).unwrap();
+        ctx.ok(&["ingest", f.to_str().unwrap()]);
+    }
+    let run = ctx.run(&["run", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        summary["unfinished_erasures"], unfinished["erasure_ids"],
+        "{summary}"
+    );
+    assert!(
+        stderr_of(&run).contains("unfinished erasure"),
+        "{}",
+        stderr_of(&run)
+    );
+
+    // Someone else's erasure finishes the tables, not the request.
+    let r = ctx.ok(&["erase", "--user-id", "nobody", "--json"]);
     let r: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
     let finished = r["interrupted_finished"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert!(!finished.is_empty(), "{r}");
+    assert!(finished.contains(&"raw_events".into()), "{r}");
+    assert!(r.get("interrupted_completed").is_none(), "{r}");
+    assert_eq!(ctx.run(&["status"]).status.code(), Some(1));
+
+    // The request again: nothing of the person is left, and nothing is pending.
+    let r = ctx.ok(&[request[0], request[1], request[2], "--json"]);
+    let r: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
+    assert_eq!(r["interrupted_completed"], unfinished["erasure_ids"], "{r}");
     assert_eq!(person_rows(&ctx), 0);
     let leaks = scan(&lake_dir(&ctx), &ids);
     assert!(leaks.is_empty(), "{leaks:?}");
+    let status = ctx.run(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr_of(&status));
     // Once finished, a table is not finished again.
     let r = ctx.ok(&["erase", "--user-id", "nobody", "--json"]);
     assert!(!r.contains("interrupted_finished"), "{r}");
