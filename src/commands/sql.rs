@@ -346,6 +346,8 @@ async fn run_statement(
     out: &Output<'_>,
 ) -> anyhow::Result<()> {
     let state = ctx.state();
+    let show_columns = matches!(&statement, Statement::Statement(s)
+        if matches!(s.as_ref(), datafusion::sql::sqlparser::ast::Statement::ShowColumns { .. }));
     let plan = state
         .statement_to_plan(sorted_show_tables(statement))
         .await
@@ -362,7 +364,53 @@ async fn run_statement(
             .await
             .map_err(|e| user_error(name, e))?,
     };
+    let df = match show_columns {
+        true => sql_typed_columns(ctx, df).await?,
+        false => df,
+    };
     write_result(cfg, lake, df, name, out).await
+}
+
+/// `SHOW COLUMNS`' rows with their `data_type` named as SQL names it, like `DESCRIBE`: the
+/// information schema names the engine's layout (`Utf8View`, `Timestamp(µs, "UTC")`).
+async fn sql_typed_columns(
+    ctx: &datafusion::prelude::SessionContext,
+    df: datafusion::prelude::DataFrame,
+) -> anyhow::Result<datafusion::prelude::DataFrame> {
+    use arrow::array::{AsArray, StringArray};
+    use std::str::FromStr;
+    let mut batches = df.collect().await?;
+    for batch in &mut batches {
+        let Ok(i) = batch.schema().index_of("data_type") else {
+            continue;
+        };
+        let column = arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)?;
+        let named: StringArray = column
+            .as_string::<i32>()
+            .iter()
+            .map(|t| {
+                t.map(|t| {
+                    arrow::datatypes::DataType::from_str(t)
+                        .map(|t| sql_type(&t))
+                        .unwrap_or_else(|_| t.to_string())
+                })
+            })
+            .collect();
+        let mut columns = batch.columns().to_vec();
+        columns[i] = std::sync::Arc::new(named);
+        let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+        fields[i] = std::sync::Arc::new(
+            fields[i]
+                .as_ref()
+                .clone()
+                .with_data_type(arrow::datatypes::DataType::Utf8),
+        );
+        *batch = arrow::array::RecordBatch::try_new(
+            std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+        )?;
+    }
+    Ok(ctx.read_batches(batches)?)
 }
 
 /// A plain `SHOW TABLES` as the same rows in order, the lake's tables first by name; DataFusion

@@ -215,6 +215,23 @@ fn sql_output_formats() {
         "{described}"
     );
     assert!(!described.contains("Utf8"), "{described}");
+    // So does SHOW COLUMNS, whose rows come from the information schema.
+    let shown = ctx.ok(&[
+        "sql",
+        "--format",
+        "csv",
+        "-c",
+        "SHOW COLUMNS FROM raw_events",
+    ]);
+    assert!(
+        shown.contains("raw_events,event_time,TIMESTAMP WITH TIME ZONE (UTC),YES"),
+        "{shown}"
+    );
+    assert!(shown.contains("raw_events,segment,VARCHAR,"), "{shown}");
+    assert!(
+        !shown.contains("Utf8") && !shown.contains("Dictionary"),
+        "{shown}"
+    );
     // A -c may be a meta-command, as in psql; `\format` holds for the statements after it.
     let meta = ctx.ok(&["sql", "-c", "\\d raw_events", "-c", "\\format csv", "-c", q]);
     assert!(meta.starts_with("raw_events\n  event_id "), "{meta}");
