@@ -117,10 +117,6 @@ pub struct TailEnd {
     pub lines: u64,
 }
 
-/// A sample of a file's first `consumed` bytes: its first, middle and last 4 KiB (with the
-/// length), as Filebeat fingerprints files. A grown file whose sample at the recorded length is
-/// unchanged was appended to; any other change means a new file (rotated, rewritten,
-/// truncated). `None` when the file cannot be read or is shorter than `consumed`.
 /// A local file opened again to see how it relates to an earlier read of it: read only at
 /// offsets, so nothing here moves a handle.
 pub struct Reopened(std::fs::File);
@@ -159,51 +155,10 @@ impl Reopened {
         Some(0)
     }
 
+    /// [`fingerprint_file`] of this file.
     pub fn fingerprint(&self, consumed: u64) -> Option<i64> {
         fingerprint_file(&self.0, consumed)
     }
-}
-
-/// A sample of a file's first `consumed` bytes: its first, middle and last 4 KiB (with the
-/// length), as Filebeat fingerprints files. A grown file whose sample at the recorded length is
-/// unchanged was appended to; any other change means a new file (rotated, rewritten,
-/// truncated). `None` when the file cannot be read or is shorter than `consumed`.
-/// The byte at `offset` of a local file, if it has one.
-pub fn byte_at(path: &Path, offset: u64) -> Option<u8> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path).ok()?;
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).ok()?;
-    Some(b[0])
-}
-
-/// Where the line that ends at `end` (without a line end) starts: after the last line end
-/// before it, or 0. Reads backwards from `end` in blocks.
-pub fn line_start(path: &Path, end: u64) -> Option<u64> {
-    use std::os::unix::fs::FileExt;
-    const BLOCK: u64 = 64 << 10;
-    let f = std::fs::File::open(path).ok()?;
-    let mut hi = end;
-    let mut buf = vec![0u8; BLOCK as usize];
-    while hi > 0 {
-        let lo = hi.saturating_sub(BLOCK);
-        let block = &mut buf[..(hi - lo) as usize];
-        f.read_exact_at(block, lo).ok()?;
-        if let Some(i) = memchr::memrchr(b'\n', block) {
-            return Some(lo + i as u64 + 1);
-        }
-        hi = lo;
-    }
-    Some(0)
-}
-
-/// `fingerprint_file` of the file at `path`, if it is `identity`.
-pub fn fingerprint(path: &Path, identity: FileIdentity, consumed: u64) -> Option<i64> {
-    let f = std::fs::File::open(path).ok()?;
-    if FileIdentity::of(&f.metadata().ok()?) != identity {
-        return None;
-    }
-    fingerprint_file(&f, consumed)
 }
 
 /// A sample of a file's first `consumed` bytes: its first, middle and last 4 KiB (with the
