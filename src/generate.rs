@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -901,10 +901,4 @@ impl Gen {
             }
         }
     }
-}
-
-/// Reads a manifest written by [`generate`].
-pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(dir.join("_manifest.json"))?;
-    serde_json::from_str(&text).map_err(|e| Error::runtime(format!("manifest: {e}")))
 }

@@ -379,14 +379,6 @@ fn compact(
     Ok(arrow::array::RecordBatch::try_new(target.clone(), columns)?)
 }
 
-/// Removes the chain's views so it can be planned again in the same session.
-pub fn deregister_chain(ctx: &SessionContext, models: &[Model]) -> Result<()> {
-    for model in models {
-        ctx.deregister_table(model.name.as_str())?;
-    }
-    Ok(())
-}
-
 /// Models and checks are queries. A statement that writes or declares (INSERT, COPY, CREATE,
 /// DROP, SET…) in one is refused when it plans, so a customised model or check cannot commit to
 /// the lake's tables behind the command running it.

@@ -65,10 +65,6 @@ impl Reason {
     pub fn index(self) -> usize {
         self as usize
     }
-
-    pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.code() == code)
-    }
 }
 
 /// Counts per reason, indexed by [`Reason::index`].
