@@ -227,6 +227,16 @@ impl<'a> Markers<'a> {
         }
     }
 
+    /// Every marker whose id starts with `prefix`, when the markers were read in one pass
+    /// (none otherwise).
+    pub fn with_prefix<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = (&'s str, i64)> + 's {
+        self.index
+            .iter()
+            .flatten()
+            .filter(move |(id, _)| id.starts_with(prefix))
+            .map(|(id, v)| (id.as_str(), *v))
+    }
+
     /// Whether the markers were read in one pass (not one look-up per id).
     pub fn indexed(&self) -> bool {
         self.index.is_some()

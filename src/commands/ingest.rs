@@ -78,10 +78,16 @@ pub fn render(s: &IngestSummary) -> String {
         "ingest batch {} (source {})\n",
         s.batch_id, s.source
     ));
-    let appended = match s.files_appended {
+    let mut appended = match s.files_appended {
         0 => String::new(),
         n => format!(" ({n} grown since their last ingest: only the appended lines)"),
     };
+    if s.files_compressed_copies > 0 {
+        appended.push_str(&format!(
+            " ({} compressed copies of logs read before: only the lines after those)",
+            s.files_compressed_copies
+        ));
+    }
     out.push_str(&format!(
         "  files        {} read{appended}, {} skipped (already ingested){waiting}\n",
         s.files_read, s.files_skipped

@@ -69,6 +69,9 @@ pub struct Resume {
     /// The file (device and inode) the offset belongs to: one renamed in its place between
     /// planning and reading (a log rotated) is not read from that offset.
     pub identity: FileIdentity,
+    /// The file is a compressed copy of a log read before (logrotate's `compress`): `offset`
+    /// counts decompressed bytes, skipped as the file is decompressed.
+    pub compressed: bool,
 }
 
 /// A local file's device and inode: what a file is, whatever it is called. A log renamed by
@@ -186,6 +189,140 @@ pub fn fingerprint_file(f: &std::fs::File, consumed: u64) -> Option<i64> {
     Some(i64::from_le_bytes(d[..8].try_into().ok()?) & i64::MAX)
 }
 
+/// What an earlier ingest read of a plain log, as [`fingerprint_file`] and the line count saw
+/// it: the candidates [`read_before_in`] looks for at the start of a compressed file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadBefore {
+    /// The bytes read.
+    pub end: u64,
+    /// Lines before where the next read starts.
+    pub lines: u64,
+    /// The last line had no line end and was not whole: the next read starts at its start.
+    pub held_back: bool,
+    /// The low bits (`mask`) of `fingerprint_file` at `end`.
+    pub fingerprint: i64,
+}
+
+/// Where, in a compressed local file, what an earlier ingest read of a plain log ends, when the
+/// file starts with exactly those bytes: a log rotated and then compressed (logrotate's
+/// `compress`) holds the lines read from it before, then those appended after that read.
+/// Returns the candidate that matches the most bytes, as a resume point counting decompressed
+/// bytes. A candidate matches when the fingerprint of the file's first `end` bytes (its
+/// first, middle and last 4 KiB, as `fingerprint_file` samples them) and the number of lines
+/// in them are the recorded ones. Reads no further than the longest candidate.
+pub fn read_before_in(
+    path: &Path,
+    candidates: &[ReadBefore],
+    mask: i64,
+) -> Option<(ReadBefore, Resume)> {
+    const SAMPLE: u64 = 4096;
+    let f = std::fs::File::open(path).ok()?;
+    let identity = FileIdentity::of(&f.metadata().ok()?);
+    let mut raw = BufReader::new(f);
+    let magic = raw.fill_buf().ok()?;
+    let mut reader: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(raw))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(raw).ok()?)
+    } else {
+        return None;
+    };
+    struct Probe {
+        of: ReadBefore,
+        /// (start, bytes) of the three samples.
+        samples: [(u64, Vec<u8>); 3],
+        /// Line ends before `end`, and where the last of them is.
+        newlines: Option<(u64, Option<u64>)>,
+    }
+    let mut probes: Vec<Probe> = candidates
+        .iter()
+        .filter(|c| c.end > 0)
+        .map(|c| {
+            let mid = (c.end / 2).saturating_sub(SAMPLE / 2);
+            let starts = [0, mid, c.end.saturating_sub(SAMPLE)];
+            Probe {
+                of: *c,
+                samples: starts.map(|s| (s, Vec::new())),
+                newlines: None,
+            }
+        })
+        .collect();
+    let last = probes.iter().map(|p| p.of.end).max()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut pos, mut newlines, mut last_newline) = (0u64, 0u64, None);
+    while pos < last {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        };
+        let chunk = &buf[..n];
+        let chunk_end = pos + n as u64;
+        for p in probes.iter_mut().filter(|p| p.of.end > pos) {
+            let end = p.of.end;
+            for (start, bytes) in p.samples.iter_mut() {
+                let want_end = (*start + SAMPLE).min(end);
+                let (from, to) = ((*start).max(pos), want_end.min(chunk_end));
+                if from < to {
+                    bytes.extend_from_slice(&chunk[(from - pos) as usize..(to - pos) as usize]);
+                }
+            }
+            if end <= chunk_end {
+                let within = &chunk[..(end - pos) as usize];
+                let at = memchr::memrchr(b'\n', within).map(|i| pos + i as u64);
+                let count = memchr::memchr_iter(b'\n', within).count() as u64;
+                p.newlines = Some((newlines + count, at.or(last_newline)));
+            }
+        }
+        newlines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            last_newline = Some(pos + i as u64);
+        }
+        pos = chunk_end;
+    }
+    probes
+        .into_iter()
+        .filter_map(|p| {
+            let (count, last_newline) = p.newlines?;
+            let end = p.of.end;
+            let mut h = Sha256::new();
+            h.update(end.to_le_bytes());
+            for (start, bytes) in &p.samples {
+                if bytes.len() as u64 != SAMPLE.min(end - start) {
+                    return None;
+                }
+                h.update(bytes);
+            }
+            let d = h.finalize();
+            let fingerprint = i64::from_le_bytes(d[..8].try_into().ok()?) & i64::MAX & mask;
+            if fingerprint != p.of.fingerprint {
+                return None;
+            }
+            let last_byte = *p.samples[2].1.last()?;
+            let (offset, lines, after_unterminated) = match p.of.held_back {
+                // Read again from the start of the cut line.
+                true => (last_newline? + 1, count, false),
+                false => (
+                    end,
+                    count + u64::from(last_byte != b'\n'),
+                    last_byte != b'\n',
+                ),
+            };
+            (lines == p.of.lines).then_some((
+                p.of,
+                Resume {
+                    offset,
+                    next_line: lines + 1,
+                    after_unterminated,
+                    identity,
+                    compressed: true,
+                },
+            ))
+        })
+        .max_by_key(|(c, _)| c.end)
+}
+
 impl InputFile {
     /// The file's name: the last part of its path or URL.
     pub fn name(&self) -> &str {
@@ -194,7 +331,10 @@ impl InputFile {
 
     /// The bytes this ingest will read of it, as far as known.
     pub fn to_read(&self) -> u64 {
-        let from = self.resume.map_or(0, |r| r.offset);
+        let from = self
+            .resume
+            .filter(|r| !r.compressed)
+            .map_or(0, |r| r.offset);
         self.size.unwrap_or(0).saturating_sub(from)
     }
 }
@@ -627,7 +767,9 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
                         // reads both files as they are then.
                         return Ok(None);
                     }
-                    f.seek(SeekFrom::Start(r.offset)).map_err(|e| failed(&e))?;
+                    if !r.compressed {
+                        f.seek(SeekFrom::Start(r.offset)).map_err(|e| failed(&e))?;
+                    }
                 }
                 local = f.try_clone().ok();
                 Box::new(f)
@@ -670,7 +812,7 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
         .fill_buf()
         .map_err(|e| Error::runtime(format!("cannot read {}: {e}", file.display)))?;
     // Appended bytes are plain text like the rest of the file, whatever they start with.
-    let resumed = file.resume.is_some();
+    let resumed = file.resume.is_some_and(|r| !r.compressed);
     let unsupported = unsupported_format(magic).filter(|_| !resumed);
     let (reader, compression): (Box<dyn BufRead + Send>, _) = if resumed {
         (Box::new(buffered), None)
@@ -693,6 +835,17 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
     } else {
         (Box::new(buffered), None)
     };
+    let mut reader = reader;
+    if let Some(r) = file.resume.filter(|r| r.compressed) {
+        // The lines read before, from the log this file is a compressed copy of.
+        let skipped = std::io::copy(&mut (&mut reader).take(r.offset), &mut std::io::sink())
+            .map_err(|e| failed(&e))?;
+        if skipped != r.offset {
+            return Err(failed(
+                &"it holds less than when this ingest planned to read it",
+            ));
+        }
+    }
     Ok(Some(Opened {
         local,
         unsupported,
@@ -741,5 +894,93 @@ impl<R: Read> Read for HashOnEof<R> {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an ingest records after reading `bytes` of a plain file (held back: its last line
+    /// is cut, and the next read starts at that line).
+    fn read_of(bytes: &[u8], lines: u64, held_back: bool) -> ReadBefore {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, bytes).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        ReadBefore {
+            end: bytes.len() as u64,
+            lines,
+            held_back,
+            fingerprint: fingerprint_file(&f, bytes.len() as u64).unwrap() & 0xff_ffff,
+        }
+    }
+
+    fn compressed(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        if name.ends_with(".zst") {
+            let mut z = zstd::stream::write::Encoder::new(f, 3).unwrap();
+            z.write_all(bytes).unwrap();
+            z.finish().unwrap();
+        } else {
+            let mut z = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+            z.write_all(bytes).unwrap();
+            z.finish().unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn a_compressed_copy_is_read_on_from_where_its_log_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Longer than the samples, so that first, middle and last differ.
+        let head: String = (0..400).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        let whole = read_of(head.as_bytes(), 400, false);
+        let copy = format!("{head}{{\"n\":400}}\n");
+        for name in ["app.log.1.gz", "app.log.1.zst"] {
+            let path = compressed(dir.path(), name, copy.as_bytes());
+            let (of, r) = read_before_in(&path, &[whole], 0xff_ffff).unwrap();
+            assert_eq!(of, whole);
+            assert_eq!((r.offset, r.next_line), (head.len() as u64, 401), "{name}");
+            assert!(r.compressed && !r.after_unterminated);
+        }
+        // The longest match wins; a read of other bytes, or of as many bytes with another
+        // line count, is no match.
+        let k = head.match_indices('\n').nth(19).unwrap().0 + 1;
+        let shorter = read_of(&head.as_bytes()[..k], 20, false);
+        let path = compressed(dir.path(), "b.gz", copy.as_bytes());
+        let (_, r) = read_before_in(&path, &[shorter], 0xff_ffff).unwrap();
+        assert_eq!((r.offset, r.next_line), (k as u64, 21));
+        let other = read_of(&copy.as_bytes()[1..=head.len()], 400, false);
+        let miscounted = ReadBefore {
+            lines: 399,
+            ..whole
+        };
+        let found = read_before_in(&path, &[shorter, other, miscounted, whole], 0xff_ffff);
+        assert_eq!(found.map(|(of, _)| of), Some(whole));
+        assert!(read_before_in(&path, &[other, miscounted], 0xff_ffff).is_none());
+        // A read that held back a cut last line: read again from that line's start.
+        let cut = format!("{head}{{\"n\":4");
+        let held = read_of(cut.as_bytes(), 400, true);
+        let path = compressed(dir.path(), "c.gz", format!("{cut}00}}\n").as_bytes());
+        let (_, r) = read_before_in(&path, &[held], 0xff_ffff).unwrap();
+        assert_eq!((r.offset, r.next_line), (head.len() as u64, 401));
+        // A whole last line without a line end: the line end comes first in what follows.
+        let open = format!("{head}{{\"n\":400}}");
+        let unterminated = read_of(open.as_bytes(), 401, false);
+        let path = compressed(
+            dir.path(),
+            "d.gz",
+            format!("{open}\n{{\"n\":401}}\n").as_bytes(),
+        );
+        let (_, r) = read_before_in(&path, &[unterminated], 0xff_ffff).unwrap();
+        assert_eq!((r.offset, r.next_line), (open.len() as u64, 402));
+        assert!(r.after_unterminated);
+        // A plain file is not a compressed copy.
+        let plain = dir.path().join("plain.log");
+        std::fs::write(&plain, &copy).unwrap();
+        assert!(read_before_in(&plain, &[whole], 0xff_ffff).is_none());
     }
 }

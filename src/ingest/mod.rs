@@ -147,6 +147,9 @@ pub struct IngestSummary {
     pub files_appended: u64,
     /// Files found by listing that `[ingest] ignore` / `--ignore` left out.
     pub files_ignored: u64,
+    /// Compressed copies of logs read before (logrotate's `compress`), of which only the lines
+    /// after those read from the log were read.
+    pub files_compressed_copies: u64,
     pub lines: u64,
     pub blank_lines: u64,
     pub landed: u64,
@@ -345,9 +348,59 @@ impl TailMarks {
     }
 }
 
+const TAIL_APP_PREFIX: &str = "clicklake/tail/";
+
+/// The status of a file found to be a compressed copy of a log read before.
+const COMPRESSED_COPY: &str =
+    "ingested: the lines after those read from the log it is a compressed copy of";
+
 fn tail_app_ids(identity: input::FileIdentity) -> [String; 2] {
-    let base = format!("clicklake/tail/{}", identity.key());
+    let base = format!("{TAIL_APP_PREFIX}{}", identity.key());
     [format!("{base}/end"), format!("{base}/lines")]
+}
+
+/// What earlier ingests read of every plain local file, from their tail markers (read in one
+/// pass; none when the markers were looked up one by one).
+fn every_read_before(raw: &delta::Markers<'_>) -> Vec<input::ReadBefore> {
+    let mut by_file: HashMap<&str, (Option<i64>, Option<i64>)> = HashMap::new();
+    for (id, v) in raw.with_prefix(TAIL_APP_PREFIX) {
+        if let Some(base) = id.strip_suffix("/end") {
+            by_file.entry(base).or_default().0 = Some(v);
+        } else if let Some(base) = id.strip_suffix("/lines") {
+            by_file.entry(base).or_default().1 = Some(v);
+        }
+    }
+    by_file
+        .into_values()
+        .filter_map(|(end, packed)| TailMarks::unpack(end?, packed?))
+        .map(|m| input::ReadBefore {
+            end: m.end,
+            lines: m.lines,
+            held_back: m.held_back,
+            fingerprint: m.fingerprint,
+        })
+        .collect()
+}
+
+/// Whether a compressed local file is named like a rotated copy of a plain file read before in
+/// the same directory: `app.log.1.gz`, `app.log-20261128.gz` or `app.log.gz` after `app.log`.
+fn named_like_a_rotation(file: &InputFile, paths_read: &HashSet<String>) -> bool {
+    let compressed = [".gz", ".zst"];
+    if !compressed.iter().any(|ext| file.display.ends_with(ext)) {
+        return false;
+    }
+    let Some((dir, name)) = file.display.rsplit_once('/') else {
+        return false;
+    };
+    paths_read.iter().any(|read| {
+        read.rsplit_once('/').is_some_and(|(d, plain)| {
+            d == dir
+                && !compressed.iter().any(|ext| plain.ends_with(ext))
+                && name
+                    .strip_prefix(plain)
+                    .is_some_and(|rest| rest.starts_with(['.', '-', '_']))
+        })
+    })
 }
 
 async fn tail_marks(
@@ -392,6 +445,18 @@ enum Growth {
     Appended(input::Resume),
 }
 
+/// A compressed copy of a log read before (see [`input::read_before_in`]): read on from where
+/// that log was read to.
+fn compressed_copy(file: &InputFile, read_before: &[input::ReadBefore]) -> Growth {
+    let input::Location::Local(path) = &file.location else {
+        return Growth::New;
+    };
+    match input::read_before_in(path, read_before, FINGERPRINT_MASK) {
+        Some((_, resume)) => Growth::Appended(resume),
+        None => Growth::New,
+    }
+}
+
 fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> Growth {
     let (Some((identity, m)), input::Location::Local(path), Some(size)) =
         (marks, &file.location, file.size)
@@ -423,6 +488,7 @@ fn growth(file: &InputFile, marks: Option<(input::FileIdentity, TailMarks)>) -> 
         next_line: m.lines + 1,
         after_unterminated: file.byte_at(consumed - 1).is_some_and(|b| b != b'\n'),
         identity,
+        compressed: false,
     })
 }
 
@@ -638,6 +704,12 @@ pub async fn run(
         .buffered(16)
         .try_collect()
         .await?;
+    // Compressed files named like a rotation of a log read before may hold its lines: what was
+    // read of every log is a candidate (tail markers are keyed by inode, not name).
+    let read_before = match req.force {
+        false => every_read_before(&raw_markers),
+        true => Vec::new(),
+    };
     let mut plan: Vec<Planned> = Vec::new();
     let mut heal: Vec<(InputFile, i64)> = Vec::new();
     for (mut file, r, q, tail) in looked_up {
@@ -664,7 +736,15 @@ pub async fn run(
                     (r, Some(qv), false) if qv > r.unwrap_or(0) => Mode::RawOnly,
                     _ => Mode::Full,
                 };
-                match growth(&file, tail) {
+                let grown = match growth(&file, tail) {
+                    Growth::New
+                        if !read_before.is_empty() && named_like_a_rotation(&file, &paths_read) =>
+                    {
+                        compressed_copy(&file, &read_before)
+                    }
+                    grown => grown,
+                };
+                match grown {
                     Growth::New => {}
                     Growth::Unchanged => {
                         summary.files_skipped += 1;
@@ -775,7 +855,12 @@ pub async fn run(
     summary.files_appended = summary
         .files
         .iter()
-        .filter(|f| f.from_line.is_some())
+        .filter(|f| f.from_line.is_some() && f.status != COMPRESSED_COPY)
+        .count() as u64;
+    summary.files_compressed_copies = summary
+        .files
+        .iter()
+        .filter(|f| f.status == COMPRESSED_COPY)
         .count() as u64;
     summary.partitions_written = partitions.len() as u64;
     summary.add_totals(&stats_total, started)?;
@@ -1031,6 +1116,7 @@ async fn commit_group(
             source_file: p.file.display.clone(),
             status: match (p.mode, p.file.resume) {
                 (Mode::Full, None) => "ingested",
+                (Mode::Full, Some(r)) if r.compressed => COMPRESSED_COPY,
                 (Mode::Full, Some(_)) => "ingested: the lines appended since its last ingest",
                 (Mode::RawOnly, _) => "ingested (completed an interrupted run)",
             },

@@ -1134,11 +1134,19 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         ((0, 0, 0, 0), Some(1)),
         "{s}"
     );
-    // A file named on the command line is read whatever its name.
+    // A file named on the command line is read whatever its name; this one is known by its
+    // content as a compressed copy of the log read before, whose every line has landed.
     let named = ctx.path("logs/app.ndjson.2.gz");
     let s = ctx.ingest_json(&[named.to_str().unwrap()]);
-    assert_eq!(s["files_read"], 1, "{s}");
+    assert_eq!(lines(&s), (1, 0, 0, 0), "{s}");
+    assert_eq!(
+        (&s["files_compressed_copies"], &s["files_appended"]),
+        (&1.into(), &0.into()),
+        "{s}"
+    );
+    assert_eq!(s["files"][0]["from_line"], 7, "{s}");
     std::fs::remove_file(&named).unwrap();
+
     // A pattern is a file name's, checked before any I/O.
     crate::context::one_line_failure(
         &ctx.run(&["ingest", "--ignore", "logs/*.gz", dir]),
@@ -1148,6 +1156,49 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
     ctx.write_config("[ingest]\nignore = [\"[\"]\n");
     crate::context::one_line_failure(&ctx.run(&["ingest", dir]), 2, &["ingest.ignore"]);
     std::fs::remove_file(ctx.path("clicklake.toml")).unwrap();
+
+    // `compress` without `delaycompress`: the log is renamed and compressed before the next
+    // tick, with lines appended since the last one. Only those land, numbered on; a compressed
+    // file named alike whose lines are not the log's is read whole.
+    let gzip = |from: &std::path::Path, to: &str| {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(ctx.path(to)).unwrap(),
+            flate2::Compression::default(),
+        );
+        gz.write_all(&std::fs::read(from).unwrap()).unwrap();
+        gz.finish().unwrap();
+        std::fs::remove_file(from).unwrap();
+    };
+    append(&line("n3"));
+    let renamed = ctx.path("logs/app.ndjson.1");
+    std::fs::rename(&log, &renamed).unwrap();
+    gzip(&renamed, "logs/app.ndjson.1.gz");
+    std::fs::write(&log, line("m1")).unwrap();
+    let other = ctx.path("logs/other.ndjson");
+    std::fs::write(&other, line("n1") + &line("x1")).unwrap();
+    gzip(&other, "logs/app.ndjson-old.gz");
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(lines(&s), (3, 4, 4, 0), "{s}");
+    assert_eq!(s["files_compressed_copies"], 1, "{s}");
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, line_number, regexp_replace(source_file, '.*/', '') FROM raw_events \
+             WHERE event_id IN ('n3', 'm1', 'n1', 'x1') ORDER BY 1, 3"
+        ),
+        [
+            "m1,1,app.ndjson",
+            "n1,1,app.ndjson",
+            "n1,1,app.ndjson-old.gz",
+            "n3,3,app.ndjson.1.gz",
+            "x1,2,app.ndjson-old.gz"
+        ]
+    );
+    // Read once: the next tick finds both known.
+    assert_eq!(lines(&ctx.ingest_json(&[dir])), (0, 0, 0, 0));
+    for gz in ["logs/app.ndjson.1.gz", "logs/app.ndjson-old.gz"] {
+        std::fs::remove_file(ctx.path(gz)).unwrap();
+    }
 
     // Rewritten in place: a new file under the same name is read whole, from line 1.
     std::fs::write(
