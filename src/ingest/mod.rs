@@ -392,14 +392,13 @@ fn named_like_a_rotation(file: &InputFile, paths_read: &HashSet<String>) -> bool
     let Some((dir, name)) = file.display.rsplit_once('/') else {
         return false;
     };
-    paths_read.iter().any(|read| {
-        read.rsplit_once('/').is_some_and(|(d, plain)| {
-            d == dir
-                && !compressed.iter().any(|ext| plain.ends_with(ext))
-                && name
-                    .strip_prefix(plain)
-                    .is_some_and(|rest| rest.starts_with(['.', '-', '_']))
-        })
+    // The plain file's name is the start of this one's, up to a `.`, `-` or `_`: a look-up per
+    // such place, whatever the number of paths read before.
+    name.match_indices(['.', '-', '_']).any(|(i, _)| {
+        let plain = &name[..i];
+        !plain.is_empty()
+            && !compressed.iter().any(|ext| plain.ends_with(ext))
+            && paths_read.contains(&format!("{dir}/{plain}"))
     })
 }
 
