@@ -689,16 +689,20 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
             announced = Some(announce(&store, &root, &p).await?);
         }
         rewrite_all(cfg, rewrites, &mut tables, &erasure_ids).await?;
-        for (name, table) in leftovers {
-            if unfinished.contains(&name) {
-                let deleted = finish(table, &name).await?;
-                tracing::warn!(
-                    "{name}: finished an earlier erasure that was cut off: {deleted} superseded \
-                     files deleted"
-                );
-                interrupted_finished.push(name);
-            }
+    }
+    for (name, table) in leftovers {
+        if !unfinished.contains(&name) {
+            continue;
         }
+        // A dry run says what it would finish.
+        if !req.dry_run {
+            let deleted = finish(table, &name).await?;
+            tracing::warn!(
+                "{name}: finished an earlier erasure that was cut off: {deleted} superseded \
+                 files deleted"
+            );
+        }
+        interrupted_finished.push(name);
     }
     // Earlier erasures whose people this request names again are complete once it is recorded.
     let completed: Vec<&(ObjectPath, Pending)> = earlier
@@ -759,14 +763,10 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         files_deleted: tables.iter().map(|t| t.files_deleted).sum(),
         tables,
         interrupted_finished,
-        interrupted_completed: if req.dry_run {
-            Vec::new()
-        } else {
-            completed
-                .iter()
-                .flat_map(|(_, p)| p.erasure_ids.iter().cloned())
-                .collect()
-        },
+        interrupted_completed: completed
+            .iter()
+            .flat_map(|(_, p)| p.erasure_ids.iter().cloned())
+            .collect(),
     };
     if !req.dry_run {
         record(

@@ -172,6 +172,7 @@ fn render(r: &EraseReceipt) -> String {
     out.push_str(&finished_lines(
         &r.interrupted_finished,
         &r.interrupted_completed,
+        r.dry_run,
     ));
     if !r.dry_run {
         out.push_str("  recorded in  erasures (later ingests of this person's rows are refused)\n");
@@ -211,6 +212,7 @@ fn render_batch(e: &Erasure) -> String {
     out.push_str(&finished_lines(
         &e.interrupted_finished,
         &e.interrupted_completed,
+        e.dry_run,
     ));
     if !e.dry_run {
         out.push_str(
@@ -245,18 +247,25 @@ fn table_lines(tables: &[TableErasure], rows: u64, dry_run: bool) -> String {
     out
 }
 
-fn finished_lines(tables: &[String], completed: &[String]) -> String {
+fn finished_lines(tables: &[String], completed: &[String], dry_run: bool) -> String {
     let mut out = String::new();
     if !tables.is_empty() {
         out.push_str(&format!(
-            "  finished     {}: left by an earlier erasure that was cut off (superseded files \
-             deleted, log checkpointed)\n",
-            tables.join(", ")
+            "  {:<12} {}: left by an earlier erasure that was cut off (superseded files {}deleted, \
+             log checkpointed)\n",
+            if dry_run { "would finish" } else { "finished" },
+            tables.join(", "),
+            if dry_run { "to be " } else { "" }
         ));
     }
     if !completed.is_empty() {
         out.push_str(&format!(
-            "  completed    {}: cut off earlier, this request names all its people\n",
+            "  {:<12} {}: cut off earlier, this request names all its people\n",
+            if dry_run {
+                "would complete"
+            } else {
+                "completed"
+            },
             completed.join(", ")
         ));
     }

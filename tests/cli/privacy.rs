@@ -464,6 +464,11 @@ fn an_erasure_cut_off_is_reported_until_its_request_runs_again() {
     assert!(r.get("interrupted_completed").is_none(), "{r}");
     assert_eq!(ctx.run(&["status"]).status.code(), Some(1));
 
+    // A dry run of the request again says what it would finish and complete, and does neither.
+    let dry = ctx.ok(&[request[0], request[1], request[2], "--dry-run"]);
+    assert!(dry.contains("would complete"), "{dry}");
+    assert_eq!(ctx.run(&["status"]).status.code(), Some(1));
+
     // The request again: nothing of the person is left, and nothing is pending.
     let r = ctx.ok(&[request[0], request[1], request[2], "--json"]);
     let r: serde_json::Value = serde_json::from_str(r.trim()).unwrap();
