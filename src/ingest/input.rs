@@ -171,18 +171,33 @@ impl Reopened {
 /// offsets, so a handle being read from is not moved.
 pub fn fingerprint_file(f: &std::fs::File, consumed: u64) -> Option<i64> {
     use std::os::unix::fs::FileExt;
-    const SAMPLE: u64 = 4096;
     if f.metadata().ok()?.len() < consumed {
         return None;
     }
+    let mut samples = Vec::with_capacity(3);
+    for start in sample_starts(consumed) {
+        let mut buf = vec![0u8; (SAMPLE.min(consumed - start)) as usize];
+        f.read_exact_at(&mut buf, start).ok()?;
+        samples.push(buf);
+    }
+    fingerprint_of(consumed, samples.iter().map(Vec::as_slice))
+}
+
+/// The length of each sample of [`fingerprint_file`] (cut at the end of what it samples).
+const SAMPLE: u64 = 4096;
+
+/// Where the samples of [`fingerprint_file`] of a file's first `consumed` bytes start.
+fn sample_starts(consumed: u64) -> [u64; 3] {
+    let mid = (consumed / 2).saturating_sub(SAMPLE / 2);
+    [0, mid, consumed.saturating_sub(SAMPLE)]
+}
+
+/// The fingerprint of the samples taken at [`sample_starts`]`(consumed)`.
+fn fingerprint_of<'a>(consumed: u64, samples: impl IntoIterator<Item = &'a [u8]>) -> Option<i64> {
     let mut h = Sha256::new();
     h.update(consumed.to_le_bytes());
-    let mid = (consumed / 2).saturating_sub(SAMPLE / 2);
-    for start in [0, mid, consumed.saturating_sub(SAMPLE)] {
-        let len = SAMPLE.min(consumed - start);
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, start).ok()?;
-        h.update(&buf);
+    for sample in samples {
+        h.update(sample);
     }
     let d = h.finalize();
     // Positive, so that no Delta reader stumbles on a negative transaction version.
@@ -215,7 +230,6 @@ pub fn read_before_in(
     candidates: &[ReadBefore],
     mask: i64,
 ) -> Option<(ReadBefore, Resume)> {
-    const SAMPLE: u64 = 4096;
     let f = std::fs::File::open(path).ok()?;
     let identity = FileIdentity::of(&f.metadata().ok()?);
     let mut raw = BufReader::new(f);
@@ -237,14 +251,10 @@ pub fn read_before_in(
     let mut probes: Vec<Probe> = candidates
         .iter()
         .filter(|c| c.end > 0)
-        .map(|c| {
-            let mid = (c.end / 2).saturating_sub(SAMPLE / 2);
-            let starts = [0, mid, c.end.saturating_sub(SAMPLE)];
-            Probe {
-                of: *c,
-                samples: starts.map(|s| (s, Vec::new())),
-                newlines: None,
-            }
+        .map(|c| Probe {
+            of: *c,
+            samples: sample_starts(c.end).map(|s| (s, Vec::new())),
+            newlines: None,
         })
         .collect();
     let last = probes.iter().map(|p| p.of.end).max()?;
@@ -286,17 +296,14 @@ pub fn read_before_in(
         .filter_map(|p| {
             let (count, last_newline) = p.newlines?;
             let end = p.of.end;
-            let mut h = Sha256::new();
-            h.update(end.to_le_bytes());
-            for (start, bytes) in &p.samples {
-                if bytes.len() as u64 != SAMPLE.min(end - start) {
-                    return None;
-                }
-                h.update(bytes);
+            if p.samples
+                .iter()
+                .any(|(start, bytes)| bytes.len() as u64 != SAMPLE.min(end - start))
+            {
+                return None;
             }
-            let d = h.finalize();
-            let fingerprint = i64::from_le_bytes(d[..8].try_into().ok()?) & i64::MAX & mask;
-            if fingerprint != p.of.fingerprint {
+            let samples = p.samples.iter().map(|(_, b)| b.as_slice());
+            if fingerprint_of(end, samples)? & mask != p.of.fingerprint {
                 return None;
             }
             let last_byte = *p.samples[2].1.last()?;
