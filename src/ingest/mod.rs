@@ -705,9 +705,12 @@ pub async fn run(
         .await?;
     // Compressed files named like a rotation of a log read before may hold its lines: what was
     // read of every log is a candidate (tail markers are keyed by inode, not name).
-    let read_before = match req.force {
-        false => every_read_before(&raw_markers),
-        true => Vec::new(),
+    let any_rotation = looked_up
+        .iter()
+        .any(|(file, ..)| named_like_a_rotation(file, &paths_read));
+    let read_before = match !req.force && any_rotation {
+        true => every_read_before(&raw_markers),
+        false => Vec::new(),
     };
     let mut plan: Vec<Planned> = Vec::new();
     let mut heal: Vec<(InputFile, i64)> = Vec::new();
