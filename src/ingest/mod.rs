@@ -384,12 +384,12 @@ fn every_read_before(raw: &delta::Markers<'_>) -> Vec<input::ReadBefore> {
 
 /// Whether a compressed local file is named like a rotated copy of a plain file read before in
 /// the same directory: `app.log.1.gz`, `app.log-20261128.gz` or `app.log.gz` after `app.log`.
-fn named_like_a_rotation(file: &InputFile, paths_read: &HashSet<String>) -> bool {
+fn named_like_a_rotation(path: &str, paths_read: &HashSet<String>) -> bool {
     let compressed = [".gz", ".zst"];
-    if !compressed.iter().any(|ext| file.display.ends_with(ext)) {
+    if !compressed.iter().any(|ext| path.ends_with(ext)) {
         return false;
     }
-    let Some((dir, name)) = file.display.rsplit_once('/') else {
+    let Some((dir, name)) = path.rsplit_once('/') else {
         return false;
     };
     // The plain file's name is the start of this one's, up to a `.`, `-` or `_`: a look-up per
@@ -707,7 +707,7 @@ pub async fn run(
     // read of every log is a candidate (tail markers are keyed by inode, not name).
     let any_rotation = looked_up
         .iter()
-        .any(|(file, ..)| named_like_a_rotation(file, &paths_read));
+        .any(|(file, ..)| named_like_a_rotation(&file.display, &paths_read));
     let read_before = match !req.force && any_rotation {
         true => every_read_before(&raw_markers),
         false => Vec::new(),
@@ -740,7 +740,8 @@ pub async fn run(
                 };
                 let grown = match growth(&file, tail) {
                     Growth::New
-                        if !read_before.is_empty() && named_like_a_rotation(&file, &paths_read) =>
+                        if !read_before.is_empty()
+                            && named_like_a_rotation(&file.display, &paths_read) =>
                     {
                         compressed_copy(&file, &read_before)
                     }
@@ -1461,5 +1462,34 @@ mod tests {
         assert_eq!(reopen().line_start(5), Some(0));
         std::fs::write(&path, "one\ntwo\nthr").unwrap();
         assert_eq!(reopen().line_start(11), Some(8));
+    }
+
+    #[test]
+    fn compressed_files_named_like_a_rotation_of_a_log_read_before() {
+        let read: HashSet<String> = ["/logs/app.log", "/logs/app.log.1", "/other/web.ndjson"]
+            .map(String::from)
+            .into();
+        let rotation = |p: &str| named_like_a_rotation(p, &read);
+        for yes in [
+            "/logs/app.log.1.gz",
+            "/logs/app.log.2.gz",
+            "/logs/app.log-20261128.gz",
+            "/logs/app.log_old.zst",
+            "/logs/app.log.gz",
+            "/other/web.ndjson.1.gz",
+        ] {
+            assert!(rotation(yes), "{yes}");
+        }
+        for no in [
+            // Not compressed, in another directory, another name, or a name that only starts
+            // like the log's.
+            "/logs/app.log.2",
+            "/elsewhere/app.log.1.gz",
+            "/logs/web.ndjson.1.gz",
+            "/logs/app.logs.1.gz",
+            "/logs/app.gz",
+        ] {
+            assert!(!rotation(no), "{no}");
+        }
     }
 }
