@@ -224,28 +224,32 @@ impl Identities {
         self.session_keys.extend(other.session_keys.iter().cloned());
     }
 
+    /// The id sets a column of a personal table is matched against (the key column: two).
+    fn sets(&self, column: Column) -> (&BTreeSet<String>, Option<&BTreeSet<String>>) {
+        match column {
+            Column::UserId | Column::StitchedUserId => (&self.user_ids, None),
+            Column::AnonymousId => (&self.anonymous_ids, None),
+            Column::Email => (&self.emails, None),
+            Column::UserKey => (&self.user_keys, None),
+            Column::SessionKey => (&self.session_keys, None),
+            Column::Key => (&self.user_keys, Some(&self.session_keys)),
+        }
+    }
+
     /// The values a column of a personal table is matched against.
     fn of(&self, column: Column) -> BTreeSet<String> {
-        match column {
-            Column::UserId | Column::StitchedUserId => self.user_ids.clone(),
-            Column::AnonymousId => self.anonymous_ids.clone(),
-            Column::Email => self.emails.clone(),
-            Column::UserKey => self.user_keys.clone(),
-            Column::SessionKey => self.session_keys.clone(),
-            Column::Key => self.user_keys.union(&self.session_keys).cloned().collect(),
-        }
+        let (first, second) = self.sets(column);
+        first
+            .iter()
+            .chain(second.into_iter().flatten())
+            .cloned()
+            .collect()
     }
 
     /// Whether `value` of `column` is one of these ids ([`Identities::of`] without a copy).
     fn has(&self, column: Column, value: &String) -> bool {
-        match column {
-            Column::UserId | Column::StitchedUserId => self.user_ids.contains(value),
-            Column::AnonymousId => self.anonymous_ids.contains(value),
-            Column::Email => self.emails.contains(value),
-            Column::UserKey => self.user_keys.contains(value),
-            Column::SessionKey => self.session_keys.contains(value),
-            Column::Key => self.user_keys.contains(value) || self.session_keys.contains(value),
-        }
+        let (first, second) = self.sets(column);
+        first.contains(value) || second.is_some_and(|s| s.contains(value))
     }
 
     /// Every id, for matching quarantined lines.

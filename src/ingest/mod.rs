@@ -445,14 +445,19 @@ enum Growth {
 }
 
 /// A compressed copy of a log read before (see [`input::read_before_in`]): read on from where
-/// that log was read to.
-fn compressed_copy(file: &InputFile, read_before: &[input::ReadBefore]) -> Growth {
+/// that log was read to. Decompresses the file's start on a blocking thread.
+async fn compressed_copy(file: &InputFile, read_before: &Arc<Vec<input::ReadBefore>>) -> Growth {
     let input::Location::Local(path) = &file.location else {
         return Growth::New;
     };
-    match input::read_before_in(path, read_before, FINGERPRINT_MASK) {
-        Some((_, resume)) => Growth::Appended(resume),
-        None => Growth::New,
+    let (path, read_before) = (path.clone(), read_before.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        input::read_before_in(&path, &read_before, FINGERPRINT_MASK)
+    })
+    .await;
+    match found {
+        Ok(Some((_, resume))) => Growth::Appended(resume),
+        _ => Growth::New,
     }
 }
 
@@ -708,10 +713,10 @@ pub async fn run(
     let any_rotation = looked_up
         .iter()
         .any(|(file, ..)| named_like_a_rotation(&file.display, &paths_read));
-    let read_before = match !req.force && any_rotation {
+    let read_before = Arc::new(match !req.force && any_rotation {
         true => every_read_before(&raw_markers),
         false => Vec::new(),
-    };
+    });
     let mut plan: Vec<Planned> = Vec::new();
     let mut heal: Vec<(InputFile, i64)> = Vec::new();
     for (mut file, r, q, tail) in looked_up {
@@ -743,7 +748,7 @@ pub async fn run(
                         if !read_before.is_empty()
                             && named_like_a_rotation(&file.display, &paths_read) =>
                     {
-                        compressed_copy(&file, &read_before)
+                        compressed_copy(&file, &read_before).await
                     }
                     grown => grown,
                 };
