@@ -1021,8 +1021,10 @@ pub async fn pending(lake: &Lake) -> Result<Vec<(ObjectPath, Pending)>> {
         };
         let p: Pending = serde_json::from_slice(&bytes).map_err(|e| {
             Error::runtime(format!(
-                "{} is not a pending erasure ({e}); it was not written by clicklake: move it away",
-                object.location
+                "{}/_clicklake/erasures/pending/{} is not a pending erasure ({e}); it was not \
+                 written by clicklake: move it away",
+                crate::storage::redact(lake.root()).trim_end_matches('/'),
+                object.location.filename().unwrap_or_default()
             ))
         })?;
         out.push((object.location, p));

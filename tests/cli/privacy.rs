@@ -481,6 +481,17 @@ fn an_erasure_cut_off_is_reported_until_its_request_runs_again() {
     // Once finished, a table is not finished again.
     let r = ctx.ok(&["erase", "--user-id", "nobody", "--json"]);
     assert!(!r.contains("interrupted_finished"), "{r}");
+    // Something else where the records go is named, not read as one.
+    let stray = lake_dir(&ctx).join("_clicklake/erasures/pending/notes.json");
+    std::fs::write(&stray, "not json").unwrap();
+    crate::context::one_line_failure(
+        &ctx.run(&["status"]),
+        3,
+        &[
+            "_clicklake/erasures/pending/notes.json",
+            "not a pending erasure",
+        ],
+    );
 }
 
 #[test]
