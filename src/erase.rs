@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{col, DataFrame, Expr, SessionContext};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,7 @@ use crate::catalog::{self, ERASURES};
 use crate::config::Config;
 use crate::delta;
 use crate::error::{Error, Result};
+use crate::sqlfn;
 use crate::storage::Lake;
 
 /// Which id the request names.
@@ -246,12 +247,6 @@ impl Identities {
             .collect()
     }
 
-    /// Whether `value` of `column` is one of these ids ([`Identities::of`] without a copy).
-    fn has(&self, column: Column, value: &String) -> bool {
-        let (first, second) = self.sets(column);
-        first.contains(value) || second.is_some_and(|s| s.contains(value))
-    }
-
     /// Every id, for matching quarantined lines.
     fn ids(&self) -> impl Iterator<Item = &String> {
         self.user_ids
@@ -269,18 +264,10 @@ fn union(people: &[Identities]) -> Identities {
     all
 }
 
-fn sql_list(values: &BTreeSet<String>) -> String {
-    values
-        .iter()
-        .map(|v| format!("'{}'", v.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The rows of a query as strings (NULL as `None`).
-async fn rows_of(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+async fn rows_of(df: DataFrame) -> Result<Vec<Vec<Option<String>>>> {
     let mut out = Vec::new();
-    for b in ctx.sql(sql).await?.collect().await? {
+    for b in df.collect().await? {
         let columns = b
             .columns()
             .iter()
@@ -317,23 +304,29 @@ async fn resolve(ctx: &SessionContext, tables: &[String], people: &mut [Identiti
             };
             let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
             let seen = rows_of(
-                ctx,
-                &format!("SELECT DISTINCT {} FROM {t} WHERE {w}", names.join(", ")),
+                ctx.table(t)
+                    .await?
+                    .filter(w)?
+                    .select_columns(&names)?
+                    .distinct()?,
             )
             .await?;
-            for ids in people.iter_mut() {
-                let mut found = Identities::default();
-                for row in seen.iter().filter(|row| matches(&columns, row, ids)) {
+            let owners = Owners::new(&columns, false, people)?;
+            let mut found = vec![Identities::default(); people.len()];
+            for row in &seen {
+                for i in owners.of(row) {
                     let add = |set: &mut BTreeSet<String>, v: &Option<String>| {
                         if let Some(v) = v {
                             set.insert(v.clone());
                         }
                     };
-                    add(&mut found.user_ids, &row[0]);
-                    add(&mut found.anonymous_ids, &row[1]);
-                    add(&mut found.emails, &row[2]);
+                    add(&mut found[i].user_ids, &row[0]);
+                    add(&mut found[i].anonymous_ids, &row[1]);
+                    add(&mut found[i].emails, &row[2]);
                 }
-                ids.extend(&found);
+            }
+            for (ids, found) in people.iter_mut().zip(&found) {
+                ids.extend(found);
             }
         }
     }
@@ -377,24 +370,82 @@ impl Column {
     }
 }
 
-/// `column IN (...) OR ...` over the columns for which `ids` has values; `None` if none has.
-fn any_of(columns: &[Column], ids: &Identities) -> Option<String> {
-    let clauses: Vec<String> = columns
+/// `column IN (...) OR ...` over the columns for which `ids` has values (a set lookup per row
+/// for a long list, see [`sqlfn::in_key_sets`]); `None` if none has.
+fn any_of(columns: &[Column], ids: &Identities) -> Option<Expr> {
+    columns
         .iter()
         .filter_map(|c| {
             let values = ids.of(*c);
-            (!values.is_empty()).then(|| format!("{} IN ({})", c.name(), sql_list(&values)))
+            (!values.is_empty())
+                .then(|| sqlfn::in_key_sets(vec![(c.name(), values.into_iter().collect())]))
         })
-        .collect();
-    (!clauses.is_empty()).then(|| clauses.join(" OR "))
+        .reduce(Expr::or)
 }
 
-/// Whether a row (its values of `columns`, in order) names the person `ids`.
-fn matches(columns: &[Column], row: &[Option<String>], ids: &Identities) -> bool {
-    columns
-        .iter()
-        .zip(row)
-        .any(|(c, v)| v.as_ref().is_some_and(|v| ids.has(*c, v)))
+/// Which of a batch's people each value names, so that a row is attributed by looking its
+/// values up rather than by comparing it with every person (a request of thousands of people
+/// against thousands of grouped rows).
+struct Owners {
+    /// Per column of the rows, in order: value → the people (indexes into the batch) it names.
+    columns: Vec<HashMap<String, Vec<usize>>>,
+    /// For `quarantine`'s raw lines (the value after the columns): every person's ids as
+    /// [`needle`]s, and the people each needle names.
+    raw: Option<(aho_corasick::AhoCorasick, Vec<Vec<usize>>)>,
+}
+
+impl Owners {
+    fn new(columns: &[Column], raw: bool, people: &[Identities]) -> Result<Owners> {
+        let columns = columns
+            .iter()
+            .map(|c| {
+                let mut owners: HashMap<String, Vec<usize>> = HashMap::new();
+                for (i, ids) in people.iter().enumerate() {
+                    for v in ids.of(*c) {
+                        owners.entry(v).or_default().push(i);
+                    }
+                }
+                owners
+            })
+            .collect();
+        let raw = if raw {
+            let mut by_needle: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (i, ids) in people.iter().enumerate() {
+                for id in ids.ids() {
+                    let owners = by_needle.entry(needle(id).into_owned()).or_default();
+                    if owners.last() != Some(&i) {
+                        owners.push(i);
+                    }
+                }
+            }
+            let (needles, owners): (Vec<String>, Vec<Vec<usize>>) = by_needle.into_iter().unzip();
+            let automaton = aho_corasick::AhoCorasick::new(&needles)
+                .map_err(|e| Error::runtime(format!("matching quarantined lines: {e}")))?;
+            Some((automaton, owners))
+        } else {
+            None
+        };
+        Ok(Owners { columns, raw })
+    }
+
+    /// The people a row names (its values of the columns, in order, then the raw line when
+    /// matched by it), each once.
+    fn of(&self, row: &[Option<String>]) -> BTreeSet<usize> {
+        let mut found = BTreeSet::new();
+        for (owners, v) in self.columns.iter().zip(row) {
+            if let Some(people) = v.as_ref().and_then(|v| owners.get(v)) {
+                found.extend(people.iter().copied());
+            }
+        }
+        if let (Some((automaton, owners)), Some(Some(raw))) =
+            (&self.raw, row.get(self.columns.len()))
+        {
+            for m in automaton.find_overlapping_iter(raw.as_str()) {
+                found.extend(owners[m.pattern().as_usize()].iter().copied());
+            }
+        }
+        found
+    }
 }
 
 /// What a quarantined line holds when it mentions an id (e-mails appear masked as
@@ -432,25 +483,15 @@ impl Personal {
     }
 
     /// The rows of `ids` as a predicate; `None` when they have no value to match.
-    fn predicate(&self, ids: &Identities) -> Option<String> {
-        let mut clauses: Vec<String> = any_of(&self.columns, ids).into_iter().collect();
+    fn predicate(&self, ids: &Identities) -> Result<Option<Expr>> {
+        let mut clauses: Vec<Expr> = any_of(&self.columns, ids).into_iter().collect();
         if self.raw {
-            for v in ids.ids() {
-                let v = needle(v).replace('\'', "''");
-                clauses.push(format!("strpos(raw, '{v}') > 0"));
+            let needles: BTreeSet<String> = ids.ids().map(|v| needle(v).into_owned()).collect();
+            if !needles.is_empty() {
+                clauses.push(sqlfn::contains_any("raw", needles.into_iter().collect())?);
             }
         }
-        (!clauses.is_empty()).then(|| clauses.join(" OR "))
-    }
-
-    /// Whether a grouped row (the values of `columns`, then `raw` when matched by it) is the
-    /// person `ids`'s.
-    fn matches(&self, row: &[Option<String>], ids: &Identities) -> bool {
-        matches(&self.columns, row, ids)
-            || (self.raw
-                && row[self.columns.len()]
-                    .as_deref()
-                    .is_some_and(|raw| ids.ids().any(|id| raw.contains(needle(id).as_ref()))))
+        Ok(clauses.into_iter().reduce(Expr::or))
     }
 }
 
@@ -463,18 +504,15 @@ async fn customer_keys(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let values = ids
-        .iter()
-        .map(|v| format!("('{}')", v.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let rows = rows_of(
-        ctx,
-        &format!(
-            "SELECT column1, md5(concat('{prefix}', chr(31), column1)) FROM (VALUES {values})"
-        ),
-    )
-    .await?;
+    // The ids as a one-column table: the same SQL functions as the models compute the keys.
+    let ids = StringArray::from_iter_values(ids.iter());
+    let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as arrow::array::ArrayRef)])?;
+    let key = datafusion::functions::expr_fn::md5(datafusion::functions::expr_fn::concat(vec![
+        datafusion::prelude::lit(prefix),
+        datafusion::prelude::lit("\u{1f}"),
+        col("id"),
+    ]));
+    let rows = rows_of(ctx.read_batch(batch)?.select(vec![col("id"), key])?).await?;
     Ok(rows
         .into_iter()
         .filter_map(|r| Some((r[0].clone()?, r[1].clone()?)))
@@ -562,20 +600,25 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         ];
         if let Some(w) = any_of(&columns, &union(&people)) {
             let rows = rows_of(
-                &ctx,
-                &format!(
-                    "SELECT DISTINCT user_id, stitched_user_id, anonymous_id, email, session_key \
-                     FROM events WHERE {w}"
-                ),
+                ctx.table("events")
+                    .await?
+                    .filter(w)?
+                    .select_columns(&[
+                        "user_id",
+                        "stitched_user_id",
+                        "anonymous_id",
+                        "email",
+                        "session_key",
+                    ])?
+                    .distinct()?,
             )
             .await?;
-            for ids in people.iter_mut() {
-                let keys: Vec<String> = rows
-                    .iter()
-                    .filter(|r| matches(&columns, &r[..4], ids))
-                    .filter_map(|r| r[4].clone())
-                    .collect();
-                ids.session_keys.extend(keys);
+            let owners = Owners::new(&columns, false, &people)?;
+            for r in &rows {
+                let Some(key) = &r[4] else { continue };
+                for i in owners.of(&r[..4]) {
+                    people[i].session_keys.insert(key.clone());
+                }
             }
         }
     }
@@ -616,23 +659,29 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         let Some(personal) = Personal::of(&name, &columns) else {
             continue;
         };
-        let Some(w) = personal.predicate(&all) else {
+        let Some(w) = personal.predicate(&all)? else {
             leftovers.push((name, table));
             continue;
         };
         // One scan counts everyone's rows: the matching rows grouped by the values that name
         // people, each group then attributed to the people it names.
-        let mut keys: Vec<&str> = personal.columns.iter().map(|c| c.name()).collect();
+        let mut keys: Vec<Expr> = personal.columns.iter().map(|c| col(c.name())).collect();
         if personal.raw {
-            keys.push("raw");
+            keys.push(col("raw"));
         }
         let counting = std::time::Instant::now();
+        let count = datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1));
         let grouped = rows_of(
-            &ctx,
-            &format!(
-                "SELECT {k}, CAST(count(*) AS VARCHAR) FROM {name} WHERE {w} GROUP BY {k}",
-                k = keys.join(", ")
-            ),
+            ctx.table(name.as_str())
+                .await?
+                .filter(w.clone())?
+                .aggregate(
+                    keys,
+                    vec![datafusion::prelude::cast(
+                        count,
+                        arrow::datatypes::DataType::Utf8,
+                    )],
+                )?,
         )
         .await?;
         let count = |row: &Vec<Option<String>>| {
@@ -651,14 +700,13 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
             leftovers.push((name, table));
             continue;
         }
-        for (ids, counts) in people.iter().zip(per_person.iter_mut()) {
-            let mine: u64 = grouped
-                .iter()
-                .filter(|row| personal.matches(row, ids))
-                .map(count)
-                .sum();
-            if mine > 0 {
-                counts.insert(name.clone(), mine);
+        let owners = Owners::new(&personal.columns, personal.raw, &people)?;
+        for row in &grouped {
+            let n = count(row);
+            for i in owners.of(row) {
+                if n > 0 {
+                    *per_person[i].entry(name.clone()).or_default() += n;
+                }
             }
         }
         tables.push(TableErasure {
@@ -802,7 +850,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
 /// use both cores), filling in each entry's files.
 async fn rewrite_all(
     cfg: &Config,
-    rewrites: Vec<(usize, deltalake::DeltaTable, String)>,
+    rewrites: Vec<(usize, deltalake::DeltaTable, Expr)>,
     tables: &mut [TableErasure],
     erasure_ids: &[String],
 ) -> Result<()> {
@@ -853,7 +901,7 @@ async fn rewrite_without(
     cfg: &Config,
     mut table: deltalake::DeltaTable,
     name: &str,
-    predicate: &str,
+    predicate: &Expr,
     erasure_ids: &[String],
 ) -> Result<(u64, u64)> {
     use futures::StreamExt;
@@ -870,8 +918,14 @@ async fn rewrite_without(
     let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
     ctx.register_table("t", provider)?;
     let files: Vec<String> = rows_of(
-        &ctx,
-        &format!("SELECT DISTINCT CAST({FILE_COLUMN} AS VARCHAR) FROM t WHERE {predicate}"),
+        ctx.table("t")
+            .await?
+            .filter(predicate.clone())?
+            .select(vec![datafusion::prelude::cast(
+                col(FILE_COLUMN),
+                arrow::datatypes::DataType::Utf8,
+            )])?
+            .distinct()?,
     )
     .await?
     .into_iter()
@@ -894,13 +948,11 @@ async fn rewrite_without(
         (cfg.memory_limit / 8).max(16 << 20) as usize,
         name.to_string(),
     )?;
-    let mut stream = ctx
-        .sql(&format!(
-            "SELECT * FROM f WHERE NOT coalesce(({predicate}), false)"
-        ))
-        .await?
-        .execute_stream()
-        .await?;
+    let kept = !datafusion::functions::expr_fn::coalesce(vec![
+        predicate.clone(),
+        datafusion::prelude::lit(false),
+    ]);
+    let mut stream = ctx.table("f").await?.filter(kept)?.execute_stream().await?;
     while let Some(batch) = stream.next().await {
         sink.write(&batch?).await?;
     }
@@ -1098,4 +1150,57 @@ async fn record(
     )?;
     delta::append_batch(&mut table, batch, cfg, HashMap::new()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(user_ids: &[&str], anonymous_ids: &[&str]) -> Identities {
+        Identities {
+            user_ids: user_ids.iter().map(|s| s.to_string()).collect(),
+            anonymous_ids: anonymous_ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A row is attributed to everyone any of its values names: a shared device's anonymous id
+    /// to both people, a raw line to everyone whose id it holds (one id inside another too),
+    /// and a short id only as a whole JSON string.
+    #[test]
+    fn a_row_is_attributed_to_every_person_it_names() {
+        let people = [
+            person(&["user-000001"], &["shared-device"]),
+            person(&["user-0000012"], &["shared-device", "phone-2"]),
+            person(&["u3"], &[]),
+        ];
+        let columns = [Column::UserId, Column::AnonymousId];
+        let owners = Owners::new(&columns, true, &people).unwrap();
+        let row = |u: Option<&str>, a: Option<&str>, raw: Option<&str>| {
+            owners
+                .of(&[u, a, raw].map(|v| v.map(str::to_string)))
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(row(Some("user-000001"), None, None), vec![0]);
+        assert_eq!(row(None, Some("shared-device"), None), vec![0, 1]);
+        assert_eq!(row(Some("user-0000012"), Some("phone-2"), None), vec![1]);
+        assert_eq!(
+            row(Some("someone-else"), Some("other"), None),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            row(None, None, Some(r#"{"user_id":"user-0000012"}"#)),
+            vec![0, 1]
+        );
+        assert_eq!(row(None, None, Some(r#"{"user_id":"u3"}"#)), vec![2]);
+        assert_eq!(
+            row(None, None, Some(r#"{"user_id":"u33"}"#)),
+            Vec::<usize>::new()
+        );
+        // Without the raw line, only the columns count.
+        let owners = Owners::new(&columns, false, &people).unwrap();
+        let only = owners.of(&[None, None, Some("user-000001".to_string())]);
+        assert!(only.is_empty(), "{only:?}");
+    }
 }

@@ -446,6 +446,85 @@ impl ScalarUDFImpl for InKeySets {
     }
 }
 
+/// A filter true where `column`'s text contains any of `needles` (a NULL contains nothing):
+/// `strpos(column, n1) > 0 OR strpos(column, n2) > 0 OR …` in one pass over each value, however
+/// many needles, where the chain of thousands of `OR`s would be planned as a tree that deep.
+pub fn contains_any(column: &str, needles: Vec<String>) -> Result<datafusion::prelude::Expr> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if needles.is_empty() {
+        return Ok(datafusion::prelude::lit(false));
+    }
+    let automaton = aho_corasick::AhoCorasick::new(&needles)
+        .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
+    let udf = ContainsAny {
+        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        automaton,
+        signature: Signature::any(1, Volatility::Immutable),
+    };
+    Ok(ScalarUDF::new_from_impl(udf).call(vec![datafusion::prelude::col(column)]))
+}
+
+#[derive(Debug)]
+struct ContainsAny {
+    /// Tells instances apart (their needles are not compared).
+    id: u64,
+    automaton: aho_corasick::AhoCorasick,
+    signature: Signature,
+}
+
+impl PartialEq for ContainsAny {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for ContainsAny {}
+
+impl std::hash::Hash for ContainsAny {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ContainsAny {
+    fn name(&self) -> &str {
+        "contains_any"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let array = args.args[0].to_array(args.number_rows)?;
+        let found = |v: Option<&str>| v.is_some_and(|v| self.automaton.is_match(v));
+        let hits: BooleanArray = match array.data_type() {
+            DataType::Utf8View => array
+                .as_string_view()
+                .iter()
+                .map(|v| Some(found(v)))
+                .collect(),
+            DataType::Utf8 => array
+                .as_string::<i32>()
+                .iter()
+                .map(|v| Some(found(v)))
+                .collect(),
+            DataType::LargeUtf8 => array
+                .as_string::<i64>()
+                .iter()
+                .map(|v| Some(found(v)))
+                .collect(),
+            other => return exec_err!("contains_any takes strings, not {other}"),
+        };
+        Ok(ColumnarValue::Array(Arc::new(hits)))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum JsonOp {
     Get,

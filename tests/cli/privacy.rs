@@ -354,6 +354,37 @@ fn erase_from_a_file_removes_everyone_it_names_in_one_pass() {
     assert_eq!(found("user_id"), alone_keep, "{dry}");
     assert_eq!(dry["rows_removed"], alone_planted.0 + alone_keep.0, "{dry}");
     assert!(ctx.count("SELECT count(*) FROM events WHERE user_id = 'user-keep'") > 0);
+    // A backlog of thousands of people (here 5,000 with no rows besides the two) is one pass
+    // too, each of the two found as alone: the predicates are sets, not chains of thousands of
+    // `OR`s (which overflowed the stack from about a thousand people).
+    let backlog = ctx.path("backlog.csv");
+    let mut text = String::from("user_id,email\n,planted.person@example.org\nuser-keep,\n");
+    for i in 0..5_000 {
+        text.push_str(&format!("absent-{i:05},\n"));
+    }
+    std::fs::write(&backlog, text).unwrap();
+    let many: serde_json::Value = serde_json::from_str(
+        ctx.ok(&[
+            "erase",
+            "--from",
+            backlog.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    let many_people = many["people"].as_array().unwrap();
+    assert_eq!(many_people.len(), 5_002);
+    let rows_of = |p: &serde_json::Value| p["rows_removed"].as_u64().unwrap();
+    assert_eq!(rows_of(&many_people[0]), alone_planted.0);
+    assert_eq!(rows_of(&many_people[1]), alone_keep.0);
+    assert!(many_people[2..].iter().all(|p| rows_of(p) == 0));
+    assert_eq!(
+        many["rows_removed"], dry["rows_removed"],
+        "{}",
+        many["tables"]
+    );
 
     let raw_before = raw_events_version(&ctx);
     let done = ctx.ok(&["erase", "--from", from]);
