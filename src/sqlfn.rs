@@ -357,8 +357,6 @@ impl ScalarUDFImpl for TrimToNull {
 pub fn in_key_sets(
     mut keys: Vec<(&str, std::collections::HashSet<String>)>,
 ) -> datafusion::prelude::Expr {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     if keys.len() == 1 && keys[0].1.len() <= IN_LIST_MAX {
         let (column, set) = keys.pop().expect("one key column");
         if set.is_empty() {
@@ -374,7 +372,7 @@ pub fn in_key_sets(
         .map(|(c, set)| (datafusion::prelude::col(c), set.into_iter().collect()))
         .unzip();
     let udf = InKeySets {
-        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        id: next_id(),
         sets,
         signature: Signature::variadic_any(Volatility::Immutable),
     };
@@ -392,18 +390,33 @@ struct InKeySets {
     signature: Signature,
 }
 
-impl PartialEq for InKeySets {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
+/// Equality and hashing by `id` for functions that carry data no plan compares (sets of keys,
+/// an automaton): two instances are the same function only if they are one.
+macro_rules! same_by_id {
+    ($($t:ty),*) => {$(
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.id == other.id
+            }
+        }
+
+        impl Eq for $t {}
+
+        impl std::hash::Hash for $t {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.id.hash(state);
+            }
+        }
+    )*};
 }
 
-impl Eq for InKeySets {}
+same_by_id!(InKeySets, ContainsAny);
 
-impl std::hash::Hash for InKeySets {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.id.hash(state);
-    }
+/// A new instance id for [`same_by_id`].
+fn next_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Marks the rows whose value is in `set` (a row already marked is not looked up again).
@@ -450,15 +463,13 @@ impl ScalarUDFImpl for InKeySets {
 /// `strpos(column, n1) > 0 OR strpos(column, n2) > 0 OR …` in one pass over each value, however
 /// many needles, where the chain of thousands of `OR`s would be planned as a tree that deep.
 pub fn contains_any(column: &str, needles: Vec<String>) -> Result<datafusion::prelude::Expr> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
     if needles.is_empty() {
         return Ok(datafusion::prelude::lit(false));
     }
     let automaton = aho_corasick::AhoCorasick::new(&needles)
         .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
     let udf = ContainsAny {
-        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        id: next_id(),
         automaton,
         signature: Signature::any(1, Volatility::Immutable),
     };
@@ -471,20 +482,6 @@ struct ContainsAny {
     id: u64,
     automaton: aho_corasick::AhoCorasick,
     signature: Signature,
-}
-
-impl PartialEq for ContainsAny {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-
-impl Eq for ContainsAny {}
-
-impl std::hash::Hash for ContainsAny {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.id.hash(state);
-    }
 }
 
 impl ScalarUDFImpl for ContainsAny {
