@@ -453,6 +453,11 @@ pub struct SqlArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub format: OutputFormat,
 
+    /// Rows the table and line formats show; the rest are counted, not held (0: all, which the
+    /// table format holds in memory to align them: use csv, ndjson or parquet for big results)
+    #[arg(long = "max-rows", value_name = "N", default_value_t = 40)]
+    pub max_rows: usize,
+
     /// A value for `${NAME}` in the -c / -f statements, inserted as text (quote it in the SQL:
     /// `DATE '${day}'`); repeatable. A `${NAME}` without a value is exit 2
     #[arg(long = "param", value_name = "NAME=VALUE")]

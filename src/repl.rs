@@ -35,8 +35,6 @@ use crate::storage::Lake;
 
 const PROMPT: &str = "clicklake> ";
 const CONTINUE: &str = "        -> ";
-/// Rows the table format shows in the REPL unless `\maxrows` says otherwise.
-const DEFAULT_MAX_ROWS: usize = 40;
 
 const HELP: &str = "\
   \\d, .tables            list the tables
@@ -317,8 +315,7 @@ pub(crate) fn parse_meta(line: &str) -> Result<Option<Meta>, String> {
             Ok(f) => Meta::Format(f),
         },
         ("\\maxrows" | ".maxrows", Some(n)) => match n.parse::<usize>() {
-            Ok(0) => Meta::MaxRows(None),
-            Ok(n) => Meta::MaxRows(Some(n)),
+            Ok(n) => Meta::MaxRows(crate::commands::sql::shown_rows(n)),
             Err(_) => return Err(format!("{cmd}: {n:?} is not a number of rows")),
         },
         _ => return Err(format!("unknown command `{line}` (\\? lists the commands)")),
@@ -346,7 +343,7 @@ pub async fn run(
     cfg: &Config,
     lake: &Lake,
     ctx: &SessionContext,
-    format: OutputFormat,
+    mut settings: Settings,
     time_travel: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut lines = Lines::open(completion_names(ctx).await)?;
@@ -358,11 +355,6 @@ pub async fn run(
             lake.root()
         );
     }
-    let mut settings = Settings {
-        format,
-        max_rows: interactive.then_some(DEFAULT_MAX_ROWS),
-        quiet: cfg.quiet,
-    };
     let mut buffer = String::new();
     let mut failures = 0usize;
     let output = |settings: &Settings| Output {

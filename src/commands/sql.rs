@@ -65,7 +65,12 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
         }
         let ctx = catalog::adhoc_session(cfg.memory_limit, lake)?;
         catalog::register_all(&ctx, lake, as_of).await?;
-        return crate::repl::run(cfg, lake, &ctx, args.format, as_of.is_some()).await;
+        let settings = Settings {
+            format: args.format,
+            max_rows: shown_rows(args.max_rows),
+            quiet: cfg.quiet,
+        };
+        return crate::repl::run(cfg, lake, &ctx, settings, as_of.is_some()).await;
     }
     let mut items = Vec::new();
     for (text, origin) in &sources {
@@ -118,7 +123,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: &SqlArgs) -> anyhow::Result<Ex
     let many = items.len() > 1;
     let mut settings = Settings {
         format: args.format,
-        max_rows: None,
+        max_rows: shown_rows(args.max_rows),
         quiet: cfg.quiet,
     };
     let out = |settings: &Settings| Output {
@@ -323,6 +328,11 @@ impl Chunk {
         }
         Ok(())
     }
+}
+
+/// `--max-rows N` / `\maxrows N` as a limit: `None` (all) for 0.
+pub(crate) fn shown_rows(n: usize) -> Option<usize> {
+    (n > 0).then_some(n)
 }
 
 /// Where and how one statement's result is written.

@@ -109,6 +109,25 @@ fn sql_output_formats() {
         ctx.ok(&["sql", "--format", "line", "-c", &format!("{q} LIMIT 2")]),
         "event_id = e1\n   price = 59.90\n\nevent_id = e18\n   price = 19.99\n"
     );
+    // The display formats show 40 rows unless told otherwise and count the rest; the machine
+    // formats write every row.
+    let hundred = "SELECT value FROM range(100)";
+    let shown = |args: &[&str]| {
+        let out = ctx.ok(&[&["sql", "-c", hundred][..], args].concat());
+        let rows = out.lines().filter(|l| l.starts_with("| ")).count() - 1;
+        (rows, out.lines().last().unwrap_or_default().to_string())
+    };
+    assert_eq!(shown(&[]), (40, "(40 of 100 rows shown)".into()));
+    assert_eq!(
+        shown(&["--max-rows", "7"]),
+        (7, "(7 of 100 rows shown)".into())
+    );
+    assert_eq!(shown(&["--max-rows", "0"]).0, 100);
+    assert_eq!(shown(&["--max-rows", "0"]).1, "+-------+");
+    let lines = ctx.ok(&["sql", "--format", "line", "--max-rows", "2", "-c", hundred]);
+    assert_eq!(lines, "value = 0\n\nvalue = 1\n\n(2 of 100 rows shown)\n");
+    let csv = ctx.ok(&["sql", "--format", "csv", "--max-rows", "2", "-c", hundred]);
+    assert_eq!(csv.lines().count(), 101);
 
     // SHOW TABLES: the lake's tables first, by name, the same on every run.
     let shown = ctx.ok(&["sql", "--format", "csv", "-c", "SHOW TABLES"]);
