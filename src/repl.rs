@@ -339,7 +339,7 @@ fn statement_complete(buffer: &str) -> bool {
 }
 
 /// Runs the loop until `\q` or end of input.
-pub async fn run(
+pub(crate) async fn run(
     cfg: &Config,
     lake: &Lake,
     ctx: &SessionContext,
