@@ -23,6 +23,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod reason;
 pub mod source;
+mod values;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
