@@ -371,68 +371,95 @@ pub fn in_key_sets(
         .into_iter()
         .map(|(c, set)| (datafusion::prelude::col(c), set.into_iter().collect()))
         .unzip();
-    let udf = InKeySets {
-        id: next_id(),
-        sets,
-        signature: Signature::variadic_any(Volatility::Immutable),
-    };
-    ScalarUDF::new_from_impl(udf).call(columns)
+    StringFilter::udf(
+        Test::KeySets(sets),
+        Signature::variadic_any(Volatility::Immutable),
+    )
+    .call(columns)
 }
 
 /// The most values of one key column that [`in_key_sets`] passes as an `IN` list.
 pub const IN_LIST_MAX: usize = 1_000;
 
+/// What a [`StringFilter`] holds true of a row.
 #[derive(Debug)]
-struct InKeySets {
-    /// Tells instances apart (their sets are not compared).
+enum Test {
+    /// [`in_key_sets`]: one of its column's set holds the value of any column.
+    KeySets(Vec<datafusion::common::HashSet<String>>),
+    /// [`contains_any`]: the text holds any of the automaton's needles.
+    Needles(aho_corasick::AhoCorasick),
+}
+
+/// A boolean filter over string columns that carries its data (sets of keys, an automaton)
+/// rather than literals in the plan.
+#[derive(Debug)]
+struct StringFilter {
+    /// Tells instances apart: their data is not compared, so two instances are the same
+    /// function only if they are one.
     id: u64,
-    sets: Vec<datafusion::common::HashSet<String>>,
+    test: Test,
     signature: Signature,
 }
 
-/// Equality and hashing by `id` for functions that carry data no plan compares (sets of keys,
-/// an automaton): two instances are the same function only if they are one.
-macro_rules! same_by_id {
-    ($($t:ty),*) => {$(
-        impl PartialEq for $t {
-            fn eq(&self, other: &Self) -> bool {
-                self.id == other.id
-            }
-        }
-
-        impl Eq for $t {}
-
-        impl std::hash::Hash for $t {
-            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-                self.id.hash(state);
-            }
-        }
-    )*};
-}
-
-same_by_id!(InKeySets, ContainsAny);
-
-/// A new instance id for [`same_by_id`].
-fn next_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Marks the rows whose value is in `set` (a row already marked is not looked up again).
-fn mark_hits<'a>(
-    hit: &mut [bool],
-    values: impl Iterator<Item = Option<&'a str>>,
-    set: &datafusion::common::HashSet<String>,
-) {
-    for (h, v) in hit.iter_mut().zip(values) {
-        *h = *h || v.is_some_and(|v| set.contains(v));
+impl StringFilter {
+    fn udf(test: Test, signature: Signature) -> ScalarUDF {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        ScalarUDF::new_from_impl(StringFilter {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            test,
+            signature,
+        })
     }
 }
 
-impl ScalarUDFImpl for InKeySets {
+impl PartialEq for StringFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for StringFilter {}
+
+impl std::hash::Hash for StringFilter {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+/// Marks the rows of a string column (any of Arrow's three string layouts) whose value passes
+/// `test`: a NULL never does, and a row already marked is not tested again. `function` names the
+/// caller in the error for a column that is not text.
+fn mark_strings(
+    hit: &mut [bool],
+    array: &ArrayRef,
+    function: &str,
+    test: impl Fn(&str) -> bool,
+) -> Result<()> {
+    fn mark<'a>(
+        hit: &mut [bool],
+        values: impl Iterator<Item = Option<&'a str>>,
+        test: impl Fn(&str) -> bool,
+    ) {
+        for (h, v) in hit.iter_mut().zip(values) {
+            *h = *h || v.is_some_and(&test);
+        }
+    }
+    match array.data_type() {
+        DataType::Utf8View => mark(hit, array.as_string_view().iter(), test),
+        DataType::Utf8 => mark(hit, array.as_string::<i32>().iter(), test),
+        DataType::LargeUtf8 => mark(hit, array.as_string::<i64>().iter(), test),
+        other => return exec_err!("{function} takes strings, not {other}"),
+    }
+    Ok(())
+}
+
+impl ScalarUDFImpl for StringFilter {
     fn name(&self) -> &str {
-        "in_key_sets"
+        match self.test {
+            Test::KeySets(_) => "in_key_sets",
+            Test::Needles(_) => "contains_any",
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -446,13 +473,18 @@ impl ScalarUDFImpl for InKeySets {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
         let mut hit = vec![false; n];
-        for (arg, set) in args.args.iter().zip(&self.sets) {
-            let array = arg.to_array(n)?;
-            match array.data_type() {
-                DataType::Utf8View => mark_hits(&mut hit, array.as_string_view().iter(), set),
-                DataType::Utf8 => mark_hits(&mut hit, array.as_string::<i32>().iter(), set),
-                DataType::LargeUtf8 => mark_hits(&mut hit, array.as_string::<i64>().iter(), set),
-                other => return exec_err!("in_key_sets takes strings, not {other}"),
+        match &self.test {
+            Test::KeySets(sets) => {
+                for (arg, set) in args.args.iter().zip(sets) {
+                    mark_strings(&mut hit, &arg.to_array(n)?, self.name(), |v| {
+                        set.contains(v)
+                    })?;
+                }
+            }
+            Test::Needles(automaton) => {
+                mark_strings(&mut hit, &args.args[0].to_array(n)?, self.name(), |v| {
+                    automaton.is_match(v)
+                })?;
             }
         }
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(hit))))
@@ -468,58 +500,11 @@ pub fn contains_any(column: &str, needles: Vec<String>) -> Result<datafusion::pr
     }
     let automaton = aho_corasick::AhoCorasick::new(&needles)
         .map_err(|e| datafusion::error::DataFusionError::Execution(e.to_string()))?;
-    let udf = ContainsAny {
-        id: next_id(),
-        automaton,
-        signature: Signature::any(1, Volatility::Immutable),
-    };
-    Ok(ScalarUDF::new_from_impl(udf).call(vec![datafusion::prelude::col(column)]))
-}
-
-#[derive(Debug)]
-struct ContainsAny {
-    /// Tells instances apart (their needles are not compared).
-    id: u64,
-    automaton: aho_corasick::AhoCorasick,
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for ContainsAny {
-    fn name(&self) -> &str {
-        "contains_any"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let array = args.args[0].to_array(args.number_rows)?;
-        let found = |v: Option<&str>| v.is_some_and(|v| self.automaton.is_match(v));
-        let hits: BooleanArray = match array.data_type() {
-            DataType::Utf8View => array
-                .as_string_view()
-                .iter()
-                .map(|v| Some(found(v)))
-                .collect(),
-            DataType::Utf8 => array
-                .as_string::<i32>()
-                .iter()
-                .map(|v| Some(found(v)))
-                .collect(),
-            DataType::LargeUtf8 => array
-                .as_string::<i64>()
-                .iter()
-                .map(|v| Some(found(v)))
-                .collect(),
-            other => return exec_err!("contains_any takes strings, not {other}"),
-        };
-        Ok(ColumnarValue::Array(Arc::new(hits)))
-    }
+    Ok(StringFilter::udf(
+        Test::Needles(automaton),
+        Signature::any(1, Volatility::Immutable),
+    )
+    .call(vec![datafusion::prelude::col(column)]))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
