@@ -383,24 +383,32 @@ fn every_read_before(raw: &delta::Markers<'_>) -> Vec<input::ReadBefore> {
         .collect()
 }
 
-/// Whether a compressed local file is named like a rotated copy of a plain file read before in
-/// the same directory: `app.log.1.gz`, `app.log-20261128.gz` or `app.log.gz` after `app.log`.
-fn named_like_a_rotation(path: &str, paths_read: &HashSet<String>) -> bool {
+/// Whether a compressed local file is named like a rotated copy of a plain file read before:
+/// `app.log.1.gz`, `app.log-20261128.gz` or `app.log.gz` after an `app.log` in any directory
+/// (logrotate's `olddir` moves the copies elsewhere). `names_read` holds the file names of the
+/// paths read before; a name alike is only a candidate, compared by content.
+fn named_like_a_rotation(path: &str, names_read: &HashSet<&str>) -> bool {
     let compressed = [".gz", ".zst"];
     if !compressed.iter().any(|ext| path.ends_with(ext)) {
         return false;
     }
-    let Some((dir, name)) = path.rsplit_once('/') else {
-        return false;
-    };
+    let name = file_name(path);
     // The plain file's name is the start of this one's, up to a `.`, `-` or `_`: a look-up per
     // such place, whatever the number of paths read before.
     name.match_indices(['.', '-', '_']).any(|(i, _)| {
         let plain = &name[..i];
         !plain.is_empty()
             && !compressed.iter().any(|ext| plain.ends_with(ext))
-            && paths_read.contains(&format!("{dir}/{plain}"))
+            && names_read.contains(plain)
     })
+}
+
+/// The last component of a path (the whole of it when it has none).
+fn file_name(path: &str) -> &str {
+    std::path::Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(path)
 }
 
 async fn tail_marks(
@@ -711,9 +719,10 @@ pub async fn run(
         .await?;
     // Compressed files named like a rotation of a log read before may hold its lines: what was
     // read of every log is a candidate (tail markers are keyed by inode, not name).
+    let names_read: HashSet<&str> = paths_read.iter().map(|p| file_name(p)).collect();
     let any_rotation = looked_up
         .iter()
-        .any(|(file, ..)| named_like_a_rotation(&file.display, &paths_read));
+        .any(|(file, ..)| named_like_a_rotation(&file.display, &names_read));
     let read_before = Arc::new(match !req.force && any_rotation {
         true => every_read_before(&raw_markers),
         false => Vec::new(),
@@ -747,7 +756,7 @@ pub async fn run(
                 let grown = match growth(&file, tail) {
                     Growth::New
                         if !read_before.is_empty()
-                            && named_like_a_rotation(&file.display, &paths_read) =>
+                            && named_like_a_rotation(&file.display, &names_read) =>
                     {
                         compressed_copy(&file, &read_before).await
                     }
@@ -1472,9 +1481,7 @@ mod tests {
 
     #[test]
     fn compressed_files_named_like_a_rotation_of_a_log_read_before() {
-        let read: HashSet<String> = ["/logs/app.log", "/logs/app.log.1", "/other/web.ndjson"]
-            .map(String::from)
-            .into();
+        let read: HashSet<&str> = ["app.log", "app.log.1", "web.ndjson"].into();
         let rotation = |p: &str| named_like_a_rotation(p, &read);
         for yes in [
             "/logs/app.log.1.gz",
@@ -1483,19 +1490,23 @@ mod tests {
             "/logs/app.log_old.zst",
             "/logs/app.log.gz",
             "/other/web.ndjson.1.gz",
+            // logrotate's `olddir`: the copies go to another directory.
+            "/logs/archive/app.log.1.gz",
+            "app.log.3.gz",
         ] {
             assert!(rotation(yes), "{yes}");
         }
         for no in [
-            // Not compressed, in another directory, another name, or a name that only starts
-            // like the log's.
+            // Not compressed, another name, or a name that only starts like the log's.
             "/logs/app.log.2",
-            "/elsewhere/app.log.1.gz",
-            "/logs/web.ndjson.1.gz",
+            "/logs/web.json.1.gz",
             "/logs/app.logs.1.gz",
             "/logs/app.gz",
+            "/logs/app.log/x.gz",
         ] {
             assert!(!rotation(no), "{no}");
         }
+        assert_eq!(file_name("/logs/archive/app.log.1.gz"), "app.log.1.gz");
+        assert_eq!(file_name("app.log"), "app.log");
     }
 }

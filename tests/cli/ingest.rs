@@ -1200,6 +1200,31 @@ both_backends!(a_grown_file_lands_only_its_appended_lines, |backend| {
         std::fs::remove_file(ctx.path(gz)).unwrap();
     }
 
+    // logrotate's `olddir`: the copy is compressed into another directory of the inbox. It is
+    // known by its name and content all the same: only the line appended since the last tick
+    // lands.
+    append(&line("m2"));
+    std::fs::create_dir(ctx.path("logs/archive")).unwrap();
+    let renamed = ctx.path("logs/archive/app.ndjson.1");
+    std::fs::rename(&log, &renamed).unwrap();
+    gzip(&renamed, "logs/archive/app.ndjson.1.gz");
+    std::fs::write(&log, line("k1")).unwrap();
+    let s = ctx.ingest_json(&[dir]);
+    assert_eq!(lines(&s), (2, 2, 2, 0), "{s}");
+    assert_eq!(s["files_compressed_copies"], 1, "{s}");
+    assert_eq!(
+        ctx.query(
+            "SELECT event_id, line_number, regexp_replace(source_file, '.*/logs/', '') \
+             FROM raw_events WHERE event_id IN ('m1', 'm2', 'k1') ORDER BY 1, 3"
+        ),
+        [
+            "k1,1,app.ndjson",
+            "m1,1,app.ndjson",
+            "m2,2,archive/app.ndjson.1.gz"
+        ]
+    );
+    std::fs::remove_dir_all(ctx.path("logs/archive")).unwrap();
+
     // Rewritten in place: a new file under the same name is read whole, from line 1.
     std::fs::write(
         &log,
