@@ -575,53 +575,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
     resolve(&ctx, &names, &mut people).await?;
     let earlier = pending(lake).await?;
 
-    // Keys the star schema uses for these people and their sessions.
-    let all = union(&people);
-    let user_keys = customer_keys(&ctx, "user", &all.user_ids).await?;
-    let anonymous_keys = customer_keys(&ctx, "anonymous", &all.anonymous_ids).await?;
-    for ids in people.iter_mut() {
-        ids.user_keys.extend(
-            ids.user_ids
-                .iter()
-                .filter_map(|u| user_keys.get(u).cloned()),
-        );
-        ids.user_keys.extend(
-            ids.anonymous_ids
-                .iter()
-                .filter_map(|a| anonymous_keys.get(a).cloned()),
-        );
-    }
-    if names.iter().any(|n| n == "events") {
-        let columns = [
-            Column::UserId,
-            Column::StitchedUserId,
-            Column::AnonymousId,
-            Column::Email,
-        ];
-        if let Some(w) = any_of(&columns, &union(&people)) {
-            let rows = rows_of(
-                ctx.table("events")
-                    .await?
-                    .filter(w)?
-                    .select_columns(&[
-                        "user_id",
-                        "stitched_user_id",
-                        "anonymous_id",
-                        "email",
-                        "session_key",
-                    ])?
-                    .distinct()?,
-            )
-            .await?;
-            let owners = Owners::new(&columns, false, &people)?;
-            for r in &rows {
-                let Some(key) = &r[4] else { continue };
-                for i in owners.of(&r[..4]) {
-                    people[i].session_keys.insert(key.clone());
-                }
-            }
-        }
-    }
+    star_keys(&ctx, &names, &mut people).await?;
 
     let requested_at = chrono::Utc::now();
     let erasure_ids: Vec<String> = people
@@ -634,88 +588,12 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
             )
         })
         .collect();
-    let mut per_person: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); people.len()];
-    let all = union(&people);
-    let skip = [
-        catalog::ERASURES.name,
-        catalog::AUDIT.name,
-        catalog::RUNS.name,
-        catalog::INGESTED_FILES.name,
-    ];
-    let mut tables = Vec::new();
-    let mut rewrites = Vec::new();
-    // Tables without rows of these people, where an earlier erasure may have been cut off.
-    let mut leftovers = Vec::new();
-    for (name, table) in opened {
-        if skip.contains(&name.as_str()) {
-            continue;
-        }
-        let columns: Vec<String> = table
-            .snapshot()?
-            .schema()
-            .fields()
-            .map(|f| f.name().to_string())
-            .collect();
-        let Some(personal) = Personal::of(&name, &columns) else {
-            continue;
-        };
-        let Some(w) = personal.predicate(&all)? else {
-            leftovers.push((name, table));
-            continue;
-        };
-        // One scan counts everyone's rows: the matching rows grouped by the values that name
-        // people, each group then attributed to the people it names.
-        let mut keys: Vec<Expr> = personal.columns.iter().map(|c| col(c.name())).collect();
-        if personal.raw {
-            keys.push(col("raw"));
-        }
-        let counting = std::time::Instant::now();
-        let count = datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1));
-        let grouped = rows_of(
-            ctx.table(name.as_str())
-                .await?
-                .filter(w.clone())?
-                .aggregate(
-                    keys,
-                    vec![datafusion::prelude::cast(
-                        count,
-                        arrow::datatypes::DataType::Utf8,
-                    )],
-                )?,
-        )
-        .await?;
-        let count = |row: &Vec<Option<String>>| {
-            row.last()
-                .cloned()
-                .flatten()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let rows: u64 = grouped.iter().map(count).sum();
-        tracing::info!(
-            "{name}: {rows} rows of the people to erase, counted in {:.2} s",
-            counting.elapsed().as_secs_f64()
-        );
-        if rows == 0 {
-            leftovers.push((name, table));
-            continue;
-        }
-        let owners = Owners::new(&personal.columns, personal.raw, &people)?;
-        for row in &grouped {
-            let n = count(row);
-            for i in owners.of(row) {
-                if n > 0 {
-                    *per_person[i].entry(name.clone()).or_default() += n;
-                }
-            }
-        }
-        tables.push(TableErasure {
-            table: name.clone(),
-            rows,
-            ..Default::default()
-        });
-        rewrites.push((tables.len() - 1, table, w));
-    }
+    let Counted {
+        mut tables,
+        rewrites,
+        leftovers,
+        per_person,
+    } = count_rows(&ctx, opened, &people).await?;
     // Tables an erasure that was cut off meant to rewrite: the rewritten ones are finished by
     // their own vacuum; the others may still hold superseded files with its people's rows.
     let unfinished: BTreeSet<&String> = earlier.iter().flat_map(|(_, p)| &p.tables).collect();
@@ -771,26 +649,7 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         .zip(per_person)
         .zip(erasure_ids)
     {
-        // Every identity's pseudonym, as landing computes them from clear values.
-        let mut identities: BTreeSet<String> = BTreeSet::new();
-        identities.insert(pseudonym.clone());
-        for u in &ids.user_ids {
-            identities.insert(if cfg.privacy.user_id {
-                u.clone()
-            } else {
-                key.pseudonym("user_id", u)
-            });
-        }
-        for a in &ids.anonymous_ids {
-            identities.insert(key.pseudonym("anonymous_id", a));
-        }
-        for e in &ids.emails {
-            identities.insert(if cfg.privacy.email {
-                e.clone()
-            } else {
-                key.email(e)
-            });
-        }
+        let identities = landed_identities(cfg, key, &pseudonym, ids);
         let person = PersonErasure {
             erasure_id,
             subject_kind: subject.kind,
@@ -843,6 +702,198 @@ pub async fn erase(lake: &Lake, cfg: &Config, req: EraseRequest) -> Result<Erasu
         }
     }
     Ok(erasure)
+}
+
+/// Adds the keys the star schema uses for these people (`user_key` of their user and anonymous
+/// ids) and their sessions (`session_key` of their `events` rows).
+async fn star_keys(
+    ctx: &SessionContext,
+    names: &[String],
+    people: &mut [Identities],
+) -> Result<()> {
+    let all = union(people);
+    let user_keys = customer_keys(ctx, "user", &all.user_ids).await?;
+    let anonymous_keys = customer_keys(ctx, "anonymous", &all.anonymous_ids).await?;
+    for ids in people.iter_mut() {
+        ids.user_keys.extend(
+            ids.user_ids
+                .iter()
+                .filter_map(|u| user_keys.get(u).cloned()),
+        );
+        ids.user_keys.extend(
+            ids.anonymous_ids
+                .iter()
+                .filter_map(|a| anonymous_keys.get(a).cloned()),
+        );
+    }
+    if names.iter().any(|n| n == "events") {
+        let columns = [
+            Column::UserId,
+            Column::StitchedUserId,
+            Column::AnonymousId,
+            Column::Email,
+        ];
+        if let Some(w) = any_of(&columns, &union(people)) {
+            let rows = rows_of(
+                ctx.table("events")
+                    .await?
+                    .filter(w)?
+                    .select_columns(&[
+                        "user_id",
+                        "stitched_user_id",
+                        "anonymous_id",
+                        "email",
+                        "session_key",
+                    ])?
+                    .distinct()?,
+            )
+            .await?;
+            let owners = Owners::new(&columns, false, people)?;
+            for r in &rows {
+                let Some(key) = &r[4] else { continue };
+                for i in owners.of(&r[..4]) {
+                    people[i].session_keys.insert(key.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one grouped scan per table found of everyone's rows.
+struct Counted {
+    /// The tables holding rows of anyone, with their counts.
+    tables: Vec<TableErasure>,
+    /// Per such table: its entry in `tables`, the table, and the predicate of the rows to remove.
+    rewrites: Vec<(usize, deltalake::DeltaTable, Expr)>,
+    /// Tables without rows of these people, where an earlier erasure may have been cut off.
+    leftovers: Vec<(String, deltalake::DeltaTable)>,
+    /// Per person, rows per table.
+    per_person: Vec<BTreeMap<String, u64>>,
+}
+
+/// Counts every person's rows in every table that can hold personal data: the matching rows
+/// grouped by the values that name people, each group then attributed to the people it names.
+async fn count_rows(
+    ctx: &SessionContext,
+    opened: Vec<(String, deltalake::DeltaTable)>,
+    people: &[Identities],
+) -> Result<Counted> {
+    let mut per_person: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); people.len()];
+    let all = union(people);
+    let skip = [
+        catalog::ERASURES.name,
+        catalog::AUDIT.name,
+        catalog::RUNS.name,
+        catalog::INGESTED_FILES.name,
+    ];
+    let mut tables = Vec::new();
+    let mut rewrites = Vec::new();
+    let mut leftovers = Vec::new();
+    for (name, table) in opened {
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        let columns: Vec<String> = table
+            .snapshot()?
+            .schema()
+            .fields()
+            .map(|f| f.name().to_string())
+            .collect();
+        let Some(personal) = Personal::of(&name, &columns) else {
+            continue;
+        };
+        let Some(w) = personal.predicate(&all)? else {
+            leftovers.push((name, table));
+            continue;
+        };
+        let mut keys: Vec<Expr> = personal.columns.iter().map(|c| col(c.name())).collect();
+        if personal.raw {
+            keys.push(col("raw"));
+        }
+        let counting = std::time::Instant::now();
+        let count = datafusion::functions_aggregate::expr_fn::count(datafusion::prelude::lit(1));
+        let grouped = rows_of(
+            ctx.table(name.as_str())
+                .await?
+                .filter(w.clone())?
+                .aggregate(
+                    keys,
+                    vec![datafusion::prelude::cast(
+                        count,
+                        arrow::datatypes::DataType::Utf8,
+                    )],
+                )?,
+        )
+        .await?;
+        let count = |row: &Vec<Option<String>>| {
+            row.last()
+                .cloned()
+                .flatten()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let rows: u64 = grouped.iter().map(count).sum();
+        tracing::info!(
+            "{name}: {rows} rows of the people to erase, counted in {:.2} s",
+            counting.elapsed().as_secs_f64()
+        );
+        if rows == 0 {
+            leftovers.push((name, table));
+            continue;
+        }
+        let owners = Owners::new(&personal.columns, personal.raw, people)?;
+        for row in &grouped {
+            let n = count(row);
+            for i in owners.of(row) {
+                if n > 0 {
+                    *per_person[i].entry(name.clone()).or_default() += n;
+                }
+            }
+        }
+        tables.push(TableErasure {
+            table: name.clone(),
+            rows,
+            ..Default::default()
+        });
+        rewrites.push((tables.len() - 1, table, w));
+    }
+    Ok(Counted {
+        tables,
+        rewrites,
+        leftovers,
+        per_person,
+    })
+}
+
+/// Every identity's pseudonym, as landing computes them from clear values: what later landings
+/// refuse.
+fn landed_identities(
+    cfg: &Config,
+    key: &crate::privacy::PiiKey,
+    pseudonym: &str,
+    ids: &Identities,
+) -> BTreeSet<String> {
+    let mut identities: BTreeSet<String> = BTreeSet::new();
+    identities.insert(pseudonym.to_string());
+    for u in &ids.user_ids {
+        identities.insert(if cfg.privacy.user_id {
+            u.clone()
+        } else {
+            key.pseudonym("user_id", u)
+        });
+    }
+    for a in &ids.anonymous_ids {
+        identities.insert(key.pseudonym("anonymous_id", a));
+    }
+    for e in &ids.emails {
+        identities.insert(if cfg.privacy.email {
+            e.clone()
+        } else {
+            key.email(e)
+        });
+    }
+    identities
 }
 
 /// Rewrites each table without its erased rows (entry index, table, predicate), two at a time

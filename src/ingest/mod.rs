@@ -640,7 +640,111 @@ pub async fn run(
         ..Default::default()
     };
 
-    // Decide, per file, what still has to land.
+    let (plan, heal) = plan_reads(
+        files,
+        &req,
+        &known,
+        &paths_read,
+        (&raw, &quarantine),
+        &mut summary,
+    )
+    .await?;
+    if !heal.is_empty() {
+        let rows: Vec<RegistryRow> = heal
+            .iter()
+            .map(|(f, _)| RegistryRow::recovered(f, &batch_id, now.timestamp_micros()))
+            .collect();
+        append_registry(&mut registry, &rows, cfg).await?;
+    }
+
+    crate::pause("ingest-after-plan").await;
+    let (privacy, erasures_version) = landing(lake, cfg, req.drop_pii).await?;
+    let guard = CommitGuard {
+        lease_held: req.lease_held,
+        erasures_version,
+    };
+    let settings = parse_settings(
+        cfg,
+        &batch_id,
+        now.timestamp_micros(),
+        load_segments(lake).await?,
+        source,
+        privacy,
+    );
+
+    let groups = commit_groups(plan, cfg.ingest.commit_every);
+
+    let total_bytes: u64 = groups.iter().flatten().map(|p| p.file.to_read()).sum();
+    let progress = printer.bytes_progress(total_bytes, "ingest");
+    let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
+    let mut stats_total = LineStats::default();
+
+    for (n, group) in groups.into_iter().enumerate() {
+        tracing::info!(group = n + 1, files = group.len(), "ingesting group");
+        progress.set_prefix(format!("{} file(s)", group.len()));
+        let result = run_group(
+            group,
+            &settings,
+            lake,
+            &guard,
+            cfg,
+            &mut raw,
+            &mut quarantine,
+            &mut registry,
+            &progress,
+            &known,
+            req.force,
+        )
+        .await?;
+        for f in result.files {
+            summary.files.push(f);
+        }
+        stats_total.merge(&result.stats);
+        summary.files_read += result.files_read;
+        summary.files_skipped += result.files_skipped;
+        summary.bytes_read += result.bytes_read;
+        summary.bytes_written += result.bytes_written;
+        summary.data_files_written += result.data_files;
+        partitions.extend(result.partitions);
+        if result.raw_version.is_some() {
+            summary.raw_events_version = result.raw_version;
+        }
+        if result.quarantine_version.is_some() {
+            summary.quarantine_version = result.quarantine_version;
+        }
+    }
+    progress.finish_and_clear();
+
+    summary.files_appended = summary
+        .files
+        .iter()
+        .filter(|f| f.from_line.is_some() && f.status != COMPRESSED_COPY)
+        .count() as u64;
+    summary.files_compressed_copies = summary
+        .files
+        .iter()
+        .filter(|f| f.status == COMPRESSED_COPY)
+        .count() as u64;
+    summary.partitions_written = partitions.len() as u64;
+    summary.add_totals(&stats_total, started)?;
+    Ok(summary)
+}
+
+/// A file to read whole or from where it was read, and a file already landed whose registry
+/// row is missing (an ingest cut off after its commits), with the version that landed it.
+type Reads = (Vec<Planned>, Vec<(InputFile, i64)>);
+
+/// Decides, per file, what still has to land: files already ingested, still being written or
+/// unchanged are counted in `summary` and left out; a grown log is read from where it was read, a
+/// compressed copy of one from where that log was read.
+async fn plan_reads(
+    files: Vec<InputFile>,
+    req: &IngestRequest,
+    known: &HashMap<String, String>,
+    paths_read: &HashSet<String>,
+    (raw, quarantine): (&DeltaTable, &DeltaTable),
+    summary: &mut IngestSummary,
+) -> Result<Reads> {
     let settled = std::time::SystemTime::now() - req.min_file_age;
     let mut pending: Vec<InputFile> = Vec::new();
     for file in files {
@@ -671,20 +775,14 @@ pub async fn run(
     // markers say how far it was read. All are read once per table (see `delta::Markers`).
     let (raw_markers, quarantine_markers) = match pending.is_empty() {
         // An idle tick: every file is known, nothing to look up.
-        true => (
-            delta::Markers::none(&raw),
-            delta::Markers::none(&quarantine),
-        ),
-        false => futures::try_join!(
-            delta::Markers::load(&raw),
-            delta::Markers::load(&quarantine)
-        )?,
+        true => (delta::Markers::none(raw), delta::Markers::none(quarantine)),
+        false => futures::try_join!(delta::Markers::load(raw), delta::Markers::load(quarantine))?,
     };
     tracing::debug!(
         indexed = raw_markers.indexed() && quarantine_markers.indexed(),
         "txn markers read"
     );
-    let (raw_ref, quarantine_ref, paths_ref) = (&raw_markers, &quarantine_markers, &paths_read);
+    let (raw_ref, quarantine_ref, paths_ref) = (&raw_markers, &quarantine_markers, paths_read);
     let force = req.force;
     type LookedUp = (
         InputFile,
@@ -786,30 +884,12 @@ pub async fn run(
             }
         }
     }
-    if !heal.is_empty() {
-        let rows: Vec<RegistryRow> = heal
-            .iter()
-            .map(|(f, _)| RegistryRow::recovered(f, &batch_id, now.timestamp_micros()))
-            .collect();
-        append_registry(&mut registry, &rows, cfg).await?;
-    }
+    Ok((plan, heal))
+}
 
-    crate::pause("ingest-after-plan").await;
-    let (privacy, erasures_version) = landing(lake, cfg, req.drop_pii).await?;
-    let guard = CommitGuard {
-        lease_held: req.lease_held,
-        erasures_version,
-    };
-    let settings = parse_settings(
-        cfg,
-        &batch_id,
-        now.timestamp_micros(),
-        load_segments(lake).await?,
-        source,
-        privacy,
-    );
-
-    // Groups of about `commit_every` input bytes; stdin always alone (its identity comes last).
+/// Groups of about `commit_every` input bytes, each landed in one commit per table; stdin
+/// always alone (its identity is known once it has been read).
+fn commit_groups(plan: Vec<Planned>, commit_every: u64) -> Vec<Vec<Planned>> {
     let mut groups: Vec<Vec<Planned>> = Vec::new();
     let mut group_bytes = 0u64;
     for p in plan {
@@ -820,7 +900,7 @@ pub async fn run(
             || groups
                 .last()
                 .is_some_and(|g| g.iter().any(|x| x.file.key.is_none()))
-            || group_bytes + size > cfg.ingest.commit_every && group_bytes > 0;
+            || group_bytes + size > commit_every && group_bytes > 0;
         if start_new {
             groups.push(Vec::new());
             group_bytes = 0;
@@ -828,61 +908,7 @@ pub async fn run(
         group_bytes += size;
         groups.last_mut().expect("a group").push(p);
     }
-
-    let total_bytes: u64 = groups.iter().flatten().map(|p| p.file.to_read()).sum();
-    let progress = printer.bytes_progress(total_bytes, "ingest");
-    let mut partitions: BTreeSet<Vec<(String, Option<String>)>> = BTreeSet::new();
-    let mut stats_total = LineStats::default();
-
-    for (n, group) in groups.into_iter().enumerate() {
-        tracing::info!(group = n + 1, files = group.len(), "ingesting group");
-        progress.set_prefix(format!("{} file(s)", group.len()));
-        let result = run_group(
-            group,
-            &settings,
-            lake,
-            &guard,
-            cfg,
-            &mut raw,
-            &mut quarantine,
-            &mut registry,
-            &progress,
-            &known,
-            req.force,
-        )
-        .await?;
-        for f in result.files {
-            summary.files.push(f);
-        }
-        stats_total.merge(&result.stats);
-        summary.files_read += result.files_read;
-        summary.files_skipped += result.files_skipped;
-        summary.bytes_read += result.bytes_read;
-        summary.bytes_written += result.bytes_written;
-        summary.data_files_written += result.data_files;
-        partitions.extend(result.partitions);
-        if result.raw_version.is_some() {
-            summary.raw_events_version = result.raw_version;
-        }
-        if result.quarantine_version.is_some() {
-            summary.quarantine_version = result.quarantine_version;
-        }
-    }
-    progress.finish_and_clear();
-
-    summary.files_appended = summary
-        .files
-        .iter()
-        .filter(|f| f.from_line.is_some() && f.status != COMPRESSED_COPY)
-        .count() as u64;
-    summary.files_compressed_copies = summary
-        .files
-        .iter()
-        .filter(|f| f.status == COMPRESSED_COPY)
-        .count() as u64;
-    summary.partitions_written = partitions.len() as u64;
-    summary.add_totals(&stats_total, started)?;
-    Ok(summary)
+    groups
 }
 
 impl IngestSummary {
