@@ -1077,38 +1077,7 @@ async fn build_table(
         )
     };
     // What `events` means for this model.
-    let _ = ctx.deregister_table("events");
-    let incremental = match &work {
-        Work::Incremental { column, keys } => {
-            out.mode = "incremental";
-            out.keys_changed = Some(keys.len() as u64);
-            // The keys as the table holds them; customers are recorded by identity (unhashed).
-            let table_keys = match catalog::is_events_column(column) {
-                true => keys.clone(),
-                false => {
-                    ctx.register_table("changed_customers", Arc::new(customers_table(keys)?))?;
-                    user_keys(ctx, keys).await?
-                }
-            };
-            ctx.register_table("changed_keys", Arc::new(key_table(&table_keys)?))?;
-            let most_keys = match &existing {
-                Some(t) => keys.len() as u64 * 2 > delta::table_rows(t)?,
-                None => true,
-            };
-            ctx.register_table("events", shared.get(ctx, column, keys, most_keys).await?)?;
-            Some((
-                column.clone(),
-                table_keys.into_iter().collect::<HashSet<_>>(),
-            ))
-        }
-        Work::Full(reason) => {
-            out.mode = "full";
-            out.reason = Some(reason.clone());
-            ctx.register_table("events", ctx.table_provider("events_all").await?)?;
-            None
-        }
-        Work::UpToDate => unreachable!("handled by the caller"),
-    };
+    let incremental = register_events(ctx, &work, existing.as_ref(), shared, &mut out).await?;
     lap("its events rows registered");
     let _ = ctx.deregister_table("this");
     ctx.register_table("this", this_provider(existing.as_ref(), model).await?)?;
@@ -1143,8 +1112,6 @@ async fn build_table(
         }
     };
 
-    let mut removes: Vec<Action> = Vec::new();
-    let mut patched_adds: Vec<deltalake::kernel::Add> = Vec::new();
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
     let mut sink = delta::TableSink::new(
@@ -1201,69 +1168,25 @@ async fn build_table(
     );
     out.rows_computed = computed;
     lap("model run");
-    match &incremental {
+    let (patched_adds, removes) = match &incremental {
         None => {
-            removes.extend(
-                table
-                    .snapshot()?
-                    .log_data()
-                    .iter()
-                    .map(|f| Action::Remove(f.remove_action(true))),
-            );
+            let removes: Vec<Action> = table
+                .snapshot()?
+                .log_data()
+                .iter()
+                .map(|f| Action::Remove(f.remove_action(true)))
+                .collect();
+            (Vec::new(), removes)
         }
-        Some((column, keys)) if !keys.is_empty() => {
-            let (files, patched) = match held.take() {
-                Some(rows) => {
-                    let rows = rows
-                        .iter()
-                        .map(|b| sink.conform(b))
-                        .collect::<Result<Vec<_>>>()?;
-                    let plan = plan_patches(ctx, &table, column, &rows).await?;
-                    // The new rows but those the patches carry (or that equal the current ones).
-                    for b in &rows {
-                        let (kept, _) = rows_by_keys(b, column, &plan.carried, false)?;
-                        sink.write(&kept).await?;
-                    }
-                    let mut adds = Vec::new();
-                    if !plan.patches.is_empty() {
-                        let files: Vec<String> = plan.patches.keys().cloned().collect();
-                        out.files_patched = files.len() as u64;
-                        out.rows_patched = plan.patches.values().map(|p| p.rows.len() as u64).sum();
-                        let target = crate::patch::Target {
-                            table: &model.name,
-                            key: column,
-                        };
-                        let props = delta::writer_properties(
-                            cfg.ingest.zstd_level,
-                            cfg.ingest.row_group_rows,
-                        )?;
-                        adds = crate::patch::patch_files(
-                            &table,
-                            target,
-                            plan.patches,
-                            &props,
-                            cfg.memory_limit,
-                        )
-                        .await?;
-                        removes.extend(delta::remove_actions(&table, &files, &model.name)?);
-                    }
-                    (plan.rewrite, adds)
-                }
-                None => (files_holding(ctx, &table, column).await?, Vec::new()),
+        Some((column, keys)) => {
+            let changed = Changed {
+                column,
+                keys,
+                held: held.take(),
             };
-            if !files.is_empty() {
-                out.rows_copied +=
-                    delta::copy_rows_except(ctx, &table, &files, column, keys, &mut sink).await?;
-                removes.extend(delta::remove_actions(&table, &files, &model.name)?);
-            }
-            patched_adds = patched;
+            replace_keys(ctx, cfg, model, &table, changed, &mut sink, &mut out).await?
         }
-        Some(_) => {
-            for b in held.take().unwrap_or_default() {
-                sink.write(&b).await?;
-            }
-        }
-    }
+    };
     let mut adds = sink.finish().await?;
     adds.extend(patched_adds);
     lap("files holding changed keys rewritten, data files closed");
@@ -1293,6 +1216,123 @@ async fn build_table(
     fault(&format!("build-after-commit-{}", model.name));
     out.version = Some(version);
     Ok((out, table))
+}
+
+/// Registers `events` as this model reads it: on an incremental build, the rows of the changed
+/// keys (and `changed_keys`, plus `changed_customers` for a customer-keyed model); on a full one,
+/// all of it. Returns the key column and the keys as the table holds them, when incremental.
+async fn register_events(
+    ctx: &SessionContext,
+    work: &Work,
+    existing: Option<&DeltaTable>,
+    shared: &SharedRows,
+    out: &mut TableBuild,
+) -> Result<Option<(String, HashSet<String>)>> {
+    let _ = ctx.deregister_table("events");
+    Ok(match work {
+        Work::Incremental { column, keys } => {
+            out.mode = "incremental";
+            out.keys_changed = Some(keys.len() as u64);
+            // The keys as the table holds them; customers are recorded by identity (unhashed).
+            let table_keys = match catalog::is_events_column(column) {
+                true => keys.clone(),
+                false => {
+                    ctx.register_table("changed_customers", Arc::new(customers_table(keys)?))?;
+                    user_keys(ctx, keys).await?
+                }
+            };
+            ctx.register_table("changed_keys", Arc::new(key_table(&table_keys)?))?;
+            let most_keys = match existing {
+                Some(t) => keys.len() as u64 * 2 > delta::table_rows(t)?,
+                None => true,
+            };
+            ctx.register_table("events", shared.get(ctx, column, keys, most_keys).await?)?;
+            Some((
+                column.clone(),
+                table_keys.into_iter().collect::<HashSet<_>>(),
+            ))
+        }
+        Work::Full(reason) => {
+            out.mode = "full";
+            out.reason = Some(reason.clone());
+            ctx.register_table("events", ctx.table_provider("events_all").await?)?;
+            None
+        }
+        Work::UpToDate => unreachable!("handled by the caller"),
+    })
+}
+
+/// The rows an incremental model computed for its changed keys.
+struct Changed<'a> {
+    column: &'a str,
+    keys: &'a HashSet<String>,
+    /// The rows held back to patch files in place; `None` when there were too many to hold (they
+    /// have streamed to the sink).
+    held: Option<Vec<RecordBatch>>,
+}
+
+/// Replaces the changed keys' current rows: files where only string columns changed are
+/// patched in place, the other files holding those keys are rewritten without them into `sink`.
+/// Returns the patched files' adds and the removes of the files they replace.
+async fn replace_keys(
+    ctx: &SessionContext,
+    cfg: &Config,
+    model: &Model,
+    table: &DeltaTable,
+    changed: Changed<'_>,
+    sink: &mut delta::TableSink,
+    out: &mut TableBuild,
+) -> Result<(Vec<deltalake::kernel::Add>, Vec<Action>)> {
+    let Changed { column, keys, held } = changed;
+    let mut removes = Vec::new();
+    if keys.is_empty() {
+        for b in held.unwrap_or_default() {
+            sink.write(&b).await?;
+        }
+        return Ok((Vec::new(), removes));
+    }
+    let (files, patched) = match held {
+        Some(rows) => {
+            let rows = rows
+                .iter()
+                .map(|b| sink.conform(b))
+                .collect::<Result<Vec<_>>>()?;
+            let plan = plan_patches(ctx, table, column, &rows).await?;
+            // The new rows but those the patches carry (or that equal the current ones).
+            for b in &rows {
+                let (kept, _) = rows_by_keys(b, column, &plan.carried, false)?;
+                sink.write(&kept).await?;
+            }
+            let mut adds = Vec::new();
+            if !plan.patches.is_empty() {
+                let files: Vec<String> = plan.patches.keys().cloned().collect();
+                out.files_patched = files.len() as u64;
+                out.rows_patched = plan.patches.values().map(|p| p.rows.len() as u64).sum();
+                let target = crate::patch::Target {
+                    table: &model.name,
+                    key: column,
+                };
+                let props =
+                    delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+                adds = crate::patch::patch_files(
+                    table,
+                    target,
+                    plan.patches,
+                    &props,
+                    cfg.memory_limit,
+                )
+                .await?;
+                removes.extend(delta::remove_actions(table, &files, &model.name)?);
+            }
+            (plan.rewrite, adds)
+        }
+        None => (files_holding(ctx, table, column).await?, Vec::new()),
+    };
+    if !files.is_empty() {
+        out.rows_copied += delta::copy_rows_except(ctx, table, &files, column, keys, sink).await?;
+        removes.extend(delta::remove_actions(table, &files, &model.name)?);
+    }
+    Ok((patched, removes))
 }
 
 fn is_zero(n: &u64) -> bool {
