@@ -47,6 +47,59 @@ pub struct Target<'a> {
     pub key: &'a str,
 }
 
+/// What replaced some keys' current rows in a table: the new files (the patched ones; rows
+/// copied out of rewritten files went to the sink) and the removes of the files they replace.
+#[derive(Default)]
+pub struct Replaced {
+    pub adds: Vec<Add>,
+    pub removes: Vec<deltalake::kernel::Action>,
+    pub files_patched: u64,
+    pub rows_patched: u64,
+    pub rows_copied: u64,
+}
+
+/// The files holding current rows of some keys, and what becomes of them.
+pub struct Replacement<'a> {
+    /// Files patched in place, with their rows' new values.
+    pub patches: HashMap<String, ColumnPatch>,
+    /// Files rewritten: every row but those of the keys in `drop` is copied.
+    pub rewrite: &'a [String],
+    pub drop: &'a std::collections::HashSet<String>,
+}
+
+/// Replaces the current rows of some keys: each file of `patches` is patched in place; every
+/// file of `rewrite` has its other rows copied into `sink` (the new rows of those keys go there
+/// too, written by the caller). `clean` and `build` end an incremental run so.
+pub async fn replace(
+    ctx: &datafusion::prelude::SessionContext,
+    table: &DeltaTable,
+    target: Target<'_>,
+    replacement: Replacement<'_>,
+    sink: &mut delta::TableSink,
+    (props, memory_limit): (&WriterProperties, u64),
+) -> Result<Replaced> {
+    let Replacement {
+        patches,
+        rewrite,
+        drop,
+    } = replacement;
+    let mut out = Replaced::default();
+    if !patches.is_empty() {
+        let files: Vec<String> = patches.keys().cloned().collect();
+        out.files_patched = files.len() as u64;
+        out.rows_patched = patches.values().map(|p| p.rows.len() as u64).sum();
+        out.adds = patch_files(table, target, patches, props, memory_limit).await?;
+        out.removes = delta::remove_actions(table, &files, target.table)?;
+    }
+    if !rewrite.is_empty() {
+        out.rows_copied =
+            delta::copy_rows_except(ctx, table, rewrite, target.key, drop, sink).await?;
+        out.removes
+            .extend(delta::remove_actions(table, rewrite, target.table)?);
+    }
+    Ok(out)
+}
+
 /// Patches every file of `patches` and returns the new files' Adds. Two files at a time, each
 /// on a task of its own (decoding and encoding take a core), when the memory budget allows: a
 /// patch holds its file and the new copy in memory.

@@ -1284,14 +1284,13 @@ async fn replace_keys(
     out: &mut TableBuild,
 ) -> Result<(Vec<deltalake::kernel::Add>, Vec<Action>)> {
     let Changed { column, keys, held } = changed;
-    let mut removes = Vec::new();
     if keys.is_empty() {
         for b in held.unwrap_or_default() {
             sink.write(&b).await?;
         }
-        return Ok((Vec::new(), removes));
+        return Ok((Vec::new(), Vec::new()));
     }
-    let (files, patched) = match held {
+    let (patches, rewrite) = match held {
         Some(rows) => {
             let rows = rows
                 .iter()
@@ -1303,36 +1302,32 @@ async fn replace_keys(
                 let (kept, _) = rows_by_keys(b, column, &plan.carried, false)?;
                 sink.write(&kept).await?;
             }
-            let mut adds = Vec::new();
-            if !plan.patches.is_empty() {
-                let files: Vec<String> = plan.patches.keys().cloned().collect();
-                out.files_patched = files.len() as u64;
-                out.rows_patched = plan.patches.values().map(|p| p.rows.len() as u64).sum();
-                let target = crate::patch::Target {
-                    table: &model.name,
-                    key: column,
-                };
-                let props =
-                    delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
-                adds = crate::patch::patch_files(
-                    table,
-                    target,
-                    plan.patches,
-                    &props,
-                    cfg.memory_limit,
-                )
-                .await?;
-                removes.extend(delta::remove_actions(table, &files, &model.name)?);
-            }
-            (plan.rewrite, adds)
+            (plan.patches, plan.rewrite)
         }
-        None => (files_holding(ctx, table, column).await?, Vec::new()),
+        None => (HashMap::new(), files_holding(ctx, table, column).await?),
     };
-    if !files.is_empty() {
-        out.rows_copied += delta::copy_rows_except(ctx, table, &files, column, keys, sink).await?;
-        removes.extend(delta::remove_actions(table, &files, &model.name)?);
-    }
-    Ok((patched, removes))
+    let target = crate::patch::Target {
+        table: &model.name,
+        key: column,
+    };
+    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
+    let done = crate::patch::replace(
+        ctx,
+        table,
+        target,
+        crate::patch::Replacement {
+            patches,
+            rewrite: &rewrite,
+            drop: keys,
+        },
+        sink,
+        (&props, cfg.memory_limit),
+    )
+    .await?;
+    out.files_patched = done.files_patched;
+    out.rows_patched = done.rows_patched;
+    out.rows_copied += done.rows_copied;
+    Ok((done.adds, done.removes))
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -240,28 +240,31 @@ pub async fn run(
 
     // Rows to patch into a file that is rewritten anyway go with the rewrite.
     let patches = patch::plan(to_patch, &superseded, &mut changed_ids, &mut write).await?;
-    let mut patched_adds = Vec::new();
-    if !patches.is_empty() {
-        let files: Vec<String> = patches.keys().cloned().collect();
-        summary.events_patched = patches.values().map(|p| p.rows.len() as u64).sum();
-        summary.files_patched = files.len() as u64;
-        let target = crate::patch::Target {
-            table: EVENTS.name,
-            key: "event_id",
-        };
-        patched_adds =
-            crate::patch::patch_files(&events, target, patches, &props, cfg.memory_limit).await?;
-        removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
-    }
-    if !superseded.is_empty() {
-        let files: Vec<String> = superseded.into_iter().collect();
-        // Every row of those files except the superseded versions.
-        let changed: HashSet<String> = changed_ids.into_iter().collect();
-        summary.events_copied +=
-            delta::copy_rows_except(&ctx, &events, &files, "event_id", &changed, &mut write)
-                .await?;
-        removes.extend(delta::remove_actions(&events, &files, EVENTS.name)?);
-    }
+    // Every row of the superseded files but the superseded versions is copied.
+    let rewrite: Vec<String> = superseded.into_iter().collect();
+    let changed: HashSet<String> = changed_ids.into_iter().collect();
+    let target = crate::patch::Target {
+        table: EVENTS.name,
+        key: "event_id",
+    };
+    let done = crate::patch::replace(
+        &ctx,
+        &events,
+        target,
+        crate::patch::Replacement {
+            patches,
+            rewrite: &rewrite,
+            drop: &changed,
+        },
+        &mut write,
+        (&props, cfg.memory_limit),
+    )
+    .await?;
+    summary.events_patched = done.rows_patched;
+    summary.files_patched = done.files_patched;
+    summary.events_copied += done.rows_copied;
+    removes.extend(done.removes);
+    let patched_adds = done.adds;
     let mut adds = write.finish().await?;
     adds.extend(patched_adds);
     laps.lap("superseded files rewritten");
