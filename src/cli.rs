@@ -415,6 +415,9 @@ pub enum OutputFormat {
     /// One `column = value` line a column and a blank line between rows, for rows too wide for
     /// a table (DuckDB's `.mode line`, psql's `\x`)
     Line,
+    /// A GitHub-flavoured Markdown table, every row, streamed (DuckDB's `.mode markdown`), to
+    /// paste into an issue, a pull request or a wiki
+    Markdown,
     /// zstd-compressed Parquet (with --output, or to a pipe)
     Parquet,
 }

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `\d`, `.tables` | list the tables |
 //! | `\d TABLE`, `.schema TABLE` | describe a table: columns, types, nullability, partitions |
-//! | `\format FORMAT` | switch the output format (table, csv, tsv, json, ndjson, line) |
+//! | `\format FORMAT` | switch the output format (table, csv, tsv, json, ndjson, line, markdown) |
 //! | `\x [on\|off]` | rows as `column = value` lines, for wide rows (psql's expanded display) |
 //! | `\maxrows N` | rows shown by the table and line formats (the rest are counted); 0 for all |
 //! | `\?`, `.help` | this list |
@@ -39,7 +39,7 @@ const CONTINUE: &str = "        -> ";
 const HELP: &str = "\
   \\d, .tables            list the tables
   \\d TABLE, .schema T    describe a table
-  \\format FORMAT         table, csv, tsv, json, ndjson or line
+  \\format FORMAT         table, csv, tsv, json, ndjson, line or markdown
   \\x [on|off]            rows as `column = value` lines (for wide rows)
   \\maxrows N             rows the table and line formats show (0: all)
   \\q, .quit, exit        leave (or Ctrl-D)
@@ -309,7 +309,7 @@ pub(crate) fn parse_meta(line: &str) -> Result<Option<Meta>, String> {
         ("\\format" | ".mode", Some(f)) => match OutputFormat::from_str(f, true) {
             Ok(OutputFormat::Parquet) | Err(_) => {
                 return Err(format!(
-                    "{cmd}: {f:?} is not one of table, csv, tsv, json, ndjson, line"
+                    "{cmd}: {f:?} is not one of table, csv, tsv, json, ndjson, line, markdown"
                 ))
             }
             Ok(f) => Meta::Format(f),

@@ -560,6 +560,27 @@ async fn write_result(
                     .await?;
             }
         }
+        OutputFormat::Markdown => {
+            sink.write_all(markdown_header(&schema).as_bytes()).await?;
+            let options = arrow::util::display::FormatOptions::default();
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| user_error(name, e))?;
+                rows += b.num_rows();
+                let columns = b
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c, &options))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut text = String::new();
+                for row in 0..b.num_rows() {
+                    let cells = columns
+                        .iter()
+                        .map(|c| markdown_cell(&c.value(row).to_string()));
+                    text.push_str(&markdown_row(cells));
+                }
+                sink.write_all(text.as_bytes()).await?;
+            }
+        }
         OutputFormat::Csv | OutputFormat::Tsv => {
             let delim = if format == OutputFormat::Csv {
                 b','
@@ -633,6 +654,39 @@ async fn write_result(
         }
     }
     Ok(())
+}
+
+/// A Markdown table's header: the column names, then a rule that aligns numbers right.
+fn markdown_header(schema: &arrow::datatypes::Schema) -> String {
+    let names = schema.fields().iter().map(|f| markdown_cell(f.name()));
+    let rule = schema.fields().iter().map(|f| {
+        match f.data_type().is_numeric() {
+            true => "---:",
+            false => "---",
+        }
+        .to_string()
+    });
+    markdown_row(names) + &markdown_row(rule)
+}
+
+/// `| a | b |` and a line end.
+fn markdown_row(cells: impl Iterator<Item = String>) -> String {
+    let mut line = String::from("|");
+    for cell in cells {
+        line.push(' ');
+        line.push_str(&cell);
+        line.push_str(" |");
+    }
+    line.push('\n');
+    line
+}
+
+/// A value as a Markdown table cell: a `|` escaped, line breaks as `<br>` (a cell is one line).
+fn markdown_cell(value: &str) -> String {
+    value
+        .replace('|', "\\|")
+        .replace("\r\n", "<br>")
+        .replace(['\n', '\r'], "<br>")
 }
 
 /// A column type as SQL names it (what `CAST(x AS …)` takes), as DuckDB's `DESCRIBE` shows it:

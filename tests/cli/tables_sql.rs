@@ -128,6 +128,32 @@ fn sql_output_formats() {
     assert_eq!(lines, "value = 0\n\nvalue = 1\n\n(2 of 100 rows shown)\n");
     let csv = ctx.ok(&["sql", "--format", "csv", "--max-rows", "2", "-c", hundred]);
     assert_eq!(csv.lines().count(), 101);
+    // Markdown, to paste: every row, numbers aligned right, NULL empty, a `|` escaped and a
+    // line break as <br> so that a cell stays on its line.
+    assert_eq!(
+        ctx.ok(&["sql", "--format", "markdown", "-c", q]),
+        "| event_id | price |\n| --- | ---: |\n| e1 | 59.90 |\n| e18 | 19.99 |\n| e20 |  |\n"
+    );
+    assert_eq!(
+        ctx.ok(&[
+            "sql",
+            "--format",
+            "markdown",
+            "-c",
+            "SELECT 'a|b' AS \"x|y\", concat('l1', chr(10), 'l2') AS z"
+        ]),
+        "| x\\|y | z |\n| --- | --- |\n| a\\|b | l1<br>l2 |\n"
+    );
+    let md = ctx.ok(&[
+        "sql",
+        "--format",
+        "markdown",
+        "--max-rows",
+        "2",
+        "-c",
+        hundred,
+    ]);
+    assert_eq!(md.lines().count(), 102);
 
     // SHOW TABLES: the lake's tables first, by name, the same on every run.
     let shown = ctx.ok(&["sql", "--format", "csv", "-c", "SHOW TABLES"]);
