@@ -538,11 +538,7 @@ async fn write_result(
                 if shown == 0 {
                     continue;
                 }
-                let columns = b
-                    .columns()
-                    .iter()
-                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c, &options))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let columns = formatters(&b, &options)?;
                 let mut text = String::new();
                 for row in 0..shown {
                     if rows - b.num_rows() + row > 0 {
@@ -566,11 +562,7 @@ async fn write_result(
             while let Some(b) = stream.next().await {
                 let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
-                let columns = b
-                    .columns()
-                    .iter()
-                    .map(|c| arrow::util::display::ArrayFormatter::try_new(c, &options))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let columns = formatters(&b, &options)?;
                 let mut text = String::new();
                 for row in 0..b.num_rows() {
                     let cells = columns
@@ -654,6 +646,17 @@ async fn write_result(
         }
     }
     Ok(())
+}
+
+/// A formatter of each column of `b`, for its values as text.
+fn formatters<'a>(
+    b: &'a arrow::record_batch::RecordBatch,
+    options: &'a arrow::util::display::FormatOptions<'a>,
+) -> Result<Vec<arrow::util::display::ArrayFormatter<'a>>, arrow::error::ArrowError> {
+    b.columns()
+        .iter()
+        .map(|c| arrow::util::display::ArrayFormatter::try_new(c, options))
+        .collect()
 }
 
 /// A Markdown table's header: the column names, then a rule that aligns numbers right.
