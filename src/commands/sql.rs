@@ -352,7 +352,7 @@ async fn run_statement(
     lake: &Lake,
     ctx: &datafusion::prelude::SessionContext,
     statement: Statement,
-    name: &str,
+    (name, started): (&str, std::time::Instant),
     out: &Output<'_>,
 ) -> anyhow::Result<()> {
     let state = ctx.state();
@@ -378,7 +378,7 @@ async fn run_statement(
         true => sql_typed_columns(ctx, df).await?,
         false => df,
     };
-    write_result(cfg, lake, df, name, out).await
+    write_result(cfg, lake, df, (name, started), out).await
 }
 
 /// `SHOW COLUMNS`' rows with their `data_type` named as SQL names it, like `DESCRIBE`: the
@@ -458,13 +458,17 @@ pub(crate) async fn run_piece(
     name: &str,
     out: &Output<'_>,
 ) -> anyhow::Result<()> {
+    // From planning to the last row written, as datafusion-cli's "Elapsed".
+    let started = std::time::Instant::now();
     match piece {
-        Piece::Sql(statement) => run_statement(cfg, lake, ctx, statement, name, out).await,
+        Piece::Sql(statement) => {
+            run_statement(cfg, lake, ctx, statement, (name, started), out).await
+        }
         Piece::Summarize(from, _) => {
             let df = crate::summarize::run(ctx, &from)
                 .await
                 .map_err(|e| planning_error(ctx, name, e, out.time_travel))?;
-            write_result(cfg, lake, df, name, out).await
+            write_result(cfg, lake, df, (name, started), out).await
         }
     }
 }
@@ -483,12 +487,13 @@ fn planning_error(
     }
 }
 
-/// Streams `df`'s result to the output in its format.
+/// Streams `df`'s result to the output in its format; `started` is when the statement's planning
+/// began.
 async fn write_result(
     cfg: &Config,
     lake: &Lake,
     df: datafusion::prelude::DataFrame,
-    name: &str,
+    (name, started): (&str, std::time::Instant),
     out: &Output<'_>,
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
@@ -640,9 +645,10 @@ async fn write_result(
     if !cfg.quiet
         && (matches!(format, OutputFormat::Table | OutputFormat::Line) || output.is_some())
     {
+        let secs = started.elapsed().as_secs_f64();
         match output {
-            Some(o) => eprintln!("{rows} row(s) written to {o}"),
-            None => eprintln!("{rows} row(s)"),
+            Some(o) => eprintln!("{rows} row(s) written to {o} in {secs:.3} s"),
+            None => eprintln!("{rows} row(s) in {secs:.3} s"),
         }
     }
     Ok(())

@@ -93,6 +93,15 @@ fn sql_output_formats() {
     assert_eq!(js.as_array().unwrap().len(), 3);
     let table = ctx.ok(&["sql", "-c", q]);
     assert!(table.contains("| e18      | 19.99 |"), "{table}");
+    // The rows and the time from planning to the last row, on stderr (as datafusion-cli's
+    // "Elapsed"), apart from the result.
+    let run = ctx.run(&["sql", "-c", q]);
+    let said = String::from_utf8_lossy(&run.stderr).trim().to_string();
+    let secs = said
+        .strip_prefix("3 row(s) in ")
+        .and_then(|s| s.strip_suffix(" s"))
+        .and_then(|s| s.parse::<f64>().ok());
+    assert!(secs.is_some_and(|s| s < 60.0), "{said}");
     // An empty result still names its columns (it printed `++`, and CSV nothing at all).
     let none = "SELECT event_id, price FROM raw_events WHERE false";
     assert_eq!(
