@@ -567,12 +567,33 @@ impl PathArg {
 fn walk<'v>(mut v: &'v Value, path: &[PathArg], row: usize) -> Option<&'v Value> {
     for p in path {
         v = match (p.step(row)?, v) {
-            (Step::Key(k), Value::Object(m)) => m.get(k)?,
+            (Step::Key(k), Value::Object(m)) => field(m, k)?,
             (Step::Index(i), Value::Array(a)) if i >= 0 => a.get(i as usize)?,
             _ => return None,
         };
     }
     Some(v)
+}
+
+/// Objects up to this many fields are searched in order rather than through their hash index.
+const SCAN_FIELDS_MAX: usize = 8;
+
+/// Field `key` of an object. A small object (a GA4 parameter's `{"key", "value"}`, its typed
+/// value, an item's fields) is searched by comparing names: hashing the name to look it up cost
+/// more than the comparisons, and GA4 mappings look up millions of such fields.
+fn field<'v>(m: &'v serde_json::Map<String, Value>, key: &str) -> Option<&'v Value> {
+    match m.len() <= SCAN_FIELDS_MAX {
+        true => m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v),
+        false => m.get(key),
+    }
+}
+
+/// Field `key` of `v` when it is an object.
+fn object_field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    match v {
+        Value::Object(m) => field(m, key),
+        _ => None,
+    }
 }
 
 /// The value of parameter `name` in a key/value array as GA4 and Firebase export them
@@ -583,11 +604,11 @@ fn param<'v>(array: &'v Value, name: &str) -> Option<&'v Value> {
     let entry = array
         .as_array()?
         .iter()
-        .find(|e| e.get("key").and_then(Value::as_str) == Some(name))?;
-    match entry.get("value")? {
+        .find(|e| object_field(e, "key").and_then(Value::as_str) == Some(name))?;
+    match object_field(entry, "value")? {
         Value::Object(typed) => ["string_value", "int_value", "double_value", "float_value"]
             .iter()
-            .filter_map(|k| typed.get(*k))
+            .filter_map(|k| field(typed, k))
             .chain(typed.values())
             .find(|v| !v.is_null()),
         other => Some(other),
