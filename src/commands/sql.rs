@@ -568,12 +568,20 @@ async fn write_result(
                 let b = b.map_err(|e| user_error(name, e))?;
                 rows += b.num_rows();
                 let columns = formatters(&b, &options)?;
-                let mut text = String::new();
+                // One text per batch; a cell is formatted into `cell`, reused, and escaped only
+                // when it holds a `|` or a line break.
+                let (mut text, mut cell) = (String::new(), String::new());
                 for row in 0..b.num_rows() {
-                    let cells = columns
-                        .iter()
-                        .map(|c| markdown_cell(&c.value(row).to_string()));
-                    text.push_str(&markdown_row(cells));
+                    text.push('|');
+                    for c in &columns {
+                        use std::fmt::Write as _;
+                        cell.clear();
+                        write!(cell, "{}", c.value(row))?;
+                        text.push(' ');
+                        push_markdown_cell(&mut text, &cell);
+                        text.push_str(" |");
+                    }
+                    text.push('\n');
                 }
                 sink.write_all(text.as_bytes()).await?;
             }
@@ -667,35 +675,35 @@ fn formatters<'a>(
 
 /// A Markdown table's header: the column names, then a rule that aligns numbers right.
 fn markdown_header(schema: &arrow::datatypes::Schema) -> String {
-    let names = schema.fields().iter().map(|f| markdown_cell(f.name()));
-    let rule = schema.fields().iter().map(|f| {
-        match f.data_type().is_numeric() {
-            true => "---:",
-            false => "---",
-        }
-        .to_string()
-    });
-    markdown_row(names) + &markdown_row(rule)
-}
-
-/// `| a | b |` and a line end.
-fn markdown_row(cells: impl Iterator<Item = String>) -> String {
-    let mut line = String::from("|");
-    for cell in cells {
-        line.push(' ');
-        line.push_str(&cell);
-        line.push_str(" |");
+    let (mut names, mut rule) = (String::from("|"), String::from("|"));
+    for f in schema.fields() {
+        names.push(' ');
+        push_markdown_cell(&mut names, f.name());
+        names.push_str(" |");
+        rule.push_str(match f.data_type().is_numeric() {
+            true => " ---: |",
+            false => " --- |",
+        });
     }
-    line.push('\n');
-    line
+    format!("{names}\n{rule}\n")
 }
 
-/// A value as a Markdown table cell: a `|` escaped, line breaks as `<br>` (a cell is one line).
-fn markdown_cell(value: &str) -> String {
-    value
-        .replace('|', "\\|")
-        .replace("\r\n", "<br>")
-        .replace(['\n', '\r'], "<br>")
+/// Appends a value as a Markdown table cell: a `|` escaped, line breaks as `<br>` (a cell is one
+/// line); most values need neither and are copied as they are.
+fn push_markdown_cell(out: &mut String, value: &str) {
+    if !value.contains(['|', '\n', '\r']) {
+        out.push_str(value);
+        return;
+    }
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '|' => out.push_str("\\|"),
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' | '\n' => out.push_str("<br>"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// A column type as SQL names it (what `CAST(x AS …)` takes), as DuckDB's `DESCRIBE` shows it:
