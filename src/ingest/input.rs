@@ -824,7 +824,7 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
     let (reader, compression): (Box<dyn BufRead + Send>, _) = if resumed {
         (Box::new(buffered), None)
     } else if magic.starts_with(&[0x1f, 0x8b]) {
-        let dec = flate2::bufread::MultiGzDecoder::new(buffered);
+        let dec = WholeGzHeader(flate2::bufread::MultiGzDecoder::new(buffered));
         (
             Box::new(BufReader::with_capacity(1 << 20, dec)),
             Some("gzip"),
@@ -862,6 +862,24 @@ pub fn open(file: &InputFile, rt: &tokio::runtime::Handle) -> Result<Option<Open
         compression,
         read_failed,
     }))
+}
+
+/// A gzip stream that must not end inside its header. flate2 reads a stream cut there (a file
+/// caught after its first bytes) as empty: its lines were lost without a quarantine row. Such an
+/// end is an error, which the reader quarantines as a broken stream like any other.
+struct WholeGzHeader<R>(flate2::bufread::MultiGzDecoder<R>);
+
+impl<R: BufRead> Read for WholeGzHeader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.0.header().is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file ends inside its gzip header",
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Formats a file can be in that clicklake does not read, by their first bytes: read as lines,

@@ -56,11 +56,15 @@ fn corrupt_gzip_is_quarantined_from_a_file_and_a_failure_from_stdin() {
     std::fs::write(ctx.path("broken.ndjson.gz"), &bytes).unwrap();
     // A CSV file breaks while its header is read: that stopped every run with exit 3.
     std::fs::write(ctx.path("broken.csv.gz"), &bytes).unwrap();
+    // Cut inside its header (a file caught after its first bytes; this one names its file, as
+    // gzip does): it was read as empty, no row for it.
+    let named_header = b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\x03events.ndj";
+    std::fs::write(ctx.path("cut-header.ndjson.gz"), named_header).unwrap();
     // A file: bad data, one quarantine row at line 1; the file is done.
-    let s = ctx.ingest_json(&["broken.ndjson.gz", "broken.csv.gz"]);
+    let s = ctx.ingest_json(&["broken.ndjson.gz", "broken.csv.gz", "cut-header.ndjson.gz"]);
     assert_eq!(
         (s["lines"].as_u64(), s["quarantined"].as_u64()),
-        (Some(2), Some(2))
+        (Some(3), Some(3))
     );
     assert_eq!(
         ctx.query(
@@ -69,8 +73,17 @@ fn corrupt_gzip_is_quarantined_from_a_file_and_a_failure_from_stdin() {
         ),
         [
             "broken.csv.gz,1,broken_json,",
-            "broken.ndjson.gz,1,broken_json,"
+            "broken.ndjson.gz,1,broken_json,",
+            "cut-header.ndjson.gz,1,broken_json,"
         ]
+    );
+    assert_eq!(
+        ctx.count(
+            "SELECT count(*) FROM quarantine WHERE source_file LIKE '%cut-header.ndjson.gz' \
+             AND detail LIKE '%gzip stream is truncated or corrupt here: the file ends inside \
+             its gzip header%'"
+        ),
+        1
     );
     assert_eq!(ctx.count("SELECT count(*) FROM raw_events"), 0);
     // Stdin has no identity until it is read whole: exit 3, naming it, nothing landed.
@@ -86,7 +99,7 @@ fn corrupt_gzip_is_quarantined_from_a_file_and_a_failure_from_stdin() {
         "{}",
         stderr_of(&out)
     );
-    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), 2);
+    assert_eq!(ctx.count("SELECT count(*) FROM quarantine"), 3);
 }
 
 #[test]
