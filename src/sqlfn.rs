@@ -33,6 +33,7 @@
 //! but keeps each group's first row in a faster way (`first_value.rs`).
 
 mod first_value;
+mod json_doc;
 
 use std::sync::Arc;
 
@@ -47,7 +48,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 use datafusion::prelude::SessionContext;
-use serde_json::Value;
+use json_doc::Doc;
 
 /// Registers clicklake's functions in a session.
 pub fn register(ctx: &SessionContext) {
@@ -564,52 +565,33 @@ impl PathArg {
     }
 }
 
-fn walk<'v>(mut v: &'v Value, path: &[PathArg], row: usize) -> Option<&'v Value> {
+fn walk<'v>(mut v: &'v Doc, path: &[PathArg], row: usize) -> Option<&'v Doc> {
     for p in path {
         v = match (p.step(row)?, v) {
-            (Step::Key(k), Value::Object(m)) => field(m, k)?,
-            (Step::Index(i), Value::Array(a)) if i >= 0 => a.get(i as usize)?,
+            (Step::Key(k), Doc::Object(_)) => v.field(k)?,
+            (Step::Index(i), Doc::Array(a)) if i >= 0 => a.get(i as usize)?,
             _ => return None,
         };
     }
     Some(v)
 }
 
-/// Objects up to this many fields are searched in order rather than through their hash index.
-const SCAN_FIELDS_MAX: usize = 8;
-
-/// Field `key` of an object. A small object (a GA4 parameter's `{"key", "value"}`, its typed
-/// value, an item's fields) is searched by comparing names: hashing the name to look it up cost
-/// more than the comparisons, and GA4 mappings look up millions of such fields.
-fn field<'v>(m: &'v serde_json::Map<String, Value>, key: &str) -> Option<&'v Value> {
-    match m.len() <= SCAN_FIELDS_MAX {
-        true => m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v),
-        false => m.get(key),
-    }
-}
-
-/// Field `key` of `v` when it is an object.
-fn object_field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    match v {
-        Value::Object(m) => field(m, key),
-        _ => None,
-    }
-}
-
 /// The value of parameter `name` in a key/value array as GA4 and Firebase export them
 /// (`event_params`, `user_properties`): `[{"key": name, "value": {"string_value": …,
 /// "int_value": …, "double_value": …, "float_value": …}}]`, of which one typed field is set.
 /// The first element with that key wins; a `value` that is not an object is taken as it is.
-fn param<'v>(array: &'v Value, name: &str) -> Option<&'v Value> {
-    let entry = array
-        .as_array()?
+fn param<'v>(array: &'v Doc, name: &str) -> Option<&'v Doc> {
+    let Doc::Array(entries) = array else {
+        return None;
+    };
+    let entry = entries
         .iter()
-        .find(|e| object_field(e, "key").and_then(Value::as_str) == Some(name))?;
-    match object_field(entry, "value")? {
-        Value::Object(typed) => ["string_value", "int_value", "double_value", "float_value"]
+        .find(|e| e.field("key").and_then(Doc::as_str) == Some(name))?;
+    match entry.field("value")? {
+        typed @ Doc::Object(fields) => ["string_value", "int_value", "double_value", "float_value"]
             .iter()
-            .filter_map(|k| field(typed, k))
-            .chain(typed.values())
+            .filter_map(|k| typed.field(k))
+            .chain(fields.iter().map(|(_, v)| v))
             .find(|v| !v.is_null()),
         other => Some(other),
     }
@@ -628,7 +610,7 @@ const PARSED_CACHE_MAX_BYTES: usize = 8 << 20;
 /// them: its buffers' addresses then identify it and cannot be reused by another.
 struct ParsedColumn {
     column: ArrayRef,
-    docs: Arc<Vec<Option<Value>>>,
+    docs: Arc<Vec<Option<Doc>>>,
 }
 
 thread_local! {
@@ -650,13 +632,13 @@ fn same_text(a: &ArrayRef, b: &ArrayRef) -> bool {
 
 /// The parsed documents of a column's rows: its own, or those of the column it was filtered from.
 struct Docs {
-    docs: Arc<Vec<Option<Value>>>,
+    docs: Arc<Vec<Option<Doc>>>,
     /// Row → its row in `docs` (None for NULL), when the column is a filtered copy.
     rows: Option<Vec<Option<usize>>>,
 }
 
 impl Docs {
-    fn get(&self, row: usize) -> Option<&Value> {
+    fn get(&self, row: usize) -> Option<&Doc> {
         let at = match &self.rows {
             Some(rows) => rows[row]?,
             None => row,
@@ -713,11 +695,8 @@ fn parsed(json: &ArrayRef) -> Docs {
         return docs;
     }
     let text = json.as_string::<i32>();
-    let docs: Arc<Vec<Option<Value>>> = Arc::new(
-        text.iter()
-            .map(|v| v.and_then(|v| serde_json::from_str::<Value>(v).ok()))
-            .collect(),
-    );
+    let docs: Arc<Vec<Option<Doc>>> =
+        Arc::new(text.iter().map(|v| v.and_then(Doc::parse)).collect());
     let keep = text.values().len() <= PARSED_CACHE_MAX_BYTES;
     PARSED.with_borrow_mut(|p| {
         *p = keep.then(|| ParsedColumn {
@@ -774,7 +753,7 @@ impl ScalarUDFImpl for JsonFn {
             .iter()
             .map(PathArg::new)
             .collect::<Result<Vec<_>>>()?;
-        let at = |row: usize| -> Option<&Value> {
+        let at = |row: usize| -> Option<&Doc> {
             let v = walk(docs.get(row)?, &path, row)?;
             match name.as_ref().map(|n| n.step(row)) {
                 Some(Some(Step::Key(name))) => param(v, name),
@@ -787,8 +766,8 @@ impl ScalarUDFImpl for JsonFn {
                 let mut b = StringBuilder::with_capacity(rows, rows * 8);
                 for row in 0..rows {
                     match at(row) {
-                        None | Some(Value::Null) => b.append_null(),
-                        Some(Value::String(s)) => b.append_value(s),
+                        None | Some(Doc::Null) => b.append_null(),
+                        Some(Doc::String(s)) => b.append_value(s),
                         Some(other) => b.append_value(other.to_string()),
                     }
                 }
@@ -798,8 +777,8 @@ impl ScalarUDFImpl for JsonFn {
                 let mut b = Int64Builder::with_capacity(rows);
                 for row in 0..rows {
                     b.append_option(at(row).and_then(|v| match v {
-                        Value::Array(a) => Some(a.len() as i64),
-                        Value::Object(m) => Some(m.len() as i64),
+                        Doc::Array(a) => Some(a.len() as i64),
+                        Doc::Object(m) => Some(m.len() as i64),
                         _ => None,
                     }));
                 }
