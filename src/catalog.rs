@@ -599,6 +599,19 @@ pub async fn register_all(
     lake: &Lake,
     as_of: Option<crate::storage::TableAsOf>,
 ) -> Result<Vec<String>> {
+    Ok(register_all_opened(ctx, lake, as_of)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// As [`register_all`], with each registered table as it was opened.
+pub async fn register_all_opened(
+    ctx: &SessionContext,
+    lake: &Lake,
+    as_of: Option<crate::storage::TableAsOf>,
+) -> Result<Vec<(String, DeltaTable)>> {
     let mut found = Vec::new();
     let star = star_tables();
     let names = ALL
@@ -617,7 +630,7 @@ pub async fn register_all(
     for (name, table) in opened {
         if let Some(table) = table {
             register(ctx, &name, &table).await?;
-            found.push(name);
+            found.push((name, table));
         }
     }
     Ok(found)

@@ -10,6 +10,9 @@
 //! `-- severity: warn`, `-- warn_if: > 10`, `-- error_if: >= 100` in a check file, and
 //! `[check] warn = [names]` for any check. A warning is reported but does not fail the run.
 
+mod passes;
+
+use std::collections::HashMap;
 use std::path::Path;
 
 use datafusion::prelude::SessionContext;
@@ -203,8 +206,13 @@ pub struct CheckResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample: Option<String>,
     pub sql: String,
-    /// Wall seconds the check's query took (checks run a few at a time, so these overlap).
+    /// Wall seconds the check's query took (checks run a few at a time, so these overlap); 0 for
+    /// a pass reused.
     pub seconds: f64,
+    /// When the check last ran, for a pass reused because neither its query nor any table it
+    /// reads changed since (see [`passes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchanged_since: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,6 +222,8 @@ pub struct CheckReport {
     pub warned: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Of the passes, those reused: nothing they read changed since they last passed.
+    pub unchanged: u64,
     /// Wall seconds of the whole run, tables opened included.
     pub seconds: f64,
     pub checks: Vec<CheckResult>,
@@ -482,41 +492,75 @@ pub async fn run(
     cfg: &Config,
     user_dir: Option<&Path>,
     selection: Selection<'_>,
+    reuse: bool,
 ) -> Result<CheckReport> {
     let started = std::time::Instant::now();
     let checks = selected(all_checks(cfg, user_dir)?, selection)?;
     let ctx = catalog::session(cfg.memory_limit)?;
-    let mut present = catalog::register_all(&ctx, lake, None).await?;
-    register_raw_cleaned(&ctx, lake, &mut present).await?;
+    let opened = catalog::register_all_opened(&ctx, lake, None).await?;
+    let mut states: HashMap<String, String> = opened
+        .iter()
+        .filter_map(|(name, table)| Some((name.clone(), passes::state(table)?)))
+        .collect();
+    let mut present: Vec<String> = opened.into_iter().map(|(name, _)| name).collect();
+    register_raw_cleaned(&ctx, lake, &mut present, &mut states).await?;
+    // Loaded even when not reused: the passes of checks not run this time stay recorded.
+    let mut record = passes::Passes::load(lake).await;
     let mut report = CheckReport {
         passed: 0,
         warned: 0,
         failed: 0,
         skipped: 0,
+        unchanged: 0,
         seconds: 0.0,
         checks: Vec::new(),
     };
     // Checks run a few at a time: on an object store each spends most of its time waiting for
     // requests. `buffered` keeps the report in the checks' order.
-    let outcomes: Vec<Result<Option<(Outcome, f64)>>> =
-        futures::stream::iter(checks.iter().map(|check| {
-            let runnable = check.tables.iter().all(|t| present.contains(t));
-            let ctx = &ctx;
-            async move {
-                if runnable {
-                    let started = std::time::Instant::now();
-                    let outcome = run_one(ctx, check).await?;
-                    Ok(Some((outcome, started.elapsed().as_secs_f64())))
-                } else {
-                    Ok(None)
-                }
+    let outcomes: Vec<Result<Option<Ran>>> = futures::stream::iter(checks.iter().map(|check| {
+        let runnable = check.tables.iter().all(|t| present.contains(t));
+        let (ctx, states, record) = (&ctx, &states, &record);
+        async move {
+            if !runnable {
+                return Ok(None);
             }
-        }))
-        .buffered(CONCURRENT_CHECKS)
-        .collect()
-        .await;
-    for (check, outcome) in checks.into_iter().zip(outcomes) {
-        let Some(((rows, sample), seconds)) = outcome? else {
+            let started = std::time::Instant::now();
+            let df = plan(ctx, check).await?;
+            let query = passes::query_digest(&check.sql);
+            let inputs = passes::inputs(df.logical_plan(), states);
+            if let Some(pass) = inputs
+                .as_ref()
+                .filter(|_| reuse)
+                .and_then(|i| record.still_holds(&check.name, &query, i))
+            {
+                return Ok(Some(Ran {
+                    outcome: (0, None),
+                    seconds: 0.0,
+                    unchanged_since: Some(pass.checked_at.clone()),
+                    pass: Some(pass.clone()),
+                }));
+            }
+            let checked_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let outcome = run_one(df, check).await?;
+            Ok(Some(Ran {
+                pass: inputs
+                    .filter(|_| outcome.0 == 0)
+                    .map(|inputs| passes::Pass {
+                        query,
+                        inputs,
+                        checked_at,
+                    }),
+                outcome,
+                seconds: started.elapsed().as_secs_f64(),
+                unchanged_since: None,
+            }))
+        }
+    }))
+    .buffered(CONCURRENT_CHECKS)
+    .collect()
+    .await;
+    for (check, ran) in checks.into_iter().zip(outcomes) {
+        let Some(ran) = ran? else {
             let missing: Vec<&str> = check
                 .tables
                 .iter()
@@ -535,9 +579,11 @@ pub async fn run(
                 sample: None,
                 sql: check.sql,
                 seconds: 0.0,
+                unchanged_since: None,
             });
             continue;
         };
+        let (rows, sample) = ran.outcome;
         let status = check.judge(rows);
         let threshold = check.threshold_met(status);
         match status {
@@ -545,6 +591,8 @@ pub async fn run(
             "warn" => report.warned += 1,
             _ => report.failed += 1,
         }
+        report.unchanged += u64::from(ran.unchanged_since.is_some());
+        record.record(&check.name, ran.pass);
         report.checks.push(CheckResult {
             name: check.name,
             origin: check.origin,
@@ -555,11 +603,22 @@ pub async fn run(
             reason: None,
             sample,
             sql: check.sql,
-            seconds,
+            seconds: ran.seconds,
+            unchanged_since: ran.unchanged_since,
         });
     }
+    record.save(lake).await;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A check that ran, or whose earlier pass still holds.
+struct Ran {
+    outcome: Outcome,
+    seconds: f64,
+    unchanged_since: Option<String>,
+    /// The pass to record: a run without offending rows over inputs that identify its result.
+    pass: Option<passes::Pass>,
 }
 
 /// Offending rows and a sample of them.
@@ -573,6 +632,7 @@ async fn register_raw_cleaned(
     ctx: &SessionContext,
     lake: &Lake,
     present: &mut Vec<String>,
+    states: &mut HashMap<String, String>,
 ) -> Result<()> {
     let Some(events) = lake.open_table(catalog::EVENTS.name).await? else {
         return Ok(());
@@ -586,23 +646,32 @@ async fn register_raw_cleaned(
     {
         catalog::register(ctx, "raw_events_cleaned", &raw).await?;
         present.push("raw_events_cleaned".into());
+        if let Some(state) = passes::state(&raw) {
+            states.insert("raw_events_cleaned".into(), state);
+        }
     }
     Ok(())
 }
 
-/// Counts the offending rows (streaming) and keeps the first few for the report.
-async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
-    let fail = |e: datafusion::error::DataFusionError| {
-        let prefix = format!("check {} ({})", check.name, check.origin);
-        match query_mistake(&e) {
-            Some(mistake) => Error::config(format!("{prefix}: {mistake}")),
-            None => Error::runtime(format!("{prefix}: {}", root_message(&e))),
-        }
-    };
-    let df = ctx
-        .sql_with_options(&check.sql, models::query_only())
+/// The check's error for a query failure: a mistake in the query is a config error.
+fn failure(check: &Check, e: &datafusion::error::DataFusionError) -> Error {
+    let prefix = format!("check {} ({})", check.name, check.origin);
+    match query_mistake(e) {
+        Some(mistake) => Error::config(format!("{prefix}: {mistake}")),
+        None => Error::runtime(format!("{prefix}: {}", root_message(e))),
+    }
+}
+
+/// The check's query, planned.
+async fn plan(ctx: &SessionContext, check: &Check) -> Result<datafusion::prelude::DataFrame> {
+    ctx.sql_with_options(&check.sql, models::query_only())
         .await
-        .map_err(fail)?;
+        .map_err(|e| failure(check, &e))
+}
+
+/// Counts the offending rows (streaming) and keeps the first few for the report.
+async fn run_one(df: datafusion::prelude::DataFrame, check: &Check) -> Result<Outcome> {
+    let fail = |e: datafusion::error::DataFusionError| failure(check, &e);
     let mut stream = df.execute_stream().await.map_err(fail)?;
     let mut rows = 0u64;
     let mut sample = Vec::new();
@@ -627,8 +696,12 @@ async fn run_one(ctx: &SessionContext, check: &Check) -> Result<Outcome> {
 /// The human report: one line per check, offending samples under failures, a summary line.
 pub fn render(report: &CheckReport) -> String {
     let mut out = render_flagged(report, false);
+    let unchanged = match report.unchanged {
+        0 => String::new(),
+        n => format!(" ({n} of the passes unchanged since they last ran: --no-reuse runs them)"),
+    };
     out.push_str(&format!(
-        "{} in {:.2}s\n",
+        "{} in {:.2}s{unchanged}\n",
         summary_line(report),
         report.seconds
     ));
@@ -642,7 +715,10 @@ pub fn render_flagged(report: &CheckReport, flagged_only: bool) -> String {
     for c in &report.checks {
         match c.status {
             "pass" | "skip" if flagged_only => {}
-            "pass" => out.push_str(&format!("PASS  {} ({:.2}s)\n", c.name, c.seconds)),
+            "pass" => match &c.unchanged_since {
+                Some(at) => out.push_str(&format!("PASS  {} (unchanged since {at})\n", c.name)),
+                None => out.push_str(&format!("PASS  {} ({:.2}s)\n", c.name, c.seconds)),
+            },
             "skip" => out.push_str(&format!(
                 "SKIP  {} ({})\n",
                 c.name,

@@ -244,6 +244,11 @@ pub struct CheckArgs {
     /// the tables it reads, without running them (as `dbt ls`); reads no table
     #[arg(long, conflicts_with = "junit")]
     pub list: bool,
+
+    /// Run every check, even one that passed before and whose query and tables have not changed
+    /// since (by default its pass is reused and reported as unchanged)
+    #[arg(long)]
+    pub no_reuse: bool,
 }
 
 #[derive(Debug, Args)]

@@ -282,6 +282,7 @@ async fn stages(
                 cfg,
                 cfg.build.checks_dir.as_deref(),
                 check::Selection::default(),
+                true,
             )
             .await?,
         );

@@ -42,7 +42,7 @@ pub async fn run(cfg: &Config, lake: &Lake, args: CheckArgs) -> anyhow::Result<E
     }
     // A report nobody can write is a usage error before any check runs.
     crate::junit::check_path(args.junit.as_deref())?;
-    let report = check::run(lake, cfg, dir, selection).await?;
+    let report = check::run(lake, cfg, dir, selection, !args.no_reuse).await?;
     if let Some(path) = &args.junit {
         check::write_junit(path, &report)?;
     }

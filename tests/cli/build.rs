@@ -501,6 +501,108 @@ fn a_failing_user_check_exits_1_with_its_rows() {
 }
 
 #[test]
+fn a_pass_is_reused_until_its_query_or_a_table_it_reads_changes() {
+    let ctx = TestContext::new(Backend::Local);
+    let fixture = ctx.fixture("star/sessions.ndjson");
+    pipeline(&ctx, fixture.to_str().unwrap());
+    ctx.ok(&["build", "-q"]);
+    let checks = ctx.path("checks");
+    std::fs::create_dir_all(&checks).unwrap();
+    // Passes, but asks the clock: never reused.
+    std::fs::write(
+        checks.join("not_in_the_future.sql"),
+        "SELECT session_key FROM fact_sessions WHERE started_at > now()",
+    )
+    .unwrap();
+    // Warns on every session: a result with offending rows is never reused.
+    std::fs::write(
+        checks.join("every_session.sql"),
+        "-- severity: warn\nSELECT session_key FROM fact_sessions",
+    )
+    .unwrap();
+    let report = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["check", "--json", "--checks-dir", "checks"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&ctx.ok(&all)).unwrap()
+    };
+    let reused = |json: &serde_json::Value| -> Vec<String> {
+        let checks = json["checks"].as_array().unwrap().iter();
+        checks
+            .filter(|c| c.get("unchanged_since").is_some())
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = report(&[]);
+    assert_eq!(first["unchanged"], 0, "{first}");
+    assert!(reused(&first).is_empty(), "{first}");
+    let passed = first["passed"].as_u64().unwrap();
+    assert_eq!(first["warned"], 1, "{first}");
+
+    // Nothing changed: every pass but the clock's is reused, with no time spent on it.
+    let second = report(&[]);
+    assert_eq!(
+        (&second["passed"], &second["warned"]),
+        (&passed.into(), &1.into())
+    );
+    let again = reused(&second);
+    assert_eq!(again.len() as u64, passed - 1, "{second}");
+    assert_eq!(second["unchanged"], passed - 1);
+    assert!(!again
+        .iter()
+        .any(|n| n == "not_in_the_future" || n == "every_session"));
+    for c in second["checks"].as_array().unwrap() {
+        if c.get("unchanged_since").is_some() {
+            assert_eq!(
+                (&c["status"], &c["seconds"]),
+                (&"pass".into(), &0.0.into()),
+                "{c}"
+            );
+        }
+    }
+    let text = ctx.ok(&["check", "--checks-dir", "checks"]);
+    assert!(
+        text.contains("PASS  events_unique_event_id (unchanged since "),
+        "{text}"
+    );
+
+    // A rebuilt star schema: the checks over its tables run again, those over events only do not.
+    ctx.ok(&["build", "--full-refresh", "-q"]);
+    let rebuilt = reused(&report(&[]));
+    assert!(
+        rebuilt.iter().any(|n| n == "events_unique_event_id"),
+        "{rebuilt:?}"
+    );
+    assert!(
+        rebuilt.iter().all(|n| !n.contains("fact_sessions")),
+        "{rebuilt:?}"
+    );
+    // An edited query runs again.
+    std::fs::write(
+        checks.join("no_negative_revenue.sql"),
+        "SELECT order_id FROM fact_orders WHERE revenue < 0",
+    )
+    .unwrap();
+    assert!(!reused(&report(&[]))
+        .iter()
+        .any(|n| n == "no_negative_revenue"));
+    assert!(reused(&report(&[]))
+        .iter()
+        .any(|n| n == "no_negative_revenue"));
+    std::fs::write(
+        checks.join("no_negative_revenue.sql"),
+        "SELECT order_id FROM fact_orders WHERE revenue < -1",
+    )
+    .unwrap();
+    assert!(!reused(&report(&[]))
+        .iter()
+        .any(|n| n == "no_negative_revenue"));
+    // --no-reuse runs everything, and the record survives it.
+    let forced = report(&["--no-reuse"]);
+    assert_eq!(forced["unchanged"], 0, "{forced}");
+    assert!(!reused(&report(&[])).is_empty());
+}
+
+#[test]
 fn a_check_that_only_warns_is_reported_and_does_not_fail_check_or_run() {
     let ctx = TestContext::new(Backend::Local);
     let inbox = ctx.path("inbox");
