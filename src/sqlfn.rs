@@ -508,6 +508,32 @@ pub fn contains_any(column: &str, needles: Vec<String>) -> Result<datafusion::pr
     .call(vec![datafusion::prelude::col(column)]))
 }
 
+/// Whether `plan` (its subqueries included) calls only immutable scalar functions: its result
+/// then depends on its inputs alone. `now()` is stable and `random()` volatile; the optimiser
+/// folds the first into a constant, so a plan with either cannot be kept for later inputs.
+pub fn calls_only_immutable_functions(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut immutable = true;
+    let walked = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let datafusion::prelude::Expr::ScalarFunction(f) = e {
+                    if f.func.signature().volatility != Volatility::Immutable {
+                        immutable = false;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(match immutable {
+            true => TreeNodeRecursion::Continue,
+            false => TreeNodeRecursion::Stop,
+        })
+    });
+    walked.is_ok() && immutable
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum JsonOp {
     Get,

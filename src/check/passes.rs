@@ -16,8 +16,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::logical_expr::LogicalPlan;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -125,29 +125,14 @@ pub(super) fn inputs(
     states: &HashMap<String, String>,
 ) -> Option<BTreeMap<String, String>> {
     let mut scanned = BTreeSet::new();
-    let mut deterministic = true;
     let walked = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             scanned.insert(scan.table_name.table().to_string());
         }
-        node.apply_expressions(|e| {
-            e.apply(|e| {
-                if let Expr::ScalarFunction(f) = e {
-                    if f.func.signature().volatility != Volatility::Immutable {
-                        deterministic = false;
-                        return Ok(TreeNodeRecursion::Stop);
-                    }
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })
-        })?;
-        Ok(if deterministic {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
+        Ok(TreeNodeRecursion::Continue)
     });
-    if walked.is_err() || !deterministic || scanned.is_empty() {
+    if walked.is_err() || scanned.is_empty() || !crate::sqlfn::calls_only_immutable_functions(plan)
+    {
         return None;
     }
     scanned

@@ -315,7 +315,60 @@ fn to_scalar(v: &toml::Value) -> Option<ScalarValue> {
 
 thread_local! {
     /// Each parser thread runs mappings on its own single-threaded runtime and session.
-    static ENGINE: RefCell<Option<(tokio::runtime::Runtime, SessionContext)>> = const { RefCell::new(None) };
+    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+}
+
+/// A parser thread's mapping engine, and the mapping it planned last.
+struct Engine {
+    rt: tokio::runtime::Runtime,
+    ctx: SessionContext,
+    planned: Option<Planned>,
+}
+
+/// A mapping planned once (parsed, analysed and optimised) over a `source` table whose rows each
+/// chunk replaces: planning GA4's mapping took as long as mapping 800 of its lines, and a
+/// chunk is a few thousand. Each chunk still gets its own physical plan (operators keep state
+/// from one execution). A mapping calling a function that is not immutable (`now()`) is planned
+/// for every chunk, as the optimiser folds such calls into constants.
+struct Planned {
+    /// The mapping's SQL and parameters.
+    key: String,
+    table: Arc<ChunkTable>,
+    plan: Option<datafusion::logical_expr::LogicalPlan>,
+}
+
+/// The `source` table of a mapping: the rows of the chunk being mapped.
+#[derive(Debug)]
+struct ChunkTable {
+    schema: SchemaRef,
+    rows: std::sync::Mutex<Option<RecordBatch>>,
+}
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for ChunkTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let rows = self.rows.lock().expect("not poisoned").clone();
+        datafusion::datasource::MemTable::try_new(
+            self.schema.clone(),
+            vec![rows.into_iter().collect()],
+        )?
+        .scan(state, projection, filters, limit)
+        .await
+    }
 }
 
 fn new_session() -> SessionContext {
@@ -384,21 +437,69 @@ impl Source {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .build()
                     .map_err(|e| Error::runtime(format!("cannot start a runtime: {e}")))?;
-                *slot = Some((rt, new_session()));
+                *slot = Some(Engine {
+                    rt,
+                    ctx: new_session(),
+                    planned: None,
+                });
             }
-            let (rt, ctx) = slot.as_ref().expect("just set");
-            let _ = ctx.deregister_table("source");
-            ctx.register_batch("source", input)
-                .map_err(|e| self.runtime_error(&e))?;
-            rt.block_on(async {
-                ctx.sql(&self.sql)
-                    .await?
-                    .with_param_values(self.params.clone())?
-                    .collect()
-                    .await
-            })
-            .map_err(|e| self.runtime_error(&e))
+            let engine = slot.as_mut().expect("just set");
+            let key = format!("{}\u{0}{:?}", self.sql, self.params);
+            if engine.planned.as_ref().map(|p| &p.key) != Some(&key) {
+                engine.planned = Some(self.plan(engine, key)?);
+            }
+            let (rt, ctx) = (&engine.rt, &engine.ctx);
+            let planned = engine.planned.as_ref().expect("just planned");
+            *planned.table.rows.lock().expect("not poisoned") = Some(input);
+            let mapped = rt.block_on(async {
+                match &planned.plan {
+                    Some(plan) => {
+                        let state = ctx.state();
+                        let physical = state
+                            .query_planner()
+                            .create_physical_plan(plan, &state)
+                            .await?;
+                        datafusion::physical_plan::collect(physical, state.task_ctx()).await
+                    }
+                    None => {
+                        ctx.sql(&self.sql)
+                            .await?
+                            .with_param_values(self.params.clone())?
+                            .collect()
+                            .await
+                    }
+                }
+            });
+            *planned.table.rows.lock().expect("not poisoned") = None;
+            mapped.map_err(|e| self.runtime_error(&e))
         })
+    }
+
+    /// Registers a new `source` table in the engine's session and plans the mapping over it.
+    fn plan(&self, engine: &Engine, key: String) -> Result<Planned> {
+        let table = Arc::new(ChunkTable {
+            schema: self.schema.clone(),
+            rows: std::sync::Mutex::new(None),
+        });
+        let ctx = &engine.ctx;
+        let _ = ctx.deregister_table("source");
+        ctx.register_table("source", table.clone())
+            .map_err(|e| self.runtime_error(&e))?;
+        let plan = engine
+            .rt
+            .block_on(async {
+                let df = ctx
+                    .sql(&self.sql)
+                    .await?
+                    .with_param_values(self.params.clone())?;
+                let plan = df.logical_plan();
+                match crate::sqlfn::calls_only_immutable_functions(plan) {
+                    true => ctx.state().optimize(plan).map(Some),
+                    false => Ok(None),
+                }
+            })
+            .map_err(|e| self.runtime_error(&e))?;
+        Ok(Planned { key, table, plan })
     }
 
     fn runtime_error(&self, e: &datafusion::error::DataFusionError) -> Error {
@@ -533,5 +634,69 @@ mod tests {
         let e = load("snowplow", None, &cfg).await.unwrap_err();
         assert!(e.to_string().contains("app_idz: unknown parameter"), "{e}");
         assert!(load("klingon", None, &BTreeMap::new()).await.is_err());
+    }
+
+    /// Maps each chunk of `lines` (NDJSON texts) with `source`, returning the mapped event ids.
+    fn mapped_ids(source: &Source, chunks: &[&[&str]]) -> Vec<Vec<String>> {
+        chunks
+            .iter()
+            .map(|lines| {
+                let mut rows = SourceRows::new(source);
+                for (n, line) in lines.iter().enumerate() {
+                    rows.push(n as u64 + 1, line, std::iter::empty());
+                }
+                let out = source
+                    .map(rows.finish(source.source_schema()).unwrap())
+                    .unwrap();
+                let ids = out.iter().flat_map(|b| {
+                    let c = arrow::compute::cast(
+                        b.column_by_name("event_id").unwrap(),
+                        &DataType::Utf8,
+                    )
+                    .unwrap();
+                    let c = arrow::array::AsArray::as_string::<i32>(&c).clone();
+                    c.iter()
+                        .map(|v| v.unwrap_or("NULL").to_string())
+                        .collect::<Vec<_>>()
+                });
+                ids.collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_chunk_is_mapped_from_its_own_rows_and_a_clock_is_read_for_each() {
+        let mapping = |select: &str| {
+            let sql = format!(
+                "-- format: ndjson\nSELECT _line, json_get(_raw, 'id') AS event_id, \
+                 '2026-01-01T00:00:00Z' AS event_time, 'page_view' AS event_type{select} \
+                 FROM source WHERE json_get(_raw, 'id') <> 'skip'"
+            );
+            parse("t", "test".into(), sql, None).unwrap()
+        };
+        let chunks: &[&[&str]] = &[
+            &[r#"{"id": "a"}"#, r#"{"id": "skip"}"#],
+            &[r#"{"id": "b"}"#, r#"{"id": "c"}"#, r#"{"id": "d"}"#],
+            &[],
+            &[r#"{"id": "e"}"#],
+        ];
+        let expected = [vec!["a"], vec!["b", "c", "d"], vec![], vec!["e"]];
+        let planned = || {
+            ENGINE.with_borrow(|e| {
+                e.as_ref()
+                    .and_then(|e| e.planned.as_ref())
+                    .map(|p| p.plan.is_some())
+            })
+        };
+        let fixed = mapping("");
+        assert_eq!(mapped_ids(&fixed, chunks), expected);
+        assert_eq!(planned(), Some(true), "planned once, kept for every chunk");
+        // Another mapping on the same thread is planned anew, and one that reads the clock is
+        // planned for every chunk (the optimiser would fold now() into the first chunk's time).
+        let clocked = mapping(", now() AS received_at");
+        assert_eq!(mapped_ids(&clocked, chunks), expected);
+        assert_eq!(planned(), Some(false));
+        assert_eq!(mapped_ids(&fixed, chunks), expected);
+        assert_eq!(planned(), Some(true));
     }
 }
