@@ -222,7 +222,7 @@ pub struct CheckReport {
     pub warned: u64,
     pub failed: u64,
     pub skipped: u64,
-    /// Of the passes, those reused: nothing they read changed since they last passed.
+    /// Checks whose earlier pass was reused: nothing they read changed since it (see [`passes`]).
     pub unchanged: u64,
     /// Wall seconds of the whole run, tables opened included.
     pub seconds: f64,
