@@ -93,19 +93,50 @@ impl Passes {
         };
     }
 
-    /// Writes the record; a failure only warns (the next run checks again).
+    /// Writes the record; a failure only warns (the next run checks again), and a refusal (a CI
+    /// job checking the lake with read-only credentials) is not even that.
     pub(super) async fn save(&self, lake: &Lake) {
-        let write = async {
-            let (store, root) = lake.root_store()?;
-            let body = serde_json::to_vec_pretty(self)
-                .map_err(|e| crate::error::Error::runtime(e.to_string()))?;
-            store.put(&path(&root), PutPayload::from(body)).await?;
-            Ok::<_, crate::error::Error>(())
+        let body = match serde_json::to_vec_pretty(self) {
+            Ok(body) => body,
+            Err(e) => return tracing::warn!("the record of passed checks: {e}"),
         };
-        if let Err(e) = write.await {
-            tracing::warn!("the record of passed checks could not be written ({e}); the next run checks everything again");
+        let put = match lake.root_store() {
+            Ok((store, root)) => store.put(&path(&root), PutPayload::from(body)).await,
+            Err(e) => return tracing::warn!("the record of passed checks: {e}"),
+        };
+        match put {
+            Ok(_) => {}
+            Err(e) if refused(&e) => tracing::debug!(
+                "the record of passed checks was not written ({e}): every check runs each time"
+            ),
+            Err(e) => tracing::warn!(
+                "the record of passed checks could not be written ({e}); the next run checks \
+                 everything again"
+            ),
         }
     }
+}
+
+/// Whether a write failed because this lake may not be written here: credentials without write
+/// access, or a read-only file system.
+fn refused(e: &object_store::Error) -> bool {
+    if matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The digest a pass is recorded under: clicklake's version and the query text.
@@ -222,5 +253,26 @@ mod tests {
         assert!(passes
             .still_holds("c", &query_digest("SELECT 1"), &inputs)
             .is_none());
+    }
+
+    #[test]
+    fn a_lake_that_may_not_be_written_is_told_from_a_failed_write() {
+        let io = |kind| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::new(kind, "no")),
+        };
+        assert!(refused(&io(std::io::ErrorKind::ReadOnlyFilesystem)));
+        assert!(refused(&io(std::io::ErrorKind::PermissionDenied)));
+        assert!(!refused(&io(std::io::ErrorKind::StorageFull)));
+        let denied = object_store::Error::PermissionDenied {
+            path: "_clicklake/check_passes.json".into(),
+            source: "403".into(),
+        };
+        assert!(refused(&denied));
+        let missing = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "404".into(),
+        };
+        assert!(!refused(&missing));
     }
 }
