@@ -206,19 +206,28 @@ pub async fn run(
         ms = started.elapsed().as_millis() as u64,
         "build: tables opened"
     );
-    let events_columns = validate_plans(cfg, &ctx, &models, &params, &opened).await?;
-    tracing::debug!(
-        ms = started.elapsed().as_millis() as u64,
-        "build: every model planned"
-    );
-
-    // Plan every table first (its markers and the change records: no data read), then build
-    // those with work to do.
+    // A tick that brought nothing new leaves every table current: then nothing is planned (the
+    // models are the ones planned when the tables were built: their text is in the markers).
     let versions = Versions {
         events: events_version,
         data: data_version,
         consents: consents_version,
     };
+    let events_columns =
+        match !req.full_refresh && all_current(&models, &opened, versions, as_of, cfg).await? {
+            true => HashMap::new(),
+            false => {
+                let columns = validate_plans(cfg, &ctx, &models, &params, &opened).await?;
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "build: every model planned"
+                );
+                columns
+            }
+        };
+
+    // Plan every table first (its markers and the change records: no data read), then build
+    // those with work to do.
     let run = Run {
         lake,
         cfg,
@@ -364,13 +373,14 @@ impl Run<'_> {
             via_identity.push(reads_identity || upstream[index].iter().any(|&i| via_identity[i]));
             let t0 = Instant::now();
             let existing = opened.remove(&model.name);
-            let mut upstream_inputs: Vec<i64> =
-                upstream[index].iter().map(|&i| fingerprints[i]).collect();
-            if reads_consents {
-                upstream_inputs.push(versions.consents);
-            }
-            let fingerprint =
-                inputs_fingerprint(model, versions.data, self.as_of, cfg, &upstream_inputs);
+            let fingerprint = table_inputs(
+                model,
+                &upstream[index],
+                &fingerprints,
+                versions,
+                self.as_of,
+                cfg,
+            );
             fingerprints.push(fingerprint);
             let upstream_logic: Vec<i64> = upstream[index].iter().map(|&i| logic[i]).collect();
             let model_logic = logic_fingerprint(model, cfg, &upstream_logic, explicit_as_of);
@@ -927,6 +937,49 @@ fn feed_settings(h: &mut Fingerprint, model: &Model, cfg: &Config) {
 
 /// The fingerprint of what a table is computed from, including the fingerprints of the tables
 /// it reads: equal means the table is up to date.
+/// The inputs fingerprint of a model's table: its model and settings, the events data version,
+/// the fingerprints of the tables it reads (`fingerprints`, by model index) and, if it reads
+/// them, the consents version.
+fn table_inputs(
+    model: &Model,
+    upstream: &[usize],
+    fingerprints: &[i64],
+    versions: Versions,
+    as_of: i64,
+    cfg: &Config,
+) -> i64 {
+    let mut inputs: Vec<i64> = upstream.iter().map(|&i| fingerprints[i]).collect();
+    if reads(model, catalog::CONSENTS.name) {
+        inputs.push(versions.consents);
+    }
+    inputs_fingerprint(model, versions.data, as_of, cfg, &inputs)
+}
+
+/// Whether every table exists and was built from the inputs this build would give it (see
+/// [`plan_work`]: such a table is up to date). Reads only the tables' markers.
+async fn all_current(
+    models: &[Model],
+    opened: &HashMap<String, DeltaTable>,
+    versions: Versions,
+    as_of: i64,
+    cfg: &Config,
+) -> Result<bool> {
+    let upstream = upstream_of(models);
+    let mut fingerprints: Vec<i64> = Vec::new();
+    for (index, model) in models.iter().enumerate() {
+        let fingerprint =
+            table_inputs(model, &upstream[index], &fingerprints, versions, as_of, cfg);
+        fingerprints.push(fingerprint);
+        let Some(table) = opened.get(&model.name) else {
+            return Ok(false);
+        };
+        if delta::txn_version(table, INPUTS_APP_ID).await? != Some(fingerprint) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn inputs_fingerprint(
     model: &Model,
     data_version: i64,
