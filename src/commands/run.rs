@@ -147,7 +147,10 @@ pub fn render(s: &RunSummary) -> String {
         out.push_str(&format!("  build   {line:<64} {}\n", secs("build")));
     }
     if let Some(c) = &s.check {
-        let line = check::summary_line(c);
+        let line = match c.unchanged {
+            0 => check::summary_line(c),
+            n => format!("{} ({n} unchanged)", check::summary_line(c)),
+        };
         out.push_str(&format!("  check   {line:<64} {}\n", secs("check")));
         out.push_str(&check::render_flagged(c, true));
     }

@@ -600,6 +600,13 @@ fn a_pass_is_reused_until_its_query_or_a_table_it_reads_changes() {
     let forced = report(&["--no-reuse"]);
     assert_eq!(forced["unchanged"], 0, "{forced}");
     assert!(!reused(&report(&[])).is_empty());
+    // A cron tick with nothing new says how many of its checks were reused.
+    let tick = ctx.ok(&["run"]);
+    assert!(
+        tick.lines()
+            .any(|l| l.trim_start().starts_with("check") && l.contains(" unchanged)")),
+        "{tick}"
+    );
 }
 
 #[test]
