@@ -790,11 +790,18 @@ impl ScalarUDFImpl for JsonFn {
         let out: ArrayRef = match self.op {
             JsonOp::Get | JsonOp::Param => {
                 let mut b = StringBuilder::with_capacity(rows, rows * 8);
+                // Other values' text is formatted into one reused buffer.
+                let mut text = String::new();
                 for row in 0..rows {
                     match at(row) {
                         None | Some(Doc::Null) => b.append_null(),
                         Some(Doc::String(s)) => b.append_value(s),
-                        Some(other) => b.append_value(other.to_string()),
+                        Some(other) => {
+                            use std::fmt::Write as _;
+                            text.clear();
+                            write!(text, "{other}")?;
+                            b.append_value(&text);
+                        }
                     }
                 }
                 Arc::new(b.finish())

@@ -935,8 +935,6 @@ fn feed_settings(h: &mut Fingerprint, model: &Model, cfg: &Config) {
     }
 }
 
-/// The fingerprint of what a table is computed from, including the fingerprints of the tables
-/// it reads: equal means the table is up to date.
 /// The inputs fingerprint of a model's table: its model and settings, the events data version,
 /// the fingerprints of the tables it reads (`fingerprints`, by model index) and, if it reads
 /// them, the consents version.
@@ -980,6 +978,8 @@ async fn all_current(
     Ok(true)
 }
 
+/// The fingerprint of what a table is computed from, including the fingerprints of the tables
+/// it reads: equal means the table is up to date.
 fn inputs_fingerprint(
     model: &Model,
     data_version: i64,
@@ -1169,7 +1169,7 @@ async fn build_table(
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
     let mut sink = delta::TableSink::new(
         &table,
-        props,
+        props.clone(),
         cfg.ingest.target_file_size,
         flush_at,
         format!("SQL model {}", model.origin),
@@ -1237,7 +1237,16 @@ async fn build_table(
                 keys,
                 held: held.take(),
             };
-            replace_keys(ctx, cfg, model, &table, changed, &mut sink, &mut out).await?
+            replace_keys(
+                ctx,
+                (&props, cfg.memory_limit),
+                model,
+                &table,
+                changed,
+                &mut sink,
+                &mut out,
+            )
+            .await?
         }
     };
     let mut adds = sink.finish().await?;
@@ -1329,7 +1338,7 @@ struct Changed<'a> {
 /// Returns the patched files' adds and the removes of the files they replace.
 async fn replace_keys(
     ctx: &SessionContext,
-    cfg: &Config,
+    (props, memory_limit): (&deltalake::parquet::file::properties::WriterProperties, u64),
     model: &Model,
     table: &DeltaTable,
     changed: Changed<'_>,
@@ -1363,7 +1372,6 @@ async fn replace_keys(
         table: &model.name,
         key: column,
     };
-    let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
     let done = crate::patch::replace(
         ctx,
         table,
@@ -1374,7 +1382,7 @@ async fn replace_keys(
             drop: keys,
         },
         sink,
-        (&props, cfg.memory_limit),
+        (props, memory_limit),
     )
     .await?;
     out.files_patched = done.files_patched;

@@ -50,11 +50,16 @@ impl Doc {
     }
 }
 
-/// Compact JSON text, as `serde_json::Value` writes it.
+/// Compact JSON text, as `serde_json::Value` writes it. A number, boolean or null (what the
+/// JSON functions write for most non-string values) is written straight into the formatter.
 impl fmt::Display for Doc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = serde_json::to_string(self).map_err(|_| fmt::Error)?;
-        f.write_str(&text)
+        match self {
+            Doc::Null => f.write_str("null"),
+            Doc::Bool(b) => f.write_str(if *b { "true" } else { "false" }),
+            Doc::Number(n) => fmt::Display::fmt(n, f),
+            _ => f.write_str(&serde_json::to_string(self).map_err(|_| fmt::Error)?),
+        }
     }
 }
 
@@ -234,6 +239,9 @@ mod tests {
             r#"[1, "two", {"three": 3}]"#,
             r#""just a string""#,
             "42",
+            "-7",
+            "2.5e-3",
+            "true",
             "null",
             r#"{"a": 1,}"#,
             r#"{"a": 1} trailing"#,
