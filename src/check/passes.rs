@@ -56,7 +56,7 @@ impl Passes {
                 Err(object_store::Error::NotFound { .. }) => return None,
                 Err(e) => {
                     tracing::warn!(
-                        "the record of passed checks could not be read ({e}); every check runs"
+                        "the record of passed checks (_clicklake/check_passes.json) could not be read ({e}); every check runs"
                     );
                     return None;
                 }
@@ -65,7 +65,7 @@ impl Passes {
                 Ok(passes) => Some(passes),
                 Err(e) => {
                     tracing::warn!(
-                        "the record of passed checks is not readable ({e}); every check runs"
+                        "the record of passed checks (_clicklake/check_passes.json) is not readable ({e}); every check runs"
                     );
                     None
                 }
@@ -98,19 +98,27 @@ impl Passes {
     pub(super) async fn save(&self, lake: &Lake) {
         let body = match serde_json::to_vec_pretty(self) {
             Ok(body) => body,
-            Err(e) => return tracing::warn!("the record of passed checks: {e}"),
+            Err(e) => {
+                return tracing::warn!(
+                    "the record of passed checks (_clicklake/check_passes.json): {e}"
+                )
+            }
         };
         let put = match lake.root_store() {
             Ok((store, root)) => store.put(&path(&root), PutPayload::from(body)).await,
-            Err(e) => return tracing::warn!("the record of passed checks: {e}"),
+            Err(e) => {
+                return tracing::warn!(
+                    "the record of passed checks (_clicklake/check_passes.json): {e}"
+                )
+            }
         };
         match put {
             Ok(_) => {}
             Err(e) if refused(&e) => tracing::debug!(
-                "the record of passed checks was not written ({e}): every check runs each time"
+                "the record of passed checks (_clicklake/check_passes.json) was not written ({e}): every check runs each time"
             ),
             Err(e) => tracing::warn!(
-                "the record of passed checks could not be written ({e}); the next run checks \
+                "the record of passed checks (_clicklake/check_passes.json) could not be written ({e}); the next run checks \
                  everything again"
             ),
         }
