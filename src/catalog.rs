@@ -548,16 +548,17 @@ pub fn star_session(memory_limit: u64) -> Result<SessionContext> {
 }
 
 /// A table's DataFusion provider, scanning with `ctx`'s settings (string views or not,
-/// filter pushdown).
+/// filter pushdown), and small files whole (see [`crate::whole_files`]).
 pub async fn provider(
     ctx: &SessionContext,
     table: &DeltaTable,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     table.update_datafusion_session(&ctx.state())?;
-    Ok(table
+    let provider = table
         .table_provider()
         .with_session(Arc::new(ctx.state()))
-        .await?)
+        .await?;
+    Ok(crate::whole_files::for_table(table, provider))
 }
 
 /// A DataFusion session with the run's memory budget and disk spilling.

@@ -74,7 +74,7 @@ const NO_STATISTICS: &[&str] = &[
 /// clean), with a Parquet bloom filter per row group: a reader skips every row group whose
 /// filter rules all of the values out, where min/max statistics of random identifiers can skip
 /// nothing.
-const BLOOM_FILTERED: &[&str] = &["anonymous_id"];
+pub const BLOOM_FILTERED: &[&str] = &["anonymous_id"];
 /// The bloom filters' false-positive rate.
 const BLOOM_FPP: f64 = 0.01;
 

@@ -966,7 +966,10 @@ async fn rewrite_without(
         }
     };
     let ctx = catalog::session(cfg.memory_limit)?;
-    let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
+    let provider = crate::whole_files::for_table(
+        &table,
+        table.table_provider().with_file_column(FILE_COLUMN).await?,
+    );
     ctx.register_table("t", provider)?;
     let files: Vec<String> = rows_of(
         ctx.table("t")

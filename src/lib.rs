@@ -52,6 +52,7 @@ pub mod sqlfn;
 pub mod storage;
 pub mod summarize;
 pub mod vacuum;
+pub mod whole_files;
 
 use std::process::ExitCode;
 

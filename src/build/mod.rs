@@ -896,7 +896,7 @@ async fn this_provider(
     model: &Model,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
     if let Some(t) = existing {
-        return Ok(t.table_provider().await?);
+        return Ok(crate::whole_files::for_table(t, t.table_provider().await?));
     }
     let schema = catalog::find(&model.name)
         .map(|d| (d.schema)())

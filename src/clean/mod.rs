@@ -405,10 +405,13 @@ async fn register_incremental_inputs(
         ctx.register_table("normalized", Arc::new(rows))?;
     }
     laps.lap("new raw rows registered");
-    let current: Arc<dyn TableProvider> = events
-        .table_provider()
-        .with_file_column(FILE_COLUMN)
-        .await?;
+    let current = crate::whole_files::for_table(
+        events,
+        events
+            .table_provider()
+            .with_file_column(FILE_COLUMN)
+            .await?,
+    );
     // One scan of events finds the current copies of the new event ids (to settle
     // resends) and every current row of the new rows' visitors.
     let new_ids = collect_strings(
