@@ -561,6 +561,18 @@ pub async fn provider(
     Ok(crate::whole_files::for_table(table, provider))
 }
 
+/// The column [`provider_with_file_column`] adds to every row: the file it was read from.
+pub const FILE_COLUMN: &str = "__clicklake_file";
+
+/// A table's provider whose rows carry the file they were read from in [`FILE_COLUMN`] (so that
+/// just those files are rewritten), reading small files whole (see [`crate::whole_files`]).
+pub async fn provider_with_file_column(
+    table: &DeltaTable,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    let provider = table.table_provider().with_file_column(FILE_COLUMN).await?;
+    Ok(crate::whole_files::for_table(table, provider))
+}
+
 /// A DataFusion session with the run's memory budget and disk spilling.
 pub fn session(memory_limit: u64) -> Result<SessionContext> {
     session_with(memory_limit, RuntimeEnvBuilder::new())

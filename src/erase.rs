@@ -34,7 +34,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, ERASURES};
+use crate::catalog::{self, ERASURES, FILE_COLUMN};
 use crate::config::Config;
 use crate::delta;
 use crate::error::{Error, Result};
@@ -942,8 +942,6 @@ async fn rewrite_all(
     }
 }
 
-const FILE_COLUMN: &str = "__clicklake_file";
-
 /// Removes the rows matching `predicate` from `table`: the files holding any are rewritten
 /// without them in one commit (whose log entry names no id: the predicate is not recorded),
 /// the superseded files are vacuumed at once, and a checkpoint replaces the older log entries
@@ -966,10 +964,7 @@ async fn rewrite_without(
         }
     };
     let ctx = catalog::session(cfg.memory_limit)?;
-    let provider = crate::whole_files::for_table(
-        &table,
-        table.table_provider().with_file_column(FILE_COLUMN).await?,
-    );
+    let provider = catalog::provider_with_file_column(&table).await?;
     ctx.register_table("t", provider)?;
     let files: Vec<String> = rows_of(
         ctx.table("t")

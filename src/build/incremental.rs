@@ -54,10 +54,7 @@ pub(super) async fn files_holding(
     table: &DeltaTable,
     column: &str,
 ) -> Result<Vec<String>> {
-    let provider = crate::whole_files::for_table(
-        table,
-        table.table_provider().with_file_column(FILE_COLUMN).await?,
-    );
+    let provider = catalog::provider_with_file_column(table).await?;
     let _ = ctx.deregister_table("current_files");
     ctx.register_table("current_files", provider)?;
     let batches = ctx
@@ -136,10 +133,7 @@ pub(super) async fn plan_patches(
             }
         }
     }
-    let provider = crate::whole_files::for_table(
-        table,
-        table.table_provider().with_file_column(FILE_COLUMN).await?,
-    );
+    let provider = catalog::provider_with_file_column(table).await?;
     let _ = ctx.deregister_table("current_rows");
     ctx.register_table("current_rows", provider)?;
     let _ = ctx.deregister_table("patch_new");

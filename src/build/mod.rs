@@ -49,7 +49,7 @@ use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::catalog::{self, EVENTS};
+use crate::catalog::{self, EVENTS, FILE_COLUMN};
 use crate::config::Config;
 use crate::delta;
 use crate::error::{Error, Result};
@@ -71,7 +71,6 @@ pub const LOGIC_APP_ID: &str = "clicklake/build/logic";
 /// The application id of the version of `consents` (decisions imported with `clicklake consent`)
 /// a table reflects.
 pub const CONSENTS_APP_ID: &str = "clicklake/build/consents";
-const FILE_COLUMN: &str = "__clicklake_file";
 
 #[derive(Debug, Clone, Copy)]
 pub enum AsOf {

@@ -39,7 +39,7 @@ use deltalake::DeltaTable;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::catalog::{self, EVENTS, RAW_EVENTS};
+use crate::catalog::{self, EVENTS, FILE_COLUMN, RAW_EVENTS};
 use crate::config::Config;
 use crate::delta;
 use crate::error::{Error, Result};
@@ -55,7 +55,6 @@ pub const CONSUMED_APP_ID: &str = "clicklake/clean/raw_events";
 /// The application id of the fingerprint of the clean logic `events` was computed with (the
 /// models' text and the session gap).
 pub const LOGIC_APP_ID: &str = "clicklake/clean/logic";
-const FILE_COLUMN: &str = "__clicklake_file";
 /// An incremental run reads its new rows into memory once when it consumes at most this many
 /// raw rows; a larger backlog is streamed from its files by each query that needs it.
 const IN_MEMORY_NEW_ROWS: u64 = 200_000;
@@ -405,13 +404,7 @@ async fn register_incremental_inputs(
         ctx.register_table("normalized", Arc::new(rows))?;
     }
     laps.lap("new raw rows registered");
-    let current = crate::whole_files::for_table(
-        events,
-        events
-            .table_provider()
-            .with_file_column(FILE_COLUMN)
-            .await?,
-    );
+    let current = catalog::provider_with_file_column(events).await?;
     // One scan of events finds the current copies of the new event ids (to settle
     // resends) and every current row of the new rows' visitors.
     let new_ids = collect_strings(

@@ -442,18 +442,14 @@ fn a_failing_user_check_exits_1_with_its_rows() {
         .iter()
         .any(|c| c.0 == "events_unique_event_id" && c.1 == "pass"));
     ctx.ok(&["build", "-q"]);
-    let checks = ctx.path("checks");
-    std::fs::create_dir_all(&checks).unwrap();
-    std::fs::write(
-        checks.join("no_gbp_orders.sql"),
+    ctx.write_check(
+        "no_gbp_orders.sql",
         "SELECT session_key FROM fact_sessions WHERE currency = 'GBP' OR cart_abandoned",
-    )
-    .unwrap();
-    std::fs::write(
-        checks.join("orders_have_items.sql"),
+    );
+    ctx.write_check(
+        "orders_have_items.sql",
         "SELECT order_id FROM fact_orders WHERE items < 1",
-    )
-    .unwrap();
+    );
     let out = ctx.run(&["check", "--checks-dir", "checks"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
     let report = String::from_utf8_lossy(&out.stdout);
@@ -494,7 +490,7 @@ fn a_failing_user_check_exits_1_with_its_rows() {
         .iter()
         .any(|c| c.0 == "orders_have_items" && c.1 == "pass"));
     // A check that does not plan is a configuration error naming its file.
-    std::fs::write(checks.join("typo.sql"), "SELEC 1").unwrap();
+    ctx.write_check("typo.sql", "SELEC 1");
     let out = ctx.run(&["check", "--checks-dir", "checks"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("typo.sql"), "{}", stderr_of(&out));
@@ -506,20 +502,16 @@ fn a_pass_is_reused_until_its_query_or_a_table_it_reads_changes() {
     let fixture = ctx.fixture("star/sessions.ndjson");
     pipeline(&ctx, fixture.to_str().unwrap());
     ctx.ok(&["build", "-q"]);
-    let checks = ctx.path("checks");
-    std::fs::create_dir_all(&checks).unwrap();
     // Passes, but asks the clock: never reused.
-    std::fs::write(
-        checks.join("not_in_the_future.sql"),
+    ctx.write_check(
+        "not_in_the_future.sql",
         "SELECT session_key FROM fact_sessions WHERE started_at > now()",
-    )
-    .unwrap();
+    );
     // Warns on every session: a result with offending rows is never reused.
-    std::fs::write(
-        checks.join("every_session.sql"),
+    ctx.write_check(
+        "every_session.sql",
         "-- severity: warn\nSELECT session_key FROM fact_sessions",
-    )
-    .unwrap();
+    );
     let report = |args: &[&str]| -> serde_json::Value {
         let mut all = vec!["check", "--json", "--checks-dir", "checks"];
         all.extend_from_slice(args);
@@ -577,22 +569,20 @@ fn a_pass_is_reused_until_its_query_or_a_table_it_reads_changes() {
         "{rebuilt:?}"
     );
     // An edited query runs again.
-    std::fs::write(
-        checks.join("no_negative_revenue.sql"),
+    ctx.write_check(
+        "no_negative_revenue.sql",
         "SELECT order_id FROM fact_orders WHERE revenue < 0",
-    )
-    .unwrap();
+    );
     assert!(!reused(&report(&[]))
         .iter()
         .any(|n| n == "no_negative_revenue"));
     assert!(reused(&report(&[]))
         .iter()
         .any(|n| n == "no_negative_revenue"));
-    std::fs::write(
-        checks.join("no_negative_revenue.sql"),
+    ctx.write_check(
+        "no_negative_revenue.sql",
         "SELECT order_id FROM fact_orders WHERE revenue < -1",
-    )
-    .unwrap();
+    );
     assert!(!reused(&report(&[]))
         .iter()
         .any(|n| n == "no_negative_revenue"));
@@ -619,9 +609,7 @@ fn a_check_that_only_warns_is_reported_and_does_not_fail_check_or_run() {
         inbox.join("sessions.ndjson"),
     )
     .unwrap();
-    let checks = ctx.path("checks");
-    std::fs::create_dir_all(&checks).unwrap();
-    let write = |name: &str, sql: &str| std::fs::write(checks.join(name), sql).unwrap();
+    let write = |name: &str, sql: &str| ctx.write_check(name, sql);
     // dbt's thresholds on the number of offending rows: two rows warn, three would fail.
     write(
         "rows.sql",

@@ -190,6 +190,14 @@ impl TestContext {
         std::fs::write(self.path("clicklake.toml"), text).expect("write clicklake.toml");
     }
 
+    /// Writes a check file `name` into this test's `checks/` (made if missing), the directory
+    /// `--checks-dir checks` names.
+    pub fn write_check(&self, name: &str, sql: &str) {
+        let dir = self.path("checks");
+        std::fs::create_dir_all(&dir).expect("create checks/");
+        std::fs::write(dir.join(name), sql).expect("write a check file");
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run")
     }

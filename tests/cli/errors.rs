@@ -390,14 +390,12 @@ fn the_lake_is_read_only_to_ad_hoc_sql_checks_and_models() {
         .query("CREATE TABLE t AS SELECT 1 AS a; INSERT INTO t VALUES (2); SELECT sum(a) FROM t");
     assert_eq!(own.last().map(String::as_str), Some("3"), "{own:?}");
 
-    let checks = ctx.path("checks");
-    std::fs::create_dir_all(&checks).unwrap();
-    std::fs::write(
-        checks.join("sneaky.sql"),
-        "INSERT INTO events SELECT * FROM events",
-    )
-    .unwrap();
-    let out = ctx.run(&["check", "--checks-dir", checks.to_str().unwrap()]);
+    ctx.write_check("sneaky.sql", "INSERT INTO events SELECT * FROM events");
+    let out = ctx.run(&[
+        "check",
+        "--checks-dir",
+        ctx.path("checks").to_str().unwrap(),
+    ]);
     assert_usage_error(&out, &["check sneaky", "sneaky.sql", "DML not supported"]);
     one_line(&out);
 
