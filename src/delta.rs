@@ -25,7 +25,9 @@ use futures::{StreamExt, TryStreamExt};
 use crate::error::{Error, Result};
 
 mod spread;
+mod waiting;
 pub use spread::SpreadSink;
+use waiting::{PartitionKey, Waiting};
 
 /// Columns whose values repeat too little for a dictionary to pay: unique per row, or shared by
 /// a handful of rows (a session's, a visitor's) in a file of hundreds of thousands. Trying a
@@ -126,27 +128,9 @@ pub fn writer(
         .with_target_file_size(target_file_size))
 }
 
-/// Writes `batch`, whose rows all belong to one partition of a table partitioned by
-/// `partition_columns`, without the split by partition values that [`DeltaWriter::write`] does
-/// (a hash per row, then a copy of every column). Fails if the rows are not of one partition.
-pub async fn write_partition(
-    writer: &mut RecordBatchWriter,
-    table: &str,
-    partition_columns: &[String],
-    batch: arrow::array::RecordBatch,
-) -> Result<()> {
-    if batch.num_rows() == 0 {
-        return Ok(());
-    }
-    if !is_one_partition(&batch, partition_columns)? {
-        return Err(Error::runtime(
-            "a batch to write holds rows of more than one partition",
-        ));
-    }
-    write_one_partition(writer, table, partition_columns, batch).await
-}
-
-/// [`write_partition`] of a batch (not empty) its caller has found to be of one partition.
+/// Writes `batch` (not empty), whose rows the caller has found to be all of one partition of a
+/// table partitioned by `partition_columns`, without the split by partition values that
+/// [`DeltaWriter::write`] does (a hash per row, then a copy of every column).
 async fn write_one_partition(
     writer: &mut RecordBatchWriter,
     table: &str,
@@ -189,6 +173,25 @@ fn is_one_partition(
         }
     }
     Ok(true)
+}
+
+/// Writes each of `parts`, the rows of one partition each, to a file of its own through
+/// `writer`, closing each file before the next opens; returns the writer and the files.
+async fn one_file_each(
+    mut writer: RecordBatchWriter,
+    table: &str,
+    partition_columns: &[String],
+    parts: Vec<arrow::array::RecordBatch>,
+) -> Result<(RecordBatchWriter, Vec<Add>)> {
+    let mut adds = Vec::with_capacity(parts.len());
+    for rows in parts {
+        if rows.num_rows() == 0 {
+            continue;
+        }
+        write_one_partition(&mut writer, table, partition_columns, rows).await?;
+        adds.extend(writer.flush().await.map_err(|e| write_failed(table, e))?);
+    }
+    Ok((writer, adds))
 }
 
 /// A table's application transaction (`txn`) markers, to look many up. The kernel's look-up
@@ -498,6 +501,13 @@ fn lost_race(table: &DeltaTable, e: deltalake::DeltaTableError) -> Error {
 /// Streams record batches into a table's writer: conforms each batch to the table schema (by
 /// column name; engine layouts such as string views are cast back), and flushes files whenever
 /// the buffered rows pass `flush_at` bytes, so memory stays bounded.
+///
+/// A partitioned table's rows are split by partition, and a partition's file is opened only once
+/// [`waiting::OPEN_AT`] bytes of its rows have come; until then they wait in memory (see
+/// [`waiting`]). Partitions that stay small are written one at a time when the waiting rows pass
+/// `flush_at` (the largest first) and at [`TableSink::finish`]. At most [`TableSink::max_open`]
+/// files are open at once: opening one more flushes them all first. So memory is bounded by
+/// `flush_at` however many partitions the rows spread over.
 pub struct TableSink {
     writer: RecordBatchWriter,
     /// What a sibling writer is made from.
@@ -511,6 +521,15 @@ pub struct TableSink {
     what: String,
     table: String,
     rows: u64,
+    /// Rows of partitions with no file open, in memory.
+    waiting: Waiting,
+    /// Bytes of a partition's rows that open its file ([`waiting::OPEN_AT`]).
+    open_at: usize,
+    /// Partitions with a file open in `writer`.
+    open: std::collections::HashSet<PartitionKey>,
+    /// Writes partitions that never opened a file of their own in `writer`, one at a time.
+    alone: Option<RecordBatchWriter>,
+    hashes: Vec<u64>,
 }
 
 impl TableSink {
@@ -537,6 +556,11 @@ impl TableSink {
             what: what.into(),
             table: table_name(table),
             rows: 0,
+            waiting: Waiting::default(),
+            open_at: waiting::OPEN_AT,
+            open: Default::default(),
+            alone: None,
+            hashes: Vec::new(),
         })
     }
 
@@ -567,6 +591,16 @@ impl TableSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        if !self.partition_columns.is_empty() {
+            let mut hashes = std::mem::take(&mut self.hashes);
+            let parts =
+                spread::split_by_partition(batch, &self.partition_columns, &self.what, &mut hashes);
+            self.hashes = hashes;
+            for (_, part) in parts? {
+                self.write_part(part).await?;
+            }
+            return Ok(());
+        }
         let conformed = self.conform(batch)?;
         self.rows += conformed.num_rows() as u64;
         let table = &self.table;
@@ -578,32 +612,138 @@ impl TableSink {
     }
 
     /// Writes `batch`, whose rows the caller has found to be all of one partition, without
-    /// deltalake's split by partition (see [`write_partition`]).
-    async fn write_part(&mut self, batch: arrow::array::RecordBatch) -> Result<()> {
+    /// deltalake's split by partition (see [`write_one_partition`]): into the partition's open file,
+    /// or to wait until enough rows of the partition have come to open one. Two partitions whose
+    /// values hash alike come here together and go through deltalake's split.
+    pub async fn write_part(&mut self, batch: arrow::array::RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let conformed = self.conform(&batch)?;
+        if !is_one_partition(&conformed, &self.partition_columns)? {
+            self.rows += conformed.num_rows() as u64;
+            let table = &self.table;
+            self.writer
+                .write(conformed)
+                .await
+                .map_err(|e| write_failed(table, e))?;
+            return self.flush_if_full().await;
+        }
         self.rows += conformed.num_rows() as u64;
-        write_one_partition(
-            &mut self.writer,
-            &self.table,
-            &self.partition_columns,
-            conformed,
-        )
-        .await?;
-        self.flush_if_full().await
+        let key = waiting::partition_key(&conformed, &self.partition_columns)?;
+        if self.open.contains(&key) {
+            self.write_open(conformed).await?;
+            return self.flush_if_full().await;
+        }
+        if self.waiting.add(key.clone(), conformed)? >= self.open_at {
+            if self.open.len() >= self.max_open() {
+                self.flush().await?;
+            }
+            if let Some(rows) = self.waiting.take(&key)? {
+                self.write_open(rows).await?;
+            }
+            self.open.insert(key);
+            self.flush_if_full().await?;
+        }
+        if self.waiting.bytes() > self.flush_at {
+            for key in self.waiting.largest_first() {
+                if self.waiting.bytes() <= self.flush_at / 2 {
+                    break;
+                }
+                self.write_alone(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files open at once, at most: a quarter of `flush_at` in what open files cost, and never
+    /// fewer than 8.
+    fn max_open(&self) -> usize {
+        (self.flush_at / 4 / waiting::OPEN_FILE_BYTES).max(8)
+    }
+
+    async fn write_open(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
+        write_one_partition(&mut self.writer, &self.table, &self.partition_columns, rows).await
+    }
+
+    /// Writes the rows waiting for partition `key` to a file of their own, and closes it.
+    async fn write_alone(&mut self, key: &PartitionKey) -> Result<()> {
+        if let Some(rows) = self.waiting.take(key)? {
+            self.one_file_each(vec![rows]).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes every partition still waiting, each to a file of its own; on two tasks, dealt
+    /// out largest first, where there are two cores (a backfill leaves hundreds of partitions
+    /// for the end, with nothing else left to do).
+    pub async fn write_waiting(&mut self) -> Result<()> {
+        let mut lists: [(Vec<arrow::array::RecordBatch>, usize); 2] = Default::default();
+        for key in self.waiting.largest_first() {
+            if let Some(rows) = self.waiting.take(&key)? {
+                let lighter = usize::from(lists[1].1 < lists[0].1);
+                lists[lighter].1 += rows.num_rows();
+                lists[lighter].0.push(rows);
+            }
+        }
+        let [(mut mine, _), (theirs, _)] = lists;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let helper = if theirs.is_empty() {
+            None
+        } else if cores < 2 {
+            mine.extend(theirs);
+            None
+        } else {
+            let w = writer(&self.for_table, self.props.clone(), self.target_file_size)?;
+            let (table, columns) = (self.table.clone(), self.partition_columns.clone());
+            Some(tokio::spawn(async move {
+                one_file_each(w, &table, &columns, theirs).await
+            }))
+        };
+        let done = self.one_file_each(mine).await;
+        let Some(helper) = helper else {
+            return done;
+        };
+        if done.is_err() {
+            helper.abort();
+            return done;
+        }
+        let (_, adds) = helper
+            .await
+            .map_err(|e| Error::runtime(format!("writing rows: {e}")))??;
+        self.adds.extend(adds);
+        Ok(())
+    }
+
+    /// [`one_file_each`] through this sink's writer of single files.
+    async fn one_file_each(&mut self, parts: Vec<arrow::array::RecordBatch>) -> Result<()> {
+        let alone = match self.alone.take() {
+            Some(alone) => alone,
+            None => writer(&self.for_table, self.props.clone(), self.target_file_size)?,
+        };
+        let (alone, adds) =
+            one_file_each(alone, &self.table, &self.partition_columns, parts).await?;
+        self.alone = Some(alone);
+        self.adds.extend(adds);
+        Ok(())
     }
 
     async fn flush_if_full(&mut self) -> Result<()> {
         if self.writer.buffer_len() > self.flush_at {
-            let adds = self
-                .writer
-                .flush()
-                .await
-                .map_err(|e| write_failed(&self.table, e))?;
-            self.adds.extend(adds);
+            self.flush().await?;
         }
+        Ok(())
+    }
+
+    /// Writes and closes every open file.
+    async fn flush(&mut self) -> Result<()> {
+        let adds = self
+            .writer
+            .flush()
+            .await
+            .map_err(|e| write_failed(&self.table, e))?;
+        self.adds.extend(adds);
+        self.open.clear();
         Ok(())
     }
 
@@ -624,14 +764,11 @@ impl TableSink {
         Ok(sink)
     }
 
-    /// Flushes what is buffered and returns every file written (not yet committed).
+    /// Writes what waits and what is buffered, and returns every file written (not yet
+    /// committed).
     pub async fn finish(mut self) -> Result<Vec<Add>> {
-        let adds = self
-            .writer
-            .flush()
-            .await
-            .map_err(|e| write_failed(&self.table, e))?;
-        self.adds.extend(adds);
+        self.write_waiting().await?;
+        self.flush().await?;
         Ok(self.adds)
     }
 }
@@ -909,43 +1046,152 @@ mod tests {
         );
     }
 
+    /// A batch of `n` rows of partition `p` with values from `first`.
+    fn rows(schema: &arrow::datatypes::SchemaRef, p: &str, first: i64, n: usize) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
+                Arc::new(StringArray::from(vec![p; n])),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Rows per partition value, from the files' statistics.
+    fn rows_by_partition(adds: &[Add]) -> std::collections::BTreeMap<String, Vec<i64>> {
+        let mut files: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+        for add in adds {
+            let stats: serde_json::Value =
+                serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
+            let p = add.partition_values["p"].clone().unwrap();
+            assert!(add.path.starts_with(&format!("p={p}/")), "{}", add.path);
+            files
+                .entry(p)
+                .or_default()
+                .push(stats["numRecords"].as_i64().unwrap());
+        }
+        files
+    }
+
     #[tokio::test]
-    async fn a_batch_of_one_partition_is_written_as_it_is_and_a_mixed_one_is_refused() {
+    async fn small_partitions_wait_in_memory_and_are_written_one_file_each() {
         let dir = tempfile::tempdir().unwrap();
         let (table, schema) = partitioned_table(dir.path()).await;
-        let batch = |p: [&str; 2]| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(Int64Array::from(vec![1, 2])),
-                    Arc::new(StringArray::from(p.to_vec())),
-                ],
-            )
-            .unwrap()
-        };
-        let partitions = ["p".to_string()];
-        let mut w = writer(&table, WriterProperties::default(), 1 << 20).unwrap();
-        write_partition(&mut w, "t", &partitions, batch(["a", "a"]))
-            .await
-            .unwrap();
-        let err = write_partition(&mut w, "t", &partitions, batch(["a", "b"]))
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("rows of more than one partition"),
-            "{err}"
-        );
-        let adds = w.flush().await.unwrap();
-        assert_eq!(adds.len(), 1);
-        assert_eq!(
-            adds[0].partition_values.get("p"),
-            Some(&Some("a".to_string()))
-        );
-        assert!(adds[0].path.starts_with("p=a/"), "{}", adds[0].path);
-        assert!(adds[0]
-            .stats
-            .as_deref()
-            .unwrap()
-            .contains("\"numRecords\":2"));
+        let mut sink = TableSink::new(
+            &table,
+            WriterProperties::default(),
+            1 << 30,
+            1 << 30,
+            "test",
+        )
+        .unwrap();
+        // A backfill: 200 partitions, each receiving rows in 5 batches, interleaved.
+        for round in 0..5 {
+            for p in 0..200 {
+                sink.write(&rows(&schema, &format!("d{p:03}"), round * 10, 10))
+                    .await
+                    .unwrap();
+            }
+            assert!(sink.open.is_empty(), "a small partition opened a file");
+        }
+        assert_eq!(sink.rows(), 10_000);
+        let adds = sink.finish().await.unwrap();
+        let files = rows_by_partition(&adds);
+        assert_eq!(files.len(), 200);
+        assert!(files.values().all(|n| n == &vec![50]), "{files:?}");
+    }
+
+    #[tokio::test]
+    async fn a_partition_opens_its_file_once_enough_rows_came_and_at_most_max_open_are_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, schema) = partitioned_table(dir.path()).await;
+        let mut sink = TableSink::new(
+            &table,
+            WriterProperties::default(),
+            1 << 30,
+            1 << 30,
+            "test",
+        )
+        .unwrap();
+        sink.open_at = 8_000;
+        let max_open = sink.max_open();
+        assert_eq!(max_open, (1 << 30) / 4 / waiting::OPEN_FILE_BYTES);
+        sink.write(&rows(&schema, "big", 0, 500)).await.unwrap();
+        assert!(sink.open.is_empty());
+        assert!(sink.waiting.bytes() > 0);
+        // 1,000 Int64 values and their partition string pass 8,000 bytes.
+        sink.write(&rows(&schema, "big", 500, 500)).await.unwrap();
+        assert_eq!(sink.open.len(), 1);
+        assert_eq!(sink.waiting.bytes(), 0);
+        sink.write(&rows(&schema, "big", 1000, 10)).await.unwrap();
+        assert_eq!(sink.waiting.bytes(), 0, "rows of an open partition waited");
+        // More large partitions than may be open: opening one more closes those open.
+        for p in 0..max_open {
+            sink.write(&rows(&schema, &format!("o{p}"), 0, 1000))
+                .await
+                .unwrap();
+            assert!(sink.open.len() <= max_open);
+        }
+        assert_eq!(sink.open.len(), 1, "the files were not closed");
+        let adds = sink.finish().await.unwrap();
+        let files = rows_by_partition(&adds);
+        assert_eq!(files["big"], vec![1010]);
+        assert_eq!(files.len(), max_open + 1);
+        assert!(files.iter().all(|(p, n)| p == "big" || n == &vec![1000]));
+    }
+
+    #[tokio::test]
+    async fn waiting_rows_past_the_flush_threshold_are_written_largest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, schema) = partitioned_table(dir.path()).await;
+        let flush_at = 64 << 10;
+        let mut sink = TableSink::new(
+            &table,
+            WriterProperties::default(),
+            1 << 30,
+            flush_at,
+            "test",
+        )
+        .unwrap();
+        sink.open_at = usize::MAX;
+        for p in 0..100 {
+            let n = if p == 0 { 300 } else { 100 };
+            sink.write(&rows(&schema, &format!("s{p:02}"), 0, n))
+                .await
+                .unwrap();
+            assert!(sink.waiting.bytes() <= flush_at, "{}", sink.waiting.bytes());
+        }
+        sink.write(&rows(&schema, "s00", 100, 5)).await.unwrap();
+        let adds = sink.finish().await.unwrap();
+        let files = rows_by_partition(&adds);
+        assert_eq!(files.len(), 100);
+        let all: i64 = files.values().flatten().sum();
+        assert_eq!(all, 300 + 99 * 100 + 5);
+        // The largest partition was written first, before its last rows came.
+        assert_eq!(files["s00"], vec![300, 5]);
+    }
+
+    #[tokio::test]
+    async fn two_partitions_in_one_part_are_split_by_deltalake() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, schema) = partitioned_table(dir.path()).await;
+        let mut sink = TableSink::new(
+            &table,
+            WriterProperties::default(),
+            1 << 30,
+            1 << 30,
+            "test",
+        )
+        .unwrap();
+        let mixed = arrow::compute::concat_batches(
+            &schema,
+            &[rows(&schema, "a", 0, 2), rows(&schema, "b", 2, 3)],
+        )
+        .unwrap();
+        sink.write_part(mixed).await.unwrap();
+        let files = rows_by_partition(&sink.finish().await.unwrap());
+        assert_eq!(files["a"], vec![2]);
+        assert_eq!(files["b"], vec![3]);
     }
 }

@@ -75,66 +75,32 @@ impl<'a> SpreadSink<'a> {
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let n = batch.num_rows();
-        if n == 0 {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
         if self.helper.is_none() {
             return self.own.write(batch).await;
         }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.own.partition_columns.len());
-        for name in &self.own.partition_columns {
-            columns.push(batch.column_by_name(name).cloned().ok_or_else(|| {
-                Error::config(format!("{} does not produce column {name}", self.own.what))
-            })?);
-        }
-        self.hashes.clear();
-        self.hashes.resize(n, 0);
-        datafusion::common::hash_utils::create_hashes(
-            &columns,
-            &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+        let parts = split_by_partition(
+            batch,
+            &self.own.partition_columns,
+            &self.own.what,
             &mut self.hashes,
         )?;
-        // The rows of each partition in this batch, in order of first appearance.
-        let mut slot_of: HashMap<u64, usize, BuildHasherDefault<Prehashed>> = HashMap::default();
-        let mut parts: Vec<(u64, Vec<u32>)> = Vec::new();
-        let mut last: Option<(u64, usize)> = None;
-        for (i, &h) in self.hashes.iter().enumerate() {
-            let slot = match last {
-                Some((lh, slot)) if lh == h => slot,
-                _ => *slot_of.entry(h).or_insert_with(|| {
-                    parts.push((h, Vec::new()));
-                    parts.len() - 1
-                }),
-            };
-            last = Some((h, slot));
-            parts[slot].1.push(i as u32);
-        }
         // New partitions go to the lighter writer, largest first.
-        let mut new: Vec<&(u64, Vec<u32>)> = parts
+        let mut new: Vec<&(u64, RecordBatch)> = parts
             .iter()
             .filter(|(h, _)| !self.owners.contains_key(h))
             .collect();
-        new.sort_by_key(|(_, rows)| std::cmp::Reverse(rows.len()));
-        for (h, rows) in new {
+        new.sort_by_key(|(_, part)| std::cmp::Reverse(part.num_rows()));
+        for (h, part) in new {
             let lighter = usize::from(self.load[1] < self.load[0]);
             self.owners.insert(*h, lighter);
-            self.load[lighter] += rows.len() as u64;
+            self.load[lighter] += part.num_rows() as u64;
         }
         let mut mine = Vec::new();
-        for (h, rows) in parts {
-            let owner = self.owners[&h];
-            let part = if rows.len() == n {
-                batch.clone()
-            } else {
-                arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
-            };
-            // Two partitions whose values hash alike go to `own` through deltalake's split.
-            if !super::is_one_partition(&part, &self.own.partition_columns)? {
-                self.own.write(&part).await?;
-                continue;
-            }
-            if owner == 0 {
+        for (h, part) in parts {
+            if self.owners[&h] == 0 {
                 mine.push(part);
             } else {
                 self.send(part).await?;
@@ -164,6 +130,10 @@ impl<'a> SpreadSink<'a> {
     /// Waits for the second writer to write and close its files; `own` then holds them too, and
     /// its rows, and its flush threshold is restored.
     pub async fn finish(mut self) -> Result<()> {
+        if self.helper.is_some() {
+            // Partitions that never opened a file are written now, alongside the helper's.
+            self.own.write_waiting().await?;
+        }
         if let Some(helper) = self.helper.take() {
             drop(helper.queue);
             let (rows, adds) = join(helper.task).await?;
@@ -173,6 +143,59 @@ impl<'a> SpreadSink<'a> {
         self.own.flush_at = self.flush_at;
         Ok(())
     }
+}
+
+/// The rows of `batch` by partition (of `partition_columns`), each with the hash of its values,
+/// in order of first appearance: a vectorised hash of the partition columns, then one `take` per
+/// partition (`batch` itself when it is all of one). Two partitions whose values hash alike come
+/// out as one part; `what` names the producer in errors.
+pub(super) fn split_by_partition(
+    batch: &RecordBatch,
+    partition_columns: &[String],
+    what: &str,
+    hashes: &mut Vec<u64>,
+) -> Result<Vec<(u64, RecordBatch)>> {
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(partition_columns.len());
+    for name in partition_columns {
+        columns.push(
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| Error::config(format!("{what} does not produce column {name}")))?,
+        );
+    }
+    hashes.clear();
+    hashes.resize(n, 0);
+    datafusion::common::hash_utils::create_hashes(
+        &columns,
+        &datafusion::common::hash_utils::HLL_RANDOM_STATE,
+        hashes,
+    )?;
+    let mut slot_of: HashMap<u64, usize, BuildHasherDefault<Prehashed>> = HashMap::default();
+    let mut rows: Vec<(u64, Vec<u32>)> = Vec::new();
+    let mut last: Option<(u64, usize)> = None;
+    for (i, &h) in hashes.iter().enumerate() {
+        let slot = match last {
+            Some((lh, slot)) if lh == h => slot,
+            _ => *slot_of.entry(h).or_insert_with(|| {
+                rows.push((h, Vec::new()));
+                rows.len() - 1
+            }),
+        };
+        last = Some((h, slot));
+        rows[slot].1.push(i as u32);
+    }
+    rows.into_iter()
+        .map(|(h, rows)| {
+            let part = if rows.len() == n {
+                batch.clone()
+            } else {
+                arrow::compute::take_record_batch(batch, &UInt32Array::from(rows))?
+            };
+            Ok((h, part))
+        })
+        .collect()
 }
 
 impl Drop for SpreadSink<'_> {

@@ -1207,11 +1207,15 @@ async fn land(
     progress: &indicatif::ProgressBar,
 ) -> Result<Landed> {
     let props = delta::writer_properties(cfg.ingest.zstd_level, cfg.ingest.row_group_rows)?;
-    let mut raw_w = delta::writer(raw, props.clone(), cfg.ingest.target_file_size)?;
-    let raw_partitions = raw.snapshot()?.metadata().partition_columns().to_vec();
-    let mut q_w = delta::writer(quarantine, props, cfg.ingest.target_file_size)?;
     let flush_at = (cfg.memory_limit / 6).max(8 << 20) as usize;
-    let mut raw_adds: Vec<Add> = Vec::new();
+    let mut raw_w = delta::TableSink::new(
+        raw,
+        props.clone(),
+        cfg.ingest.target_file_size,
+        flush_at,
+        "ingest",
+    )?;
+    let mut q_w = delta::writer(quarantine, props, cfg.ingest.target_file_size)?;
     let mut q_adds: Vec<Add> = Vec::new();
 
     let modes: Vec<Mode> = group.iter().map(|p| p.mode).collect();
@@ -1242,21 +1246,12 @@ async fn land(
                 rows_seen += out.stats.lines;
                 let step = async {
                     for part in out.raw {
-                        delta::write_partition(&mut raw_w, RAW_EVENTS.name, &raw_partitions, part)
-                            .await?;
+                        raw_w.write_part(part).await?;
                     }
                     if modes[out.file_idx] == Mode::Full && out.quarantine.num_rows() > 0 {
                         q_w.write(out.quarantine)
                             .await
                             .map_err(|e| delta::write_failed(QUARANTINE.name, e))?;
-                    }
-                    if raw_w.buffer_len() > flush_at {
-                        raw_adds.extend(
-                            raw_w
-                                .flush()
-                                .await
-                                .map_err(|e| delta::write_failed(RAW_EVENTS.name, e))?,
-                        );
                     }
                     if q_w.buffer_len() > flush_at {
                         q_adds.extend(
@@ -1302,7 +1297,7 @@ async fn land(
     // Stop the threads (closing the channel unblocks them) without blocking the runtime.
     let pipe_handle = tokio::task::spawn_blocking(move || pipe.join());
     if let Some(e) = failure {
-        raw_w.reset();
+        drop(raw_w);
         q_w.reset();
         let _ = pipe_handle.await;
         return Err(e);
@@ -1316,7 +1311,7 @@ async fn land(
         .zip(&state)
         .find(|(_, st)| st.chunks_sent != Some(st.chunks_seen))
     {
-        raw_w.reset();
+        drop(raw_w);
         q_w.reset();
         return Err(Error::runtime(format!(
             "internal error: {} of {} chunks of {} were parsed; nothing of this group was \
@@ -1326,12 +1321,7 @@ async fn land(
             p.file.display
         )));
     }
-    raw_adds.extend(
-        raw_w
-            .flush()
-            .await
-            .map_err(|e| delta::write_failed(RAW_EVENTS.name, e))?,
-    );
+    let raw_adds = raw_w.finish().await?;
     q_adds.extend(
         q_w.flush()
             .await
