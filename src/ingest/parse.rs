@@ -1284,8 +1284,11 @@ struct RawPart<'s> {
 struct Out<'s> {
     /// Landed rows by partition, in order of first appearance.
     parts: Vec<RawPart<'s>>,
-    /// Rows a new partition's builders are sized for.
-    part_cap: usize,
+    /// About how many rows the chunk holds (at 400 bytes a line, about what a row's builders
+    /// take): a chunk's rows usually spread over a handful of segments of one or two days, but a
+    /// backfill's over dozens of days, so the n-th partition's builders are sized for
+    /// `rows / (n + 1)` (the first for half), and grow from there if it gets more.
+    rows: usize,
     qb: QuarantineBuilders,
     stats: LineStats,
     s: &'s ParseSettings,
@@ -1303,8 +1306,7 @@ impl<'s> Out<'s> {
     fn new(chunk: &'s Chunk, s: &'s ParseSettings) -> Self {
         Out {
             parts: Vec::new(),
-            // A chunk's rows usually spread over a handful of segments of one or two days.
-            part_cap: (chunk.data.len() / 400 / 4).max(16),
+            rows: chunk.data.len() / 400,
             qb: QuarantineBuilders::new(),
             stats: LineStats::default(),
             s,
@@ -1350,10 +1352,11 @@ impl<'s> Out<'s> {
         {
             Some(i) => i,
             None => {
+                let cap = (self.rows / (self.parts.len() + 2)).max(16);
                 self.parts.push(RawPart {
                     event_date,
                     segment,
-                    rb: RawBuilders::new(self.part_cap, (self.source.len(), s.batch_id.len())),
+                    rb: RawBuilders::new(cap, (self.source.len(), s.batch_id.len())),
                 });
                 self.parts.len() - 1
             }
