@@ -1016,6 +1016,24 @@ mod tests {
         (table, schema)
     }
 
+    /// A sink with default Parquet settings and 1 GiB files into [`partitioned_table`] in `dir`,
+    /// and the table's Arrow schema.
+    pub(super) async fn sink(
+        dir: &std::path::Path,
+        flush_at: usize,
+    ) -> (TableSink, arrow::datatypes::SchemaRef) {
+        let (table, schema) = partitioned_table(dir).await;
+        let sink = TableSink::new(
+            &table,
+            WriterProperties::default(),
+            1 << 30,
+            flush_at,
+            "test",
+        )
+        .unwrap();
+        (sink, schema)
+    }
+
     #[test]
     fn each_column_gets_the_encoding_its_values_pay_for() {
         use deltalake::parquet::schema::types::ColumnPath;
@@ -1077,15 +1095,7 @@ mod tests {
     #[tokio::test]
     async fn small_partitions_wait_in_memory_and_are_written_one_file_each() {
         let dir = tempfile::tempdir().unwrap();
-        let (table, schema) = partitioned_table(dir.path()).await;
-        let mut sink = TableSink::new(
-            &table,
-            WriterProperties::default(),
-            1 << 30,
-            1 << 30,
-            "test",
-        )
-        .unwrap();
+        let (mut sink, schema) = sink(dir.path(), 1 << 30).await;
         // A backfill: 200 partitions, each receiving rows in 5 batches, interleaved.
         for round in 0..5 {
             for p in 0..200 {
@@ -1105,15 +1115,7 @@ mod tests {
     #[tokio::test]
     async fn a_partition_opens_its_file_once_enough_rows_came_and_at_most_max_open_are_open() {
         let dir = tempfile::tempdir().unwrap();
-        let (table, schema) = partitioned_table(dir.path()).await;
-        let mut sink = TableSink::new(
-            &table,
-            WriterProperties::default(),
-            1 << 30,
-            1 << 30,
-            "test",
-        )
-        .unwrap();
+        let (mut sink, schema) = sink(dir.path(), 1 << 30).await;
         sink.open_at = 8_000;
         let max_open = sink.max_open();
         assert_eq!(max_open, (1 << 30) / 4 / waiting::OPEN_FILE_BYTES);
@@ -1144,16 +1146,8 @@ mod tests {
     #[tokio::test]
     async fn waiting_rows_past_the_flush_threshold_are_written_largest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let (table, schema) = partitioned_table(dir.path()).await;
         let flush_at = 64 << 10;
-        let mut sink = TableSink::new(
-            &table,
-            WriterProperties::default(),
-            1 << 30,
-            flush_at,
-            "test",
-        )
-        .unwrap();
+        let (mut sink, schema) = sink(dir.path(), flush_at).await;
         sink.open_at = usize::MAX;
         for p in 0..100 {
             let n = if p == 0 { 300 } else { 100 };
@@ -1175,15 +1169,7 @@ mod tests {
     #[tokio::test]
     async fn two_partitions_in_one_part_are_split_by_deltalake() {
         let dir = tempfile::tempdir().unwrap();
-        let (table, schema) = partitioned_table(dir.path()).await;
-        let mut sink = TableSink::new(
-            &table,
-            WriterProperties::default(),
-            1 << 30,
-            1 << 30,
-            "test",
-        )
-        .unwrap();
+        let (mut sink, schema) = sink(dir.path(), 1 << 30).await;
         let mixed = arrow::compute::concat_batches(
             &schema,
             &[rows(&schema, "a", 0, 2), rows(&schema, "b", 2, 3)],

@@ -219,22 +219,13 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{Int64Array, StringArray};
-    use deltalake::parquet::file::properties::WriterProperties;
 
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_row_is_written_once_and_each_partition_by_one_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let (table, schema) = crate::delta::tests::partitioned_table(dir.path()).await;
-        let mut sink = TableSink::new(
-            &table,
-            WriterProperties::default(),
-            1 << 30,
-            1 << 30,
-            "test",
-        )
-        .unwrap();
+        let (mut sink, schema) = crate::delta::tests::sink(dir.path(), 1 << 30).await;
         let mut spread = SpreadSink::new(&mut sink).unwrap();
         // Three partitions interleaved row by row, one of them null, in three batches.
         let mut expected: BTreeMap<Option<String>, i64> = BTreeMap::new();

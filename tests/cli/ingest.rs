@@ -490,6 +490,67 @@ fn a_million_rows_under_a_small_memory_limit() {
     );
 }
 
+/// A backfill spreads its rows over hundreds of day × segment partitions. Ingest and clean
+/// write them one file each, without holding a file open per partition (1.3 MB each before it
+/// holds a row: about 800 MB here, before partitions waited for their rows in memory).
+#[test]
+fn a_backfill_over_a_year_of_partitions_stays_within_the_memory_limit() {
+    let ctx = TestContext::new(Backend::Local);
+    ctx.generate(
+        "year",
+        &[
+            "--events",
+            "20000",
+            "--files",
+            "2",
+            "--days",
+            "365",
+            "--start",
+            "2025-11-01",
+            "--dirty",
+        ],
+    );
+    let year = ctx.path("year");
+    let files_and_partitions = |table: &str| {
+        let tables: serde_json::Value =
+            serde_json::from_str(ctx.ok(&["tables", "--json"]).trim()).unwrap();
+        let t = tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == table)
+            .unwrap()
+            .clone();
+        (
+            t["files"].as_u64().unwrap(),
+            t["partitions"].as_u64().unwrap(),
+        )
+    };
+    for (args, limit_mib) in [
+        (vec!["ingest", "--json", year.to_str().unwrap()], 400),
+        (vec!["clean", "--json"], 400),
+    ] {
+        let mut cmd = ctx.std_cmd();
+        cmd.args(["--memory-limit", "256MiB"]).args(&args);
+        let (status, _, max_rss_kb) = crate::context::run_with_rusage(cmd);
+        assert!(status.success(), "{args:?} failed");
+        assert!(
+            max_rss_kb < limit_mib * 1024,
+            "{args:?}: peak RSS {} MiB",
+            max_rss_kb / 1024
+        );
+    }
+    let (files, partitions) = files_and_partitions("raw_events");
+    assert!(partitions > 600, "{partitions} partitions");
+    assert_eq!(files, partitions);
+    assert_eq!(
+        ctx.count("SELECT count(*) FROM (SELECT DISTINCT event_date, segment FROM raw_events)"),
+        partitions
+    );
+    assert_eq!(files_and_partitions("events"), (partitions, partitions));
+    assert_eq!(ctx.count("SELECT count(*) FROM events"), 20_000);
+}
+
 /// Lines the flat reader takes and lines it hands to serde_json land alike; a line that is not
 /// UTF-8 is quarantined as broken JSON with that said.
 #[test]
