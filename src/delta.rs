@@ -602,6 +602,14 @@ impl TableSink {
             return Ok(());
         }
         let conformed = self.conform(batch)?;
+        self.write_split_by_deltalake(conformed).await
+    }
+
+    /// Writes `conformed` through deltalake's writer, which splits it by partition itself.
+    async fn write_split_by_deltalake(
+        &mut self,
+        conformed: arrow::array::RecordBatch,
+    ) -> Result<()> {
         self.rows += conformed.num_rows() as u64;
         let table = &self.table;
         self.writer
@@ -621,13 +629,7 @@ impl TableSink {
         }
         let conformed = self.conform(&batch)?;
         if !is_one_partition(&conformed, &self.partition_columns)? {
-            self.rows += conformed.num_rows() as u64;
-            let table = &self.table;
-            self.writer
-                .write(conformed)
-                .await
-                .map_err(|e| write_failed(table, e))?;
-            return self.flush_if_full().await;
+            return self.write_split_by_deltalake(conformed).await;
         }
         self.rows += conformed.num_rows() as u64;
         let key = waiting::partition_key(&conformed, &self.partition_columns)?;
