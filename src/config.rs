@@ -191,6 +191,8 @@ pub struct FileStorage {
     pub server_side_encryption: Option<String>,
     /// The KMS key for aws:kms.
     pub sse_kms_key_id: Option<String>,
+    /// Keep connections open between requests (the default).
+    pub reuse_connections: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +228,10 @@ pub struct StorageConfig {
     pub virtual_hosted_style: bool,
     pub server_side_encryption: Option<String>,
     pub sse_kms_key_id: Option<String>,
+    /// Open a connection for every request instead of reusing idle ones (`reuse_connections =
+    /// false`): for a server that does not set TCP_NODELAY, where each request on a reused
+    /// connection waits about 40 ms for a delayed ACK (s3s-fs).
+    pub no_connection_reuse: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -883,6 +889,10 @@ fn merge_storage(env: &BTreeMap<String, String>, file: FileStorage) -> Result<St
             Some(v) => parse_bool("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", v)?,
             None => file.virtual_hosted_style.unwrap_or(false),
         },
+        no_connection_reuse: !match env_nonempty(env, "CLICKLAKE_S3_REUSE_CONNECTIONS") {
+            Some(v) => parse_bool("CLICKLAKE_S3_REUSE_CONNECTIONS", v)?,
+            None => file.reuse_connections.unwrap_or(true),
+        },
     })
 }
 
@@ -1161,6 +1171,10 @@ pub const TEMPLATE: &str = r#"# clicklake configuration. Flags override environm
 # AWS_SSE_KMS_KEY_ID): "AES256" (SSE-S3) or "aws:kms" (SSE-KMS) with a key id.
 # server_side_encryption = "aws:kms"
 # sse_kms_key_id = "arn:aws:kms:eu-central-1:111122223333:key/…"
+# Keep connections open between requests (env CLICKLAKE_S3_REUSE_CONNECTIONS). Set false for a
+# server that does not set TCP_NODELAY (s3s-fs): there each request on a reused connection waits
+# about 40 ms for a delayed ACK.
+# reuse_connections = true
 
 [ingest]
 # A row whose event_time is later than its received_at by more than this is quarantined (future_event_time).

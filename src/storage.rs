@@ -362,6 +362,9 @@ fn storage_options(root: &Url, s: &StorageConfig) -> HashMap<String, String> {
     if let Some(t) = &s.session_token {
         o.insert("aws_session_token".into(), t.expose().to_string());
     }
+    if s.no_connection_reuse {
+        o.insert("pool_max_idle_per_host".into(), "0".into());
+    }
     // Server-side encryption applies to every PUT and multipart upload of every client.
     if let Some(sse) = &s.server_side_encryption {
         o.insert("aws_server_side_encryption".into(), sse.clone());
@@ -397,6 +400,18 @@ mod tests {
         assert_eq!(o["aws_sse_kms_key_id"], "key-1");
         assert!(!storage_options(&root, &StorageConfig::default())
             .contains_key("aws_server_side_encryption"));
+    }
+
+    #[test]
+    fn connections_are_reused_unless_configured_not_to_be() {
+        let root = parse_location("s3://b/p", true).unwrap();
+        let default = storage_options(&root, &StorageConfig::default());
+        assert!(!default.contains_key("pool_max_idle_per_host"));
+        let cfg = StorageConfig {
+            no_connection_reuse: true,
+            ..Default::default()
+        };
+        assert_eq!(storage_options(&root, &cfg)["pool_max_idle_per_host"], "0");
     }
 
     #[test]

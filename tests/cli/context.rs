@@ -151,6 +151,12 @@ impl TestContext {
                 ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
                 ("AWS_REGION".to_string(), "us-east-1".to_string()),
                 ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+                // s3s-fs does not set TCP_NODELAY: a request on a reused connection waits
+                // about 40 ms for the client's delayed ACK.
+                (
+                    "CLICKLAKE_S3_REUSE_CONNECTIONS".to_string(),
+                    "false".to_string(),
+                ),
             ]);
         }
         env
