@@ -592,11 +592,13 @@ impl TableSink {
             return Ok(());
         }
         if !self.partition_columns.is_empty() {
-            let mut hashes = std::mem::take(&mut self.hashes);
-            let parts =
-                spread::split_by_partition(batch, &self.partition_columns, &self.what, &mut hashes);
-            self.hashes = hashes;
-            for (_, part) in parts? {
+            let parts = spread::split_by_partition(
+                batch,
+                &self.partition_columns,
+                &self.what,
+                &mut self.hashes,
+            )?;
+            for (_, part) in parts {
                 self.write_part(part).await?;
             }
             return Ok(());

@@ -34,7 +34,6 @@ use arrow::array::{
 };
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::{Add, Transaction};
-use deltalake::writer::DeltaWriter;
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -1215,8 +1214,13 @@ async fn land(
         flush_at,
         "ingest",
     )?;
-    let mut q_w = delta::writer(quarantine, props, cfg.ingest.target_file_size)?;
-    let mut q_adds: Vec<Add> = Vec::new();
+    let mut q_w = delta::TableSink::new(
+        quarantine,
+        props,
+        cfg.ingest.target_file_size,
+        flush_at,
+        "ingest",
+    )?;
 
     let modes: Vec<Mode> = group.iter().map(|p| p.mode).collect();
     let mut state: Vec<FileState> = group.iter().map(|_| FileState::default()).collect();
@@ -1248,17 +1252,8 @@ async fn land(
                     for part in out.raw {
                         raw_w.write_part(part).await?;
                     }
-                    if modes[out.file_idx] == Mode::Full && out.quarantine.num_rows() > 0 {
-                        q_w.write(out.quarantine)
-                            .await
-                            .map_err(|e| delta::write_failed(QUARANTINE.name, e))?;
-                    }
-                    if q_w.buffer_len() > flush_at {
-                        q_adds.extend(
-                            q_w.flush()
-                                .await
-                                .map_err(|e| delta::write_failed(QUARANTINE.name, e))?,
-                        );
+                    if modes[out.file_idx] == Mode::Full {
+                        q_w.write(&out.quarantine).await?;
                     }
                     Ok::<(), Error>(())
                 };
@@ -1297,8 +1292,7 @@ async fn land(
     // Stop the threads (closing the channel unblocks them) without blocking the runtime.
     let pipe_handle = tokio::task::spawn_blocking(move || pipe.join());
     if let Some(e) = failure {
-        drop(raw_w);
-        q_w.reset();
+        drop((raw_w, q_w));
         let _ = pipe_handle.await;
         return Err(e);
     }
@@ -1311,8 +1305,7 @@ async fn land(
         .zip(&state)
         .find(|(_, st)| st.chunks_sent != Some(st.chunks_seen))
     {
-        drop(raw_w);
-        q_w.reset();
+        drop((raw_w, q_w));
         return Err(Error::runtime(format!(
             "internal error: {} of {} chunks of {} were parsed; nothing of this group was \
              committed (please report it)",
@@ -1322,11 +1315,7 @@ async fn land(
         )));
     }
     let raw_adds = raw_w.finish().await?;
-    q_adds.extend(
-        q_w.flush()
-            .await
-            .map_err(|e| delta::write_failed(QUARANTINE.name, e))?,
-    );
+    let q_adds = q_w.finish().await?;
     Ok(Landed {
         state,
         raw_adds,
