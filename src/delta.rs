@@ -505,9 +505,10 @@ fn lost_race(table: &DeltaTable, e: deltalake::DeltaTableError) -> Error {
 /// A partitioned table's rows are split by partition, and a partition's file is opened only once
 /// [`waiting::OPEN_AT`] bytes of its rows have come; until then they wait in memory (see
 /// [`waiting`]). Partitions that stay small are written one at a time when the waiting rows pass
-/// `flush_at` (the largest first) and at [`TableSink::finish`]. At most [`TableSink::max_open`]
-/// files are open at once: opening one more flushes them all first. So memory is bounded by
-/// `flush_at` however many partitions the rows spread over.
+/// `flush_at` (the largest first) and at [`TableSink::finish`]. Open files count at what they
+/// hold in memory ([`waiting::OPEN_COLUMN_BYTES`] a column) beside their buffered pages, and at
+/// most [`TableSink::max_open`] are open at once: opening one more flushes them all first. So
+/// memory is bounded by twice `flush_at` however many partitions the rows spread over.
 pub struct TableSink {
     writer: RecordBatchWriter,
     /// What a sibling writer is made from.
@@ -525,6 +526,8 @@ pub struct TableSink {
     waiting: Waiting,
     /// Bytes of a partition's rows that open its file ([`waiting::OPEN_AT`]).
     open_at: usize,
+    /// What an open file of this table costs in memory beyond its buffered pages.
+    open_file_bytes: usize,
     /// Partitions with a file open in `writer`.
     open: std::collections::HashSet<PartitionKey>,
     /// Writes partitions that never opened a file of their own in `writer`, one at a time.
@@ -544,6 +547,10 @@ impl TableSink {
         let snapshot = table.snapshot()?;
         let target = snapshot.snapshot().arrow_schema();
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
+        let file_columns = target
+            .fields()
+            .len()
+            .saturating_sub(partition_columns.len());
         Ok(TableSink {
             writer: writer(table, props.clone(), target_file_size)?,
             for_table: table.clone(),
@@ -558,6 +565,7 @@ impl TableSink {
             rows: 0,
             waiting: Waiting::default(),
             open_at: waiting::OPEN_AT,
+            open_file_bytes: file_columns.max(1) * waiting::OPEN_COLUMN_BYTES,
             open: Default::default(),
             alone: None,
             hashes: Vec::new(),
@@ -660,10 +668,15 @@ impl TableSink {
         Ok(())
     }
 
-    /// Files open at once, at most: a quarter of `flush_at` in what open files cost, and never
-    /// fewer than 8.
+    /// Files open at once, at most: half of `flush_at` in what open files cost (the other half
+    /// is for their pages), and at least one.
     fn max_open(&self) -> usize {
-        (self.flush_at / 4 / waiting::OPEN_FILE_BYTES).max(8)
+        (self.flush_at / 2 / self.open_file_bytes).max(1)
+    }
+
+    /// What the open files hold: their buffered pages and what each costs open.
+    fn writer_bytes(&self) -> usize {
+        self.writer.buffer_len() + self.open.len() * self.open_file_bytes
     }
 
     async fn write_open(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
@@ -733,7 +746,7 @@ impl TableSink {
     }
 
     async fn flush_if_full(&mut self) -> Result<()> {
-        if self.writer.buffer_len() > self.flush_at {
+        if self.writer_bytes() > self.flush_at {
             self.flush().await?;
         }
         Ok(())
@@ -1119,10 +1132,11 @@ mod tests {
     #[tokio::test]
     async fn a_partition_opens_its_file_once_enough_rows_came_and_at_most_max_open_are_open() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut sink, schema) = sink(dir.path(), 1 << 30).await;
+        // Room for 4 open files of one column (`v`; `p` is in the path) beside their pages.
+        let (mut sink, schema) = sink(dir.path(), 8 * waiting::OPEN_COLUMN_BYTES).await;
         sink.open_at = 8_000;
         let max_open = sink.max_open();
-        assert_eq!(max_open, (1 << 30) / 4 / waiting::OPEN_FILE_BYTES);
+        assert_eq!(max_open, 4);
         sink.write(&rows(&schema, "big", 0, 500)).await.unwrap();
         assert!(sink.open.is_empty());
         assert!(sink.waiting.bytes() > 0);
