@@ -505,10 +505,12 @@ fn lost_race(table: &DeltaTable, e: deltalake::DeltaTableError) -> Error {
 /// A partitioned table's rows are split by partition, and a partition's file is opened only once
 /// [`waiting::OPEN_AT`] bytes of its rows have come; until then they wait in memory (see
 /// [`waiting`]). Partitions that stay small are written one at a time when the waiting rows pass
-/// `flush_at` (the largest first) and at [`TableSink::finish`]. Open files count at what they
-/// hold in memory ([`waiting::OPEN_COLUMN_BYTES`] a column) beside their buffered pages, and at
-/// most [`TableSink::max_open`] are open at once: opening one more flushes them all first. So
-/// memory is bounded by twice `flush_at` however many partitions the rows spread over.
+/// `flush_at` (the largest first) and at [`TableSink::finish`]. Each open partition file has a
+/// writer of its own and counts at what it holds in memory ([`waiting::OPEN_COLUMN_BYTES`] a
+/// column) beside its buffered pages; at most [`TableSink::max_open`] are open at once, and when
+/// one more opens or the open files pass `flush_at`, the file written to least recently is
+/// closed (a backfill's finished days go first, the partitions still receiving rows stay open).
+/// So memory is bounded by twice `flush_at` however many partitions the rows spread over.
 pub struct TableSink {
     writer: RecordBatchWriter,
     /// What a sibling writer is made from.
@@ -528,11 +530,20 @@ pub struct TableSink {
     open_at: usize,
     /// What an open file of this table costs in memory beyond its buffered pages.
     open_file_bytes: usize,
-    /// Partitions with a file open in `writer`.
-    open: std::collections::HashSet<PartitionKey>,
+    /// Partitions with a file open, each in a writer of its own, with when it was last written.
+    open: HashMap<PartitionKey, OpenFile>,
+    /// Counts writes into open files, to find the one written least recently.
+    writes: u64,
     /// Writes partitions that never opened a file of their own in `writer`, one at a time.
     alone: Option<RecordBatchWriter>,
     hashes: Vec<u64>,
+}
+
+/// A partition's open file in [`TableSink`].
+struct OpenFile {
+    writer: RecordBatchWriter,
+    /// The sink's write count when it was last written to.
+    written: u64,
 }
 
 impl TableSink {
@@ -566,7 +577,8 @@ impl TableSink {
             waiting: Waiting::default(),
             open_at: waiting::OPEN_AT,
             open_file_bytes: file_columns.max(1) * waiting::OPEN_COLUMN_BYTES,
-            open: Default::default(),
+            open: HashMap::new(),
+            writes: 0,
             alone: None,
             hashes: Vec::new(),
         })
@@ -643,18 +655,22 @@ impl TableSink {
         }
         self.rows += conformed.num_rows() as u64;
         let key = waiting::partition_key(&conformed, &self.partition_columns)?;
-        if self.open.contains(&key) {
-            self.write_open(conformed).await?;
+        if self.open.contains_key(&key) {
+            self.write_open(&key, conformed).await?;
             return self.flush_if_full().await;
         }
         if self.waiting.add(key.clone(), conformed)? >= self.open_at {
-            if self.open.len() >= self.max_open() {
-                self.flush().await?;
+            while self.open.len() >= self.max_open() {
+                self.close_least_recent().await?;
             }
+            let file = OpenFile {
+                writer: writer(&self.for_table, self.props.clone(), self.target_file_size)?,
+                written: 0,
+            };
+            self.open.insert(key.clone(), file);
             if let Some(rows) = self.waiting.take(&key)? {
-                self.write_open(rows).await?;
+                self.write_open(&key, rows).await?;
             }
-            self.open.insert(key);
             self.flush_if_full().await?;
         }
         if self.waiting.bytes() > self.flush_at {
@@ -676,11 +692,39 @@ impl TableSink {
 
     /// What the open files hold: their buffered pages and what each costs open.
     fn writer_bytes(&self) -> usize {
-        self.writer.buffer_len() + self.open.len() * self.open_file_bytes
+        let pages: usize = self.open.values().map(|f| f.writer.buffer_len()).sum();
+        self.writer.buffer_len() + pages + self.open.len() * self.open_file_bytes
     }
 
-    async fn write_open(&mut self, rows: arrow::array::RecordBatch) -> Result<()> {
-        write_one_partition(&mut self.writer, &self.table, &self.partition_columns, rows).await
+    async fn write_open(
+        &mut self,
+        key: &PartitionKey,
+        rows: arrow::array::RecordBatch,
+    ) -> Result<()> {
+        self.writes += 1;
+        let file = self.open.get_mut(key).expect("an open partition");
+        file.written = self.writes;
+        write_one_partition(&mut file.writer, &self.table, &self.partition_columns, rows).await
+    }
+
+    /// Closes the open file written to least recently.
+    async fn close_least_recent(&mut self) -> Result<()> {
+        let Some(key) = self
+            .open
+            .iter()
+            .min_by_key(|(_, f)| f.written)
+            .map(|(k, _)| k.clone())
+        else {
+            return Ok(());
+        };
+        let mut file = self.open.remove(&key).expect("an open partition");
+        let adds = file
+            .writer
+            .flush()
+            .await
+            .map_err(|e| write_failed(&self.table, e))?;
+        self.adds.extend(adds);
+        Ok(())
     }
 
     /// Writes the rows waiting for partition `key` to a file of their own, and closes it.
@@ -746,6 +790,9 @@ impl TableSink {
     }
 
     async fn flush_if_full(&mut self) -> Result<()> {
+        while self.writer_bytes() > self.flush_at && !self.open.is_empty() {
+            self.close_least_recent().await?;
+        }
         if self.writer_bytes() > self.flush_at {
             self.flush().await?;
         }
@@ -754,13 +801,15 @@ impl TableSink {
 
     /// Writes and closes every open file.
     async fn flush(&mut self) -> Result<()> {
+        while !self.open.is_empty() {
+            self.close_least_recent().await?;
+        }
         let adds = self
             .writer
             .flush()
             .await
             .map_err(|e| write_failed(&self.table, e))?;
         self.adds.extend(adds);
-        self.open.clear();
         Ok(())
     }
 
@@ -1130,7 +1179,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_partition_opens_its_file_once_enough_rows_came_and_at_most_max_open_are_open() {
+    async fn a_partition_opens_its_file_once_enough_rows_came_and_the_least_recently_written_closes(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         // Room for 4 open files of one column (`v`; `p` is in the path) beside their pages.
         let (mut sink, schema) = sink(dir.path(), 8 * waiting::OPEN_COLUMN_BYTES).await;
@@ -1146,17 +1196,24 @@ mod tests {
         assert_eq!(sink.waiting.bytes(), 0);
         sink.write(&rows(&schema, "big", 1000, 10)).await.unwrap();
         assert_eq!(sink.waiting.bytes(), 0, "rows of an open partition waited");
-        // More large partitions than may be open: opening one more closes those open.
+        // More large partitions than may be open: opening one more closes the file written to
+        // least recently. `big` is written again after o0 and o1 opened, so o0 goes first.
         for p in 0..max_open {
             sink.write(&rows(&schema, &format!("o{p}"), 0, 1000))
                 .await
                 .unwrap();
+            if p == 1 {
+                sink.write(&rows(&schema, "big", 1010, 10)).await.unwrap();
+            }
             assert!(sink.open.len() <= max_open);
         }
-        assert_eq!(sink.open.len(), 1, "the files were not closed");
+        let key = |p: &str| vec![datafusion::common::ScalarValue::Utf8(Some(p.to_string()))];
+        assert_eq!(sink.open.len(), max_open);
+        assert!(!sink.open.contains_key(&key("o0")), "o0 was not closed");
+        assert!(sink.open.contains_key(&key("big")), "big was closed");
         let adds = sink.finish().await.unwrap();
         let files = rows_by_partition(&adds);
-        assert_eq!(files["big"], vec![1010]);
+        assert_eq!(files["big"], vec![1020]);
         assert_eq!(files.len(), max_open + 1);
         assert!(files.iter().all(|(p, n)| p == "big" || n == &vec![1000]));
     }
