@@ -189,7 +189,7 @@ async fn one_file_each(
             continue;
         }
         write_one_partition(&mut writer, table, partition_columns, rows).await?;
-        adds.extend(writer.flush().await.map_err(|e| write_failed(table, e))?);
+        close(&mut writer, table, &mut adds).await?;
     }
     Ok((writer, adds))
 }
@@ -539,6 +539,12 @@ pub struct TableSink {
     hashes: Vec<u64>,
 }
 
+/// Writes and closes `writer`'s open files, adding them to `adds`.
+async fn close(writer: &mut RecordBatchWriter, table: &str, adds: &mut Vec<Add>) -> Result<()> {
+    adds.extend(writer.flush().await.map_err(|e| write_failed(table, e))?);
+    Ok(())
+}
+
 /// A partition's open file in [`TableSink`].
 struct OpenFile {
     writer: RecordBatchWriter,
@@ -718,13 +724,7 @@ impl TableSink {
             return Ok(());
         };
         let mut file = self.open.remove(&key).expect("an open partition");
-        let adds = file
-            .writer
-            .flush()
-            .await
-            .map_err(|e| write_failed(&self.table, e))?;
-        self.adds.extend(adds);
-        Ok(())
+        close(&mut file.writer, &self.table, &mut self.adds).await
     }
 
     /// Writes the rows waiting for partition `key` to a file of their own, and closes it.
@@ -804,13 +804,7 @@ impl TableSink {
         while !self.open.is_empty() {
             self.close_least_recent().await?;
         }
-        let adds = self
-            .writer
-            .flush()
-            .await
-            .map_err(|e| write_failed(&self.table, e))?;
-        self.adds.extend(adds);
-        Ok(())
+        close(&mut self.writer, &self.table, &mut self.adds).await
     }
 
     pub fn rows(&self) -> u64 {
