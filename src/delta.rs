@@ -794,15 +794,15 @@ impl TableSink {
             self.close_least_recent().await?;
         }
         if self.writer_bytes() > self.flush_at {
-            self.flush().await?;
+            close(&mut self.writer, &self.table, &mut self.adds).await?;
         }
         Ok(())
     }
 
     /// Writes and closes every open file.
     async fn flush(&mut self) -> Result<()> {
-        while !self.open.is_empty() {
-            self.close_least_recent().await?;
+        for (_, mut file) in std::mem::take(&mut self.open) {
+            close(&mut file.writer, &self.table, &mut self.adds).await?;
         }
         close(&mut self.writer, &self.table, &mut self.adds).await
     }
